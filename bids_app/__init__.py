@@ -1,0 +1,1 @@
+"""ketamine-dti BIDS-App entry point."""

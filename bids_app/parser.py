@@ -1,0 +1,221 @@
+"""Command-line parsing for the BIDS App: arguments in, a validated Config out.
+
+Follows the BIDS-Apps contract (``bids_dir output_dir {participant,group}``) and the NiPreps
+conventions for options. Usage errors exit with code 64, as the BIDS execution spec asks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from ketamine_dti import __version__
+from ketamine_dti.config import Config
+
+from .exit_codes import EX_USAGE
+
+
+class UsageError(Exception):
+    """A usage problem found after parsing; carries a one-line message."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        self.print_usage()
+        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _label(value: str) -> str:
+    """Participant/session labels may be given with or without their entity prefix."""
+    for prefix in ("sub-", "ses-"):
+        if value.startswith(prefix):
+            return value[len(prefix) :]
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="ketamine-dti",
+        description=(
+            "24-hour gray-matter mean diffusivity (MD) change and antidepressant response to "
+            "ketamine. 'participant' preprocesses each participant's DWI at both sessions and "
+            "writes regional MD in 7 ROIs; 'group' relates dMD to symptom change by arm."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("bids_dir", type=Path, help="the root of the BIDS dataset (read only)")
+    parser.add_argument(
+        "output_dir", type=Path, help="where derivatives go; must be outside bids_dir"
+    )
+    parser.add_argument("analysis_level", choices=["participant", "group"])
+    parser.add_argument("--version", action="version", version=f"ketamine-dti {__version__}")
+
+    sel = parser.add_argument_group("selecting data")
+    sel.add_argument(
+        "--participant-label",
+        "--participant_label",
+        dest="participant_label",
+        nargs="+",
+        type=_label,
+        default=[],
+        help="labels to process, with or without 'sub-' (default: all)",
+    )
+    sel.add_argument(
+        "--session-label",
+        "--session_label",
+        dest="session_label",
+        nargs="+",
+        type=_label,
+        default=[],
+        help="sessions to process, with or without 'ses-' (default: all)",
+    )
+    sel.add_argument("--baseline-session", default="baseline", type=_label)
+    sel.add_argument("--followup-session", default="24h", type=_label)
+    sel.add_argument(
+        "--bids-filter-file",
+        type=Path,
+        help='JSON of pybids filters per data type, e.g. {"dwi": {"acquisition": "hardi"}}',
+    )
+    sel.add_argument(
+        "--skip-bids-validation",
+        "--skip_bids_validation",
+        dest="skip_bids_validation",
+        action="store_true",
+        help="do not run bids-validator-deno on bids_dir",
+    )
+
+    exe = parser.add_argument_group("execution")
+    exe.add_argument(
+        "-w",
+        "--work-dir",
+        type=Path,
+        default=Path("work"),
+        help="Nipype work dir; reuse to resume",
+    )
+    exe.add_argument("--nprocs", "--n-cpus", dest="nprocs", type=int, default=os.cpu_count() or 1)
+    exe.add_argument("--omp-nthreads", type=int, default=1, help="threads per process")
+    exe.add_argument("--mem-gb", type=float, default=8.0, help="memory available to the run")
+    exe.add_argument(
+        "--plugin",
+        default="MultiProc",
+        help="Nipype execution plugin: Linear, MultiProc, SLURM, SLURMGraph, ...",
+    )
+    exe.add_argument("--plugin-config", type=Path, help="YAML of Nipype plugin arguments")
+    exe.add_argument("--stop-on-first-crash", action="store_true")
+    exe.add_argument("--write-graph", action="store_true", help="write the workflow graph")
+    exe.add_argument("-v", "--verbose", dest="verbose", action="count", default=0)
+
+    met = parser.add_argument_group("methods (participant level)")
+    met.add_argument(
+        "--denoise", choices=["mppca", "none"], default="mppca", help="MP-PCA denoising"
+    )
+    met.add_argument(
+        "--gibbs",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Gibbs-ringing removal (Kellner et al. 2016)",
+    )
+    met.add_argument("--tensor-fit", choices=["wls", "ols", "nlls"], default="wls")
+    met.add_argument(
+        "--roi-atlas",
+        type=Path,
+        help="a dseg NIfTI in MNI152NLin6Asym with a TSV (index, name) beside it "
+        "(default: the bundled ketamine7 atlas)",
+    )
+
+    grp = parser.add_argument_group("group level")
+    grp.add_argument("--group-column", default="group", help="arm column of participants.tsv")
+    grp.add_argument("--treatment-arm", default="ketamine")
+    grp.add_argument("--control-arm", default="saline")
+    grp.add_argument("--covariates", nargs="+", default=[], help="participants.tsv columns")
+    grp.add_argument(
+        "--scales", nargs="+", default=["madrs", "qids_sr"], help="phenotype/<scale>.tsv files"
+    )
+    grp.add_argument("--delta-md", choices=["absolute", "percent"], default="absolute")
+    grp.add_argument("--robust-se", action="store_true", help="HC3 standard errors")
+    grp.add_argument(
+        "--mixed-model", action="store_true", help="add a MixedLM sensitivity analysis"
+    )
+    grp.add_argument(
+        "--max-mean-fd",
+        type=float,
+        help="drop sessions with a higher mean framewise displacement (mm)",
+    )
+    return parser
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{what} {path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UsageError(f"{what} {path} is not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{what} {path} must hold a JSON object")
+    return data
+
+
+def _read_plugin_config(path: Path) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise UsageError(f"--plugin-config {path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise UsageError(f"--plugin-config {path} is not valid YAML ({err})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"--plugin-config {path} must hold a mapping of plugin arguments")
+    return data.get("plugin_args", data)
+
+
+def to_config(args: argparse.Namespace) -> Config:
+    """Turn parsed arguments into the frozen run Config (path checks happen in run.py)."""
+    if args.nprocs < 1 or args.omp_nthreads < 1 or args.mem_gb <= 0:
+        raise UsageError("--nprocs, --omp-nthreads and --mem-gb must be positive")
+    if args.baseline_session == args.followup_session:
+        raise UsageError("--baseline-session and --followup-session must differ")
+    if args.max_mean_fd is not None and args.max_mean_fd <= 0:
+        raise UsageError("--max-mean-fd must be a positive number of millimetres")
+    filters = (
+        _read_json(args.bids_filter_file, "--bids-filter-file") if args.bids_filter_file else {}
+    )
+    plugin_args = _read_plugin_config(args.plugin_config) if args.plugin_config else {}
+    if args.roi_atlas is not None and not args.roi_atlas.exists():
+        raise UsageError(f"--roi-atlas {args.roi_atlas} does not exist")
+    return Config(
+        bids_dir=args.bids_dir.absolute(),
+        output_dir=args.output_dir.absolute(),
+        analysis_level=args.analysis_level,
+        participant_labels=tuple(dict.fromkeys(args.participant_label)),
+        session_labels=tuple(dict.fromkeys(args.session_label)),
+        baseline_session=args.baseline_session,
+        followup_session=args.followup_session,
+        bids_filters=filters,
+        work_dir=args.work_dir.absolute(),
+        skip_bids_validation=args.skip_bids_validation,
+        nprocs=args.nprocs,
+        omp_nthreads=args.omp_nthreads,
+        mem_gb=args.mem_gb,
+        plugin=args.plugin,
+        plugin_args=plugin_args,
+        stop_on_first_crash=args.stop_on_first_crash,
+        write_graph=args.write_graph,
+        verbosity=args.verbose,
+        denoise=args.denoise,
+        gibbs=args.gibbs,
+        tensor_fit=args.tensor_fit,
+        roi_atlas=args.roi_atlas.absolute() if args.roi_atlas else None,
+        group_column=args.group_column,
+        treatment_arm=args.treatment_arm,
+        control_arm=args.control_arm,
+        covariates=tuple(args.covariates),
+        scales=tuple(args.scales),
+        delta_md=args.delta_md,
+        robust_se=args.robust_se,
+        mixed_model=args.mixed_model,
+        max_mean_fd=args.max_mean_fd,
+    )

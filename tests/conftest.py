@@ -1,0 +1,37 @@
+"""Shared fixtures: one simulated tiny trial per test session, reused read-only by every test."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests must never touch the network or oversubscribe the 2-core CI machine.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
+
+TINY_PARTICIPANTS = 6  # enough for a 2:1 allocation in two blocks of three
+
+
+@pytest.fixture(scope="session")
+def tiny_trial(tmp_path_factory) -> Path:
+    """A `tiny` preset, `paper` scenario trial written by the real simulator CLI."""
+    from ketamine_dti.simulate.cli import main as simulate
+
+    out = tmp_path_factory.mktemp("trial") / "bids"
+    code = simulate(
+        [str(out), "--preset", "tiny", "--n-participants", str(TINY_PARTICIPANTS), "--seed", "7"]
+    )
+    assert code == 0
+    return out
+
+
+def tree_checksum(root: Path) -> str:
+    """Hash of every file's relative path and bytes: proves a tree was not modified."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
