@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Install everything into .venv and run the whole test suite (slow tests included).
+# As root it also starts a one-node SLURM cluster (apt packages) for the --plugin SLURM test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh test
+if [ "$(id -u)" = 0 ]; then
+  bash scripts/start_slurm.sh || echo "SLURM could not start: its test will be skipped" >&2
+fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 exec .venv/bin/python -m pytest -ra "$@"
