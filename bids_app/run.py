@@ -141,11 +141,8 @@ def _run_stage(config: Config) -> int:
                 print(f"  sub-{label}: {reason}", file=sys.stderr)
             return ec.EX_FAILURE
     else:
-        try:
-            from ketamine_dti.group import run_group_level
-        except ImportError:  # transitional: lands with the group-level issue
-            print("ketamine-dti: the group level is not yet available", file=sys.stderr)
-            return ec.EX_FAILURE
+        from ketamine_dti.group import run_group_level
+
         group_dir = run_group_level(config)
         LOGGER.info("Group results in %s", group_dir)
     LOGGER.info("%s level finished in %.1f s", config.analysis_level, time.monotonic() - start)

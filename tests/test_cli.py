@@ -9,13 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import tree_checksum
 
 from bids_app import exit_codes as ec
 from bids_app.parser import build_parser, to_config
 from bids_app.run import main
 from ketamine_dti import __version__
-
-from .conftest import tree_checksum
 
 
 def run_cli(*args: str | Path) -> subprocess.CompletedProcess:
@@ -119,12 +118,8 @@ def test_bad_options_are_64(tiny_trial, tmp_path, extra, message):
     assert message in proc.stderr
 
 
-def test_valid_dataset_passes_validation(tiny_trial, tmp_path):
-    """A valid dataset gets past every check: the exit code is the stage's, not a check's."""
+def test_group_without_participant_outputs_says_run_participant_first(tiny_trial, tmp_path):
+    """A valid dataset gets past every check; the group stage then asks for participant outputs."""
     proc = run_cli(tiny_trial, tmp_path / "out", "group")
-    assert proc.returncode not in (
-        ec.EX_VALIDATION,
-        ec.EX_NO_PARTICIPANTS,
-        ec.EX_USAGE,
-        ec.EX_NOINPUT,
-    )
+    assert proc.returncode == ec.EX_FAILURE
+    assert "participant" in proc.stderr

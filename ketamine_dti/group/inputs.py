@@ -1,0 +1,457 @@
+"""Read and check the group level's inputs: participants, phenotype scores, ROI MD tables, QC.
+
+The group level reads, from BIDS_DIR, ``participants.tsv`` and ``phenotype/<scale>.tsv``; from
+OUTPUT_DIR, only each session's ``*_desc-roi_md.tsv`` (and ``*_desc-qc_metrics.tsv`` when
+``--max-mean-fd`` is set). Bad input raises :class:`InputError` naming file, line and column.
+Missing values (``n/a``) are not errors: the participant leaves the affected models and the
+reason is recorded as an exclusion.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ketamine_dti.bids import derivative_name, derivative_path, strip_prefix
+from ketamine_dti.config import Config
+from ketamine_dti.errors import InputError
+from ketamine_dti.rois import ROI_NAMES
+
+LOGGER = logging.getLogger(__name__)
+
+#: BIDS spells a missing value "n/a"; an empty cell is read the same way.
+MISSING_VALUES = frozenset({"n/a", ""})
+#: Valid totals of the scales we know (inclusive); other scales take Minimum/Maximum from the
+#: phenotype JSON data dictionary, else are only checked to be numbers.
+KNOWN_SCORE_RANGES: dict[str, tuple[float, float]] = {"madrs": (0, 60), "qids_sr": (0, 27)}
+#: Names the models use for their own variables; a covariate may not take them.
+RESERVED_NAMES = frozenset(
+    {"group", "delta_md", "delta_score", "baseline_score", "baseline_md", "md", "score"}
+    | {"session", "participant_id", "roi", "Intercept"}
+)
+#: Exclusion reason of a participant with outputs but no row in participants.tsv.
+NOT_LISTED = "has participant outputs but no row in participants.tsv"
+#: Exclusion fields meaning "applies to all sessions / scales / ROIs / models".
+ALL = "all"
+
+
+@dataclass(frozen=True)
+class Table:
+    """A TSV read as strings: header and rows, plus the file it came from (for messages)."""
+
+    path: Path
+    header: list[str]
+    rows: list[list[str]]
+
+    def column(self, name: str) -> list[str]:
+        index = self.header.index(name)
+        return [row[index] for row in self.rows]
+
+    def require(self, columns: Iterable[str], hint: str) -> None:
+        for column in columns:
+            if column not in self.header:
+                raise InputError(
+                    f"{self.path}: column {column!r} missing (columns: "
+                    f"{', '.join(self.header)}); {hint}"
+                )
+
+    @staticmethod
+    def line(row_index: int) -> int:
+        """File line of a data row (the header is line 1)."""
+        return row_index + 2
+
+
+def read_tsv(path: Path) -> Table:
+    """Read a small TSV as strings, checking that every row has as many cells as the header."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise InputError(f"{path}: not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: unreadable ({err}); rewrite it as UTF-8 text") from None
+    lines = [line.rstrip("\r") for line in text.split("\n")]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        raise InputError(f"{path}: empty file; a header row with column names is needed")
+    header = [cell.strip() for cell in lines[0].split("\t")]
+    rows = []
+    for index, line in enumerate(lines[1:]):
+        cells = [cell.strip() for cell in line.split("\t")]
+        if len(cells) != len(header):
+            raise InputError(
+                f"{path}: line {Table.line(index)} has {len(cells)} cells, the header "
+                f"{len(header)}; separate columns with one tab"
+            )
+        rows.append(cells)
+    return Table(path, header, rows)
+
+
+def parse_number(table: Table, row_index: int, column: str, value: str) -> float:
+    """A cell as float; ``n/a`` gives NaN; anything else non-numeric is an InputError."""
+    if value in MISSING_VALUES:
+        return math.nan
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number):
+        raise InputError(
+            f"{table.path}: line {table.line(row_index)}, column {column}: {value!r} is not a "
+            "number; write a number or n/a"
+        )
+    return number
+
+
+def _duplicates_error(table: Table, keys: list[tuple], what: str) -> None:
+    """Raise on the first repeated key, naming both lines."""
+    first_line: dict[tuple, int] = {}
+    for index, key in enumerate(keys):
+        if key in first_line:
+            raise InputError(
+                f"{table.path}: line {table.line(index)}, column {what}: duplicate row for "
+                f"{' '.join(key)} (also line {first_line[key]}); keep one row"
+            )
+        first_line[key] = table.line(index)
+
+
+@dataclass
+class GroupInputs:
+    """Everything the models need, checked; MD in mm^2/s, scores in points."""
+
+    #: index participant_id; column "arm" (treatment/control label) and the covariates.
+    participants: pd.DataFrame
+    #: covariate name -> "numeric" or "categorical".
+    covariate_kinds: dict[str, str]
+    #: scale -> DataFrame indexed by participant_id with columns "baseline" and "followup".
+    scores: dict[str, pd.DataFrame]
+    #: index participant_id; columns MultiIndex (roi, "baseline"/"followup"); NaN = missing.
+    md: pd.DataFrame
+    rois: tuple[str, ...]
+    #: dicts with participant_id, session_id, scale, roi, models, reason.
+    exclusions: list[dict] = field(default_factory=list)
+
+
+def exclusion(
+    participant_id: str,
+    reason: str,
+    session_id: str = ALL,
+    scale: str = ALL,
+    roi: str = ALL,
+    models: str = ALL,
+) -> dict:
+    """One row of exclusions.tsv."""
+    return {
+        "participant_id": participant_id,
+        "session_id": session_id,
+        "scale": scale,
+        "roi": roi,
+        "models": models,
+        "reason": reason,
+    }
+
+
+def load_participants(config: Config) -> tuple[pd.DataFrame, dict[str, str], list[dict]]:
+    """participants.tsv -> arm and covariates per selected participant, with exclusions."""
+    path = Path(config.bids_dir) / "participants.tsv"
+    arm_column = config.group_column
+    if not path.is_file():
+        raise InputError(
+            f"{path}: not found; the group level needs participants.tsv with participant_id "
+            f"and the arm column {arm_column!r} (--group-column)"
+        )
+    table = read_tsv(path)
+    table.require(["participant_id"], "add one row per participant")
+    table.require([arm_column], "add the arm column or name it with --group-column")
+    for name in config.covariates:
+        if name in RESERVED_NAMES:
+            raise InputError(
+                f"--covariates {name}: the models use this name; rename the column in {path}"
+            )
+        table.require([name], "add the covariate column or drop it from --covariates")
+    ids = table.column("participant_id")
+    for index, pid in enumerate(ids):
+        if not pid.startswith("sub-") or len(pid) <= len("sub-"):
+            raise InputError(
+                f"{path}: line {table.line(index)}, column participant_id: {pid!r} is not a "
+                "BIDS participant_id; write sub-<label>"
+            )
+    _duplicates_error(table, [(pid,) for pid in ids], "participant_id")
+
+    wanted = {f"sub-{strip_prefix(label, 'sub-')}" for label in config.participant_labels}
+    selected = [i for i, pid in enumerate(ids) if not wanted or pid in wanted]
+    if wanted and not selected:
+        raise InputError(
+            f"{path}: none of the participant labels {', '.join(sorted(wanted))} is listed; "
+            "check --participant-label"
+        )
+    arms = table.column(arm_column)
+    allowed = (config.treatment_arm, config.control_arm)
+    bad = [i for i in selected if arms[i] not in allowed and arms[i] not in MISSING_VALUES]
+    if bad:
+        found = sorted({arms[i] for i in selected if arms[i] not in MISSING_VALUES})
+        raise InputError(
+            f"{path}: line {table.line(bad[0])}, column {arm_column}: arm {arms[bad[0]]!r} is "
+            f"neither {config.treatment_arm!r} nor {config.control_arm!r} (values found: "
+            f"{', '.join(found)}); fix the value or set --treatment-arm/--control-arm"
+        )
+    exclusions = [
+        exclusion(ids[i], f"no arm ({arm_column} is n/a) in participants.tsv")
+        for i in selected
+        if arms[i] in MISSING_VALUES
+    ]
+    selected = [i for i in selected if arms[i] not in MISSING_VALUES]
+    present = sorted({arms[i] for i in selected})
+    if len(present) < len(allowed):
+        raise InputError(
+            f"{path}: column {arm_column}: only {', '.join(present) or 'no'} arm present among "
+            f"the selected participants; the analysis compares {config.treatment_arm!r} with "
+            f"{config.control_arm!r}"
+        )
+    frame = pd.DataFrame(
+        {"arm": [arms[i] for i in selected]}, index=pd.Index([ids[i] for i in selected])
+    )
+    frame.index.name = "participant_id"
+    kinds: dict[str, str] = {}
+    for name in config.covariates:
+        raw = table.column(name)
+        values = [raw[i] for i in selected]
+        try:
+            numeric = [math.nan if v in MISSING_VALUES else float(v) for v in values]
+            kinds[name] = "numeric"
+            frame[name] = numeric
+        except ValueError:
+            kinds[name] = "categorical"
+            frame[name] = [None if v in MISSING_VALUES else v for v in values]
+        for pid in frame.index[frame[name].isna()]:
+            exclusions.append(
+                exclusion(pid, f"covariate {name} is n/a", models="covariate-adjusted")
+            )
+    return frame, kinds, exclusions
+
+
+def score_range(scale: str, phenotype_dir: Path) -> tuple[float, float] | None:
+    """Valid range of ``<scale>_total``: known scales, else the data dictionary's Min/Max."""
+    if scale in KNOWN_SCORE_RANGES:
+        return KNOWN_SCORE_RANGES[scale]
+    sidecar = phenotype_dir / f"{scale}.json"
+    if sidecar.is_file():
+        try:
+            column = json.loads(sidecar.read_text()).get(f"{scale}_total", {})
+        except json.JSONDecodeError as err:
+            raise InputError(f"{sidecar}: invalid JSON ({err}); fix the data dictionary") from None
+        if isinstance(column, dict) and "Minimum" in column and "Maximum" in column:
+            return float(column["Minimum"]), float(column["Maximum"])
+    LOGGER.warning("%s: range of %s_total unknown; values are not range-checked", scale, scale)
+    return None
+
+
+def load_scores(
+    config: Config, scale: str, participants: pd.DataFrame
+) -> tuple[pd.DataFrame, list[dict]]:
+    """phenotype/<scale>.tsv -> baseline and follow-up totals per participant (NaN = missing)."""
+    phenotype_dir = Path(config.bids_dir) / "phenotype"
+    path = phenotype_dir / f"{scale}.tsv"
+    if not path.is_file():
+        raise InputError(
+            f"{path}: not found; --scales asks for {scale!r}: add the file (participant_id, "
+            f"session_id, {scale}_total) or drop the scale from --scales"
+        )
+    table = read_tsv(path)
+    column = f"{scale}_total"
+    table.require(["participant_id", "session_id", column], "see the BIDS phenotype layout")
+    ids = table.column("participant_id")
+    sessions = [f"ses-{strip_prefix(s, 'ses-')}" for s in table.column("session_id")]
+    _duplicates_error(table, list(zip(ids, sessions, strict=True)), "participant_id/session_id")
+    valid_range = score_range(scale, phenotype_dir)
+    wanted_sessions = {
+        f"ses-{config.baseline_session}": "baseline",
+        f"ses-{config.followup_session}": "followup",
+    }
+    row_of = {pid: i for i, pid in enumerate(participants.index)}
+    column_of = {"baseline": 0, "followup": 1}
+    values = np.full((len(row_of), 2), np.nan)
+    for index, (pid, session, raw) in enumerate(
+        zip(ids, sessions, table.column(column), strict=True)
+    ):
+        value = parse_number(table, index, column, raw)
+        if valid_range is not None and not math.isnan(value):
+            low, high = valid_range
+            if not low <= value <= high:
+                raise InputError(
+                    f"{path}: line {table.line(index)}, column {column}: {raw} is outside the "
+                    f"{scale} range {low:g}-{high:g}; correct the score or write n/a"
+                )
+        if pid in row_of and session in wanted_sessions:
+            values[row_of[pid], column_of[wanted_sessions[session]]] = value
+    scores = pd.DataFrame(values, index=participants.index, columns=list(column_of))
+    exclusions = []
+    session_labels = {"baseline": config.baseline_session, "followup": config.followup_session}
+    for pid in scores.index[scores.isna().any(axis=1)]:
+        for key, session in session_labels.items():
+            if math.isnan(scores.at[pid, key]):
+                exclusions.append(
+                    exclusion(
+                        pid,
+                        f"no {scale} score at ses-{session} in {path.name}",
+                        session_id=f"ses-{session}",
+                        scale=scale,
+                    )
+                )
+    return scores, exclusions
+
+
+def roi_table_path(output_dir: Path, subject: str, session: str) -> Path:
+    """Where the participant level writes a session's regional MD table."""
+    return derivative_path(output_dir, "dwi", "md", ".tsv", sub=subject, ses=session, desc="roi")
+
+
+def qc_table_path(output_dir: Path, subject: str, session: str) -> Path:
+    """Where the participant level writes a session's QC metrics."""
+    return derivative_path(
+        output_dir, "dwi", "metrics", ".tsv", sub=subject, ses=session, desc="qc"
+    )
+
+
+def find_roi_tables(output_dir: Path) -> dict[tuple[str, str], Path]:
+    """(participant_id, session label) -> ROI table of every session written."""
+    found = {}
+    for path in sorted(Path(output_dir).glob("sub-*/ses-*/dwi/*_desc-roi_md.tsv")):
+        subject = strip_prefix(path.parts[-4], "sub-")
+        session = strip_prefix(path.parts[-3], "ses-")
+        # The name must be the one the participant level writes for this folder.
+        if path.name == derivative_name("md", ".tsv", sub=subject, ses=session, desc="roi"):
+            found[(f"sub-{subject}", session)] = path
+    return found
+
+
+def read_roi_table(path: Path) -> dict[str, float]:
+    """roi -> md_mean (mm^2/s, NaN if n/a) of one session."""
+    table = read_tsv(path)
+    table.require(["roi", "md_mean"], "rerun the participant level")
+    rois = table.column("roi")
+    _duplicates_error(table, [(roi,) for roi in rois], "roi")
+    values = {}
+    for index, (roi, raw) in enumerate(zip(rois, table.column("md_mean"), strict=True)):
+        md = parse_number(table, index, "md_mean", raw)
+        if md <= 0:
+            raise InputError(
+                f"{path}: line {table.line(index)}, column md_mean: {raw} is not a positive "
+                "MD (mm^2/s); rerun the participant level"
+            )
+        values[roi] = md
+    return values
+
+
+def read_mean_fd(path: Path) -> float:
+    """Mean framewise displacement (mm) of one session; NaN if n/a."""
+    if not path.is_file():
+        raise InputError(
+            f"{path}: not found, but --max-mean-fd needs it; rerun the participant level or "
+            "drop --max-mean-fd"
+        )
+    table = read_tsv(path)
+    table.require(["mean_fd"], "rerun the participant level or drop --max-mean-fd")
+    if len(table.rows) != 1:
+        raise InputError(f"{path}: {len(table.rows)} data rows, expected 1; rerun the session")
+    return parse_number(table, 0, "mean_fd", table.rows[0][table.header.index("mean_fd")])
+
+
+def load_md(
+    config: Config, participants: pd.DataFrame
+) -> tuple[pd.DataFrame, tuple[str, ...], list[dict]]:
+    """Regional MD (md_mean, mm^2/s) per participant, ROI and session, after the QC rule."""
+    output_dir = Path(config.output_dir)
+    tables = find_roi_tables(output_dir)
+    if not tables:
+        raise InputError(
+            f"{output_dir}: no participant outputs (sub-*/ses-*/dwi/*_desc-roi_md.tsv); run the "
+            "participant level first"
+        )
+    sessions = {"baseline": config.baseline_session, "followup": config.followup_session}
+    exclusions = []
+    selected = set(participants.index)
+    filtered = bool(config.participant_labels)
+    for pid in sorted({pid for pid, _ in tables} - selected):
+        if not filtered:
+            exclusions.append(exclusion(pid, NOT_LISTED))
+    values: dict[tuple[str, str], dict[str, float]] = {}
+    for pid in participants.index:
+        for key, session in sessions.items():
+            path = tables.get((pid, session))
+            if path is None:
+                exclusions.append(
+                    exclusion(
+                        pid,
+                        f"no ROI MD table for ses-{session} (participant level missing or failed)",
+                        session_id=f"ses-{session}",
+                    )
+                )
+                continue
+            if config.max_mean_fd is not None:
+                mean_fd = read_mean_fd(qc_table_path(output_dir, pid[len("sub-") :], session))
+                if not mean_fd <= config.max_mean_fd:  # NaN fails too: QC unknown
+                    exclusions.append(
+                        exclusion(
+                            pid,
+                            f"mean FD {mean_fd:.3g} mm above --max-mean-fd {config.max_mean_fd:g}"
+                            if not math.isnan(mean_fd)
+                            else "mean FD is n/a; cannot apply --max-mean-fd",
+                            session_id=f"ses-{session}",
+                        )
+                    )
+                    continue
+            values[(pid, key)] = read_roi_table(path)
+    if not values:
+        raise InputError(
+            f"{output_dir}: no participant outputs for the selected participants of "
+            f"{Path(config.bids_dir) / 'participants.tsv'}; run the participant level first"
+        )
+    found_rois = {roi for per_session in values.values() for roi in per_session}
+    rois = tuple(r for r in ROI_NAMES if r in found_rois) + tuple(
+        sorted(found_rois - set(ROI_NAMES))
+    )
+    keys = ("baseline", "followup")
+    columns = pd.MultiIndex.from_product([rois, keys], names=["roi", "session"])
+    row_of = {pid: i for i, pid in enumerate(participants.index)}
+    array = np.full((len(row_of), len(columns)), np.nan)
+    for (pid, key), per_roi in values.items():
+        for roi_index, roi in enumerate(rois):
+            value = per_roi.get(roi, math.nan)
+            array[row_of[pid], 2 * roi_index + keys.index(key)] = value
+            if math.isnan(value):
+                exclusions.append(
+                    exclusion(
+                        pid,
+                        f"no md_mean for {roi} at ses-{sessions[key]}",
+                        session_id=f"ses-{sessions[key]}",
+                        roi=roi,
+                    )
+                )
+    md = pd.DataFrame(array, index=participants.index, columns=columns)
+    return md, rois, exclusions
+
+
+def load_inputs(config: Config) -> GroupInputs:
+    """Read and check every input of the group level."""
+    participants, kinds, exclusions = load_participants(config)
+    md, rois, md_exclusions = load_md(config, participants)
+    without_arm = {row["participant_id"] for row in exclusions}
+    md_exclusions = [
+        row
+        for row in md_exclusions
+        if not (row["participant_id"] in without_arm and row["reason"] == NOT_LISTED)
+    ]
+    scores = {}
+    for scale in config.scales:
+        scores[scale], score_exclusions = load_scores(config, scale, participants)
+        exclusions += score_exclusions
+    exclusions += md_exclusions
+    return GroupInputs(participants, kinds, scores, md, rois, exclusions)

@@ -1,0 +1,337 @@
+"""The group models, stated as statsmodels formulas, fitted into one tidy table.
+
+| model             | formula                                                    | fitted per  |
+|-------------------|------------------------------------------------------------|-------------|
+| interaction       | delta_score ~ group * delta_md + baseline_score [+ covs]   | scale x ROI |
+| pooled            | delta_score ~ delta_md + group + baseline_score [+ covs]   | scale x ROI |
+| arm_<arm>         | delta_score ~ delta_md + baseline_score [+ covs], one arm  | scale x ROI |
+| treatment_md      | delta_md ~ group + baseline_md                             | ROI         |
+| treatment_score   | delta_score ~ group + baseline_score                       | scale       |
+| mixed (optional)  | score ~ session * group * md [+ covs], random intercept    | scale x ROI |
+
+``group`` is 1 for the treatment arm and 0 for the control arm. OLS by default, HC3 standard
+errors with ``robust_se``; t tests and t-based 95% confidence intervals in both cases.
+
+Speed without a second implementation: statsmodels' formula machinery builds each model's
+design once, over the frame stacked by scale x ROI (x arm), and each fit takes its rows of
+that design. Nothing in these formulas depends on other rows (no centring or data-dependent
+transforms), so this is the same fit as one formula call per scale x ROI; a test checks it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import statsmodels.api as sm
+import statsmodels.formula.api as smf
+
+from ketamine_dti.config import Config
+from ketamine_dti.errors import InputError
+from ketamine_dti.group.changes import long_session_frame, stacked_roi_frame
+
+LOGGER = logging.getLogger(__name__)
+
+#: Two-sided significance level of the tests and 1 - coverage of the confidence intervals.
+ALPHA = 0.05
+INTERCEPT = "Intercept"
+#: Columns of a tidy fit, in order (``scale``, ``roi``, ``model`` are added around them).
+FIT_COLUMNS = (
+    "term",
+    "estimate",
+    "std_error",
+    "statistic",
+    "p_value",
+    "ci_low",
+    "ci_high",
+    "n",
+)
+#: Model names in reporting order (arm models are inserted as ``arm_<arm>``).
+INTERACTION, POOLED, ARM, TREATMENT_MD, TREATMENT_SCORE, MIXED = (
+    "interaction",
+    "pooled",
+    "arm",
+    "treatment_md",
+    "treatment_score",
+    "mixed",
+)
+_QUOTED = re.compile(r'Q\("([^"]+)"\)')
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model: its name, formula, the variables it needs, and what it is fitted within.
+
+    ``by`` lists the columns whose levels each get their own fit (e.g. scale and ROI). The
+    per-arm models share one spec named ``arm`` with ``arm`` in ``by``; their rows are named
+    ``arm_<arm>``.
+    """
+
+    name: str
+    formula: str
+    variables: tuple[str, ...]
+    by: tuple[str, ...]
+
+
+def covariate_formula(covariates: tuple[str, ...]) -> str:
+    """' + Q("age") + Q("sex")': quoted so any column name works in a formula."""
+    return "".join(f' + Q("{name}")' for name in covariates)
+
+
+def term_name(exog_name: str) -> str:
+    """statsmodels' column name -> our term name ('Q("sex")[T.M]' -> 'sex[T.M]')."""
+    return _QUOTED.sub(r"\1", exog_name)
+
+
+def model_specs(config: Config) -> tuple[ModelSpec, ...]:
+    """The models of the analysis, in reporting order, for this run's covariates."""
+    covs = covariate_formula(config.covariates)
+    scored = ("delta_score", "delta_md", "group", "baseline_score", *config.covariates)
+    return (
+        ModelSpec(
+            INTERACTION,
+            f"delta_score ~ group * delta_md + baseline_score{covs}",
+            scored,
+            ("scale", "roi"),
+        ),
+        ModelSpec(
+            POOLED,
+            f"delta_score ~ delta_md + group + baseline_score{covs}",
+            scored,
+            ("scale", "roi"),
+        ),
+        ModelSpec(
+            ARM, f"delta_score ~ delta_md + baseline_score{covs}", scored, ("scale", "roi", "arm")
+        ),
+        ModelSpec(
+            TREATMENT_MD,
+            "delta_md ~ group + baseline_md",
+            ("delta_md", "group", "baseline_md"),
+            ("roi",),
+        ),
+        ModelSpec(
+            TREATMENT_SCORE,
+            "delta_score ~ group + baseline_score",
+            ("delta_score", "group", "baseline_score"),
+            ("scale",),
+        ),
+    )
+
+
+def model_name(spec: ModelSpec, level: dict[str, str]) -> str:
+    """The ``model`` value of a fit: ``arm_<arm>`` for the per-arm models."""
+    return f"{ARM}_{level['arm']}" if spec.name == ARM else spec.name
+
+
+def _tidy_arrays(result, keep: np.ndarray, n: int) -> dict[str, np.ndarray]:
+    """A statsmodels result -> per-term arrays for the kept terms (intercept dropped)."""
+    ci = np.asarray(result.conf_int(alpha=ALPHA))
+    return {
+        "estimate": np.asarray(result.params)[keep],
+        "std_error": np.asarray(result.bse)[keep],
+        "statistic": np.asarray(result.tvalues)[keep],
+        "p_value": np.asarray(result.pvalues)[keep],
+        "ci_low": ci[keep, 0],
+        "ci_high": ci[keep, 1],
+        "n": np.full(int(keep.sum()), n),
+    }
+
+
+def _tidy_frame(
+    names: list[str], parts: list[dict[str, np.ndarray]], levels: list[tuple], by: tuple[str, ...]
+) -> pd.DataFrame:
+    """Stack per-fit arrays into one tidy frame (one row per level x kept term)."""
+    terms = [term_name(name) for name in names if name != INTERCEPT]
+    frame = pd.DataFrame(
+        {column: np.concatenate([part[column] for part in parts]) for column in parts[0]}
+    )
+    frame.insert(0, "term", terms * len(parts))
+    for k, column in reversed(list(enumerate(by))):
+        frame.insert(0, column, np.repeat([level[k] for level in levels], len(terms)))
+    return frame
+
+
+def _check_design(exog: np.ndarray, where: str) -> None:
+    """Enough participants and a full-rank design, else an InputError saying what to do."""
+    n, p = exog.shape
+    if n < p + 1:
+        raise InputError(
+            f"{where}: {n} participants with complete data, but its {p} coefficients need at "
+            "least " + f"{p + 1}; add participants or drop covariates (--covariates)"
+        )
+    if np.linalg.matrix_rank(exog) < p:
+        raise InputError(
+            f"{where}: the design is singular for the {n} participants with complete data (a "
+            "covariate constant or collinear, or an arm without data); drop that covariate or "
+            "check the inputs"
+        )
+
+
+def fit_ols(
+    formula: str,
+    data: pd.DataFrame,
+    robust_se: bool,
+    by: tuple[str, ...] = (),
+    describe: Callable[[dict[str, str]], str] = str,
+) -> pd.DataFrame:
+    """Fit ``formula`` by OLS separately within each level of the ``by`` columns.
+
+    ``data`` must be complete for the formula's variables. Returns tidy rows with the ``by``
+    columns first. ``describe(level)`` names a fit in error messages.
+    """
+    if data.empty:
+        raise InputError(f"{describe({})}: no participant has complete data; check the inputs")
+    design = smf.ols(formula, data=data)
+    if design.exog.shape[0] != len(data):
+        raise RuntimeError(f"{describe({})}: formula dropped rows; the frame must be complete")
+    names = list(design.exog_names)
+    keep = np.array([name != INTERCEPT for name in names])
+    if by:
+        groups = data.groupby(list(by), sort=False).indices
+        groups = {
+            (key if isinstance(key, tuple) else (key,)): rows for key, rows in groups.items()
+        }
+    else:
+        groups = {(): np.arange(len(data))}
+    fit_kwargs = {"cov_type": "HC3", "use_t": True} if robust_se else {}
+    parts = []
+    for level, rows in groups.items():
+        exog = design.exog[rows]
+        _check_design(exog, describe(dict(zip(by, level, strict=True))))
+        result = sm.OLS(design.endog[rows], exog).fit(**fit_kwargs)
+        parts.append(_tidy_arrays(result, keep, len(rows)))
+    return _tidy_frame(names, parts, list(groups), by)
+
+
+def _complete(data: pd.DataFrame, variables: tuple[str, ...]) -> pd.DataFrame:
+    return data.dropna(subset=list(variables))
+
+
+def fit_mixed(formula: str, data: pd.DataFrame, where: str) -> pd.DataFrame:
+    """MixedLM with a participant random intercept (REML); z tests. Empty on failure."""
+    n = data["participant_id"].nunique()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = smf.mixedlm(formula, data, groups=data["participant_id"]).fit(reml=True)
+        except (np.linalg.LinAlgError, ValueError) as err:
+            LOGGER.warning("%s: mixed model failed (%s); no rows written", where, err)
+            return pd.DataFrame(columns=list(FIT_COLUMNS))
+    for warning in caught:
+        LOGGER.warning("%s: %s", where, warning.message)
+    names = list(result.model.exog_names)
+    k = len(names)
+    ci = np.asarray(result.conf_int(alpha=ALPHA))[:k]
+    frame = pd.DataFrame(
+        {
+            "term": [term_name(name) for name in names],
+            "estimate": np.asarray(result.fe_params),
+            "std_error": np.asarray(result.bse_fe),
+            "statistic": np.asarray(result.tvalues)[:k],
+            "p_value": np.asarray(result.pvalues)[:k],
+            "ci_low": ci[:, 0],
+            "ci_high": ci[:, 1],
+            "n": n,
+        }
+    )
+    return frame[frame.term != INTERCEPT]
+
+
+def fit_group_models(table: pd.DataFrame, config: Config, rois: tuple[str, ...]) -> pd.DataFrame:
+    """All models of the analysis -> tidy stats (no FDR yet): scale, roi, model, term, ..."""
+    scored = pd.concat(
+        [
+            stacked_roi_frame(table, config, rois, scale).assign(scale=scale)
+            for scale in config.scales
+        ],
+        ignore_index=True,
+    )
+    frames = {
+        ("scale", "roi"): scored,
+        ("scale", "roi", "arm"): scored,
+        ("scale",): scored[scored["roi"] == rois[0]],  # one row per participant and scale
+        ("roi",): stacked_roi_frame(table, config, rois, None),
+    }
+    expected_levels = {
+        "scale": config.scales,
+        "roi": rois,
+        "arm": (config.treatment_arm, config.control_arm),
+    }
+    parts = []
+    for spec in model_specs(config):
+        data = _complete(frames[spec.by], spec.variables)
+
+        def describe(level: dict[str, str], spec: ModelSpec = spec) -> str:
+            name = model_name(spec, level) if "arm" in level else spec.name
+            where = ", ".join(f"{key} {value}" for key, value in level.items() if key != "arm")
+            return f"{name} model ({spec.formula})" + (f", {where}" if where else "")
+
+        fitted = fit_ols(spec.formula, data, config.robust_se, spec.by, describe)
+        found = set(fitted[list(spec.by)].itertuples(index=False, name=None))
+        for level in itertools.product(*(expected_levels[column] for column in spec.by)):
+            if level not in found:
+                raise InputError(
+                    f"{describe(dict(zip(spec.by, level, strict=True)))}: no participant has "
+                    "complete data; check the ROI tables and scores"
+                )
+        if spec.name == ARM:
+            fitted.insert(0, "model", ARM + "_" + fitted.pop("arm").astype(str))
+        else:
+            fitted.insert(0, "model", spec.name)
+        for column in ("scale", "roi"):
+            if column not in fitted:
+                fitted.insert(0, column, "")
+        parts.append(fitted)
+    if config.mixed_model:
+        for scale in config.scales:
+            parts.extend(_fit_mixed_models(table, config, rois, scale))
+    stats = pd.concat(parts, ignore_index=True)
+    return order_stats(stats[["scale", "roi", "model", *FIT_COLUMNS]], config, rois)
+
+
+def _fit_mixed_models(
+    table: pd.DataFrame, config: Config, rois: tuple[str, ...], scale: str
+) -> list[pd.DataFrame]:
+    formula = f"score ~ session * group * md{covariate_formula(config.covariates)}"
+    parts = []
+    for roi in rois:
+        long = _complete(
+            long_session_frame(table, config, roi, scale),
+            ("score", "md", "group", "session", *config.covariates),
+        )
+        fitted = fit_mixed(formula, long, f"mixed model ({formula}), scale {scale}, {roi}")
+        fitted.insert(0, "scale", scale)
+        fitted.insert(1, "roi", roi)
+        fitted.insert(2, "model", MIXED)
+        parts.append(fitted)
+    return parts
+
+
+def model_order(config: Config) -> list[str]:
+    """Model names in reporting order."""
+    arms = [f"{ARM}_{config.treatment_arm}", f"{ARM}_{config.control_arm}"]
+    names = [spec.name for spec in model_specs(config)]
+    return names[: names.index(ARM)] + arms + names[names.index(ARM) + 1 :] + [MIXED]
+
+
+def order_stats(stats: pd.DataFrame, config: Config, rois: tuple[str, ...]) -> pd.DataFrame:
+    """Sort rows: scale (treatment_md last), ROI in atlas order, model, term as fitted."""
+    scale_rank = {scale: i for i, scale in enumerate(config.scales)} | {"": len(config.scales)}
+    roi_rank = {"": -1} | {roi: i for i, roi in enumerate(rois)}
+    model_rank = {name: i for i, name in enumerate(model_order(config))}
+    keys = pd.DataFrame(
+        {
+            "scale": stats["scale"].map(scale_rank),
+            "roi": stats["roi"].map(roi_rank),
+            "model": stats["model"].map(model_rank),
+            "position": np.arange(len(stats)),
+        }
+    )
+    order = keys.sort_values(["scale", "roi", "model", "position"]).index
+    return stats.loc[order].reset_index(drop=True)

@@ -1,0 +1,656 @@
+"""Write the simulated trial as a raw BIDS dataset, with its ground truth under sourcedata/.
+
+Layout (``<s>`` = session label, default ``baseline`` and ``24h``)::
+
+    dataset_description.json  README  CHANGES  participants.tsv/.json  sessions.json
+    phenotype/madrs.tsv/.json  phenotype/qids_sr.tsv/.json
+    sub-<l>/sub-<l>_sessions.tsv
+    sub-<l>/ses-<s>/anat/sub-<l>_ses-<s>_T1w.nii.gz/.json
+    sub-<l>/ses-<s>/dwi/sub-<l>_ses-<s>_dwi.nii.gz/.bval/.bvec/.json
+    sourcedata/ground_truth/roi_md.tsv, planted_effects.json, desc-truth_dseg.tsv,
+        sub-<l>/ses-<s>/sub-<l>_ses-<s>_space-dwi_desc-truth_dseg.nii.gz
+
+The App never reads ``sourcedata/``. Participants are simulated independently from
+``(seed, participant index)`` random streams, so the output does not depend on ``n_procs``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from ketamine_dti import __version__
+from ketamine_dti.rois import ROI_NAMES
+from ketamine_dti.simulate import anatomy, session, signal
+from ketamine_dti.simulate.clinical import (
+    MIN_PARTICIPANTS,
+    ROI_BASELINE_MD,
+    SCENARIOS,
+    ClinicalTrial,
+    simulate_clinical,
+)
+from ketamine_dti.simulate.presets import EFFECTIVE_ECHO_SPACING_S, PRESETS, Preset, get_preset
+
+LOGGER = logging.getLogger(__name__)
+
+BIDS_VERSION = "1.10.0"
+GENERATOR = "ketamine-dti-simulate"
+#: MD (mm^2/s) of gray matter outside the ROIs for a participant at the population mean; each
+#: participant's value follows their own mean baseline ROI MD relative to the population's.
+OTHER_GM_MD = 0.80e-3
+#: Sessions are acquired this many hours apart (for sessions.tsv).
+SESSION_INTERVAL_HOURS = 24
+#: The first scan date (BIDS-anonymised: year 1900 means "shifted").
+FIRST_SCAN = pd.Timestamp("1900-01-01T09:00:00")
+#: Days between consecutive participants' enrolment.
+ENROLMENT_INTERVAL_DAYS = 7
+#: Files and folders this writer owns: ``--overwrite`` removes only these.
+OWNED_ENTRIES = (
+    "dataset_description.json",
+    "README",
+    "README.md",
+    "CHANGES",
+    "participants.tsv",
+    "participants.json",
+    "sessions.json",
+    ".bidsignore",
+    "phenotype",
+    "sourcedata/ground_truth",
+)
+#: DWI/T1w sidecar basics of the simulated 3 T scanner.
+SCANNER = {
+    "Manufacturer": "Simulated",
+    "ManufacturersModelName": GENERATOR,
+    "DeviceSerialNumber": "0",
+    "StationName": "SIMULATOR",
+    "SoftwareVersions": f"{GENERATOR} {__version__}",
+    "MagneticFieldStrength": 3,
+    "InstitutionName": "ketamine-dti simulated trial",
+    "InstitutionAddress": "none (simulated data)",
+    "InstitutionalDepartmentName": "none (simulated data)",
+    "ReceiveCoilName": "simulated 32-channel head coil",
+    "ReceiveCoilActiveElements": "all",
+    "CoilCombinationMethod": "adaptive combine (magnitude with Rician noise)",
+    "NonlinearGradientCorrection": False,
+}
+T1W_TIMING = {
+    "ScanningSequence": "GR_IR",
+    "SequenceVariant": "SK_SP_MP",
+    "SequenceName": "tfl3d1",
+    "PulseSequenceDetails": "simulated MPRAGE",
+    "MatrixCoilMode": "GRAPPA",
+    "DwellTime": 7.8e-06,
+    "RepetitionTime": 2.3,
+    "EchoTime": 0.00296,
+    "InversionTime": 0.9,
+    "FlipAngle": 9,
+    "MRAcquisitionType": "3D",
+    "PulseSequenceType": "MPRAGE",
+}
+#: Anterior-to-posterior phase encoding: k-space is traversed along -j, the image's second axis
+#: (+j points anterior in our LAS images); the eddy-distortion model displaces along j.
+PHASE_ENCODING_DIRECTION = "j-"
+PARALLEL_REDUCTION_FACTOR = 2
+#: Readout dwell time (s) of the EPI, typical bandwidth ~1.5 kHz/pixel at 96 matrix.
+DWI_DWELL_TIME_S = 2.6e-06
+#: bids-validator-deno 3.0.2 (BIDS schema 1.11.1) indexes phenotype files by participant_id
+#: alone, so our long-format phenotype (one row per participant and session, the App's input
+#: contract) would fail its uniqueness check: the validator is told to skip the folder.
+BIDSIGNORE = "phenotype/\n"
+
+
+@dataclass(frozen=True)
+class TrialOptions:
+    """Validated options of one simulated trial."""
+
+    out_dir: Path
+    n_participants: int
+    seed: int
+    preset: Preset
+    scenario: str
+    sessions: tuple[str, str]
+    snr: float | None  # None: noiseless (no noise, no motion, no eddy distortion)
+    n_procs: int = 1
+
+
+def make_options(
+    out_dir: Path | str,
+    n_participants: int | None = None,
+    seed: int = 0,
+    preset: str = "tiny",
+    scenario: str = "paper",
+    sessions: tuple[str, ...] = ("baseline", "24h"),
+    snr: float | None = None,
+    noiseless: bool = False,
+    n_procs: int = 1,
+) -> TrialOptions:
+    """Check every option; ValueError carries a one-line message that says what to do."""
+    if preset not in PRESETS:
+        raise ValueError(f"--preset {preset!r} is unknown; use one of {', '.join(PRESETS)}")
+    chosen = get_preset(preset)
+    n = chosen.default_n_participants if n_participants is None else int(n_participants)
+    if n < max(MIN_PARTICIPANTS, 3):
+        raise ValueError(
+            f"--n-participants {n} cannot make a 2:1 trial; give at least 3 (one block)"
+        )
+    if scenario not in SCENARIOS:
+        raise ValueError(f"--scenario {scenario!r} is unknown; use one of {', '.join(SCENARIOS)}")
+    sessions = tuple(sessions)
+    if len(sessions) != 2 or sessions[0] == sessions[1]:
+        raise ValueError(
+            f"--sessions {' '.join(sessions)}: give two different labels (baseline, follow-up)"
+        )
+    for label in sessions:
+        if not label.isalnum() or not label.isascii():
+            raise ValueError(f"--sessions {label!r}: a BIDS label has only letters and digits")
+    if noiseless and snr is not None:
+        raise ValueError("--noiseless and --snr contradict each other; give one of them")
+    if snr is not None and not (np.isfinite(snr) and snr > 0):
+        raise ValueError(f"--snr {snr}: give a positive number (mean WM b0 / noise SD)")
+    if seed < 0:
+        raise ValueError(f"--seed {seed}: give a non-negative integer")
+    if n_procs < 1:
+        raise ValueError(f"--n-procs {n_procs}: give at least 1")
+    return TrialOptions(
+        out_dir=Path(out_dir),
+        n_participants=n,
+        seed=int(seed),
+        preset=chosen,
+        scenario=scenario,
+        sessions=sessions,
+        snr=None if noiseless else float(chosen.default_snr if snr is None else snr),
+        n_procs=int(n_procs),
+    )
+
+
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse an existing non-empty folder (unless overwrite) or a path that is a file."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir}: exists and is not a folder; choose another OUT_DIR")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{out_dir}: folder exists and is not empty; choose an empty OUT_DIR or add "
+            "--overwrite"
+        )
+
+
+def clear_owned(out_dir: Path) -> None:
+    """Remove what a previous simulation wrote (sub-*, top-level files, ground truth) only."""
+    for entry in [*OWNED_ENTRIES, *(p.name for p in out_dir.glob("sub-*"))]:
+        path = out_dir / entry
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
+def _write_json(path: Path, content: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(content, indent=2, sort_keys=False) + "\n")
+
+
+def _write_tsv(path: Path, frame: pd.DataFrame) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, sep="\t", index=False, na_rep="n/a", lineterminator="\n")
+
+
+def _save_nifti(
+    data: np.ndarray, affine: np.ndarray, path: Path, zooms_time: float | None = None
+) -> None:
+    """Save with sform/qform = scanner, units mm (and s), like a DICOM converter."""
+    image = nib.Nifti1Image(data, affine)
+    image.header.set_xyzt_units("mm", "sec")
+    image.set_sform(affine, code=1)
+    image.set_qform(affine, code=1)
+    if zooms_time is not None:
+        image.header.set_zooms(image.header.get_zooms()[:3] + (zooms_time,))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(image, path)
+
+
+def _to_int16(data: np.ndarray) -> np.ndarray:
+    """Round magnitudes to int16 as scanners store them (headroom is checked)."""
+    top = np.iinfo(np.int16).max
+    if data.max() > top:
+        LOGGER.warning("signal above int16 range clipped (max %.0f)", data.max())
+    rounded = np.rint(data)
+    np.clip(rounded, 0, top, out=rounded)
+    return rounded.astype(np.int16, order="K")
+
+
+def slice_timing(n_slices: int, repetition_time: float) -> list[float]:
+    """Interleaved ascending slice order (odd then even), times in s within one TR."""
+    order = list(range(0, n_slices, 2)) + list(range(1, n_slices, 2))
+    step = repetition_time / n_slices
+    times = np.empty(n_slices)
+    for position, slice_index in enumerate(order):
+        times[slice_index] = position * step
+    return [round(float(t), 4) for t in times]
+
+
+def dwi_sidecar(preset: Preset) -> dict:
+    """Scanner-like JSON sidecar of the DWI (times in s)."""
+    n_slices = preset.dwi_shape[2]
+    return {
+        **SCANNER,
+        "MRAcquisitionType": "2D",
+        "PulseSequenceType": "SE-EPI diffusion",
+        "ScanningSequence": "EP",
+        "SequenceVariant": "SK_SP",
+        "SequenceName": f"ep_b{preset.bval:g}",
+        "PulseSequenceDetails": "simulated single-shot twice-refocused SE-EPI",
+        "MatrixCoilMode": "GRAPPA",
+        "DwellTime": DWI_DWELL_TIME_S,
+        "EchoTime": preset.dwi_echo_time_s,
+        "RepetitionTime": preset.dwi_repetition_time_s,
+        "FlipAngle": 90,
+        "PhaseEncodingDirection": PHASE_ENCODING_DIRECTION,
+        "TotalReadoutTime": round(preset.total_readout_time_s, 6),
+        "EffectiveEchoSpacing": EFFECTIVE_ECHO_SPACING_S,
+        "ParallelReductionFactorInPlane": PARALLEL_REDUCTION_FACTOR,
+        "SliceEncodingDirection": "k",
+        "SliceThickness": preset.dwi_voxel_mm,
+        "SliceTiming": slice_timing(n_slices, preset.dwi_repetition_time_s),
+    }
+
+
+def t1w_sidecar() -> dict:
+    return {**SCANNER, **T1W_TIMING}
+
+
+def format_bval(bvals: np.ndarray) -> str:
+    return " ".join(f"{b:g}" for b in bvals) + "\n"
+
+
+def format_bvec(bvecs: np.ndarray) -> str:
+    """FSL layout: three rows (x, y, z), one column per volume, voxel frame."""
+    return "".join(" ".join(f"{v:.6f}" for v in row) + "\n" for row in bvecs.T)
+
+
+def other_gm_md(trial: ClinicalTrial, participant_id: str, baseline_id: str) -> float:
+    """Participant-level MD of GM outside the ROIs (mm^2/s), constant across sessions."""
+    rows = trial.gm_md[
+        (trial.gm_md.participant_id == participant_id) & (trial.gm_md.session_id == baseline_id)
+    ]
+    relative = np.mean([row.md_true / ROI_BASELINE_MD[row.roi] for row in rows.itertuples()])
+    return float(OTHER_GM_MD * relative)
+
+
+def session_label_md(
+    trial: ClinicalTrial, participant_id: str, session_id: str, other_md: float
+) -> np.ndarray:
+    """GM MD per atlas label for one session: [outside ROIs, ROI 1..7] (mm^2/s)."""
+    rows = trial.gm_md[
+        (trial.gm_md.participant_id == participant_id) & (trial.gm_md.session_id == session_id)
+    ].set_index("roi")
+    return np.array([other_md] + [float(rows.loc[roi, "md_true"]) for roi in ROI_NAMES])
+
+
+@dataclass(frozen=True)
+class ParticipantResult:
+    participant_id: str
+    sigma: dict  # session_id -> noise SD
+    mean_fd_mm: dict  # session_id -> mean framewise displacement
+    truth_rule: dict  # session_id -> {roi: "pure"/"fallback"/"absent"}
+    truth_voxels: dict  # session_id -> {roi: n voxels}
+
+
+def simulate_participant(
+    options: TrialOptions, trial: ClinicalTrial, index: int
+) -> ParticipantResult:
+    """Simulate and write one participant's sessions (DWI, T1w, truth masks)."""
+    participant_id = trial.participants.participant_id.iloc[index]
+    rng = np.random.default_rng([options.seed, index + 1])
+    template = anatomy.load_template_anatomy()
+    atlas = session.load_roi_atlas()
+    participant = anatomy.random_participant(rng, template)
+    motion_level = float(np.exp(rng.normal(0.0, session.MOTION_LEVEL_LOG_SD)))
+    baseline_id = f"ses-{options.sessions[0]}"
+    other_md = other_gm_md(trial, participant_id, baseline_id)
+    root = options.out_dir
+    truth_root = root / "sourcedata" / "ground_truth"
+    sigma, mean_fd, rules, voxels = {}, {}, {}, {}
+    for label in options.sessions:
+        session_id = f"ses-{label}"
+        stem = f"{participant_id}_{session_id}"
+        pose = anatomy.random_head_pose(rng, template.centre_mm)
+        label_md = session_label_md(trial, participant_id, session_id, other_md)
+        dwi = session.simulate_dwi(
+            template,
+            participant,
+            pose,
+            options.preset,
+            rng,
+            label_md,
+            atlas,
+            options.snr,
+            motion_level=motion_level,
+        )
+        dwi_dir = root / participant_id / session_id / "dwi"
+        _save_nifti(
+            _to_int16(dwi.data),
+            dwi.affine,
+            dwi_dir / f"{stem}_dwi.nii.gz",
+            zooms_time=options.preset.dwi_repetition_time_s,
+        )
+        (dwi_dir / f"{stem}_dwi.bval").write_text(format_bval(dwi.bvals))
+        (dwi_dir / f"{stem}_dwi.bvec").write_text(format_bvec(dwi.bvecs))
+        _write_json(dwi_dir / f"{stem}_dwi.json", dwi_sidecar(options.preset))
+        _save_nifti(
+            dwi.truth_dseg,
+            dwi.affine,
+            truth_root / participant_id / session_id / f"{stem}_space-dwi_desc-truth_dseg.nii.gz",
+        )
+        t1w, t1w_affine = session.simulate_t1w(template, participant, pose, options.preset, rng)
+        anat_dir = root / participant_id / session_id / "anat"
+        _save_nifti(t1w, t1w_affine, anat_dir / f"{stem}_T1w.nii.gz")
+        _write_json(anat_dir / f"{stem}_T1w.json", t1w_sidecar())
+        sigma[session_id] = dwi.sigma
+        mean_fd[session_id] = float(dwi.motion.framewise_displacement_mm()[1:].mean())
+        rules[session_id] = {ROI_NAMES[k - 1]: r for k, r in dwi.truth_rule.items()}
+        voxels[session_id] = {
+            roi: int((dwi.truth_dseg == k).sum()) for k, roi in enumerate(ROI_NAMES, 1)
+        }
+        del dwi
+    _write_tsv(
+        root / participant_id / f"{participant_id}_sessions.tsv", sessions_table(options, index)
+    )
+    LOGGER.info(
+        "%s: %s written (mean FD %s mm)",
+        participant_id,
+        ", ".join(f"ses-{s}" for s in options.sessions),
+        ", ".join(f"{v:.2f}" for v in mean_fd.values()),
+    )
+    return ParticipantResult(participant_id, sigma, mean_fd, rules, voxels)
+
+
+def sessions_table(options: TrialOptions, index: int) -> pd.DataFrame:
+    """sessions.tsv of one participant: session_id, acq_time (shifted dates), hours apart."""
+    start = FIRST_SCAN + pd.Timedelta(days=ENROLMENT_INTERVAL_DAYS * index)
+    rows = []
+    for position, label in enumerate(options.sessions):
+        when = start + pd.Timedelta(hours=SESSION_INTERVAL_HOURS * position)
+        rows.append(
+            {
+                "session_id": f"ses-{label}",
+                "acq_time": when.strftime("%Y-%m-%dT%H:%M:%S"),
+                "hours_from_baseline": SESSION_INTERVAL_HOURS * position,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _worker(args: tuple[TrialOptions, ClinicalTrial, int]) -> ParticipantResult:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    options, trial, index = args
+    return simulate_participant(options, trial, index)
+
+
+def write_top_level(options: TrialOptions, trial: ClinicalTrial) -> None:
+    """dataset_description, README, CHANGES, participants, sessions.json, phenotype."""
+    root = options.out_dir
+    _write_json(
+        root / "dataset_description.json",
+        {
+            "Name": "Simulated 2:1 ketamine vs saline trial: 24 h gray-matter MD (ketamine-dti)",
+            "BIDSVersion": BIDS_VERSION,
+            "DatasetType": "raw",
+            "License": "CC0",
+            "Authors": ["ketamine-dti simulator"],
+            "HowToAcknowledge": "Cite ketamine-dti; the anatomy is the ICBM152 2009a template.",
+            "ReferencesAndLinks": [
+                "Fonov et al. (2011) NeuroImage 54:313-327 (ICBM152 2009a)",
+            ],
+            "GeneratedBy": [
+                {
+                    "Name": GENERATOR,
+                    "Version": __version__,
+                    "Description": (
+                        f"preset={options.preset.name} scenario={options.scenario} "
+                        f"seed={options.seed} n={options.n_participants} "
+                        f"snr={'noiseless' if options.snr is None else options.snr}"
+                    ),
+                }
+            ],
+        },
+    )
+    (root / "README").write_text(readme_text(options))
+    (root / ".bidsignore").write_text(BIDSIGNORE)
+    (root / "CHANGES").write_text(
+        f"1.0.0 {FIRST_SCAN.strftime('%Y-%m-%d')}\n"
+        f"  - Simulated by {GENERATOR} {__version__} (seed {options.seed}).\n"
+    )
+    _write_tsv(root / "participants.tsv", trial.participants)
+    _write_json(root / "participants.json", PARTICIPANTS_JSON)
+    _write_json(root / "sessions.json", sessions_json(options.sessions))
+    scores = trial.scores
+    _write_tsv(
+        root / "phenotype" / "madrs.tsv", scores[["participant_id", "session_id", "madrs_total"]]
+    )
+    _write_tsv(
+        root / "phenotype" / "qids_sr.tsv",
+        scores[["participant_id", "session_id", "qids_sr_total"]],
+    )
+    _write_json(root / "phenotype" / "madrs.json", MADRS_JSON)
+    _write_json(root / "phenotype" / "qids_sr.json", QIDS_JSON)
+
+
+def write_ground_truth(
+    options: TrialOptions, trial: ClinicalTrial, results: list[ParticipantResult]
+) -> None:
+    """roi_md.tsv, planted_effects.json and the label table of the truth masks."""
+    truth = options.out_dir / "sourcedata" / "ground_truth"
+    _write_tsv(
+        truth / "roi_md.tsv", trial.gm_md[["participant_id", "session_id", "roi", "md_true"]]
+    )
+    _write_json(truth / "roi_md.json", ROI_MD_JSON)
+    labels = pd.DataFrame({"index": range(1, len(ROI_NAMES) + 1), "name": ROI_NAMES})
+    _write_tsv(truth / "desc-truth_dseg.tsv", labels)
+    other = {
+        r.participant_id: other_gm_md(trial, r.participant_id, f"ses-{options.sessions[0]}")
+        for r in results
+    }
+    planted = {
+        **trial.planted,
+        "imaging": {
+            "preset": options.preset.name,
+            "dwi_voxel_mm": options.preset.dwi_voxel_mm,
+            "dwi_shape": list(options.preset.dwi_shape),
+            "n_directions": options.preset.n_directions,
+            "n_b0": options.preset.n_b0,
+            "bval_s_per_mm2": options.preset.bval,
+            "t1w_voxel_mm": options.preset.t1w_voxel_mm,
+            "noiseless": options.snr is None,
+            "snr": options.snr,
+            "snr_definition": "mean b0 signal in voxels with WM fraction >= "
+            f"{signal.WM_SNR_FRACTION} (clean first b0) / sigma",
+            "sigma": {r.participant_id: r.sigma for r in results},
+            "noise": "Rician: magnitude of signal + complex Gaussian noise, SD sigma per channel",
+            "tissue_md_mm2_per_s": {
+                "gm_outside_rois": other,
+                "gm_outside_rois_rule": f"{OTHER_GM_MD} x mean(baseline md_true / population "
+                "baseline MD of each ROI), constant across sessions",
+                "wm": signal.WM_MD,
+                "wm_anisotropy_deep_superficial": [
+                    signal.WM_ANISOTROPY_DEEP,
+                    signal.WM_ANISOTROPY_SUPERFICIAL,
+                ],
+                "csf": signal.CSF_DIFFUSIVITY,
+                "gm_anisotropy": signal.GM_ANISOTROPY,
+            },
+            "s0_relative_to_wm": signal.S0_RELATIVE,
+            "regional_md_spread_mm": anatomy.REGIONAL_MD_SPREAD_MM,
+            "anatomy": "nilearn ICBM152 2009a sym GM/WM (CSF = rest of brain), sharpened with "
+            f"exponent {anatomy.SHARPEN_EXPONENT}; per-participant scale (SD "
+            f"{anatomy.SCALE_SD}) and smooth warp (RMS {anatomy.WARP_RMS_MM} mm); per-session "
+            "rigid head pose",
+            "atlas_space_note": "MNI152NLin6Asym and ICBM152 2009a world coordinates are "
+            "treated as the same mm space",
+            "motion": "noiseless: none"
+            if options.snr is None
+            else "random-walk rigid motion "
+            "relative to the first volume, eddy-like affine displacement along phase encode (j)",
+            "mean_fd_mm": {r.participant_id: r.mean_fd_mm for r in results},
+            "truth_mask_rule": (
+                f"GM fraction of the ROI >= {session.TRUTH_MIN_ROI_GM} and CSF fraction <= "
+                f"{session.TRUTH_MAX_CSF} on the DWI grid at the first volume's head position; "
+                "fallback (no such voxel): the voxels where the ROI holds >= "
+                f"{session.TRUTH_FALLBACK_MIN_ROI_GM} with the smallest partial-volume bias "
+                f"bound {session.BIAS_PER_FRACTION['csf']} f_csf + "
+                f"{session.BIAS_PER_FRACTION['wm']} f_wm + sum_l f_l |md_l/md_roi - 1| (within "
+                f"{session.TRUTH_FALLBACK_MARGIN} of the best)"
+            ),
+            "truth_mask_rule_used": {r.participant_id: r.truth_rule for r in results},
+            "truth_mask_voxels": {r.participant_id: r.truth_voxels for r in results},
+            "bvec_convention": "FSL: unit vectors in the voxel frame of the LAS-stored image",
+        },
+    }
+    _write_json(truth / "planted_effects.json", planted)
+    (truth / "README").write_text(GROUND_TRUTH_README)
+
+
+def simulate_trial(options: TrialOptions, overwrite: bool = False) -> list[ParticipantResult]:
+    """Write the whole dataset; OUT_DIR must be empty or absent (or ``overwrite``)."""
+    check_out_dir(options.out_dir, overwrite)
+    trial = simulate_clinical(
+        options.n_participants,
+        scenario=options.scenario,
+        seed=options.seed,
+        sessions=options.sessions,
+    )
+    options.out_dir.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        clear_owned(options.out_dir)
+    write_top_level(options, trial)
+    indices = range(options.n_participants)
+    if options.n_procs == 1:
+        results = [simulate_participant(options, trial, i) for i in indices]
+    else:
+        with ProcessPoolExecutor(max_workers=options.n_procs) as pool:
+            results = list(pool.map(_worker, [(options, trial, i) for i in indices]))
+    write_ground_truth(options, trial, results)
+    return results
+
+
+def readme_text(options: TrialOptions) -> str:
+    """The dataset README (what it is, how it was made, what the validator says)."""
+    return f"""# Simulated ketamine trial (ketamine-dti)
+
+Synthetic data: no human participant was scanned. A 2:1 ketamine:saline trial of
+{options.n_participants} participants with two sessions each ({", ".join(options.sessions)}),
+written by `{GENERATOR}` (preset `{options.preset.name}`, scenario `{options.scenario}`,
+seed {options.seed}).
+
+- `sub-*/ses-*/dwi`: single-shell DWI, b = {options.preset.bval:g} s/mm^2,
+  {options.preset.n_directions} directions + {options.preset.n_b0} b0,
+  {options.preset.dwi_voxel_mm:g} mm isotropic, FSL bval/bvec (bvecs in the voxel frame).
+  {
+        "Noiseless, no motion."
+        if options.snr is None
+        else f"Rician noise at SNR {options.snr:g}"
+        " (mean white-matter b0 / noise SD), head motion and eddy-like distortion."
+    }
+- `sub-*/ses-*/anat`: T1w at {options.preset.t1w_voxel_mm:g} mm with a bias field and noise.
+- `phenotype/`: MADRS and QIDS-SR totals per session.
+- `sourcedata/ground_truth/`: the true gray-matter MD per ROI and session, the planted effects
+  and per-session ROI masks on the DWI grid. Pipelines must not read it.
+
+Anatomy: the ICBM152 2009a template (Fonov et al. 2011, via nilearn), warped and scaled per
+participant and positioned per session.
+
+Validation: `bids-validator-deno` 3.0.2 (BIDS schema 1.11.1) reports no errors. `.bidsignore`
+lists `phenotype/`: its files hold one row per participant and session (long format, with a
+`session_id` column), which this schema's phenotype rule (one row per participant) rejects.
+Remaining warnings: JSON_KEY_RECOMMENDED (HEDVersion, SourceDatasets in
+dataset_description.json: no HED annotations, raw data) and TOO_FEW_AUTHORS (the authors are
+the software, not people).
+"""
+
+
+GROUND_TRUTH_README = """Ground truth of the simulated trial (never read by ketamine-dti).
+
+roi_md.tsv: true gray-matter MD (mm^2/s) of each ROI, participant and session.
+planted_effects.json: the clinical model's planted couplings and all imaging parameters.
+sub-*/ses-*/*_space-dwi_desc-truth_dseg.nii.gz: ROI indices (desc-truth_dseg.tsv) of the voxels
+that are essentially pure gray matter of that ROI, on the session's DWI grid at the head
+position of the first volume (see truth_mask_rule in planted_effects.json).
+"""
+
+ROI_MD_JSON = {
+    "participant_id": {"Description": "Participant label"},
+    "session_id": {"Description": "Session label"},
+    "roi": {"Description": "ROI name (atlas ketamine7, index order in desc-truth_dseg.tsv)"},
+    "md_true": {
+        "Description": "True mean diffusivity of the ROI's gray matter in this session",
+        "Units": "mm^2/s",
+    },
+}
+PARTICIPANTS_JSON = {
+    "participant_id": {"Description": "Participant label (sub-<label>)"},
+    "group": {
+        "Description": "Randomised arm (2:1 ketamine:saline by permuted blocks of 3 or 6)",
+        "Levels": {
+            "ketamine": "single 0.5 mg/kg IV ketamine infusion",
+            "saline": "saline placebo infusion",
+        },
+    },
+    "age": {"Description": "Age at baseline", "Units": "year"},
+    "sex": {"Description": "Sex", "Levels": {"F": "female", "M": "male"}},
+}
+
+
+def sessions_json(sessions: tuple[str, str]) -> dict:
+    """Data dictionary of the sessions.tsv files."""
+    return {
+        "session_id": {
+            "Description": "Session label",
+            "Levels": {
+                f"ses-{sessions[0]}": "baseline, before the infusion",
+                f"ses-{sessions[1]}": f"follow-up, {SESSION_INTERVAL_HOURS} hours later",
+            },
+        },
+        "acq_time": {"Description": "Acquisition time (dates shifted to 1900 for anonymity)"},
+        "hours_from_baseline": {
+            "Description": "Time since the baseline session",
+            "Units": "hour",
+        },
+    }
+
+
+MADRS_JSON = {
+    "MeasurementToolMetadata": {
+        "Description": "Montgomery-Asberg Depression Rating Scale (clinician rated, 10 items)",
+        "TermURL": "https://www.ncbi.nlm.nih.gov/pubmed/444788",
+    },
+    "participant_id": {"Description": "Participant label"},
+    "session_id": {"Description": "Session of the rating (ses-baseline, ses-24h)"},
+    "madrs_total": {
+        "Description": "MADRS total score (higher = more depressed)",
+        "Units": "points",
+        "MinValue": 0,
+        "MaxValue": 60,
+    },
+}
+QIDS_JSON = {
+    "MeasurementToolMetadata": {
+        "Description": "Quick Inventory of Depressive Symptomatology, self report (16 items)",
+        "TermURL": "https://www.ncbi.nlm.nih.gov/pubmed/12946886",
+    },
+    "participant_id": {"Description": "Participant label"},
+    "session_id": {"Description": "Session of the rating (ses-baseline, ses-24h)"},
+    "qids_sr_total": {
+        "Description": "QIDS-SR total score (higher = more depressed)",
+        "Units": "points",
+        "MinValue": 0,
+        "MaxValue": 27,
+    },
+}

@@ -1,0 +1,324 @@
+"""One simulated scanning session: DWI (+ ground-truth ROI masks) and T1w, as arrays.
+
+This module wires :mod:`anatomy` and :mod:`signal`; it does no file I/O (the BIDS writer does).
+
+Ground-truth ROI masks (``truth_dseg``) live on the session's DWI grid at the reference head
+position (the first b0; every later volume moves relative to it, so a motion-corrected series is
+in this space). A voxel belongs to ROI k if it is essentially pure gray matter of that ROI:
+GM-of-ROI-k fraction >= :data:`TRUTH_MIN_ROI_GM` and CSF fraction <= :data:`TRUTH_MAX_CSF`.
+
+Why: to first order a fraction f of a compartment c with relative S0 r and diffusivity D_c
+shifts the apparent MD of GM (MD D) by ``f r (1 - exp(-b (D_c - D))) / (b D)``: about +2.4 per
+unit CSF fraction (+2.4% MD per 1% free water), about -0.1 per unit WM fraction (measured
+with superficial WM's anisotropy) and up to ~0.1 per unit of GM with another MD
+(:data:`BIAS_PER_FRACTION`). The rule keeps each mask voxel's bias under ~0.5%.
+
+Fallback: a thin cortical ROI (BA10) has no such voxel on a 4 mm grid, as in real data. Then
+the mask takes the voxels where that ROI holds the majority of the voxel and whose bias bound
+``2.4 f_csf + 0.1 f_wm + sum_l f_l |md_l / md_roi - 1|`` (other GM by its actual MD contrast;
+absolute values, no cancellation) is within :data:`TRUTH_FALLBACK_MARGIN` of the ROI's best
+voxel, so every ROI keeps at least one voxel.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from ketamine_dti.simulate import anatomy, signal
+from ketamine_dti.simulate.presets import Preset, get_preset
+
+LOGGER = logging.getLogger(__name__)
+
+#: Truth mask rule (see the module docstring): pure GM of one ROI, (almost) no CSF.
+TRUTH_MIN_ROI_GM = 0.95
+TRUTH_MAX_CSF = 0.002
+#: |Relative MD bias| per unit volume fraction of each contaminant of a GM voxel (docstring).
+BIAS_PER_FRACTION = {"csf": 2.4, "wm": 0.1, "other_gm": 0.1}
+#: Fallback: the ROI must hold at least this fraction of the voxel, and its bias bound must be
+#: within this margin (relative MD) of the ROI's best voxel.
+TRUTH_FALLBACK_MIN_ROI_GM = 0.5
+TRUTH_FALLBACK_MARGIN = 0.002
+#: A voxel is in the brain mask if at least half of it is brain tissue or CSF.
+BRAIN_MASK_FRACTION = 0.5
+#: The radiographer angles the DWI slab to the head's pitch within this SD (degrees), and
+#: centres the field of view on the brain within this SD (mm).
+SLAB_PITCH_ERROR_SD_DEG = 3.0
+FOV_CENTRING_SD_MM = 4.0
+#: Participant motion level: lognormal SD (a few participants move several times more).
+MOTION_LEVEL_LOG_SD = 0.5
+#: T1w (MPRAGE-like) intensities relative to WM, and the SNR of WM in the T1w.
+T1W_RELATIVE = {"gm": 0.62, "wm": 1.0, "csf": 0.22, "skull": 0.05, "scalp": 0.85}
+T1W_WM_SIGNAL = 1000.0
+T1W_SNR = 30.0
+#: MD (mm^2/s) of the gray matter of the benchmark session (no clinical model there).
+BENCHMARK_GM_MD = 0.80e-3
+
+
+@dataclass(frozen=True)
+class DwiSession:
+    """One DWI series and its truth, in the image's own frame.
+
+    data: (X, Y, Z, n) float32 magnitude with Rician noise (equal to ``clean`` when noiseless);
+    clean: the same acquisition (same motion and distortion) without noise; bvals (n,) s/mm^2;
+    bvecs (n, 3) unit vectors in the voxel frame (FSL convention, LAS image); affine (4, 4);
+    sigma: Gaussian noise SD per channel (0 when noiseless); snr: mean WM b0 / sigma;
+    brain_mask: brain (incl. CSF) >= 50% of the voxel; truth_dseg: int16 ROI indices (module
+    docstring) and truth_rule {index: "pure"/"fallback"/"absent"}; fractions: "gm", "wm", "csf"
+    (X, Y, Z) and "roi_gm" (L, X, Y, Z) volume fractions at the reference position; motion: the
+    per-volume motion and eddy parameters.
+    """
+
+    data: np.ndarray
+    clean: np.ndarray
+    bvals: np.ndarray
+    bvecs: np.ndarray
+    affine: np.ndarray
+    sigma: float
+    snr: float | None
+    brain_mask: np.ndarray
+    truth_dseg: np.ndarray
+    truth_rule: dict
+    fractions: dict
+    motion: signal.Motion
+
+
+def truth_masks(
+    gm_by_label: np.ndarray, wm: np.ndarray, csf: np.ndarray, gm_md: np.ndarray | None = None
+) -> tuple[np.ndarray, dict[int, str]]:
+    """ROI indices of the essentially pure-GM voxels of each ROI, and the rule used per ROI.
+
+    gm_by_label (L+1, X, Y, Z): GM fraction per label (0 = GM outside every ROI); gm_md
+    (L+1, X, Y, Z): the MD of each label's GM per voxel (mm^2/s). In the fallback, GM of other
+    labels counts by its actual MD contrast with the ROI (``|md_l / md_k - 1|``, absolute);
+    without gm_md it counts BIAS_PER_FRACTION["other_gm"].
+    """
+    n_labels = gm_by_label.shape[0] - 1
+    dseg = np.zeros(csf.shape, dtype=np.int16)
+    rule: dict[int, str] = {}
+    for label in range(1, n_labels + 1):
+        roi_gm = gm_by_label[label]
+        pure = (roi_gm >= TRUTH_MIN_ROI_GM) & (csf <= TRUTH_MAX_CSF)
+        if pure.any():
+            dseg[pure] = label
+            rule[label] = "pure"
+            continue
+        candidates = (roi_gm >= TRUTH_FALLBACK_MIN_ROI_GM) & (dseg == 0)
+        if not candidates.any():
+            candidates = (roi_gm > 0) & (roi_gm == roi_gm.max()) & (dseg == 0)
+        if not candidates.any():
+            rule[label] = "absent"
+            continue
+        bound = BIAS_PER_FRACTION["csf"] * csf + BIAS_PER_FRACTION["wm"] * wm
+        for other in range(n_labels + 1):
+            if other == label:
+                continue
+            if gm_md is None:
+                contrast = BIAS_PER_FRACTION["other_gm"]
+            else:
+                contrast = np.abs(gm_md[other] / gm_md[label] - 1.0)
+            bound = bound + contrast * gm_by_label[other]
+        best = bound[candidates].min()
+        dseg[candidates & (bound <= best + TRUTH_FALLBACK_MARGIN)] = label
+        rule[label] = "fallback"
+    return dseg, rule
+
+
+def gm_md_map(gm_by_label: np.ndarray, reach_gm: np.ndarray, label_md: np.ndarray) -> np.ndarray:
+    """MD (mm^2/s) of each label's GM per voxel (L+1, X, Y, Z).
+
+    ROI k's GM has exactly ``label_md[k]``. GM outside the ROIs has the participant-level
+    ``label_md[0]``, pulled towards nearby ROIs' MD by their reach (weights summing to <= 1).
+    """
+    gm_md = np.broadcast_to(
+        np.asarray(label_md, dtype=np.float32)[:, None, None, None],
+        (len(label_md), *gm_by_label.shape[1:]),
+    ).copy()
+    if len(reach_gm) == 0:
+        return gm_md
+    outside = gm_by_label[0]
+    weights = np.divide(reach_gm, outside, out=np.zeros_like(reach_gm), where=outside > 0)
+    total = weights.sum(axis=0)
+    weights /= np.maximum(total, 1.0)
+    contrast = np.asarray(label_md[1:], dtype=np.float32) - np.float32(label_md[0])
+    gm_md[0] += np.tensordot(contrast, weights, axes=1)
+    return gm_md
+
+
+def simulate_dwi(
+    template: anatomy.TemplateAnatomy,
+    participant: anatomy.ParticipantAnatomy,
+    pose: anatomy.HeadPose,
+    preset: Preset,
+    rng: np.random.Generator,
+    label_md: np.ndarray,
+    atlas: anatomy.RoiAtlas | None,
+    snr: float | None,
+    motion_level: float = 1.0,
+) -> DwiSession:
+    """One DWI series of one session; ``snr=None`` gives the ideal (noiseless, still) series.
+
+    label_md: GM MD (mm^2/s) for label 0 (GM outside the ROIs) and each ROI 1..L.
+    """
+    n_labels = len(label_md) - 1
+    slab_pitch = pose.angles_deg[0] + rng.normal(0.0, SLAB_PITCH_ERROR_SD_DEG)
+    affine = anatomy.scanner_grid(
+        pose,
+        preset.dwi_voxel_mm,
+        preset.dwi_shape,
+        slab_pitch_deg=slab_pitch,
+        offset_mm=rng.normal(0.0, FOV_CENTRING_SD_MM, 3),
+    )
+    oversample = int(round(preset.dwi_voxel_mm / abs(template.affine[0, 0])))
+    tissue = anatomy.voxel_tissue(
+        template, participant, pose, affine, preset.dwi_shape, oversample, atlas, n_labels
+    )
+    bvals, bvecs = signal.gradient_scheme(preset.n_directions, preset.n_b0, preset.bval)
+    noiseless = snr is None
+    motion = (
+        signal.no_motion(len(bvals))
+        if noiseless
+        else signal.random_motion(rng, len(bvals), level=motion_level)
+    )
+    s0_field = signal.S0_WM * signal.bias_field(rng, preset.dwi_shape, preset.dwi_voxel_mm)
+    gm_md = gm_md_map(tissue.gm_by_label, tissue.reach_gm, label_md)
+    reference = signal.tissue_signal(
+        tissue.gm_by_label,
+        tissue.wm,
+        tissue.csf,
+        tissue.fibre_tensor,
+        tissue.wm_depth,
+        gm_md,
+        bvals,
+        signal.head_frame_gradients(bvecs, motion),
+        s0_field,
+    )
+    clean = signal.apply_motion(reference, preset.dwi_voxel_mm, motion, bvals, bvecs)
+    del reference
+    if noiseless:
+        data, sigma = clean, 0.0
+    else:
+        sigma = signal.snr_sigma(clean[..., 0], tissue.wm, snr)
+        data = signal.add_rician_noise(clean, sigma, rng)
+    dseg, rule = truth_masks(tissue.gm_by_label, tissue.wm, tissue.csf, gm_md)
+    fallback = [k for k, r in rule.items() if r != "pure"]
+    if fallback:
+        LOGGER.debug("truth mask fallback for labels %s", fallback)
+    return DwiSession(
+        data=data,
+        clean=clean,
+        bvals=bvals,
+        bvecs=bvecs,
+        affine=affine,
+        sigma=sigma,
+        snr=snr,
+        brain_mask=tissue.brain >= BRAIN_MASK_FRACTION,
+        truth_dseg=dseg,
+        truth_rule=rule,
+        fractions={
+            "gm": tissue.gm,
+            "wm": tissue.wm,
+            "csf": tissue.csf,
+            "roi_gm": tissue.gm_by_label[1:],
+        },
+        motion=motion,
+    )
+
+
+def simulate_t1w(
+    template: anatomy.TemplateAnatomy,
+    participant: anatomy.ParticipantAnatomy,
+    pose: anatomy.HeadPose,
+    preset: Preset,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A T1w (int16 magnitude, affine) of the head: brain, CSF, skull, scalp, bias and noise."""
+    shape = preset.t1w_shape
+    affine = anatomy.scanner_grid(pose, preset.t1w_voxel_mm, shape)
+    tissue = anatomy.voxel_tissue(
+        template, participant, pose, affine, shape, 1, None, 0, with_fibre=False
+    )
+    brain = tissue.brain
+    relative = T1W_RELATIVE
+    # Outside the brain: CSF in the sulci/meninges, then skull, then scalp, then air.
+    knots = [0.0, 2.0, 3.0, 7.0, 8.0, 11.0, 13.0]
+    values = [
+        relative["csf"],
+        relative["csf"],
+        relative["skull"],
+        relative["skull"],
+        relative["scalp"],
+        relative["scalp"],
+        0.0,
+    ]
+    shell = np.interp(tissue.shell_distance_mm, knots, values).astype(np.float32)
+    intensity = (
+        relative["gm"] * tissue.gm
+        + relative["wm"] * tissue.wm
+        + relative["csf"] * tissue.csf
+        + np.clip(1.0 - brain, 0.0, 1.0) * shell
+    )
+    clean = T1W_WM_SIGNAL * intensity * signal.bias_field(rng, shape, preset.t1w_voxel_mm)
+    noisy = signal.add_rician_noise(clean.astype(np.float32), T1W_WM_SIGNAL / T1W_SNR, rng)
+    return np.clip(np.rint(noisy), 0, np.iinfo(np.int16).max).astype(np.int16), affine
+
+
+def simulate_benchmark_session(
+    preset: str = "standard", seed: int = 0, snr: float | None = None
+) -> DwiSession:
+    """A realistic single DWI session for kernel benchmarks (no clinical model, no files).
+
+    ``data`` has Rician noise at ``snr`` (default: the preset's, see :mod:`signal` for the
+    definition); ``clean`` is the same series (same motion and eddy distortion) without noise.
+    ROIs get the clinical model's population baseline MDs, other GM :data:`BENCHMARK_GM_MD`.
+    """
+    from ketamine_dti.rois import ROI_NAMES
+    from ketamine_dti.simulate.clinical import ROI_BASELINE_MD
+
+    chosen = get_preset(preset)
+    snr = chosen.default_snr if snr is None else float(snr)
+    if snr <= 0:
+        raise ValueError(f"snr={snr}; give a positive signal-to-noise ratio")
+    rng = np.random.default_rng([seed, 0])
+    template = anatomy.load_template_anatomy()
+    atlas = load_roi_atlas(required=False)
+    participant = anatomy.random_participant(rng, template)
+    pose = anatomy.random_head_pose(rng, template.centre_mm)
+    label_md = np.array([BENCHMARK_GM_MD] + [ROI_BASELINE_MD[r] for r in ROI_NAMES])
+    if atlas is None:
+        label_md = label_md[:1]
+    session = simulate_dwi(template, participant, pose, chosen, rng, label_md, atlas, snr)
+    return session
+
+
+def load_roi_atlas(required: bool = True) -> anatomy.RoiAtlas | None:
+    """The bundled 1 mm ketamine7 atlas (ketamine_dti.resources.get_atlas)."""
+    try:
+        from ketamine_dti.resources import get_atlas
+    except ImportError:
+        if required:
+            raise
+        LOGGER.warning("ROI atlas not available yet; simulating without ROIs")
+        return None
+    from ketamine_dti.rois import ROI_NAMES
+
+    return _atlas_from_file(str(_atlas_path(get_atlas)), len(ROI_NAMES))
+
+
+@functools.lru_cache(maxsize=1)
+def _atlas_path(get_atlas) -> str:
+    """Resolve the atlas file once per process (TemplateFlow indexing takes a while)."""
+    dseg_path, _ = get_atlas(resolution=1)
+    return str(dseg_path)
+
+
+@functools.lru_cache(maxsize=2)
+def _atlas_from_file(path: str, n_labels: int) -> anatomy.RoiAtlas:
+    """Read an atlas dseg once per process and derive its reach maps."""
+    import nibabel as nib
+
+    image = nib.load(path)
+    return anatomy.RoiAtlas.from_labels(np.asarray(image.dataobj), image.affine.copy(), n_labels)

@@ -1,0 +1,352 @@
+"""Diffusion signal of a tissue mixture, head motion, eddy-like distortion and Rician noise.
+
+Arrays in, arrays out (numpy, and numba for the resampling loop). Diffusivities in mm^2/s,
+b-values in s/mm^2.
+
+Tissue model (per voxel, partial volume from :mod:`anatomy`):
+
+- gray matter: a nearly isotropic tensor, MD from the clinical model per ROI and session (MD of
+  GM outside the ROIs is a participant-level value), with a weak anisotropy
+  (:data:`GM_ANISOTROPY`) along the local fibre field. Its trace, hence its MD, is exact;
+- white matter: an axially symmetric tensor along the fibre field, MD :data:`WM_MD`, more
+  anisotropic in deep than in superficial WM (:data:`WM_ANISOTROPY_DEEP`);
+- CSF: free water, :data:`CSF_DIFFUSIVITY`;
+- T2-weighted S0 differs by tissue (:data:`S0_RELATIVE`), under a smooth receive-coil bias.
+
+SNR is defined as ``mean b0 signal in white matter (WM fraction >= WM_SNR_FRACTION, in the clean
+first b0) / sigma``, with sigma the SD of the Gaussian noise in each of the two quadrature
+channels (so the magnitude is Rician).
+
+Geometry. Gradients are handled in the image (voxel-axis) frame, as FSL bvecs are: the first
+volume is the reference head position; volume v sees the head rotated by ``R_v``, so the
+tissue's diffusion is probed along ``R_v^T g``; the image is then resampled with the rigid
+motion and an eddy-current-like affine displacement along the phase-encode axis.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from ketamine_dti.simulate.anatomy import rotation_matrix
+
+LOGGER = logging.getLogger(__name__)
+
+#: Free water at body temperature (mm^2/s).
+CSF_DIFFUSIVITY = 3.0e-3
+#: White-matter MD (mm^2/s) and anisotropy a (eigenvalues MD*(1+2a), MD*(1-a), MD*(1-a), so
+#: FA = 3a / sqrt(3 + 6a^2)): FA 0.68 in deep WM, 0.33 in superficial (gyral) WM, where
+#: fibres fan and cross; the local depth comes from the template (anatomy.wm_depth).
+WM_MD = 0.72e-3
+WM_ANISOTROPY_DEEP = 0.47
+WM_ANISOTROPY_SUPERFICIAL = 0.20
+#: Gray-matter anisotropy a: eigenvalues MD*(1+2a), MD*(1-a), MD*(1-a), i.e. FA ~0.12.
+GM_ANISOTROPY = 0.07
+#: T2-weighted S0 relative to WM at TE ~ 80-90 ms (proton density x T2 decay), 3 T.
+S0_RELATIVE = {"gm": 1.4, "wm": 1.0, "csf": 3.0}
+#: b0 signal of pure WM under a flat coil (scanner units; int16 storage keeps headroom).
+S0_WM = 1000.0
+#: WM fraction that counts as white matter in the SNR definition.
+WM_SNR_FRACTION = 0.9
+#: Receive-coil bias: SD of the linear and quadratic coefficients (fraction of signal at 100 mm).
+BIAS_LINEAR_SD = 0.06
+BIAS_QUADRATIC_SD = 0.04
+BIAS_LENGTH_MM = 100.0
+#: Inter-volume motion: random-walk step SD and per-volume jitter SD (mm and degrees), for a
+#: motion level of 1 (mean framewise displacement ~0.35 mm between DWI volumes; participants'
+#: levels vary, see session.MOTION_LEVEL_LOG_SD).
+MOTION_STEP_MM = 0.08
+MOTION_STEP_DEG = 0.06
+MOTION_JITTER_MM = 0.04
+MOTION_JITTER_DEG = 0.03
+#: Eddy-current displacement along phase encode, per unit gradient at b = 1000 s/mm^2:
+#: SD of the constant shift (mm) and of the x/y/z gradients of the shift (mm per mm).
+EDDY_SHIFT_SD_MM = 0.5
+EDDY_LINEAR_SD = 0.008
+EDDY_REFERENCE_BVAL = 1000.0
+#: Iterations of the electrostatic repulsion that spreads the gradient directions (converged).
+REPULSION_ITERATIONS = 2000
+
+
+def gradient_scheme(n_directions: int, n_b0: int, bval: float) -> tuple[np.ndarray, np.ndarray]:
+    """b-values (s/mm^2) and unit b-vectors (n, 3), image frame, b0s spread through the run.
+
+    Directions come from electrostatic repulsion on the half sphere with a fixed start, so every
+    session of a preset uses the same scanner table, as on a real scanner.
+    """
+    directions = np.array(_repulsion_directions(n_directions))
+    n_volumes = n_directions + n_b0
+    b0_positions = np.round(np.linspace(0, n_volumes, n_b0, endpoint=False)).astype(int)
+    bvals = np.full(n_volumes, bval)
+    bvecs = np.zeros((n_volumes, 3))
+    bvals[b0_positions] = 0.0
+    is_dwi = bvals > 0
+    bvecs[is_dwi] = directions
+    return bvals, bvecs
+
+
+@functools.lru_cache(maxsize=8)
+def _repulsion_directions(n_directions: int) -> tuple[tuple[float, float, float], ...]:
+    """Unit vectors (upper half sphere) spread by electrostatic repulsion, fixed start."""
+    from dipy.core.sphere import HemiSphere, disperse_charges
+
+    rng = np.random.default_rng(n_directions)
+    theta = np.arccos(rng.uniform(-1.0, 1.0, n_directions))
+    phi = rng.uniform(0.0, 2.0 * np.pi, n_directions)
+    hemi, _ = disperse_charges(HemiSphere(theta=theta, phi=phi), REPULSION_ITERATIONS)
+    directions = hemi.vertices * np.where(hemi.vertices[:, 2:3] < 0, -1.0, 1.0)
+    return tuple(tuple(float(c) for c in d) for d in directions)
+
+
+def bias_field(
+    rng: np.random.Generator, shape: tuple[int, int, int], voxel_mm: float
+) -> np.ndarray:
+    """A smooth multiplicative receive field (mean ~1): linear + quadratic in position."""
+    axes = [(np.arange(s) - (s - 1) / 2.0) * voxel_mm / BIAS_LENGTH_MM for s in shape]
+    x, y, z = np.meshgrid(*axes, indexing="ij", sparse=True)
+    linear = rng.normal(0.0, BIAS_LINEAR_SD, 3)
+    quadratic = rng.normal(0.0, BIAS_QUADRATIC_SD, 3)
+    log_field = (
+        linear[0] * x
+        + linear[1] * y
+        + linear[2] * z
+        + quadratic[0] * x**2
+        + quadratic[1] * y**2
+        + quadratic[2] * z**2
+    )
+    return np.exp(log_field).astype(np.float32)
+
+
+def _quadratic_form(tensor6: np.ndarray, gradients: np.ndarray) -> np.ndarray:
+    """g^T T g for tensors (6, n_vox) and gradients (n_vol, 3): (n_vox, n_vol) float32."""
+    gx, gy, gz = gradients.T
+    design = np.stack([gx * gx, gy * gy, gz * gz, 2 * gx * gy, 2 * gx * gz, 2 * gy * gz])
+    return tensor6.T.astype(np.float32) @ design.astype(np.float32)
+
+
+def tissue_signal(
+    gm_by_label: np.ndarray,
+    wm: np.ndarray,
+    csf: np.ndarray,
+    fibre_tensor: np.ndarray,
+    wm_depth: np.ndarray,
+    gm_md: np.ndarray,
+    bvals: np.ndarray,
+    head_gradients: np.ndarray,
+    s0_field: np.ndarray,
+) -> np.ndarray:
+    """Noise-free DWI (X, Y, Z, n_vol) float32 of a tissue mixture, at the reference position.
+
+    gm_by_label (L+1, X, Y, Z): GM fraction per label (0 = outside ROIs); gm_md (L+1, X, Y, Z):
+    the MD (mm^2/s) of each label's GM in each voxel; wm_depth (X, Y, Z): 0 superficial .. 1
+    deep white matter; fibre_tensor (6, X, Y, Z): v v^T in the image frame; head_gradients
+    (n_vol, 3): unit gradient of each volume in the head's reference frame; s0_field (X, Y, Z):
+    WM b0 signal including the coil bias.
+    """
+    shape = wm.shape
+    n_vol = len(bvals)
+    gm_total = gm_by_label.sum(axis=0)
+    inside = (gm_total + wm + csf) > 0
+    fibre = fibre_tensor[:, inside]
+    along_fibre = _quadratic_form(fibre, head_gradients)  # (n_vox, n_vol), 0..1
+    b = bvals[None, :].astype(np.float32)
+    # White matter: ADC along g = MD (1 + a (3 (g . v)^2 - 1)), trace-preserving.
+    anisotropy = WM_ANISOTROPY_SUPERFICIAL + (
+        WM_ANISOTROPY_DEEP - WM_ANISOTROPY_SUPERFICIAL
+    ) * np.clip(wm_depth[inside], 0.0, 1.0).astype(np.float32)
+    wm_adc = (3.0 * along_fibre - 1.0) * anisotropy[:, None]
+    wm_adc += np.float32(1.0)
+    wm_adc *= np.float32(WM_MD)
+    signal = np.exp(-b * wm_adc)
+    signal *= (S0_RELATIVE["wm"] * wm[inside])[:, None]
+    signal += (S0_RELATIVE["csf"] * csf[inside])[:, None] * np.exp(-b * CSF_DIFFUSIVITY)
+    # Gray matter: ADC / MD along each gradient (trace-preserving weak anisotropy).
+    gm_shape = np.float32(3.0 * GM_ANISOTROPY) * along_fibre
+    gm_shape += np.float32(1.0 - GM_ANISOTROPY)
+    for label in range(gm_by_label.shape[0]):
+        fraction = gm_by_label[label][inside]
+        present = fraction > 0
+        if not present.any():
+            continue
+        md = gm_md[label][inside][present].astype(np.float32)[:, None]
+        signal[present] += (S0_RELATIVE["gm"] * fraction[present])[:, None] * np.exp(
+            (-b * md) * gm_shape[present]
+        )
+    # Volume-major (Fortran) memory: each volume is contiguous, as NIfTI stores it.
+    out = np.zeros(shape + (n_vol,), dtype=np.float32, order="F")
+    out[inside] = signal * s0_field[inside][:, None]
+    return out
+
+
+@dataclass(frozen=True)
+class Motion:
+    """Per-volume rigid motion in the image frame (mm, degrees) and eddy coefficients.
+
+    eddy (3, 4): displacement along the phase-encode axis for a unit gradient along image axis
+    a is ``eddy[a, 0] + eddy[a, 1:] . position_mm`` (scaled by b / 1000).
+    """
+
+    translations_mm: np.ndarray  # (n_vol, 3)
+    rotations_deg: np.ndarray  # (n_vol, 3)
+    eddy: np.ndarray  # (3, 4)
+
+    @property
+    def rotations(self) -> np.ndarray:
+        return np.stack([rotation_matrix(a) for a in self.rotations_deg])
+
+    def framewise_displacement_mm(self, radius_mm: float = 50.0) -> np.ndarray:
+        """Power et al. FD between consecutive volumes (rotations as arc on a 50 mm sphere)."""
+        params = np.hstack([self.translations_mm, np.deg2rad(self.rotations_deg) * radius_mm])
+        return np.concatenate([[0.0], np.abs(np.diff(params, axis=0)).sum(axis=1)])
+
+
+def no_motion(n_volumes: int) -> Motion:
+    """The ideal acquisition: the head never moves and there are no eddy currents."""
+    return Motion(np.zeros((n_volumes, 3)), np.zeros((n_volumes, 3)), np.zeros((3, 4)))
+
+
+def random_motion(rng: np.random.Generator, n_volumes: int, level: float = 1.0) -> Motion:
+    """Random-walk head motion (volume 0 is the reference) and per-session eddy coefficients."""
+
+    def walk(step: float, jitter: float) -> np.ndarray:
+        steps = rng.normal(0.0, step * level, (n_volumes, 3))
+        path = np.cumsum(steps, axis=0) + rng.normal(0.0, jitter * level, (n_volumes, 3))
+        return path - path[0]
+
+    translations = walk(MOTION_STEP_MM, MOTION_JITTER_MM)
+    rotations = walk(MOTION_STEP_DEG, MOTION_JITTER_DEG)
+    eddy = np.hstack(
+        [rng.normal(0.0, EDDY_SHIFT_SD_MM, (3, 1)), rng.normal(0.0, EDDY_LINEAR_SD, (3, 3))]
+    )
+    return Motion(translations, rotations, eddy)
+
+
+def head_frame_gradients(bvecs: np.ndarray, motion: Motion) -> np.ndarray:
+    """Each volume's gradient as the moved head sees it: R_v^T g (n_vol, 3)."""
+    return np.einsum("vji,vj->vi", motion.rotations, bvecs)
+
+
+@numba.njit(cache=True, nogil=True)
+def _resample_affine(volume, matrix, out):  # pragma: no cover - compiled
+    """out[p] = volume[matrix @ (p, 1)] with trilinear interpolation, 0 outside."""
+    nx, ny, nz = volume.shape
+    for i in range(nx):
+        for j in range(ny):
+            for k in range(nz):
+                p0 = matrix[0, 0] * i + matrix[0, 1] * j + matrix[0, 2] * k + matrix[0, 3]
+                p1 = matrix[1, 0] * i + matrix[1, 1] * j + matrix[1, 2] * k + matrix[1, 3]
+                p2 = matrix[2, 0] * i + matrix[2, 1] * j + matrix[2, 2] * k + matrix[2, 3]
+                f0 = np.floor(p0)
+                f1 = np.floor(p1)
+                f2 = np.floor(p2)
+                i0 = int(f0)
+                i1 = int(f1)
+                i2 = int(f2)
+                value = 0.0
+                if i0 >= -1 and i1 >= -1 and i2 >= -1 and i0 < nx and i1 < ny and i2 < nz:
+                    d0 = p0 - f0
+                    d1 = p1 - f1
+                    d2 = p2 - f2
+                    for e0 in range(2):
+                        q0 = i0 + e0
+                        if q0 < 0 or q0 >= nx:
+                            continue
+                        w0 = d0 if e0 else 1.0 - d0
+                        for e1 in range(2):
+                            q1 = i1 + e1
+                            if q1 < 0 or q1 >= ny:
+                                continue
+                            w1 = w0 * (d1 if e1 else 1.0 - d1)
+                            for e2 in range(2):
+                                q2 = i2 + e2
+                                if q2 < 0 or q2 >= nz:
+                                    continue
+                                value += w1 * (d2 if e2 else 1.0 - d2) * volume[q0, q1, q2]
+                out[i, j, k] = value
+
+
+def volume_source_matrix(
+    shape: tuple[int, int, int],
+    voxel_mm: float,
+    motion: Motion,
+    volume: int,
+    bval: float,
+    bvec: np.ndarray,
+    phase_encode_axis: int = 1,
+) -> np.ndarray:
+    """4x4 map from an output voxel index to the reference-position voxel index it shows.
+
+    Output position p (mm from the grid centre) shows the head point
+    ``R_v^T (p - d_v(p) e_pe - t_v)``, with the eddy displacement d_v affine in p.
+    """
+    centre = (np.array(shape) - 1) / 2.0
+    index_to_mm = np.diag([voxel_mm, voxel_mm, voxel_mm, 1.0])
+    index_to_mm[:3, 3] = -centre * voxel_mm
+    undistort = np.eye(4)
+    if bval > 0:
+        coefficients = (bvec @ motion.eddy) * (bval / EDDY_REFERENCE_BVAL)
+        undistort[phase_encode_axis, 3] -= coefficients[0]
+        undistort[phase_encode_axis, :3] -= coefficients[1:]
+    unmove = np.eye(4)
+    rotation = rotation_matrix(motion.rotations_deg[volume])
+    unmove[:3, :3] = rotation.T
+    unmove[:3, 3] = -rotation.T @ motion.translations_mm[volume]
+    return np.linalg.inv(index_to_mm) @ unmove @ undistort @ index_to_mm
+
+
+def apply_motion(
+    volumes: np.ndarray,
+    voxel_mm: float,
+    motion: Motion,
+    bvals: np.ndarray,
+    bvecs: np.ndarray,
+    phase_encode_axis: int = 1,
+) -> np.ndarray:
+    """Resample each volume (X, Y, Z, n_vol) as the moved, eddy-distorted head appears.
+
+    Trilinear interpolation (:func:`volume_source_matrix` gives the geometry); volumes without
+    motion or distortion (e.g. the first b0) are copied unchanged.
+    """
+    shape = volumes.shape[:3]
+    out = np.empty_like(volumes)
+    for v in range(volumes.shape[3]):
+        matrix = volume_source_matrix(
+            shape, voxel_mm, motion, v, bvals[v], bvecs[v], phase_encode_axis
+        )
+        if np.allclose(matrix, np.eye(4)):
+            out[..., v] = volumes[..., v]
+            continue
+        _resample_affine(volumes[..., v], matrix, out[..., v])
+    return out
+
+
+def snr_sigma(clean_b0: np.ndarray, wm_fraction: np.ndarray, snr: float) -> float:
+    """Gaussian noise SD that gives the requested SNR (mean clean b0 in WM / sigma)."""
+    white = wm_fraction >= WM_SNR_FRACTION
+    return float(clean_b0[white].mean() / snr)
+
+
+def add_rician_noise(clean: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Magnitude of the signal plus complex Gaussian noise of SD sigma per channel (float32).
+
+    The output keeps the memory order of ``clean`` (noise is drawn in that order).
+    """
+
+    def gaussian() -> np.ndarray:
+        if clean.flags.f_contiguous and not clean.flags.c_contiguous:
+            return rng.standard_normal(clean.shape[::-1], dtype=np.float32).T
+        return rng.standard_normal(clean.shape, dtype=np.float32)
+
+    noisy = gaussian()
+    noisy *= np.float32(sigma)
+    noisy += clean
+    noisy *= noisy
+    imaginary = gaussian()
+    imaginary *= np.float32(sigma)
+    imaginary *= imaginary
+    noisy += imaginary
+    return np.sqrt(noisy, out=noisy)

@@ -1,0 +1,205 @@
+"""BIDS inputs (checks with clear errors) and derivative names."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ketamine_dti import bids
+from ketamine_dti.errors import InputError
+
+N_VOLUMES = 8
+
+
+def _write_session(root: Path, subject: str, session: str, rng) -> dict[str, Path]:
+    prefix = f"sub-{subject}_ses-{session}"
+    dwi_dir = root / f"sub-{subject}" / f"ses-{session}" / "dwi"
+    anat_dir = root / f"sub-{subject}" / f"ses-{session}" / "anat"
+    dwi_dir.mkdir(parents=True)
+    anat_dir.mkdir(parents=True)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    dwi = dwi_dir / f"{prefix}_dwi.nii.gz"
+    nib.save(
+        nib.Nifti1Image(rng.uniform(50, 100, (6, 6, 6, N_VOLUMES)).astype(np.float32), affine), dwi
+    )
+    bvals = np.r_[0, np.full(N_VOLUMES - 2, 1000), 0]
+    directions = rng.normal(size=(N_VOLUMES, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    directions[bvals == 0] = 0
+    (dwi_dir / f"{prefix}_dwi.bval").write_text(" ".join(map(str, bvals)) + "\n")
+    (dwi_dir / f"{prefix}_dwi.bvec").write_text(
+        "\n".join(" ".join(f"{v:.6f}" for v in row) for row in directions.T) + "\n"
+    )
+    (dwi_dir / f"{prefix}_dwi.json").write_text(
+        json.dumps(
+            {
+                "PhaseEncodingDirection": "j-",
+                "TotalReadoutTime": 0.05,
+                "EchoTime": 0.08,
+                "RepetitionTime": 8.0,
+            }
+        )
+    )
+    t1w = anat_dir / f"{prefix}_T1w.nii.gz"
+    nib.save(nib.Nifti1Image(rng.uniform(0, 100, (8, 8, 8)).astype(np.float32), affine), t1w)
+    return {
+        "dwi": dwi,
+        "bval": dwi.with_name(f"{prefix}_dwi.bval"),
+        "bvec": dwi.with_name(f"{prefix}_dwi.bvec"),
+        "t1w": t1w,
+    }
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "bids"
+    root.mkdir()
+    (root / "dataset_description.json").write_text(
+        json.dumps({"Name": "test", "BIDSVersion": "1.10.0"})
+    )
+    files = {}
+    for subject in ("01", "02"):
+        for session in ("24h", "baseline"):
+            files[subject, session] = _write_session(root, subject, session, rng)
+    return root, files
+
+
+def _collect(root, subject="01", session="baseline"):
+    return bids.collect_session(bids.get_layout(root), subject, session)
+
+
+def test_collect_participant_orders_baseline_first(dataset):
+    root, files = dataset
+    participant = bids.collect_participant(bids.get_layout(root), "01")
+    assert [s.session for s in participant.sessions] == ["baseline", "24h"]
+    first = participant.sessions[0]
+    assert Path(first.dwi) == files["01", "baseline"]["dwi"]
+    assert Path(first.bval) == files["01", "baseline"]["bval"]
+    assert Path(first.t1w) == files["01", "baseline"]["t1w"]
+    assert first.dwi_metadata["PhaseEncodingDirection"] == "j-"
+    assert not participant.single_session
+
+
+def test_single_session_is_processed_and_flagged(dataset):
+    root, _ = dataset
+    participant = bids.collect_participant(bids.get_layout(root), "02", session_labels=("24h",))
+    assert participant.single_session
+    assert participant.sessions[0].session == "24h"
+
+
+def test_unknown_participant_lists_existing(dataset):
+    root, _ = dataset
+    with pytest.raises(InputError, match="not found; available: 01, 02"):
+        bids.select_participants(bids.get_layout(root), ["sub-99"])
+    assert bids.select_participants(bids.get_layout(root), ["sub-02"]) == ["02"]
+
+
+def test_missing_bval(dataset):
+    root, files = dataset
+    files["01", "baseline"]["bval"].unlink()
+    with pytest.raises(InputError, match=r"sub-01_ses-baseline_dwi.nii.gz: no .bval file"):
+        _collect(root)
+
+
+def test_count_mismatch(dataset):
+    root, files = dataset
+    files["01", "baseline"]["bval"].write_text("0 1000 1000 0\n")
+    with pytest.raises(InputError, match=r"sub-01_ses-baseline_dwi.bval: 4 b-values for 8"):
+        _collect(root)
+
+
+def test_three_d_dwi(dataset):
+    root, files = dataset
+    nib.save(
+        nib.Nifti1Image(np.ones((6, 6, 6), np.float32), np.eye(4)), files["01", "baseline"]["dwi"]
+    )
+    with pytest.raises(InputError, match=r"_dwi.nii.gz: DWI is 3-D"):
+        _collect(root)
+
+
+def test_no_b0(dataset):
+    root, files = dataset
+    files["01", "baseline"]["bval"].write_text(" ".join(["1000"] * N_VOLUMES) + "\n")
+    with pytest.raises(InputError, match=r"_dwi.bval: no b0 volume"):
+        _collect(root)
+
+
+def test_nan_voxels(dataset):
+    root, files = dataset
+    data = np.ones((6, 6, 6, N_VOLUMES), np.float32)
+    data[2, 2, 2, 3] = np.nan
+    nib.save(nib.Nifti1Image(data, np.eye(4)), files["01", "baseline"]["dwi"])
+    with pytest.raises(InputError, match=r"_dwi.nii.gz: 1 NaN/Inf voxels"):
+        _collect(root)
+
+
+def test_truncated_nifti(dataset):
+    root, files = dataset
+    path = files["01", "baseline"]["dwi"]
+    raw = gzip.decompress(path.read_bytes())
+    path.write_bytes(gzip.compress(raw[: len(raw) // 2]))
+    with pytest.raises(InputError, match=r"_dwi.nii.gz: unreadable or truncated NIfTI"):
+        _collect(root)
+
+
+def test_missing_t1w(dataset):
+    root, files = dataset
+    files["01", "baseline"]["t1w"].unlink()
+    with pytest.raises(InputError, match=r"ses-baseline/anat: no T1w image found"):
+        _collect(root)
+
+
+def test_filters_select_by_entity(dataset):
+    root, files = dataset
+    with pytest.raises(InputError, match="no DWI series"):
+        bids.collect_session(
+            bids.get_layout(root), "01", "baseline", {"dwi": {"acquisition": "other"}}
+        )
+
+
+def test_derivative_names_known_answers(tmp_path):
+    md = bids.derivative_path(
+        tmp_path,
+        "dwi",
+        "dwimap",
+        ".nii.gz",
+        sub="01",
+        ses="24h",
+        space="dwi",
+        model="tensor",
+        param="md",
+    )
+    assert (
+        md
+        == tmp_path
+        / "sub-01/ses-24h/dwi/sub-01_ses-24h_space-dwi_model-tensor_param-md_dwimap.nii.gz"
+    )
+    assert (
+        bids.derivative_name(
+            "xfm", ".mat", sub="01", ses="baseline", from_="dwi", to="T1w", mode="image"
+        )
+        == "sub-01_ses-baseline_from-dwi_to-T1w_mode-image_xfm.mat"
+    )
+    assert (
+        bids.derivative_name("md", "tsv", desc="roi", ses="b", sub="1")
+        == "sub-1_ses-b_desc-roi_md.tsv"
+    )
+    with pytest.raises(ValueError, match="unknown BIDS entities"):
+        bids.derivative_name("dwi", ".nii.gz", sub="01", colour="red")
+
+
+def test_dataset_description_and_bidsignore(tmp_path):
+    description = json.loads(
+        bids.write_dataset_description(tmp_path / "out", tmp_path).read_text()
+    )
+    assert description["DatasetType"] == "derivative"
+    assert description["GeneratedBy"][0]["Name"] == "ketamine-dti"
+    assert description["GeneratedBy"][0]["Version"]
+    ignore = bids.write_bidsignore(tmp_path / "out").read_text().splitlines()
+    assert "*_dwimap.nii.gz" in ignore and "sub-*/log" in ignore

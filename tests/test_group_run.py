@@ -1,0 +1,198 @@
+"""Group level end to end on written TSVs: output schema, exclusions, atomic rerun."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ketamine_dti.config import Config
+from ketamine_dti.errors import InputError
+from ketamine_dti.group import run_group_level
+from ketamine_dti.group.tables import STATS_COLUMNS
+from ketamine_dti.group.validation import simulate_trial_files
+from ketamine_dti.rois import ROI_NAMES
+
+N_PARTICIPANTS = 24
+TERMS = {"group", "delta_md", "group:delta_md", "baseline_score", "baseline_md"}
+
+
+@pytest.fixture
+def trial(tmp_path: Path) -> Config:
+    config, _ = simulate_trial_files(tmp_path, N_PARTICIPANTS, "paper", np.random.default_rng(9))
+    return config
+
+
+def _read(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t", keep_default_na=False, na_values=["n/a"])
+
+
+def _participant_outputs(config: Config) -> dict[str, str]:
+    return {
+        str(path.relative_to(config.output_dir)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(config.output_dir.glob("sub-*/**/*"))
+        if path.is_file()
+    }
+
+
+def _set_cell(path: Path, match: str, column: str, value: str) -> None:
+    lines = path.read_text().splitlines()
+    header = lines[0].split("\t")
+    for i, line in enumerate(lines[1:], start=1):
+        if line.startswith(match):
+            cells = line.split("\t")
+            cells[header.index(column)] = value
+            lines[i] = "\t".join(cells)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_outputs_schema_sidecars_figures_and_report(trial: Config) -> None:
+    group_dir = run_group_level(trial)
+    assert group_dir == trial.output_dir / "group"
+
+    stats = _read(group_dir / "stats.tsv")
+    assert tuple(stats.columns) == STATS_COLUMNS
+    assert set(stats.term) == TERMS
+    assert set(stats.model) == {
+        "interaction",
+        "pooled",
+        "arm_ketamine",
+        "arm_saline",
+        "treatment_md",
+        "treatment_score",
+    }
+    assert (stats.loc[stats.model == "treatment_md", "scale"] == "").all()  # empty cell
+    assert (stats.loc[stats.model == "treatment_score", "roi"] == "").all()
+    assert set(stats.loc[stats.model == "interaction", "roi"]) == set(ROI_NAMES)
+    assert (
+        stats[["estimate", "std_error", "p_value", "p_fdr", "ci_low", "ci_high"]]
+        .notna()
+        .all()
+        .all()
+    )
+    assert ((stats.p_fdr >= stats.p_value - 1e-15) & (stats.p_fdr <= 1)).all()
+    assert (stats.ci_low < stats.estimate).all() and (stats.estimate < stats.ci_high).all()
+
+    table = _read(group_dir / "analysis_table.tsv")
+    assert len(table) == N_PARTICIPANTS and table.participant_id.is_unique
+    for roi in ROI_NAMES:
+        assert {f"md_{roi}_baseline", f"md_{roi}_24h", f"delta_md_{roi}"} <= set(table.columns)
+    assert {"madrs_baseline", "madrs_24h", "delta_madrs", "delta_qids_sr"} <= set(table.columns)
+    np.testing.assert_allclose(
+        table.delta_md_vacc, (table.md_vacc_24h - table.md_vacc_baseline) / 1e-5, rtol=1e-9
+    )
+
+    for name in ("stats", "analysis_table", "exclusions"):
+        sidecar = json.loads((group_dir / f"{name}.json").read_text())
+        header = (group_dir / f"{name}.tsv").read_text().splitlines()[0].split("\t")
+        assert list(sidecar) == header, name
+        assert all(entry.get("Description") for entry in sidecar.values())
+    assert (
+        "1e-05 mm^2/s"
+        in json.loads((group_dir / "stats.json").read_text())["estimate"]["Description"]
+    )
+
+    figures = sorted((group_dir / "figures").glob("*.png"))
+    assert len(figures) == 2 + 2 * len(ROI_NAMES)
+    assert all(path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for path in figures)
+
+    html = (group_dir / "group_report.html").read_text()
+    assert html.count("data:image/png;base64,") == len(figures)
+    assert not re.search(r"""(src|href)=["'](?!data:)""", html), "report must be self-contained"
+    summary = (group_dir / "summary.md").read_text()
+    for text in (summary, html):
+        assert "Models:" in text and "hippocampus_left" in text and "Clinical effect" in text
+
+
+def test_exclusions_and_n(trial: Config) -> None:
+    out, bids = trial.output_dir, trial.bids_dir
+    # sub-002: no follow-up session at all (participant level failed).
+    for path in (out / "sub-002" / "ses-24h" / "dwi").iterdir():
+        path.unlink()
+    # sub-003: MADRS missing at follow-up -> leaves the MADRS models only.
+    _set_cell(bids / "phenotype" / "madrs.tsv", "sub-003\tses-24h", "madrs_total", "n/a")
+    # sub-004: no vACC value at baseline -> leaves the vACC models only.
+    roi_table = next((out / "sub-004" / "ses-baseline" / "dwi").glob("*_desc-roi_md.tsv"))
+    _set_cell(roi_table, "vacc", "md_mean", "n/a")
+    # sub-005: too much motion at follow-up.
+    qc_table = next((out / "sub-005" / "ses-24h" / "dwi").glob("*_desc-qc_metrics.tsv"))
+    _set_cell(qc_table, "", "mean_fd", "2.5")
+    before = _participant_outputs(trial)
+
+    group_dir = run_group_level(replace(trial, max_mean_fd=1.0), make_figures=False)
+    assert _participant_outputs(trial) == before, "participant outputs are never modified"
+
+    exclusions = _read(group_dir / "exclusions.tsv")
+    by_participant = {pid: rows for pid, rows in exclusions.groupby("participant_id")}
+    assert set(by_participant) == {"sub-002", "sub-003", "sub-004", "sub-005"}
+    assert "no ROI MD table for ses-24h" in by_participant["sub-002"].reason.iloc[0]
+    assert by_participant["sub-003"].scale.iloc[0] == "madrs"
+    assert by_participant["sub-004"].roi.iloc[0] == "vacc"
+    assert "mean FD 2.5 mm above --max-mean-fd 1" in by_participant["sub-005"].reason.iloc[0]
+
+    stats = _read(group_dir / "stats.tsv")
+
+    def n(scale: str, roi: str, model: str = "interaction") -> int:
+        rows = stats[(stats.scale == scale) & (stats.roi == roi) & (stats.model == model)]
+        return int(rows.n.iloc[0])
+
+    full = N_PARTICIPANTS - 2  # sub-002 and sub-005 lack a follow-up MD
+    assert n("qids_sr", "ba10_left") == full
+    assert n("madrs", "ba10_left") == full - 1  # and sub-003 lacks MADRS
+    assert n("qids_sr", "vacc") == full - 1  # and sub-004 lacks vACC
+    assert n("madrs", "vacc") == full - 2
+    assert (
+        int(stats[(stats.model == "treatment_score") & (stats.scale == "madrs")].n.iloc[0])
+        == N_PARTICIPANTS - 1
+    )
+    table = _read(group_dir / "analysis_table.tsv").set_index("participant_id")
+    assert np.isnan(table.loc["sub-005", "md_vacc_24h"]) and np.isnan(
+        table.loc["sub-004", "delta_md_vacc"]
+    )
+
+
+def test_covariates_and_percent_change(trial: Config) -> None:
+    config = replace(trial, covariates=("age", "sex"), delta_md="percent", robust_se=True)
+    stats = _read(run_group_level(config, make_figures=False) / "stats.tsv")
+    interaction = stats[stats.model == "interaction"]
+    assert {"age", "sex[T.M]"} <= set(interaction.term)
+    assert not {"age", "sex[T.M]"} & set(stats[stats.model == "treatment_md"].term)
+    sidecar = json.loads((trial.output_dir / "group" / "stats.json").read_text())
+    assert "percent of baseline MD" in sidecar["estimate"]["Description"]
+    assert "HC3" in sidecar["model"]["Description"]
+
+
+def test_rerun_replaces_group_atomically_and_failure_keeps_the_old(trial: Config) -> None:
+    before = _participant_outputs(trial)
+    group_dir = run_group_level(trial, make_figures=False)
+    (group_dir / "stale.txt").write_text("from an earlier run")
+    first_stats = (group_dir / "stats.tsv").read_text()
+
+    run_group_level(replace(trial, robust_se=True), make_figures=False)
+    assert not (group_dir / "stale.txt").exists(), "group/ is replaced as a whole"
+    assert (group_dir / "stats.tsv").read_text() != first_stats
+    leftovers = [p.name for p in trial.output_dir.iterdir() if p.name.startswith(".group")]
+    assert leftovers == []
+
+    second = {p.name: p.read_bytes() for p in group_dir.iterdir() if p.is_file()}
+    _set_cell(trial.bids_dir / "phenotype" / "madrs.tsv", "sub-001\tses-24h", "madrs_total", "99")
+    with pytest.raises(InputError):
+        run_group_level(trial, make_figures=False)
+    assert {p.name: p.read_bytes() for p in group_dir.iterdir() if p.is_file()} == second
+    assert [p.name for p in trial.output_dir.iterdir() if p.name.startswith(".group")] == []
+    assert _participant_outputs(trial) == before
+
+
+def test_group_level_reads_no_ground_truth(trial: Config) -> None:
+    """A ground-truth folder in BIDS_DIR/sourcedata must not change anything."""
+    first = (run_group_level(trial, make_figures=False) / "stats.tsv").read_text()
+    truth = trial.bids_dir / "sourcedata" / "ground_truth"
+    truth.mkdir(parents=True)
+    (truth / "roi_md.tsv").write_text("participant_id\tsession_id\troi\tmd_true\nbroken\n")
+    assert (run_group_level(trial, make_figures=False) / "stats.tsv").read_text() == first
