@@ -32,6 +32,8 @@ import nibabel as nb
 import numpy as np
 from scipy import ndimage
 
+from ketamine_dti.rois import ROI_NAMES  # atlas index order 1..7
+
 LOGGER = logging.getLogger("build_atlas_bundle")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,16 +41,6 @@ BUNDLE_HOME = REPO / "ketamine_dti" / "data" / "templateflow"
 TEMPLATE = "MNI152NLin6Asym"
 ATLAS = "ketamine7"
 
-#: Atlas index order 1..7; must equal ketamine_dti.rois.ROI_NAMES (checked in main()).
-ROI_NAMES = (
-    "ba10_left",
-    "ba10_right",
-    "amygdala_left",
-    "amygdala_right",
-    "hippocampus_left",
-    "hippocampus_right",
-    "vacc",
-)
 
 # TemplateFlow's grids for MNI152NLin6Asym (RAS+, origin = world mm of voxel 0,0,0, as in its
 # template_description.json). Voxel centres are those of FSL's LAS files: only the axis order
@@ -509,11 +501,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    sys.path.insert(0, str(REPO))
-    from ketamine_dti.rois import ROI_NAMES as PACKAGE_ROI_NAMES
-
-    if tuple(PACKAGE_ROI_NAMES) != ROI_NAMES:
-        raise SystemExit("ROI_NAMES differ from ketamine_dti.rois.ROI_NAMES; update this script")
 
     if not args.check:
         print_summary(build(BUNDLE_HOME))
