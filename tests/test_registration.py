@@ -1,0 +1,165 @@
+"""ANTs registration wrappers: transform conventions, known-transform recovery, determinism."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from ketamine_dti.anat import registration as reg
+from ketamine_dti.errors import InputError
+from ketamine_dti.simulate.anatomy import nilearn_data_dir
+
+#: Test grid (mm): coarse enough for second-scale registrations, fine enough for 0.5 mm accuracy.
+TEST_VOXEL_MM = 3.0
+
+
+def _downsampled_icbm(path: Path, voxel_mm: float = TEST_VOXEL_MM) -> Path:
+    import ants
+
+    image = ants.image_read(
+        str(nilearn_data_dir() / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
+    )
+    small = ants.resample_image(image, (voxel_mm,) * 3, use_voxels=False, interp_type=0)
+    ants.image_write(small, str(path))
+    return path
+
+
+def _rigid_about(center: np.ndarray, angles_deg, translation_mm) -> np.ndarray:
+    """4x4 point map: rotate about ``center`` (LPS mm), then translate."""
+    rotation = Rotation.from_euler("xyz", angles_deg, degrees=True).as_matrix()
+    matrix = np.eye(4)
+    matrix[:3, :3] = rotation
+    matrix[:3, 3] = center - rotation @ center + np.asarray(translation_mm, float)
+    return matrix
+
+
+@pytest.fixture(scope="module")
+def icbm(tmp_path_factory) -> Path:
+    return _downsampled_icbm(tmp_path_factory.mktemp("icbm") / "t1w.nii.gz")
+
+
+def _center_of_mass(path: Path) -> np.ndarray:
+    import ants
+
+    return np.asarray(ants.image_read(str(path)).get_center_of_mass())
+
+
+def test_affine_file_roundtrip_and_point_convention(tmp_path):
+    import ants
+
+    matrix = _rigid_about(np.array([10.0, -20.0, 5.0]), [3, -7, 11], [2, 4, -6])
+    matrix[:3, :3] *= 1.05  # an affine, not only rigid
+    path = reg.matrix_to_affine(matrix, tmp_path / "m.mat")
+    assert np.allclose(reg.affine_to_matrix(path), matrix, atol=1e-6)
+    point = np.array([12.0, -3.0, 40.0])
+    mapped = ants.read_transform(path).apply_to_point(tuple(point))
+    assert np.allclose(mapped, (matrix @ np.append(point, 1))[:3], atol=1e-4)
+    inverse = reg.invert_affine_file(path, tmp_path / "inv.mat")
+    assert np.allclose(reg.affine_to_matrix(inverse) @ matrix, np.eye(4), atol=1e-6)
+
+
+def test_apply_transforms_moves_content_the_documented_way(tmp_path):
+    """from-X_to-Y with point map T: output(y) = input(T y). A +6 mm x point shift moves a
+    bright voxel by -2 voxels along the x image axis (LPS x = RAS -x on a RAS grid)."""
+    data = np.zeros((20, 20, 20), np.float32)
+    data[10, 10, 10] = 1.0
+    nib.save(nib.Nifti1Image(data, np.diag([3.0, 3.0, 3.0, 1.0])), tmp_path / "dot.nii.gz")
+    shift = np.eye(4)
+    shift[0, 3] = 6.0  # LPS x
+    xfm = reg.matrix_to_affine(shift, tmp_path / "shift.mat")
+    out = reg.apply_transforms(
+        tmp_path / "dot.nii.gz",
+        tmp_path / "dot.nii.gz",
+        [xfm],
+        tmp_path / "out.nii.gz",
+        interpolation="nearestNeighbor",
+    )
+    moved = np.argwhere(nib.load(out).get_fdata() > 0.5)
+    # output voxel i has RAS x = 3 i, LPS x = -3 i; it samples LPS x = -3 i + 6, i.e. voxel i - 2
+    assert moved.tolist() == [[12, 10, 10]]
+
+
+def test_compose_equals_sequential_resampling(tmp_path, icbm):
+    center = _center_of_mass(icbm)
+    first = reg.matrix_to_affine(_rigid_about(center, [5, 0, 0], [3, 0, 0]), tmp_path / "a.mat")
+    second = reg.matrix_to_affine(_rigid_about(center, [0, 0, -4], [0, 2, 0]), tmp_path / "b.mat")
+    # from-A_to-B = first, from-B_to-C = second: a C point goes through `second`, then `first`
+    composed = reg.compose_transforms([first], [second])
+    one_go = reg.apply_transforms(icbm, icbm, composed, tmp_path / "c.nii.gz")
+    product = reg.affine_to_matrix(first) @ reg.affine_to_matrix(second)
+    single = reg.matrix_to_affine(product, tmp_path / "p.mat")
+    by_product = reg.apply_transforms(icbm, icbm, [single], tmp_path / "d.nii.gz")
+    a, b = nib.load(one_go).get_fdata(), nib.load(by_product).get_fdata()
+    assert np.allclose(a, b, atol=1e-3 * a.max())
+
+
+def test_rigid_registration_recovers_known_motion(tmp_path, icbm):
+    """Within 0.5 mm (at the brain centre and 60 mm away) and 0.5 degree."""
+    import ants
+
+    center = _center_of_mass(icbm)
+    truth = _rigid_about(center, [6, -4, 5], [4, -3, 5])
+    truth_file = reg.matrix_to_affine(truth, tmp_path / "truth.mat")
+    image = ants.image_read(str(icbm))
+    moved = ants.apply_transforms(image, image, [truth_file], interpolator="bSpline")
+    ants.image_write(moved, str(tmp_path / "moved.nii.gz"))
+
+    result = reg.register_linear(icbm, tmp_path / "moved.nii.gz", tmp_path / "reg", seed=1)
+    estimate = reg.affine_to_matrix(result.from_moving_to_fixed[0])
+    # moved(x) = fixed(truth x); the estimate maps fixed points to moving points: truth^-1
+    residual = truth @ estimate
+    angle = np.degrees(Rotation.from_matrix(residual[:3, :3]).magnitude())
+    assert angle < 0.5
+    for offset in ([0, 0, 0], [60, 0, 0], [0, 60, 0], [0, 0, 60]):
+        point = np.append(center + offset, 1.0)
+        assert np.linalg.norm((residual @ point - point)[:3]) < 0.5
+    assert result.qc["ncc"] > 0.95
+
+
+def test_registration_is_deterministic(tmp_path, icbm):
+    import ants
+
+    center = _center_of_mass(icbm)
+    truth = reg.matrix_to_affine(_rigid_about(center, [3, 2, -2], [2, 1, 0]), tmp_path / "t.mat")
+    image = ants.image_read(str(icbm))
+    ants.image_write(ants.apply_transforms(image, image, [truth]), str(tmp_path / "m.nii.gz"))
+    light = {"iterations": (50, 20), "shrink_factors": (4, 2), "smoothing_sigmas": (2, 1)}
+    first = reg.register_linear(
+        icbm, tmp_path / "m.nii.gz", tmp_path / "r1", seed=5, n_threads=1, **light
+    )
+    second = reg.register_linear(
+        icbm, tmp_path / "m.nii.gz", tmp_path / "r2", seed=5, n_threads=1, **light
+    )
+    assert np.array_equal(
+        reg.affine_to_matrix(first.from_moving_to_fixed[0]),
+        reg.affine_to_matrix(second.from_moving_to_fixed[0]),
+    )
+
+
+def test_qc_measures_known_values():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(10, 10, 10))
+    assert reg.normalized_cross_correlation(a, 3 * a + 2) == pytest.approx(1.0)
+    assert reg.normalized_cross_correlation(a, -a) == pytest.approx(-1.0)
+    assert np.isnan(reg.normalized_cross_correlation(a, np.ones_like(a)))
+    m1 = np.zeros((4, 4, 4), bool)
+    m2 = m1.copy()
+    m1[:2] = True  # 32 voxels
+    m2[1:3] = True  # 32 voxels, 16 shared
+    assert reg.dice(m1, m2) == pytest.approx(0.5)
+    assert np.isnan(reg.dice(np.zeros(3, bool), np.zeros(3, bool)))
+
+
+def test_bad_inputs_raise_input_error(tmp_path, icbm):
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"not a nifti")
+    with pytest.raises(InputError, match="broken.nii.gz"):
+        reg.register_linear(icbm, broken, tmp_path / "r")
+    with pytest.raises(InputError, match="not found"):
+        reg.register_linear(icbm, tmp_path / "absent.nii.gz", tmp_path / "r")
+    with pytest.raises(InputError, match="cannot parse"):
+        reg.register_linear(icbm, icbm, tmp_path / "a,b")
