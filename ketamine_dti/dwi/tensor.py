@@ -1,0 +1,478 @@
+"""Diffusion tensor fitting (OLS, WLS, NLLS) over a 4-D DWI array.
+
+Model: ``S_i = S0 * exp(-b_i g_i^T D g_i)`` with b in s/mm^2, so the tensor ``D`` and every
+derived map (MD, AD, RD, eigenvalues) come out in mm^2/s.
+
+- ``ols``: linear least squares on ``log S``.
+- ``wls``: the two-pass weighted fit of Chung et al. (2006), the estimator DIPY calls ``WLS``:
+  an OLS pass predicts the signal, whose square weights the log-linear fit.
+- ``nlls``: nonlinear least squares on ``S`` itself (Levenberg-Marquardt), started from WLS.
+
+All three run voxel by voxel in one numba kernel, parallel over voxels: per voxel the 7x7
+normal equations are accumulated in float64 from the 28 unique design products, solved by
+Cholesky, and the 3x3 tensor is diagonalised by Jacobi rotations. b-values are rescaled by the
+largest b inside the kernel so the normal matrix is well conditioned.
+
+Conventions follow DIPY so the maps agree with it: signals are floored at ``MIN_SIGNAL`` before
+the log, and eigenvalues are floored at ``MIN_EIGENVALUE_B_PRODUCT / max(b)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit, prange
+
+from ketamine_dti.dwi._threads import thread_limits
+
+LOGGER = logging.getLogger(__name__)
+
+#: Parameters of the log-linear tensor model: 6 tensor elements + log(S0).
+N_TENSOR_PARAMS = 7
+#: Signal floor (scanner units) applied before the log; the value DIPY uses, so fits agree.
+MIN_SIGNAL = 1e-4
+#: Eigenvalues below 1e-6 / max(b) are noise, not diffusion (negative ones are unphysical);
+#: flooring them there keeps FA in [0, 1], as DIPY does.
+MIN_EIGENVALUE_B_PRODUCT = 1e-6
+#: NLLS stops when the relative drop of the residual sum of squares falls below this.
+NLLS_TOLERANCE = 1e-10
+#: NLLS iterations at most; Levenberg-Marquardt from the WLS start needs far fewer.
+NLLS_MAX_ITER = 50
+#: Voxels per work item of the parallel loop: large enough to amortise scratch allocation.
+VOXELS_PER_CHUNK = 2048
+#: Relative rank tolerance for the design matrix (singular values vs the largest).
+DESIGN_RANK_TOLERANCE = 1e-8
+
+_METHODS = {"ols": 0, "wls": 1, "nlls": 2}
+#: Let LLVM reorder sums so the per-voxel dot products vectorise (no NaN/inf assumptions).
+_REDUCTION_MATH = {"reassoc", "contract"}
+
+
+@dataclass(frozen=True)
+class TensorFit:
+    """Tensor maps on the input grid; NaN where a voxel was masked out or could not be fitted.
+
+    ``md``, ``ad``, ``rd`` and ``evals`` (descending, shape (..., 3)) are in mm^2/s; ``fa`` is
+    unitless; ``evecs[..., :, j]`` is the unit eigenvector of ``evals[..., j]`` in the b-vector
+    frame; ``s0`` is the fitted non-weighted signal in the data's units.
+    """
+
+    md: np.ndarray
+    fa: np.ndarray
+    ad: np.ndarray
+    rd: np.ndarray
+    evals: np.ndarray
+    evecs: np.ndarray
+    s0: np.ndarray
+
+
+def design_matrix(bvals: np.ndarray, bvecs: np.ndarray, b_scale: float = 1.0) -> np.ndarray:
+    """(N, 7) log-linear design: columns Dxx, Dxy, Dyy, Dxz, Dyz, Dzz (times -b/b_scale), 1."""
+    b = np.asarray(bvals, dtype=float) / b_scale
+    gx, gy, gz = np.asarray(bvecs, dtype=float).T
+    return np.column_stack(
+        [
+            -b * gx * gx,
+            -2.0 * b * gx * gy,
+            -b * gy * gy,
+            -2.0 * b * gx * gz,
+            -2.0 * b * gy * gz,
+            -b * gz * gz,
+            np.ones_like(b),
+        ]
+    )
+
+
+def _check_inputs(data, bvals, bvecs, mask):
+    """Validate shapes; return float data, b-values, unit b-vectors (N, 3) and a boolean mask."""
+    data = np.asarray(data)
+    if data.ndim != 4:
+        raise ValueError(f"data must be 4-D (x, y, z, volumes), got shape {data.shape}")
+    if data.dtype not in (np.float32, np.float64):
+        if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
+            raise ValueError(f"data must be real numbers, got dtype {data.dtype}")
+        data = data.astype(np.float32)
+    n_volumes = data.shape[-1]
+    if n_volumes < N_TENSOR_PARAMS:
+        raise ValueError(
+            f"data has {n_volumes} volumes but a tensor fit needs at least {N_TENSOR_PARAMS} "
+            "(b0 + 6 non-collinear directions)"
+        )
+    bvals = np.asarray(bvals, dtype=float).ravel()
+    bvecs = np.asarray(bvecs, dtype=float)
+    if bvecs.ndim == 2 and bvecs.shape[0] == 3 and bvecs.shape[1] != 3:
+        bvecs = bvecs.T  # FSL files store one row per axis
+    if bvals.shape != (n_volumes,) or bvecs.shape != (n_volumes, 3):
+        raise ValueError(
+            f"gradient table does not match the data: {n_volumes} volumes, "
+            f"bvals shape {bvals.shape}, bvecs shape {bvecs.shape}; expected ({n_volumes},) "
+            f"and ({n_volumes}, 3)"
+        )
+    if not (np.all(np.isfinite(bvals)) and np.all(np.isfinite(bvecs))) or np.any(bvals < 0):
+        raise ValueError("bvals must be finite and >= 0 and bvecs finite")
+    norms = np.linalg.norm(bvecs, axis=1)
+    unit_bvecs = np.divide(
+        bvecs, norms[:, None], out=np.zeros_like(bvecs), where=norms[:, None] > 0
+    )
+    if mask is None:
+        mask = np.ones(data.shape[:3], dtype=bool)
+    else:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != data.shape[:3]:
+            raise ValueError(f"mask shape {mask.shape} does not match data {data.shape[:3]}")
+    return data, bvals, unit_bvecs, mask
+
+
+@njit(cache=True, nogil=True)
+def _cholesky_solve(matrix, rhs, solution):  # pragma: no cover - compiled
+    """Solve the SPD system in place (lower triangle overwritten); False if not positive."""
+    n = rhs.shape[0]
+    for j in range(n):
+        diag = matrix[j, j]
+        for k in range(j):
+            diag -= matrix[j, k] * matrix[j, k]
+        if not diag > 0.0:
+            return False
+        diag = np.sqrt(diag)
+        matrix[j, j] = diag
+        for i in range(j + 1, n):
+            value = matrix[i, j]
+            for k in range(j):
+                value -= matrix[i, k] * matrix[j, k]
+            matrix[i, j] = value / diag
+    for i in range(n):
+        value = rhs[i]
+        for k in range(i):
+            value -= matrix[i, k] * solution[k]
+        solution[i] = value / matrix[i, i]
+    for i in range(n - 1, -1, -1):
+        value = solution[i]
+        for k in range(i + 1, n):
+            value -= matrix[k, i] * solution[k]
+        solution[i] = value / matrix[i, i]
+    return True
+
+
+@njit(cache=True, nogil=True, fastmath=_REDUCTION_MATH)
+def _weighted_solve(
+    design_t, pair_products, log_signal, weights, normal, rhs, beta
+):  # pragma: no cover
+    """beta = argmin sum_i weights_i (log_signal_i - design_i . beta)^2 via normal equations.
+
+    ``pair_products[k]`` is the product of design columns (a, c), a >= c, in row-major lower
+    triangular order, so the 28 unique entries of the normal matrix are 28 dot products.
+    """
+    n_params, n_vol = design_t.shape
+    k = 0
+    for a in range(n_params):
+        for c in range(a + 1):
+            total = 0.0
+            for i in range(n_vol):
+                total += pair_products[k, i] * weights[i]
+            normal[a, c] = total
+            k += 1
+        total = 0.0
+        for i in range(n_vol):
+            total += design_t[a, i] * weights[i] * log_signal[i]
+        rhs[a] = total
+    return _cholesky_solve(normal, rhs, beta)
+
+
+@njit(cache=True, nogil=True)
+def _nlls_cost(design, signal, params, prediction):  # pragma: no cover - compiled
+    """Residual sum of squares of the exponential model; fills ``prediction``."""
+    total = 0.0
+    for i in range(design.shape[0]):
+        value = 0.0
+        for a in range(design.shape[1]):
+            value += design[i, a] * params[a]
+        prediction[i] = np.exp(value)
+        total += (signal[i] - prediction[i]) ** 2
+    return total
+
+
+@njit(cache=True, nogil=True)
+def _nlls_refine(
+    design, signal, beta, prediction, normal, damped, grad, step, trial
+):  # pragma: no cover
+    """Levenberg-Marquardt on sum_i (S_i - exp(design_i . beta))^2, refining beta in place."""
+    n_vol, n_params = design.shape
+    cost = _nlls_cost(design, signal, beta, prediction)
+    damping = 1e-3
+    for _ in range(NLLS_MAX_ITER):
+        for a in range(n_params):
+            grad[a] = 0.0
+            for c in range(a + 1):
+                normal[a, c] = 0.0
+        for i in range(n_vol):  # prediction holds the model at beta
+            pred = prediction[i]
+            resid = signal[i] - pred
+            for a in range(n_params):
+                ja = pred * design[i, a]
+                grad[a] += ja * resid
+                for c in range(a + 1):
+                    normal[a, c] += ja * pred * design[i, c]
+        improved = False
+        while damping < 1e12:
+            for a in range(n_params):
+                for c in range(a + 1):
+                    damped[a, c] = normal[a, c]
+                damped[a, a] = normal[a, a] * (1.0 + damping)
+            if _cholesky_solve(damped, grad, step):
+                for a in range(n_params):
+                    trial[a] = beta[a] + step[a]
+                new_cost = _nlls_cost(design, signal, trial, prediction)
+                if new_cost <= cost:
+                    improved = True
+                    break
+            damping *= 10.0
+        if not improved:
+            return
+        relative_drop = (cost - new_cost) / max(cost, 1e-300)
+        for a in range(n_params):
+            beta[a] = trial[a]
+        cost = new_cost
+        damping = max(damping / 10.0, 1e-12)
+        if relative_drop < NLLS_TOLERANCE:
+            return
+
+
+@njit(cache=True, nogil=True)
+def _eigh3(tensor, evals, evecs):  # pragma: no cover - compiled
+    """Eigen-decomposition of a symmetric 3x3 (overwritten) by cyclic Jacobi, descending."""
+    for r in range(3):
+        for c in range(3):
+            evecs[r, c] = 1.0 if r == c else 0.0
+    scale = 0.0
+    for r in range(3):
+        for c in range(3):
+            scale += tensor[r, c] * tensor[r, c]
+    for _ in range(32):
+        off = tensor[0, 1] ** 2 + tensor[0, 2] ** 2 + tensor[1, 2] ** 2
+        if off <= 1e-32 * scale or off == 0.0:
+            break
+        for p, q in ((0, 1), (0, 2), (1, 2)):
+            apq = tensor[p, q]
+            if apq == 0.0:
+                continue
+            theta = (tensor[q, q] - tensor[p, p]) / (2.0 * apq)
+            t = 1.0 / (abs(theta) + np.sqrt(theta * theta + 1.0))
+            if theta < 0.0:
+                t = -t
+            cos = 1.0 / np.sqrt(t * t + 1.0)
+            sin = t * cos
+            for k in range(3):
+                akp = tensor[k, p]
+                akq = tensor[k, q]
+                tensor[k, p] = cos * akp - sin * akq
+                tensor[k, q] = sin * akp + cos * akq
+            for k in range(3):
+                apk = tensor[p, k]
+                aqk = tensor[q, k]
+                tensor[p, k] = cos * apk - sin * aqk
+                tensor[q, k] = sin * apk + cos * aqk
+            for k in range(3):
+                vkp = evecs[k, p]
+                vkq = evecs[k, q]
+                evecs[k, p] = cos * vkp - sin * vkq
+                evecs[k, q] = sin * vkp + cos * vkq
+    for r in range(3):
+        evals[r] = tensor[r, r]
+    for i in range(2):  # selection sort, descending, columns follow
+        best = i
+        for j in range(i + 1, 3):
+            if evals[j] > evals[best]:
+                best = j
+        if best != i:
+            tmp = evals[i]
+            evals[i] = evals[best]
+            evals[best] = tmp
+            for k in range(3):
+                tmp = evecs[k, i]
+                evecs[k, i] = evecs[k, best]
+                evecs[k, best] = tmp
+
+
+@njit(cache=True, parallel=True, fastmath=_REDUCTION_MATH)
+def _fit_kernel(
+    signal,
+    voxels,
+    design,
+    design_t,
+    pair_products,
+    ols_pinv,
+    method,
+    min_signal,
+    min_eval,
+    out_evals,
+    out_evecs,
+    out_s0,
+):  # pragma: no cover - compiled
+    """Fit every voxel listed in ``voxels`` (rows of the 2-D ``signal``); NaN when unfittable."""
+    n_fit = voxels.shape[0]
+    n_vol, n_params = design.shape
+    n_chunks = (n_fit + VOXELS_PER_CHUNK - 1) // VOXELS_PER_CHUNK
+    for chunk in prange(n_chunks):
+        measured = np.empty(n_vol)
+        log_signal = np.empty(n_vol)
+        weights = np.empty(n_vol)
+        normal = np.empty((n_params, n_params))
+        damped = np.empty((n_params, n_params))
+        rhs = np.empty(n_params)
+        step = np.empty(n_params)
+        trial = np.empty(n_params)
+        beta = np.empty(n_params)
+        tensor = np.empty((3, 3))
+        evals = np.empty(3)
+        evecs = np.empty((3, 3))
+        stop = min(n_fit, (chunk + 1) * VOXELS_PER_CHUNK)
+        for k in range(chunk * VOXELS_PER_CHUNK, stop):
+            row = voxels[k]
+            fittable = True
+            any_positive = False
+            for i in range(n_vol):
+                value = np.float64(signal[row, i])
+                if not np.isfinite(value):
+                    fittable = False
+                if value > 0.0:
+                    any_positive = True
+                measured[i] = max(value, min_signal)
+                log_signal[i] = np.log(measured[i])
+            if fittable and any_positive:
+                for a in range(n_params):  # OLS
+                    value = 0.0
+                    for i in range(n_vol):
+                        value += ols_pinv[a, i] * log_signal[i]
+                    beta[a] = value
+                if method >= 1:  # WLS: weights = squared OLS-predicted signal
+                    for i in range(n_vol):
+                        weights[i] = 0.0
+                    for a in range(n_params):
+                        for i in range(n_vol):
+                            weights[i] += design_t[a, i] * beta[a]
+                    for i in range(n_vol):
+                        weights[i] = np.exp(2.0 * weights[i])
+                    fittable = _weighted_solve(
+                        design_t, pair_products, log_signal, weights, normal, rhs, beta
+                    )
+                if fittable and method == 2:
+                    _nlls_refine(design, measured, beta, weights, normal, damped, rhs, step, trial)
+                for a in range(n_params):
+                    if not np.isfinite(beta[a]):
+                        fittable = False
+            else:
+                fittable = False
+            if not fittable:
+                for r in range(3):
+                    out_evals[k, r] = np.nan
+                    for c in range(3):
+                        out_evecs[k, r, c] = np.nan
+                out_s0[k] = np.nan
+                continue
+            tensor[0, 0] = beta[0]
+            tensor[0, 1] = beta[1]
+            tensor[1, 0] = beta[1]
+            tensor[1, 1] = beta[2]
+            tensor[0, 2] = beta[3]
+            tensor[2, 0] = beta[3]
+            tensor[1, 2] = beta[4]
+            tensor[2, 1] = beta[4]
+            tensor[2, 2] = beta[5]
+            _eigh3(tensor, evals, evecs)
+            for r in range(3):
+                out_evals[k, r] = max(evals[r], min_eval)
+                for c in range(3):
+                    out_evecs[k, r, c] = evecs[r, c]
+            out_s0[k] = np.exp(beta[6])
+
+
+def fit_tensor(
+    data: np.ndarray,
+    bvals: np.ndarray,
+    bvecs: np.ndarray,
+    mask: np.ndarray | None = None,
+    method: str = "wls",
+    n_threads: int | None = None,
+) -> TensorFit:
+    """Fit a diffusion tensor in every voxel of ``data`` (x, y, z, volumes).
+
+    ``bvals`` in s/mm^2 (N,), ``bvecs`` (N, 3) or (3, N); ``mask`` limits the fit (outside: NaN);
+    ``method`` is ``ols``, ``wls`` (default) or ``nlls``; ``n_threads`` caps the cores used
+    (None: all numba may use). Voxels with any non-finite sample, or no sample above 0, or an
+    unsolvable fit, get NaN. Raises ValueError for fewer volumes than the 7 model parameters or a
+    gradient table that cannot determine a tensor.
+    """
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {sorted(_METHODS)}, got {method!r}")
+    data, bvals, bvecs, mask = _check_inputs(data, bvals, bvecs, mask)
+    b_scale = float(bvals.max()) if bvals.max() > 0 else 1.0
+    design = design_matrix(bvals, bvecs, b_scale)
+    singular_values = np.linalg.svd(design, compute_uv=False)
+    rank = int(np.sum(singular_values > DESIGN_RANK_TOLERANCE * singular_values[0]))
+    if rank < N_TENSOR_PARAMS:
+        raise ValueError(
+            f"the gradient table determines only {rank} of the {N_TENSOR_PARAMS} tensor "
+            "parameters; it needs a b0 and at least 6 non-collinear directions with b > 0"
+        )
+    ols_pinv = np.linalg.pinv(design)
+    rows, cols = np.tril_indices(N_TENSOR_PARAMS)  # row-major lower triangle, as the kernel
+    pair_products = np.ascontiguousarray((design[:, rows] * design[:, cols]).T)
+    spatial_shape = data.shape[:3]
+    signal = data.reshape(-1, data.shape[-1])  # a view when data is contiguous
+    voxels = np.flatnonzero(mask.ravel()).astype(np.int64)
+    n_fit = voxels.size
+    out_evals = np.empty((n_fit, 3))
+    out_evecs = np.empty((n_fit, 3, 3))
+    out_s0 = np.empty(n_fit)
+    if n_fit:
+        with thread_limits(n_threads, blas=False):  # the kernel calls no BLAS/LAPACK
+            _fit_kernel(
+                signal,
+                voxels,
+                design,
+                np.ascontiguousarray(design.T),
+                pair_products,
+                ols_pinv,
+                _METHODS[method],
+                MIN_SIGNAL,
+                MIN_EIGENVALUE_B_PRODUCT,  # in the kernel's b/b_scale units
+                out_evals,
+                out_evecs,
+                out_s0,
+            )
+    else:
+        LOGGER.warning("fit_tensor: the mask excludes every voxel; all maps are NaN")
+    out_evals /= b_scale
+    n_failed = int(np.count_nonzero(np.isnan(out_s0)))
+    if n_failed:
+        LOGGER.debug("fit_tensor: %d of %d voxels could not be fitted (NaN)", n_failed, n_fit)
+    return _assemble(out_evals, out_evecs, out_s0, voxels, spatial_shape, data.dtype)
+
+
+def _assemble(evals, evecs, s0, voxels, spatial_shape, dtype) -> TensorFit:
+    """Scatter the fitted voxels into NaN-filled maps on the input grid and derive MD/FA/AD/RD."""
+    n_total = int(np.prod(spatial_shape))
+
+    def scatter(values: np.ndarray) -> np.ndarray:
+        full = np.full((n_total,) + values.shape[1:], np.nan, dtype=dtype)
+        full[voxels] = values
+        return full.reshape(spatial_shape + values.shape[1:])
+
+    md = evals.mean(axis=1)
+    deviation = evals - md[:, None]
+    norm = np.sqrt(np.sum(evals * evals, axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fa = np.sqrt(1.5 * np.sum(deviation * deviation, axis=1)) / norm
+    fa = np.where(norm > 0, fa, 0.0)
+    fa[np.isnan(md)] = np.nan
+    return TensorFit(
+        md=scatter(md),
+        fa=scatter(fa),
+        ad=scatter(evals[:, 0]),
+        rd=scatter(evals[:, 1:].mean(axis=1)),
+        evals=scatter(evals),
+        evecs=scatter(evecs),
+        s0=scatter(s0),
+    )
