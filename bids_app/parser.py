@@ -114,8 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     met.add_argument(
         "--gibbs",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="Gibbs-ringing removal (Kellner et al. 2016)",
+        default=False,
+        help="Gibbs-ringing removal (Kellner et al. 2016); off by default, as in QSIPrep, "
+        "because it adds minutes per session and 24-hour MD change is a within-scan contrast",
     )
     met.add_argument("--tensor-fit", choices=["wls", "ols", "nlls"], default="wls")
     met.add_argument(

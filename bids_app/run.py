@@ -129,11 +129,8 @@ def _run_stage(config: Config) -> int:
     """Hand over to the requested stage; return the exit code."""
     start = time.monotonic()
     if config.analysis_level == "participant":
-        try:
-            from ketamine_dti.workflows.base import run_participant_level
-        except ModuleNotFoundError:  # transitional: lands with the participant-level issue
-            print("ketamine-dti: the participant level is not yet available", file=sys.stderr)
-            return ec.EX_FAILURE
+        from ketamine_dti.workflows.base import run_participant_level
+
         failures = run_participant_level(config)
         if failures:
             print(f"ketamine-dti: {len(failures)} participant(s) failed:", file=sys.stderr)

@@ -34,7 +34,7 @@ class Config:
     verbosity: int = 0
     # methods
     denoise: str = "mppca"  # "mppca" or "none"
-    gibbs: bool = True
+    gibbs: bool = False  # Gibbs unringing costs minutes per session; QSIPrep's default is off too
     tensor_fit: str = "wls"  # "wls", "ols" or "nlls"
     roi_atlas: Path | None = None  # None: the bundled ketamine7 atlas; else a dseg NIfTI (+ .tsv)
     # group level

@@ -203,3 +203,31 @@ def test_dataset_description_and_bidsignore(tmp_path):
     assert description["GeneratedBy"][0]["Version"]
     ignore = bids.write_bidsignore(tmp_path / "out").read_text().splitlines()
     assert "*_dwimap.nii.gz" in ignore and "sub-*/log" in ignore
+
+
+def test_sink_writes_bids_name_sidecar_and_compresses(tmp_path):
+    from ketamine_dti.interfaces.bids import DerivativesSink
+
+    work = tmp_path / "work"
+    work.mkdir()
+    image = nib.Nifti1Image(np.arange(24, dtype=np.float32).reshape(2, 3, 4), np.eye(4))
+    nib.save(image, work / "md.nii")  # work files are uncompressed
+    sink = DerivativesSink(
+        output_dir=str(tmp_path / "out"),
+        in_file=str(work / "md.nii"),
+        entities={"sub": "01", "ses": "24h", "space": "dwi", "model": "tensor", "param": "md"},
+        datatype="dwi",
+        suffix="dwimap",
+        metadata={"Units": "mm^2/s"},
+    )
+    first = sink.run(cwd=str(work)).outputs.out_file
+    expected = (
+        tmp_path / "out/sub-01/ses-24h/dwi/sub-01_ses-24h_space-dwi_model-tensor_param-md_dwimap"
+    )
+    assert first == str(expected) + ".nii.gz"
+    assert np.array_equal(nib.load(first).get_fdata(), image.get_fdata())
+    assert json.loads(Path(str(expected) + ".json").read_text()) == {"Units": "mm^2/s"}
+    before = Path(first).read_bytes()
+    assert not before[3] & 0x08  # gzip FNAME flag unset: no file name in the header
+    sink.run(cwd=str(work))
+    assert Path(first).read_bytes() == before  # reruns are byte-identical

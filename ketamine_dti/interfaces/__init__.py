@@ -1,1 +1,1 @@
-"""interfaces."""
+"""Thin Nipype interfaces over the numeric core."""

@@ -1,1 +1,1 @@
-"""workflows."""
+"""Workflow factories (wiring only): participant -> session -> steps."""

@@ -1,0 +1,314 @@
+"""Participant-level accuracy, longitudinal consistency, speed and memory (issue 3 targets).
+
+Usage (each scenario simulates its own trial with the real simulator CLI):
+
+    python benchmarks/bench_participant.py OUT_DIR [--preset standard] [--n-participants 4]
+        [--scenarios paper null] [--nprocs 2] [--omp-nthreads 1]
+
+For every participant it runs the participant level (MultiProc, ``--nprocs`` cores), records
+wall time, the peak resident memory of the whole process tree (sampled from /proc), and the
+time of every Nipype node (from the work directory). Then:
+
+- ``paper``: per-session ROI ``md_mean`` vs the ground-truth GM MD (median absolute relative
+  error over participants x ROIs x sessions; target <= 5%) and the correlation of dMD (24h minus
+  baseline) with the true dMD over participants x ROIs (target r >= 0.8);
+- ``null``: SD of dMD/MD over participants x ROIs with the longitudinal anatomy (target <= 1%)
+  and with two independent per-session template registrations (must be higher).
+
+Results go to OUT_DIR/bench_participant.json and .md. Timings are noisy on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+TARGET_MEDIAN_REL_ERROR = 0.05
+TARGET_DMD_CORRELATION = 0.8
+TARGET_NULL_SD = 0.01
+TARGET_MINUTES = 10.0
+TARGET_PEAK_GB = 4.0
+SAMPLE_INTERVAL_S = 0.5
+SESSIONS = ("baseline", "24h")
+
+
+class TreeMemorySampler:
+    """Peak summed RSS (GB) of this process and all its descendants, sampled from /proc."""
+
+    def __init__(self, interval: float = SAMPLE_INTERVAL_S):
+        self.interval = interval
+        self.peak_gb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _tree_rss_gb(root: int) -> float:
+        parents, rss = {}, {}
+        page = os.sysconf("SC_PAGE_SIZE")
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                parents[int(entry.name)] = int(fields[1])
+                rss[int(entry.name)] = int(fields[21]) * page
+            except (OSError, IndexError, ValueError):
+                continue
+        members, frontier = {root}, [root]
+        while frontier:
+            pid = frontier.pop()
+            children = [child for child, parent in parents.items() if parent == pid]
+            members.update(children)
+            frontier.extend(children)
+        return sum(rss.get(pid, 0) for pid in members) / 1e9
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak_gb = max(self.peak_gb, self._tree_rss_gb(os.getpid()))
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def node_times(work_dir: Path) -> dict[str, float]:
+    """Seconds per node name (summed over sessions / map items) from Nipype result files."""
+    from nipype.pipeline.engine.utils import load_resultfile
+
+    times: dict[str, float] = {}
+    for result_file in work_dir.rglob("result_*.pklz"):
+        try:
+            duration = float(load_resultfile(str(result_file)).runtime.duration)
+        except Exception:  # a result without runtime (e.g. map-node parent): skip
+            continue
+        name = result_file.parent.name.lstrip("_")
+        name = name.rstrip("0123456789") if name.startswith("bias_correct") else name
+        times[name] = times.get(name, 0.0) + duration
+    return dict(sorted(times.items(), key=lambda item: -item[1]))
+
+
+def simulate(out: Path, preset: str, scenario: str, n_participants: int, seed: int) -> Path:
+    if (out / "dataset_description.json").exists():
+        return out
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ketamine_dti.simulate.cli",
+            str(out),
+            "--preset",
+            preset,
+            "--scenario",
+            scenario,
+            "--n-participants",
+            str(n_participants),
+            "--seed",
+            str(seed),
+        ],
+        check=True,
+    )
+    return out
+
+
+def run_trial(bids_dir: Path, out: Path, work: Path, args, independent: bool) -> list[dict]:
+    """Run every participant; return per-participant timing/memory rows."""
+    from ketamine_dti import bids
+    from ketamine_dti.config import Config
+    from ketamine_dti.workflows.base import run_participant
+
+    config = Config(
+        bids_dir=bids_dir,
+        output_dir=out,
+        analysis_level="participant",
+        work_dir=work,
+        nprocs=args.nprocs,
+        omp_nthreads=args.omp_nthreads,
+        mem_gb=args.mem_gb,
+        gibbs=args.gibbs,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    bids.write_dataset_description(out, bids_dir)
+    bids.write_bidsignore(out)
+    layout = bids.get_layout(bids_dir)
+    subjects = bids.select_participants(layout)
+    rows = []
+    for subject in subjects:
+        started = time.time()
+        with TreeMemorySampler() as sampler:
+            try:
+                run_participant(config, layout, subject, independent_anatomy=independent)
+                status = "ok"
+            except Exception as exc:  # report and go on
+                status = f"failed: {exc}"
+        wall = time.time() - started
+        steps = node_times(work / f"sub_{subject}_wf")
+        rows.append(
+            {
+                "subject": subject,
+                "wall_s": wall,
+                "peak_gb": sampler.peak_gb,
+                "status": status,
+                "steps_s": steps,
+            }
+        )
+        logging.info("sub-%s: %s in %.0f s, peak %.2f GB", subject, status, wall, sampler.peak_gb)
+        (out.parent / f"{out.name}_partial.json").write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+def roi_tables(out: Path, subjects: list[str]) -> pd.DataFrame:
+    frames = []
+    for subject in subjects:
+        for session in SESSIONS:
+            path = (
+                out
+                / f"sub-{subject}/ses-{session}/dwi/sub-{subject}_ses-{session}_desc-roi_md.tsv"
+            )
+            if path.exists():
+                frame = pd.read_csv(path, sep="\t")
+                frame["participant_id"] = f"sub-{subject}"
+                frame["session_id"] = f"ses-{session}"
+                frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def delta(table: pd.DataFrame, column: str) -> pd.DataFrame:
+    wide = table.pivot_table(index=["participant_id", "roi"], columns="session_id", values=column)
+    wide["delta"] = wide[f"ses-{SESSIONS[1]}"] - wide[f"ses-{SESSIONS[0]}"]
+    wide["relative_delta"] = wide["delta"] / wide[f"ses-{SESSIONS[0]}"]
+    return wide.dropna()
+
+
+def paper_accuracy(bids_dir: Path, table: pd.DataFrame) -> dict:
+    truth = pd.read_csv(bids_dir / "sourcedata/ground_truth/roi_md.tsv", sep="\t")
+    merged = table.merge(truth, on=["participant_id", "session_id", "roi"])
+    relative_error = (merged.md_mean / merged.md_true - 1).abs()
+    measured = delta(merged, "md_mean")
+    true = delta(merged, "md_true")
+    joined = measured[["delta"]].join(true[["delta"]], rsuffix="_true").dropna()
+    r = float(np.corrcoef(joined["delta"], joined["delta_true"])[0, 1])
+    return {
+        "median_abs_rel_error": float(relative_error.median()),
+        "per_roi_median_abs_rel_error": relative_error.groupby(merged.roi).median().to_dict(),
+        "dmd_correlation": r,
+        "n_pairs": int(len(joined)),
+    }
+
+
+def null_consistency(table: pd.DataFrame) -> dict:
+    relative = delta(table, "md_mean")["relative_delta"]
+    return {"sd_relative_dmd": float(relative.std(ddof=1)), "n_pairs": int(len(relative))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--preset", default="standard", choices=["standard", "tiny"])
+    parser.add_argument("--n-participants", type=int, default=4)
+    parser.add_argument("--scenarios", nargs="+", default=["paper", "null"])
+    parser.add_argument("--nprocs", type=int, default=2)
+    parser.add_argument("--omp-nthreads", type=int, default=1)
+    parser.add_argument("--mem-gb", type=float, default=4.0)
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument(
+        "--gibbs",
+        action="store_true",
+        help="also run Gibbs unringing (DIPY's takes ~45 min per standard session: off here)",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.omp_nthreads))
+    os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", str(args.omp_nthreads))
+    out_dir = args.out_dir.absolute()
+    results: dict = {
+        "gibbs": args.gibbs,
+        "preset": args.preset,
+        "n_participants": args.n_participants,
+        "nprocs": args.nprocs,
+        "omp_nthreads": args.omp_nthreads,
+    }
+    designs = {"paper": [False], "null": [False, True]}
+    for scenario in args.scenarios:
+        bids_dir = simulate(
+            out_dir / f"{scenario}_bids", args.preset, scenario, args.n_participants, args.seed
+        )
+        for independent in designs[scenario]:
+            label = f"{scenario}_{'independent' if independent else 'longitudinal'}"
+            out, work = out_dir / f"{label}_out", out_dir / f"{label}_work"
+            rows = run_trial(bids_dir, out, work, args, independent)
+            subjects = [row["subject"] for row in rows if row["status"] == "ok"]
+            entry = {"participants": rows}
+            if subjects:
+                table = roi_tables(out, subjects)
+                entry |= (
+                    paper_accuracy(bids_dir, table)
+                    if scenario == "paper"
+                    else null_consistency(table)
+                )
+            results[label] = entry
+            (out_dir / "bench_participant.json").write_text(json.dumps(results, indent=2))
+    (out_dir / "bench_participant.md").write_text(markdown(results))
+    print(markdown(results))
+    return 0
+
+
+def markdown(results: dict) -> str:
+    lines = [
+        f"# Participant-level benchmark ({results['preset']}, {results['n_participants']} "
+        f"participants, {results['nprocs']} cores)",
+        "",
+    ]
+    paper = results.get("paper_longitudinal", {})
+    if "median_abs_rel_error" in paper:
+        lines += [
+            f"- paper: median |md_mean/md_true - 1| = {paper['median_abs_rel_error']:.2%} "
+            f"(target <= {TARGET_MEDIAN_REL_ERROR:.0%})",
+            f"- paper: r(dMD, true dMD) = {paper['dmd_correlation']:.3f} over {paper['n_pairs']} "
+            f"pairs (target >= {TARGET_DMD_CORRELATION})",
+        ]
+    for design in ("longitudinal", "independent"):
+        entry = results.get(f"null_{design}", {})
+        if "sd_relative_dmd" in entry:
+            lines.append(
+                f"- null ({design}): SD of dMD/MD = {entry['sd_relative_dmd']:.3%} "
+                f"(target <= {TARGET_NULL_SD:.0%})"
+            )
+    lines += [
+        "",
+        "| run | participant | status | wall (min) | peak (GB) | slowest steps (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, entry in results.items():
+        if not isinstance(entry, dict) or "participants" not in entry:
+            continue
+        for row in entry["participants"]:
+            slowest = ", ".join(f"{k} {v:.0f}" for k, v in list(row["steps_s"].items())[:5])
+            lines.append(
+                f"| {label} | {row['subject']} | {row['status'][:40]} | "
+                f"{row['wall_s'] / 60:.1f} | {row['peak_gb']:.2f} | {slowest} |"
+            )
+    lines += [
+        "",
+        f"Targets: <= {TARGET_MINUTES:.0f} min and <= {TARGET_PEAK_GB:.0f} GB per "
+        "participant. Timings are noisy on a shared machine.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Quality measures of a preprocessed DWI session: temporal SNR and tensor-fit residual."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def b0_tsnr(data: np.ndarray, b0_mask: np.ndarray, brain: np.ndarray) -> float:
+    """Median over brain voxels of mean/SD across the b0 volumes (NaN with fewer than 2 b0s)."""
+    b0 = np.asarray(data, dtype=np.float64)[..., np.asarray(b0_mask, dtype=bool)]
+    if b0.shape[-1] < 2:
+        return float("nan")
+    voxels = b0[np.asarray(brain, dtype=bool)]
+    sd = voxels.std(axis=1, ddof=1)
+    keep = sd > 0
+    if not keep.any():
+        return float("nan")
+    return float(np.median(voxels[keep].mean(axis=1) / sd[keep]))
+
+
+def predict_signal(
+    evals: np.ndarray, evecs: np.ndarray, s0: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray
+) -> np.ndarray:
+    """Tensor-model signal S0 exp(-b g^T D g) for every voxel (evals in mm^2/s, b in s/mm^2).
+
+    evecs[..., :, j] is the eigenvector of evals[..., j]; bvecs (N, 3) in the same frame.
+    """
+    projections = np.einsum("nk,...kj->...nj", np.asarray(bvecs, float), evecs)  # g . e_j
+    adc = np.einsum("...nj,...j->...n", projections**2, evals)
+    return s0[..., None] * np.exp(-np.asarray(bvals, float) * adc)
+
+
+def tensor_residual(
+    data: np.ndarray,
+    evals: np.ndarray,
+    evecs: np.ndarray,
+    s0: np.ndarray,
+    bvals: np.ndarray,
+    bvecs: np.ndarray,
+    brain: np.ndarray,
+) -> tuple[np.ndarray, float]:
+    """Root-mean-square fit residual relative to S0, per voxel, and its median in the brain.
+
+    A few percent is noise; motion, artefacts or a wrong b-vector table make it grow.
+    """
+    brain = np.asarray(brain, dtype=bool) & np.isfinite(s0) & (s0 > 0)
+    residual_map = np.full(brain.shape, np.nan, dtype=np.float32)
+    if not brain.any():
+        return residual_map, float("nan")
+    predicted = predict_signal(evals[brain], evecs[brain], s0[brain], bvals, bvecs)
+    rms = np.sqrt(np.mean((np.asarray(data)[brain] - predicted) ** 2, axis=1)) / s0[brain]
+    residual_map[brain] = rms
+    return residual_map, float(np.nanmedian(rms))

@@ -1,0 +1,281 @@
+"""Thin Nipype interfaces over the anatomy core (ketamine_dti.anat): files in, files out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    InputMultiObject,
+    SimpleInterface,
+    TraitedSpec,
+    traits,
+)
+
+_TransformList = traits.List(traits.Str, desc="ANTs transform files, from-X_to-Y convention")
+
+
+class _BiasCorrectInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="raw T1w")
+    n_threads = traits.Int(1, usedefault=True)
+
+
+class _BiasCorrectOutputSpec(TraitedSpec):
+    out_file = File(exists=True)
+
+
+class BiasCorrect(SimpleInterface):
+    """N4 bias-field correction of a T1w."""
+
+    input_spec = _BiasCorrectInputSpec
+    output_spec = _BiasCorrectOutputSpec
+
+    def _run_interface(self, runtime):
+        from ketamine_dti.anat.brain import bias_correct
+
+        self._results["out_file"] = bias_correct(
+            self.inputs.in_file, runtime.cwd, n_threads=self.inputs.n_threads
+        )
+        return runtime
+
+
+class _SubjectTemplateInputSpec(BaseInterfaceInputSpec):
+    t1w_files = InputMultiObject(File(exists=True), mandatory=True, desc="baseline first")
+    n_threads = traits.Int(1, usedefault=True)
+
+
+class _SubjectTemplateOutputSpec(TraitedSpec):
+    template_file = File(exists=True)
+    from_session_to_template = traits.List(_TransformList)
+    from_template_to_session = traits.List(_TransformList)
+    qc = traits.Dict()
+
+
+class SubjectTemplate(SimpleInterface):
+    """Unbiased within-subject (halfway) T1w reference of all sessions."""
+
+    input_spec = _SubjectTemplateInputSpec
+    output_spec = _SubjectTemplateOutputSpec
+
+    def _run_interface(self, runtime):
+        from ketamine_dti.anat.longitudinal import build_subject_template
+
+        result = build_subject_template(
+            self.inputs.t1w_files, runtime.cwd, n_threads=self.inputs.n_threads
+        )
+        self._results["template_file"] = result.template_file
+        self._results["from_session_to_template"] = [
+            list(t) for t in result.from_session_to_template
+        ]
+        self._results["from_template_to_session"] = [
+            list(t) for t in result.from_template_to_session
+        ]
+        self._results["qc"] = dict(result.qc)
+        return runtime
+
+
+class _ExtractBrainInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="bias-corrected T1w (head)")
+    n_threads = traits.Int(1, usedefault=True)
+
+
+class _ExtractBrainOutputSpec(TraitedSpec):
+    brain_file = File(exists=True)
+    mask_file = File(exists=True)
+    from_t1w_to_template = _TransformList
+    qc = traits.Dict()
+
+
+class ExtractBrain(SimpleInterface):
+    """Template-based brain extraction of a T1w."""
+
+    input_spec = _ExtractBrainInputSpec
+    output_spec = _ExtractBrainOutputSpec
+
+    def _run_interface(self, runtime):
+        from ketamine_dti.anat.brain import extract_brain
+
+        result = extract_brain(self.inputs.in_file, runtime.cwd, n_threads=self.inputs.n_threads)
+        self._results["brain_file"] = result.brain_file
+        self._results["mask_file"] = result.mask_file
+        self._results["from_t1w_to_template"] = list(result.affine_t1w_to_template)
+        self._results["qc"] = dict(result.qc)
+        return runtime
+
+
+class _SegmentInputSpec(BaseInterfaceInputSpec):
+    brain_file = File(exists=True, mandatory=True)
+    mask_file = File(exists=True, mandatory=True)
+    n_threads = traits.Int(1, usedefault=True)
+
+
+class _SegmentOutputSpec(TraitedSpec):
+    csf_file = File(exists=True)
+    gm_file = File(exists=True)
+    wm_file = File(exists=True)
+    dseg_file = File(exists=True)
+
+
+class SegmentTissues(SimpleInterface):
+    """Three-class tissue segmentation (CSF, GM, WM probabilities)."""
+
+    input_spec = _SegmentInputSpec
+    output_spec = _SegmentOutputSpec
+
+    def _run_interface(self, runtime):
+        from ketamine_dti.anat.segmentation import segment_tissues
+
+        result = segment_tissues(
+            self.inputs.brain_file,
+            self.inputs.mask_file,
+            runtime.cwd,
+            n_threads=self.inputs.n_threads,
+        )
+        for name in ("csf", "gm", "wm", "dseg"):
+            self._results[f"{name}_file"] = getattr(result, f"{name}_file")
+        return runtime
+
+
+class _RegisterMNIInputSpec(BaseInterfaceInputSpec):
+    brain_file = File(exists=True, mandatory=True)
+    mask_file = File(exists=True, mandatory=True)
+    initial_transform = _TransformList
+    n_threads = traits.Int(1, usedefault=True)
+
+
+class _RegisterMNIOutputSpec(TraitedSpec):
+    from_t1w_to_mni = _TransformList
+    from_mni_to_t1w = _TransformList
+    warped_file = File(exists=True)
+    qc = traits.Dict()
+
+
+class RegisterToMNI(SimpleInterface):
+    """SyN registration of the brain-extracted T1w to MNI152NLin6Asym."""
+
+    input_spec = _RegisterMNIInputSpec
+    output_spec = _RegisterMNIOutputSpec
+
+    def _run_interface(self, runtime):
+        from ketamine_dti.anat.registration import register_to_mni
+
+        initial = self.inputs.initial_transform or None
+        result = register_to_mni(
+            self.inputs.brain_file,
+            self.inputs.mask_file,
+            runtime.cwd,
+            initial_transform=initial,
+            n_threads=self.inputs.n_threads,
+        )
+        self._results["from_t1w_to_mni"] = list(result.from_moving_to_fixed)
+        self._results["from_mni_to_t1w"] = list(result.from_fixed_to_moving)
+        self._results["warped_file"] = result.warped_file
+        self._results["qc"] = dict(result.qc)
+        return runtime
+
+
+class _SessionBrainInputSpec(BaseInterfaceInputSpec):
+    all_t1w_files = InputMultiObject(File(exists=True), mandatory=True, desc="bias-corrected")
+    template_mask_file = File(exists=True, mandatory=True, desc="brain mask, subject template")
+    all_template_to_session = traits.List(_TransformList, mandatory=True)
+    session_index = traits.Int(mandatory=True, desc="position of this session (baseline 0)")
+
+
+class _SessionBrainOutputSpec(TraitedSpec):
+    t1w_file = File(exists=True, desc="this session's bias-corrected T1w")
+    brain_file = File(exists=True)
+    mask_file = File(exists=True)
+    from_template_to_session = _TransformList
+
+
+class SessionBrain(SimpleInterface):
+    """The subject-template brain mask brought onto one session's T1w, and that brain."""
+
+    input_spec = _SessionBrainInputSpec
+    output_spec = _SessionBrainOutputSpec
+
+    def _run_interface(self, runtime):
+        from ketamine_dti.anat.brain import apply_mask, mask_in_session
+
+        index = self.inputs.session_index
+        transforms = list(self.inputs.all_template_to_session[index])
+        t1w_file = self.inputs.all_t1w_files[index]
+        cwd = Path(runtime.cwd)
+        mask = mask_in_session(
+            self.inputs.template_mask_file,
+            t1w_file,
+            transforms,
+            cwd / "t1w_brainmask.nii.gz",
+        )
+        self._results["mask_file"] = mask
+        self._results["t1w_file"] = t1w_file
+        self._results["brain_file"] = apply_mask(t1w_file, mask, cwd / "t1w_brain.nii.gz")
+        self._results["from_template_to_session"] = transforms
+        return runtime
+
+
+class _DWIToT1wInputSpec(BaseInterfaceInputSpec):
+    t1w_brain_file = File(exists=True, mandatory=True)
+    t1w_mask_file = File(exists=True, mandatory=True)
+    b0_file = File(exists=True, mandatory=True, desc="b0 reference of the DWI")
+    dwi_mask_file = File(exists=True, mandatory=True)
+    n_threads = traits.Int(1, usedefault=True)
+
+
+class _DWIToT1wOutputSpec(TraitedSpec):
+    from_dwi_to_t1w = _TransformList
+    from_t1w_to_dwi = _TransformList
+    warped_file = File(exists=True)
+    qc = traits.Dict()
+
+
+class DWIToT1w(SimpleInterface):
+    """Rigid b0 -> T1w coregistration (mutual information) with a Dice QC of the masks."""
+
+    input_spec = _DWIToT1wInputSpec
+    output_spec = _DWIToT1wOutputSpec
+
+    def _run_interface(self, runtime):
+        from ketamine_dti.anat.brain import apply_mask
+        from ketamine_dti.anat.registration import (
+            apply_transforms,
+            register_linear,
+            registration_qc,
+        )
+
+        cwd = Path(runtime.cwd)
+        b0_brain = apply_mask(
+            self.inputs.b0_file, self.inputs.dwi_mask_file, cwd / "b0_brain.nii.gz"
+        )
+        result = register_linear(
+            self.inputs.t1w_brain_file,
+            b0_brain,
+            cwd,
+            prefix="dwi2t1w_",
+            transform="Rigid",
+            metric="mattes",
+            fixed_mask_file=self.inputs.t1w_mask_file,
+            n_threads=self.inputs.n_threads,
+        )
+        warped_mask = apply_transforms(
+            self.inputs.dwi_mask_file,
+            self.inputs.t1w_brain_file,
+            result.from_moving_to_fixed,
+            cwd / "dwi_mask_in_t1w.nii.gz",
+            interpolation="nearestNeighbor",
+        )
+        qc = dict(result.qc)
+        qc.update(
+            registration_qc(
+                self.inputs.t1w_brain_file,
+                result.warped_file,
+                fixed_mask_file=self.inputs.t1w_mask_file,
+                warped_mask_file=warped_mask,
+            )
+        )
+        self._results["from_dwi_to_t1w"] = list(result.from_moving_to_fixed)
+        self._results["from_t1w_to_dwi"] = list(result.from_fixed_to_moving)
+        self._results["warped_file"] = result.warped_file
+        self._results["qc"] = qc
+        return runtime

@@ -1,0 +1,136 @@
+"""Thin Nipype interfaces over the ROI core (ketamine_dti.rois): atlas transfer and statistics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    traits,
+)
+
+_TransformList = traits.List(traits.Str, desc="ANTs transform files, from-X_to-Y convention")
+
+
+class _ToDWIInputSpec(BaseInterfaceInputSpec):
+    method = traits.Enum(
+        "fraction",
+        "nearest",
+        usedefault=True,
+        desc="label transfer: linear label fractions, or nearest neighbour",
+    )
+    atlas_file = File(exists=True, mandatory=True, desc="atlas dseg in MNI152NLin6Asym")
+    gm_file = File(exists=True, mandatory=True, desc="GM probability, subject template")
+    csf_file = File(exists=True, mandatory=True, desc="CSF probability, subject template")
+    reference_file = File(exists=True, mandatory=True, desc="b0 reference (DWI grid)")
+    from_mni_to_template = _TransformList
+    from_template_to_session = _TransformList
+    from_t1w_to_dwi = _TransformList
+    n_threads = traits.Int(1, usedefault=True)
+
+
+class _ToDWIOutputSpec(TraitedSpec):
+    dseg_file = File(exists=True, desc="atlas labels on the DWI grid")
+    gm_file = File(exists=True)
+    csf_file = File(exists=True)
+
+
+class AtlasToDWI(SimpleInterface):
+    """Move the atlas (MNI) and tissue probabilities (subject template) onto the DWI grid.
+
+    Transforms are composed MNI -> subject template -> session T1w -> DWI, so each mask is
+    interpolated once; the MD map itself never moves.
+    """
+
+    input_spec = _ToDWIInputSpec
+    output_spec = _ToDWIOutputSpec
+
+    def _run_interface(self, runtime):
+        from ketamine_dti.anat.registration import compose_transforms
+        from ketamine_dti.rois import atlas_to_dwi, warp_probability
+
+        cwd = Path(runtime.cwd)
+        template_to_dwi = compose_transforms(
+            self.inputs.from_template_to_session, self.inputs.from_t1w_to_dwi
+        )
+        mni_to_dwi = compose_transforms(self.inputs.from_mni_to_template, template_to_dwi)
+        threads = self.inputs.n_threads
+        self._results["dseg_file"] = atlas_to_dwi(
+            self.inputs.atlas_file,
+            self.inputs.reference_file,
+            mni_to_dwi,
+            cwd / "atlas_dwi.nii.gz",
+            method=self.inputs.method,
+            n_threads=threads,
+        )
+        for name in ("gm", "csf"):
+            self._results[f"{name}_file"] = warp_probability(
+                getattr(self.inputs, f"{name}_file"),
+                self.inputs.reference_file,
+                template_to_dwi,
+                cwd / f"{name}_dwi.nii.gz",
+                n_threads=threads,
+            )
+        return runtime
+
+
+class _ROIStatsInputSpec(BaseInterfaceInputSpec):
+    md_file = File(exists=True, mandatory=True, desc="MD, mm^2/s, native DWI grid")
+    fa_file = File(exists=True, mandatory=True)
+    dseg_file = File(exists=True, mandatory=True)
+    gm_file = File(exists=True, mandatory=True)
+    csf_file = File(exists=True, mandatory=True)
+    mask_file = File(exists=True, mandatory=True)
+    roi_names = traits.List(traits.Str, mandatory=True)
+
+
+class _ROIStatsOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="TSV: one row per ROI")
+    kept_dseg_file = File(exists=True, desc="labels of the voxels kept by the GM rule")
+
+
+class ROIStats(SimpleInterface):
+    """Gray-matter MD statistics per ROI, on the never-resampled MD map."""
+
+    input_spec = _ROIStatsInputSpec
+    output_spec = _ROIStatsOutputSpec
+
+    def _run_interface(self, runtime):
+        from ketamine_dti.rois import gray_matter_mask, regional_statistics
+
+        md_image = nib.load(self.inputs.md_file)
+
+        def load(path):
+            return np.asanyarray(nib.load(path).dataobj)
+
+        md = md_image.get_fdata()
+        fa, gm, csf = (
+            load(self.inputs.fa_file),
+            load(self.inputs.gm_file),
+            load(self.inputs.csf_file),
+        )
+        labels = load(self.inputs.dseg_file).astype(np.int64)
+        brain = load(self.inputs.mask_file) > 0
+        table = regional_statistics(
+            md,
+            labels,
+            fa=fa,
+            gm_prob=gm,
+            csf_prob=csf,
+            brain_mask=brain,
+            roi_names=self.inputs.roi_names,
+        )
+        out = Path(runtime.cwd) / "roi_md.tsv"
+        table.to_csv(out, sep="\t", index=False, float_format="%.6g", na_rep="n/a")
+        kept = np.where(gray_matter_mask(md, fa, gm, csf) & brain, labels, 0).astype(np.uint8)
+        kept_image = nib.Nifti1Image(kept, md_image.affine)
+        kept_image.header.set_xyzt_units("mm")
+        nib.save(kept_image, Path(runtime.cwd) / "roi_kept_dseg.nii.gz")
+        self._results["out_file"] = str(out)
+        self._results["kept_dseg_file"] = str(Path(runtime.cwd) / "roi_kept_dseg.nii.gz")
+        return runtime

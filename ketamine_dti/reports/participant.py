@@ -1,0 +1,124 @@
+"""Per-participant HTML report (OUTPUT_DIR/sub-<label>.html): QC, MD montage, motion, ROIs."""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from ketamine_dti import __version__, bids
+from ketamine_dti.config import Config
+
+LOGGER = logging.getLogger(__name__)
+
+#: Axial slices shown in the MD montage.
+N_SLICES = 8
+#: MD display range (mm^2/s): tissue up to twice gray matter; CSF saturates.
+MD_DISPLAY_MAX = 2.0e-3
+
+
+def _png(figure) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+    plt.close(figure)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def md_montage(md: np.ndarray, labels: np.ndarray) -> str:
+    """Axial MD slices through the ROIs with the kept ROI voxels overlaid; a base64 PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    md = np.nan_to_num(md)
+    rows = np.flatnonzero(labels.any(axis=(0, 1)))
+    if rows.size == 0:
+        rows = np.flatnonzero(md.any(axis=(0, 1)))
+    slices = np.unique(np.linspace(rows.min(), rows.max(), N_SLICES).round().astype(int))
+    figure, axes = plt.subplots(1, len(slices), figsize=(2.2 * len(slices), 2.6))
+    for axis, z in zip(np.atleast_1d(axes), slices, strict=True):
+        axis.imshow(md[:, :, z].T, origin="lower", cmap="gray", vmin=0, vmax=MD_DISPLAY_MAX)
+        overlay = np.ma.masked_equal(labels[:, :, z].T, 0)
+        axis.imshow(
+            overlay,
+            origin="lower",
+            cmap="tab10",
+            vmin=1,
+            vmax=10,
+            alpha=0.6,
+            interpolation="nearest",
+        )
+        axis.set_title(f"z={z}", fontsize=8)
+        axis.axis("off")
+    return _png(figure)
+
+
+def motion_plot(confounds: pd.DataFrame) -> str:
+    """Translations, rotations and framewise displacement per volume; a base64 PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(3, 1, figsize=(8, 5), sharex=True)
+    for column in ("trans_x", "trans_y", "trans_z"):
+        axes[0].plot(confounds[column], label=column)
+    for column in ("rot_x", "rot_y", "rot_z"):
+        axes[1].plot(np.degrees(confounds[column]), label=column)
+    axes[2].bar(range(len(confounds)), confounds["framewise_displacement"], color="tab:red")
+    axes[0].set_ylabel("mm")
+    axes[1].set_ylabel("degrees")
+    axes[2].set_ylabel("FD (mm)")
+    axes[2].set_xlabel("volume")
+    for axis in axes[:2]:
+        axis.legend(fontsize=7, ncol=3)
+    return _png(figure)
+
+
+def write_participant_report(config: Config, participant: bids.ParticipantInputs) -> Path:
+    """Render sub-<label>.html from the participant's derivatives."""
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+    out = Path(config.output_dir)
+    sessions = []
+    for session in participant.sessions:
+        base = {"sub": participant.subject, "ses": session.session}
+
+        def path(suffix, extension, base=base, **entities):
+            return bids.derivative_path(out, "dwi", suffix, extension, **base, **entities)
+
+        md = nib.load(path("dwimap", ".nii.gz", space="dwi", model="tensor", param="md"))
+        kept = nib.load(path("dseg", ".nii.gz", space="dwi", atlas="ketamine7", desc="graymatter"))
+        confounds = pd.read_csv(path("timeseries", ".tsv", desc="confounds"), sep="\t")
+        qc = pd.read_csv(path("metrics", ".tsv", desc="qc"), sep="\t")
+        rois = pd.read_csv(path("md", ".tsv", desc="roi"), sep="\t")
+        sessions.append(
+            {
+                "name": session.session,
+                "qc_table": qc.T.to_html(header=False, float_format=lambda v: f"{v:.4g}"),
+                "montage": md_montage(md.get_fdata(), np.asanyarray(kept.dataobj)),
+                "motion": motion_plot(confounds),
+                "roi_table": rois.to_html(index=False, float_format=lambda v: f"{v:.4g}"),
+            }
+        )
+    environment = Environment(
+        loader=FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=select_autoescape(enabled_extensions=()),
+    )
+    html = environment.get_template("participant.html").render(
+        subject=participant.subject,
+        version=__version__,
+        sessions=sessions,
+        single_session=participant.single_session,
+    )
+    report = out / f"sub-{participant.subject}.html"
+    report.write_text(html)
+    return report

@@ -1,0 +1,98 @@
+"""Participant anatomy: one unbiased within-subject T1w template and one MNI registration."""
+
+from __future__ import annotations
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from ketamine_dti.interfaces.anat import (
+    BiasCorrect,
+    ExtractBrain,
+    RegisterToMNI,
+    SegmentTissues,
+    SubjectTemplate,
+)
+
+#: GB held by a T1w registration step (1 mm T1w + 2 mm template + warps).
+ANAT_STEP_MEM_GB = 1.5
+
+
+def init_anat_wf(omp_nthreads: int = 1, name: str = "anat_wf") -> pe.Workflow:
+    """Longitudinal anatomy of one participant, shared by all sessions.
+
+    Inputs (inputnode): ``t1w_files``, one raw T1w per session, baseline first.
+    Outputs (outputnode): ``t1w_n4_files`` (bias-corrected, session order),
+    ``from_template_to_session`` (one transform list per session), ``template_file``,
+    ``template_mask`` (brain mask in the subject template), ``gm_file``/``csf_file``/``wm_file``
+    (tissue probabilities in the subject template), ``from_mni_to_template``
+    ``from_template_to_mni`` (transform lists), ``template_qc``, ``mni_qc``.
+
+    The sessions are averaged in a rigid halfway space, so neither is privileged; brain
+    extraction, tissue segmentation and the SyN registration to MNI152NLin6Asym run once on that
+    template, so both sessions see the same anatomy through the same template mapping.
+    """
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=["t1w_files"]), name="inputnode")
+    outputnode = pe.Node(
+        niu.IdentityInterface(
+            fields=[
+                "t1w_n4_files",
+                "from_template_to_session",
+                "template_file",
+                "template_brain",
+                "template_mask",
+                "gm_file",
+                "csf_file",
+                "wm_file",
+                "from_mni_to_template",
+                "from_template_to_mni",
+                "template_qc",
+                "mni_qc",
+            ]
+        ),
+        name="outputnode",
+    )
+    n4 = pe.MapNode(
+        BiasCorrect(n_threads=omp_nthreads),
+        iterfield=["in_file"],
+        name="bias_correct",
+        n_procs=omp_nthreads,
+    )
+    template = pe.Node(
+        SubjectTemplate(n_threads=omp_nthreads),
+        name="subject_template",
+        n_procs=omp_nthreads,
+        mem_gb=ANAT_STEP_MEM_GB,
+    )
+    brain = pe.Node(
+        ExtractBrain(n_threads=omp_nthreads),
+        name="extract_brain",
+        n_procs=omp_nthreads,
+        mem_gb=ANAT_STEP_MEM_GB,
+    )
+    segment = pe.Node(
+        SegmentTissues(n_threads=omp_nthreads), name="segment_tissues", n_procs=omp_nthreads
+    )
+    to_mni = pe.Node(
+        RegisterToMNI(n_threads=omp_nthreads),
+        name="register_to_mni",
+        n_procs=omp_nthreads,
+        mem_gb=ANAT_STEP_MEM_GB,
+    )
+    workflow.connect([
+        (inputnode, n4, [("t1w_files", "in_file")]),
+        (n4, template, [("out_file", "t1w_files")]),
+        (template, brain, [("template_file", "in_file")]),
+        (brain, segment, [("brain_file", "brain_file"), ("mask_file", "mask_file")]),
+        (brain, to_mni, [("brain_file", "brain_file"), ("mask_file", "mask_file"),
+                         ("from_t1w_to_template", "initial_transform")]),
+        (n4, outputnode, [("out_file", "t1w_n4_files")]),
+        (template, outputnode, [("from_template_to_session", "from_template_to_session"),
+                                ("template_file", "template_file"), ("qc", "template_qc")]),
+        (brain, outputnode, [("brain_file", "template_brain"), ("mask_file", "template_mask")]),
+        (segment, outputnode, [("gm_file", "gm_file"), ("csf_file", "csf_file"),
+                               ("wm_file", "wm_file")]),
+        (to_mni, outputnode, [("from_mni_to_t1w", "from_mni_to_template"),
+                              ("from_t1w_to_mni", "from_template_to_mni"), ("qc", "mni_qc")]),
+    ])  # fmt: skip
+    return workflow

@@ -1,0 +1,254 @@
+"""Participant level: build one Nipype workflow per participant and run it.
+
+``run_participant_level(config)`` is the entry point called by the CLI. Each participant runs
+in its own workflow (base_dir = config.work_dir, so a rerun resumes from Nipype's cache); a
+failing participant is recorded and the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pandas as pd
+from nipype.pipeline import engine as pe
+
+from ketamine_dti import bids
+from ketamine_dti.config import Config
+from ketamine_dti.errors import InputError
+from ketamine_dti.rois import ROI_NAMES
+from ketamine_dti.workflows.anat import init_anat_wf
+from ketamine_dti.workflows.boilerplate import methods_text
+from ketamine_dti.workflows.session import init_session_wf
+
+LOGGER = logging.getLogger(__name__)
+
+ANAT_FIELDS = (
+    "t1w_n4_files",
+    "from_template_to_session",
+    "template_mask",
+    "gm_file",
+    "csf_file",
+    "from_mni_to_template",
+    "template_qc",
+    "mni_qc",
+)
+#: Resolution (mm) of the bundled atlas used for the transfer: 1 mm gives finer label
+#: fractions on a 2 mm DWI grid than the 2 mm copy.
+ATLAS_RESOLUTION = 1
+
+
+# ------------------------------------------------------------------------------- building
+def resolve_atlas(config: Config) -> tuple[Path, tuple[str, ...]]:
+    """The atlas dseg (template space) and its ROI names in index order."""
+    from ketamine_dti.resources import get_atlas, read_atlas_labels
+
+    if config.roi_atlas is None:
+        atlas, _ = get_atlas(resolution=ATLAS_RESOLUTION)
+        return Path(atlas), ROI_NAMES
+    atlas = Path(config.roi_atlas)
+    if not atlas.exists():
+        raise InputError(f"{atlas}: ROI atlas not found; give a dseg NIfTI in MNI152NLin6Asym")
+    table = Path(str(atlas).replace(".nii.gz", ".tsv").replace(".nii", ".tsv"))
+    if not table.exists():
+        raise InputError(f"{table}: missing; a custom atlas needs a TSV with index and name")
+    labels = read_atlas_labels(table)
+    if sorted(labels) != list(range(1, len(labels) + 1)):
+        raise InputError(f"{table}: indices must be 1..N without gaps")
+    return atlas, tuple(labels[index] for index in sorted(labels))
+
+
+def init_participant_wf(
+    participant: bids.ParticipantInputs,
+    config: Config,
+    name: str | None = None,
+    independent_anatomy: bool = False,
+) -> pe.Workflow:
+    """All sessions of one participant, sharing one longitudinal anatomy.
+
+    The anatomy workflow takes every session's T1w (baseline first) and feeds each session's
+    workflow with the same subject template, tissue maps and MNI registration.
+    ``independent_anatomy`` (benchmarks only) instead gives each session its own anatomy and
+    template registration, the design the longitudinal one is compared against.
+    """
+    workflow = pe.Workflow(name=name or f"sub_{participant.subject}_wf")
+    atlas_file, roi_names = resolve_atlas(config)
+    if not independent_anatomy:
+        anat_wf = init_anat_wf(omp_nthreads=config.omp_nthreads)
+        anat_wf.inputs.inputnode.t1w_files = [session.t1w for session in participant.sessions]
+    for index, session in enumerate(participant.sessions):
+        if independent_anatomy:
+            anat_wf = init_anat_wf(
+                omp_nthreads=config.omp_nthreads, name=f"anat_ses_{session.session}_wf"
+            )
+            anat_wf.inputs.inputnode.t1w_files = [session.t1w]
+        session_wf = init_session_wf(
+            session,
+            session_index=0 if independent_anatomy else index,
+            n_sessions=len(participant.sessions),
+            config=config,
+            atlas_file=atlas_file,
+            roi_names=roi_names,
+        )
+        workflow.connect(
+            [(anat_wf, session_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in ANAT_FIELDS])]
+        )
+    return workflow
+
+
+# -------------------------------------------------------------------------------- running
+def _plugin_args(config: Config) -> dict:
+    args = dict(config.plugin_args or {})
+    if config.plugin == "MultiProc":
+        args.setdefault("n_procs", config.nprocs)
+        args.setdefault("memory_gb", config.mem_gb)
+        args.setdefault("raise_insufficient", False)
+    return args
+
+
+def _crash_reason(log_dir: Path, since: float) -> str | None:
+    """The last exception line of the newest crash file written after `since`."""
+    crashes = sorted(
+        (p for p in log_dir.glob("crash-*") if p.stat().st_mtime >= since),
+        key=lambda p: p.stat().st_mtime,
+    )
+    for crash in reversed(crashes):
+        lines = [line.strip() for line in crash.read_text(errors="replace").splitlines()]
+        errors = [line for line in lines if "Error:" in line or "Exception:" in line]
+        if errors:
+            # crash-<date>-<time>-<user>-<node>-<uuid with 4 dashes>.txt
+            parts = crash.name.split("-")
+            node = "-".join(parts[4:-5]) or crash.name
+            return f"{errors[-1]} (node {node}; see {crash})"
+    return None
+
+
+def compute_seconds(workflow_dir: Path) -> float:
+    """Seconds of computation recorded by Nipype for every node under a workflow folder."""
+    from nipype.pipeline.engine.utils import load_resultfile
+
+    total = 0.0
+    for result_file in Path(workflow_dir).rglob("result_*.pklz"):
+        try:
+            total += float(load_resultfile(str(result_file)).runtime.duration)
+        except Exception:  # a node without runtime information (e.g. a map-node parent)
+            continue
+    return total
+
+
+def session_summary(config: Config, subject: str, session: str, elapsed: float) -> str:
+    """The one-line progress summary of a finished session (time, FD, voxels per ROI).
+
+    ``elapsed`` is the session's own compute time (its nodes, not the shared anatomy).
+    """
+    base = {"sub": subject, "ses": session}
+    qc_file = bids.derivative_path(config.output_dir, "dwi", "metrics", ".tsv", **base, desc="qc")
+    roi_file = bids.derivative_path(config.output_dir, "dwi", "md", ".tsv", **base, desc="roi")
+    qc = pd.read_csv(qc_file, sep="\t").iloc[0]
+    rois = pd.read_csv(roi_file, sep="\t")
+    voxels = ", ".join(f"{r.roi}={int(r.n_voxels)}" for r in rois.itertuples())
+    return (
+        f"sub-{subject} ses-{session}: done ({elapsed:.0f} s of session steps); "
+        f"mean FD {qc['mean_fd']:.2f} mm (max {qc['max_fd']:.2f}); "
+        f"tSNR {qc['tsnr']:.1f}; voxels per ROI: {voxels}"
+    )
+
+
+def _configure_nipype(config: Config, log_dir: Path) -> dict:
+    level = "DEBUG" if config.verbosity >= 2 else "INFO"
+    return {
+        "execution": {
+            "crashdump_dir": str(log_dir),
+            "crashfile_format": "txt",
+            "stop_on_first_crash": config.stop_on_first_crash,
+            "remove_unnecessary_outputs": False,
+            "poll_sleep_duration": 0.5,
+        },
+        "logging": {"workflow_level": level, "interface_level": level},
+    }
+
+
+def run_participant(
+    config: Config, layout, subject: str, independent_anatomy: bool = False
+) -> None:
+    """Check, build and run one participant; raises on failure."""
+    started = time.time()
+    participant = bids.collect_participant(
+        layout,
+        subject,
+        session_labels=config.session_labels,
+        baseline_session=config.baseline_session,
+        followup_session=config.followup_session,
+        bids_filters=config.bids_filters,
+    )
+    log_dir = Path(config.output_dir) / f"sub-{subject}" / "log"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    workflow = init_participant_wf(participant, config, independent_anatomy=independent_anatomy)
+    workflow.base_dir = str(Path(config.work_dir).absolute())
+    workflow.config.update(_configure_nipype(config, log_dir))
+    if config.write_graph:
+        try:
+            workflow.write_graph(graph2use="colored", format="svg", simple_form=True)
+        except Exception as exc:  # graphviz may be missing; the graph is optional
+            LOGGER.warning("sub-%s: could not write the workflow graph (%s)", subject, exc)
+    try:
+        workflow.run(plugin=config.plugin, plugin_args=_plugin_args(config))
+    except Exception as exc:
+        reason = _crash_reason(log_dir, started) or f"{type(exc).__name__}: {exc}"
+        raise RuntimeError(reason) from exc
+    workflow_dir = Path(workflow.base_dir) / workflow.name
+    for session in participant.sessions:
+        seconds = compute_seconds(workflow_dir / f"ses_{session.session}_wf")
+        LOGGER.info(session_summary(config, subject, session.session, seconds))
+    LOGGER.info("sub-%s: finished in %.0f s", subject, time.time() - started)
+    _write_report(config, participant)
+
+
+def _write_report(config: Config, participant: bids.ParticipantInputs) -> None:
+    """Per-participant HTML report (optional: a failure here never fails the participant)."""
+    try:
+        from ketamine_dti.reports.participant import write_participant_report
+    except ImportError:
+        return
+    try:
+        write_participant_report(config, participant)
+    except Exception as exc:
+        LOGGER.warning("sub-%s: report not written (%s)", participant.subject, exc)
+
+
+def run_participant_level(config: Config) -> list[tuple[str, str]]:
+    """Run every selected participant; return (label, reason) for each that failed.
+
+    Unknown participant labels raise InputError (listing those that exist) before anything
+    runs. BIDS_DIR is only read (pybids keeps its index in memory).
+    """
+    layout = bids.get_layout(config.bids_dir)
+    subjects = bids.select_participants(layout, config.participant_labels)
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    bids.write_dataset_description(output_dir, config.bids_dir)
+    bids.write_bidsignore(output_dir)
+    (output_dir / "logs").mkdir(exist_ok=True)
+    (output_dir / "logs" / "CITATION.md").write_text(methods_text(config))
+    failures: list[tuple[str, str]] = []
+    for position, subject in enumerate(subjects, start=1):
+        LOGGER.info("sub-%s (%d/%d): starting", subject, position, len(subjects))
+        try:
+            run_participant(config, layout, subject)
+        except InputError as exc:
+            LOGGER.error("sub-%s: bad input: %s", subject, exc)
+            failures.append((subject, str(exc)))
+        except Exception as exc:  # one participant must not stop the others
+            LOGGER.error("sub-%s: failed: %s", subject, exc)
+            failures.append((subject, str(exc)))
+            if config.stop_on_first_crash:
+                break
+    if failures:
+        LOGGER.error(
+            "%d of %d participants failed: %s",
+            len(failures),
+            len(subjects),
+            "; ".join(f"sub-{label}: {reason}" for label, reason in failures),
+        )
+    return failures

@@ -1,0 +1,254 @@
+"""End to end: the participant level on a simulated tiny trial, through the real CLI.
+
+One broken participant (its baseline .bval removed; it comes first) and one good one run in
+one call; the broken one must fail with a clear message while the other completes. The output
+must pass the official validator, hold the ROI-table contract, agree coarsely with the
+simulator's ground truth, leave BIDS_DIR untouched, and a rerun (also after a killed run)
+gives the same outputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import tree_checksum
+
+pytestmark = pytest.mark.slow
+
+ROI_COLUMNS = ["roi", "md_mean", "md_median", "md_std", "n_voxels"]
+#: tiny preset (4 mm voxels, 12 directions): ROI means are dominated by partial volume, so the
+#: check is coarse; the accuracy targets are measured on the standard preset in benchmarks/.
+TINY_MEDIAN_REL_ERROR_MAX = 0.15
+#: a killed run is resumed after this node's result exists (it is early in the graph)
+KILL_AFTER = "dwi_preproc_wf/motion_correct/result_motion_correct.pklz"
+KILL_TIMEOUT_S = 900
+
+
+def _cli(*args: str) -> list[str]:
+    return [
+        sys.executable,
+        "-c",
+        "import sys; from bids_app.run import main; sys.exit(main())",
+        *args,
+    ]
+
+
+def _outputs_digest(root: Path, subject: str) -> dict[str, str]:
+    """sha256 of every data file of one participant (logs and crash files excluded)."""
+    digests = {}
+    for path in sorted((root / f"sub-{subject}").rglob("*")):
+        if path.is_file() and "log" not in path.relative_to(root).parts:
+            digests[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digests
+
+
+@pytest.fixture(scope="module")
+def run(tiny_trial, tmp_path_factory):
+    root = tmp_path_factory.mktemp("participant_level")
+    bids_dir = root / "bids"
+    shutil.copytree(tiny_trial, bids_dir)
+    subjects = sorted(p.name[4:] for p in bids_dir.glob("sub-*") if p.is_dir())
+    broken, good = subjects[0], subjects[1:2]  # the broken one runs first
+    (bids_dir / f"sub-{broken}/ses-baseline/dwi/sub-{broken}_ses-baseline_dwi.bval").unlink()
+    checksum = tree_checksum(bids_dir)
+    out, work = root / "out", root / "work"
+    args = [
+        str(bids_dir),
+        str(out),
+        "participant",
+        "--participant-label",
+        broken,
+        *good,
+        "-w",
+        str(work),
+        "--nprocs",
+        "2",
+        "--omp-nthreads",
+        "1",
+        "--skip-bids-validation",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1"}
+    started = time.time()
+    first = subprocess.run(_cli(*args), capture_output=True, text=True, env=env)
+    elapsed = time.time() - started
+    digests = {subject: _outputs_digest(out, subject) for subject in good}
+    started = time.time()
+    second = subprocess.run(_cli(*args), capture_output=True, text=True, env=env)
+    return SimpleNamespace(
+        bids_dir=bids_dir,
+        out=out,
+        work=work,
+        good=good,
+        broken=broken,
+        checksum=checksum,
+        first=first,
+        second=second,
+        elapsed=elapsed,
+        rerun_elapsed=time.time() - started,
+        digests=digests,
+        root=root,
+        env=env,
+        tiny_trial=tiny_trial,
+    )
+
+
+def test_broken_participant_fails_alone_with_a_clear_message(run):
+    assert run.first.returncode != 0, run.first.stderr[-3000:]
+    assert f"sub-{run.broken}" in run.first.stderr
+    assert "no .bval file found" in run.first.stderr
+    for subject in run.good:
+        assert f"sub-{subject}: failed" not in run.first.stderr + run.first.stdout
+
+
+def test_output_tree(run):
+    out = run.out
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative"
+    assert description["GeneratedBy"][0]["Name"] == "ketamine-dti"
+    assert (out / ".bidsignore").exists()
+    assert "Veraart" in (out / "logs" / "CITATION.md").read_text()
+    for subject in run.good:
+        assert (out / f"sub-{subject}.html").exists()
+        for session in ("baseline", "24h"):
+            dwi = out / f"sub-{subject}" / f"ses-{session}" / "dwi"
+            prefix = f"sub-{subject}_ses-{session}"
+            for name in [
+                *(
+                    f"_space-dwi_model-tensor_param-{p}_dwimap.nii.gz"
+                    for p in "md fa ad rd".split()
+                ),
+                "_space-dwi_desc-preproc_dwi.nii.gz",
+                "_space-dwi_desc-preproc_dwi.bval",
+                "_space-dwi_desc-preproc_dwi.bvec",
+                "_space-dwi_desc-preproc_dwi.json",
+                "_space-dwi_desc-brain_mask.nii.gz",
+                "_space-dwi_model-mppca_param-sigma_dwimap.nii.gz",
+                "_from-dwi_to-T1w_mode-image_xfm.mat",
+                "_desc-roi_md.tsv",
+                "_desc-roi_md.json",
+                "_desc-qc_metrics.tsv",
+                "_desc-confounds_timeseries.tsv",
+            ]:
+                assert (dwi / f"{prefix}{name}").exists(), name
+            md_meta = json.loads(
+                (dwi / f"{prefix}_space-dwi_model-tensor_param-md_dwimap.json").read_text()
+            )
+            assert md_meta["Units"] == "mm^2/s" and md_meta["Sources"]
+            preproc = json.loads((dwi / f"{prefix}_space-dwi_desc-preproc_dwi.json").read_text())
+            assert preproc["SkullStripped"] is False and "PhaseEncodingDirection" in preproc
+            md = nib.load(dwi / f"{prefix}_space-dwi_model-tensor_param-md_dwimap.nii.gz")
+            raw = nib.load(run.bids_dir / f"sub-{subject}/ses-{session}/dwi/{prefix}_dwi.nii.gz")
+            assert md.shape == raw.shape[:3]  # MD on the native DWI grid
+            qc = pd.read_csv(dwi / f"{prefix}_desc-qc_metrics.tsv", sep="\t")
+            assert len(qc) == 1
+            assert {"mean_fd", "max_fd", "n_outlier_volumes", "tsnr"} <= set(qc.columns)
+            assert 0 <= qc["mean_fd"].iloc[0] < 5 and qc["tsnr"].iloc[0] > 1
+    assert not (out / f"sub-{run.broken}" / "ses-24h" / "dwi").exists()
+
+
+def test_validator_zero_errors(run):
+    result = subprocess.run(
+        ["bids-validator-deno", "--json", str(run.out)], capture_output=True, text=True
+    )
+    report = json.loads(result.stdout)
+    errors = [i for i in report["issues"]["issues"] if i["severity"] == "error"]
+    assert errors == [], errors[:5]
+
+
+def test_roi_table_schema(run):
+    from ketamine_dti.rois import ROI_NAMES
+
+    for subject in run.good:
+        for session in ("baseline", "24h"):
+            table = pd.read_csv(
+                run.out
+                / f"sub-{subject}/ses-{session}/dwi/sub-{subject}_ses-{session}_desc-roi_md.tsv",
+                sep="\t",
+            )
+            assert set(ROI_COLUMNS) <= set(table.columns)
+            assert tuple(table["roi"]) == ROI_NAMES
+            assert (table["n_voxels"] > 0).all()
+            assert table["md_mean"].between(2e-4, 2e-3).all()  # mm^2/s, gray matter
+
+
+def test_coarse_accuracy_against_ground_truth(run):
+    truth = pd.read_csv(run.bids_dir / "sourcedata/ground_truth/roi_md.tsv", sep="\t")
+    errors = []
+    for subject in run.good:
+        for session in ("baseline", "24h"):
+            table = pd.read_csv(
+                run.out
+                / f"sub-{subject}/ses-{session}/dwi/sub-{subject}_ses-{session}_desc-roi_md.tsv",
+                sep="\t",
+            )
+            true = truth[
+                (truth.participant_id == f"sub-{subject}") & (truth.session_id == f"ses-{session}")
+            ]
+            merged = table.merge(true, on="roi")
+            errors += list((merged.md_mean / merged.md_true - 1).abs())
+    assert len(errors) == 7 * 2 * len(run.good)
+    assert np.median(errors) < TINY_MEDIAN_REL_ERROR_MAX
+
+
+def test_bids_dir_unchanged(run):
+    assert tree_checksum(run.bids_dir) == run.checksum
+
+
+def test_rerun_resumes_and_gives_identical_outputs(run):
+    assert run.second.returncode == run.first.returncode
+    assert run.rerun_elapsed < 0.5 * run.elapsed  # served from the Nipype cache
+    for subject in run.good:
+        assert _outputs_digest(run.out, subject) == run.digests[subject]
+
+
+def test_killed_run_resumes_to_the_same_outputs(run):
+    """Kill a fresh run mid-way, restart it with the same work dir: same outputs as run 1."""
+    subject = run.good[0]
+    out, work = run.root / "out_killed", run.root / "work_killed"
+    args = [
+        str(run.bids_dir),
+        str(out),
+        "participant",
+        "--participant-label",
+        subject,
+        "-w",
+        str(work),
+        "--nprocs",
+        "2",
+        "--omp-nthreads",
+        "1",
+        "--skip-bids-validation",
+    ]
+    process = subprocess.Popen(
+        _cli(*args),
+        env=run.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    marker = None
+    deadline = time.time() + KILL_TIMEOUT_S
+    while time.time() < deadline and process.poll() is None:
+        marker = next(work.glob(f"sub_{subject}_wf/ses_*_wf/{KILL_AFTER}"), None)
+        if marker is not None:
+            break
+        time.sleep(1)
+    assert marker is not None and process.poll() is None, "the run ended before it was killed"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    resumed = subprocess.run(_cli(*args), capture_output=True, text=True, env=run.env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _outputs_digest(out, subject) == run.digests[subject]
