@@ -61,7 +61,11 @@ def run(tiny_trial, tmp_path_factory):
     bids_dir = root / "bids"
     shutil.copytree(tiny_trial, bids_dir)
     subjects = sorted(p.name[4:] for p in bids_dir.glob("sub-*") if p.is_dir())
-    broken, good = subjects[0], subjects[1:2]  # the broken one runs first
+    arms = pd.read_csv(bids_dir / "participants.tsv", sep="\t").set_index("participant_id")
+    # the broken one is a ketamine participant (saline keeps enough for its models) and runs first
+    broken = next(s for s in subjects if arms.loc[f"sub-{s}", "group"] == "ketamine")
+    good = [s for s in subjects if s != broken]
+    subjects = [broken, *good]
     (bids_dir / f"sub-{broken}/ses-baseline/dwi/sub-{broken}_ses-baseline_dwi.bval").unlink()
     checksum = tree_checksum(bids_dir)
     out, work = root / "out", root / "work"
@@ -70,8 +74,7 @@ def run(tiny_trial, tmp_path_factory):
         str(out),
         "participant",
         "--participant-label",
-        broken,
-        *good,
+        *subjects,
         "-w",
         str(work),
         "--nprocs",
@@ -251,4 +254,69 @@ def test_killed_run_resumes_to_the_same_outputs(run):
     process.wait()
     resumed = subprocess.run(_cli(*args), capture_output=True, text=True, env=run.env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _outputs_digest(out, subject) == run.digests[subject]
+
+
+def test_group_level_end_to_end(run):
+    """participant then group on the same trial: the schema and files of issue 4."""
+    group = subprocess.run(
+        _cli(str(run.bids_dir), str(run.out), "group", "--skip-bids-validation"),
+        capture_output=True,
+        text=True,
+        env=run.env,
+    )
+    assert group.returncode == 0, group.stderr[-3000:]
+    out = run.out / "group"
+    stats = pd.read_csv(out / "stats.tsv", sep="\t")
+    assert list(stats.columns) == [
+        "scale", "roi", "model", "term", "estimate", "std_error", "statistic",
+        "p_value", "p_fdr", "ci_low", "ci_high", "n",
+    ]  # fmt: skip
+    interaction = stats[(stats.model == "interaction") & (stats.term == "group:delta_md")]
+    assert len(interaction) == 7 * 2  # 7 ROIs x 2 scales
+    assert (interaction.n == len(run.good)).all()  # the broken participant left every model
+    exclusions = pd.read_csv(out / "exclusions.tsv", sep="\t")
+    assert f"sub-{run.broken}" in set(exclusions.participant_id)
+    analysis = pd.read_csv(out / "analysis_table.tsv", sep="\t")
+    assert len(analysis) >= len(run.good)
+    for name in ("stats", "analysis_table", "exclusions"):
+        assert (out / f"{name}.json").exists()
+    assert (out / "summary.md").read_text().count("|") > 20
+    assert len(list(out.glob("*.png"))) >= 7 * 2 + 2
+    assert "<img" in (out / "group_report.html").read_text()
+
+
+def _slurm_available() -> bool:
+    try:
+        state = subprocess.run(
+            ["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "idle" in state.stdout or "mix" in state.stdout
+
+
+def test_slurm_plugin_gives_the_same_outputs(run):
+    """The same participant through Nipype's SLURM plugin (a real one-node cluster, started by
+    scripts/start_slurm.sh) gives byte-identical outputs to the MultiProc run."""
+    if not _slurm_available():
+        if os.environ.get("CI"):
+            pytest.fail("CI needs the SLURM cluster: scripts/start_slurm.sh did not bring it up")
+        pytest.skip("no SLURM cluster here (run scripts/start_slurm.sh as root)")
+    subject = run.good[0]
+    plugin_config = run.root / "slurm.yml"
+    plugin_config.write_text("sbatch_args: --cpus-per-task=1 --mem=3000\nmax_jobs: 2\n")
+    out, work = run.root / "out_slurm", run.root / "work_slurm"
+    proc = subprocess.run(
+        _cli(
+            str(run.bids_dir), str(out), "participant", "--participant-label", subject,
+            "-w", str(work), "--plugin", "SLURM", "--plugin-config", str(plugin_config),
+            "--skip-bids-validation",
+        ),
+        capture_output=True,
+        text=True,
+        env=run.env,
+        cwd=run.root,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
     assert _outputs_digest(out, subject) == run.digests[subject]

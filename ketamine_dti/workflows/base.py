@@ -207,10 +207,8 @@ def run_participant(
 
 def _write_report(config: Config, participant: bids.ParticipantInputs) -> None:
     """Per-participant HTML report (optional: a failure here never fails the participant)."""
-    try:
-        from ketamine_dti.reports.participant import write_participant_report
-    except ImportError:
-        return
+    from ketamine_dti.reports.participant import write_participant_report
+
     try:
         write_participant_report(config, participant)
     except Exception as exc:
