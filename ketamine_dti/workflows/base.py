@@ -20,20 +20,10 @@ from ketamine_dti.errors import InputError
 from ketamine_dti.rois import ROI_NAMES
 from ketamine_dti.workflows.anat import init_anat_wf
 from ketamine_dti.workflows.boilerplate import methods_text
-from ketamine_dti.workflows.session import init_session_wf
+from ketamine_dti.workflows.session import ANAT_FIELDS, init_session_wf
 
 LOGGER = logging.getLogger(__name__)
 
-ANAT_FIELDS = (
-    "t1w_n4_files",
-    "from_template_to_session",
-    "template_mask",
-    "gm_file",
-    "csf_file",
-    "from_mni_to_template",
-    "template_qc",
-    "mni_qc",
-)
 #: Resolution (mm) of the bundled atlas used for the transfer: 1 mm gives finer label
 #: fractions on a 2 mm DWI grid than the 2 mm copy.
 ATLAS_RESOLUTION = 1

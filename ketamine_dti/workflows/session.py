@@ -17,6 +17,18 @@ from ketamine_dti.rois import GrayMatterRule
 from ketamine_dti.workflows.dwi import init_dwi_preproc_wf
 from ketamine_dti.workflows.outputs import DWI_METADATA_KEYS, MD_UNITS, add_sink, uri
 
+#: What a session takes from the participant's anatomical workflow (its inputnode fields).
+ANAT_FIELDS = (
+    "t1w_n4_files",
+    "from_template_to_session",
+    "template_mask",
+    "gm_file",
+    "csf_file",
+    "from_mni_to_template",
+    "template_qc",
+    "mni_qc",
+)
+
 TENSOR_PARAMS = {
     "md": ("Mean diffusivity", MD_UNITS),
     "fa": ("Fractional anisotropy", "arbitrary"),
@@ -51,21 +63,7 @@ def init_session_wf(
     """
     workflow = pe.Workflow(name=name or f"ses_{session.session}_wf")
     threads = config.omp_nthreads
-    inputnode = pe.Node(
-        niu.IdentityInterface(
-            fields=[
-                "t1w_n4_files",
-                "from_template_to_session",
-                "template_mask",
-                "gm_file",
-                "csf_file",
-                "from_mni_to_template",
-                "template_qc",
-                "mni_qc",
-            ]
-        ),
-        name="inputnode",
-    )
+    inputnode = pe.Node(niu.IdentityInterface(fields=list(ANAT_FIELDS)), name="inputnode")
     outputnode = pe.Node(
         niu.IdentityInterface(
             fields=[
