@@ -192,3 +192,28 @@ def test_float32_input_and_thread_count_do_not_change_the_result():
     np.testing.assert_allclose(single.md, one.md, rtol=1e-5)
     # FSL's (3, N) b-vector layout is accepted as well
     np.testing.assert_array_equal(fit_tensor(noisy, bvals, bvecs.T, n_threads=1).md, one.md)
+
+
+@pytest.mark.parametrize("relative_gap", [0.0, 1e-9, 1e-3, 0.99e-2, 1.01e-2, 0.1, 1.0])
+def test_eigen_decomposition_matches_lapack_across_eigenvalue_gaps(relative_gap):
+    # closed form above CLOSED_FORM_MIN_GAP, Jacobi below: both must give LAPACK's answer,
+    # including prolate (two small equal) and oblate (two large equal) tensors
+    from ketamine_dti.dwi.tensor import _eigh3
+
+    rotations = Rotation.random(20, random_state=3).as_matrix()
+    large, small = 1.7e-3, 0.3e-3
+    cases = [
+        (large, small * (1.0 + relative_gap), small),  # prolate
+        (large * (1.0 + relative_gap), large, small),  # oblate
+    ]
+    for evals_true in cases:
+        for rotation in rotations:
+            tensor = rotation @ np.diag(evals_true) @ rotation.T
+            evals = np.empty(3)
+            evecs = np.empty((3, 3))
+            _eigh3(tensor.copy(), evals, evecs)
+            reference = np.linalg.eigvalsh(tensor)[::-1]
+            np.testing.assert_allclose(evals, reference, rtol=0, atol=1e-12 * large)
+            np.testing.assert_allclose(evecs.T @ evecs, np.eye(3), atol=1e-10)
+            rebuilt = evecs @ np.diag(evals) @ evecs.T
+            np.testing.assert_allclose(rebuilt, tensor, rtol=0, atol=1e-12 * large)

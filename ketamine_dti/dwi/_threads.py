@@ -39,7 +39,7 @@ def thread_limits(n_threads: int | None, blas: bool = True) -> Iterator[int]:
     """Run the enclosed kernels on ``n_threads`` numba threads, BLAS pinned to one thread.
 
     ``blas=False`` skips the BLAS part for kernels that never call BLAS/LAPACK (it saves
-    importing SciPy's linear algebra, a few tenths of a second per process).
+    threadpoolctl's scan of the loaded libraries on every call).
     """
     n_workers = resolve_n_threads(n_threads)
     previous = numba.get_num_threads()

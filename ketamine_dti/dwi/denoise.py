@@ -223,7 +223,9 @@ def mppca(
     if not all_finite:  # a NaN would poison every patch it falls in; treat it as zero signal
         work = np.where(finite, work, np.float32(0.0))
     stride = min(PATCH_STRIDE, int(widths.min()))  # never wider than a patch: no voxel skipped
-    starts = [_patch_starts(size, w, stride) for size, w in zip(spatial_shape, widths, strict=True)]
+    starts = [
+        _patch_starts(size, w, stride) for size, w in zip(spatial_shape, widths, strict=True)
+    ]
     active = _active_patches(mask, starts, widths)
     rows_by_colour = _rows_by_colour(starts[2], int(widths[2]))
     acc = np.zeros(work.shape, dtype=np.float32)
