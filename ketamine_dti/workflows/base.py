@@ -7,7 +7,9 @@ failing participant is recorded and the others go on.
 
 from __future__ import annotations
 
+import getpass
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -89,6 +91,9 @@ def init_participant_wf(
 
 # -------------------------------------------------------------------------------- running
 def _plugin_args(config: Config) -> dict:
+    if config.plugin.upper().startswith("SLURM"):
+        # Nipype's SLURM plugin names jobs after $LOGNAME, which batch shells and CI may not set
+        os.environ.setdefault("LOGNAME", getpass.getuser())
     args = dict(config.plugin_args or {})
     if config.plugin == "MultiProc":
         args.setdefault("n_procs", config.nprocs)
