@@ -280,7 +280,7 @@ def test_group_level_end_to_end(run):
     for name in ("stats", "analysis_table", "exclusions"):
         assert (out / f"{name}.json").exists()
     assert (out / "summary.md").read_text().count("|") > 20
-    assert len(list(out.glob("*.png"))) >= 7 * 2 + 2
+    assert len(list((out / "figures").glob("*.png"))) >= 7 * 2 + 2
     assert "<img" in (out / "group_report.html").read_text()
 
 
