@@ -6,7 +6,7 @@ Usage (each scenario simulates its own trial with the real simulator CLI):
         [--scenarios paper null] [--nprocs 2] [--omp-nthreads 1]
 
 For every participant it runs the participant level (MultiProc, ``--nprocs`` cores), records
-wall time, the peak resident memory of the whole process tree (sampled from /proc), and the
+wall time, the peak memory of the whole process tree (PSS, sampled from /proc), and the
 time of every Nipype node (from the work directory). Then:
 
 - ``paper``: per-session ROI ``md_mean`` vs the ground-truth GM MD (median absolute relative
@@ -43,25 +43,29 @@ SESSIONS = ("baseline", "24h")
 
 
 class TreeMemorySampler:
-    """Peak summed RSS (GB) of this process and all its descendants, sampled from /proc."""
+    """Peak memory (GB) of this process and all its descendants, sampled from /proc.
+
+    ``peak_gb`` sums PSS (proportional set size, /proc/PID/smaps_rollup): pages shared by the
+    forked Nipype workers count once in total. ``peak_rss_gb`` sums RSS, which counts each
+    shared page once per process and so overstates a forked tree (reported alongside).
+    """
 
     def __init__(self, interval: float = SAMPLE_INTERVAL_S):
         self.interval = interval
         self.peak_gb = 0.0
+        self.peak_rss_gb = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     @staticmethod
-    def _tree_rss_gb(root: int) -> float:
-        parents, rss = {}, {}
-        page = os.sysconf("SC_PAGE_SIZE")
+    def _tree(root: int) -> set[int]:
+        parents = {}
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
             try:
                 fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
                 parents[int(entry.name)] = int(fields[1])
-                rss[int(entry.name)] = int(fields[21]) * page
             except (OSError, IndexError, ValueError):
                 continue
         members, frontier = {root}, [root]
@@ -70,11 +74,26 @@ class TreeMemorySampler:
             children = [child for child, parent in parents.items() if parent == pid]
             members.update(children)
             frontier.extend(children)
-        return sum(rss.get(pid, 0) for pid in members) / 1e9
+        return members
+
+    @staticmethod
+    def _kb(pid: int, key: str) -> int:
+        try:
+            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            return 0
+        for line in text.splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+        return 0
 
     def _run(self):
         while not self._stop.is_set():
-            self.peak_gb = max(self.peak_gb, self._tree_rss_gb(os.getpid()))
+            members = self._tree(os.getpid())
+            pss = sum(self._kb(pid, "Pss") for pid in members) * 1024 / 1e9
+            rss = sum(self._kb(pid, "Rss") for pid in members) * 1024 / 1e9
+            self.peak_gb = max(self.peak_gb, pss)
+            self.peak_rss_gb = max(self.peak_rss_gb, rss)
             self._stop.wait(self.interval)
 
     def __enter__(self):
@@ -162,6 +181,7 @@ def run_trial(bids_dir: Path, out: Path, work: Path, args, independent: bool) ->
                 "subject": subject,
                 "wall_s": wall,
                 "peak_gb": sampler.peak_gb,
+                "peak_rss_sum_gb": sampler.peak_rss_gb,
                 "status": status,
                 "steps_s": steps,
             }
@@ -290,8 +310,9 @@ def markdown(results: dict) -> str:
             )
     lines += [
         "",
-        "| run | participant | status | wall (min) | peak (GB) | slowest steps (s) |",
-        "|---|---|---|---|---|---|",
+        "| run | participant | status | wall (min) | peak PSS (GB) | peak RSS sum (GB) "
+        "| slowest steps (s, summed over sessions) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for label, entry in results.items():
         if not isinstance(entry, dict) or "participants" not in entry:
@@ -300,7 +321,8 @@ def markdown(results: dict) -> str:
             slowest = ", ".join(f"{k} {v:.0f}" for k, v in list(row["steps_s"].items())[:5])
             lines.append(
                 f"| {label} | {row['subject']} | {row['status'][:40]} | "
-                f"{row['wall_s'] / 60:.1f} | {row['peak_gb']:.2f} | {slowest} |"
+                f"{row['wall_s'] / 60:.1f} | {row['peak_gb']:.2f} | "
+                f"{row.get('peak_rss_sum_gb', float('nan')):.2f} | {slowest} |"
             )
     lines += [
         "",

@@ -1,4 +1,4 @@
-"""ketamine-dti: does 24-hour gray-matter MD change track the antidepressant response to ketamine?"""
+"""ketamine-dti: does 24-hour gray-matter MD change track the response to ketamine?"""
 
 import os
 

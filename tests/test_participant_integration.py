@@ -159,7 +159,57 @@ def test_output_tree(run):
             assert len(qc) == 1
             assert {"mean_fd", "max_fd", "n_outlier_volumes", "tsnr"} <= set(qc.columns)
             assert 0 <= qc["mean_fd"].iloc[0] < 5 and qc["tsnr"].iloc[0] > 1
+    for subject in run.good:
+        anat = out / f"sub-{subject}" / "anat"
+        for name in [
+            "_desc-preproc_T1w.nii.gz",
+            "_desc-preproc_T1w.json",
+            "_desc-brain_mask.nii.gz",
+            *(f"_label-{label}_probseg.nii.gz" for label in ("GM", "WM", "CSF")),
+            "_space-MNI152NLin6Asym_res-2_desc-brain_T1w.nii.gz",
+            "_from-T1w_to-MNI152NLin6Asym_mode-image_xfm.h5",
+            "_from-MNI152NLin6Asym_to-T1w_mode-image_xfm.h5",
+        ]:
+            assert (anat / f"sub-{subject}{name}").exists(), name
+        for session in ("baseline", "24h"):
+            xfm = f"sub-{subject}_ses-{session}_from-orig_to-T1w_mode-image_xfm.mat"
+            assert (out / f"sub-{subject}" / f"ses-{session}" / "anat" / xfm).exists()
     assert not (out / f"sub-{run.broken}" / "ses-24h" / "dwi").exists()
+
+
+def test_published_transforms_chain_dwi_to_t1w_to_mni(run):
+    """The published files alone take a session's DWI to the subject's T1w and on to MNI: the
+    DWI brain mask lands on the T1w brain mask, and the .h5 reproduces the published MNI image.
+    """
+    from ketamine_dti.anat.registration import apply_transforms, dice
+
+    subject = run.good[0]
+    root = run.out / f"sub-{subject}"
+    t1w = root / "anat" / f"sub-{subject}_desc-preproc_T1w.nii.gz"
+    t1w_mask = root / "anat" / f"sub-{subject}_desc-brain_mask.nii.gz"
+    for session in ("baseline", "24h"):
+        prefix = root / f"ses-{session}" / "dwi" / f"sub-{subject}_ses-{session}"
+        moved = apply_transforms(
+            f"{prefix}_space-dwi_desc-brain_mask.nii.gz",
+            t1w,
+            [f"{prefix}_from-dwi_to-T1w_mode-image_xfm.mat"],
+            run.root / f"dwi_mask_in_t1w_{session}.nii.gz",
+            interpolation="nearestNeighbor",
+        )
+        overlap = dice(nib.load(moved).get_fdata() > 0, nib.load(t1w_mask).get_fdata() > 0)
+        assert overlap > 0.8, (session, overlap)
+    brain = nib.load(t1w)
+    brain = nib.Nifti1Image(brain.get_fdata() * (nib.load(t1w_mask).get_fdata() > 0), brain.affine)
+    nib.save(brain, run.root / "t1w_brain.nii.gz")
+    published = root / "anat" / f"sub-{subject}_space-MNI152NLin6Asym_res-2_desc-brain_T1w.nii.gz"
+    again = apply_transforms(
+        run.root / "t1w_brain.nii.gz",
+        published,
+        [str(root / "anat" / f"sub-{subject}_from-T1w_to-MNI152NLin6Asym_mode-image_xfm.h5")],
+        run.root / "t1w_in_mni.nii.gz",
+    )
+    a, b = nib.load(again).get_fdata().ravel(), nib.load(published).get_fdata().ravel()
+    assert np.corrcoef(a, b)[0, 1] > 0.99
 
 
 def test_validator_zero_errors(run):

@@ -97,6 +97,45 @@ def test_compose_equals_sequential_resampling(tmp_path, icbm):
     assert np.allclose(a, b, atol=1e-3 * a.max())
 
 
+def test_collapse_linear_equals_the_list(tmp_path, icbm):
+    center = _center_of_mass(icbm)
+    first = reg.matrix_to_affine(_rigid_about(center, [3, 0, 2], [1, 0, 0]), tmp_path / "a.mat")
+    second = reg.matrix_to_affine(_rigid_about(center, [0, -4, 0], [0, 0, 2]), tmp_path / "b.mat")
+    chain = reg.compose_transforms([first], [second])
+    single = reg.collapse_linear(chain, tmp_path / "ab.mat")
+    by_list = reg.apply_transforms(icbm, icbm, chain, tmp_path / "l.nii.gz")
+    by_single = reg.apply_transforms(icbm, icbm, [single], tmp_path / "s.nii.gz")
+    assert np.abs(nib.load(by_list).get_fdata() - nib.load(by_single).get_fdata()).max() < 1e-3
+    with pytest.raises(ValueError, match="only affine"):
+        reg.collapse_linear([first, str(tmp_path / "warp.nii.gz")], tmp_path / "x.mat")
+
+
+def test_composite_transform_file_resamples_like_its_list(tmp_path, icbm):
+    """The published .h5 (affine + SyN warp in one file) moves an image as the list does."""
+    center = _center_of_mass(icbm)
+    moving = reg.apply_transforms(
+        icbm,
+        icbm,
+        [reg.matrix_to_affine(_rigid_about(center, [4, 0, 0], [2, -1, 0]), tmp_path / "m.mat")],
+        tmp_path / "moving.nii.gz",
+    )
+    syn = reg.register_syn(
+        icbm, moving, tmp_path, prefix="syn_", affine_iterations=(20, 10, 0),
+        syn_iterations=(10, 5, 0),
+    )  # fmt: skip
+    assert any(t.endswith("Warp.nii.gz") for t in syn.from_moving_to_fixed)
+    h5 = reg.write_composite_transform(syn.from_moving_to_fixed, tmp_path / "x.h5")
+    by_list = nib.load(syn.warped_file).get_fdata()
+    by_h5 = nib.load(reg.apply_transforms(moving, icbm, [h5], tmp_path / "h5.nii.gz")).get_fdata()
+    assert np.abs(by_h5 - by_list).max() <= 1e-4 * np.abs(by_list).max()
+    inverse = reg.write_composite_transform(syn.from_fixed_to_moving, tmp_path / "inv.h5")
+    back = reg.apply_transforms(icbm, moving, [inverse], tmp_path / "inv_h5.nii.gz")
+    back_list = reg.apply_transforms(icbm, moving, syn.from_fixed_to_moving, tmp_path / "i.nii.gz")
+    assert np.abs(nib.load(back).get_fdata() - nib.load(back_list).get_fdata()).max() <= 1e-2
+    with pytest.raises(ValueError, match=".h5"):
+        reg.write_composite_transform(syn.from_moving_to_fixed, tmp_path / "x.nii.gz")
+
+
 def test_rigid_registration_recovers_known_motion(tmp_path, icbm):
     """Within 0.5 mm (at the brain centre and 60 mm away) and 0.5 degree."""
     import ants

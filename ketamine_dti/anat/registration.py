@@ -278,6 +278,39 @@ def apply_transforms(
     return str(Path(out_file).absolute())
 
 
+def collapse_linear(transforms: Sequence[str], out_file: PathLike) -> str:
+    """One ``.mat`` equal to a from-X_to-Y list of affine ``.mat`` files (e.g. DWI -> session
+    T1w -> subject template), so users get a single rigid map per published space pair."""
+    matrix = np.eye(4)
+    for transform in transforms:  # an output-grid point meets the list's first file first
+        if not str(transform).endswith(".mat"):
+            raise ValueError(f"{transform}: only affine .mat files can be collapsed")
+        matrix = affine_to_matrix(transform) @ matrix
+    return matrix_to_affine(matrix, out_file)
+
+
+def write_composite_transform(transforms: Sequence[str], out_file: PathLike) -> str:
+    """One ITK ``CompositeTransform`` file (``.h5``) equal to a from-X_to-Y list.
+
+    A published transform must be one file that ``antsApplyTransforms -t`` (or nitransforms)
+    takes as is, as fMRIPrep's ``_xfm.h5``. Affines and warps are stored as they are (not
+    resampled into one field), so the file moves images exactly as the list does.
+    """
+    import ants
+
+    out_file = Path(out_file).absolute()
+    if out_file.suffix != ".h5":
+        raise ValueError(f"{out_file}: the composite transform is written as .h5")
+    steps = [
+        ants.read_transform(str(t))
+        if str(t).endswith(".mat")
+        else ants.transform_from_displacement_field(ants.image_read(str(t)))
+        for t in transforms
+    ]
+    ants.write_transform(ants.compose_ants_transforms(steps), str(out_file))
+    return str(out_file)
+
+
 def _identity_file(out_dir: Path) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
     return matrix_to_affine(np.eye(4), out_dir / "identity.mat")

@@ -179,6 +179,7 @@ class _SessionBrainInputSpec(BaseInterfaceInputSpec):
     all_t1w_files = InputMultiObject(File(exists=True), mandatory=True, desc="bias-corrected")
     template_mask_file = File(exists=True, mandatory=True, desc="brain mask, subject template")
     all_template_to_session = traits.List(_TransformList, mandatory=True)
+    all_session_to_template = traits.List(_TransformList, mandatory=True)
     session_index = traits.Int(mandatory=True, desc="position of this session (baseline 0)")
 
 
@@ -187,6 +188,7 @@ class _SessionBrainOutputSpec(TraitedSpec):
     brain_file = File(exists=True)
     mask_file = File(exists=True)
     from_template_to_session = _TransformList
+    from_session_to_template = _TransformList
 
 
 class SessionBrain(SimpleInterface):
@@ -212,6 +214,9 @@ class SessionBrain(SimpleInterface):
         self._results["t1w_file"] = t1w_file
         self._results["brain_file"] = apply_mask(t1w_file, mask, cwd / "t1w_brain.nii.gz")
         self._results["from_template_to_session"] = transforms
+        self._results["from_session_to_template"] = list(
+            self.inputs.all_session_to_template[index]
+        )
         return runtime
 
 
@@ -278,4 +283,52 @@ class DWIToT1w(SimpleInterface):
         self._results["from_t1w_to_dwi"] = list(result.from_fixed_to_moving)
         self._results["warped_file"] = result.warped_file
         self._results["qc"] = qc
+        return runtime
+
+
+class _CompositeInputSpec(BaseInterfaceInputSpec):
+    transforms = _TransformList(mandatory=True)
+
+
+class _CompositeOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="ITK composite transform (.h5)")
+
+
+class CompositeTransform(SimpleInterface):
+    """A from-X_to-Y transform list as the single ``.h5`` file that is published."""
+
+    input_spec = _CompositeInputSpec
+    output_spec = _CompositeOutputSpec
+
+    def _run_interface(self, runtime):
+        from ketamine_dti.anat.registration import write_composite_transform
+
+        self._results["out_file"] = write_composite_transform(
+            self.inputs.transforms, Path(runtime.cwd) / "composite_xfm.h5"
+        )
+        return runtime
+
+
+class _CollapseInputSpec(BaseInterfaceInputSpec):
+    first = _TransformList(mandatory=True, desc="from-X_to-Y (affine .mat files)")
+    second = _TransformList(mandatory=True, desc="from-Y_to-Z (affine .mat files)")
+
+
+class _CollapseOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="from-X_to-Z as one .mat")
+
+
+class CollapseLinear(SimpleInterface):
+    """Chain two linear steps (e.g. DWI -> session T1w -> subject template) into one ``.mat``."""
+
+    input_spec = _CollapseInputSpec
+    output_spec = _CollapseOutputSpec
+
+    def _run_interface(self, runtime):
+        from ketamine_dti.anat.registration import collapse_linear, compose_transforms
+
+        self._results["out_file"] = collapse_linear(
+            compose_transforms(self.inputs.first, self.inputs.second),
+            Path(runtime.cwd) / "collapsed_xfm.mat",
+        )
         return runtime

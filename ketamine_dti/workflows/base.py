@@ -20,7 +20,7 @@ from ketamine_dti import bids
 from ketamine_dti.config import Config
 from ketamine_dti.errors import InputError
 from ketamine_dti.rois import ROI_NAMES
-from ketamine_dti.workflows.anat import init_anat_wf
+from ketamine_dti.workflows.anat import connect_anat_sinks, init_anat_wf
 from ketamine_dti.workflows.boilerplate import methods_text
 from ketamine_dti.workflows.session import ANAT_FIELDS, init_session_wf
 
@@ -69,6 +69,7 @@ def init_participant_wf(
     if not independent_anatomy:
         anat_wf = init_anat_wf(omp_nthreads=config.omp_nthreads)
         anat_wf.inputs.inputnode.t1w_files = [session.t1w for session in participant.sessions]
+        connect_anat_sinks(workflow, anat_wf, participant, config.output_dir, config.bids_dir)
     for index, session in enumerate(participant.sessions):
         if independent_anatomy:
             anat_wf = init_anat_wf(

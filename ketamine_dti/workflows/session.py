@@ -10,7 +10,7 @@ from nipype.pipeline import engine as pe
 from ketamine_dti.bids import SessionInputs, raw_uri
 from ketamine_dti.config import Config
 from ketamine_dti.dwi.motion import FD_OUTLIER_MM, pe_axis_from_metadata
-from ketamine_dti.interfaces.anat import DWIToT1w, SessionBrain
+from ketamine_dti.interfaces.anat import CollapseLinear, DWIToT1w, SessionBrain
 from ketamine_dti.interfaces.bids import SessionQC
 from ketamine_dti.interfaces.rois import AtlasToDWI, ROIStats
 from ketamine_dti.rois import GrayMatterRule
@@ -21,6 +21,7 @@ from ketamine_dti.workflows.outputs import DWI_METADATA_KEYS, MD_UNITS, add_sink
 ANAT_FIELDS = (
     "t1w_n4_files",
     "from_template_to_session",
+    "from_session_to_template",
     "template_mask",
     "gm_file",
     "csf_file",
@@ -90,6 +91,8 @@ def init_session_wf(
 
     session_brain = pe.Node(SessionBrain(session_index=session_index), name="session_t1w_brain")
     dwi_to_t1w = pe.Node(DWIToT1w(n_threads=threads), name="dwi_to_t1w", n_procs=threads)
+    # the published DWI -> T1w map ends in the subject template (the participant's "T1w" space)
+    dwi_to_template = pe.Node(CollapseLinear(), name="dwi_to_template_xfm")
     to_dwi = pe.Node(
         AtlasToDWI(atlas_file=str(atlas_file), method=ATLAS_TRANSFER_METHOD, n_threads=threads),
         name="atlas_to_dwi",
@@ -105,7 +108,8 @@ def init_session_wf(
     workflow.connect([
         (inputnode, session_brain, [("t1w_n4_files", "all_t1w_files"),
                                     ("template_mask", "template_mask_file"),
-                                    ("from_template_to_session", "all_template_to_session")]),
+                                    ("from_template_to_session", "all_template_to_session"),
+                                    ("from_session_to_template", "all_session_to_template")]),
         (session_brain, dwi_to_t1w, [("brain_file", "t1w_brain_file"),
                                      ("mask_file", "t1w_mask_file")]),
         (preproc, dwi_to_t1w, [("outputnode.b0_reference", "b0_file"),
@@ -114,6 +118,8 @@ def init_session_wf(
                              ("from_mni_to_template", "from_mni_to_template")]),
         (session_brain, to_dwi, [("from_template_to_session", "from_template_to_session")]),
         (dwi_to_t1w, to_dwi, [("from_t1w_to_dwi", "from_t1w_to_dwi")]),
+        (dwi_to_t1w, dwi_to_template, [("from_dwi_to_t1w", "first")]),
+        (session_brain, dwi_to_template, [("from_session_to_template", "second")]),
         (preproc, to_dwi, [("outputnode.b0_reference", "reference_file")]),
         (preproc, roi_stats, [("outputnode.md_file", "md_file"),
                               ("outputnode.fa_file", "fa_file"),
@@ -136,11 +142,15 @@ def init_session_wf(
                                ("outputnode.b0_reference", "b0_reference")]),
         (to_dwi, outputnode, [("dseg_file", "dseg_file")]),
     ])  # fmt: skip
-    _connect_sinks(workflow, preproc, to_dwi, roi_stats, qc, dwi_to_t1w, session, config)
+    _connect_sinks(
+        workflow, preproc, to_dwi, roi_stats, qc, session_brain, dwi_to_template, session, config
+    )
     return workflow
 
 
-def _connect_sinks(workflow, preproc, to_dwi, roi_stats, qc, dwi_to_t1w, session, config):
+def _connect_sinks(
+    workflow, preproc, to_dwi, roi_stats, qc, session_brain, dwi_to_template, session, config
+):
     """One DerivativesSink per output, with BIDS names and sidecars (Sources, units)."""
     out = Path(config.output_dir)
     base = {"sub": session.subject, "ses": session.session}
@@ -314,15 +324,36 @@ def _connect_sinks(workflow, preproc, to_dwi, roi_stats, qc, dwi_to_t1w, session
         {**base, "desc": "qc"},
         metadata=_QC_META | {"Sources": [dwi_uri]},
     )
+    t1w_uri = uri(out, "T1w", ".nii.gz", datatype="anat", sub=session.subject, desc="preproc")
     add_sink(
         workflow,
-        dwi_to_t1w,
-        ("from_dwi_to_t1w", _first),
+        dwi_to_template,
+        "out_file",
         out,
         "ds_xfm_dwi_t1w",
         "xfm",
         {**base, "from": "dwi", "to": "T1w", "mode": "image"},
-        metadata={"Sources": [dwi_uri], "Description": "ANTs rigid transform (ITK .mat)"},
+        metadata={
+            "Sources": [dwi_uri, t1w_uri],
+            "Description": "ANTs rigid transform (ITK .mat): the b0 reference to the session "
+            "T1w (mutual information), chained with that T1w's rigid map to the subject "
+            "template (the participant's T1w space).",
+        },
+    )
+    add_sink(
+        workflow,
+        session_brain,
+        ("from_session_to_template", _first),
+        out,
+        "ds_xfm_orig_t1w",
+        "xfm",
+        {**base, "from": "orig", "to": "T1w", "mode": "image"},
+        datatype="anat",
+        metadata={
+            "Sources": [raw_uri(config.bids_dir, session.t1w), t1w_uri],
+            "Description": "ANTs rigid transform (ITK .mat): this session's T1w to the subject "
+            "template (halfway space of the sessions).",
+        },
     )
 
 
