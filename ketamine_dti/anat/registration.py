@@ -307,8 +307,27 @@ def write_composite_transform(transforms: Sequence[str], out_file: PathLike) -> 
         else ants.transform_from_displacement_field(ants.image_read(str(t)))
         for t in transforms
     ]
-    ants.write_transform(ants.compose_ants_transforms(steps), str(out_file))
+    itk_file = out_file.with_name(out_file.stem + "_itk.h5")
+    ants.write_transform(ants.compose_ants_transforms(steps), str(itk_file))
+    _copy_without_timestamps(itk_file, out_file)
+    itk_file.unlink()
     return str(out_file)
+
+
+def _copy_without_timestamps(source: Path, target: Path) -> None:
+    """Copy an HDF5 file without object modification times (ITK stamps every dataset), so a
+    rerun or a resumed run writes a byte-identical transform."""
+    import h5py
+
+    with h5py.File(source, "r") as src, h5py.File(target, "w") as dst:
+
+        def copy(name, item):
+            if isinstance(item, h5py.Group):
+                dst.require_group(name)
+            else:
+                dst.create_dataset(name, data=item[()], dtype=item.dtype, track_times=False)
+
+        src.visititems(copy)
 
 
 def _identity_file(out_dir: Path) -> str:
