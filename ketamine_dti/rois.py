@@ -213,6 +213,7 @@ def atlas_to_dwi(
     *,
     method: str = "fraction",
     min_fraction: float = LABEL_FRACTION_MIN,
+    crop: bool = True,
     n_threads: int | None = None,
 ) -> str:
     """Bring a template-space dseg onto a session's DWI grid (``transforms``: from-MNI_to-DWI).
@@ -222,6 +223,7 @@ def atlas_to_dwi(
     interpolation (one 4-D call); ``labels_from_fractions`` then keeps a label where it covers
     at least ``min_fraction`` of the DWI voxel: partial-volume aware, and smoother than
     nearest neighbour at the coarser DWI resolution. ``nearest``: ANTs ``genericLabel`` instead.
+    ``crop`` stacks only the labels' bounding box (same labels, a fraction of the memory).
     Writes a uint8 (int16 if needed) dseg on the reference grid; returns its path.
     """
     import ants
@@ -252,6 +254,11 @@ def atlas_to_dwi(
         )
         labels = np.rint(ants.image_read(str(out_file)).numpy())
     elif method == "fraction":
+        # only the labels' bounding box (plus the smoothing reach) is stacked: the one-hot
+        # stack of a whole 1 mm template took ~2.3 GB per session
+        if crop:
+            atlas = _crop_to_labels(atlas, atlas_labels, reference)
+            atlas_labels = np.rint(atlas.numpy()).astype(np.int64)
         onehot = one_hot(atlas_labels, label_values)
         stack = ants.from_numpy(
             onehot,
@@ -280,6 +287,21 @@ def atlas_to_dwi(
         reference.new_image_like(labels.astype(np.float32)).clone(dtype), str(out_file)
     )
     return str(out_file)
+
+
+def _crop_to_labels(atlas, labels: np.ndarray, reference):
+    """The atlas cropped to its labelled voxels, with a margin the footprint smoothing and
+    linear interpolation cannot see past (zeros outside stay zeros)."""
+    import ants
+
+    inside = np.argwhere(labels != 0)
+    if inside.size == 0:
+        return atlas
+    sigma = footprint_sigma_voxels(atlas.spacing, reference.spacing)
+    margin = int(np.ceil(4.0 * float(np.max(sigma)))) + 2
+    lower = np.maximum(inside.min(axis=0) - margin, 0)
+    upper = np.minimum(inside.max(axis=0) + margin + 1, labels.shape)
+    return ants.crop_indices(atlas, lower.tolist(), upper.tolist())
 
 
 def _direction_4d(direction: np.ndarray) -> np.ndarray:

@@ -233,6 +233,33 @@ def test_atlas_to_dwi_follows_a_translation(tmp_path):
     assert atlas.max() == 7
 
 
+def test_atlas_crop_keeps_the_labels(tmp_path):
+    """Labels in one corner of a large 1 mm grid, a rotated 2 mm target: the cropped stack
+    gives exactly the labels of the full one."""
+    labels = np.zeros((60, 70, 50), np.int16)
+    labels[8:20, 10:25, 5:15] = 1
+    labels[20:26, 12:18, 10:20] = 3
+    labels[45:50, 50:60, 30:40] = 2
+    nib.save(nib.Nifti1Image(labels, np.eye(4)), tmp_path / "atlas.nii.gz")
+    reference = np.zeros((30, 35, 25), np.float32)
+    nib.save(nib.Nifti1Image(reference, np.diag([2.0, 2.0, 2.0, 1.0])), tmp_path / "ref.nii.gz")
+    center = np.array([-30.0, -35.0, 25.0])  # LPS mm, mid-grid
+    rotation = np.eye(4)
+    angle = np.deg2rad(7.0)
+    rotation[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    rotation[:3, 3] = center - rotation[:3, :3] @ center + [0.7, -1.3, 0.4]
+    xfm = matrix_to_affine(rotation, tmp_path / "rot.mat")
+    out = {}
+    for crop in (True, False):
+        path = atlas_to_dwi(
+            tmp_path / "atlas.nii.gz", tmp_path / "ref.nii.gz", [xfm],
+            tmp_path / f"crop_{crop}.nii.gz", crop=crop,
+        )  # fmt: skip
+        out[crop] = np.asarray(nib.load(path).dataobj)
+    assert set(np.unique(out[False])) == {0, 1, 2, 3}
+    assert np.array_equal(out[True], out[False])
+
+
 def test_warp_probability_is_clipped(tmp_path):
     prob = np.full((8, 8, 8), 1.2, np.float32)
     prob[:4] = -0.1
