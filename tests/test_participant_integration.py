@@ -124,7 +124,9 @@ def test_output_tree(run):
     assert (out / ".bidsignore").exists()
     assert "Veraart" in (out / "logs" / "CITATION.md").read_text()
     for subject in run.good:
-        assert (out / f"sub-{subject}.html").exists()
+        report = (out / f"sub-{subject}.html").read_text()
+        assert report.count('alt="T1w to MNI registration"') == 1
+        assert report.count('alt="DWI to T1w registration"') == 2
         for session in ("baseline", "24h"):
             dwi = out / f"sub-{subject}" / f"ses-{session}" / "dwi"
             prefix = f"sub-{subject}_ses-{session}"

@@ -1,10 +1,11 @@
-"""Per-participant HTML report (OUTPUT_DIR/sub-<label>.html): QC, MD montage, motion, ROIs."""
+"""Per-participant HTML report (OUTPUT_DIR/sub-<label>.html): QC, registration, MD, ROIs."""
 
 from __future__ import annotations
 
 import base64
 import io
 import logging
+import tempfile
 from pathlib import Path
 
 import nibabel as nib
@@ -20,6 +21,8 @@ LOGGER = logging.getLogger(__name__)
 N_SLICES = 8
 #: MD display range (mm^2/s): tissue up to twice gray matter; CSF saturates.
 MD_DISPLAY_MAX = 2.0e-3
+#: The outline drawn on the b0: white matter (T1w tissue probability above this) moved into DWI.
+WM_OUTLINE_PROBABILITY = 0.5
 
 
 def _png(figure) -> str:
@@ -61,6 +64,74 @@ def md_montage(md: np.ndarray, labels: np.ndarray) -> str:
     return _png(figure)
 
 
+def contour_montage(background: np.ndarray, outline: np.ndarray) -> str:
+    """Axial slices of one image with the edge of a mask from the other space drawn in red:
+    registration QC at a glance (as fMRIPrep/QSIPrep reportlets); a base64 PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    background = np.nan_to_num(background)
+    rows = np.flatnonzero(outline.any(axis=(0, 1)))
+    if rows.size == 0:
+        rows = np.arange(background.shape[2])
+    margin = max(1, (rows.max() - rows.min()) // 8)
+    slices = np.linspace(rows.min() + margin, rows.max() - margin, N_SLICES)
+    slices = np.unique(slices.round().astype(int))
+    vmax = np.percentile(background[background > 0], 99.5) if background.any() else 1.0
+    figure, axes = plt.subplots(1, len(slices), figsize=(2.2 * len(slices), 2.6))
+    for axis, z in zip(np.atleast_1d(axes), slices, strict=True):
+        axis.imshow(background[:, :, z].T, origin="lower", cmap="gray", vmin=0, vmax=vmax)
+        if outline[:, :, z].any():
+            axis.contour(outline[:, :, z].T.astype(float), levels=[0.5], colors="red",
+                         linewidths=0.8)  # fmt: skip
+        axis.set_title(f"z={z}", fontsize=8)
+        axis.axis("off")
+    return _png(figure)
+
+
+def _moved_into(in_file: Path, reference: Path, transform: Path, invert: bool) -> np.ndarray:
+    """`in_file` resampled onto `reference` through one published transform (or its inverse)."""
+    from ketamine_dti.anat.registration import apply_transforms, invert_affine_file
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if invert:
+            transform = invert_affine_file(transform, Path(tmp) / "inverse.mat")
+        moved = apply_transforms(in_file, reference, [str(transform)], Path(tmp) / "moved.nii")
+        return nib.load(moved).get_fdata()
+
+
+def registration_figures(out: Path, participant: bids.ParticipantInputs) -> dict[str, str]:
+    """Template brain in MNI with the MNI brain outline; each session's b0 with the T1w white
+    matter outline. Built from the published files alone; empty if they are missing."""
+    from ketamine_dti.resources import get_template
+    from ketamine_dti.workflows.anat import MNI_RESOLUTION, MNI_SPACE
+
+    subject = participant.subject
+    anat = {"sub": subject}
+    mni_t1w = bids.derivative_path(
+        out, "anat", "T1w", ".nii.gz", **anat, space=MNI_SPACE, res=str(MNI_RESOLUTION),
+        desc="brain",
+    )  # fmt: skip
+    wm = bids.derivative_path(out, "anat", "probseg", ".nii.gz", **anat, label="WM")
+    if not (mni_t1w.exists() and wm.exists()):
+        return {}
+    mni_mask = get_template(resolution=MNI_RESOLUTION, desc="brain", suffix="mask")
+    figures = {
+        "mni": contour_montage(nib.load(mni_t1w).get_fdata(), nib.load(mni_mask).get_fdata() > 0)
+    }
+    for session in participant.sessions:
+        base = {"sub": subject, "ses": session.session}
+        b0 = bids.derivative_path(out, "dwi", "dwiref", ".nii.gz", **base, space="dwi", desc="b0")
+        xfm = bids.derivative_path(
+            out, "dwi", "xfm", ".mat", **base, from_="dwi", to="T1w", mode="image"
+        )
+        wm_in_dwi = _moved_into(wm, b0, xfm, invert=True) > WM_OUTLINE_PROBABILITY
+        figures[session.session] = contour_montage(nib.load(b0).get_fdata(), wm_in_dwi)
+    return figures
+
+
 def motion_plot(confounds: pd.DataFrame) -> str:
     """Translations, rotations and framewise displacement per volume; a base64 PNG."""
     import matplotlib
@@ -88,6 +159,7 @@ def write_participant_report(config: Config, participant: bids.ParticipantInputs
     from jinja2 import Environment, FileSystemLoader, select_autoescape
 
     out = Path(config.output_dir)
+    registration = registration_figures(out, participant)
     sessions = []
     for session in participant.sessions:
         base = {"sub": participant.subject, "ses": session.session}
@@ -106,6 +178,7 @@ def write_participant_report(config: Config, participant: bids.ParticipantInputs
                 "qc_table": qc.T.to_html(header=False, float_format=lambda v: f"{v:.4g}"),
                 "montage": md_montage(md.get_fdata(), np.asanyarray(kept.dataobj)),
                 "motion": motion_plot(confounds),
+                "coregistration": registration.get(session.session),
                 "roi_table": rois.to_html(index=False, float_format=lambda v: f"{v:.4g}"),
             }
         )
@@ -117,6 +190,7 @@ def write_participant_report(config: Config, participant: bids.ParticipantInputs
         subject=participant.subject,
         version=__version__,
         sessions=sessions,
+        mni_registration=registration.get("mni"),
         single_session=participant.single_session,
     )
     report = out / f"sub-{participant.subject}.html"
