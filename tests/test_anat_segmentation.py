@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -57,9 +59,18 @@ def test_segmentation_matches_the_reference_tissue_maps(segmented):
     assert means[0] < means[1] < means[2]  # CSF < GM < WM on T1w
 
 
-def test_segmentation_is_repeatable(segmented, tmp_path):
+def test_segmentation_is_repeatable_and_leaves_no_temporary_files(
+    segmented, tmp_path, monkeypatch
+):
     folder, first = segmented
-    second = segment_tissues(folder / "brain.nii.gz", folder / "mask.nii.gz", tmp_path)
+    system_tmp = tmp_path / "system_tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    second = segment_tissues(folder / "brain.nii.gz", folder / "mask.nii.gz", tmp_path / "out")
+    assert list(system_tmp.iterdir()) == []
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        f"tissue_{name}.nii.gz" for name in ("csf_probseg", "gm_probseg", "wm_probseg", "dseg")
+    )
     assert np.array_equal(
         nib.load(first.gm_file).get_fdata(), nib.load(second.gm_file).get_fdata()
     )

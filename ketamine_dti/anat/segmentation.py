@@ -7,6 +7,7 @@ statistics in gray matter (see ``ketamine_dti.rois.GrayMatterRule``).
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,22 +70,29 @@ def segment_tissues(
     mask = mask_image.numpy() > 0
     if mask.sum() == 0:
         raise InputError(f"{mask_file}: brain mask is empty; check the brain extraction")
-    result = ants.atropos(
-        a=image,
-        x=mask_image.clone("float"),
-        i=f"Kmeans[{len(TISSUE_NAMES)}]",
-        m=f"[{mrf_weight},1x1x1]",
-        c=f"[{n_iterations},0]",
-        r=0,
-    )
-    probabilities = [p.numpy() * mask for p in result["probabilityimages"]]
+    out_dir = Path(out_dir).absolute()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # antspyx's atropos writes its probability files to tempfile's folder and leaves them
+    # there: point it at a scratch folder of ours that is removed afterwards
+    with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
+        previous, tempfile.tempdir = tempfile.tempdir, scratch
+        try:
+            result = ants.atropos(
+                a=image,
+                x=mask_image.clone("float"),
+                i=f"Kmeans[{len(TISSUE_NAMES)}]",
+                m=f"[{mrf_weight},1x1x1]",
+                c=f"[{n_iterations},0]",
+                r=0,
+            )
+        finally:
+            tempfile.tempdir = previous
+        probabilities = [p.numpy() * mask for p in result["probabilityimages"]]
     probabilities = order_by_intensity(image.numpy(), probabilities, mask)
     total = np.sum(probabilities, axis=0)
     total[total == 0] = 1.0
     probabilities = [p / total * mask for p in probabilities]
 
-    out_dir = Path(out_dir).absolute()
-    out_dir.mkdir(parents=True, exist_ok=True)
     files = {}
     for name, prob in zip(TISSUE_NAMES, probabilities, strict=True):
         path = out_dir / f"tissue_{name}_probseg.nii.gz"
