@@ -56,6 +56,9 @@ SYN_SHRINK: tuple[int, ...] = (4, 2, 1)
 SYN_SMOOTHING: tuple[float, ...] = (2.0, 1.0, 0.0)
 #: Cross-correlation radius (voxels) of the SyN metric; CC is the standard T1w-to-T1w choice.
 SYN_CC_RADIUS: int = 2
+#: TemplateFlow resolution index of the MNI registration target (res-02: 2 mm), which is also
+#: the grid of the published MNI-space T1w.
+MNI_RESOLUTION: int = 2
 #: SyN metric of the MNI registration. Mattes MI: on a tiny participant it reached the same
 #: brain-mask Dice (0.989) as CC at a quarter of the CPU time (23 s vs ~95 s, 1 thread); CC
 #: gives a slightly higher NCC (0.94 vs 0.93) and can be chosen with syn_metric="cc".
@@ -540,7 +543,7 @@ def register_to_mni(
     mask_file: PathLike,
     out_dir: PathLike,
     *,
-    resolution: int = 2,
+    resolution: int = MNI_RESOLUTION,
     initial_transform: Sequence[str] | None = None,
     syn_metric: str = MNI_SYN_METRIC,
     syn_iterations: Sequence[int] = SYN_ITERATIONS,

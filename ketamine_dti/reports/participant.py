@@ -105,8 +105,9 @@ def _moved_into(in_file: Path, reference: Path, transform: Path, invert: bool) -
 def registration_figures(out: Path, participant: bids.ParticipantInputs) -> dict[str, str]:
     """Template brain in MNI with the MNI brain outline; each session's b0 with the T1w white
     matter outline. Built from the published files alone; empty if they are missing."""
+    from ketamine_dti.anat.registration import MNI_RESOLUTION
+    from ketamine_dti.resources import TEMPLATE as MNI_SPACE
     from ketamine_dti.resources import get_template
-    from ketamine_dti.workflows.anat import MNI_RESOLUTION, MNI_SPACE
 
     subject = participant.subject
     anat = {"sub": subject}

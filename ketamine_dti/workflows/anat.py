@@ -7,6 +7,7 @@ from pathlib import Path
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from ketamine_dti.anat.registration import MNI_RESOLUTION
 from ketamine_dti.bids import ParticipantInputs, raw_uri
 from ketamine_dti.interfaces.anat import (
     BiasCorrect,
@@ -16,10 +17,7 @@ from ketamine_dti.interfaces.anat import (
     SegmentTissues,
     SubjectTemplate,
 )
-
-#: The template space of the MNI registration, and its TemplateFlow resolution index.
-MNI_SPACE = "MNI152NLin6Asym"
-MNI_RESOLUTION = 2
+from ketamine_dti.resources import TEMPLATE as MNI_SPACE
 
 #: GB held by a T1w registration step (1 mm T1w + 2 mm template + warps).
 ANAT_STEP_MEM_GB = 1.5
