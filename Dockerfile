@@ -34,6 +34,8 @@ RUN python3 -m venv /opt/ketamine-dti \
 # ---- run stage: Python, the venv, and the numba kernels compiled once ----------------------
 FROM ${BASE_IMAGE}
 ARG DEBIAN_FRONTEND=noninteractive
+# the image's name:tag, recorded in the outputs' GeneratedBy.Container (build_image.sh passes it)
+ARG IMAGE_TAG=ketamine-dti:latest
 LABEL org.opencontainers.image.title="ketamine-dti" \
       org.opencontainers.image.description="BIDS App: 24-hour gray-matter mean-diffusivity change and ketamine response" \
       org.opencontainers.image.licenses="Apache-2.0"
@@ -51,6 +53,7 @@ ENV PATH=/usr/local/bin:/opt/ketamine-dti/bin:/usr/local/sbin:/usr/sbin:/usr/bin
     NUMBA_CACHE_DIR=/opt/numba-cache \
     NUMBA_CPU_NAME=generic \
     NIPYPE_NO_ET=1 \
+    KETAMINE_DTI_IMAGE=${IMAGE_TAG} \
     HOME=/home/ketamine
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 libgomp1 \

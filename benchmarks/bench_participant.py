@@ -161,8 +161,7 @@ def run_trial(bids_dir: Path, out: Path, work: Path, args, independent: bool) ->
         gibbs=args.gibbs,
     )
     out.mkdir(parents=True, exist_ok=True)
-    bids.write_dataset_description(out, bids_dir)
-    bids.write_bidsignore(out)
+    bids.init_derivatives(out, bids_dir)
     layout = bids.get_layout(bids_dir)
     subjects = bids.select_participants(layout)
     rows = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -320,6 +321,49 @@ def write_dataset_description(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(description, indent=2) + "\n")
     return path
+
+
+#: Set by the Dockerfile to the image's tag; kept when Apptainer/Singularity convert the image.
+IMAGE_TAG_VARIABLE = "KETAMINE_DTI_IMAGE"
+
+
+def container_info(environ: dict | None = None) -> dict | None:
+    """``GeneratedBy.Container`` of the image we run in, or None outside one.
+
+    The Dockerfile sets ``KETAMINE_DTI_IMAGE``; Apptainer and Singularity announce themselves
+    with ``APPTAINER_CONTAINER`` / ``SINGULARITY_CONTAINER`` (the .sif path).
+    """
+    environ = os.environ if environ is None else environ
+    tag = environ.get(IMAGE_TAG_VARIABLE)
+    for variable, kind in (
+        ("APPTAINER_CONTAINER", "apptainer"),
+        ("SINGULARITY_CONTAINER", "singularity"),
+    ):
+        if environ.get(variable):
+            info = {"Type": kind, "URI": Path(environ[variable]).resolve().as_uri()}
+            return info | ({"Tag": tag} if tag else {})
+    return {"Type": "docker", "Tag": tag} if tag else None
+
+
+def write_readme(output_dir: str | Path, bids_dir: str | Path) -> Path:
+    """README of the derivative dataset: what it is and where the rest is documented."""
+    path = Path(output_dir) / "README"
+    path.write_text(
+        f"Derivatives of {Path(bids_dir).resolve().as_uri()} written by {APP_NAME} "
+        f"{__version__}.\n\n"
+        "Per session: preprocessed DWI, tensor maps (BEP016 names), the gray-matter ROI table "
+        "(desc-roi_md.tsv) and QC; per participant: the subject template, tissue maps, "
+        "transforms and an HTML report (sub-<label>.html); group/: the ketamine-versus-saline "
+        "analysis. Methods and references: logs/CITATION.md.\n"
+    )
+    return path
+
+
+def init_derivatives(output_dir: str | Path, bids_dir: str | Path) -> None:
+    """The dataset-level files of OUTPUT_DIR: description, README, .bidsignore."""
+    write_dataset_description(output_dir, bids_dir, container=container_info())
+    write_readme(output_dir, bids_dir)
+    write_bidsignore(output_dir)
 
 
 def write_bidsignore(output_dir: str | Path) -> Path:

@@ -104,7 +104,8 @@ start=$(date +%s)
 (
     cd "$repo"
     buildah bud --isolation chroot --network host \
-        --build-arg "BASE_IMAGE=$BASE_IMAGE" "${ca_args[@]}" -t "$TAG" .
+        --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "IMAGE_TAG=$TAG" "${ca_args[@]}" \
+        -t "$TAG" .
 )
 echo "== built $TAG in $(($(date +%s) - start)) s"
 buildah images "$TAG"

@@ -205,6 +205,28 @@ def test_dataset_description_and_bidsignore(tmp_path):
     assert "*_dwimap.nii.gz" in ignore and "sub-*/log" in ignore
 
 
+def test_container_is_recorded_in_generated_by(tmp_path, monkeypatch):
+    assert bids.container_info({}) is None
+    assert bids.container_info({"KETAMINE_DTI_IMAGE": "ketamine-dti:0.1.0"}) == {
+        "Type": "docker",
+        "Tag": "ketamine-dti:0.1.0",
+    }
+    sif = tmp_path / "ketamine-dti.sif"
+    info = bids.container_info(
+        {"APPTAINER_CONTAINER": str(sif), "KETAMINE_DTI_IMAGE": "ketamine-dti:0.1.0"}
+    )
+    assert info == {"Type": "apptainer", "URI": sif.as_uri(), "Tag": "ketamine-dti:0.1.0"}
+    monkeypatch.setenv("SINGULARITY_CONTAINER", str(sif))
+    bids.init_derivatives(tmp_path / "out", tmp_path)
+    description = json.loads((tmp_path / "out" / "dataset_description.json").read_text())
+    assert description["GeneratedBy"][0]["Container"]["Type"] == "singularity"
+    assert "ROI table" in (tmp_path / "out" / "README").read_text()
+    assert (tmp_path / "out" / ".bidsignore").exists()
+    # the image sets the variable that names it
+    dockerfile = (Path(__file__).parents[1] / "Dockerfile").read_text()
+    assert f"{bids.IMAGE_TAG_VARIABLE}=" in dockerfile
+
+
 def test_sink_writes_bids_name_sidecar_and_compresses(tmp_path):
     from ketamine_dti.interfaces.bids import DerivativesSink
 

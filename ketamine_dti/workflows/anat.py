@@ -19,6 +19,9 @@ from ketamine_dti.interfaces.anat import (
 )
 from ketamine_dti.resources import TEMPLATE as MNI_SPACE
 
+#: Where the MNI-space outputs' reference grid is published (cited, never downloaded).
+TEMPLATEFLOW_URL = "https://templateflow.s3.amazonaws.com"
+
 #: GB held by a T1w registration step (1 mm T1w + 2 mm template + warps).
 ANAT_STEP_MEM_GB = 1.5
 
@@ -147,7 +150,8 @@ def connect_anat_sinks(
         "rigid halfway space (a copy of the T1w for a single session).",
     })  # fmt: skip
     sink(anat_wf, "outputnode.template_mask", "ds_t1w_mask", "mask", {"desc": "brain"}, {
-        "Sources": [t1w_uri], "Type": "Brain",
+        "Sources": [t1w_uri], "Type": "Brain", "SpatialReference": t1w_uri,
+        "Description": "Brain mask of the subject template (template-based extraction).",
     })  # fmt: skip
     for label in ("GM", "WM", "CSF"):
         sink(anat_wf, f"outputnode.{label.lower()}_file", f"ds_probseg_{label.lower()}",
@@ -155,6 +159,9 @@ def connect_anat_sinks(
     mni = {"space": MNI_SPACE, "res": str(MNI_RESOLUTION), "desc": "brain"}
     sink(anat_wf, "outputnode.mni_warped_file", "ds_t1w_mni", "T1w", mni, {
         "Sources": [t1w_uri], "SkullStripped": True,
+        "Description": "The subject template's brain resampled into MNI space (SyN).",
+        "SpatialReference": f"{TEMPLATEFLOW_URL}/tpl-{MNI_SPACE}/tpl-{MNI_SPACE}"
+        f"_res-0{MNI_RESOLUTION}_desc-brain_T1w.nii.gz",
         "Resolution": f"The grid of TemplateFlow's {MNI_SPACE} res-0{MNI_RESOLUTION} "
         f"({MNI_RESOLUTION} mm isotropic).",
     })  # fmt: skip

@@ -221,8 +221,7 @@ def run_participant_level(config: Config) -> list[tuple[str, str]]:
     subjects = bids.select_participants(layout, config.participant_labels)
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    bids.write_dataset_description(output_dir, config.bids_dir)
-    bids.write_bidsignore(output_dir)
+    bids.init_derivatives(output_dir, config.bids_dir)
     (output_dir / "logs").mkdir(exist_ok=True)
     (output_dir / "logs" / "CITATION.md").write_text(methods_text(config))
     failures: list[tuple[str, str]] = []
