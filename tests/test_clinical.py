@@ -119,6 +119,20 @@ def test_same_seed_same_trial_other_seed_other_trial() -> None:
     assert not first.gm_md.md_true.equals(other.gm_md.md_true)
 
 
+def test_retest_has_no_true_change_and_shares_the_null_draws() -> None:
+    retest = simulate_clinical(30, "retest", seed=5)
+    null = simulate_clinical(30, "null", seed=5)
+    wide = retest.gm_md.pivot_table(
+        index=["participant_id", "roi"], columns="session_id", values="md_true"
+    )
+    assert np.array_equal(wide["ses-baseline"], wide["ses-24h"])
+    baseline = retest.gm_md[retest.gm_md.session_id == "ses-baseline"].reset_index(drop=True)
+    null_baseline = null.gm_md[null.gm_md.session_id == "ses-baseline"].reset_index(drop=True)
+    assert baseline.md_true.equals(null_baseline.md_true)
+    assert retest.scores.equals(null.scores)
+    assert retest.planted["md_change_sd"] == 0.0
+
+
 def test_custom_session_labels() -> None:
     trial = simulate_clinical(6, "null", seed=0, sessions=("pre", "post"))
     assert set(trial.scores.session_id) == {"ses-pre", "ses-post"}

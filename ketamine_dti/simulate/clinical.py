@@ -37,7 +37,10 @@ from ketamine_dti.rois import ROI_NAMES
 
 LOGGER = logging.getLogger(__name__)
 
-SCENARIOS: tuple[str, ...] = ("paper", "null")
+#: ``paper``: the planted effects; ``null``: no coupling, no treatment effect on MD (24 h MD
+#: still fluctuates by MD_CHANGE_SD); ``retest``: as null, but the true MD does not change
+#: at all between sessions (a test-retest scan: any measured dMD is the pipeline's error).
+SCENARIOS: tuple[str, ...] = ("paper", "null", "retest")
 TREATMENT_ARM = "ketamine"
 CONTROL_ARM = "saline"
 #: Permuted-block sizes; each block holds ketamine:saline at 2:1.
@@ -201,7 +204,7 @@ def _planted(scenario: str, n_participants: int, sessions: tuple[str, str]) -> d
         "subject_md_sd": SUBJECT_MD_SD,
         "roi_md_sd": ROI_MD_SD,
         "md_age_slope_per_year": MD_AGE_SLOPE,
-        "md_change_sd": MD_CHANGE_SD,
+        "md_change_sd": 0.0 if scenario == "retest" else MD_CHANGE_SD,
         "md_change_mean": {
             arm: {roi: _md_shift(scenario, arm, roi) for roi in ROI_NAMES} for arm in loadings
         },
@@ -327,6 +330,8 @@ def simulate_clinical(
         change = shift + MD_CHANGE_SD * (
             np.sum(loading * latents, axis=1) + unique_sd * rng.standard_normal(n)
         )
+        if scenario == "retest":  # drawn above all the same, so the other draws do not move
+            change = np.zeros(n)
         md_followup = md_baseline * (1.0 + change)
         for session_id, md in ((baseline_id, md_baseline), (followup_id, md_followup)):
             rows.append(
