@@ -31,7 +31,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from ketamine_dti.group import run_group_level  # noqa: E402
-from ketamine_dti.group.validation import simulate_trial_files  # noqa: E402
+from ketamine_dti.simulate.validation import simulate_trial_files  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TARGET_SECONDS = 30.0

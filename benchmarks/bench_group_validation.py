@@ -42,17 +42,16 @@ import pandas as pd  # noqa: E402
 from scipy import stats as scipy_stats  # noqa: E402
 
 from ketamine_dti.group import run_group_level  # noqa: E402
-from ketamine_dti.group.validation import (  # noqa: E402
+from ketamine_dti.simulate.clinical import SCALES  # noqa: E402
+from ketamine_dti.simulate.validation import (  # noqa: E402
     MEASUREMENT_NOISE,
     crosscheck_interaction,
     fast_temp_root,
-    observe_roi_md,
     rejection_rates,
     run_trials,
+    simulate_observed_trial,
     with_options,
-    write_trial,
 )
-from ketamine_dti.simulate.clinical import simulate_clinical  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 N_PARTICIPANTS = 98
@@ -114,7 +113,7 @@ def check_paper(stats: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
                 "pass": found >= POWER_MIN,
             }
         )
-    for scale in ("madrs", "qids_sr"):
+    for scale in SCALES:
         row = pooled.loc[(scale, "ba10_right")]
         rows.append(
             {
@@ -149,16 +148,9 @@ def check_paper(stats: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
 def crosscheck(seed: int) -> dict[str, float]:
     """One trial through the App vs numpy lstsq + t distribution."""
     rng = np.random.default_rng(seed)
-    trial = simulate_clinical(N_PARTICIPANTS, "paper", seed=rng)
-    roi_md = observe_roi_md(trial, rng)
     with tempfile.TemporaryDirectory(dir=fast_temp_root()) as tmp:
-        from ketamine_dti.config import Config
-
-        bids, out = Path(tmp) / "bids", Path(tmp) / "out"
-        write_trial(trial, roi_md, bids, out, rng)
-        group_dir = run_group_level(
-            Config(bids_dir=bids, output_dir=out, analysis_level="group"), make_figures=False
-        )
+        config, trial, roi_md = simulate_observed_trial(Path(tmp), N_PARTICIPANTS, "paper", rng)
+        group_dir = run_group_level(config, make_figures=False)
         stats = pd.read_csv(group_dir / "stats.tsv", sep="\t", keep_default_na=False)
     return crosscheck_interaction(trial, roi_md, stats)
 

@@ -13,7 +13,7 @@ from ketamine_dti.config import Config
 from ketamine_dti.errors import InputError
 from ketamine_dti.group import run_group_level
 from ketamine_dti.group.inputs import load_inputs
-from ketamine_dti.group.validation import simulate_trial_files
+from ketamine_dti.simulate.validation import simulate_trial_files
 
 N_PARTICIPANTS = 24
 

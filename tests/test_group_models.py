@@ -1,7 +1,8 @@
 """Group models: a second implementation (numpy lstsq + t distribution) agrees to 1e-8.
 
-The reference is built from the simulated trial's own frames (not from the App's analysis
-table), so it also checks the reading, change scores and dMD scaling of the App.
+The reference (``simulate.validation.lstsq_ols``, the harness's one reference OLS) is built
+from the simulated trial's own frames (not from the App's analysis table), so it also checks
+the reading, change scores and dMD scaling of the App.
 """
 
 from __future__ import annotations
@@ -12,17 +13,21 @@ import numpy as np
 import pandas as pd
 import pytest
 import statsmodels.formula.api as smf
-from scipy import stats as scipy_stats
 from statsmodels.stats.multitest import multipletests
 
-from ketamine_dti.config import Config
 from ketamine_dti.group import run_group_level
 from ketamine_dti.group.changes import MD_REPORT_UNIT, stacked_roi_frame
 from ketamine_dti.group.models import fit_ols
 from ketamine_dti.group.multiple_comparisons import benjamini_hochberg
-from ketamine_dti.group.validation import observe_roi_md, write_trial
 from ketamine_dti.rois import ROI_NAMES
-from ketamine_dti.simulate.clinical import simulate_clinical
+from ketamine_dti.simulate.clinical import SCALES
+from ketamine_dti.simulate.validation import (
+    INTERACTION_TERMS,
+    interaction_design,
+    lstsq_ols,
+    reference_frame,
+    simulate_observed_trial,
+)
 
 TOLERANCE = 1e-8
 N_PARTICIPANTS = 98
@@ -32,62 +37,7 @@ N_PARTICIPANTS = 98
 def written(tmp_path_factory: pytest.TempPathFactory):
     """One trial at the real size, written as TSVs, plus the frames it was written from."""
     folder = tmp_path_factory.mktemp("crosscheck")
-    rng = np.random.default_rng(2024)
-    trial = simulate_clinical(N_PARTICIPANTS, "paper", seed=rng)
-    roi_md = observe_roi_md(trial, rng)
-    write_trial(trial, roi_md, folder / "bids", folder / "out", rng)
-    config = Config(bids_dir=folder / "bids", output_dir=folder / "out", analysis_level="group")
-    return config, trial, roi_md
-
-
-def _reference_frame(trial, roi_md, scale: str, roi: str, percent: bool) -> pd.DataFrame:
-    """dScore, dMD and baseline per participant, computed independently of the App."""
-    md = roi_md[roi_md.roi == roi].pivot(
-        index="participant_id", columns="session_id", values="md_mean"
-    )
-    if percent:
-        delta = 100 * (md["ses-24h"] - md["ses-baseline"]) / md["ses-baseline"]
-    else:
-        delta = (md["ses-24h"] - md["ses-baseline"]) / MD_REPORT_UNIT
-    scores = trial.scores.pivot(
-        index="participant_id", columns="session_id", values=f"{scale}_total"
-    )
-    participants = trial.participants.set_index("participant_id")
-    return pd.DataFrame(
-        {
-            "group": (participants.group == "ketamine").astype(float),
-            "delta_md": delta,
-            "baseline_score": scores["ses-baseline"].astype(float),
-            "delta_score": (scores["ses-24h"] - scores["ses-baseline"]).astype(float),
-            "age": participants.age.astype(float),
-        }
-    )
-
-
-def _lstsq(y: np.ndarray, x: np.ndarray, robust: bool) -> dict[str, np.ndarray]:
-    """OLS by numpy lstsq; classical or HC3 covariance; t tests with n - p df."""
-    n, p = x.shape
-    beta, *_ = np.linalg.lstsq(x, y, rcond=None)
-    residual = y - x @ beta
-    xtx_inv = np.linalg.inv(x.T @ x)
-    if robust:
-        leverage = np.einsum("ij,jk,ik->i", x, xtx_inv, x)
-        meat = x.T @ (x * (residual / (1 - leverage))[:, None] ** 2)
-        cov = xtx_inv @ meat @ xtx_inv
-    else:
-        cov = xtx_inv * (residual @ residual) / (n - p)
-    se = np.sqrt(np.diag(cov))
-    t = beta / se
-    p_value = 2 * scipy_stats.t.sf(np.abs(t), n - p)
-    half = scipy_stats.t.ppf(0.975, n - p) * se
-    return {
-        "estimate": beta,
-        "std_error": se,
-        "statistic": t,
-        "p_value": p_value,
-        "ci_low": beta - half,
-        "ci_high": beta + half,
-    }
+    return simulate_observed_trial(folder, N_PARTICIPANTS, "paper", np.random.default_rng(2024))
 
 
 def _compare(stats: pd.DataFrame, reference: dict, terms: list[str], where: dict) -> None:
@@ -111,21 +61,12 @@ def test_interaction_agrees_with_lstsq(written, robust: bool, percent: bool) -> 
     config = replace(config, robust_se=robust, delta_md="percent" if percent else "absolute")
     group_dir = run_group_level(config, make_figures=False)
     stats = pd.read_csv(group_dir / "stats.tsv", sep="\t", keep_default_na=False)
-    terms = ["group", "delta_md", "group:delta_md", "baseline_score"]
-    for scale in ("madrs", "qids_sr"):
+    for scale in SCALES:
         for roi in ROI_NAMES:
-            frame = _reference_frame(trial, roi_md, scale, roi, percent)
-            x = np.column_stack(
-                [
-                    np.ones(len(frame)),
-                    frame.group,
-                    frame.delta_md,
-                    frame.group * frame.delta_md,
-                    frame.baseline_score,
-                ]
-            )
-            reference = _lstsq(frame.delta_score.to_numpy(), x, robust)
-            _compare(stats, reference, terms, {"scale": scale, "roi": roi, "model": "interaction"})
+            frame = reference_frame(trial, roi_md, scale, roi, percent)
+            reference = lstsq_ols(frame.delta_score.to_numpy(), interaction_design(frame), robust)
+            where = {"scale": scale, "roi": roi, "model": "interaction"}
+            _compare(stats, reference, INTERACTION_TERMS, where)
             both_arms = stats[
                 (stats.scale == scale) & (stats.roi == roi) & (stats.model != "arm_ketamine")
             ]
@@ -138,10 +79,10 @@ def test_arm_and_treatment_models_agree_with_lstsq(written) -> None:
     group_dir = run_group_level(replace(config, covariates=("age",)), make_figures=False)
     stats = pd.read_csv(group_dir / "stats.tsv", sep="\t", keep_default_na=False)
     roi, scale = "hippocampus_left", "madrs"
-    frame = _reference_frame(trial, roi_md, scale, roi, percent=False)
+    frame = reference_frame(trial, roi_md, scale, roi)
     saline = frame[frame.group == 0]
     x = np.column_stack([np.ones(len(saline)), saline.delta_md, saline.baseline_score, saline.age])
-    reference = _lstsq(saline.delta_score.to_numpy(), x, robust=False)
+    reference = lstsq_ols(saline.delta_score.to_numpy(), x)
     _compare(
         stats,
         reference,
@@ -153,7 +94,7 @@ def test_arm_and_treatment_models_agree_with_lstsq(written) -> None:
         index="participant_id", columns="session_id", values="md_mean"
     )
     x = np.column_stack([np.ones(len(frame)), frame.group, md["ses-baseline"] / MD_REPORT_UNIT])
-    reference = _lstsq(frame.delta_md.to_numpy(), x, robust=False)
+    reference = lstsq_ols(frame.delta_md.to_numpy(), x)
     _compare(
         stats,
         reference,

@@ -16,7 +16,7 @@ from ketamine_dti.config import Config
 from ketamine_dti.errors import InputError
 from ketamine_dti.group import run_group_level
 from ketamine_dti.group.tables import STATS_COLUMNS
-from ketamine_dti.group.validation import simulate_trial_files
+from ketamine_dti.simulate.validation import simulate_trial_files
 from ketamine_dti.rois import ROI_NAMES
 
 N_PARTICIPANTS = 24

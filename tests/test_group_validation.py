@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from ketamine_dti.group.validation import rejection_rates, run_trials
+from ketamine_dti.simulate.validation import rejection_rates, run_trials
 
 ALPHA = 0.05
 N_NULL_TRIALS = 60

@@ -34,7 +34,9 @@ from ketamine_dti.simulate import anatomy, session, signal
 from ketamine_dti.simulate.clinical import (
     MIN_PARTICIPANTS,
     ROI_BASELINE_MD,
+    SCALES,
     SCENARIOS,
+    SCORE_RANGES,
     ClinicalTrial,
     simulate_clinical,
 )
@@ -198,7 +200,8 @@ def _write_json(path: Path, content: dict) -> None:
     path.write_text(json.dumps(content, indent=2, sort_keys=False) + "\n")
 
 
-def _write_tsv(path: Path, frame: pd.DataFrame) -> None:
+def write_tsv(path: Path, frame: pd.DataFrame) -> None:
+    """A BIDS TSV: tab separated, "n/a" for missing values, no index, LF line ends."""
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(path, sep="\t", index=False, na_rep="n/a", lineterminator="\n")
 
@@ -361,7 +364,7 @@ def simulate_participant(
             roi: int((dwi.truth_dseg == k).sum()) for k, roi in enumerate(ROI_NAMES, 1)
         }
         del dwi
-    _write_tsv(
+    write_tsv(
         root / participant_id / f"{participant_id}_sessions.tsv", sessions_table(options, index)
     )
     LOGGER.info(
@@ -429,19 +432,21 @@ def write_top_level(options: TrialOptions, trial: ClinicalTrial) -> None:
         f"1.0.0 {FIRST_SCAN.strftime('%Y-%m-%d')}\n"
         f"  - Simulated by {GENERATOR} {__version__} (seed {options.seed}).\n"
     )
-    _write_tsv(root / "participants.tsv", trial.participants)
+    write_tsv(root / "participants.tsv", trial.participants)
     _write_json(root / "participants.json", PARTICIPANTS_JSON)
     _write_json(root / "sessions.json", sessions_json(options.sessions))
-    scores = trial.scores
-    _write_tsv(
-        root / "phenotype" / "madrs.tsv", scores[["participant_id", "session_id", "madrs_total"]]
-    )
-    _write_tsv(
-        root / "phenotype" / "qids_sr.tsv",
-        scores[["participant_id", "session_id", "qids_sr_total"]],
-    )
-    _write_json(root / "phenotype" / "madrs.json", MADRS_JSON)
-    _write_json(root / "phenotype" / "qids_sr.json", QIDS_JSON)
+    write_phenotype(root, trial.scores)
+    for scale in SCALES:
+        _write_json(root / "phenotype" / f"{scale}.json", PHENOTYPE_JSON[scale])
+
+
+def write_phenotype(root: Path, scores: pd.DataFrame) -> None:
+    """phenotype/<scale>.tsv (participant_id, session_id, <scale>_total) for every scale."""
+    for scale in SCALES:
+        write_tsv(
+            root / "phenotype" / f"{scale}.tsv",
+            scores[["participant_id", "session_id", f"{scale}_total"]],
+        )
 
 
 def write_ground_truth(
@@ -449,12 +454,12 @@ def write_ground_truth(
 ) -> None:
     """roi_md.tsv, planted_effects.json and the label table of the truth masks."""
     truth = options.out_dir / "sourcedata" / "ground_truth"
-    _write_tsv(
+    write_tsv(
         truth / "roi_md.tsv", trial.gm_md[["participant_id", "session_id", "roi", "md_true"]]
     )
     _write_json(truth / "roi_md.json", ROI_MD_JSON)
     labels = pd.DataFrame({"index": range(1, len(ROI_NAMES) + 1), "name": ROI_NAMES})
-    _write_tsv(truth / "desc-truth_dseg.tsv", labels)
+    write_tsv(truth / "desc-truth_dseg.tsv", labels)
     other = {
         r.participant_id: other_gm_md(trial, r.participant_id, f"ses-{options.sessions[0]}")
         for r in results
@@ -626,31 +631,33 @@ def sessions_json(sessions: tuple[str, str]) -> dict:
     }
 
 
-MADRS_JSON = {
-    "MeasurementToolMetadata": {
-        "Description": "Montgomery-Asberg Depression Rating Scale (clinician rated, 10 items)",
-        "TermURL": "https://www.ncbi.nlm.nih.gov/pubmed/444788",
-    },
-    "participant_id": {"Description": "Participant label"},
-    "session_id": {"Description": "Session of the rating (ses-baseline, ses-24h)"},
-    "madrs_total": {
-        "Description": "MADRS total score (higher = more depressed)",
-        "Units": "points",
-        "MinValue": 0,
-        "MaxValue": 60,
-    },
-}
-QIDS_JSON = {
-    "MeasurementToolMetadata": {
-        "Description": "Quick Inventory of Depressive Symptomatology, self report (16 items)",
-        "TermURL": "https://www.ncbi.nlm.nih.gov/pubmed/12946886",
-    },
-    "participant_id": {"Description": "Participant label"},
-    "session_id": {"Description": "Session of the rating (ses-baseline, ses-24h)"},
-    "qids_sr_total": {
-        "Description": "QIDS-SR total score (higher = more depressed)",
-        "Units": "points",
-        "MinValue": 0,
-        "MaxValue": 27,
-    },
+def _scale_json(scale: str, tool: str, term_url: str, total: str) -> dict:
+    """Data dictionary of phenotype/<scale>.tsv; the score range is the clinical model's."""
+    low, high = SCORE_RANGES[scale]
+    return {
+        "MeasurementToolMetadata": {"Description": tool, "TermURL": term_url},
+        "participant_id": {"Description": "Participant label"},
+        "session_id": {"Description": "Session of the rating (ses-baseline, ses-24h)"},
+        f"{scale}_total": {
+            "Description": f"{total} total score (higher = more depressed)",
+            "Units": "points",
+            "MinValue": low,
+            "MaxValue": high,
+        },
+    }
+
+
+PHENOTYPE_JSON = {
+    "madrs": _scale_json(
+        "madrs",
+        "Montgomery-Asberg Depression Rating Scale (clinician rated, 10 items)",
+        "https://www.ncbi.nlm.nih.gov/pubmed/444788",
+        "MADRS",
+    ),
+    "qids_sr": _scale_json(
+        "qids_sr",
+        "Quick Inventory of Depressive Symptomatology, self report (16 items)",
+        "https://www.ncbi.nlm.nih.gov/pubmed/12946886",
+        "QIDS-SR",
+    ),
 }

@@ -48,6 +48,8 @@ BLOCK_SIZES: tuple[int, ...] = (3, 6)
 #: Fewer than two participants cannot make a trial.
 MIN_PARTICIPANTS = 2
 
+#: The trial's rating scales (phenotype/<scale>.tsv, column <scale>_total), in this order.
+SCALES: tuple[str, ...] = ("madrs", "qids_sr")
 #: Valid score ranges (inclusive), from the scales' definitions.
 SCORE_RANGES: dict[str, tuple[int, int]] = {"madrs": (0, 60), "qids_sr": (0, 27)}
 #: Treatment-resistant baseline severity (mean, SD), typical of ketamine TRD trials.

@@ -1,11 +1,13 @@
-"""Validation of the group statistics on many simulated trials, at the level of ROI tables.
+"""Monte-Carlo validation of the group statistics on many simulated trials (ROI tables only).
 
-A trial is drawn from the simulator's clinical and true-MD model
+It lives beside the simulator, not in ``group/``: the App's group level never imports the
+simulator; this harness drives the App. A trial is drawn from the clinical and true-MD model
 (:func:`ketamine_dti.simulate.clinical.simulate_clinical`); each session's regional MD is
 "measured" with independent noise (:data:`MEASUREMENT_NOISE`) and written as the participant
 level would write it, together with participants.tsv and the phenotype TSVs. The trial is then
 analysed by :func:`run_group_level`, from the TSV files on, exactly as the CLI does. Hundreds of
-trials run in minutes because no image is simulated.
+trials run in minutes because no image is simulated. :func:`lstsq_ols` is the one
+independent reference OLS the tests and the benchmark compare the App's models with.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from ketamine_dti.config import Config
 from ketamine_dti.group.changes import MD_REPORT_UNIT
 from ketamine_dti.group.inputs import roi_table_path
 from ketamine_dti.group.run import run_group_level
-from ketamine_dti.simulate.clinical import ClinicalTrial, simulate_clinical
+from ketamine_dti.simulate.bids_writer import write_phenotype, write_tsv
+from ketamine_dti.simulate.clinical import SCALES, TREATMENT_ARM, ClinicalTrial, simulate_clinical
 
 LOGGER = logging.getLogger(__name__)
 
@@ -61,11 +64,6 @@ def observe_roi_md(
     )
 
 
-def _tsv(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(path, sep="\t", index=False, na_rep="n/a", lineterminator="\n")
-
-
 def write_trial(
     trial: ClinicalTrial,
     roi_md: pd.DataFrame,
@@ -79,13 +77,8 @@ def write_trial(
     milliseconds per file); floats are written with repr, so they read back exactly.
     """
     bids_dir.mkdir(parents=True, exist_ok=True)
-    _tsv(trial.participants, bids_dir / "participants.tsv")
-    for scale in ("madrs", "qids_sr"):
-        column = f"{scale}_total"
-        _tsv(
-            trial.scores[["participant_id", "session_id", column]],
-            bids_dir / "phenotype" / f"{scale}.tsv",
-        )
+    write_tsv(bids_dir / "participants.tsv", trial.participants)
+    write_phenotype(bids_dir, trial.scores)
     rng = rng or np.random.default_rng(0)
     columns = ("roi", "md_mean", "md_median", "md_std", "n_voxels")
     keys = list(zip(roi_md["participant_id"], roi_md["session_id"], strict=True))
@@ -112,6 +105,25 @@ def repr_cell(value) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
+def simulate_observed_trial(
+    folder: Path,
+    n_participants: int,
+    scenario: str,
+    rng: np.random.Generator,
+    noise: float = MEASUREMENT_NOISE,
+) -> tuple[Config, ClinicalTrial, pd.DataFrame]:
+    """Simulate one trial into folder/bids and folder/out.
+
+    Returns a group-level Config, the trial and the measured ROI tables it was written from.
+    """
+    trial = simulate_clinical(n_participants, scenario, seed=rng)
+    roi_md = observe_roi_md(trial, rng, noise)
+    bids_dir, output_dir = folder / "bids", folder / "out"
+    write_trial(trial, roi_md, bids_dir, output_dir, rng)
+    config = Config(bids_dir=bids_dir, output_dir=output_dir, analysis_level="group")
+    return config, trial, roi_md
+
+
 def simulate_trial_files(
     folder: Path,
     n_participants: int,
@@ -119,11 +131,8 @@ def simulate_trial_files(
     rng: np.random.Generator,
     noise: float = MEASUREMENT_NOISE,
 ) -> tuple[Config, ClinicalTrial]:
-    """Simulate one trial into folder/bids and folder/out; return a group-level Config."""
-    trial = simulate_clinical(n_participants, scenario, seed=rng)
-    bids_dir, output_dir = folder / "bids", folder / "out"
-    write_trial(trial, observe_roi_md(trial, rng, noise), bids_dir, output_dir, rng)
-    config = Config(bids_dir=bids_dir, output_dir=output_dir, analysis_level="group")
+    """:func:`simulate_observed_trial` without the measured tables."""
+    config, trial, _ = simulate_observed_trial(folder, n_participants, scenario, rng, noise)
     return config, trial
 
 
@@ -191,22 +200,88 @@ def with_options(**changes) -> Callable[[Config], Config]:
     return lambda config: replace(config, **changes)
 
 
-def lstsq_ols(y: np.ndarray, x: np.ndarray) -> dict[str, np.ndarray]:
-    """A second implementation of OLS inference: numpy lstsq, classical SE, t with n - p df."""
+def lstsq_ols(y: np.ndarray, x: np.ndarray, robust: bool = False) -> dict[str, np.ndarray]:
+    """A second implementation of OLS inference, independent of statsmodels.
+
+    numpy lstsq; classical or HC3 covariance; t tests and 95% CIs with n - p df. Entries are
+    per column of ``x`` (the intercept first).
+    """
     from scipy import stats as scipy_stats
 
     n, p = x.shape
     beta, *_ = np.linalg.lstsq(x, y, rcond=None)
     residual = y - x @ beta
-    cov = np.linalg.inv(x.T @ x) * (residual @ residual) / (n - p)
+    xtx_inv = np.linalg.inv(x.T @ x)
+    if robust:
+        leverage = np.einsum("ij,jk,ik->i", x, xtx_inv, x)
+        meat = x.T @ (x * (residual / (1 - leverage))[:, None] ** 2)
+        cov = xtx_inv @ meat @ xtx_inv
+    else:
+        cov = xtx_inv * (residual @ residual) / (n - p)
     se = np.sqrt(np.diag(cov))
     t = beta / se
+    half = scipy_stats.t.ppf(0.975, n - p) * se
     return {
         "estimate": beta,
         "std_error": se,
         "statistic": t,
         "p_value": 2 * scipy_stats.t.sf(np.abs(t), n - p),
+        "ci_low": beta - half,
+        "ci_high": beta + half,
     }
+
+
+#: The terms of the interaction model (delta_score ~ group * delta_md + baseline_score).
+INTERACTION_TERMS = ["group", "delta_md", "group:delta_md", "baseline_score"]
+
+
+def reference_frame(
+    trial: ClinicalTrial,
+    roi_md: pd.DataFrame,
+    scale: str,
+    roi: str,
+    percent: bool = False,
+    sessions: tuple[str, str] = ("baseline", "24h"),
+) -> pd.DataFrame:
+    """Per participant: arm (1 = treatment), dMD, baseline score, dScore and age.
+
+    Computed from the simulated frames, independently of the App's reading and change scores;
+    dMD in MD_REPORT_UNIT, or percent of baseline MD.
+    """
+    baseline_id, followup_id = (f"ses-{label}" for label in sessions)
+    md = roi_md[roi_md.roi == roi].pivot(
+        index="participant_id", columns="session_id", values="md_mean"
+    )
+    if percent:
+        delta = 100 * (md[followup_id] - md[baseline_id]) / md[baseline_id]
+    else:
+        delta = (md[followup_id] - md[baseline_id]) / MD_REPORT_UNIT
+    scores = trial.scores.pivot(
+        index="participant_id", columns="session_id", values=f"{scale}_total"
+    )
+    participants = trial.participants.set_index("participant_id")
+    return pd.DataFrame(
+        {
+            "group": (participants.group == TREATMENT_ARM).astype(float),
+            "delta_md": delta,
+            "baseline_score": scores[baseline_id].astype(float),
+            "delta_score": (scores[followup_id] - scores[baseline_id]).astype(float),
+            "age": participants.age.astype(float),
+        }
+    )
+
+
+def interaction_design(frame: pd.DataFrame) -> np.ndarray:
+    """Design matrix of the interaction model: intercept, then :data:`INTERACTION_TERMS`."""
+    return np.column_stack(
+        [
+            np.ones(len(frame)),
+            frame.group,
+            frame.delta_md,
+            frame.group * frame.delta_md,
+            frame.baseline_score,
+        ]
+    )
 
 
 def crosscheck_interaction(
@@ -215,26 +290,11 @@ def crosscheck_interaction(
     """Largest relative difference between stats.tsv and :func:`lstsq_ols` for every
     interaction model (scale x ROI), computed from the simulated frames, not the App's tables.
     """
-    baseline_id, followup_id = (f"ses-{label}" for label in sessions)
-    participants = trial.participants.set_index("participant_id")
-    group = (participants["group"] == "ketamine").astype(float)
     worst = {"estimate": 0.0, "std_error": 0.0, "statistic": 0.0, "p_value": 0.0}
-    terms = ["group", "delta_md", "group:delta_md", "baseline_score"]
-    for scale in ("madrs", "qids_sr"):
-        scores = trial.scores.pivot(
-            index="participant_id", columns="session_id", values=f"{scale}_total"
-        )
+    for scale in SCALES:
         for roi in roi_md["roi"].unique():
-            md = roi_md[roi_md["roi"] == roi].pivot(
-                index="participant_id", columns="session_id", values="md_mean"
-            )
-            delta = ((md[followup_id] - md[baseline_id]) / MD_REPORT_UNIT).reindex(group.index)
-            baseline = scores[baseline_id].reindex(group.index).astype(float)
-            y = (scores[followup_id].reindex(group.index) - baseline).to_numpy(float)
-            x = np.column_stack(
-                [np.ones(len(group)), group, delta, group * delta, baseline]
-            ).astype(float)
-            reference = lstsq_ols(y, x)
+            frame = reference_frame(trial, roi_md, scale, roi, sessions=sessions)
+            reference = lstsq_ols(frame.delta_score.to_numpy(), interaction_design(frame))
             rows = (
                 stats[
                     (stats["scale"] == scale)
@@ -242,7 +302,7 @@ def crosscheck_interaction(
                     & (stats["model"] == "interaction")
                 ]
                 .set_index("term")
-                .loc[terms]
+                .loc[INTERACTION_TERMS]
             )
             for column in worst:
                 app = pd.to_numeric(rows[column]).to_numpy()
