@@ -148,6 +148,11 @@ def _symptom_directions() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return madrs, qids, madrs_only
 
 
+def _scale_directions() -> dict[str, np.ndarray]:
+    """Each scale's change direction in (shared, split) latent space."""
+    return dict(zip(SCALES, _symptom_directions()[:2], strict=True))
+
+
 def coupling_loadings(scenario: str) -> dict[str, dict[str, list[float]]]:
     """Loading of each ROI's standardized MD change on (shared, split), per arm.
 
@@ -178,7 +183,7 @@ def _md_shift(scenario: str, arm: str, roi: str) -> float:
 def _planted(scenario: str, n_participants: int, sessions: tuple[str, str]) -> dict:
     """Planted coefficients and the generative equations, JSON-serialisable."""
     loadings = coupling_loadings(scenario)
-    directions = dict(zip(("madrs", "qids_sr"), _symptom_directions()[:2], strict=True))
+    directions = _scale_directions()
     correlation: dict = {}
     slope: dict = {}
     for arm, per_roi in loadings.items():
@@ -240,13 +245,8 @@ def _planted(scenario: str, n_participants: int, sessions: tuple[str, str]) -> d
     }
 
 
-def simulate_clinical(
-    n_participants: int,
-    scenario: str = "paper",
-    seed: int | np.random.Generator = 0,
-    sessions: tuple[str, str] = ("baseline", "24h"),
-) -> ClinicalTrial:
-    """Draw one trial's participants, scores and true ROI MD (mm^2/s) for two sessions."""
+def _check_trial(n_participants: int, scenario: str, sessions: tuple[str, str]) -> None:
+    """ValueError naming the valid choices if the trial cannot be drawn."""
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}; use one of {', '.join(SCENARIOS)}")
     if n_participants < MIN_PARTICIPANTS:
@@ -255,35 +255,97 @@ def simulate_clinical(
         )
     if len(sessions) != 2 or sessions[0] == sessions[1]:
         raise ValueError(f"sessions={sessions!r}; give two different labels (baseline, follow-up)")
+
+
+def simulate_clinical(
+    n_participants: int,
+    scenario: str = "paper",
+    seed: int | np.random.Generator = 0,
+    sessions: tuple[str, str] = ("baseline", "24h"),
+) -> ClinicalTrial:
+    """Draw one trial's participants, scores and true ROI MD (mm^2/s) for two sessions.
+
+    The random draws come in a fixed order (arms, age, sex, baseline scores, symptom latents,
+    MD), so a seed always gives the same trial.
+    """
+    _check_trial(n_participants, scenario, sessions)
     rng = np.random.default_rng(seed)
     n = n_participants
     ids = np.array([f"sub-{i + 1:03d}" for i in range(n)])
     arms = allocate_arms(n, rng)
     is_treated = arms == TREATMENT_ARM
+    participants = _draw_participants(ids, arms, rng)
+    baseline = _draw_baseline_scores(n, rng)
+    latents = rng.standard_normal((n, 2))  # symptom-change latents (shared, split)
+    followup = _followup_scores(baseline, latents, is_treated)
+    age = participants["age"].to_numpy()
+    md = _draw_gm_md(scenario, age, is_treated, latents, rng)
 
+    baseline_id, followup_id = (f"ses-{label}" for label in sessions)
+    scores = pd.DataFrame(
+        {
+            "participant_id": np.concatenate([ids, ids]),
+            "session_id": np.repeat([baseline_id, followup_id], n),
+            **{
+                f"{scale}_total": np.concatenate([baseline[scale], followup[scale]]).astype(int)
+                for scale in SCALES
+            },
+        }
+    )
+    rows = [
+        pd.DataFrame({"participant_id": ids, "session_id": session_id, "roi": roi, "md_true": v})
+        for roi, per_session in md.items()
+        for session_id, v in zip((baseline_id, followup_id), per_session, strict=True)
+    ]
+    order = _session_roi_order(sessions)
+    gm_md = (
+        pd.concat(rows, ignore_index=True)
+        .sort_values(["participant_id", "session_id", "roi"], key=order)
+        .reset_index(drop=True)
+    )
+    scores = scores.sort_values(["participant_id", "session_id"], key=order).reset_index(drop=True)
+    LOGGER.debug("simulated %d participants, scenario %s", n, scenario)
+    return ClinicalTrial(
+        participants=participants,
+        scores=scores,
+        gm_md=gm_md,
+        planted=_planted(scenario, n, sessions),
+    )
+
+
+def _draw_participants(
+    ids: np.ndarray, arms: np.ndarray, rng: np.random.Generator
+) -> pd.DataFrame:
+    """participants.tsv rows: id, arm, age (years, int) and sex."""
+    n = len(ids)
     age_mean, age_sd, age_min, age_max = AGE_DISTRIBUTION
     age = np.clip(np.rint(rng.normal(age_mean, age_sd, n)), age_min, age_max).astype(int)
     sex = np.where(rng.random(n) < FEMALE_FRACTION, "F", "M")
-    participants = pd.DataFrame({"participant_id": ids, "group": arms, "age": age, "sex": sex})
+    return pd.DataFrame({"participant_id": ids, "group": arms, "age": age, "sex": sex})
 
-    # Baseline scores: correlated, treatment-resistant.
+
+def _draw_baseline_scores(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Baseline score per scale (points): correlated, treatment-resistant, MADRS included."""
     z_madrs0 = rng.standard_normal(n)
     z_qids0 = BASELINE_SCORE_CORRELATION * z_madrs0 + np.sqrt(
         1.0 - BASELINE_SCORE_CORRELATION**2
     ) * rng.standard_normal(n)
     baseline = {}
-    for scale, z in (("madrs", z_madrs0), ("qids_sr", z_qids0)):
+    for scale, z in zip(SCALES, (z_madrs0, z_qids0), strict=True):
         mean, sd = BASELINE_SCORE[scale]
         low, high = SCORE_RANGES[scale]
         if scale == "madrs":
             low = MADRS_INCLUSION_MIN
         baseline[scale] = np.clip(np.rint(mean + sd * z), low, high)
+    return baseline
 
-    # Symptom-change latents and score changes.
-    latents = rng.standard_normal((n, 2))  # (shared, split)
-    directions = dict(zip(("madrs", "qids_sr"), _symptom_directions()[:2], strict=True))
+
+def _followup_scores(
+    baseline: dict[str, np.ndarray], latents: np.ndarray, is_treated: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Follow-up score per scale: arm mean change, regression to the mean, symptom latents."""
     followup = {}
-    for scale, direction in directions.items():
+    for scale, direction in _scale_directions().items():
         mean_change = np.where(
             is_treated,
             MEAN_SCORE_CHANGE[scale][TREATMENT_ARM],
@@ -296,24 +358,22 @@ def simulate_clinical(
         )
         low, high = SCORE_RANGES[scale]
         followup[scale] = np.clip(np.rint(baseline[scale] + change), low, high)
+    return followup
 
-    baseline_id, followup_id = (f"ses-{label}" for label in sessions)
-    scores = pd.DataFrame(
-        {
-            "participant_id": np.concatenate([ids, ids]),
-            "session_id": np.repeat([baseline_id, followup_id], n),
-            "madrs_total": np.concatenate([baseline["madrs"], followup["madrs"]]).astype(int),
-            "qids_sr_total": np.concatenate([baseline["qids_sr"], followup["qids_sr"]]).astype(
-                int
-            ),
-        }
-    )
 
-    # Gray-matter MD: baseline per ROI, then the 24 h fractional change.
+def _draw_gm_md(
+    scenario: str,
+    age: np.ndarray,
+    is_treated: np.ndarray,
+    latents: np.ndarray,
+    rng: np.random.Generator,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """True GM MD (mm^2/s) per ROI: (baseline, follow-up) arrays over participants."""
+    n = len(age)
     loadings = coupling_loadings(scenario)
     subject_offset = SUBJECT_MD_SD * rng.standard_normal(n)
     age_offset = MD_AGE_SLOPE * (age - AGE_REFERENCE)
-    rows = []
+    md = {}
     for roi in ROI_NAMES:
         md_baseline = ROI_BASELINE_MD[roi] * (
             1.0 + subject_offset + ROI_MD_SD * rng.standard_normal(n) + age_offset
@@ -334,28 +394,8 @@ def simulate_clinical(
         )
         if scenario == "retest":  # drawn above all the same, so the other draws do not move
             change = np.zeros(n)
-        md_followup = md_baseline * (1.0 + change)
-        for session_id, md in ((baseline_id, md_baseline), (followup_id, md_followup)):
-            rows.append(
-                pd.DataFrame(
-                    {"participant_id": ids, "session_id": session_id, "roi": roi, "md_true": md}
-                )
-            )
-    gm_md = (
-        pd.concat(rows, ignore_index=True)
-        .sort_values(["participant_id", "session_id", "roi"], key=_session_roi_order(sessions))
-        .reset_index(drop=True)
-    )
-    scores = scores.sort_values(
-        ["participant_id", "session_id"], key=_session_roi_order(sessions)
-    ).reset_index(drop=True)
-    LOGGER.debug("simulated %d participants, scenario %s", n, scenario)
-    return ClinicalTrial(
-        participants=participants,
-        scores=scores,
-        gm_md=gm_md,
-        planted=_planted(scenario, n, sessions),
-    )
+        md[roi] = (md_baseline, md_baseline * (1.0 + change))
+    return md
 
 
 def _session_roi_order(sessions: tuple[str, str]):
