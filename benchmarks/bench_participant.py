@@ -167,7 +167,7 @@ def run_trial(bids_dir: Path, out: Path, work: Path, args, independent: bool) ->
     out.mkdir(parents=True, exist_ok=True)
     bids.init_derivatives(out, bids_dir)
     layout = bids.get_layout(bids_dir)
-    subjects = bids.select_participants(layout)
+    subjects = bids.select_participants(bids.participant_folders(bids_dir), where=bids_dir)
     rows = []
     for subject in subjects:
         started = time.time()

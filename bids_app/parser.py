@@ -13,6 +13,8 @@ from pathlib import Path
 
 from ketamine_dti import __version__
 from ketamine_dti.config import Config
+from ketamine_dti.errors import InputError
+from ketamine_dti.resources import ATLAS as BUNDLED_ATLAS
 
 from .exit_codes import EX_USAGE
 
@@ -51,8 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("analysis_level", choices=["participant", "group"])
     parser.add_argument("--version", action="version", version=f"ketamine-dti {__version__}")
+    _add_selection_options(parser.add_argument_group("selecting data"))
+    _add_execution_options(parser.add_argument_group("execution"))
+    _add_method_options(parser.add_argument_group("methods (participant level)"))
+    _add_group_options(parser.add_argument_group("group level"))
+    return parser
 
-    sel = parser.add_argument_group("selecting data")
+
+def _add_selection_options(sel) -> None:
     sel.add_argument(
         "--participant-label",
         "--participant_label",
@@ -86,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not run bids-validator-deno on bids_dir",
     )
 
-    exe = parser.add_argument_group("execution")
+
+def _add_execution_options(exe) -> None:
     exe.add_argument(
         "-w",
         "--work-dir",
@@ -107,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     exe.add_argument("--write-graph", action="store_true", help="write the workflow graph")
     exe.add_argument("-v", "--verbose", dest="verbose", action="count", default=0)
 
-    met = parser.add_argument_group("methods (participant level)")
+
+def _add_method_options(met) -> None:
     met.add_argument(
         "--denoise", choices=["mppca", "none"], default="mppca", help="MP-PCA denoising"
     )
@@ -123,10 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--roi-atlas",
         type=Path,
         help="a dseg NIfTI in MNI152NLin6Asym with a TSV (index, name) beside it "
-        "(default: the bundled ketamine7 atlas)",
+        f"(default: the bundled {BUNDLED_ATLAS} atlas)",
+    )
+    met.add_argument(
+        "--roi-atlas-label",
+        help="the atlas-<label> of the published atlas files for --roi-atlas (default: the "
+        "atlas-<label> entity of its file name)",
     )
 
-    grp = parser.add_argument_group("group level")
+
+def _add_group_options(grp) -> None:
     grp.add_argument("--group-column", default="group", help="arm column of participants.tsv")
     grp.add_argument("--treatment-arm", default="ketamine")
     grp.add_argument("--control-arm", default="saline")
@@ -144,7 +160,6 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="drop sessions with a higher mean framewise displacement (mm)",
     )
-    return parser
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -187,7 +202,9 @@ def to_config(args: argparse.Namespace) -> Config:
     plugin_args = _read_plugin_config(args.plugin_config) if args.plugin_config else {}
     if args.roi_atlas is not None and not args.roi_atlas.exists():
         raise UsageError(f"--roi-atlas {args.roi_atlas} does not exist")
-    return Config(
+    if args.roi_atlas_label is not None and args.roi_atlas is None:
+        raise UsageError("--roi-atlas-label names a custom atlas; give --roi-atlas too")
+    config = Config(
         bids_dir=args.bids_dir.absolute(),
         output_dir=args.output_dir.absolute(),
         analysis_level=args.analysis_level,
@@ -210,6 +227,7 @@ def to_config(args: argparse.Namespace) -> Config:
         gibbs=args.gibbs,
         tensor_fit=args.tensor_fit,
         roi_atlas=args.roi_atlas.absolute() if args.roi_atlas else None,
+        roi_atlas_label=args.roi_atlas_label,
         group_column=args.group_column,
         treatment_arm=args.treatment_arm,
         control_arm=args.control_arm,
@@ -220,3 +238,8 @@ def to_config(args: argparse.Namespace) -> Config:
         mixed_model=args.mixed_model,
         max_mean_fd=args.max_mean_fd,
     )
+    try:
+        config.atlas_label  # noqa: B018 - a custom atlas must have a label to publish under
+    except InputError as err:
+        raise UsageError(str(err)) from None
+    return config

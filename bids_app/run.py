@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from ketamine_dti import __version__
+from ketamine_dti.bids import participant_folders, select_participants
 from ketamine_dti.config import Config
-from ketamine_dti.errors import KetamineDTIError
+from ketamine_dti.errors import InputError, KetamineDTIError
 
 from . import exit_codes as ec
 from .parser import UsageError, build_parser, to_config
@@ -93,29 +93,14 @@ def validate_bids_dir(bids_dir: Path) -> None:
     LOGGER.info("BIDS validation passed (%d warning(s))", len(result.warnings))
 
 
-def available_participants(bids_dir: Path) -> list[str]:
-    return sorted(p.name[4:] for p in bids_dir.glob("sub-*") if p.is_dir())
-
-
-def select_participants(config: Config) -> tuple[str, ...]:
-    """The requested labels that exist; exit code 18 if the filters select nobody."""
-    available = available_participants(config.bids_dir)
-    if not available:
-        raise CliError(
-            ec.EX_NO_PARTICIPANTS,
-            f"BIDS_DIR {config.bids_dir} holds no sub-* folders; nothing to process",
-        )
-    if not config.participant_labels:
-        return tuple(available)
-    missing = [label for label in config.participant_labels if label not in available]
-    if missing:
-        shown = ", ".join(available[:20]) + (" ..." if len(available) > 20 else "")
-        raise CliError(
-            ec.EX_NO_PARTICIPANTS,
-            f"participant label(s) {', '.join(missing)} not found in {config.bids_dir}; "
-            f"available: {shown}",
-        )
-    return config.participant_labels
+def check_participants(config: Config) -> list[str]:
+    """The participants the run selects (bids.select_participants over BIDS_DIR's sub-*
+    folders); exit code 18 if there are none or a requested label does not exist."""
+    try:
+        return select_participants(participant_folders(config.bids_dir), config.participant_labels,
+                                   f"BIDS_DIR {config.bids_dir}")  # fmt: skip
+    except InputError as err:
+        raise CliError(ec.EX_NO_PARTICIPANTS, str(err)) from None
 
 
 def _setup_logging(verbosity: int) -> None:
@@ -158,8 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         created_output = ensure_output_dir(config.output_dir)
         if not config.skip_bids_validation:
             validate_bids_dir(config.bids_dir)
-        labels = select_participants(config)
-        config = replace(config, participant_labels=labels)
+        # the stages select again, with the same function (the group level also reports the
+        # participants with outputs that it leaves out), so the labels stay as given
+        labels = check_participants(config)
         LOGGER.info(
             "ketamine-dti %s, %s level, %d participant(s)",
             __version__,

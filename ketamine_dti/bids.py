@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,19 +110,34 @@ def strip_prefix(label: str, prefix: str) -> str:
     return label[len(prefix) :] if label.startswith(prefix) else label
 
 
-def select_participants(layout, labels: tuple[str, ...] | list[str] = ()) -> list[str]:
-    """The participant labels to process; unknown ones raise InputError listing what exists."""
-    available = sorted(layout.get_subjects())
-    if not labels:
-        if not available:
-            raise InputError(f"{layout.root}: no sub-* folder found; is this a BIDS dataset?")
-        return available
-    wanted = [strip_prefix(label, "sub-") for label in labels]
-    unknown = [label for label in wanted if label not in available]
-    if unknown:
+def participant_folders(bids_dir: str | Path) -> list[str]:
+    """Labels of the ``sub-*`` folders of a BIDS dataset, sorted."""
+    return sorted(p.name[len("sub-") :] for p in Path(bids_dir).glob("sub-*") if p.is_dir())
+
+
+def select_participants(
+    available: Iterable[str], labels: Sequence[str] = (), where: str | Path = "BIDS_DIR"
+) -> list[str]:
+    """The one participant selection (CLI, participant level, group level).
+
+    ``available``: the labels that exist (``sub-`` optional), e.g. :func:`participant_folders`;
+    ``labels``: those asked for (empty: all). Returns bare labels, sorted when all are taken,
+    else in the order asked. No participant at all, or an unknown label, raises InputError
+    naming ``where`` and listing what exists.
+    """
+    existing = sorted({strip_prefix(label, "sub-") for label in available})
+    if not existing:
         raise InputError(
-            f"{layout.root}: participant label(s) {', '.join(unknown)} not found; "
-            f"available: {', '.join(available) or 'none'}"
+            f"{where}: no participant found (no sub-<label>); is it the right folder?"
+        )
+    if not labels:
+        return existing
+    wanted = list(dict.fromkeys(strip_prefix(label, "sub-") for label in labels))
+    unknown = [label for label in wanted if label not in existing]
+    if unknown:
+        shown = ", ".join(existing[:20]) + (" ..." if len(existing) > 20 else "")
+        raise InputError(
+            f"{where}: participant label(s) {', '.join(unknown)} not found; available: {shown}"
         )
     return wanted
 

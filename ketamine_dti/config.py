@@ -1,12 +1,20 @@
 """Run settings: one frozen dataclass, built by the CLI and passed to every stage.
 
-Thresholds live here with their reason, not as magic numbers in the code.
+It holds what the user chose (data selection, execution, methods, group models). Scientific
+thresholds stay named constants beside the code that applies them, with their reason.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ketamine_dti.errors import InputError
+from ketamine_dti.resources import ATLAS as BUNDLED_ATLAS
+
+#: The ``atlas-<label>`` entity of a custom atlas's file name (BIDS labels are alphanumeric).
+_ATLAS_ENTITY = re.compile(r"(?:^|_)atlas-([a-zA-Z0-9]+)(?:_|\.)")
 
 
 @dataclass(frozen=True)
@@ -36,7 +44,8 @@ class Config:
     denoise: str = "mppca"  # "mppca" or "none"
     gibbs: bool = False  # Gibbs unringing costs minutes per session; QSIPrep's default is off too
     tensor_fit: str = "wls"  # "wls", "ols" or "nlls"
-    roi_atlas: Path | None = None  # None: the bundled ketamine7 atlas; else a dseg NIfTI (+ .tsv)
+    roi_atlas: Path | None = None  # None: the bundled atlas; else a dseg NIfTI (+ .tsv)
+    roi_atlas_label: str | None = None  # atlas-<label> of published dseg names; see atlas_label
     # group level
     group_column: str = "group"
     treatment_arm: str = "ketamine"
@@ -47,3 +56,24 @@ class Config:
     robust_se: bool = False  # HC3 standard errors
     mixed_model: bool = False  # MixedLM sensitivity analysis
     max_mean_fd: float | None = None  # mm; sessions above are dropped at the group level
+
+    @property
+    def atlas_label(self) -> str:
+        """The ``atlas-<label>`` entity of published atlas files, so a custom atlas is never
+        published under the bundled atlas's name: ``roi_atlas_label`` if given, else the
+        bundled atlas's name, else the ``atlas-<label>`` entity of the custom file's name."""
+        if self.roi_atlas_label:
+            label = self.roi_atlas_label
+        elif self.roi_atlas is None:
+            label = BUNDLED_ATLAS
+        else:
+            match = _ATLAS_ENTITY.search(Path(self.roi_atlas).name)
+            if match is None:
+                raise InputError(
+                    f"{self.roi_atlas}: no atlas-<label> entity in the file name; name the "
+                    "atlas with --roi-atlas-label"
+                )
+            label = match.group(1)
+        if not label.isalnum():
+            raise InputError(f"atlas label {label!r}: use letters and digits only")
+        return label

@@ -109,6 +109,22 @@ def gray_matter_mask(
     return keep
 
 
+#: Sidecar description of every column ``regional_statistics`` writes (MD in mm^2/s).
+ROI_COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
+    "roi": {"Description": "ROI name (atlas index order)"},
+    "index": {"Description": "Atlas index"},
+    "md_mean": {"Description": "Mean MD over kept gray-matter voxels", "Units": "mm^2/s"},
+    "md_median": {"Description": "Median MD over kept voxels", "Units": "mm^2/s"},
+    "md_std": {
+        "Description": "Standard deviation (ddof=1) of MD over kept voxels",
+        "Units": "mm^2/s",
+    },
+    "n_voxels": {"Description": "Voxels kept after the gray-matter rule (native DWI grid)"},
+    "n_voxels_atlas": {"Description": "Atlas voxels in the brain mask before the rule"},
+    "fa_mean": {"Description": "Mean FA over kept voxels"},
+}
+
+
 def regional_statistics(
     md: np.ndarray,
     labels: np.ndarray,

@@ -95,9 +95,16 @@ def test_single_session_is_processed_and_flagged(dataset):
 
 def test_unknown_participant_lists_existing(dataset):
     root, _ = dataset
+    folders = bids.participant_folders(root)
+    assert folders == ["01", "02"]
     with pytest.raises(InputError, match="not found; available: 01, 02"):
-        bids.select_participants(bids.get_layout(root), ["sub-99"])
-    assert bids.select_participants(bids.get_layout(root), ["sub-02"]) == ["02"]
+        bids.select_participants(folders, ["sub-99"])
+    assert bids.select_participants(folders, ["sub-02"]) == ["02"]
+    assert bids.select_participants(folders) == ["01", "02"]
+    # labels from other sources (participants.tsv) may carry the prefix
+    assert bids.select_participants(["sub-02", "sub-01"], ["01", "sub-01"]) == ["01"]
+    with pytest.raises(InputError, match="no participant"):
+        bids.select_participants([], (), where=root)
 
 
 def test_missing_bval(dataset):

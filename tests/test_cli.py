@@ -123,3 +123,20 @@ def test_group_without_participant_outputs_says_run_participant_first(tiny_trial
     proc = run_cli(tiny_trial, tmp_path / "out", "group")
     assert proc.returncode == ec.EX_FAILURE
     assert "participant" in proc.stderr
+
+
+def test_custom_atlas_needs_a_label(tmp_path):
+    from bids_app.parser import UsageError
+
+    parser = build_parser()
+    unnamed = tmp_path / "my_dseg.nii.gz"
+    named = tmp_path / "tpl-MNI152NLin6Asym_atlas-hoa_dseg.nii.gz"
+    for path in (unnamed, named):
+        path.write_bytes(b"")
+    base = [str(tmp_path), str(tmp_path / "o"), "participant"]
+    with pytest.raises(UsageError, match="--roi-atlas-label"):
+        to_config(parser.parse_args([*base, "--roi-atlas", str(unnamed)]))
+    labelled = [*base, "--roi-atlas", str(unnamed), "--roi-atlas-label", "mine"]
+    assert to_config(parser.parse_args(labelled)).atlas_label == "mine"
+    assert to_config(parser.parse_args([*base, "--roi-atlas", str(named)])).atlas_label == "hoa"
+    assert to_config(parser.parse_args(base)).atlas_label == "ketamine7"

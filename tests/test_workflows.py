@@ -70,7 +70,8 @@ def test_participant_shares_one_anatomy(tmp_path):
     assert sum(name.endswith("motion_correct") for name in names) == 2
     assert {"ses_baseline_wf", "ses_24h_wf", "anat_wf"} <= {n.split(".")[0] for n in names}
     sinks = [n for n in names if n.split(".")[-1].startswith("ds_")]
-    assert any(n.endswith("ds_roi") for n in sinks) and any(n.endswith("ds_qc") for n in sinks)
+    assert any(n.endswith("ds_roi_table") for n in sinks)
+    assert any(n.endswith("ds_qc_table") for n in sinks)
 
 
 def test_single_session_participant_builds(tmp_path):
@@ -141,3 +142,79 @@ def test_run_participant_level_reports_each_broken_participant(tmp_path):
     assert "sub-01_ses-baseline_dwi.nii.gz: no .bval file found" in failures["01"]
     assert "sub-02_ses-baseline_dwi.nii.gz: DWI is 3-D" in failures["02"]
     assert (tmp_path / "out" / "dataset_description.json").exists()
+
+
+def test_dwi_preproc_defaults_follow_the_config():
+    names = _node_names(init_dwi_preproc_wf())
+    assert ("unring" in names) == Config.gibbs
+    assert ("denoise" in names) == (Config.denoise == "mppca")
+
+
+def _config(tmp_path, **settings) -> Config:
+    return Config(
+        bids_dir=tmp_path, output_dir=tmp_path / "out", analysis_level="participant", **settings
+    )
+
+
+def test_methods_cite_only_the_steps_that_run(tmp_path):
+    from ketamine_dti.workflows.boilerplate import methods_text
+
+    participant = _participant(tmp_path)
+    lean = methods_text(init_participant_wf(participant, _config(tmp_path, denoise="none")))
+    assert "Veraart" not in lean and "Kellner" not in lean
+    assert "[mppca]" not in lean and "[gibbs]" not in lean
+    assert "Marchenko" not in lean and "Gibbs" not in lean
+    assert lean.count("**Diffusion.**") == 1, "sessions share their paragraphs"
+    assert lean.index("**Anatomy.**") < lean.index("**Diffusion.**") < lean.index("**Regions.**")
+    full = methods_text(init_participant_wf(participant, _config(tmp_path, gibbs=True)))
+    assert "Veraart" in full and "Kellner" in full
+    # every reference listed is cited in the text, and every citation is listed
+    for text in (lean, full):
+        body, references = text.split("## References")
+        keys = [line.split("]")[0][3:] for line in references.strip().splitlines()]
+        assert keys and all(f"[{key}" in body or f", {key}" in body for key in keys)
+
+
+def _sinks(workflow) -> dict[str, object]:
+    return {
+        name.split(".")[-1]: workflow.get_node(name)
+        for name in workflow.list_node_names()
+        if name.split(".")[-1].startswith("ds_")
+    }
+
+
+def test_every_output_comes_from_the_specification(tmp_path):
+    from ketamine_dti.derivatives import ANAT_OUTPUTS, session_output_keys
+
+    for denoise in ("mppca", "none"):
+        workflow = init_participant_wf(_participant(tmp_path), _config(tmp_path, denoise=denoise))
+        sinks = _sinks(workflow)
+        expected = {f"ds_{key}" for key in (*session_output_keys(denoise), *ANAT_OUTPUTS)}
+        assert set(sinks) == expected
+        assert ("ds_noise" in sinks) == (denoise == "mppca")
+    names = workflow.list_node_names()
+    assert sum(name.endswith(".ds_roi_table") for name in names) == 2  # one per session
+
+
+def test_custom_atlas_is_published_under_its_own_label(tmp_path):
+    from dataclasses import replace
+
+    from ketamine_dti.errors import InputError
+
+    config = _config(tmp_path)
+    bundled, _ = resolve_atlas(config)
+    custom = tmp_path / "tpl-MNI152NLin6Asym_atlas-hoa_dseg.nii.gz"
+    custom.write_bytes(bundled.read_bytes())
+    (tmp_path / "tpl-MNI152NLin6Asym_atlas-hoa_dseg.tsv").write_text("index\tname\n1\tleft\n")
+    for settings, label in (
+        ({}, "ketamine7"),
+        ({"roi_atlas": custom}, "hoa"),
+        ({"roi_atlas": custom, "roi_atlas_label": "mine"}, "mine"),
+    ):
+        workflow = init_participant_wf(_participant(tmp_path), replace(config, **settings))
+        for name, sink in _sinks(workflow).items():
+            if name.startswith("ds_atlas"):
+                assert sink.inputs.entities["atlas"] == label
+    unnamed = tmp_path / "my_dseg.nii.gz"
+    with pytest.raises(InputError, match="--roi-atlas-label"):
+        replace(config, roi_atlas=unnamed).atlas_label  # noqa: B018

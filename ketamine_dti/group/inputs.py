@@ -1,8 +1,11 @@
 """Read and check the group level's inputs: participants, phenotype scores, ROI MD tables, QC.
 
 The group level reads, from BIDS_DIR, ``participants.tsv`` and ``phenotype/<scale>.tsv``; from
-OUTPUT_DIR, only each session's ``*_desc-roi_md.tsv`` (and ``*_desc-qc_metrics.tsv`` when
-``--max-mean-fd`` is set). Bad input raises :class:`InputError` naming file, line and column.
+OUTPUT_DIR, only each session's ROI table (and QC table when ``--max-mean-fd`` is set), found
+through the derivatives specification (``roi_table``, ``qc_table``). Participants are selected
+by ``bids.select_participants`` among those listed or with outputs; every participant with
+outputs that is not analysed gets an exclusion row saying why. Bad input raises
+:class:`InputError` naming file, line and column.
 Missing values (``n/a``) are not errors: the participant leaves the affected models and the
 reason is recorded as an exclusion.
 """
@@ -19,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ketamine_dti.bids import derivative_name, derivative_path, strip_prefix
+from ketamine_dti.bids import select_participants, strip_prefix
 from ketamine_dti.config import Config
+from ketamine_dti.derivatives import find_outputs, spec_path
 from ketamine_dti.errors import InputError
 from ketamine_dti.rois import ROI_NAMES
 
@@ -38,6 +42,8 @@ RESERVED_NAMES = frozenset(
 )
 #: Exclusion reason of a participant with outputs but no row in participants.tsv.
 NOT_LISTED = "has participant outputs but no row in participants.tsv"
+#: Exclusion reason of a participant with outputs left out by --participant-label.
+NOT_SELECTED = "has participant outputs but is not among the selected (--participant-label)"
 #: Exclusion fields meaning "applies to all sessions / scales / ROIs / models".
 ALL = "all"
 
@@ -158,8 +164,14 @@ def exclusion(
     }
 
 
-def load_participants(config: Config) -> tuple[pd.DataFrame, dict[str, str], list[dict]]:
-    """participants.tsv -> arm and covariates per selected participant, with exclusions."""
+def load_participants(
+    config: Config, with_outputs: Iterable[str] = ()
+) -> tuple[pd.DataFrame, dict[str, str], list[dict]]:
+    """participants.tsv -> arm and covariates per selected participant, with exclusions.
+
+    ``with_outputs``: participant_ids that have participant-level outputs; those not analysed
+    (not selected, or not listed) get an exclusion row.
+    """
     path = Path(config.bids_dir) / "participants.tsv"
     arm_column = config.group_column
     if not path.is_file():
@@ -185,11 +197,11 @@ def load_participants(config: Config) -> tuple[pd.DataFrame, dict[str, str], lis
             )
     _duplicates_error(table, [(pid,) for pid in ids], "participant_id")
 
-    wanted = {f"sub-{strip_prefix(label, 'sub-')}" for label in config.participant_labels}
-    selected = [i for i, pid in enumerate(ids) if not wanted or pid in wanted]
-    if wanted and not selected:
+    chosen, exclusions = _select(config, ids, with_outputs, path)
+    selected = [i for i, pid in enumerate(ids) if pid in chosen]
+    if not selected:
         raise InputError(
-            f"{path}: none of the participant labels {', '.join(sorted(wanted))} is listed; "
+            f"{path}: none of the participant labels {', '.join(sorted(chosen))} is listed; "
             "check --participant-label"
         )
     arms = table.column(arm_column)
@@ -202,7 +214,7 @@ def load_participants(config: Config) -> tuple[pd.DataFrame, dict[str, str], lis
             f"neither {config.treatment_arm!r} nor {config.control_arm!r} (values found: "
             f"{', '.join(found)}); fix the value or set --treatment-arm/--control-arm"
         )
-    exclusions = [
+    exclusions += [
         exclusion(ids[i], f"no arm ({arm_column} is n/a) in participants.tsv")
         for i in selected
         if arms[i] in MISSING_VALUES
@@ -219,10 +231,22 @@ def load_participants(config: Config) -> tuple[pd.DataFrame, dict[str, str], lis
         {"arm": [arms[i] for i in selected]}, index=pd.Index([ids[i] for i in selected])
     )
     frame.index.name = "participant_id"
+    kinds = _add_covariates(frame, table, selected, config.covariates, exclusions)
+    return frame, kinds, exclusions
+
+
+def _add_covariates(
+    frame: pd.DataFrame, table: Table, rows: list[int], names: Iterable[str], exclusions: list
+) -> dict[str, str]:
+    """Add each covariate column (of table rows `rows`) to `frame`; return name -> kind.
+
+    A column is numeric if every cell is a number or n/a, else categorical; n/a excludes the
+    participant from the covariate-adjusted models (appended to `exclusions`).
+    """
     kinds: dict[str, str] = {}
-    for name in config.covariates:
+    for name in names:
         raw = table.column(name)
-        values = [raw[i] for i in selected]
+        values = [raw[i] for i in rows]
         try:
             numeric = [math.nan if v in MISSING_VALUES else float(v) for v in values]
             kinds[name] = "numeric"
@@ -234,7 +258,21 @@ def load_participants(config: Config) -> tuple[pd.DataFrame, dict[str, str], lis
             exclusions.append(
                 exclusion(pid, f"covariate {name} is n/a", models="covariate-adjusted")
             )
-    return frame, kinds, exclusions
+    return kinds
+
+
+def _select(
+    config: Config, listed: list[str], with_outputs: Iterable[str], path: Path
+) -> tuple[set[str], list[dict]]:
+    """The selected participant_ids, and an exclusion for each one with outputs left out."""
+    with_outputs = set(with_outputs)
+    chosen = {
+        f"sub-{label}"
+        for label in select_participants([*listed, *with_outputs], config.participant_labels, path)
+    }
+    exclusions = [exclusion(pid, NOT_LISTED) for pid in sorted(chosen - set(listed))]
+    exclusions += [exclusion(pid, NOT_SELECTED) for pid in sorted(with_outputs - chosen)]
+    return chosen, exclusions
 
 
 def score_range(scale: str, phenotype_dir: Path) -> tuple[float, float] | None:
@@ -310,26 +348,13 @@ def load_scores(
 
 def roi_table_path(output_dir: Path, subject: str, session: str) -> Path:
     """Where the participant level writes a session's regional MD table."""
-    return derivative_path(output_dir, "dwi", "md", ".tsv", sub=subject, ses=session, desc="roi")
-
-
-def qc_table_path(output_dir: Path, subject: str, session: str) -> Path:
-    """Where the participant level writes a session's QC metrics."""
-    return derivative_path(
-        output_dir, "dwi", "metrics", ".tsv", sub=subject, ses=session, desc="qc"
-    )
+    return spec_path(output_dir, "roi_table", subject, session)
 
 
 def find_roi_tables(output_dir: Path) -> dict[tuple[str, str], Path]:
     """(participant_id, session label) -> ROI table of every session written."""
-    found = {}
-    for path in sorted(Path(output_dir).glob("sub-*/ses-*/dwi/*_desc-roi_md.tsv")):
-        subject = strip_prefix(path.parts[-4], "sub-")
-        session = strip_prefix(path.parts[-3], "ses-")
-        # The name must be the one the participant level writes for this folder.
-        if path.name == derivative_name("md", ".tsv", sub=subject, ses=session, desc="roi"):
-            found[(f"sub-{subject}", session)] = path
-    return found
+    found = find_outputs(output_dir, "roi_table")
+    return {(f"sub-{subject}", session): path for (subject, session), path in found.items()}
 
 
 def read_roi_table(path: Path) -> dict[str, float]:
@@ -365,23 +390,15 @@ def read_mean_fd(path: Path) -> float:
 
 
 def load_md(
-    config: Config, participants: pd.DataFrame
+    config: Config, participants: pd.DataFrame, tables: dict[tuple[str, str], Path]
 ) -> tuple[pd.DataFrame, tuple[str, ...], list[dict]]:
-    """Regional MD (md_mean, mm^2/s) per participant, ROI and session, after the QC rule."""
+    """Regional MD (md_mean, mm^2/s) per participant, ROI and session, after the QC rule.
+
+    ``tables``: :func:`find_roi_tables` of OUTPUT_DIR.
+    """
     output_dir = Path(config.output_dir)
-    tables = find_roi_tables(output_dir)
-    if not tables:
-        raise InputError(
-            f"{output_dir}: no participant outputs (sub-*/ses-*/dwi/*_desc-roi_md.tsv); run the "
-            "participant level first"
-        )
     sessions = {"baseline": config.baseline_session, "followup": config.followup_session}
     exclusions = []
-    selected = set(participants.index)
-    filtered = bool(config.participant_labels)
-    for pid in sorted({pid for pid, _ in tables} - selected):
-        if not filtered:
-            exclusions.append(exclusion(pid, NOT_LISTED))
     values: dict[tuple[str, str], dict[str, float]] = {}
     for pid in participants.index:
         for key, session in sessions.items():
@@ -396,7 +413,8 @@ def load_md(
                 )
                 continue
             if config.max_mean_fd is not None:
-                mean_fd = read_mean_fd(qc_table_path(output_dir, pid[len("sub-") :], session))
+                qc_file = spec_path(output_dir, "qc_table", pid[len("sub-") :], session)
+                mean_fd = read_mean_fd(qc_file)
                 if not mean_fd <= config.max_mean_fd:  # NaN fails too: QC unknown
                     exclusions.append(
                         exclusion(
@@ -441,14 +459,16 @@ def load_md(
 
 def load_inputs(config: Config) -> GroupInputs:
     """Read and check every input of the group level."""
-    participants, kinds, exclusions = load_participants(config)
-    md, rois, md_exclusions = load_md(config, participants)
-    without_arm = {row["participant_id"] for row in exclusions}
-    md_exclusions = [
-        row
-        for row in md_exclusions
-        if not (row["participant_id"] in without_arm and row["reason"] == NOT_LISTED)
-    ]
+    output_dir = Path(config.output_dir)
+    tables = find_roi_tables(output_dir)
+    if not tables:
+        example = roi_table_path(Path("sub-<label>"), "<label>", "<session>").name
+        raise InputError(
+            f"{output_dir}: no participant outputs (sub-*/ses-*/dwi/{example}); run the "
+            "participant level first"
+        )
+    participants, kinds, exclusions = load_participants(config, {pid for pid, _ in tables})
+    md, rois, md_exclusions = load_md(config, participants, tables)
     scores = {}
     for scale in config.scales:
         scores[scale], score_exclusions = load_scores(config, scale, participants)

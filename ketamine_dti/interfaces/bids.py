@@ -20,6 +20,7 @@ from nipype.interfaces.base import (
 )
 
 from ketamine_dti import bids
+from ketamine_dti.dwi.motion import FD_OUTLIER_MM
 
 #: gzip level of NIfTI outputs: 6 is within a few % of 9's size at a fraction of its time.
 GZIP_LEVEL = 6
@@ -118,6 +119,29 @@ class _QCInputSpec(BaseInterfaceInputSpec):
 
 class _QCOutputSpec(TraitedSpec):
     out_file = File(exists=True)
+
+
+#: Sidecar description of every column SessionQC writes, in its order.
+QC_COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
+    "participant_id": {"Description": "Participant"},
+    "session_id": {"Description": "Session"},
+    "n_sessions": {"Description": "Sessions of this participant (1: flagged for group stage)"},
+    "n_volumes": {"Description": "Volumes of the DWI series"},
+    "mean_fd": {"Description": "Mean framewise displacement (volumes 2..N)", "Units": "mm"},
+    "max_fd": {"Description": "Maximum framewise displacement", "Units": "mm"},
+    "n_outlier_volumes": {
+        "Description": f"Volumes with framewise displacement > {FD_OUTLIER_MM} mm"
+    },
+    "tsnr": {"Description": "Median over the brain of mean/SD across b0 volumes"},
+    "tensor_residual": {"Description": "Median RMS tensor-fit residual / S0 in the brain"},
+    "brain_volume_ml": {"Description": "Volume of the DWI brain mask", "Units": "ml"},
+    "reg_dwi_t1w_mi": {"Description": "Mattes mutual information b0 vs T1w (lower = better)"},
+    "reg_dwi_t1w_dice": {"Description": "Dice of DWI and T1w brain masks after coregistration"},
+    "reg_session_halfway_ncc": {"Description": "NCC of the sessions' T1w in halfway space"},
+    "reg_t1w_mni_ncc": {"Description": "NCC of the subject template and MNI brain"},
+    "reg_t1w_mni_dice": {"Description": "Dice of subject and MNI brain masks after SyN"},
+    "roi_min_voxels": {"Description": "Fewest voxels kept in any ROI (see the ROI table)"},
+}
 
 
 class SessionQC(SimpleInterface):

@@ -14,6 +14,7 @@ import pandas as pd
 
 from ketamine_dti import __version__, bids
 from ketamine_dti.config import Config
+from ketamine_dti.derivatives import spec_path
 
 LOGGER = logging.getLogger(__name__)
 
@@ -106,16 +107,11 @@ def registration_figures(out: Path, participant: bids.ParticipantInputs) -> dict
     """Template brain in MNI with the MNI brain outline; each session's b0 with the T1w white
     matter outline. Built from the published files alone; empty if they are missing."""
     from ketamine_dti.anat.registration import MNI_RESOLUTION
-    from ketamine_dti.resources import TEMPLATE as MNI_SPACE
     from ketamine_dti.resources import get_template
 
     subject = participant.subject
-    anat = {"sub": subject}
-    mni_t1w = bids.derivative_path(
-        out, "anat", "T1w", ".nii.gz", **anat, space=MNI_SPACE, res=str(MNI_RESOLUTION),
-        desc="brain",
-    )  # fmt: skip
-    wm = bids.derivative_path(out, "anat", "probseg", ".nii.gz", **anat, label="WM")
+    mni_t1w = spec_path(out, "t1w_mni", subject)
+    wm = spec_path(out, "probseg_wm", subject)
     if not (mni_t1w.exists() and wm.exists()):
         return {}
     mni_mask = get_template(resolution=MNI_RESOLUTION, desc="brain", suffix="mask")
@@ -123,11 +119,8 @@ def registration_figures(out: Path, participant: bids.ParticipantInputs) -> dict
         "mni": contour_montage(nib.load(mni_t1w).get_fdata(), nib.load(mni_mask).get_fdata() > 0)
     }
     for session in participant.sessions:
-        base = {"sub": subject, "ses": session.session}
-        b0 = bids.derivative_path(out, "dwi", "dwiref", ".nii.gz", **base, space="dwi", desc="b0")
-        xfm = bids.derivative_path(
-            out, "dwi", "xfm", ".mat", **base, from_="dwi", to="T1w", mode="image"
-        )
+        b0 = spec_path(out, "b0_reference", subject, session.session)
+        xfm = spec_path(out, "xfm_dwi_t1w", subject, session.session)
         wm_in_dwi = _moved_into(wm, b0, xfm, invert=True) > WM_OUTLINE_PROBABILITY
         figures[session.session] = contour_montage(nib.load(b0).get_fdata(), wm_in_dwi)
     return figures
@@ -163,16 +156,15 @@ def write_participant_report(config: Config, participant: bids.ParticipantInputs
     registration = registration_figures(out, participant)
     sessions = []
     for session in participant.sessions:
-        base = {"sub": participant.subject, "ses": session.session}
 
-        def path(suffix, extension, base=base, **entities):
-            return bids.derivative_path(out, "dwi", suffix, extension, **base, **entities)
+        def path(key, ses=session.session):
+            return spec_path(out, key, participant.subject, ses, atlas=config.atlas_label)
 
-        md = nib.load(path("dwimap", ".nii.gz", space="dwi", model="tensor", param="md"))
-        kept = nib.load(path("dseg", ".nii.gz", space="dwi", atlas="ketamine7", desc="graymatter"))
-        confounds = pd.read_csv(path("timeseries", ".tsv", desc="confounds"), sep="\t")
-        qc = pd.read_csv(path("metrics", ".tsv", desc="qc"), sep="\t")
-        rois = pd.read_csv(path("md", ".tsv", desc="roi"), sep="\t")
+        md = nib.load(path("md"))
+        kept = nib.load(path("atlas_gm"))
+        confounds = pd.read_csv(path("confounds"), sep="\t")
+        qc = pd.read_csv(path("qc_table"), sep="\t")
+        rois = pd.read_csv(path("roi_table"), sep="\t")
         sessions.append(
             {
                 "name": session.session,

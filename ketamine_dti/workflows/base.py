@@ -16,12 +16,14 @@ from pathlib import Path
 import pandas as pd
 from nipype.pipeline import engine as pe
 
-from ketamine_dti import bids
+from ketamine_dti import __version__, bids
 from ketamine_dti.config import Config
+from ketamine_dti.derivatives import spec_path
 from ketamine_dti.errors import InputError
 from ketamine_dti.rois import ROI_NAMES
-from ketamine_dti.workflows.anat import connect_anat_sinks, init_anat_wf
-from ketamine_dti.workflows.boilerplate import methods_text
+from ketamine_dti.workflows.anat import PUBLISHED_OUTPUTS, init_anat_wf
+from ketamine_dti.workflows.boilerplate import LiterateWorkflow, methods_text
+from ketamine_dti.workflows.outputs import init_anat_derivatives_wf
 from ketamine_dti.workflows.session import ANAT_FIELDS, init_session_wf
 
 LOGGER = logging.getLogger(__name__)
@@ -29,6 +31,10 @@ LOGGER = logging.getLogger(__name__)
 #: Resolution (mm) of the bundled atlas used for the transfer: 1 mm gives finer label
 #: fractions on a 2 mm DWI grid than the 2 mm copy.
 ATLAS_RESOLUTION = 1
+
+INTRODUCTION = f"""Data were processed with ketamine-dti {__version__}, built on Nipype [nipype],
+DIPY [dipy] and ANTs [ants] (antspyx)."""
+CLOSING = "Outputs follow BIDS-Derivatives [bids_derivatives] and BEP016 names."
 
 
 # ------------------------------------------------------------------------------- building
@@ -64,12 +70,18 @@ def init_participant_wf(
     ``independent_anatomy`` (benchmarks only) instead gives each session its own anatomy and
     template registration, the design the longitudinal one is compared against.
     """
-    workflow = pe.Workflow(name=name or f"sub_{participant.subject}_wf")
+    workflow = LiterateWorkflow(
+        name or f"sub_{participant.subject}_wf", desc=INTRODUCTION, postdesc=CLOSING
+    )
     atlas_file, roi_names = resolve_atlas(config)
     if not independent_anatomy:
         anat_wf = init_anat_wf(omp_nthreads=config.omp_nthreads)
         anat_wf.inputs.inputnode.t1w_files = [session.t1w for session in participant.sessions]
-        connect_anat_sinks(workflow, anat_wf, participant, config.output_dir, config.bids_dir)
+        derivatives = init_anat_derivatives_wf(participant, config)
+        workflow.connect([
+            (anat_wf, derivatives, [(f"outputnode.{field}", f"inputnode.{key}")
+                                    for key, field in PUBLISHED_OUTPUTS.items()]),
+        ])  # fmt: skip
     for index, session in enumerate(participant.sessions):
         if independent_anatomy:
             anat_wf = init_anat_wf(
@@ -138,11 +150,9 @@ def session_summary(config: Config, subject: str, session: str, elapsed: float) 
 
     ``elapsed`` is the session's own compute time (its nodes, not the shared anatomy).
     """
-    base = {"sub": subject, "ses": session}
-    qc_file = bids.derivative_path(config.output_dir, "dwi", "metrics", ".tsv", **base, desc="qc")
-    roi_file = bids.derivative_path(config.output_dir, "dwi", "md", ".tsv", **base, desc="roi")
-    qc = pd.read_csv(qc_file, sep="\t").iloc[0]
-    rois = pd.read_csv(roi_file, sep="\t")
+    qc = pd.read_csv(spec_path(config.output_dir, "qc_table", subject, session), sep="\t")
+    rois = pd.read_csv(spec_path(config.output_dir, "roi_table", subject, session), sep="\t")
+    qc = qc.iloc[0]
     voxels = ", ".join(f"{r.roi}={int(r.n_voxels)}" for r in rois.itertuples())
     return (
         f"sub-{subject} ses-{session}: done ({elapsed:.0f} s of session steps); "
@@ -181,6 +191,9 @@ def run_participant(
     log_dir = Path(config.output_dir) / f"sub-{subject}" / "log"
     log_dir.mkdir(parents=True, exist_ok=True)
     workflow = init_participant_wf(participant, config, independent_anatomy=independent_anatomy)
+    # the methods of the steps that run (the same text for every participant of a run)
+    (Path(config.output_dir) / "logs").mkdir(parents=True, exist_ok=True)
+    (Path(config.output_dir) / "logs" / "CITATION.md").write_text(methods_text(workflow))
     workflow.base_dir = str(Path(config.work_dir).absolute())
     workflow.config.update(_configure_nipype(config, log_dir))
     if config.write_graph:
@@ -217,13 +230,13 @@ def run_participant_level(config: Config) -> list[tuple[str, str]]:
     Unknown participant labels raise InputError (listing those that exist) before anything
     runs. BIDS_DIR is only read (pybids keeps its index in memory).
     """
+    subjects = bids.select_participants(
+        bids.participant_folders(config.bids_dir), config.participant_labels, config.bids_dir
+    )
     layout = bids.get_layout(config.bids_dir)
-    subjects = bids.select_participants(layout, config.participant_labels)
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     bids.init_derivatives(output_dir, config.bids_dir)
-    (output_dir / "logs").mkdir(exist_ok=True)
-    (output_dir / "logs" / "CITATION.md").write_text(methods_text(config))
     failures: list[tuple[str, str]] = []
     for position, subject in enumerate(subjects, start=1):
         LOGGER.info("sub-%s (%d/%d): starting", subject, position, len(subjects))

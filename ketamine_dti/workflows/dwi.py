@@ -5,6 +5,8 @@ from __future__ import annotations
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from ketamine_dti.config import Config
+from ketamine_dti.dwi.motion import FD_HEAD_RADIUS_MM, FD_OUTLIER_MM
 from ketamine_dti.interfaces.dwi import (
     BrainMask,
     CheckDWI,
@@ -13,72 +15,88 @@ from ketamine_dti.interfaces.dwi import (
     TensorFit,
     Unring,
 )
+from ketamine_dti.workflows.boilerplate import LiterateWorkflow
+from ketamine_dti.workflows.nodes import threaded_node
 
 #: GB a DWI step may hold in memory (a standard session in float32 plus copies); Nipype's
 #: MultiProc uses it to avoid running too many at once.
 DWI_STEP_MEM_GB = 1.5
 
 
+OUTPUT_FIELDS = (
+    "dwi_file",
+    "bval_file",
+    "bvec_file",
+    "b0_reference",
+    "mask_file",
+    "noise_file",
+    "confounds_file",
+    "n_outlier_volumes",
+    "md_file",
+    "fa_file",
+    "ad_file",
+    "rd_file",
+    "residual_file",
+    "residual_median",
+)
+
+
+def _description(denoise: str, gibbs: bool, tensor_fit: str) -> str:
+    steps = []
+    if denoise == "mppca":
+        steps.append("denoised with Marchenko-Pastur PCA [mppca] (the noise map is saved)")
+    if gibbs:
+        steps.append("corrected for Gibbs ringing by local subvoxel shifts [gibbs]")
+    done = "; ".join(steps) + ("; " if steps else "")
+    return f"""**Diffusion.** Each session's DWI series was {done}head motion and eddy-current
+distortion were corrected by registering every volume to a b0 reference (the mean of the rigidly
+aligned b0 volumes) with ANTs: b0 volumes rigidly, diffusion-weighted volumes with a 12-parameter
+affine and Mattes mutual information. Each volume was interpolated once; b-vectors were rotated by
+the rotation part of each affine [bvec_rotation]. Six motion parameters and the framewise
+displacement (FD, {FD_HEAD_RADIUS_MM:g} mm head radius) [fd] were saved; volumes with FD >
+{FD_OUTLIER_MM} mm were counted as outliers. A brain mask was computed from the b0 reference
+(median filter and Otsu threshold). A diffusion tensor was fitted ({tensor_fit.upper()} [wls]),
+giving MD, FA, AD and RD (mm^2/s) and the RMS fit residual."""
+
+
 def init_dwi_preproc_wf(
-    denoise: str = "mppca",
-    gibbs: bool = True,
-    tensor_fit: str = "wls",
+    denoise: str = Config.denoise,
+    gibbs: bool = Config.gibbs,
+    tensor_fit: str = Config.tensor_fit,
     omp_nthreads: int = 1,
     pe_axis: int | None = None,
     name: str = "dwi_preproc_wf",
 ) -> pe.Workflow:
-    """Preprocess one DWI series and fit the tensor.
+    """Preprocess one DWI series and fit the tensor (defaults: those of Config).
 
     Inputs (inputnode): ``dwi_file``, ``bval_file``, ``bvec_file`` (raw BIDS files).
-    Outputs (outputnode): ``dwi_file``/``bval_file``/``bvec_file`` (preprocessed, rotated
-    b-vectors), ``b0_reference``, ``mask_file``, ``noise_file`` (MP-PCA sigma; only with
-    ``denoise="mppca"``), ``confounds_file``, ``n_outlier_volumes``, ``md_file``, ``fa_file``,
-    ``ad_file``, ``rd_file``, ``residual_file``, ``residual_median``.
+    Outputs (outputnode, OUTPUT_FIELDS): ``dwi_file``/``bval_file``/``bvec_file``
+    (preprocessed, rotated b-vectors), ``b0_reference``, ``mask_file``, ``noise_file`` (MP-PCA
+    sigma; only with ``denoise="mppca"``), ``confounds_file``, ``n_outlier_volumes``,
+    ``md_file``, ``fa_file``, ``ad_file``, ``rd_file``, ``residual_file``, ``residual_median``.
 
     Denoising comes first (it needs the untouched noise), unringing second (it needs the
     original slice grid), then a single interpolation aligns every volume to the b0 reference.
     ``pe_axis`` (the phase-encode voxel axis, from the sidecar) keeps eddy-current shear and
     shift out of the head-motion estimates.
     """
-    workflow = pe.Workflow(name=name)
+    if denoise not in ("mppca", "none"):
+        raise ValueError(f"denoise must be 'mppca' or 'none', got {denoise!r}")
+    workflow = LiterateWorkflow(name, desc=_description(denoise, gibbs, tensor_fit))
     inputnode = pe.Node(
         niu.IdentityInterface(fields=["dwi_file", "bval_file", "bvec_file"]), name="inputnode"
     )
-    outputnode = pe.Node(
-        niu.IdentityInterface(
-            fields=[
-                "dwi_file",
-                "bval_file",
-                "bvec_file",
-                "b0_reference",
-                "mask_file",
-                "noise_file",
-                "confounds_file",
-                "n_outlier_volumes",
-                "md_file",
-                "fa_file",
-                "ad_file",
-                "rd_file",
-                "residual_file",
-                "residual_median",
-            ]
-        ),
-        name="outputnode",
-    )
+    outputnode = pe.Node(niu.IdentityInterface(fields=list(OUTPUT_FIELDS)), name="outputnode")
     check = pe.Node(CheckDWI(), name="check_dwi")
-    motion = pe.Node(
-        MotionCorrect(n_threads=omp_nthreads, pe_axis=pe_axis),
-        name="motion_correct",
-        n_procs=omp_nthreads,
-        mem_gb=DWI_STEP_MEM_GB,
-    )
+    motion = threaded_node(
+        MotionCorrect(n_threads=omp_nthreads, pe_axis=pe_axis), "motion_correct", omp_nthreads,
+        DWI_STEP_MEM_GB,
+    )  # fmt: skip
     mask = pe.Node(BrainMask(), name="brain_mask")
-    tensor = pe.Node(
-        TensorFit(method=tensor_fit, n_threads=omp_nthreads),
-        name="tensor_fit",
-        n_procs=omp_nthreads,
-        mem_gb=DWI_STEP_MEM_GB,
-    )
+    tensor = threaded_node(
+        TensorFit(method=tensor_fit, n_threads=omp_nthreads), "tensor_fit", omp_nthreads,
+        DWI_STEP_MEM_GB,
+    )  # fmt: skip
     workflow.connect([
         (inputnode, check, [("dwi_file", "dwi_file"), ("bval_file", "bval_file"),
                             ("bvec_file", "bvec_file")]),
@@ -97,25 +115,23 @@ def init_dwi_preproc_wf(
                               ("residual_file", "residual_file"),
                               ("residual_median", "residual_median")]),
     ])  # fmt: skip
+    _connect_restoration(workflow, check, motion, outputnode, denoise, gibbs, omp_nthreads)
+    return workflow
 
+
+def _connect_restoration(workflow, check, motion, outputnode, denoise, gibbs, omp_nthreads):
+    """check -> [MP-PCA] -> [Gibbs unringing] -> motion correction, as the options ask."""
     last, last_field = check, "out_file"
     if denoise == "mppca":
-        mppca = pe.Node(
-            Denoise(n_threads=omp_nthreads),
-            name="denoise",
-            n_procs=omp_nthreads,
-            mem_gb=DWI_STEP_MEM_GB,
-        )
+        mppca = threaded_node(Denoise(n_threads=omp_nthreads), "denoise", omp_nthreads,
+                              DWI_STEP_MEM_GB)  # fmt: skip
         workflow.connect([
             (last, mppca, [(last_field, "in_file")]),
             (mppca, outputnode, [("noise_file", "noise_file")]),
         ])  # fmt: skip
         last, last_field = mppca, "out_file"
-    elif denoise != "none":
-        raise ValueError(f"denoise must be 'mppca' or 'none', got {denoise!r}")
     if gibbs:
-        unring = pe.Node(Unring(n_threads=omp_nthreads), name="unring", n_procs=omp_nthreads)
+        unring = threaded_node(Unring(n_threads=omp_nthreads), "unring", omp_nthreads)
         workflow.connect(last, last_field, unring, "in_file")
         last, last_field = unring, "out_file"
     workflow.connect(last, last_field, motion, "in_file")
-    return workflow

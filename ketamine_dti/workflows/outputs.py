@@ -1,64 +1,86 @@
-"""Wiring helpers for the derivatives sink: entities and JSON sidecar content per output."""
+"""Derivatives workflows: one DerivativesSink per output of the specification (derivatives.py).
+
+Each workflow's inputnode fields are the output keys, so the session and anatomy workflows
+only say which result is which output; names, entities and sidecars come from the table.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from ketamine_dti import bids
+from ketamine_dti.bids import ParticipantInputs, SessionInputs
+from ketamine_dti.config import Config
+from ketamine_dti.derivatives import (
+    ANAT_OUTPUTS,
+    OUTPUTS,
+    SidecarContext,
+    input_fields,
+    session_output_keys,
+    sidecar,
+    spec_entities,
+)
+from ketamine_dti.interfaces.anat import CompositeTransform
 from ketamine_dti.interfaces.bids import DerivativesSink
 
-#: Raw DWI sidecar keys carried over to the preprocessed DWI's sidecar.
-DWI_METADATA_KEYS = (
-    "PhaseEncodingDirection",
-    "TotalReadoutTime",
-    "EffectiveEchoSpacing",
-    "EchoTime",
-    "RepetitionTime",
-    "MagneticFieldStrength",
-    "Manufacturer",
-    "SliceEncodingDirection",
-)
-MD_UNITS = "mm^2/s"
 
+def init_derivatives_wf(keys: tuple[str, ...], context: SidecarContext, name: str) -> pe.Workflow:
+    """Sinks for `keys`; its inputnode has one field per key (and companions, e.g. bval/bvec).
 
-def add_sink(
-    workflow: pe.Workflow,
-    source: pe.Node,
-    field: str | tuple,
-    output_dir: Path,
-    name: str,
-    suffix: str,
-    entities: dict,
-    datatype: str = "dwi",
-    metadata: dict | None = None,
-    extra: dict | None = None,
-) -> pe.Node:
-    """Connect `source.field` (or a (field, function) pair) to a DerivativesSink named `name`.
-
-    The sink runs in the main process (a file copy).
-
-    `extra`: {"bval_file": (node, field), ...} files written next to the main one.
+    The sinks run in the main process (a file copy).
     """
-    sink = pe.Node(
-        DerivativesSink(
-            output_dir=str(output_dir),
-            entities=entities,
-            datatype=datatype,
-            suffix=suffix,
-            metadata=metadata or {},
-        ),
-        name=name,
-        run_without_submitting=True,
-    )
-    workflow.connect(source, field, sink, "in_file")
-    for sink_field, (node, node_field) in (extra or {}).items():
-        workflow.connect(node, node_field, sink, sink_field)
-    return sink
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=list(input_fields(keys))), name="inputnode")
+    session = context.session.session if context.session is not None else None
+    for key in keys:
+        spec = OUTPUTS[key]
+        sink = pe.Node(
+            DerivativesSink(
+                output_dir=str(context.output_dir),
+                entities=spec_entities(key, context.subject, session, context.config.atlas_label),
+                datatype=spec.datatype,
+                suffix=spec.suffix,
+                extension=spec.extension,
+                metadata=sidecar(key, context),
+            ),
+            name=f"ds_{key}",
+            run_without_submitting=True,
+        )
+        workflow.connect(inputnode, key, sink, "in_file")
+        for field in spec.companions:
+            workflow.connect(inputnode, field, sink, field)
+    return workflow
 
 
-def uri(output_dir: Path, suffix: str, extension: str, datatype: str = "dwi", **entities) -> str:
-    """BIDS URI of a derivative of this dataset (for Sources / SpatialReference)."""
-    path = bids.derivative_path(output_dir, datatype, suffix, extension, **entities)
-    return bids.bids_uri(output_dir, path)
+def init_session_derivatives_wf(
+    session: SessionInputs, config: Config, name: str = "ds_session_wf"
+) -> pe.Workflow:
+    """Publish one session's outputs (``derivatives.SESSION_OUTPUTS``) under sub-X/ses-Y/."""
+    context = SidecarContext(config, session.subject, session=session)
+    return init_derivatives_wf(session_output_keys(config.denoise), context, name)
+
+
+def init_anat_derivatives_wf(
+    participant: ParticipantInputs, config: Config, name: str = "ds_anat_wf"
+) -> pe.Workflow:
+    """Publish the participant's anatomy (``derivatives.ANAT_OUTPUTS``) under sub-X/anat/.
+
+    "T1w" space is the subject template, as in fMRIPrep's longitudinal mode. The inputs
+    ``xfm_t1w_mni``/``xfm_mni_t1w`` are transform lists, written as one ITK composite each.
+    """
+    raw_t1w = tuple(session.t1w for session in participant.sessions)
+    context = SidecarContext(config, participant.subject, raw_t1w=raw_t1w)
+    inner = init_derivatives_wf(tuple(ANAT_OUTPUTS), context, "sinks")
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=list(ANAT_OUTPUTS)), name="inputnode")
+    composite = ("xfm_t1w_mni", "xfm_mni_t1w")
+    for key in ANAT_OUTPUTS:
+        if key in composite:
+            node = pe.Node(CompositeTransform(), name=f"composite_{key}")
+            workflow.connect([
+                (inputnode, node, [(key, "transforms")]),
+                (node, inner, [("out_file", f"inputnode.{key}")]),
+            ])  # fmt: skip
+        else:
+            workflow.connect(inputnode, key, inner, f"inputnode.{key}")
+    return workflow

@@ -1,0 +1,325 @@
+"""The derivatives specification: every published file's name, folder and sidecar, in one table.
+
+The sinks (``workflows/outputs.py``), the group level, the run summary and the reports find an
+output through :func:`spec_path` and its key, so no other module spells an entity. Column
+descriptions sit beside the code that writes the columns (``rois.ROI_COLUMN_DESCRIPTIONS``,
+``interfaces.bids.QC_COLUMN_DESCRIPTIONS``, and here the confounds, which
+``interfaces.dwi.MotionCorrect`` writes from ``CONFOUND_COLUMNS``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ketamine_dti import bids
+from ketamine_dti.anat.registration import MNI_RESOLUTION
+from ketamine_dti.config import Config
+from ketamine_dti.dwi.motion import FD_OUTLIER_MM
+from ketamine_dti.resources import TEMPLATE as MNI_SPACE
+from ketamine_dti.rois import ROI_COLUMN_DESCRIPTIONS, GrayMatterRule
+
+MD_UNITS = "mm^2/s"
+#: Entity value replaced by the run's atlas label (``Config.atlas_label``).
+ATLAS = "<atlas>"
+#: Where the MNI-space outputs' reference grid is published (cited, never downloaded).
+TEMPLATEFLOW_URL = "https://templateflow.s3.amazonaws.com"
+#: Raw DWI sidecar keys carried over to the preprocessed DWI's sidecar.
+DWI_METADATA_KEYS = (
+    "PhaseEncodingDirection",
+    "TotalReadoutTime",
+    "EffectiveEchoSpacing",
+    "EchoTime",
+    "RepetitionTime",
+    "MagneticFieldStrength",
+    "Manufacturer",
+    "SliceEncodingDirection",
+)
+#: Sidecar description of every column of the confounds TSV (MotionCorrect writes it).
+CONFOUNDS_COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
+    "trans_x": {"Description": "Translation along x (RAS+) of the grid centre", "Units": "mm"},
+    "trans_y": {"Description": "Translation along y (RAS+) of the grid centre", "Units": "mm"},
+    "trans_z": {"Description": "Translation along z (RAS+) of the grid centre", "Units": "mm"},
+    "rot_x": {"Description": "Rotation about x (Euler xyz)", "Units": "rad"},
+    "rot_y": {"Description": "Rotation about y (Euler xyz)", "Units": "rad"},
+    "rot_z": {"Description": "Rotation about z (Euler xyz)", "Units": "rad"},
+    "framewise_displacement": {
+        "Description": "Power et al. (2012) framewise displacement, 50 mm head radius",
+        "Units": "mm",
+    },
+    "motion_outlier": {"Description": f"1 if framewise displacement > {FD_OUTLIER_MM} mm"},
+}
+
+
+@dataclass(frozen=True)
+class SidecarContext:
+    """What a sidecar needs: the run (folders, methods, atlas) and the participant's inputs."""
+
+    config: Config
+    subject: str
+    session: bids.SessionInputs | None = None
+    raw_t1w: tuple[str, ...] = ()  # every session's raw T1w (participant-level outputs)
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.config.output_dir)
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """One published file: BIDS suffix, entities, extension and where its sidecar comes from.
+
+    ``sources``/``reference`` name other outputs by key (or ``raw:dwi``, ``raw:t1w``,
+    ``raw:t1w_all`` for inputs); ``extra`` adds run-dependent sidecar content.
+    """
+
+    suffix: str
+    entities: dict
+    extension: str = ".nii.gz"
+    datatype: str = "dwi"
+    level: str = "session"  # "session" (sub-X/ses-Y/) or "participant" (sub-X/)
+    sources: tuple[str, ...] = ()
+    reference: str | None = None
+    metadata: dict = field(default_factory=dict)
+    extra: Callable[[SidecarContext], dict] | None = None
+    companions: tuple[str, ...] = ()  # inputs written beside the file (bval_file, bvec_file)
+
+
+def _preproc_dwi(context: SidecarContext) -> dict:
+    steps = ["MP-PCA denoising"] if context.config.denoise == "mppca" else []
+    steps += ["Gibbs unringing"] if context.config.gibbs else []
+    steps += ["per-volume affine motion/eddy-current correction to a b0 reference"]
+    metadata = context.session.dwi_metadata
+    kept = {key: metadata[key] for key in DWI_METADATA_KEYS if key in metadata}
+    return kept | {"Description": "Preprocessed DWI: " + ", ".join(steps) + "; b-vectors rotated."}
+
+
+def _tensor_model(context: SidecarContext) -> dict:
+    return {
+        "Model": {
+            "Description": "Diffusion tensor",
+            "FitMethod": context.config.tensor_fit.upper(),
+        }
+    }
+
+
+def _gray_matter_rule(context: SidecarContext) -> dict:
+    rule = GrayMatterRule()
+    return {
+        "GrayMatterRule": (
+            f"keep atlas voxels inside the DWI brain mask with GM probability >= "
+            f"{rule.gm_prob_min}, CSF probability <= {rule.csf_prob_max}, "
+            f"MD < {rule.md_max} mm^2/s and FA < {rule.fa_max}"
+        )
+    }
+
+
+def _qc_columns(context: SidecarContext) -> dict:
+    from ketamine_dti.interfaces.bids import QC_COLUMN_DESCRIPTIONS
+
+    return dict(QC_COLUMN_DESCRIPTIONS)
+
+
+def _tensor_map(param: str, description: str, units: str) -> OutputSpec:
+    return OutputSpec(
+        "dwimap",
+        {"space": "dwi", "model": "tensor", "param": param},
+        sources=("dwi_preproc", "dwi_mask"),
+        metadata={"Units": units, "Description": description},
+        extra=_tensor_model,
+    )
+
+
+def _probseg(label: str) -> OutputSpec:
+    return OutputSpec(
+        "probseg", {"label": label}, datatype="anat", level="participant",
+        sources=("t1w_preproc", "t1w_mask"),
+    )  # fmt: skip
+
+
+def _composite_xfm(source: str, target: str) -> OutputSpec:
+    return OutputSpec(
+        "xfm", {"from": source, "to": target, "mode": "image"}, ".h5", "anat", "participant",
+        sources=("t1w_preproc",),
+        metadata={"Description": "ITK composite transform (affine + SyN warp, ANTs); apply "
+                  "with antsApplyTransforms -t <file>."},
+    )  # fmt: skip
+
+
+_MNI_GRID = f"tpl-{MNI_SPACE}/tpl-{MNI_SPACE}_res-0{MNI_RESOLUTION}_desc-brain_T1w.nii.gz"
+
+#: Every output of a session (keys are the session derivatives workflow's inputs).
+SESSION_OUTPUTS: dict[str, OutputSpec] = {
+    "dwi_preproc": OutputSpec(
+        "dwi", {"space": "dwi", "desc": "preproc"}, sources=("raw:dwi",),
+        reference="dwi_preproc", metadata={"SkullStripped": False}, extra=_preproc_dwi,
+        companions=("bval_file", "bvec_file"),
+    ),
+    "dwi_mask": OutputSpec(
+        "mask", {"space": "dwi", "desc": "brain"}, sources=("dwi_preproc",),
+        reference="dwi_preproc",
+        metadata={"Type": "Brain", "Description": "Brain mask of the b0 reference (median-Otsu)."},
+    ),
+    "b0_reference": OutputSpec(
+        "dwiref", {"space": "dwi", "desc": "b0"}, sources=("raw:dwi",), reference="dwi_preproc",
+        metadata={"Description": "Mean of the aligned b0 volumes (motion reference)."},
+    ),
+    "md": _tensor_map("md", "Mean diffusivity", MD_UNITS),
+    "fa": _tensor_map("fa", "Fractional anisotropy", "arbitrary"),
+    "ad": _tensor_map("ad", "Axial diffusivity (largest eigenvalue)", MD_UNITS),
+    "rd": _tensor_map("rd", "Radial diffusivity (mean of the two smaller eigenvalues)", MD_UNITS),
+    "residual": OutputSpec(
+        "dwimap", {"space": "dwi", "model": "tensor", "param": "residual"},
+        sources=("dwi_preproc", "dwi_mask"),
+        metadata={"Units": "arbitrary", "Description": "RMS tensor-fit residual relative to S0."},
+    ),
+    "noise": OutputSpec(
+        "dwimap", {"space": "dwi", "model": "mppca", "param": "sigma"}, sources=("raw:dwi",),
+        metadata={"Units": "arbitrary",
+                  "Description": "MP-PCA noise standard deviation (signal units)."},
+    ),
+    "confounds": OutputSpec(
+        "timeseries", {"desc": "confounds"}, ".tsv", sources=("raw:dwi",),
+        metadata=CONFOUNDS_COLUMN_DESCRIPTIONS,
+    ),
+    "atlas_dseg": OutputSpec(
+        "dseg", {"space": "dwi", "atlas": ATLAS}, sources=("dwi_preproc",),
+        reference="dwi_preproc",
+        metadata={"Description": "ROI atlas on the native DWI grid (MNI -> subject template -> "
+                  "T1w -> DWI, composed)."},
+    ),
+    "atlas_gm": OutputSpec(
+        "dseg", {"space": "dwi", "atlas": ATLAS, "desc": "graymatter"}, sources=("dwi_preproc",),
+        reference="dwi_preproc",
+        metadata={"Description": "ROI voxels kept by the gray-matter rule."},
+    ),
+    "roi_table": OutputSpec(
+        "md", {"desc": "roi"}, ".tsv", sources=("md",), metadata=ROI_COLUMN_DESCRIPTIONS,
+        extra=_gray_matter_rule,
+    ),
+    "qc_table": OutputSpec(
+        "metrics", {"desc": "qc"}, ".tsv", sources=("dwi_preproc",), extra=_qc_columns
+    ),
+    "xfm_dwi_t1w": OutputSpec(
+        "xfm", {"from": "dwi", "to": "T1w", "mode": "image"}, ".mat",
+        sources=("dwi_preproc", "t1w_preproc"),
+        metadata={"Description": "ANTs rigid transform (ITK .mat): the b0 reference to the "
+                  "session T1w (mutual information), chained with that T1w's rigid map to the "
+                  "subject template (the participant's T1w space)."},
+    ),
+    "xfm_orig_t1w": OutputSpec(
+        "xfm", {"from": "orig", "to": "T1w", "mode": "image"}, ".mat", "anat",
+        sources=("raw:t1w", "t1w_preproc"),
+        metadata={"Description": "ANTs rigid transform (ITK .mat): this session's T1w to the "
+                  "subject template (halfway space of the sessions)."},
+    ),
+}  # fmt: skip
+
+#: Every output of a participant's anatomy (keys are the anat derivatives workflow's inputs).
+ANAT_OUTPUTS: dict[str, OutputSpec] = {
+    "t1w_preproc": OutputSpec(
+        "T1w", {"desc": "preproc"}, datatype="anat", level="participant",
+        sources=("raw:t1w_all",),
+        metadata={"SkullStripped": False,
+                  "Description": "Subject template: the sessions' N4-corrected T1w averaged in "
+                  "their rigid halfway space (a copy of the T1w for a single session)."},
+    ),
+    "t1w_mask": OutputSpec(
+        "mask", {"desc": "brain"}, datatype="anat", level="participant",
+        sources=("t1w_preproc",), reference="t1w_preproc",
+        metadata={"Type": "Brain", "Description": "Brain mask of the subject template "
+                  "(template-based extraction)."},
+    ),
+    "probseg_gm": _probseg("GM"),
+    "probseg_wm": _probseg("WM"),
+    "probseg_csf": _probseg("CSF"),
+    "t1w_mni": OutputSpec(
+        "T1w", {"space": MNI_SPACE, "res": str(MNI_RESOLUTION), "desc": "brain"},
+        datatype="anat", level="participant", sources=("t1w_preproc",),
+        metadata={"SkullStripped": True,
+                  "Description": "The subject template's brain resampled into MNI space (SyN).",
+                  "SpatialReference": f"{TEMPLATEFLOW_URL}/{_MNI_GRID}",
+                  "Resolution": f"The grid of TemplateFlow's {MNI_SPACE} res-0{MNI_RESOLUTION} "
+                  f"({MNI_RESOLUTION} mm isotropic)."},
+    ),
+    "xfm_t1w_mni": _composite_xfm("T1w", MNI_SPACE),
+    "xfm_mni_t1w": _composite_xfm(MNI_SPACE, "T1w"),
+}  # fmt: skip
+
+OUTPUTS: dict[str, OutputSpec] = SESSION_OUTPUTS | ANAT_OUTPUTS
+
+
+def session_output_keys(denoise: str) -> tuple[str, ...]:
+    """The session outputs a run publishes (the noise map only when MP-PCA ran)."""
+    return tuple(key for key in SESSION_OUTPUTS if key != "noise" or denoise == "mppca")
+
+
+def input_fields(keys: tuple[str, ...]) -> tuple[str, ...]:
+    """What a derivatives workflow takes for `keys`: the keys, then their companions."""
+    return (*keys, *(field for key in keys for field in OUTPUTS[key].companions))
+
+
+def spec_entities(key: str, sub: str, ses: str | None = None, atlas: str = "") -> dict:
+    """The entities of output `key` for one participant (and session)."""
+    spec = OUTPUTS[key]
+    entities = {"sub": sub}
+    if spec.level == "session":
+        entities["ses"] = ses
+    for name, value in spec.entities.items():
+        entities[name] = atlas if value == ATLAS else value
+    return entities
+
+
+def spec_path(
+    output_dir: str | Path, key: str, sub: str, ses: str | None = None, atlas: str = ""
+) -> Path:
+    """Where output `key` of a participant (session) is written, e.g. ``roi_table``."""
+    spec = OUTPUTS[key]
+    if spec.level == "session" and not ses:
+        raise ValueError(f"output {key!r} belongs to a session; give ses")
+    if any(value == ATLAS for value in spec.entities.values()) and not atlas:
+        raise ValueError(f"output {key!r} is named after the atlas; give atlas")
+    entities = spec_entities(key, sub, ses, atlas)
+    return bids.derivative_path(output_dir, spec.datatype, spec.suffix, spec.extension, **entities)
+
+
+def find_outputs(output_dir: str | Path, key: str) -> dict[tuple[str, str], Path]:
+    """(subject label, session label) -> file of every session that has output `key`."""
+    spec = OUTPUTS[key]
+    pattern = f"sub-*/ses-*/{spec.datatype}/sub-*_ses-*_*{spec.suffix}{spec.extension}"
+    found = {}
+    for path in sorted(Path(output_dir).glob(pattern)):
+        subject = bids.strip_prefix(path.parts[-4], "sub-")
+        session = bids.strip_prefix(path.parts[-3], "ses-")
+        # only the exact name this session's output has (not another desc or a stray file)
+        if path.name == spec_path(output_dir, key, subject, session, atlas="x").name:
+            found[(subject, session)] = path
+    return found
+
+
+def _uri(context: SidecarContext, source: str) -> list[str]:
+    raw = {
+        "raw:dwi": lambda: [context.session.dwi],
+        "raw:t1w": lambda: [context.session.t1w],
+        "raw:t1w_all": lambda: list(context.raw_t1w),
+    }
+    if source in raw:
+        return [bids.raw_uri(context.config.bids_dir, path) for path in raw[source]()]
+    session = context.session.session if context.session is not None else None
+    atlas = context.config.atlas_label
+    path = spec_path(context.output_dir, source, context.subject, session, atlas)
+    return [bids.bids_uri(context.output_dir, path)]
+
+
+def sidecar(key: str, context: SidecarContext) -> dict:
+    """The JSON sidecar of output `key`: static content, Sources, SpatialReference, extras."""
+    spec = OUTPUTS[key]
+    metadata = dict(spec.metadata)
+    if spec.sources:
+        metadata["Sources"] = [uri for source in spec.sources for uri in _uri(context, source)]
+    if spec.reference:
+        metadata["SpatialReference"] = _uri(context, spec.reference)[0]
+    if spec.extra is not None:
+        metadata.update(spec.extra(context))
+    return metadata

@@ -1,0 +1,140 @@
+"""The derivatives specification: names, lookup, and TSV sidecars that match the real writers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from ketamine_dti import derivatives
+from ketamine_dti.bids import SessionInputs
+from ketamine_dti.config import Config
+from ketamine_dti.derivatives import SidecarContext, find_outputs, sidecar, spec_path
+
+SHAPE = (14, 14, 12)
+AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
+
+
+def _save(array, path: Path) -> str:
+    nib.save(nib.Nifti1Image(np.asarray(array), AFFINE), path)
+    return str(path)
+
+
+def _session_files(folder: Path) -> dict[str, str]:
+    """A small smooth phantom DWI (2 b0 + 6 directions) and its maps, written to `folder`."""
+    rng = np.random.default_rng(3)
+    grid = np.indices(SHAPE).astype(float)
+    centre = (np.array(SHAPE) - 1) / 2
+    inside = sum(((grid[i] - centre[i]) / (0.4 * SHAPE[i])) ** 2 for i in range(3)) < 1
+    b0 = inside * (400.0 + 40.0 * np.sin(grid[0] / 2) * np.cos(grid[1] / 3))
+    bvals = np.array([0, 1000, 1000, 1000, 1000, 1000, 1000, 0])
+    bvecs = np.zeros((8, 3))
+    bvecs[1:7] = np.vstack([np.eye(3), np.array([[1, 1, 0], [0, 1, 1], [1, 0, 1]]) / np.sqrt(2)])
+    volumes = [b0 * np.exp(-b * 0.8e-3) + rng.normal(0, 2, SHAPE) for b in bvals]
+    labels = np.zeros(SHAPE, np.int16)
+    for index in range(1, 8):
+        labels[2 + index, 4:10, 3:9] = index
+    (folder / "dwi.bval").write_text(" ".join(map(str, bvals)) + "\n")
+    (folder / "dwi.bvec").write_text("\n".join(" ".join(map(str, row)) for row in bvecs.T) + "\n")
+    return {
+        "dwi": _save(np.stack(volumes, axis=-1).astype(np.float32), folder / "dwi.nii"),
+        "bval": str(folder / "dwi.bval"),
+        "bvec": str(folder / "dwi.bvec"),
+        "mask": _save(inside.astype(np.uint8), folder / "mask.nii"),
+        "md": _save(np.where(inside, 0.8e-3, 0).astype(np.float32), folder / "md.nii"),
+        "fa": _save(np.where(inside, 0.15, 0).astype(np.float32), folder / "fa.nii"),
+        "dseg": _save(labels, folder / "dseg.nii"),
+        "gm": _save(np.full(SHAPE, 0.9, np.float32), folder / "gm.nii"),
+        "csf": _save(np.zeros(SHAPE, np.float32), folder / "csf.nii"),
+    }
+
+
+def _columns(path: str) -> list[str]:
+    return list(pd.read_csv(path, sep="\t", nrows=0).columns)
+
+
+def _described(metadata: dict) -> set[str]:
+    """The columns a TSV sidecar describes (column entries are objects; Sources etc. are not)."""
+    return {key for key, value in metadata.items() if isinstance(value, dict)}
+
+
+def test_tsv_sidecars_describe_exactly_the_columns_written(tmp_path):
+    """Confounds (MotionCorrect), ROI table (ROIStats) and QC (SessionQC), run for real."""
+    from ketamine_dti.interfaces.bids import SessionQC
+    from ketamine_dti.interfaces.dwi import MotionCorrect
+    from ketamine_dti.interfaces.rois import ROIStats
+
+    work = tmp_path / "work"
+    for step in ("motion", "rois", "qc"):
+        (work / step).mkdir(parents=True)
+    files = _session_files(work)
+    motion = MotionCorrect(in_file=files["dwi"], bval_file=files["bval"], bvec_file=files["bvec"])
+    moved = motion.run(cwd=str(work / "motion")).outputs
+    rois = ROIStats(
+        md_file=files["md"], fa_file=files["fa"], dseg_file=files["dseg"], gm_file=files["gm"],
+        csf_file=files["csf"], mask_file=files["mask"],
+        roi_names=["a", "b", "c", "d", "e", "f", "g"],
+    ).run(cwd=str(work / "rois")).outputs  # fmt: skip
+    qc = SessionQC(
+        participant_id="01", session_id="24h", n_sessions=2, dwi_file=moved.out_file,
+        bval_file=moved.out_bval, mask_file=files["mask"], confounds_file=moved.confounds_file,
+        outlier_volumes=0, residual_median=0.01, roi_file=rois.out_file,
+    ).run(cwd=str(work / "qc")).outputs  # fmt: skip
+
+    raw = tmp_path / "bids" / "sub-01" / "ses-24h" / "dwi" / "sub-01_ses-24h_dwi.nii.gz"
+    session = SessionInputs("01", "24h", str(raw), "", "", str(raw), {})
+    config = Config(tmp_path / "bids", tmp_path / "out", "participant")
+    context = SidecarContext(config, "01", session=session)
+    written = {"confounds": moved.confounds_file, "roi_table": rois.out_file,
+               "qc_table": qc.out_file}  # fmt: skip
+    tsv_outputs = {k for k, spec in derivatives.OUTPUTS.items() if spec.extension == ".tsv"}
+    assert set(written) == tsv_outputs, "every TSV output is checked"
+    for key, path in written.items():
+        assert _described(sidecar(key, context)) == set(_columns(path)), key
+        assert sidecar(key, context)["Sources"][0].startswith("bids:")
+
+
+def test_spec_paths_known_answers(tmp_path):
+    assert spec_path(tmp_path, "roi_table", "01", "24h") == (
+        tmp_path / "sub-01/ses-24h/dwi/sub-01_ses-24h_desc-roi_md.tsv"
+    )
+    assert spec_path(tmp_path, "xfm_orig_t1w", "01", "baseline").relative_to(tmp_path) == Path(
+        "sub-01/ses-baseline/anat/sub-01_ses-baseline_from-orig_to-T1w_mode-image_xfm.mat"
+    )
+    assert spec_path(tmp_path, "atlas_gm", "01", "24h", atlas="hoa").name == (
+        "sub-01_ses-24h_space-dwi_atlas-hoa_desc-graymatter_dseg.nii.gz"
+    )
+    assert spec_path(tmp_path, "t1w_mni", "01").name == (
+        "sub-01_space-MNI152NLin6Asym_res-2_desc-brain_T1w.nii.gz"
+    )
+    with pytest.raises(ValueError, match="give ses"):
+        spec_path(tmp_path, "roi_table", "01")
+    with pytest.raises(ValueError, match="give atlas"):
+        spec_path(tmp_path, "atlas_dseg", "01", "24h")
+
+
+def test_find_outputs_takes_only_the_exact_names(tmp_path):
+    wanted = spec_path(tmp_path, "roi_table", "02", "baseline")
+    wanted.parent.mkdir(parents=True)
+    wanted.write_text("roi\tmd_mean\n")
+    (wanted.parent / "sub-02_ses-baseline_desc-roi2_md.tsv").write_text("x")
+    (wanted.parent / "sub-03_ses-baseline_desc-roi_md.tsv").write_text("x")  # wrong folder
+    assert find_outputs(tmp_path, "roi_table") == {("02", "baseline"): wanted}
+
+
+def test_dwi_sidecar_records_the_steps_and_raw_metadata(tmp_path):
+    raw = tmp_path / "bids" / "sub-01" / "ses-24h" / "dwi" / "sub-01_ses-24h_dwi.nii.gz"
+    metadata = {"PhaseEncodingDirection": "j-", "SeriesDescription": "not carried"}
+    session = SessionInputs("01", "24h", str(raw), "", "", str(raw), metadata)
+    config = Config(tmp_path / "bids", tmp_path / "out", "participant", denoise="none")
+    context = SidecarContext(config, "01", session=session)
+    dwi = sidecar("dwi_preproc", context)
+    assert dwi["PhaseEncodingDirection"] == "j-" and "SeriesDescription" not in dwi
+    assert "MP-PCA" not in dwi["Description"]
+    assert dwi["Sources"] == ["bids:raw:sub-01/ses-24h/dwi/sub-01_ses-24h_dwi.nii.gz"]
+    assert dwi["SpatialReference"].endswith("_space-dwi_desc-preproc_dwi.nii.gz")
+    assert json.dumps(dwi)  # JSON-serialisable
