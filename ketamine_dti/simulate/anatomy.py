@@ -33,6 +33,14 @@ import numba
 import numpy as np
 from scipy import ndimage
 
+from ketamine_dti.simulate.interpolation import (
+    apply_affine,
+    clamped_cell,
+    floor_cell,
+    nearest_index,
+    trilinear,
+)
+
 LOGGER = logging.getLogger(__name__)
 
 _TEMPLATE_FILES = {
@@ -434,38 +442,22 @@ def _grid_template_index(
     """
     nx, ny, nz = out.shape[0], out.shape[1], out.shape[2]
     dx, dy, dz = displacement.shape[1], displacement.shape[2], displacement.shape[3]
-    m = grid_to_subject
-    t = template_from_mm
     subject = np.empty(3)
-    index = np.empty(3)
     mm = np.empty(3)
     for i in range(nx):
         for j in range(ny):
             for k in range(nz):
+                subject[0], subject[1], subject[2] = apply_affine(grid_to_subject, i, j, k)
+                index0 = min(max((subject[0] - warp_origin[0]) / warp_spacing, 0.0), dx - 1.0)
+                index1 = min(max((subject[1] - warp_origin[1]) / warp_spacing, 0.0), dy - 1.0)
+                index2 = min(max((subject[2] - warp_origin[2]) / warp_spacing, 0.0), dz - 1.0)
+                cell = clamped_cell(displacement, index0, index1, index2)
                 for a in range(3):
-                    subject[a] = m[a, 0] * i + m[a, 1] * j + m[a, 2] * k + m[a, 3]
-                    index[a] = (subject[a] - warp_origin[a]) / warp_spacing
-                index[0] = min(max(index[0], 0.0), dx - 1.0)
-                index[1] = min(max(index[1], 0.0), dy - 1.0)
-                index[2] = min(max(index[2], 0.0), dz - 1.0)
-                i0 = min(int(index[0]), dx - 2)
-                i1 = min(int(index[1]), dy - 2)
-                i2 = min(int(index[2]), dz - 2)
-                d0 = index[0] - i0
-                d1 = index[1] - i1
-                d2 = index[2] - i2
-                for a in range(3):
-                    value = 0.0
-                    for e0 in range(2):
-                        w0 = d0 if e0 else 1.0 - d0
-                        for e1 in range(2):
-                            w1 = w0 * (d1 if e1 else 1.0 - d1)
-                            for e2 in range(2):
-                                w2 = w1 * (d2 if e2 else 1.0 - d2)
-                                value += w2 * displacement[a, i0 + e0, i1 + e1, i2 + e2]
-                    mm[a] = centre[a] + (subject[a] - centre[a]) * inverse_scale[a] + value
-                for a in range(3):
-                    out[i, j, k, a] = t[a, 0] * mm[0] + t[a, 1] * mm[1] + t[a, 2] * mm[2] + t[a, 3]
+                    shift = trilinear(displacement, a, cell)
+                    mm[a] = centre[a] + (subject[a] - centre[a]) * inverse_scale[a] + shift
+                out[i, j, k, 0], out[i, j, k, 1], out[i, j, k, 2] = apply_affine(
+                    template_from_mm, mm[0], mm[1], mm[2]
+                )
 
 
 @numba.njit(cache=True, nogil=True)
@@ -473,36 +465,30 @@ def _sample_channels(volume, index_map, points, cval, out):  # pragma: no cover 
     """Trilinear samples of volume (C, X, Y, Z) at ``index_map @ point`` (cval outside)."""
     nc, sx, sy, sz = volume.shape
     nx, ny, nz = points.shape[0], points.shape[1], points.shape[2]
-    t = index_map
     for i in range(nx):
         for j in range(ny):
             for k in range(nz):
-                q0 = points[i, j, k, 0]
-                q1 = points[i, j, k, 1]
-                q2 = points[i, j, k, 2]
-                p0 = t[0, 0] * q0 + t[0, 1] * q1 + t[0, 2] * q2 + t[0, 3]
-                p1 = t[1, 0] * q0 + t[1, 1] * q1 + t[1, 2] * q2 + t[1, 3]
-                p2 = t[2, 0] * q0 + t[2, 1] * q1 + t[2, 2] * q2 + t[2, 3]
+                p0, p1, p2 = apply_affine(
+                    index_map, points[i, j, k, 0], points[i, j, k, 1], points[i, j, k, 2]
+                )
                 if p0 < 0 or p1 < 0 or p2 < 0 or p0 > sx - 1 or p1 > sy - 1 or p2 > sz - 1:
                     for c in range(nc):
                         out[c, i, j, k] = cval
                     continue
-                i0 = min(int(p0), sx - 2)
-                i1 = min(int(p1), sy - 2)
-                i2 = min(int(p2), sz - 2)
-                d0 = p0 - i0
-                d1 = p1 - i1
-                d2 = p2 - i2
+                cell = clamped_cell(volume, p0, p1, p2)
                 for c in range(nc):
-                    value = 0.0
-                    for e0 in range(2):
-                        w0 = d0 if e0 else 1.0 - d0
-                        for e1 in range(2):
-                            w1 = w0 * (d1 if e1 else 1.0 - d1)
-                            for e2 in range(2):
-                                w2 = w1 * (d2 if e2 else 1.0 - d2)
-                                value += w2 * volume[c, i0 + e0, i1 + e1, i2 + e2]
-                    out[c, i, j, k] = value
+                    out[c, i, j, k] = trilinear(volume, c, cell)
+
+
+@numba.njit(cache=True, nogil=True)
+def _roi_label(labels, template_to_atlas, n_labels, p0, p1, p2):  # pragma: no cover - compiled
+    """ROI label (nearest neighbour) of template voxel point p; 0 outside the atlas or unknown."""
+    r0, r1, r2 = nearest_index(template_to_atlas, p0, p1, p2)
+    if 0 <= r0 < labels.shape[0] and 0 <= r1 < labels.shape[1] and 0 <= r2 < labels.shape[2]:
+        label = labels[r0, r1, r2]
+        if 0 <= label <= n_labels:
+            return label
+    return 0
 
 
 @numba.njit(cache=True, nogil=True)
@@ -529,7 +515,6 @@ def _tissue_kernel(
     rx, ry, rz = reach.shape[1], reach.shape[2], reach.shape[3]
     nx, ny, nz = centre_index.shape[0], centre_index.shape[1], centre_index.shape[2]
     sx, sy, sz = fractions.shape[1], fractions.shape[2], fractions.shape[3]
-    lx, ly, lz = labels.shape[0], labels.shape[1], labels.shape[2]
     n = oversample
     weight = 1.0 / (n * n * n)
     for i in range(nx):
@@ -551,59 +536,17 @@ def _tissue_kernel(
                             p0 = c0 + step[0, 0] * oa + step[0, 1] * ob + step[0, 2] * oc
                             p1 = c1 + step[1, 0] * oa + step[1, 1] * ob + step[1, 2] * oc
                             p2 = c2 + step[2, 0] * oa + step[2, 1] * ob + step[2, 2] * oc
-                            f0 = np.floor(p0)
-                            f1 = np.floor(p1)
-                            f2 = np.floor(p2)
-                            i0 = int(f0)
-                            i1 = int(f1)
-                            i2 = int(f2)
-                            if i0 < -1 or i1 < -1 or i2 < -1 or i0 >= sx or i1 >= sy or i2 >= sz:
+                            touches, cell = floor_cell(fractions, p0, p1, p2)
+                            if not touches:
                                 continue
-                            d0 = p0 - f0
-                            d1 = p1 - f1
-                            d2 = p2 - f2
-                            g = 0.0
-                            w = 0.0
-                            f = 0.0
-                            for e0 in range(2):
-                                q0 = i0 + e0
-                                if q0 < 0 or q0 >= sx:
-                                    continue
-                                w0 = d0 if e0 else 1.0 - d0
-                                for e1 in range(2):
-                                    q1 = i1 + e1
-                                    if q1 < 0 or q1 >= sy:
-                                        continue
-                                    w1 = w0 * (d1 if e1 else 1.0 - d1)
-                                    for e2 in range(2):
-                                        q2 = i2 + e2
-                                        if q2 < 0 or q2 >= sz:
-                                            continue
-                                        w2 = w1 * (d2 if e2 else 1.0 - d2)
-                                        g += w2 * fractions[0, q0, q1, q2]
-                                        w += w2 * fractions[1, q0, q1, q2]
-                                        f += w2 * fractions[2, q0, q1, q2]
+                            g = trilinear(fractions, 0, cell)
+                            w = trilinear(fractions, 1, cell)
+                            f = trilinear(fractions, 2, cell)
                             label = 0
                             if n_labels > 0:
-                                t = template_to_atlas
-                                a0 = t[0, 0] * p0 + t[0, 1] * p1 + t[0, 2] * p2 + t[0, 3]
-                                a1 = t[1, 0] * p0 + t[1, 1] * p1 + t[1, 2] * p2 + t[1, 3]
-                                a2 = t[2, 0] * p0 + t[2, 1] * p1 + t[2, 2] * p2 + t[2, 3]
-                                r0 = int(np.floor(a0 + 0.5))
-                                r1 = int(np.floor(a1 + 0.5))
-                                r2 = int(np.floor(a2 + 0.5))
-                                if 0 <= r0 < lx and 0 <= r1 < ly and 0 <= r2 < lz:
-                                    label = labels[r0, r1, r2]
-                                    if label < 0 or label > n_labels:
-                                        label = 0
+                                label = _roi_label(labels, template_to_atlas, n_labels, p0, p1, p2)
                                 if label == 0 and g > 0.0:
-                                    t = template_to_reach
-                                    b0 = t[0, 0] * p0 + t[0, 1] * p1 + t[0, 2] * p2 + t[0, 3]
-                                    b1 = t[1, 0] * p0 + t[1, 1] * p1 + t[1, 2] * p2 + t[1, 3]
-                                    b2 = t[2, 0] * p0 + t[2, 1] * p1 + t[2, 2] * p2 + t[2, 3]
-                                    s0 = int(np.floor(b0 + 0.5))
-                                    s1 = int(np.floor(b1 + 0.5))
-                                    s2 = int(np.floor(b2 + 0.5))
+                                    s0, s1, s2 = nearest_index(template_to_reach, p0, p1, p2)
                                     if 0 <= s0 < rx and 0 <= s1 < ry and 0 <= s2 < rz:
                                         for m in range(n_labels):
                                             reach_out[m, i, j, k] += (

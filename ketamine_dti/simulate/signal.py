@@ -33,6 +33,7 @@ import numba
 import numpy as np
 
 from ketamine_dti.simulate.anatomy import rotation_matrix
+from ketamine_dti.simulate.interpolation import apply_affine, floor_cell, trilinear
 
 LOGGER = logging.getLogger(__name__)
 
@@ -232,41 +233,17 @@ def head_frame_gradients(bvecs: np.ndarray, motion: Motion) -> np.ndarray:
 
 @numba.njit(cache=True, nogil=True)
 def _resample_affine(volume, matrix, out):  # pragma: no cover - compiled
-    """out[p] = volume[matrix @ (p, 1)] with trilinear interpolation, 0 outside."""
-    nx, ny, nz = volume.shape
+    """out[p] = volume[0][matrix @ (p, 1)] with trilinear interpolation, 0 outside.
+
+    volume is (1, X, Y, Z) (a single channel, see :mod:`interpolation`); out is (X, Y, Z).
+    """
+    nx, ny, nz = out.shape
     for i in range(nx):
         for j in range(ny):
             for k in range(nz):
-                p0 = matrix[0, 0] * i + matrix[0, 1] * j + matrix[0, 2] * k + matrix[0, 3]
-                p1 = matrix[1, 0] * i + matrix[1, 1] * j + matrix[1, 2] * k + matrix[1, 3]
-                p2 = matrix[2, 0] * i + matrix[2, 1] * j + matrix[2, 2] * k + matrix[2, 3]
-                f0 = np.floor(p0)
-                f1 = np.floor(p1)
-                f2 = np.floor(p2)
-                i0 = int(f0)
-                i1 = int(f1)
-                i2 = int(f2)
-                value = 0.0
-                if i0 >= -1 and i1 >= -1 and i2 >= -1 and i0 < nx and i1 < ny and i2 < nz:
-                    d0 = p0 - f0
-                    d1 = p1 - f1
-                    d2 = p2 - f2
-                    for e0 in range(2):
-                        q0 = i0 + e0
-                        if q0 < 0 or q0 >= nx:
-                            continue
-                        w0 = d0 if e0 else 1.0 - d0
-                        for e1 in range(2):
-                            q1 = i1 + e1
-                            if q1 < 0 or q1 >= ny:
-                                continue
-                            w1 = w0 * (d1 if e1 else 1.0 - d1)
-                            for e2 in range(2):
-                                q2 = i2 + e2
-                                if q2 < 0 or q2 >= nz:
-                                    continue
-                                value += w1 * (d2 if e2 else 1.0 - d2) * volume[q0, q1, q2]
-                out[i, j, k] = value
+                p0, p1, p2 = apply_affine(matrix, i, j, k)
+                touches, cell = floor_cell(volume, p0, p1, p2)
+                out[i, j, k] = trilinear(volume, 0, cell) if touches else 0.0
 
 
 def volume_source_matrix(
@@ -320,7 +297,7 @@ def apply_motion(
         if np.allclose(matrix, np.eye(4)):
             out[..., v] = volumes[..., v]
             continue
-        _resample_affine(volumes[..., v], matrix, out[..., v])
+        _resample_affine(volumes[None, ..., v], matrix, out[..., v])
     return out
 
 
