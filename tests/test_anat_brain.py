@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from ketamine_dti import ants_backend as backend
 from ketamine_dti.anat import registration as reg
 from ketamine_dti.anat.brain import bias_correct, extract_brain, refine_mask
 from ketamine_dti.errors import InputError
@@ -87,7 +88,7 @@ def test_extract_brain_on_a_synthetic_head_with_the_bundled_template(tmp_path):
     move = np.eye(4)
     move[:3, :3] = linear
     move[:3, 3] = center - linear @ center + np.array([5.0, -6.0, 4.0])
-    move_file = reg.matrix_to_affine(move, tmp_path / "move.mat")
+    move_file = backend.matrix_to_affine(move, tmp_path / "move.mat")
     head_image = ants.apply_transforms(brain_image, brain_image.new_image_like(head), [move_file])
     truth = ants.apply_transforms(
         brain_image,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from ketamine_dti.anat import registration as reg
+from ketamine_dti import ants_backend as backend
 from ketamine_dti.anat.longitudinal import build_subject_template, halfway_matrices, is_rigid
 from ketamine_dti.simulate.anatomy import nilearn_data_dir
 
@@ -68,7 +68,7 @@ def two_sessions(tmp_path_factory):
     truth[:3, :3] = rotation
     truth[:3, 3] = center - rotation @ center + np.array([5.0, -4.0, 3.0])
     # session B shows the head moved: b(y) = a(truth^-1 y)
-    move = reg.matrix_to_affine(np.linalg.inv(truth), folder / "move.mat")
+    move = backend.matrix_to_affine(np.linalg.inv(truth), folder / "move.mat")
     moved = ants.apply_transforms(padded, padded, [move], interpolator="bSpline")
     ants.image_write(moved * 1.3, str(folder / "b.nii.gz"))  # another scanner gain
     return folder / "a.nii.gz", folder / "b.nii.gz", truth, center
@@ -78,8 +78,8 @@ def test_subject_template_is_halfway_and_unbiased(tmp_path, two_sessions):
     a_file, b_file, truth, center = two_sessions
     tpl = build_subject_template([a_file, b_file], tmp_path, n_threads=1)
     # the .mat of from-template_to-A maps A points to template (M) points
-    to_a = reg.affine_to_matrix(tpl.from_template_to_session[0][0])
-    to_b = reg.affine_to_matrix(tpl.from_template_to_session[1][0])
+    to_a = backend.affine_to_matrix(tpl.from_template_to_session[0][0])
+    to_b = backend.affine_to_matrix(tpl.from_template_to_session[1][0])
     # A -> M -> B recovers the full motion (0.5 mm / 0.5 degree)
     estimate = np.linalg.inv(to_b) @ to_a
     residual = np.linalg.inv(truth) @ estimate
@@ -94,7 +94,7 @@ def test_subject_template_is_halfway_and_unbiased(tmp_path, two_sessions):
             full / 2, abs=0.25
         )
     # session -> template lists are the inverses of template -> session
-    back_a = reg.affine_to_matrix(tpl.from_session_to_template[0][0])
+    back_a = backend.affine_to_matrix(tpl.from_session_to_template[0][0])
     assert np.allclose(back_a @ to_a, np.eye(4), atol=1e-6)
     assert tpl.qc["ncc_halfway"] > 0.97
     assert tpl.qc["rotation_deg"] == pytest.approx(full, abs=0.5)
@@ -105,7 +105,7 @@ def test_subject_template_is_halfway_and_unbiased(tmp_path, two_sessions):
 def test_single_session_template_is_identity(tmp_path, two_sessions):
     a_file, _, _, _ = two_sessions
     tpl = build_subject_template([a_file], tmp_path)
-    assert np.allclose(reg.affine_to_matrix(tpl.from_template_to_session[0][0]), np.eye(4))
+    assert np.allclose(backend.affine_to_matrix(tpl.from_template_to_session[0][0]), np.eye(4))
     assert np.array_equal(nib.load(tpl.template_file).get_fdata(), nib.load(a_file).get_fdata())
 
 

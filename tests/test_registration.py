@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from ketamine_dti import ants_backend as backend
 from ketamine_dti.anat import registration as reg
 from ketamine_dti.errors import InputError
 from ketamine_dti.simulate.anatomy import nilearn_data_dir
@@ -53,13 +54,13 @@ def test_affine_file_roundtrip_and_point_convention(tmp_path):
 
     matrix = _rigid_about(np.array([10.0, -20.0, 5.0]), [3, -7, 11], [2, 4, -6])
     matrix[:3, :3] *= 1.05  # an affine, not only rigid
-    path = reg.matrix_to_affine(matrix, tmp_path / "m.mat")
-    assert np.allclose(reg.affine_to_matrix(path), matrix, atol=1e-6)
+    path = backend.matrix_to_affine(matrix, tmp_path / "m.mat")
+    assert np.allclose(backend.affine_to_matrix(path), matrix, atol=1e-6)
     point = np.array([12.0, -3.0, 40.0])
     mapped = ants.read_transform(path).apply_to_point(tuple(point))
     assert np.allclose(mapped, (matrix @ np.append(point, 1))[:3], atol=1e-4)
-    inverse = reg.invert_affine_file(path, tmp_path / "inv.mat")
-    assert np.allclose(reg.affine_to_matrix(inverse) @ matrix, np.eye(4), atol=1e-6)
+    inverse = backend.invert_affine_file(path, tmp_path / "inv.mat")
+    assert np.allclose(backend.affine_to_matrix(inverse) @ matrix, np.eye(4), atol=1e-6)
 
 
 def test_apply_transforms_moves_content_the_documented_way(tmp_path):
@@ -70,8 +71,8 @@ def test_apply_transforms_moves_content_the_documented_way(tmp_path):
     nib.save(nib.Nifti1Image(data, np.diag([3.0, 3.0, 3.0, 1.0])), tmp_path / "dot.nii.gz")
     shift = np.eye(4)
     shift[0, 3] = 6.0  # LPS x
-    xfm = reg.matrix_to_affine(shift, tmp_path / "shift.mat")
-    out = reg.apply_transforms(
+    xfm = backend.matrix_to_affine(shift, tmp_path / "shift.mat")
+    out = backend.apply_transforms(
         tmp_path / "dot.nii.gz",
         tmp_path / "dot.nii.gz",
         [xfm],
@@ -85,38 +86,50 @@ def test_apply_transforms_moves_content_the_documented_way(tmp_path):
 
 def test_compose_equals_sequential_resampling(tmp_path, icbm):
     center = _center_of_mass(icbm)
-    first = reg.matrix_to_affine(_rigid_about(center, [5, 0, 0], [3, 0, 0]), tmp_path / "a.mat")
-    second = reg.matrix_to_affine(_rigid_about(center, [0, 0, -4], [0, 2, 0]), tmp_path / "b.mat")
+    first = backend.matrix_to_affine(
+        _rigid_about(center, [5, 0, 0], [3, 0, 0]), tmp_path / "a.mat"
+    )
+    second = backend.matrix_to_affine(
+        _rigid_about(center, [0, 0, -4], [0, 2, 0]), tmp_path / "b.mat"
+    )
     # from-A_to-B = first, from-B_to-C = second: a C point goes through `second`, then `first`
-    composed = reg.compose_transforms([first], [second])
-    one_go = reg.apply_transforms(icbm, icbm, composed, tmp_path / "c.nii.gz")
-    product = reg.affine_to_matrix(first) @ reg.affine_to_matrix(second)
-    single = reg.matrix_to_affine(product, tmp_path / "p.mat")
-    by_product = reg.apply_transforms(icbm, icbm, [single], tmp_path / "d.nii.gz")
+    composed = backend.compose_transforms([first], [second])
+    one_go = backend.apply_transforms(icbm, icbm, composed, tmp_path / "c.nii.gz")
+    product = backend.affine_to_matrix(first) @ backend.affine_to_matrix(second)
+    single = backend.matrix_to_affine(product, tmp_path / "p.mat")
+    by_product = backend.apply_transforms(icbm, icbm, [single], tmp_path / "d.nii.gz")
     a, b = nib.load(one_go).get_fdata(), nib.load(by_product).get_fdata()
     assert np.allclose(a, b, atol=1e-3 * a.max())
 
 
 def test_collapse_linear_equals_the_list(tmp_path, icbm):
     center = _center_of_mass(icbm)
-    first = reg.matrix_to_affine(_rigid_about(center, [3, 0, 2], [1, 0, 0]), tmp_path / "a.mat")
-    second = reg.matrix_to_affine(_rigid_about(center, [0, -4, 0], [0, 0, 2]), tmp_path / "b.mat")
-    chain = reg.compose_transforms([first], [second])
-    single = reg.collapse_linear(chain, tmp_path / "ab.mat")
-    by_list = reg.apply_transforms(icbm, icbm, chain, tmp_path / "l.nii.gz")
-    by_single = reg.apply_transforms(icbm, icbm, [single], tmp_path / "s.nii.gz")
+    first = backend.matrix_to_affine(
+        _rigid_about(center, [3, 0, 2], [1, 0, 0]), tmp_path / "a.mat"
+    )
+    second = backend.matrix_to_affine(
+        _rigid_about(center, [0, -4, 0], [0, 0, 2]), tmp_path / "b.mat"
+    )
+    chain = backend.compose_transforms([first], [second])
+    single = backend.collapse_linear(chain, tmp_path / "ab.mat")
+    by_list = backend.apply_transforms(icbm, icbm, chain, tmp_path / "l.nii.gz")
+    by_single = backend.apply_transforms(icbm, icbm, [single], tmp_path / "s.nii.gz")
     assert np.abs(nib.load(by_list).get_fdata() - nib.load(by_single).get_fdata()).max() < 1e-3
     with pytest.raises(ValueError, match="only affine"):
-        reg.collapse_linear([first, str(tmp_path / "warp.nii.gz")], tmp_path / "x.mat")
+        backend.collapse_linear([first, str(tmp_path / "warp.nii.gz")], tmp_path / "x.mat")
 
 
 def test_composite_transform_file_resamples_like_its_list(tmp_path, icbm):
     """The published .h5 (affine + SyN warp in one file) moves an image as the list does."""
     center = _center_of_mass(icbm)
-    moving = reg.apply_transforms(
+    moving = backend.apply_transforms(
         icbm,
         icbm,
-        [reg.matrix_to_affine(_rigid_about(center, [4, 0, 0], [2, -1, 0]), tmp_path / "m.mat")],
+        [
+            backend.matrix_to_affine(
+                _rigid_about(center, [4, 0, 0], [2, -1, 0]), tmp_path / "m.mat"
+            )
+        ],
         tmp_path / "moving.nii.gz",
     )
     syn = reg.register_syn(
@@ -124,18 +137,22 @@ def test_composite_transform_file_resamples_like_its_list(tmp_path, icbm):
         syn_iterations=(10, 5, 0),
     )  # fmt: skip
     assert any(t.endswith("Warp.nii.gz") for t in syn.from_moving_to_fixed)
-    h5 = reg.write_composite_transform(syn.from_moving_to_fixed, tmp_path / "x.h5")
+    h5 = backend.write_composite_transform(syn.from_moving_to_fixed, tmp_path / "x.h5")
     by_list = nib.load(syn.warped_file).get_fdata()
-    by_h5 = nib.load(reg.apply_transforms(moving, icbm, [h5], tmp_path / "h5.nii.gz")).get_fdata()
+    by_h5 = nib.load(
+        backend.apply_transforms(moving, icbm, [h5], tmp_path / "h5.nii.gz")
+    ).get_fdata()
     assert np.abs(by_h5 - by_list).max() <= 1e-4 * np.abs(by_list).max()
-    again = reg.write_composite_transform(syn.from_moving_to_fixed, tmp_path / "again.h5")
+    again = backend.write_composite_transform(syn.from_moving_to_fixed, tmp_path / "again.h5")
     assert Path(h5).read_bytes() == Path(again).read_bytes()  # no timestamps inside
-    inverse = reg.write_composite_transform(syn.from_fixed_to_moving, tmp_path / "inv.h5")
-    back = reg.apply_transforms(icbm, moving, [inverse], tmp_path / "inv_h5.nii.gz")
-    back_list = reg.apply_transforms(icbm, moving, syn.from_fixed_to_moving, tmp_path / "i.nii.gz")
+    inverse = backend.write_composite_transform(syn.from_fixed_to_moving, tmp_path / "inv.h5")
+    back = backend.apply_transforms(icbm, moving, [inverse], tmp_path / "inv_h5.nii.gz")
+    back_list = backend.apply_transforms(
+        icbm, moving, syn.from_fixed_to_moving, tmp_path / "i.nii.gz"
+    )
     assert np.abs(nib.load(back).get_fdata() - nib.load(back_list).get_fdata()).max() <= 1e-2
     with pytest.raises(ValueError, match=".h5"):
-        reg.write_composite_transform(syn.from_moving_to_fixed, tmp_path / "x.nii.gz")
+        backend.write_composite_transform(syn.from_moving_to_fixed, tmp_path / "x.nii.gz")
 
 
 def test_rigid_registration_recovers_known_motion(tmp_path, icbm):
@@ -144,13 +161,13 @@ def test_rigid_registration_recovers_known_motion(tmp_path, icbm):
 
     center = _center_of_mass(icbm)
     truth = _rigid_about(center, [6, -4, 5], [4, -3, 5])
-    truth_file = reg.matrix_to_affine(truth, tmp_path / "truth.mat")
+    truth_file = backend.matrix_to_affine(truth, tmp_path / "truth.mat")
     image = ants.image_read(str(icbm))
     moved = ants.apply_transforms(image, image, [truth_file], interpolator="bSpline")
     ants.image_write(moved, str(tmp_path / "moved.nii.gz"))
 
     result = reg.register_linear(icbm, tmp_path / "moved.nii.gz", tmp_path / "reg", seed=1)
-    estimate = reg.affine_to_matrix(result.from_moving_to_fixed[0])
+    estimate = backend.affine_to_matrix(result.from_moving_to_fixed[0])
     # moved(x) = fixed(truth x); the estimate maps fixed points to moving points: truth^-1
     residual = truth @ estimate
     angle = np.degrees(Rotation.from_matrix(residual[:3, :3]).magnitude())
@@ -165,7 +182,9 @@ def test_registration_is_deterministic(tmp_path, icbm):
     import ants
 
     center = _center_of_mass(icbm)
-    truth = reg.matrix_to_affine(_rigid_about(center, [3, 2, -2], [2, 1, 0]), tmp_path / "t.mat")
+    truth = backend.matrix_to_affine(
+        _rigid_about(center, [3, 2, -2], [2, 1, 0]), tmp_path / "t.mat"
+    )
     image = ants.image_read(str(icbm))
     ants.image_write(ants.apply_transforms(image, image, [truth]), str(tmp_path / "m.nii.gz"))
     light = {"iterations": (50, 20), "shrink_factors": (4, 2), "smoothing_sigmas": (2, 1)}
@@ -176,8 +195,8 @@ def test_registration_is_deterministic(tmp_path, icbm):
         icbm, tmp_path / "m.nii.gz", tmp_path / "r2", seed=5, n_threads=1, **light
     )
     assert np.array_equal(
-        reg.affine_to_matrix(first.from_moving_to_fixed[0]),
-        reg.affine_to_matrix(second.from_moving_to_fixed[0]),
+        backend.affine_to_matrix(first.from_moving_to_fixed[0]),
+        backend.affine_to_matrix(second.from_moving_to_fixed[0]),
     )
 
 

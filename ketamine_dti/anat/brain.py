@@ -17,13 +17,17 @@ from scipy import ndimage
 
 from ketamine_dti.anat.longitudinal import head_mask
 from ketamine_dti.anat.registration import (
-    DEFAULT_SEED,
-    PathLike,
-    apply_transforms,
-    load_image,
+    bundled_template,
     normalized_cross_correlation,
     register_syn,
-    set_threads,
+)
+from ketamine_dti.ants_backend import (
+    REGISTRATION_SEED,
+    PathLike,
+    apply_transforms,
+    itk_threads,
+    load_image,
+    save_like,
 )
 from ketamine_dti.errors import InputError
 
@@ -74,7 +78,6 @@ def bias_correct(
     """N4 bias-field correction of a 3-D T1w; writes ``<out_dir>/<out_name>`` (same grid)."""
     import ants
 
-    set_threads(n_threads)
     image = load_image(in_file)
     if mask_file is not None:
         mask = load_image(mask_file)
@@ -82,12 +85,13 @@ def bias_correct(
         mask = image.new_image_like(head_mask(image.numpy()).astype(np.float32))
     if mask.numpy().sum() == 0:
         raise InputError(f"{in_file}: image is empty (no head voxels); check the T1w")
-    corrected = ants.n4_bias_field_correction(
-        image,
-        mask=mask,
-        shrink_factor=N4_SHRINK,
-        convergence={"iters": list(N4_ITERATIONS), "tol": N4_TOLERANCE},
-    )
+    with itk_threads(n_threads):
+        corrected = ants.n4_bias_field_correction(
+            image,
+            mask=mask,
+            shrink_factor=N4_SHRINK,
+            convergence={"iters": list(N4_ITERATIONS), "tol": N4_TOLERANCE},
+        )
     out_dir = Path(out_dir).absolute()
     out_dir.mkdir(parents=True, exist_ok=True)
     out_file = out_dir / out_name
@@ -129,8 +133,7 @@ def dilate_mask_file(mask_file: PathLike, radius_mm: float, out_file: PathLike) 
     mask = ants.image_read(str(mask_file))
     n_voxels = max(1, int(round(radius_mm / min(mask.spacing))))
     dilated = ndimage.binary_dilation(mask.numpy() > 0, iterations=n_voxels)
-    ants.image_write(mask.new_image_like(dilated.astype(np.float32)), str(out_file))
-    return str(Path(out_file).absolute())
+    return save_like(mask, dilated, out_file)
 
 
 def extract_brain(
@@ -140,7 +143,7 @@ def extract_brain(
     template_resolution: int = 2,
     template_file: PathLike | None = None,
     template_mask_file: PathLike | None = None,
-    seed: int = DEFAULT_SEED,
+    seed: int = REGISTRATION_SEED,
     n_threads: int | None = None,
 ) -> BrainExtraction:
     """Brain mask of a bias-corrected head T1w via registration to the template brain.
@@ -153,12 +156,7 @@ def extract_brain(
     import ants
 
     if template_file is None or template_mask_file is None:
-        from ketamine_dti.resources import get_template
-
-        template_file = get_template(resolution=template_resolution, desc="brain", suffix="T1w")
-        template_mask_file = get_template(
-            resolution=template_resolution, desc="brain", suffix="mask"
-        )
+        template_file, template_mask_file = bundled_template(template_resolution)
     out_dir = Path(out_dir).absolute()
     out_dir.mkdir(parents=True, exist_ok=True)
     t1w = load_image(t1w_file)
@@ -185,35 +183,41 @@ def extract_brain(
         out_dir / "t1w_brainprob.nii.gz",
         interpolation="linear",
     )
-    probability = ants.image_read(probability_file).numpy()
-    mask = refine_mask(probability)
+    mask = refine_mask(ants.image_read(probability_file).numpy())
     if not mask.any():
         raise InputError(
             f"{t1w_file}: brain extraction found no brain; check that the image is a T1w head"
         )
-    mask_file = out_dir / "t1w_brainmask.nii.gz"
-    ants.image_write(
-        t1w.new_image_like(mask.astype(np.float32)).clone("unsigned char"), str(mask_file)
-    )
+    mask_file = save_like(t1w, mask, out_dir / "t1w_brainmask.nii.gz", "unsigned char")
     brain_file = apply_mask(t1w_file, mask_file, out_dir / "t1w_brain.nii.gz")
-    template = ants.image_read(str(template_file))
-    template_mask = ants.image_read(str(template_mask_file)).numpy() > 0
-    qc = {
-        "brain_volume_ml": float(mask.sum() * np.prod(t1w.spacing) * ML_PER_MM3),
-        "ncc_template": normalized_cross_correlation(
-            template.numpy(), ants.image_read(reg.warped_file).numpy(), template_mask
-        ),
-    }
-    LOGGER.info("brain extraction: %.0f ml, NCC to template %.3f", *qc.values())
+    qc = _extraction_qc(t1w, mask, template_file, template_mask_file, reg.warped_file)
     affine = tuple(f for f in reg.from_moving_to_fixed if f.endswith(".mat"))
     return BrainExtraction(
         brain_file=brain_file,
-        mask_file=str(mask_file),
+        mask_file=mask_file,
         from_template_to_t1w=reg.from_fixed_to_moving,
         from_t1w_to_template=reg.from_moving_to_fixed,
         affine_t1w_to_template=affine,
         qc=qc,
     )
+
+
+def _extraction_qc(
+    t1w, mask: np.ndarray, template_file: PathLike, template_mask_file: PathLike, warped_file: str
+) -> dict[str, float]:
+    """Brain volume (ml) and the NCC of the template with the T1w warped onto it."""
+    import ants
+
+    template = ants.image_read(str(template_file))
+    template_mask = ants.image_read(str(template_mask_file)).numpy() > 0
+    qc = {
+        "brain_volume_ml": float(mask.sum() * np.prod(t1w.spacing) * ML_PER_MM3),
+        "ncc_template": normalized_cross_correlation(
+            template.numpy(), ants.image_read(warped_file).numpy(), template_mask
+        ),
+    }
+    LOGGER.info("brain extraction: %.0f ml, NCC to template %.3f", *qc.values())
+    return qc
 
 
 def mask_in_session(

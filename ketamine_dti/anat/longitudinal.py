@@ -17,15 +17,16 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from ketamine_dti.anat.registration import (
-    DEFAULT_SEED,
+from ketamine_dti.anat.registration import normalized_cross_correlation, register_linear
+from ketamine_dti.ants_backend import (
+    REGISTRATION_SEED,
     PathLike,
     affine_to_matrix,
     apply_transforms,
+    identity_file,
     load_image,
     matrix_to_affine,
-    normalized_cross_correlation,
-    register_linear,
+    save_like,
 )
 
 LOGGER = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ def build_subject_template(
     out_dir: PathLike,
     *,
     mask_files: Sequence[PathLike] | None = None,
-    seed: int = DEFAULT_SEED,
+    seed: int = REGISTRATION_SEED,
     n_threads: int | None = None,
 ) -> SubjectTemplate:
     """Halfway-space average of one participant's (bias-corrected) T1w, baseline first.
@@ -130,7 +131,7 @@ def build_subject_template(
     template_file = out_dir / "subject_template.nii.gz"
     if len(files) == 1:
         shutil.copyfile(files[0], template_file)
-        identity = matrix_to_affine(np.eye(4), out_dir / "identity.mat")
+        identity = identity_file(out_dir)
         return SubjectTemplate(str(template_file), ((identity,),), ((identity,),), {})
 
     fixed_mask = str(mask_files[0]) if mask_files else None
@@ -163,7 +164,7 @@ def build_subject_template(
         resampled.append(ants.image_read(str(out)))
     arrays = [normalize_intensity(img.numpy()) for img in resampled]
     mean = 0.5 * (arrays[0] + arrays[1])
-    ants.image_write(resampled[0].new_image_like(mean.astype(np.float32)), str(template_file))
+    save_like(resampled[0], mean, template_file)
     qc = {
         "ncc_halfway": normalized_cross_correlation(arrays[0], arrays[1], head_mask(mean)),
         "rotation_deg": float(np.degrees(Rotation.from_matrix(point_map[:3, :3]).magnitude())),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ketamine_dti.anat.registration import PathLike, load_image, set_threads
+from ketamine_dti.ants_backend import PathLike, itk_threads, load_image, save_like
 from ketamine_dti.errors import InputError
 
 LOGGER = logging.getLogger(__name__)
@@ -64,7 +64,6 @@ def segment_tissues(
     """
     import ants
 
-    set_threads(n_threads)
     image = load_image(t1w_brain_file)
     mask_image = load_image(mask_file)
     mask = mask_image.numpy() > 0
@@ -77,14 +76,15 @@ def segment_tissues(
     with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
         previous, tempfile.tempdir = tempfile.tempdir, scratch
         try:
-            result = ants.atropos(
-                a=image,
-                x=mask_image.clone("float"),
-                i=f"Kmeans[{len(TISSUE_NAMES)}]",
-                m=f"[{mrf_weight},1x1x1]",
-                c=f"[{n_iterations},0]",
-                r=0,
-            )
+            with itk_threads(n_threads):
+                result = ants.atropos(
+                    a=image,
+                    x=mask_image.clone("float"),
+                    i=f"Kmeans[{len(TISSUE_NAMES)}]",
+                    m=f"[{mrf_weight},1x1x1]",
+                    c=f"[{n_iterations},0]",
+                    r=0,
+                )
         finally:
             tempfile.tempdir = previous
         probabilities = [p.numpy() * mask for p in result["probabilityimages"]]
@@ -93,16 +93,12 @@ def segment_tissues(
     total[total == 0] = 1.0
     probabilities = [p / total * mask for p in probabilities]
 
-    files = {}
-    for name, prob in zip(TISSUE_NAMES, probabilities, strict=True):
-        path = out_dir / f"tissue_{name}_probseg.nii.gz"
-        ants.image_write(image.new_image_like(prob.astype(np.float32)), str(path))
-        files[name] = str(path)
+    files = {
+        name: save_like(image, prob, out_dir / f"tissue_{name}_probseg.nii.gz")
+        for name, prob in zip(TISSUE_NAMES, probabilities, strict=True)
+    }
     dseg = (np.argmax(np.stack(probabilities), axis=0) + 1) * mask
-    dseg_file = out_dir / "tissue_dseg.nii.gz"
-    ants.image_write(
-        image.new_image_like(dseg.astype(np.float32)).clone("unsigned char"), str(dseg_file)
-    )
+    dseg_file = save_like(image, dseg, out_dir / "tissue_dseg.nii.gz", "unsigned char")
     volumes = {n: float((dseg == i + 1).sum()) for i, n in enumerate(TISSUE_NAMES)}
     LOGGER.info("tissue voxels: %s", volumes)
-    return TissueProbabilities(files["csf"], files["gm"], files["wm"], str(dseg_file))
+    return TissueProbabilities(files["csf"], files["gm"], files["wm"], dseg_file)

@@ -27,7 +27,7 @@ import logging
 import numpy as np
 from numba import njit, prange
 
-from ketamine_dti.dwi._threads import thread_limits
+from ketamine_dti.threads import limit_threads
 
 LOGGER = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ def mppca(
         "x".join(map(str, widths)),
         n_vol,
     )
-    with thread_limits(n_threads):
+    with limit_threads(n_threads, blas_threads=1):
         _mppca_kernel(
             work,
             *starts,

@@ -12,14 +12,14 @@ All affines here are 4x4 world (RAS+, mm) maps from reference-space points to ra
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
+from ketamine_dti.ants_backend import image_from_array, register_arrays, transform_to_ras
 from ketamine_dti.dwi.gradients import (
     GradientTable,
     rotate_bvecs,
@@ -40,13 +40,6 @@ COARSEST_LEVEL_MM = 8.0
 #: dozen steps converge (within 0.1 mm of (100, 50, 25) on a standard 2 mm volume, ~3x faster),
 #: while ANTs' defaults (thousands) cost minutes per volume.
 ITERATIONS_PER_LEVEL = (60, 30, 10)
-#: bins of the Mattes mutual-information histogram (ANTs' default).
-MI_BINS = 32
-#: fraction of voxels sampled by the metric (ANTs' default; 0.15 was faster but less accurate
-#: on small phantoms).
-METRIC_SAMPLING_RATE = 0.25
-#: fixed seed for ANTs' metric sampling so reruns give the same transforms.
-RANDOM_SEED = 20231
 #: voxel dilation of the reference brain mask used to focus the metric on the head.
 MASK_DILATION_VOXELS = 2
 #: voxels kept around the (dilated) brain mask when cropping for registration: room for a few
@@ -61,6 +54,8 @@ MIN_VOLUMES_FOR_EDDY_SHIFT = 8
 EDDY_REFERENCE_BVAL = 1000.0
 #: BIDS PhaseEncodingDirection -> voxel axis.
 PE_AXES = {"i": 0, "j": 1, "k": 2}
+#: Columns of the confounds table: the six rigid parameters (mm, rad; RAS+ axes).
+CONFOUND_COLUMNS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
 
 
 @dataclass(frozen=True)
@@ -83,35 +78,6 @@ class MotionResult:
     framewise_displacement: np.ndarray
     outliers: np.ndarray
     reference: np.ndarray
-
-
-_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-
-def to_ants(volume: np.ndarray, affine: np.ndarray):
-    """A 3-D array with a RAS+ voxel-to-world affine as an ANTsImage (which works in LPS)."""
-    import ants
-
-    lps = _LPS @ np.asarray(affine, dtype=float)
-    spacing = np.linalg.norm(lps[:3, :3], axis=0)
-    direction = lps[:3, :3] / spacing
-    return ants.from_numpy(
-        np.ascontiguousarray(volume, dtype=np.float32),
-        origin=tuple(lps[:3, 3]),
-        spacing=tuple(spacing),
-        direction=direction,
-    )
-
-
-def ants_transform_to_ras(transform) -> np.ndarray:
-    """A linear ANTs transform (LPS, fixed -> moving points) as a 4x4 RAS+ matrix."""
-    basis = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=float)
-    mapped = np.array([transform.apply_to_point(tuple(_LPS[:3, :3] @ p)) for p in basis])
-    mapped = mapped @ _LPS[:3, :3]  # back to RAS (the flip is its own inverse)
-    matrix = np.eye(4)
-    matrix[:3, 3] = mapped[0]
-    matrix[:3, :3] = (mapped[1:] - mapped[0]).T
-    return matrix
 
 
 def _shrink_factors(zooms: tuple[float, ...]) -> tuple[int, ...]:
@@ -146,35 +112,27 @@ def register_affine(
     Rigid (6 dof) or affine (12 dof) with the Mattes mutual information metric, starting from
     the identity (volumes of one series are already close).
     """
-    import ants
-
     if fixed_mask is not None:
         fixed, moving, affine, fixed_mask = _crop_to_mask(fixed, moving, affine, fixed_mask)
     zooms = tuple(np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
     factors = _shrink_factors(zooms)
     iterations = ITERATIONS_PER_LEVEL[: len(factors)]  # coarse voxels: fewer, longer levels
     sigmas = tuple(float(f) / 2.0 if f > 1 else 0.0 for f in factors)  # voxels, ~ half the shrink
-    fixed_img = to_ants(fixed, affine)
-    moving_img = to_ants(moving, affine)
-    mask_img = None if fixed_mask is None else to_ants(fixed_mask.astype(np.float32), affine)
-    ants.config.set_ants_deterministic(True, RANDOM_SEED)
-    with tempfile.TemporaryDirectory(prefix="ketamine_dti_motion_") as tmp:
-        result = ants.registration(
-            fixed=fixed_img,
-            moving=moving_img,
-            type_of_transform="Rigid" if rigid else "Affine",
-            initial_transform=["Identity"],
-            outprefix=os.path.join(tmp, "reg_"),
-            mask=mask_img,
-            aff_metric="mattes",
-            aff_sampling=MI_BINS,
-            aff_random_sampling_rate=METRIC_SAMPLING_RATE,
-            aff_iterations=iterations,
-            aff_shrink_factors=factors,
-            aff_smoothing_sigmas=sigmas,
-        )
-        transform = ants.read_transform(result["fwdtransforms"][0])
-        return ants_transform_to_ras(transform)
+    fixed_img = image_from_array(fixed, affine)
+    moving_img = image_from_array(moving, affine)
+    mask_img = (
+        None if fixed_mask is None else image_from_array(fixed_mask.astype(np.float32), affine)
+    )
+    transform = register_arrays(
+        fixed_img,
+        moving_img,
+        transform="Rigid" if rigid else "Affine",
+        mask=mask_img,
+        iterations=iterations,
+        shrink_factors=factors,
+        smoothing_sigmas=sigmas,
+    )
+    return transform_to_ras(transform)
 
 
 def resample(volume: np.ndarray, world_map: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -323,3 +281,37 @@ def correct_motion(
         outliers=fd > FD_OUTLIER_MM,
         reference=reference,
     )
+
+
+def correct_series(
+    data: np.ndarray,
+    gtab: GradientTable,
+    affine: np.ndarray,
+    zooms: tuple[float, ...],
+    pe_axis: int | None = None,
+) -> MotionResult:
+    """``correct_motion`` with the metric focused on the brain mask of the first b0 (voxel
+    sizes ``zooms`` in mm): the App's motion step."""
+    from ketamine_dti.dwi.mask import brain_mask
+
+    first_b0 = data[..., int(np.flatnonzero(gtab.b0_mask)[0])]
+    initial_mask = brain_mask(first_b0, zooms)
+    return correct_motion(data, gtab, affine, mask=initial_mask, pe_axis=pe_axis)
+
+
+def confounds_table(result: MotionResult) -> pd.DataFrame:
+    """One row per volume: the six motion parameters, FD (mm) and the 0/1 outlier flag."""
+    confounds = pd.DataFrame(result.parameters, columns=list(CONFOUND_COLUMNS))
+    confounds["framewise_displacement"] = result.framewise_displacement
+    confounds["motion_outlier"] = result.outliers.astype(int)
+    return confounds
+
+
+def motion_summary(result: MotionResult) -> dict[str, float | int]:
+    """Mean and max FD (mm) and the number of outlier volumes. FD of the first volume is 0 by
+    definition, so it is left out of the mean."""
+    return {
+        "mean_fd": float(np.mean(result.framewise_displacement[1:])),
+        "max_fd": float(np.max(result.framewise_displacement)),
+        "n_outlier_volumes": int(result.outliers.sum()),
+    }

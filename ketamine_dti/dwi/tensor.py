@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
-from ketamine_dti.dwi._threads import thread_limits
+from ketamine_dti.threads import limit_threads
 
 LOGGER = logging.getLogger(__name__)
 
@@ -506,7 +506,7 @@ def fit_tensor(
     out_evecs = np.empty((n_fit, 3, 3))
     out_s0 = np.empty(n_fit)
     if n_fit:
-        with thread_limits(n_threads, blas=False):  # the kernel calls no BLAS/LAPACK
+        with limit_threads(n_threads, blas=False):  # the kernel calls no BLAS/LAPACK
             _fit_kernel(
                 signal,
                 voxels,

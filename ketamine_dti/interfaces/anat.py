@@ -1,4 +1,5 @@
-"""Thin Nipype interfaces over the anatomy core (ketamine_dti.anat): files in, files out."""
+"""Thin Nipype interfaces over the anatomy core (ketamine_dti.anat, ketamine_dti.ants_backend):
+files in, files out. Interfaces with an ``n_threads`` input run under ``limit_threads``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from nipype.interfaces.base import (
     TraitedSpec,
     traits,
 )
+
+from ketamine_dti.threads import limited_by_n_threads
 
 _TransformList = traits.List(traits.Str, desc="ANTs transform files, from-X_to-Y convention")
 
@@ -31,6 +34,7 @@ class BiasCorrect(SimpleInterface):
     input_spec = _BiasCorrectInputSpec
     output_spec = _BiasCorrectOutputSpec
 
+    @limited_by_n_threads
     def _run_interface(self, runtime):
         from ketamine_dti.anat.brain import bias_correct
 
@@ -58,6 +62,7 @@ class SubjectTemplate(SimpleInterface):
     input_spec = _SubjectTemplateInputSpec
     output_spec = _SubjectTemplateOutputSpec
 
+    @limited_by_n_threads
     def _run_interface(self, runtime):
         from ketamine_dti.anat.longitudinal import build_subject_template
 
@@ -93,6 +98,7 @@ class ExtractBrain(SimpleInterface):
     input_spec = _ExtractBrainInputSpec
     output_spec = _ExtractBrainOutputSpec
 
+    @limited_by_n_threads
     def _run_interface(self, runtime):
         from ketamine_dti.anat.brain import extract_brain
 
@@ -123,6 +129,7 @@ class SegmentTissues(SimpleInterface):
     input_spec = _SegmentInputSpec
     output_spec = _SegmentOutputSpec
 
+    @limited_by_n_threads
     def _run_interface(self, runtime):
         from ketamine_dti.anat.segmentation import segment_tissues
 
@@ -157,6 +164,7 @@ class RegisterToMNI(SimpleInterface):
     input_spec = _RegisterMNIInputSpec
     output_spec = _RegisterMNIOutputSpec
 
+    @limited_by_n_threads
     def _run_interface(self, runtime):
         from ketamine_dti.anat.registration import register_to_mni
 
@@ -241,13 +249,11 @@ class DWIToT1w(SimpleInterface):
     input_spec = _DWIToT1wInputSpec
     output_spec = _DWIToT1wOutputSpec
 
+    @limited_by_n_threads
     def _run_interface(self, runtime):
         from ketamine_dti.anat.brain import apply_mask
-        from ketamine_dti.anat.registration import (
-            apply_transforms,
-            register_linear,
-            registration_qc,
-        )
+        from ketamine_dti.anat.registration import register_linear, registration_qc
+        from ketamine_dti.ants_backend import apply_transforms
 
         cwd = Path(runtime.cwd)
         b0_brain = apply_mask(
@@ -301,7 +307,7 @@ class CompositeTransform(SimpleInterface):
     output_spec = _CompositeOutputSpec
 
     def _run_interface(self, runtime):
-        from ketamine_dti.anat.registration import write_composite_transform
+        from ketamine_dti.ants_backend import write_composite_transform
 
         self._results["out_file"] = write_composite_transform(
             self.inputs.transforms, Path(runtime.cwd) / "composite_xfm.h5"
@@ -325,7 +331,7 @@ class CollapseLinear(SimpleInterface):
     output_spec = _CollapseOutputSpec
 
     def _run_interface(self, runtime):
-        from ketamine_dti.anat.registration import collapse_linear, compose_transforms
+        from ketamine_dti.ants_backend import collapse_linear, compose_transforms
 
         self._results["out_file"] = collapse_linear(
             compose_transforms(self.inputs.first, self.inputs.second),

@@ -1,18 +1,17 @@
 """Thin Nipype interfaces over the DWI numeric core (ketamine_dti.dwi).
 
-Each interface reads its files, calls one plain function and writes the result into the node's
-working directory. No science happens here.
+Each interface reads its files, calls the core (``dwi/``) and writes the result into the node's
+working directory; every choice of method or threshold lives in the core. Interfaces with an
+``n_threads`` input run under ``ketamine_dti.threads.limit_threads``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pandas as pd
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     File,
@@ -24,21 +23,9 @@ from nipype.interfaces.base import (
 from ketamine_dti.dwi import gradients
 from ketamine_dti.dwi.denoise import mppca
 from ketamine_dti.dwi.tensor import fit_tensor
+from ketamine_dti.threads import limited_by_n_threads
 
 LOGGER = logging.getLogger(__name__)
-
-CONFOUND_COLUMNS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
-
-
-def _set_threads(n_threads: int) -> None:
-    """Cap the threads of every numeric library this process may use."""
-    value = str(max(1, int(n_threads)))
-    for name in (
-        "OMP_NUM_THREADS",
-        "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS",
-        "OPENBLAS_NUM_THREADS",
-    ):
-        os.environ[name] = value
 
 
 def _save(data: np.ndarray, reference: nib.Nifti1Image, path: str, dtype=np.float32) -> str:
@@ -49,6 +36,23 @@ def _save(data: np.ndarray, reference: nib.Nifti1Image, path: str, dtype=np.floa
     image.header.set_xyzt_units("mm", "sec")
     nib.save(image, path)
     return str(Path(path).resolve())
+
+
+def _load_dwi(in_file: str, bval_file: str, bvec_file: str):
+    """The 4-D DWI image, its float32 data and its gradient table."""
+    image = nib.load(in_file)
+    gtab = gradients.GradientTable(
+        bvals=gradients.read_bvals(bval_file), bvecs=gradients.read_bvecs(bvec_file)
+    )
+    return image, image.get_fdata(dtype=np.float32), gtab
+
+
+def _write_gradients(cwd: Path, stem: str, gtab: gradients.GradientTable, results: dict) -> None:
+    """Write ``<stem>.bval``/``<stem>.bvec`` and record them as ``out_bval``/``out_bvec``."""
+    gradients.write_bvals(cwd / f"{stem}.bval", gtab.bvals)
+    gradients.write_bvecs(cwd / f"{stem}.bvec", gtab.bvecs)
+    results["out_bval"] = str(cwd / f"{stem}.bval")
+    results["out_bvec"] = str(cwd / f"{stem}.bvec")
 
 
 # --------------------------------------------------------------------------------- interfaces
@@ -74,12 +78,8 @@ class CheckDWI(SimpleInterface):
         from ketamine_dti.bids import check_dwi
 
         gtab = check_dwi(self.inputs.dwi_file, self.inputs.bval_file, self.inputs.bvec_file)
-        cwd = Path(runtime.cwd)
         self._results["out_file"] = self.inputs.dwi_file  # checked, passed on unchanged
-        gradients.write_bvals(cwd / "dwi.bval", gtab.bvals)
-        gradients.write_bvecs(cwd / "dwi.bvec", gtab.bvecs)
-        self._results["out_bval"] = str(cwd / "dwi.bval")
-        self._results["out_bvec"] = str(cwd / "dwi.bvec")
+        _write_gradients(Path(runtime.cwd), "dwi", gtab, self._results)
         return runtime
 
 
@@ -100,8 +100,8 @@ class Denoise(SimpleInterface):
     input_spec = _DenoiseInputSpec
     output_spec = _DenoiseOutputSpec
 
+    @limited_by_n_threads
     def _run_interface(self, runtime):
-        _set_threads(self.inputs.n_threads)
         image = nib.load(self.inputs.in_file)
         denoised, sigma = mppca(
             image.get_fdata(dtype=np.float32),
@@ -129,10 +129,10 @@ class Unring(SimpleInterface):
     input_spec = _UnringInputSpec
     output_spec = _UnringOutputSpec
 
+    @limited_by_n_threads
     def _run_interface(self, runtime):
         from ketamine_dti.dwi.gibbs import remove_gibbs
 
-        _set_threads(self.inputs.n_threads)
         image = nib.load(self.inputs.in_file)
         unrung = remove_gibbs(image.get_fdata(dtype=np.float32), self.inputs.n_threads)
         out = str(Path(runtime.cwd) / "dwi_unrung.nii")
@@ -166,42 +166,29 @@ class MotionCorrect(SimpleInterface):
     input_spec = _MotionInputSpec
     output_spec = _MotionOutputSpec
 
+    @limited_by_n_threads
     def _run_interface(self, runtime):
-        from ketamine_dti.dwi.mask import brain_mask
-        from ketamine_dti.dwi.motion import correct_motion
+        from ketamine_dti.dwi import motion
 
-        _set_threads(self.inputs.n_threads)
-        image = nib.load(self.inputs.in_file)
-        data = image.get_fdata(dtype=np.float32)
-        gtab = gradients.GradientTable(
-            bvals=gradients.read_bvals(self.inputs.bval_file),
-            bvecs=gradients.read_bvecs(self.inputs.bvec_file),
+        image, data, gtab = _load_dwi(
+            self.inputs.in_file, self.inputs.bval_file, self.inputs.bvec_file
         )
-        first_b0 = data[..., int(np.flatnonzero(gtab.b0_mask)[0])]
-        initial_mask = brain_mask(first_b0, image.header.get_zooms()[:3])
-        result = correct_motion(
-            data, gtab, image.affine, mask=initial_mask, pe_axis=self.inputs.pe_axis
+        result = motion.correct_series(
+            data, gtab, image.affine, image.header.get_zooms()[:3], pe_axis=self.inputs.pe_axis
         )
         cwd = Path(runtime.cwd)
         self._results["out_file"] = _save(result.corrected, image, str(cwd / "dwi_hmc.nii"))
         self._results["b0_reference"] = _save(
             result.reference, image, str(cwd / "b0_reference.nii.gz")
         )
-        gradients.write_bvals(cwd / "dwi_hmc.bval", gtab.bvals)
-        gradients.write_bvecs(cwd / "dwi_hmc.bvec", result.bvecs)
-        self._results["out_bval"] = str(cwd / "dwi_hmc.bval")
-        self._results["out_bvec"] = str(cwd / "dwi_hmc.bvec")
-        confounds = pd.DataFrame(result.parameters, columns=list(CONFOUND_COLUMNS))
-        confounds["framewise_displacement"] = result.framewise_displacement
-        confounds["motion_outlier"] = result.outliers.astype(int)
-        confounds.to_csv(cwd / "confounds.tsv", sep="\t", index=False, float_format="%.6g")
+        rotated = gradients.GradientTable(bvals=gtab.bvals, bvecs=result.bvecs)
+        _write_gradients(cwd, "dwi_hmc", rotated, self._results)
+        table = motion.confounds_table(result)
+        table.to_csv(cwd / "confounds.tsv", sep="\t", index=False, float_format="%.6g")
         np.save(cwd / "affines.npy", result.affines)
         self._results["confounds_file"] = str(cwd / "confounds.tsv")
         self._results["affines_file"] = str(cwd / "affines.npy")
-        # FD of the first volume is 0 by definition, so it is left out of the mean.
-        self._results["mean_fd"] = float(np.mean(result.framewise_displacement[1:]))
-        self._results["max_fd"] = float(np.max(result.framewise_displacement))
-        self._results["n_outlier_volumes"] = int(result.outliers.sum())
+        self._results.update(motion.motion_summary(result))
         return runtime
 
 
@@ -254,14 +241,14 @@ class TensorFit(SimpleInterface):
     input_spec = _TensorInputSpec
     output_spec = _TensorOutputSpec
 
+    @limited_by_n_threads
     def _run_interface(self, runtime):
         from ketamine_dti.dwi.qc import tensor_residual
 
-        _set_threads(self.inputs.n_threads)
-        image = nib.load(self.inputs.in_file)
-        data = image.get_fdata(dtype=np.float32)
-        bvals = gradients.read_bvals(self.inputs.bval_file)
-        bvecs = gradients.read_bvecs(self.inputs.bvec_file)
+        image, data, gtab = _load_dwi(
+            self.inputs.in_file, self.inputs.bval_file, self.inputs.bvec_file
+        )
+        bvals, bvecs = gtab.bvals, gtab.bvecs
         mask = np.asanyarray(nib.load(self.inputs.mask_file).dataobj) > 0
         fit = fit_tensor(
             data,

@@ -1,4 +1,5 @@
-"""Thin Nipype interfaces over the ROI core (ketamine_dti.rois): atlas transfer and statistics."""
+"""Thin Nipype interfaces over the atlas transfer (ketamine_dti.anat.transfer) and the ROI
+statistics (ketamine_dti.rois)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from nipype.interfaces.base import (
     TraitedSpec,
     traits,
 )
+
+from ketamine_dti.threads import limited_by_n_threads
 
 _TransformList = traits.List(traits.Str, desc="ANTs transform files, from-X_to-Y convention")
 
@@ -50,9 +53,10 @@ class AtlasToDWI(SimpleInterface):
     input_spec = _ToDWIInputSpec
     output_spec = _ToDWIOutputSpec
 
+    @limited_by_n_threads
     def _run_interface(self, runtime):
-        from ketamine_dti.anat.registration import compose_transforms
-        from ketamine_dti.rois import atlas_to_dwi, warp_probability
+        from ketamine_dti.anat.transfer import atlas_to_dwi, warp_probability
+        from ketamine_dti.ants_backend import compose_transforms
 
         cwd = Path(runtime.cwd)
         template_to_dwi = compose_transforms(

@@ -1,0 +1,333 @@
+"""The one place that talks to ANTs (antspyx): seeds, threads, metric defaults, image and
+transform I/O, resampling. ``dwi/`` and ``anat/`` call these; nothing here knows the science.
+
+Transform lists follow the fMRIPrep convention ``from-X_to-Y``: an ordered tuple of ANTs files
+(``.mat`` affine, ``.nii.gz`` displacement field) that, given in this order as ``transformlist``
+with no inversion flags, resamples an image living in space X onto a grid in space Y. Each
+Y-grid point meets the list's *first* file first (``[warp, affine]``: the warp lives on Y's
+grid), so a ``.mat`` of a from-X_to-Y list maps Y-points to X-points. Inverse affines are
+written as their own ``.mat`` files, so no list ever needs ``whichtoinvert``. 4x4 matrices of
+``.mat`` files map points in ITK's LPS millimetres.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from ketamine_dti.errors import InputError
+from ketamine_dti.threads import limit_threads
+
+LOGGER = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike
+
+# --- seeds: fixed, so reruns give identical transforms --------------------------------------
+#: antsRegistration ``--random-seed`` of the anatomical registrations (anat/): it fixes the
+#: metric's random point sampling.
+REGISTRATION_SEED: int = 20240
+#: antspyx's global seed (``set_ants_deterministic``) for the per-volume motion registrations
+#: (dwi/motion.py). It differs from REGISTRATION_SEED only by history; changing it would move
+#: every motion estimate and so every derivative.
+MOTION_SEED: int = 20231
+
+# --- threads ---------------------------------------------------------------------------------
+#: ITK threads when the caller says nothing: 1 keeps results bit-identical and shares 2 cores.
+DEFAULT_N_THREADS: int = 1
+
+# --- metric defaults, shared by every registration --------------------------------------------
+#: Mattes mutual-information histogram bins (ANTs' default; enough for T1w/b0 contrast).
+MI_BINS: int = 32
+#: Fraction of voxels the linear metrics sample, regularly and seeded (ANTs' default; 0.15 was
+#: faster but less accurate on small phantoms).
+METRIC_SAMPLING_FRACTION: float = 0.25
+#: Cross-correlation radius (voxels) of a SyN metric; CC is the standard T1w-to-T1w choice.
+CC_RADIUS: int = 2
+
+#: Characters that antsRegistration's option parser treats as syntax inside a file name.
+_ANTS_SYNTAX_CHARACTERS = frozenset(",[]")
+#: ITK's LPS world frame is RAS+ with the first two axes flipped (the flip is its own inverse).
+_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@contextmanager
+def itk_threads(n_threads: int | None) -> Iterator[int]:
+    """``limit_threads`` for an ANTs call; ``None`` means DEFAULT_N_THREADS (ITK has no
+    'as before' that is reproducible)."""
+    with limit_threads(DEFAULT_N_THREADS if n_threads is None else n_threads, blas=False) as n:
+        yield n
+
+
+# --- images ----------------------------------------------------------------------------------
+def load_image(path: PathLike, ndim: int = 3):
+    """Read an image with ANTs, raising InputError with the file name when it is unusable."""
+    import ants
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found; check the input paths")
+    try:
+        image = ants.image_read(str(path))
+    except Exception as exc:  # ITK raises RuntimeError/ValueError for corrupt files
+        raise InputError(f"{path}: unreadable image ({exc}); re-export the NIfTI") from exc
+    if image.dimension != ndim:
+        raise InputError(f"{path}: expected a {ndim}-D image, got {image.dimension}-D")
+    if not np.all(np.isfinite(image.numpy())):
+        raise InputError(f"{path}: image has NaN/Inf voxels; fix or mask them first")
+    return image
+
+
+def read_grid(path: PathLike):
+    """The 3-D grid of an image: a 4-D series gives its first volume."""
+    import ants
+
+    image = ants.image_read(str(path))
+    if image.dimension == 4:
+        image = ants.slice_image(image, axis=3, idx=0)
+    return image
+
+
+def save_like(reference, array: np.ndarray, out_file: PathLike, pixel_type: str = "float") -> str:
+    """Write ``array`` on ``reference``'s grid (``pixel_type``: ANTs name, e.g. 'unsigned
+    char'); returns the absolute path."""
+    import ants
+
+    image = reference.new_image_like(np.asarray(array).astype(np.float32))
+    if pixel_type != "float":
+        image = image.clone(pixel_type)
+    ants.image_write(image, str(out_file))
+    return str(Path(out_file).absolute())
+
+
+def image_from_array(volume: np.ndarray, affine: np.ndarray):
+    """A 3-D array with a RAS+ voxel-to-world affine as an ANTsImage (which works in LPS)."""
+    import ants
+
+    lps = _LPS @ np.asarray(affine, dtype=float)
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    direction = lps[:3, :3] / spacing
+    return ants.from_numpy(
+        np.ascontiguousarray(volume, dtype=np.float32),
+        origin=tuple(lps[:3, 3]),
+        spacing=tuple(spacing),
+        direction=direction,
+    )
+
+
+def check_ants_path(path: PathLike) -> str:
+    """Absolute path as a string; InputError if antsRegistration could not parse it."""
+    text = str(Path(path).absolute())
+    if _ANTS_SYNTAX_CHARACTERS & set(text):
+        raise InputError(
+            f"{text}: ANTs cannot parse paths containing ',', '[' or ']'; "
+            "use a work directory without them"
+        )
+    return text
+
+
+# --- transforms ------------------------------------------------------------------------------
+def transform_to_ras(transform) -> np.ndarray:
+    """A linear ANTs transform (LPS, fixed -> moving points) as a 4x4 RAS+ matrix."""
+    basis = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=float)
+    mapped = np.array([transform.apply_to_point(tuple(_LPS[:3, :3] @ p)) for p in basis])
+    mapped = mapped @ _LPS[:3, :3]  # back to RAS (the flip is its own inverse)
+    matrix = np.eye(4)
+    matrix[:3, 3] = mapped[0]
+    matrix[:3, :3] = (mapped[1:] - mapped[0]).T
+    return matrix
+
+
+def affine_to_matrix(xfm_file: PathLike) -> np.ndarray:
+    """4x4 homogeneous point map (LPS mm) of an ANTs affine/rigid ``.mat`` file.
+
+    ITK stores ``y = A (x - c) + t + c`` (A 3x3, t translation, c fixed-parameter centre).
+    """
+    import ants
+
+    xfm = ants.read_transform(str(xfm_file))
+    params = np.asarray(xfm.parameters, dtype=float)
+    center = np.asarray(xfm.fixed_parameters, dtype=float)
+    linear = params[:9].reshape(3, 3)
+    translation = params[9:12]
+    matrix = np.eye(4)
+    matrix[:3, :3] = linear
+    matrix[:3, 3] = translation + center - linear @ center
+    return matrix
+
+
+def matrix_to_affine(matrix: np.ndarray, out_file: PathLike) -> str:
+    """Write a 4x4 homogeneous point map (LPS mm) as an ANTs ``AffineTransform`` ``.mat``."""
+    import ants
+
+    matrix = np.asarray(matrix, dtype=float)
+    if matrix.shape != (4, 4) or not np.allclose(matrix[3], [0, 0, 0, 1]):
+        raise ValueError("matrix must be a 4x4 homogeneous affine")
+    xfm = ants.create_ants_transform(
+        transform_type="AffineTransform",
+        precision="double",
+        dimension=3,
+        matrix=matrix[:3, :3],
+        translation=matrix[:3, 3],
+        center=np.zeros(3),
+    )
+    ants.write_transform(xfm, str(out_file))
+    return str(Path(out_file).absolute())
+
+
+def invert_affine_file(xfm_file: PathLike, out_file: PathLike) -> str:
+    """Write the inverse of an ANTs affine ``.mat`` as its own file."""
+    return matrix_to_affine(np.linalg.inv(affine_to_matrix(xfm_file)), out_file)
+
+
+def identity_file(out_dir: PathLike) -> str:
+    """An identity ``.mat`` in ``out_dir`` (a from-X_to-X list of one file)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return matrix_to_affine(np.eye(4), out_dir / "identity.mat")
+
+
+def compose_transforms(*steps: Sequence[str]) -> tuple[str, ...]:
+    """Compose ``from_a_to_b, from_b_to_c, ...`` into ``from_a_to_z`` (an ANTs transformlist).
+
+    A Z-grid point must meet the last step first, so the steps are concatenated in reverse.
+    """
+    return tuple(str(item) for step in reversed(steps) for item in step)
+
+
+def collapse_linear(transforms: Sequence[str], out_file: PathLike) -> str:
+    """One ``.mat`` equal to a from-X_to-Y list of affine ``.mat`` files (e.g. DWI -> session
+    T1w -> subject template), so users get a single rigid map per published space pair."""
+    matrix = np.eye(4)
+    for transform in transforms:  # an output-grid point meets the list's first file first
+        if not str(transform).endswith(".mat"):
+            raise ValueError(f"{transform}: only affine .mat files can be collapsed")
+        matrix = affine_to_matrix(transform) @ matrix
+    return matrix_to_affine(matrix, out_file)
+
+
+def write_composite_transform(transforms: Sequence[str], out_file: PathLike) -> str:
+    """One ITK ``CompositeTransform`` file (``.h5``) equal to a from-X_to-Y list.
+
+    A published transform must be one file that ``antsApplyTransforms -t`` (or nitransforms)
+    takes as is, as fMRIPrep's ``_xfm.h5``. Affines and warps are stored as they are (not
+    resampled into one field), so the file moves images exactly as the list does.
+    """
+    import ants
+
+    out_file = Path(out_file).absolute()
+    if out_file.suffix != ".h5":
+        raise ValueError(f"{out_file}: the composite transform is written as .h5")
+    steps = [
+        ants.read_transform(str(t))
+        if str(t).endswith(".mat")
+        else ants.transform_from_displacement_field(ants.image_read(str(t)))
+        for t in transforms
+    ]
+    itk_file = out_file.with_name(out_file.stem + "_itk.h5")
+    ants.write_transform(ants.compose_ants_transforms(steps), str(itk_file))
+    _copy_without_timestamps(itk_file, out_file)
+    itk_file.unlink()
+    return str(out_file)
+
+
+def _copy_without_timestamps(source: Path, target: Path) -> None:
+    """Copy an HDF5 file without object modification times (ITK stamps every dataset), so a
+    rerun or a resumed run writes a byte-identical transform."""
+    import h5py
+
+    with h5py.File(source, "r") as src, h5py.File(target, "w") as dst:
+
+        def copy(name, item):
+            if isinstance(item, h5py.Group):
+                dst.require_group(name)
+            else:
+                dst.create_dataset(name, data=item[()], dtype=item.dtype, track_times=False)
+
+        src.visititems(copy)
+
+
+# --- resampling and registration -------------------------------------------------------------
+def apply_transforms(
+    in_file: PathLike,
+    reference_file: PathLike,
+    transforms: Sequence[str],
+    out_file: PathLike,
+    *,
+    interpolation: str = "linear",
+    image_type: int = 0,
+    default_value: float = 0.0,
+    n_threads: int | None = None,
+) -> str:
+    """Resample ``in_file`` onto ``reference_file``'s grid through ``transforms`` (from-X_to-Y).
+
+    ``interpolation``: ``linear``, ``nearestNeighbor``, ``genericLabel``, ``bSpline``;
+    ``image_type=3`` treats a 4-D input as a stack of 3-D maps. Returns ``out_file``.
+    """
+    import ants
+
+    with itk_threads(n_threads):
+        moving = ants.image_read(str(in_file))
+        reference = read_grid(reference_file)
+        transforms = [str(t) for t in transforms] or [identity_file(Path(out_file).parent)]
+        warped = ants.apply_transforms(
+            fixed=reference,
+            moving=moving,
+            transformlist=transforms,
+            # explicit: antspyx otherwise inverts the first file of a [.mat, warp] pair itself
+            whichtoinvert=[False] * len(transforms),
+            interpolator=interpolation,
+            imagetype=image_type,
+            defaultvalue=default_value,
+        )
+        ants.image_write(warped, str(out_file))
+    return str(Path(out_file).absolute())
+
+
+def run_registration(args: list[str], seed: int, n_threads: int | None) -> None:
+    """Run antsRegistration (3-D, float) with command-line ``args`` and a fixed seed."""
+    import ants
+
+    full = ["--dimensionality", "3", "--float", "1", "--random-seed", str(int(seed))] + args
+    LOGGER.debug("antsRegistration %s", " ".join(full))
+    with itk_threads(n_threads):
+        ants.registration(fixed=full, moving=None)
+
+
+def register_arrays(
+    fixed,
+    moving,
+    *,
+    transform: str,
+    mask=None,
+    iterations: Sequence[int],
+    shrink_factors: Sequence[int],
+    smoothing_sigmas: Sequence[float],
+    seed: int = MOTION_SEED,
+):
+    """Linear antspyx registration of two in-memory images (Mattes MI, identity start);
+    returns the fixed -> moving ANTs transform."""
+    import ants
+
+    ants.config.set_ants_deterministic(True, seed)
+    with tempfile.TemporaryDirectory(prefix="ketamine_dti_motion_") as tmp:
+        result = ants.registration(
+            fixed=fixed,
+            moving=moving,
+            type_of_transform=transform,
+            initial_transform=["Identity"],
+            outprefix=os.path.join(tmp, "reg_"),
+            mask=mask,
+            aff_metric="mattes",
+            aff_sampling=MI_BINS,
+            aff_random_sampling_rate=METRIC_SAMPLING_FRACTION,
+            aff_iterations=iterations,
+            aff_shrink_factors=shrink_factors,
+            aff_smoothing_sigmas=smoothing_sigmas,
+        )
+        return ants.read_transform(result["fwdtransforms"][0])

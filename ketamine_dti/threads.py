@@ -1,0 +1,100 @@
+"""The one way this package limits threads: a context manager that restores every pool on exit.
+
+Environment variables such as ``OPENBLAS_NUM_THREADS`` are read when a library loads, so setting
+them inside a running Nipype worker does nothing, and they leak into the next node the reused
+worker runs. Here each pool is limited through its runtime control and put back afterwards:
+
+- numba's pool (the DWI kernels) through ``numba.set_num_threads``;
+- BLAS/LAPACK and OpenMP through threadpoolctl;
+- ITK (antspyx) through ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``, the only control antspyx
+  offers. ITK reads it when it creates its global thread pool, at a process's first ANTs call,
+  so a worker keeps the count of its first ANTs node (the App gives every node the same count).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from functools import wraps
+
+import numba
+
+LOGGER = logging.getLogger(__name__)
+
+#: The variable ITK reads for its default thread count.
+ITK_THREADS_VARIABLE = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
+
+try:  # threadpoolctl ships with scikit-learn (a nilearn dependency), so it is normally present.
+    from threadpoolctl import threadpool_limits
+except ImportError:  # pragma: no cover - exercised only on installs without scikit-learn
+    threadpool_limits = None
+
+
+def resolve_n_threads(n_threads: int | None) -> int:
+    """Number of worker threads to use: ``None`` means numba's current count."""
+    available = numba.config.NUMBA_NUM_THREADS
+    if n_threads is None:
+        return numba.get_num_threads()
+    if int(n_threads) != n_threads or n_threads < 1:
+        raise ValueError(f"n_threads must be a positive integer or None, got {n_threads!r}")
+    if n_threads > available:
+        LOGGER.debug("n_threads=%d capped at numba's pool size %d", n_threads, available)
+    return min(int(n_threads), available)
+
+
+@contextmanager
+def _itk_threads(n_threads: int) -> Iterator[None]:
+    previous = os.environ.get(ITK_THREADS_VARIABLE)
+    os.environ[ITK_THREADS_VARIABLE] = str(n_threads)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(ITK_THREADS_VARIABLE, None)
+        else:
+            os.environ[ITK_THREADS_VARIABLE] = previous
+
+
+@contextmanager
+def limit_threads(
+    n_threads: int | None, *, blas_threads: int | None = None, blas: bool = True
+) -> Iterator[int]:
+    """Run the enclosed code on at most ``n_threads`` threads; yields the count used.
+
+    ``n_threads`` caps numba, ITK and BLAS/OpenMP; ``None`` keeps numba at its current count and
+    leaves ITK and BLAS alone. ``blas_threads`` caps BLAS alone instead, OpenMP untouched (1 in
+    numba kernels that call BLAS from every worker, so the two pools never multiply; numba's own
+    pool may run on OpenMP); ``blas=False`` leaves BLAS alone (kernels that never call it:
+    spares threadpoolctl's scan of the loaded libraries).
+    """
+    n_workers = resolve_n_threads(n_threads)
+    blas_limit = n_threads if blas_threads is None else blas_threads
+    previous = numba.get_num_threads()
+    numba.set_num_threads(n_workers)
+    try:
+        with ExitStack() as stack:
+            if n_threads is not None:
+                stack.enter_context(_itk_threads(n_workers))
+            if blas and blas_limit is not None and threadpool_limits is not None:
+                # numba's np.linalg calls LAPACK through SciPy's bundled OpenBLAS: load it first
+                # so that threadpoolctl sees (and limits) that library too, not only NumPy's.
+                import scipy.linalg.cython_lapack  # noqa: F401
+
+                user_api = None if blas_threads is None else "blas"
+                stack.enter_context(threadpool_limits(limits=int(blas_limit), user_api=user_api))
+            yield n_workers
+    finally:
+        numba.set_num_threads(previous)
+
+
+def limited_by_n_threads(run: Callable) -> Callable:
+    """Decorate a Nipype ``_run_interface`` to run under ``limit_threads(inputs.n_threads)``."""
+
+    @wraps(run)
+    def wrapper(self, runtime):
+        with limit_threads(self.inputs.n_threads):
+            return run(self, runtime)
+
+    return wrapper
