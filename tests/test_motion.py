@@ -150,3 +150,26 @@ def test_remove_eddy_shift_known_answer():
     # what is left is the head motion that correlates with g by chance: small next to the eddy
     assert np.sqrt(np.mean(residual**2)) < 0.15 * np.sqrt(np.mean(eddy**2))
     assert np.allclose(cleaned[:, [0, 2]], head[:, [0, 2]])
+
+
+def test_confounds_table_and_summary():
+    n = 4
+    fd = np.array([0.0, 0.2, 0.7, 0.1])
+    result = motion.MotionResult(
+        corrected=np.zeros((2, 2, 2, n), np.float32),
+        bvecs=np.zeros((n, 3)),
+        affines=np.tile(np.eye(4), (n, 1, 1)),
+        parameters=np.arange(n * 6, dtype=float).reshape(n, 6),
+        framewise_displacement=fd,
+        outliers=fd > motion.FD_OUTLIER_MM,
+        reference=np.zeros((2, 2, 2)),
+    )
+    table = motion.confounds_table(result)
+    assert list(table.columns) == [
+        *motion.CONFOUND_COLUMNS,
+        "framewise_displacement",
+        "motion_outlier",
+    ]
+    assert table.motion_outlier.tolist() == [0, 0, 1, 0]
+    summary = motion.motion_summary(result)
+    assert summary == {"mean_fd": pytest.approx(1.0 / 3.0), "max_fd": 0.7, "n_outlier_volumes": 1}

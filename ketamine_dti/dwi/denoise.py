@@ -177,6 +177,30 @@ def _mppca_kernel(
                                 n += 1
 
 
+def _check_inputs(data, mask, patch_radius):
+    """Validate; return the data array, a boolean mask and the patch widths (voxels)."""
+    data = np.asarray(data)
+    if data.ndim != 4:
+        raise ValueError(f"data must be 4-D (x, y, z, volumes), got shape {data.shape}")
+    if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
+        raise ValueError(f"data must be real numbers, got dtype {data.dtype}")
+    if int(patch_radius) != patch_radius or patch_radius < 1:
+        raise ValueError(f"patch_radius must be a positive integer, got {patch_radius!r}")
+    spatial_shape = data.shape[:3]
+    if mask is None:
+        mask = np.ones(spatial_shape, dtype=bool)
+    else:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != spatial_shape:
+            raise ValueError(f"mask shape {mask.shape} does not match data {spatial_shape}")
+    widths = np.array([min(2 * int(patch_radius) + 1, size) for size in spatial_shape])
+    if data.shape[3] < 2 or np.prod(widths) < 2:
+        raise ValueError(
+            f"MP-PCA needs >= 2 volumes and >= 2 voxels per patch; got data shape {data.shape}"
+        )
+    return data, mask, widths
+
+
 def mppca(
     data: np.ndarray,
     mask: np.ndarray | None = None,
@@ -191,26 +215,9 @@ def mppca(
     (radius 2: 5x5x5 = 125 voxels, enough for ~70 volumes); ``n_threads`` caps the cores used.
     Computation is in float32, whose precision is far below any DWI noise level.
     """
-    data = np.asarray(data)
-    if data.ndim != 4:
-        raise ValueError(f"data must be 4-D (x, y, z, volumes), got shape {data.shape}")
-    if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
-        raise ValueError(f"data must be real numbers, got dtype {data.dtype}")
-    if int(patch_radius) != patch_radius or patch_radius < 1:
-        raise ValueError(f"patch_radius must be a positive integer, got {patch_radius!r}")
+    data, mask, widths = _check_inputs(data, mask, patch_radius)
     spatial_shape = data.shape[:3]
     n_vol = data.shape[3]
-    if mask is None:
-        mask = np.ones(spatial_shape, dtype=bool)
-    else:
-        mask = np.asarray(mask, dtype=bool)
-        if mask.shape != spatial_shape:
-            raise ValueError(f"mask shape {mask.shape} does not match data {spatial_shape}")
-    widths = np.array([min(2 * int(patch_radius) + 1, size) for size in spatial_shape])
-    if n_vol < 2 or np.prod(widths) < 2:
-        raise ValueError(
-            f"MP-PCA needs >= 2 volumes and >= 2 voxels per patch; got data shape {data.shape}"
-        )
     out_dtype = data.dtype if data.dtype in (np.float32, np.float64) else np.float32
     sigma = np.full(spatial_shape, np.nan, dtype=out_dtype)
     if not mask.any():

@@ -43,25 +43,22 @@ class GradientTable:
         return int(self.bvals.shape[0])
 
 
+def _read_numbers(path: str | Path, ndmin: int, what: str, expected: str) -> np.ndarray:
+    """A text file of numbers; InputError naming the file and the layout it should have."""
+    try:
+        return np.loadtxt(path, dtype=float, ndmin=ndmin)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read {what} ({exc}); expected {expected}") from exc
+
+
 def read_bvals(path: str | Path) -> np.ndarray:
     """Read an FSL .bval file (one row of numbers) as a float array, s/mm^2."""
-    try:
-        values = np.loadtxt(path, dtype=float, ndmin=1)
-    except (OSError, ValueError) as exc:
-        raise InputError(
-            f"{path}: cannot read b-values ({exc}); expected one row of numbers"
-        ) from exc
-    return values.ravel()
+    return _read_numbers(path, 1, "b-values", "one row of numbers").ravel()
 
 
 def read_bvecs(path: str | Path) -> np.ndarray:
     """Read an FSL .bvec file (3 rows) and return it as an (N, 3) array."""
-    try:
-        values = np.loadtxt(path, dtype=float, ndmin=2)
-    except (OSError, ValueError) as exc:
-        raise InputError(
-            f"{path}: cannot read b-vectors ({exc}); expected 3 rows of numbers"
-        ) from exc
+    values = _read_numbers(path, 2, "b-vectors", "3 rows of numbers")
     if values.shape[0] == 3:
         return values.T.copy()
     if values.shape[1] == 3:

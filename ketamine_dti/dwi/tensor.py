@@ -317,6 +317,16 @@ def _eigh3(tensor, evals, evecs):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
+def _rotate_columns(matrix, p, q, cos, sin):  # pragma: no cover - compiled
+    """Columns ``p`` and ``q`` of a 3x3 ``matrix`` times the Jacobi rotation (in place)."""
+    for k in range(3):
+        mkp = matrix[k, p]
+        mkq = matrix[k, q]
+        matrix[k, p] = cos * mkp - sin * mkq
+        matrix[k, q] = sin * mkp + cos * mkq
+
+
+@njit(cache=True, nogil=True)
 def _eigh3_jacobi(tensor, evals, evecs):  # pragma: no cover - compiled
     """Eigen-decomposition of a symmetric 3x3 (overwritten) by cyclic Jacobi, descending."""
     for r in range(3):
@@ -340,21 +350,13 @@ def _eigh3_jacobi(tensor, evals, evecs):  # pragma: no cover - compiled
                 t = -t
             cos = 1.0 / np.sqrt(t * t + 1.0)
             sin = t * cos
-            for k in range(3):
-                akp = tensor[k, p]
-                akq = tensor[k, q]
-                tensor[k, p] = cos * akp - sin * akq
-                tensor[k, q] = sin * akp + cos * akq
-            for k in range(3):
+            _rotate_columns(tensor, p, q, cos, sin)
+            for k in range(3):  # and rows: tensor <- R^T tensor R
                 apk = tensor[p, k]
                 aqk = tensor[q, k]
                 tensor[p, k] = cos * apk - sin * aqk
                 tensor[q, k] = sin * apk + cos * aqk
-            for k in range(3):
-                vkp = evecs[k, p]
-                vkq = evecs[k, q]
-                evecs[k, p] = cos * vkp - sin * vkq
-                evecs[k, q] = sin * vkp + cos * vkq
+            _rotate_columns(evecs, p, q, cos, sin)
     for r in range(3):
         evals[r] = tensor[r, r]
     for i in range(2):  # selection sort, descending, columns follow
@@ -370,6 +372,88 @@ def _eigh3_jacobi(tensor, evals, evecs):  # pragma: no cover - compiled
                 tmp = evecs[k, i]
                 evecs[k, i] = evecs[k, best]
                 evecs[k, best] = tmp
+
+
+@njit(cache=True, nogil=True, fastmath=_REDUCTION_MATH)
+def _load_voxel(signal, row, min_signal, measured, log_signal):  # pragma: no cover - compiled
+    """Floored signal and its log for one voxel; False if a sample is not finite or none is
+    above 0 (the voxel cannot be fitted)."""
+    fittable = True
+    any_positive = False
+    for i in range(measured.shape[0]):
+        value = np.float64(signal[row, i])
+        if not np.isfinite(value):
+            fittable = False
+        if value > 0.0:
+            any_positive = True
+        measured[i] = max(value, min_signal)
+        log_signal[i] = np.log(measured[i])
+    return fittable and any_positive
+
+
+@njit(cache=True, nogil=True, fastmath=_REDUCTION_MATH)
+def _ols(ols_pinv, log_signal, beta):  # pragma: no cover - compiled
+    """Ordinary least squares of the log signal: ``beta = pinv(design) @ log_signal``."""
+    for a in range(beta.shape[0]):
+        value = 0.0
+        for i in range(log_signal.shape[0]):
+            value += ols_pinv[a, i] * log_signal[i]
+        beta[a] = value
+
+
+@njit(cache=True, nogil=True, fastmath=_REDUCTION_MATH)
+def _wls_weights(design_t, beta, weights):  # pragma: no cover - compiled
+    """WLS weights: the squared signal predicted by ``beta``."""
+    n_params, n_vol = design_t.shape
+    for i in range(n_vol):
+        weights[i] = 0.0
+    for a in range(n_params):
+        for i in range(n_vol):
+            weights[i] += design_t[a, i] * beta[a]
+    # float32 exp: ~7% faster; weights need only ~1e-7 relative precision, and its range
+    # (1e-45 to 3e38) holds any squared signal above MIN_SIGNAL
+    for i in range(n_vol):
+        weights[i] = np.exp(np.float32(2.0 * weights[i]))
+
+
+@njit(cache=True, nogil=True, fastmath=_REDUCTION_MATH)
+def _all_finite(values):  # pragma: no cover - compiled
+    for a in range(values.shape[0]):
+        if not np.isfinite(values[a]):
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True, fastmath=_REDUCTION_MATH)
+def _store_nan(k, out_evals, out_evecs, out_s0):  # pragma: no cover - compiled
+    for r in range(3):
+        out_evals[k, r] = np.nan
+        for c in range(3):
+            out_evecs[k, r, c] = np.nan
+    out_s0[k] = np.nan
+
+
+@njit(cache=True, nogil=True, fastmath=_REDUCTION_MATH)
+def _store_tensor(
+    k, beta, min_eval, tensor, evals, evecs, out_evals, out_evecs, out_s0
+):  # pragma: no cover - compiled
+    """Eigen-decompose the fitted tensor of voxel ``k`` and store eigenvalues (floored at
+    ``min_eval``), eigenvectors and S0."""
+    tensor[0, 0] = beta[0]
+    tensor[0, 1] = beta[1]
+    tensor[1, 0] = beta[1]
+    tensor[1, 1] = beta[2]
+    tensor[0, 2] = beta[3]
+    tensor[2, 0] = beta[3]
+    tensor[1, 2] = beta[4]
+    tensor[2, 1] = beta[4]
+    tensor[2, 2] = beta[5]
+    _eigh3(tensor, evals, evecs)
+    for r in range(3):
+        out_evals[k, r] = max(evals[r], min_eval)
+        for c in range(3):
+            out_evecs[k, r, c] = evecs[r, c]
+    out_s0[k] = np.exp(beta[6])
 
 
 @njit(cache=True, parallel=True, fastmath=_REDUCTION_MATH)
@@ -406,65 +490,23 @@ def _fit_kernel(
         evecs = np.empty((3, 3))
         stop = min(n_fit, (chunk + 1) * VOXELS_PER_CHUNK)
         for k in range(chunk * VOXELS_PER_CHUNK, stop):
-            row = voxels[k]
-            fittable = True
-            any_positive = False
-            for i in range(n_vol):
-                value = np.float64(signal[row, i])
-                if not np.isfinite(value):
-                    fittable = False
-                if value > 0.0:
-                    any_positive = True
-                measured[i] = max(value, min_signal)
-                log_signal[i] = np.log(measured[i])
-            if fittable and any_positive:
-                for a in range(n_params):  # OLS
-                    value = 0.0
-                    for i in range(n_vol):
-                        value += ols_pinv[a, i] * log_signal[i]
-                    beta[a] = value
+            fittable = _load_voxel(signal, voxels[k], min_signal, measured, log_signal)
+            if fittable:
+                _ols(ols_pinv, log_signal, beta)
                 if method >= 1:  # WLS: weights = squared OLS-predicted signal
-                    for i in range(n_vol):
-                        weights[i] = 0.0
-                    for a in range(n_params):
-                        for i in range(n_vol):
-                            weights[i] += design_t[a, i] * beta[a]
-                    # float32 exp: ~7% faster; weights need only ~1e-7 relative precision, and
-                    # its range (1e-45 to 3e38) holds any squared signal above MIN_SIGNAL
-                    for i in range(n_vol):
-                        weights[i] = np.exp(np.float32(2.0 * weights[i]))
+                    _wls_weights(design_t, beta, weights)
                     fittable = _weighted_solve(
                         design_t, pair_products, log_signal, weights, normal, rhs, beta
                     )
                 if fittable and method == 2:
                     _nlls_refine(design, measured, beta, weights, normal, damped, rhs, step, trial)
-                for a in range(n_params):
-                    if not np.isfinite(beta[a]):
-                        fittable = False
+                fittable = fittable and _all_finite(beta)
+            if fittable:
+                _store_tensor(
+                    k, beta, min_eval, tensor, evals, evecs, out_evals, out_evecs, out_s0
+                )
             else:
-                fittable = False
-            if not fittable:
-                for r in range(3):
-                    out_evals[k, r] = np.nan
-                    for c in range(3):
-                        out_evecs[k, r, c] = np.nan
-                out_s0[k] = np.nan
-                continue
-            tensor[0, 0] = beta[0]
-            tensor[0, 1] = beta[1]
-            tensor[1, 0] = beta[1]
-            tensor[1, 1] = beta[2]
-            tensor[0, 2] = beta[3]
-            tensor[2, 0] = beta[3]
-            tensor[1, 2] = beta[4]
-            tensor[2, 1] = beta[4]
-            tensor[2, 2] = beta[5]
-            _eigh3(tensor, evals, evecs)
-            for r in range(3):
-                out_evals[k, r] = max(evals[r], min_eval)
-                for c in range(3):
-                    out_evecs[k, r, c] = evecs[r, c]
-            out_s0[k] = np.exp(beta[6])
+                _store_nan(k, out_evals, out_evecs, out_s0)
 
 
 def fit_tensor(

@@ -1,0 +1,61 @@
+"""The one thread-limit mechanism: every pool is capped inside and restored on exit."""
+
+from __future__ import annotations
+
+import os
+
+import numba
+import pytest
+
+from ketamine_dti.threads import ITK_THREADS_VARIABLE, limit_threads, limited_by_n_threads
+
+
+def _blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+
+def test_limits_are_applied_and_restored(monkeypatch):
+    monkeypatch.setenv(ITK_THREADS_VARIABLE, "7")
+    numba_before, blas_before = numba.get_num_threads(), _blas_threads()
+    with limit_threads(1) as n:
+        assert n == 1
+        assert numba.get_num_threads() == 1
+        assert os.environ[ITK_THREADS_VARIABLE] == "1"
+        assert set(_blas_threads()) <= {1}
+    assert numba.get_num_threads() == numba_before
+    assert os.environ[ITK_THREADS_VARIABLE] == "7"
+    assert _blas_threads() == blas_before
+
+
+def test_unset_itk_variable_stays_unset(monkeypatch):
+    monkeypatch.delenv(ITK_THREADS_VARIABLE, raising=False)
+    with limit_threads(1):
+        assert os.environ[ITK_THREADS_VARIABLE] == "1"
+    assert ITK_THREADS_VARIABLE not in os.environ
+
+
+def test_none_leaves_itk_alone_and_bad_counts_raise(monkeypatch):
+    monkeypatch.setenv(ITK_THREADS_VARIABLE, "3")
+    with limit_threads(None) as n:
+        assert n == numba.get_num_threads()
+        assert os.environ[ITK_THREADS_VARIABLE] == "3"
+    with pytest.raises(ValueError, match="n_threads"), limit_threads(0):
+        pass
+
+
+def test_interface_decorator_reads_n_threads():
+    class Inputs:
+        n_threads = 1
+
+    class Interface:
+        inputs = Inputs()
+
+        @limited_by_n_threads
+        def _run_interface(self, runtime):
+            return runtime, numba.get_num_threads()
+
+    before = numba.get_num_threads()
+    assert Interface()._run_interface("rt") == ("rt", 1)
+    assert numba.get_num_threads() == before
