@@ -23,10 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ketamine_dti.bids import derivative_name
 from ketamine_dti.config import Config
+from ketamine_dti.derivatives import spec_path
 from ketamine_dti.group.changes import MD_REPORT_UNIT
-from ketamine_dti.group.inputs import roi_table_path
 from ketamine_dti.group.run import run_group_level
 from ketamine_dti.simulate.bids_writer import write_phenotype, write_tsv
 from ketamine_dti.simulate.clinical import SCALES, TREATMENT_ARM, ClinicalTrial, simulate_clinical
@@ -89,14 +88,13 @@ def write_trial(
     qc_header = "mean_fd\tmax_fd\tn_outlier_volumes\ttsnr"
     for (pid, session_id), table_lines in lines.items():
         subject, session = pid[len("sub-") :], session_id[len("ses-") :]
-        path = roi_table_path(output_dir, subject, session)
+        path = spec_path(output_dir, "roi_table", subject, session)
         folder = str(path.parent)
         os.makedirs(folder, exist_ok=True)
         with open(path, "w") as handle:
             handle.write("\n".join(table_lines) + "\n")
         mean_fd = float(rng.gamma(*MEAN_FD_GAMMA))
-        qc_name = derivative_name("metrics", ".tsv", sub=subject, ses=session, desc="qc")
-        with open(os.path.join(folder, qc_name), "w") as handle:
+        with open(spec_path(output_dir, "qc_table", subject, session), "w") as handle:
             handle.write(f"{qc_header}\n{mean_fd!r}\t{3.0 * mean_fd!r}\t0\t20.0\n")
 
 
