@@ -7,6 +7,9 @@ Public API:
   ``ketamine-dti-simulate OUT_DIR`` does;
 - :func:`simulate_clinical`: the clinical and true-MD model alone;
 - :data:`PRESETS` / :func:`get_preset`: the ``tiny`` and ``standard`` acquisition protocols.
+
+:mod:`ketamine_dti.simulate.validation` (the group level's Monte-Carlo harness) runs the App's
+group stage on simulated ROI tables; it is not imported here, so the simulator stays light.
 """
 
 from ketamine_dti.simulate.bids_writer import TrialOptions, make_options, simulate_trial
