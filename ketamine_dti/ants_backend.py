@@ -105,6 +105,18 @@ def save_like(reference, array: np.ndarray, out_file: PathLike, pixel_type: str 
     return str(Path(out_file).absolute())
 
 
+def apply_mask(in_file: PathLike, mask_file: PathLike, out_file: PathLike) -> str:
+    """Zero ``in_file`` outside ``mask_file`` (same grid)."""
+    import ants
+
+    image = ants.image_read(str(in_file))
+    mask = ants.image_read(str(mask_file))
+    if image.shape != mask.shape:
+        raise InputError(f"{mask_file}: grid {mask.shape} differs from {in_file} {image.shape}")
+    ants.image_write(image * (mask > 0), str(out_file))
+    return str(Path(out_file).absolute())
+
+
 def image_from_array(volume: np.ndarray, affine: np.ndarray):
     """A 3-D array with a RAS+ voxel-to-world affine as an ANTsImage (which works in LPS)."""
     import ants

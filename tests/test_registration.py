@@ -223,3 +223,27 @@ def test_bad_inputs_raise_input_error(tmp_path, icbm):
         reg.register_linear(icbm, tmp_path / "absent.nii.gz", tmp_path / "r")
     with pytest.raises(InputError, match="cannot parse"):
         reg.register_linear(icbm, icbm, tmp_path / "a,b")
+
+
+def test_dwi_to_t1w_registers_the_masked_b0_and_reports_mask_dice(tmp_path, icbm):
+    import ants
+
+    image = ants.image_read(str(icbm))
+    mask = image.new_image_like((image.numpy() > 0.2 * image.numpy().max()).astype(np.float32))
+    ants.image_write(mask, str(tmp_path / "mask.nii.gz"))
+    truth = _rigid_about(_center_of_mass(icbm), [3, 0, -2], [2, -1, 0])
+    truth_file = backend.matrix_to_affine(truth, tmp_path / "truth.mat")
+    for name, source in (("b0", image), ("b0_mask", mask)):
+        moved = ants.apply_transforms(image, source, [truth_file], interpolator="linear")
+        ants.image_write(moved, str(tmp_path / f"{name}.nii.gz"))
+    result = reg.register_dwi_to_t1w(
+        tmp_path / "b0.nii.gz",
+        tmp_path / "b0_mask.nii.gz",
+        icbm,
+        tmp_path / "mask.nii.gz",
+        tmp_path / "reg",
+        n_threads=1,
+    )
+    assert result.qc["dice_mask"] > 0.9  # 3 mm grid, the moved mask resampled twice
+    assert Path(result.from_moving_to_fixed[0]).name == "dwi2t1w_0GenericAffine.mat"
+    assert (tmp_path / "reg" / "b0_brain.nii.gz").exists()

@@ -24,6 +24,7 @@ from ketamine_dti.anat.registration import (
 from ketamine_dti.ants_backend import (
     REGISTRATION_SEED,
     PathLike,
+    apply_mask,
     apply_transforms,
     itk_threads,
     load_image,
@@ -112,18 +113,6 @@ def refine_mask(probability: np.ndarray, threshold: float = MASK_THRESHOLD) -> n
         sizes = ndimage.sum(mask, labels, index=range(1, n_components + 1))
         mask = labels == (int(np.argmax(sizes)) + 1)
     return ndimage.binary_fill_holes(mask)
-
-
-def apply_mask(in_file: PathLike, mask_file: PathLike, out_file: PathLike) -> str:
-    """Zero ``in_file`` outside ``mask_file`` (same grid)."""
-    import ants
-
-    image = ants.image_read(str(in_file))
-    mask = ants.image_read(str(mask_file))
-    if image.shape != mask.shape:
-        raise InputError(f"{mask_file}: grid {mask.shape} differs from {in_file} {image.shape}")
-    ants.image_write(image * (mask > 0), str(out_file))
-    return str(Path(out_file).absolute())
 
 
 def dilate_mask_file(mask_file: PathLike, radius_mm: float, out_file: PathLike) -> str:

@@ -19,6 +19,7 @@ from ketamine_dti.ants_backend import (
     MI_BINS,
     REGISTRATION_SEED,
     PathLike,
+    apply_mask,
     apply_transforms,
     check_ants_path,
     invert_affine_file,
@@ -380,6 +381,55 @@ def register_syn(
     inverse_affine = invert_affine_file(affine, f"{job.out_prefix}inverse.mat")
     qc = registration_qc(job.fixed, job.warped, fixed_mask_file=fixed_mask_file)
     return Registration((warp, affine), (inverse_affine, inverse_warp), job.warped, qc)
+
+
+def register_dwi_to_t1w(
+    b0_file: PathLike,
+    dwi_mask_file: PathLike,
+    t1w_brain_file: PathLike,
+    t1w_mask_file: PathLike,
+    out_dir: PathLike,
+    *,
+    seed: int = REGISTRATION_SEED,
+    n_threads: int | None = None,
+) -> Registration:
+    """Rigid, mutual-information registration of the masked b0 (moving) to the session's T1w
+    brain (fixed): ``from_moving_to_fixed`` is DWI -> T1w. QC adds ``dice_mask``: the T1w
+    mask vs the DWI mask moved onto the T1w grid.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    b0_brain = apply_mask(b0_file, dwi_mask_file, out_dir / "b0_brain.nii.gz")
+    result = register_linear(
+        t1w_brain_file,
+        b0_brain,
+        out_dir,
+        prefix="dwi2t1w_",
+        transform="Rigid",
+        metric="mattes",
+        fixed_mask_file=t1w_mask_file,
+        seed=seed,
+        n_threads=n_threads,
+    )
+    warped_mask = apply_transforms(
+        dwi_mask_file,
+        t1w_brain_file,
+        result.from_moving_to_fixed,
+        out_dir / "dwi_mask_in_t1w.nii.gz",
+        interpolation="nearestNeighbor",
+    )
+    qc = dict(result.qc)
+    qc.update(
+        registration_qc(
+            t1w_brain_file,
+            result.warped_file,
+            fixed_mask_file=t1w_mask_file,
+            warped_mask_file=warped_mask,
+        )
+    )
+    return Registration(
+        result.from_moving_to_fixed, result.from_fixed_to_moving, result.warped_file, qc
+    )
 
 
 def register_to_mni(

@@ -206,7 +206,8 @@ class SessionBrain(SimpleInterface):
     output_spec = _SessionBrainOutputSpec
 
     def _run_interface(self, runtime):
-        from ketamine_dti.anat.brain import apply_mask, mask_in_session
+        from ketamine_dti.anat.brain import mask_in_session
+        from ketamine_dti.ants_backend import apply_mask
 
         index = self.inputs.session_index
         transforms = list(self.inputs.all_template_to_session[index])
@@ -251,44 +252,20 @@ class DWIToT1w(SimpleInterface):
 
     @limited_by_n_threads
     def _run_interface(self, runtime):
-        from ketamine_dti.anat.brain import apply_mask
-        from ketamine_dti.anat.registration import register_linear, registration_qc
-        from ketamine_dti.ants_backend import apply_transforms
+        from ketamine_dti.anat.registration import register_dwi_to_t1w
 
-        cwd = Path(runtime.cwd)
-        b0_brain = apply_mask(
-            self.inputs.b0_file, self.inputs.dwi_mask_file, cwd / "b0_brain.nii.gz"
-        )
-        result = register_linear(
-            self.inputs.t1w_brain_file,
-            b0_brain,
-            cwd,
-            prefix="dwi2t1w_",
-            transform="Rigid",
-            metric="mattes",
-            fixed_mask_file=self.inputs.t1w_mask_file,
-            n_threads=self.inputs.n_threads,
-        )
-        warped_mask = apply_transforms(
+        result = register_dwi_to_t1w(
+            self.inputs.b0_file,
             self.inputs.dwi_mask_file,
             self.inputs.t1w_brain_file,
-            result.from_moving_to_fixed,
-            cwd / "dwi_mask_in_t1w.nii.gz",
-            interpolation="nearestNeighbor",
-        )
-        qc = dict(result.qc)
-        qc.update(
-            registration_qc(
-                self.inputs.t1w_brain_file,
-                result.warped_file,
-                fixed_mask_file=self.inputs.t1w_mask_file,
-                warped_mask_file=warped_mask,
-            )
+            self.inputs.t1w_mask_file,
+            Path(runtime.cwd),
+            n_threads=self.inputs.n_threads,
         )
         self._results["from_dwi_to_t1w"] = list(result.from_moving_to_fixed)
         self._results["from_t1w_to_dwi"] = list(result.from_fixed_to_moving)
         self._results["warped_file"] = result.warped_file
-        self._results["qc"] = qc
+        self._results["qc"] = dict(result.qc)
         return runtime
 
 
