@@ -15,6 +15,7 @@ from ketamine_dti import __version__
 from ketamine_dti.config import Config
 from ketamine_dti.errors import InputError
 from ketamine_dti.resources import ATLAS as BUNDLED_ATLAS
+from ketamine_dti.rois import ROI_MIN_FRACTION, ROI_MIN_VOXELS
 
 from .exit_codes import EX_USAGE
 
@@ -140,6 +141,19 @@ def _add_method_options(met) -> None:
         help="the atlas-<label> of the published atlas files for --roi-atlas (default: the "
         "atlas-<label> entity of its file name)",
     )
+    met.add_argument(
+        "--roi-min-fraction",
+        type=float,
+        default=ROI_MIN_FRACTION,
+        help="an ROI that keeps less than this fraction of its atlas voxels (brain mask and "
+        "gray-matter rule) is reported missing, its MD n/a",
+    )
+    met.add_argument(
+        "--roi-min-voxels",
+        type=int,
+        default=ROI_MIN_VOXELS,
+        help="an ROI that keeps fewer voxels is reported missing, its MD n/a",
+    )
 
 
 def _add_group_options(grp) -> None:
@@ -159,6 +173,12 @@ def _add_group_options(grp) -> None:
         "--max-mean-fd",
         type=float,
         help="drop sessions with a higher mean framewise displacement (mm)",
+    )
+    grp.add_argument(
+        "--include-failed-qc",
+        action="store_true",
+        help="keep participants with a session whose qc_verdict is fail (by default they are "
+        "excluded and listed in exclusions.tsv)",
     )
 
 
@@ -196,6 +216,8 @@ def to_config(args: argparse.Namespace) -> Config:
         raise UsageError("--baseline-session and --followup-session must differ")
     if args.max_mean_fd is not None and args.max_mean_fd <= 0:
         raise UsageError("--max-mean-fd must be a positive number of millimetres")
+    if not 0 <= args.roi_min_fraction <= 1 or args.roi_min_voxels < 0:
+        raise UsageError("--roi-min-fraction must lie in 0..1 and --roi-min-voxels be >= 0")
     filters = (
         _read_json(args.bids_filter_file, "--bids-filter-file") if args.bids_filter_file else {}
     )
@@ -228,6 +250,8 @@ def to_config(args: argparse.Namespace) -> Config:
         tensor_fit=args.tensor_fit,
         roi_atlas=args.roi_atlas.absolute() if args.roi_atlas else None,
         roi_atlas_label=args.roi_atlas_label,
+        roi_min_fraction=args.roi_min_fraction,
+        roi_min_voxels=args.roi_min_voxels,
         group_column=args.group_column,
         treatment_arm=args.treatment_arm,
         control_arm=args.control_arm,
@@ -237,6 +261,7 @@ def to_config(args: argparse.Namespace) -> Config:
         robust_se=args.robust_se,
         mixed_model=args.mixed_model,
         max_mean_fd=args.max_mean_fd,
+        include_failed_qc=args.include_failed_qc,
     )
     try:
         config.atlas_label  # noqa: B018 - a custom atlas must have a label to publish under

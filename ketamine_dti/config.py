@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ketamine_dti.errors import InputError
 from ketamine_dti.resources import ATLAS as BUNDLED_ATLAS
+from ketamine_dti.rois import ROI_MIN_FRACTION, ROI_MIN_VOXELS
 
 #: The ``atlas-<label>`` entity of a custom atlas's file name (BIDS labels are alphanumeric).
 _ATLAS_ENTITY = re.compile(r"(?:^|_)atlas-([a-zA-Z0-9]+)(?:_|\.)")
@@ -46,6 +47,8 @@ class Config:
     tensor_fit: str = "wls"  # "wls", "ols" or "nlls"
     roi_atlas: Path | None = None  # None: the bundled atlas; else a dseg NIfTI (+ .tsv)
     roi_atlas_label: str | None = None  # atlas-<label> of published dseg names; see atlas_label
+    roi_min_fraction: float = ROI_MIN_FRACTION  # an ROI keeping less of its atlas is missing
+    roi_min_voxels: int = ROI_MIN_VOXELS  # ... and one keeping fewer voxels
     # group level
     group_column: str = "group"
     treatment_arm: str = "ketamine"
@@ -56,6 +59,7 @@ class Config:
     robust_se: bool = False  # HC3 standard errors
     mixed_model: bool = False  # MixedLM sensitivity analysis
     max_mean_fd: float | None = None  # mm; sessions above are dropped at the group level
+    include_failed_qc: bool = False  # keep participants with a session whose qc_verdict is fail
 
     @property
     def atlas_label(self) -> str:

@@ -106,19 +106,27 @@ def _tensor_model(context: SidecarContext) -> dict:
 
 def _gray_matter_rule(context: SidecarContext) -> dict:
     rule = GrayMatterRule()
+    config = context.config
     return {
         "GrayMatterRule": (
             f"keep atlas voxels inside the DWI brain mask with GM probability >= "
             f"{rule.gm_prob_min}, CSF probability <= {rule.csf_prob_max}, "
             f"MD < {rule.md_max} mm^2/s and FA < {rule.fa_max}"
-        )
+        ),
+        "MissingROIRule": (
+            f"an ROI that keeps less than {100 * config.roi_min_fraction:g}% of its atlas "
+            f"voxels (fraction_kept) or fewer than {config.roi_min_voxels} voxels is missing: "
+            "status 'missing', statistics n/a, the reason given"
+        ),
     }
 
 
 def _qc_columns(context: SidecarContext) -> dict:
     from ketamine_dti.interfaces.bids import QC_COLUMN_DESCRIPTIONS
+    from ketamine_dti.qc import THRESHOLDS
 
-    return dict(QC_COLUMN_DESCRIPTIONS)
+    rules = [f"{rule.describe()} ({rule.what})" for rule in THRESHOLDS]
+    return dict(QC_COLUMN_DESCRIPTIONS) | {"QCThresholds": rules}
 
 
 def _tensor_map(param: str, description: str, units: str) -> OutputSpec:

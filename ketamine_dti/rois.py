@@ -3,7 +3,8 @@
 Statistics are computed in each session's native DWI grid on MD maps that were never
 resampled: only the atlas labels and tissue probabilities move (``ketamine_dti.anat.transfer``).
 Inside each atlas ROI, voxels that are not gray matter are dropped by ``GrayMatterRule``
-(documented below), and the number of voxels kept is reported.
+(documented below), and the number of voxels kept is reported. An ROI that keeps too few of its
+atlas voxels (``RetentionRule``) is reported missing, with the reason, instead of as a number.
 """
 
 from __future__ import annotations
@@ -37,9 +38,17 @@ STAT_COLUMNS: tuple[str, ...] = (
     "md_median",
     "md_std",
     "n_voxels",
+    "n_voxels_brain",
     "n_voxels_atlas",
+    "fraction_kept",
     "fa_mean",
+    "status",
+    "reason",
 )
+#: ``status`` of an ROI whose statistics are reported, and of one reported missing (n/a).
+ROI_OK, ROI_MISSING = "ok", "missing"
+#: Statistics columns that are n/a when an ROI is missing.
+ROI_STATISTICS: tuple[str, ...] = ("md_mean", "md_median", "md_std", "fa_mean")
 
 # --- Gray-matter / partial-volume rule -------------------------------------------------------
 #: mm^2/s. Adult GM MD is ~0.7-0.9e-3 and free water (CSF) ~3.0e-3 at 37 C; a voxel above
@@ -55,6 +64,15 @@ GM_PROB_MIN: float = 0.5
 CSF_PROB_MAX: float = 0.05
 #: Smallest number of voxels with which a standard deviation is reported (ddof=1).
 MIN_VOXELS_FOR_STD: int = 2
+
+# --- Voxel retention: when an ROI is missing ---------------------------------------------------
+#: Fraction of an ROI's atlas voxels (on the DWI grid) that must survive the brain mask and the
+#: gray-matter rule. Well-registered sessions keep 24-66% (simulated, 4 mm) of each ROI; the
+#: failed real registration kept 0-10%, so its "means" sampled whatever tissue the atlas hit.
+ROI_MIN_FRACTION: float = 0.3
+#: Fewest kept voxels for a regional mean: below ~10 voxels (80 mm^3 at 2 mm) one misplaced or
+#: partial-volume voxel moves the mean by several %, as large as the effect studied.
+ROI_MIN_VOXELS: int = 10
 
 
 @dataclass(frozen=True)
@@ -72,6 +90,27 @@ class GrayMatterRule:
     fa_max: float | None = FA_WM_MAX
     gm_prob_min: float | None = GM_PROB_MIN
     csf_prob_max: float | None = CSF_PROB_MAX
+
+
+@dataclass(frozen=True)
+class RetentionRule:
+    """When an ROI counts as missing: it kept < ``min_fraction`` of its atlas voxels or
+    < ``min_voxels`` voxels (``Config.roi_min_fraction``/``roi_min_voxels``)."""
+
+    min_fraction: float = ROI_MIN_FRACTION
+    min_voxels: int = ROI_MIN_VOXELS
+
+    def missing_reason(self, n_kept: int, n_atlas: int) -> str | None:
+        """Why an ROI with `n_kept` of `n_atlas` atlas voxels is missing; None if it is not."""
+        if n_atlas == 0:
+            return "no atlas voxel on the DWI grid"
+        fraction = n_kept / n_atlas
+        kept = f"kept {n_kept} of {n_atlas} atlas voxels"
+        if fraction < self.min_fraction:
+            return f"{kept} ({100 * fraction:.1f}% < {100 * self.min_fraction:g}%)"
+        if n_kept < max(self.min_voxels, 1):  # an empty ROI is missing whatever the rule
+            return f"{kept} ({n_kept} < {max(self.min_voxels, 1)} voxels)"
+        return None
 
 
 def _check_shape(name: str, array: np.ndarray | None, shape: tuple[int, ...]) -> None:
@@ -113,8 +152,20 @@ ROI_COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "Units": "mm^2/s",
     },
     "n_voxels": {"Description": "Voxels kept after the gray-matter rule (native DWI grid)"},
-    "n_voxels_atlas": {"Description": "Atlas voxels in the brain mask before the rule"},
+    "n_voxels_brain": {"Description": "Atlas voxels inside the DWI brain mask, before the rule"},
+    "n_voxels_atlas": {
+        "Description": "Atlas voxels of the ROI on the DWI grid, before the brain mask and rule"
+    },
+    "fraction_kept": {"Description": "n_voxels / n_voxels_atlas"},
     "fa_mean": {"Description": "Mean FA over kept voxels"},
+    "status": {
+        "Description": "Whether the ROI's statistics are reported",
+        "Levels": {
+            ROI_OK: "enough atlas voxels kept",
+            ROI_MISSING: "too few atlas voxels kept: statistics are n/a (see reason)",
+        },
+    },
+    "reason": {"Description": "Why a missing ROI is missing (n/a when status is ok)"},
 }
 
 
@@ -127,15 +178,17 @@ def regional_statistics(
     csf_prob: np.ndarray | None = None,
     brain_mask: np.ndarray | None = None,
     rule: GrayMatterRule = GrayMatterRule(),
+    retention: RetentionRule = RetentionRule(),
     roi_names: Sequence[str] = ROI_NAMES,
 ) -> pd.DataFrame:
     """Per-ROI MD statistics on the native DWI grid, after the gray-matter rule.
 
     ``labels``: integer atlas indices (1..len(roi_names), 0 = background) on the MD grid.
     Returns one row per ROI (``roi_names`` order) with ``STAT_COLUMNS``: md_mean, md_median,
-    md_std (ddof=1) in mm^2/s, ``n_voxels`` kept, ``n_voxels_atlas`` before exclusion (inside
-    ``brain_mask`` if given), fa_mean. An ROI left empty gets NaN statistics, ``n_voxels`` 0
-    and a warning; it never raises.
+    md_std (ddof=1) in mm^2/s, ``n_voxels`` kept, ``n_voxels_brain`` inside ``brain_mask``
+    before the rule, ``n_voxels_atlas`` on the grid, ``fraction_kept``, fa_mean, and
+    ``status``/``reason``. An ROI that fails ``retention`` is missing: NaN statistics and a
+    warning naming the reason; it never raises.
     """
     md = np.asarray(md, dtype=float)
     labels = np.asarray(labels)
@@ -149,39 +202,44 @@ def regional_statistics(
     keep = gray_matter_mask(md, fa, gm_prob, csf_prob, rule)
     in_brain = np.ones(md.shape, bool) if brain_mask is None else np.asarray(brain_mask, bool)
     fa_array = None if fa is None else np.asarray(fa, dtype=float)
-
     rows = []
     for position, name in enumerate(roi_names):
-        index = position + 1
-        atlas_roi = (labels == index) & in_brain
-        kept = atlas_roi & keep
-        values = md[kept]
-        n_kept = int(values.size)
-        row = {
-            "roi": name,
-            "index": index,
-            "md_mean": np.nan,
-            "md_median": np.nan,
-            "md_std": np.nan,
-            "n_voxels": n_kept,
-            "n_voxels_atlas": int(atlas_roi.sum()),
-            "fa_mean": np.nan,
-        }
-        if n_kept == 0:
-            LOGGER.warning(
-                "ROI %s: no voxel left (%d in the atlas ROI before the gray-matter rule); "
-                "its statistics are NaN",
-                name,
-                row["n_voxels_atlas"],
-            )
-        else:
-            row["md_mean"] = float(values.mean())
-            row["md_median"] = float(np.median(values))
-            if n_kept >= MIN_VOXELS_FOR_STD:
-                row["md_std"] = float(values.std(ddof=1))
-            if fa_array is not None:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    row["fa_mean"] = float(np.nanmean(fa_array[kept]))
+        atlas_roi = labels == position + 1
+        row = _roi_row(md, fa_array, atlas_roi, atlas_roi & in_brain & keep, retention)
+        in_mask = int((atlas_roi & in_brain).sum())
+        row |= {"roi": name, "index": position + 1, "n_voxels_brain": in_mask}
+        if row["status"] == ROI_MISSING:
+            LOGGER.warning("ROI %s is missing: %s; its statistics are n/a", name, row["reason"])
         rows.append(row)
     return pd.DataFrame(rows, columns=list(STAT_COLUMNS))
+
+
+def _roi_row(
+    md: np.ndarray,
+    fa: np.ndarray | None,
+    atlas_roi: np.ndarray,
+    kept: np.ndarray,
+    retention: RetentionRule,
+) -> dict:
+    """Statistics of one ROI's kept voxels, or n/a with the reason it is missing."""
+    n_kept, n_atlas = int(kept.sum()), int(atlas_roi.sum())
+    row = dict.fromkeys(ROI_STATISTICS, np.nan) | {
+        "n_voxels": n_kept,
+        "n_voxels_atlas": n_atlas,
+        "fraction_kept": n_kept / n_atlas if n_atlas else np.nan,
+        "status": ROI_OK,
+        "reason": None,
+    }
+    reason = retention.missing_reason(n_kept, n_atlas)
+    if reason is not None:
+        return row | {"status": ROI_MISSING, "reason": reason}
+    values = md[kept]
+    row["md_mean"] = float(values.mean())
+    row["md_median"] = float(np.median(values))
+    if n_kept >= MIN_VOXELS_FOR_STD:
+        row["md_std"] = float(values.std(ddof=1))
+    if fa is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            row["fa_mean"] = float(np.nanmean(fa[kept]))
+    return row

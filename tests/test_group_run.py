@@ -16,8 +16,8 @@ from ketamine_dti.config import Config
 from ketamine_dti.errors import InputError
 from ketamine_dti.group import run_group_level
 from ketamine_dti.group.tables import STATS_COLUMNS
-from ketamine_dti.simulate.validation import simulate_trial_files
 from ketamine_dti.rois import ROI_NAMES
+from ketamine_dti.simulate.validation import simulate_trial_files
 
 N_PARTICIPANTS = 24
 TERMS = {"group", "delta_md", "group:delta_md", "baseline_score", "baseline_md"}
@@ -196,3 +196,71 @@ def test_group_level_reads_no_ground_truth(trial: Config) -> None:
     truth.mkdir(parents=True)
     (truth / "roi_md.tsv").write_text("participant_id\tsession_id\troi\tmd_true\nbroken\n")
     assert (run_group_level(trial, make_figures=False) / "stats.tsv").read_text() == first
+
+
+def _add_columns(path: Path, values: dict[str, str]) -> None:
+    """Append columns (one value for every row) to a TSV, as the participant level writes them."""
+    lines = path.read_text().splitlines()
+    lines[0] += "".join(f"\t{column}" for column in values)
+    lines[1:] = [line + "".join(f"\t{v}" for v in values.values()) for line in lines[1:]]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_failed_qc_and_missing_rois_are_excluded_with_their_reasons(trial: Config) -> None:
+    out = trial.output_dir
+    for path in out.glob("sub-*/ses-*/dwi/*_desc-qc_metrics.tsv"):
+        _add_columns(path, {"qc_verdict": "pass", "qc_reasons": "n/a"})
+    for path in out.glob("sub-*/ses-*/dwi/*_desc-roi_md.tsv"):
+        _add_columns(path, {"status": "ok", "reason": "n/a"})
+    # sub-006: a failed registration at follow-up -> the whole participant leaves
+    failed = next((out / "sub-006" / "ses-24h" / "dwi").glob("*_desc-qc_metrics.tsv"))
+    reasons = "reg_t1w_mni_ncc 0.202 < 0.5 (fail: T1w to MNI registration failed)"
+    _set_cell(failed, "", "qc_verdict", "fail")
+    _set_cell(failed, "", "qc_reasons", reasons)
+    # sub-007: a warning only -> kept
+    warned = next((out / "sub-007" / "ses-baseline" / "dwi").glob("*_desc-qc_metrics.tsv"))
+    _set_cell(warned, "", "qc_verdict", "warn")
+    # sub-008: vACC missing at baseline; its md_mean (left as a number) must not be used
+    roi_table = next((out / "sub-008" / "ses-baseline" / "dwi").glob("*_desc-roi_md.tsv"))
+    _set_cell(roi_table, "vacc", "status", "missing")
+    _set_cell(roi_table, "vacc", "reason", "kept 4 of 188 atlas voxels (2.1% < 30%)")
+
+    group_dir = run_group_level(trial, make_figures=False)
+    exclusions = _read(group_dir / "exclusions.tsv")
+    assert set(exclusions.participant_id) == {"sub-006", "sub-008"}
+    sub006 = exclusions[exclusions.participant_id == "sub-006"].iloc[0]
+    assert (sub006.session_id, sub006.roi, sub006.models) == ("ses-24h", "all", "all")
+    assert sub006.reason == f"QC failed at ses-24h: {reasons}"
+    sub008 = exclusions[exclusions.participant_id == "sub-008"].iloc[0]
+    assert (sub008.session_id, sub008.roi) == ("ses-baseline", "vacc")
+    assert sub008.reason == "vacc missing at ses-baseline: kept 4 of 188 atlas voxels (2.1% < 30%)"
+    table = _read(group_dir / "analysis_table.tsv").set_index("participant_id")
+    md_columns = [column for column in table.columns if column.startswith(("md_", "delta_md_"))]
+    assert table.loc["sub-006", md_columns].isna().all(), "no MD of a failed participant"
+    assert table.loc["sub-007", md_columns].notna().all(), "a warning does not exclude"
+    assert np.isnan(table.loc["sub-008", "md_vacc_baseline"])
+    assert not np.isnan(table.loc["sub-008", "md_ba10_left_baseline"])
+    stats = _read(group_dir / "stats.tsv")
+    interaction = stats[(stats.model == "interaction") & (stats.scale == "madrs")]
+    n = dict(zip(interaction.roi, interaction.n, strict=False))
+    assert n["ba10_left"] == N_PARTICIPANTS - 1 and n["vacc"] == N_PARTICIPANTS - 2
+
+    kept = run_group_level(replace(trial, include_failed_qc=True), make_figures=False)
+    exclusions = _read(kept / "exclusions.tsv")
+    assert set(exclusions.participant_id) == {"sub-008"}
+    kept_table = _read(kept / "analysis_table.tsv").set_index("participant_id")
+    assert kept_table.loc["sub-006", md_columns].notna().all()
+
+
+def test_all_participants_failing_qc_says_so(trial: Config) -> None:
+    for path in trial.output_dir.glob("sub-*/ses-baseline/dwi/*_desc-qc_metrics.tsv"):
+        _add_columns(path, {"qc_verdict": "fail", "qc_reasons": "mean_fd 2 > 1 (fail)"})
+    with pytest.raises(InputError, match="every one failed QC.*--include-failed-qc"):
+        run_group_level(trial, make_figures=False)
+
+
+def test_unknown_qc_verdict_is_an_input_error(trial: Config) -> None:
+    path = next(trial.output_dir.glob("sub-001/ses-24h/dwi/*_desc-qc_metrics.tsv"))
+    _add_columns(path, {"qc_verdict": "maybe", "qc_reasons": "n/a"})
+    with pytest.raises(InputError, match=r"column qc_verdict: 'maybe' is not one of pass"):
+        run_group_level(trial, make_figures=False)

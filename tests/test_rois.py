@@ -12,9 +12,12 @@ from ketamine_dti.rois import (
     FA_WM_MAX,
     GM_PROB_MIN,
     MD_CSF_MAX,
+    ROI_MISSING,
     ROI_NAMES,
+    ROI_OK,
     STAT_COLUMNS,
     GrayMatterRule,
+    RetentionRule,
     gray_matter_mask,
     regional_statistics,
 )
@@ -53,7 +56,9 @@ def test_regional_statistics_known_values():
         values = md[labels == index]
         row = table.iloc[index - 1]
         assert row["index"] == index
-        assert row.n_voxels == row.n_voxels_atlas == 99
+        assert row.n_voxels == row.n_voxels_brain == row.n_voxels_atlas == 99
+        assert row.fraction_kept == 1.0
+        assert row.status == ROI_OK and row.reason is None
         assert row.md_mean == pytest.approx(values.mean())
         assert row.md_median == pytest.approx(np.median(values))
         assert row.md_std == pytest.approx(values.std(ddof=1))
@@ -64,7 +69,8 @@ def test_md_threshold_and_failed_fits_are_dropped():
     labels = np.ones((4, 1, 1), int)
     md = np.array([0.8e-3, 2.0e-3, np.nan, -1e-4]).reshape(4, 1, 1)
     fa = np.array([0.1, 0.1, 0.1, 0.1]).reshape(4, 1, 1)
-    table = regional_statistics(md, labels, fa=fa, roi_names=("one",))
+    no_retention_rule = RetentionRule(min_fraction=0.0, min_voxels=1)
+    table = regional_statistics(md, labels, fa=fa, roi_names=("one",), retention=no_retention_rule)
     row = table.iloc[0]
     assert row.n_voxels_atlas == 4
     assert row.n_voxels == 1
@@ -84,7 +90,59 @@ def test_empty_roi_gives_nan_and_a_warning(caplog):
     assert table.n_voxels.tolist() == [50, 0, 0]
     assert table.n_voxels_atlas.tolist() == [50, 50, 0]
     assert table.loc[1, ["md_mean", "md_median", "md_std", "fa_mean"]].isna().all()
-    assert "ROI b" in caplog.text and "ROI c" in caplog.text
+    assert table.status.tolist() == [ROI_OK, ROI_MISSING, ROI_MISSING]
+    assert table.reason.tolist()[1:] == [
+        "kept 0 of 50 atlas voxels (0.0% < 30%)",
+        "no atlas voxel on the DWI grid",
+    ]
+    assert "ROI b is missing" in caplog.text and "ROI c is missing" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("n_kept", "n_atlas", "reason"),
+    [
+        (1, 180, "kept 1 of 180 atlas voxels (0.6% < 30%)"),
+        (53, 180, "kept 53 of 180 atlas voxels (29.4% < 30%)"),
+        (54, 180, None),  # exactly 30%: kept
+        (9, 20, "kept 9 of 20 atlas voxels (9 < 10 voxels)"),
+        (10, 20, None),
+        (0, 0, "no atlas voxel on the DWI grid"),
+    ],
+)
+def test_retention_rule_known_answers(n_kept, n_atlas, reason):
+    assert RetentionRule().missing_reason(n_kept, n_atlas) == reason
+
+
+def test_an_roi_that_lost_most_voxels_is_missing_never_a_number():
+    """An ROI mostly outside the brain mask or dropped by the GM rule reports n/a and why."""
+    labels = np.zeros((20, 10, 2), int)
+    labels[:, :, 0] = 1  # 200 voxels
+    labels[:, :, 1] = 2  # 200 voxels
+    md = np.full(labels.shape, 0.8e-3)
+    md[:15, :, 0] = 3.0e-3  # ROI 1: 150 CSF voxels dropped, 50 kept (25%)
+    brain = np.ones(labels.shape, bool)
+    brain[:5, :, 1] = False  # ROI 2: 50 outside the brain, 150 kept (75%)
+    table = regional_statistics(md, labels, brain_mask=brain, roi_names=("one", "two"))
+    one, two = table.itertuples(index=False)
+    assert (one.status, one.n_voxels, one.n_voxels_brain, one.n_voxels_atlas) == (
+        ROI_MISSING,
+        50,
+        200,
+        200,
+    )
+    assert one.reason == "kept 50 of 200 atlas voxels (25.0% < 30%)"
+    assert np.isnan([one.md_mean, one.md_median, one.md_std, one.fa_mean]).all()
+    assert (two.status, two.n_voxels, two.n_voxels_brain, two.fraction_kept) == (
+        ROI_OK,
+        150,
+        150,
+        0.75,
+    )
+    assert two.md_mean == pytest.approx(0.8e-3)
+    lenient = regional_statistics(
+        md, labels, brain_mask=brain, retention=RetentionRule(0.2, 10), roi_names=("a", "b")
+    )
+    assert lenient.status.tolist() == [ROI_OK, ROI_OK]
 
 
 def _mixture(gm: float, wm: float, csf: float) -> tuple[float, float]:

@@ -1,11 +1,13 @@
 """Read and check the group level's inputs: participants, phenotype scores, ROI MD tables, QC.
 
 The group level reads, from BIDS_DIR, ``participants.tsv`` and ``phenotype/<scale>.tsv``; from
-OUTPUT_DIR, only each session's ROI table (and QC table when ``--max-mean-fd`` is set), found
-through the derivatives specification (``roi_table``, ``qc_table``). Participants are selected
-by ``bids.select_participants`` among those listed or with outputs; every participant with
-outputs that is not analysed gets an exclusion row saying why. Bad input raises
-:class:`InputError` naming file, line and column.
+OUTPUT_DIR, only each session's ROI table and QC table (its ``qc_verdict``, and ``mean_fd`` when
+``--max-mean-fd`` is set), found through the derivatives specification (``roi_table``,
+``qc_table``). A participant with a failed session is excluded (``--include-failed-qc`` keeps
+it), and an ROI the participant level reported missing is excluded with its reason.
+Participants are selected by ``bids.select_participants`` among those listed or with outputs;
+every participant with outputs that is not analysed gets an exclusion row saying why. Bad
+input raises :class:`InputError` naming file, line and column.
 Missing values (``n/a``) are not errors: the participant leaves the affected models and the
 reason is recorded as an exclusion.
 """
@@ -26,7 +28,8 @@ from ketamine_dti.bids import select_participants, strip_prefix
 from ketamine_dti.config import Config
 from ketamine_dti.derivatives import find_outputs, spec_path
 from ketamine_dti.errors import InputError
-from ketamine_dti.rois import ROI_NAMES
+from ketamine_dti.qc import FAIL, VERDICTS
+from ketamine_dti.rois import ROI_MISSING, ROI_NAMES
 
 LOGGER = logging.getLogger(__name__)
 
@@ -357,12 +360,21 @@ def find_roi_tables(output_dir: Path) -> dict[tuple[str, str], Path]:
     return {(f"sub-{subject}", session): path for (subject, session), path in found.items()}
 
 
-def read_roi_table(path: Path) -> dict[str, float]:
-    """roi -> md_mean (mm^2/s, NaN if n/a) of one session."""
+def read_roi_table(path: Path) -> tuple[dict[str, float], dict[str, str]]:
+    """roi -> md_mean (mm^2/s, NaN if n/a) of one session, and roi -> why, for the ROIs the
+    participant level reported missing (``status`` column; tables without it have none)."""
     table = read_tsv(path)
     table.require(["roi", "md_mean"], "rerun the participant level")
     rois = table.column("roi")
     _duplicates_error(table, [(roi,) for roi in rois], "roi")
+    missing = {}
+    if "status" in table.header:
+        reasons = table.column("reason") if "reason" in table.header else [""] * len(rois)
+        missing = {
+            roi: reason
+            for roi, status, reason in zip(rois, table.column("status"), reasons, strict=True)
+            if status == ROI_MISSING
+        }
     values = {}
     for index, (roi, raw) in enumerate(zip(rois, table.column("md_mean"), strict=True)):
         md = parse_number(table, index, "md_mean", raw)
@@ -371,8 +383,16 @@ def read_roi_table(path: Path) -> dict[str, float]:
                 f"{path}: line {table.line(index)}, column md_mean: {raw} is not a positive "
                 "MD (mm^2/s); rerun the participant level"
             )
-        values[roi] = md
-    return values
+        values[roi] = math.nan if roi in missing else md
+    return values, missing
+
+
+def _qc_row(path: Path) -> Table:
+    """A session's one-row QC table."""
+    table = read_tsv(path)
+    if len(table.rows) != 1:
+        raise InputError(f"{path}: {len(table.rows)} data rows, expected 1; rerun the session")
+    return table
 
 
 def read_mean_fd(path: Path) -> float:
@@ -382,55 +402,122 @@ def read_mean_fd(path: Path) -> float:
             f"{path}: not found, but --max-mean-fd needs it; rerun the participant level or "
             "drop --max-mean-fd"
         )
-    table = read_tsv(path)
+    table = _qc_row(path)
     table.require(["mean_fd"], "rerun the participant level or drop --max-mean-fd")
-    if len(table.rows) != 1:
-        raise InputError(f"{path}: {len(table.rows)} data rows, expected 1; rerun the session")
     return parse_number(table, 0, "mean_fd", table.rows[0][table.header.index("mean_fd")])
+
+
+def read_qc_verdict(path: Path) -> tuple[str, str] | None:
+    """(qc_verdict, qc_reasons) of one session; None when the QC table or its verdict is absent
+    (outputs of a version before QC verdicts), which the caller reports."""
+    if not path.is_file():
+        return None
+    table = _qc_row(path)
+    if "qc_verdict" not in table.header:
+        return None
+    verdict = table.column("qc_verdict")[0]
+    if verdict not in VERDICTS:
+        raise InputError(
+            f"{path}: line 2, column qc_verdict: {verdict!r} is not one of "
+            f"{', '.join(VERDICTS)}; rerun the participant level"
+        )
+    reasons = table.column("qc_reasons")[0] if "qc_reasons" in table.header else ""
+    return verdict, reasons
+
+
+def qc_exclusions(
+    config: Config, pid: str, sessions: Iterable[str], unscreened: list[str]
+) -> list[dict]:
+    """One exclusion per failed session of `pid` (none with ``--include-failed-qc``); sessions
+    without a verdict are appended to `unscreened`."""
+    exclusions = []
+    for session in sessions:
+        path = spec_path(config.output_dir, "qc_table", pid[len("sub-") :], session)
+        found = read_qc_verdict(path)
+        if found is None:
+            unscreened.append(f"{pid} ses-{session}")
+        elif found[0] == FAIL and config.include_failed_qc:
+            LOGGER.warning("%s ses-%s: QC failed (%s); kept (--include-failed-qc)", pid,
+                           session, found[1])  # fmt: skip
+        elif found[0] == FAIL:
+            reason = f"QC failed at ses-{session}: {found[1]}"
+            exclusions.append(exclusion(pid, reason, session_id=f"ses-{session}"))
+    return exclusions
+
+
+def _read_sessions(
+    config: Config, pid: str, tables: dict[tuple[str, str], Path], exclusions: list[dict]
+) -> dict[str, tuple[dict[str, float], dict[str, str]]]:
+    """session key -> (roi -> md_mean, roi -> why missing) of the sessions `pid` may use;
+    the sessions it may not use get exclusion rows (appended to `exclusions`)."""
+    sessions = {"baseline": config.baseline_session, "followup": config.followup_session}
+    found = {}
+    for key, session in sessions.items():
+        path = tables.get((pid, session))
+        if path is None:
+            exclusions.append(
+                exclusion(
+                    pid,
+                    f"no ROI MD table for ses-{session} (participant level missing or failed)",
+                    session_id=f"ses-{session}",
+                )
+            )
+            continue
+        if config.max_mean_fd is not None:
+            qc_file = spec_path(config.output_dir, "qc_table", pid[len("sub-") :], session)
+            mean_fd = read_mean_fd(qc_file)
+            if not mean_fd <= config.max_mean_fd:  # NaN fails too: QC unknown
+                exclusions.append(
+                    exclusion(
+                        pid,
+                        f"mean FD {mean_fd:.3g} mm above --max-mean-fd {config.max_mean_fd:g}"
+                        if not math.isnan(mean_fd)
+                        else "mean FD is n/a; cannot apply --max-mean-fd",
+                        session_id=f"ses-{session}",
+                    )
+                )
+                continue
+        found[key] = read_roi_table(path)
+    return found
 
 
 def load_md(
     config: Config, participants: pd.DataFrame, tables: dict[tuple[str, str], Path]
 ) -> tuple[pd.DataFrame, tuple[str, ...], list[dict]]:
-    """Regional MD (md_mean, mm^2/s) per participant, ROI and session, after the QC rule.
+    """Regional MD (md_mean, mm^2/s) per participant, ROI and session, after the QC rules.
 
     ``tables``: :func:`find_roi_tables` of OUTPUT_DIR.
     """
     output_dir = Path(config.output_dir)
     sessions = {"baseline": config.baseline_session, "followup": config.followup_session}
-    exclusions = []
+    exclusions: list[dict] = []
     values: dict[tuple[str, str], dict[str, float]] = {}
+    missing: dict[tuple[str, str], dict[str, str]] = {}
+    unscreened: list[str] = []
     for pid in participants.index:
-        for key, session in sessions.items():
-            path = tables.get((pid, session))
-            if path is None:
-                exclusions.append(
-                    exclusion(
-                        pid,
-                        f"no ROI MD table for ses-{session} (participant level missing or failed)",
-                        session_id=f"ses-{session}",
-                    )
-                )
-                continue
-            if config.max_mean_fd is not None:
-                qc_file = spec_path(output_dir, "qc_table", pid[len("sub-") :], session)
-                mean_fd = read_mean_fd(qc_file)
-                if not mean_fd <= config.max_mean_fd:  # NaN fails too: QC unknown
-                    exclusions.append(
-                        exclusion(
-                            pid,
-                            f"mean FD {mean_fd:.3g} mm above --max-mean-fd {config.max_mean_fd:g}"
-                            if not math.isnan(mean_fd)
-                            else "mean FD is n/a; cannot apply --max-mean-fd",
-                            session_id=f"ses-{session}",
-                        )
-                    )
-                    continue
-            values[(pid, key)] = read_roi_table(path)
+        written = [session for session in sessions.values() if (pid, session) in tables]
+        failed = qc_exclusions(config, pid, written, unscreened)
+        exclusions += failed
+        if not failed:
+            for key, read in _read_sessions(config, pid, tables, exclusions).items():
+                values[(pid, key)], missing[(pid, key)] = read
+    if unscreened:
+        LOGGER.warning(
+            "%d session(s) have no qc_verdict in their QC table (outputs of an earlier "
+            "version?) and are not screened by QC: %s",
+            len(unscreened),
+            ", ".join(unscreened),
+        )
     if not values:
+        hint = (
+            "every one failed QC (see exclusions in the log, their reports, or use "
+            "--include-failed-qc)"
+            if any(row["reason"].startswith("QC failed") for row in exclusions)
+            else "run the participant level first"
+        )
         raise InputError(
-            f"{output_dir}: no participant outputs for the selected participants of "
-            f"{Path(config.bids_dir) / 'participants.tsv'}; run the participant level first"
+            f"{output_dir}: no usable participant outputs for the selected participants of "
+            f"{Path(config.bids_dir) / 'participants.tsv'}; {hint}"
         )
     found_rois = {roi for per_session in values.values() for roi in per_session}
     rois = tuple(r for r in ROI_NAMES if r in found_rois) + tuple(
@@ -445,14 +532,14 @@ def load_md(
             value = per_roi.get(roi, math.nan)
             array[row_of[pid], 2 * roi_index + keys.index(key)] = value
             if math.isnan(value):
-                exclusions.append(
-                    exclusion(
-                        pid,
-                        f"no md_mean for {roi} at ses-{sessions[key]}",
-                        session_id=f"ses-{sessions[key]}",
-                        roi=roi,
-                    )
+                session = f"ses-{sessions[key]}"
+                why = missing[(pid, key)].get(roi)
+                reason = (
+                    f"{roi} missing at {session}: {why}"
+                    if why is not None
+                    else f"no md_mean for {roi} at {session}"
                 )
+                exclusions.append(exclusion(pid, reason, session_id=session, roi=roi))
     md = pd.DataFrame(array, index=participants.index, columns=columns)
     return md, rois, exclusions
 

@@ -108,6 +108,7 @@ class _QCInputSpec(BaseInterfaceInputSpec):
     dwi_file = File(exists=True, mandatory=True, desc="preprocessed DWI")
     bval_file = File(exists=True, mandatory=True)
     mask_file = File(exists=True, mandatory=True)
+    t1w_mask_file = File(exists=True, desc="brain mask of the subject template (T1w)")
     confounds_file = File(exists=True, mandatory=True)
     outlier_volumes = traits.Int(mandatory=True)
     residual_median = traits.Float(mandatory=True)
@@ -119,6 +120,7 @@ class _QCInputSpec(BaseInterfaceInputSpec):
 
 class _QCOutputSpec(TraitedSpec):
     out_file = File(exists=True)
+    qc_verdict = traits.Enum("pass", "warn", "fail")
 
 
 #: Sidecar description of every column SessionQC writes, in its order.
@@ -132,25 +134,71 @@ QC_COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
     "n_outlier_volumes": {
         "Description": f"Volumes with framewise displacement > {FD_OUTLIER_MM} mm"
     },
-    "tsnr": {"Description": "Median over the brain of mean/SD across b0 volumes"},
+    "outlier_fraction": {"Description": "n_outlier_volumes / n_volumes"},
+    "tsnr": {
+        "Description": "Median over the brain of mean/SD across b0 volumes; n/a when the "
+        "series has fewer than 2 b0 volumes (an SD across one volume is undefined)"
+    },
     "tensor_residual": {"Description": "Median RMS tensor-fit residual / S0 in the brain"},
     "brain_volume_ml": {"Description": "Volume of the DWI brain mask", "Units": "ml"},
+    "t1w_brain_volume_ml": {
+        "Description": "Volume of the subject template's (T1w) brain mask",
+        "Units": "ml",
+    },
     "reg_dwi_t1w_mi": {"Description": "Mattes mutual information b0 vs T1w (lower = better)"},
     "reg_dwi_t1w_dice": {"Description": "Dice of DWI and T1w brain masks after coregistration"},
     "reg_session_halfway_ncc": {"Description": "NCC of the sessions' T1w in halfway space"},
     "reg_t1w_mni_ncc": {"Description": "NCC of the subject template and MNI brain"},
     "reg_t1w_mni_dice": {"Description": "Dice of subject and MNI brain masks after SyN"},
     "roi_min_voxels": {"Description": "Fewest voxels kept in any ROI (see the ROI table)"},
+    "roi_min_fraction": {"Description": "Smallest fraction_kept of any ROI (see the ROI table)"},
+    "n_rois_missing": {"Description": "ROIs reported missing (status 'missing' in the ROI table)"},
+    "roi_missing_fraction": {"Description": "n_rois_missing / number of ROIs"},
+    "qc_verdict": {
+        "Description": "Session verdict from the thresholds of ketamine_dti.qc (docs/qc.md); "
+        "by default the group level excludes a participant with a failed session",
+        "Levels": {
+            "pass": "every metric within its documented range",
+            "warn": "a metric outside its warning range, or unknown (see qc_reasons)",
+            "fail": "a metric beyond its failure threshold (see qc_reasons)",
+        },
+    },
+    "qc_reasons": {
+        "Description": "Each breached threshold: metric, value, threshold, verdict and meaning; "
+        "separated by '; ' (n/a when the session passes)"
+    },
 }
 
 
+def _volume_ml(mask_file: str) -> float:
+    """Volume (ml) of a binary mask image."""
+    image = nib.load(mask_file)
+    voxels = np.count_nonzero(np.asanyarray(image.dataobj))
+    return float(voxels * np.prod(image.header.get_zooms()[:3]) / 1000.0)
+
+
 class SessionQC(SimpleInterface):
-    """One-row QC table of a session: motion, tSNR, fit residual, registration quality."""
+    """One-row QC table of a session (motion, tSNR, fit residual, registration quality, ROI
+    retention) with its verdict from ``ketamine_dti.qc``."""
 
     input_spec = _QCInputSpec
     output_spec = _QCOutputSpec
 
     def _run_interface(self, runtime):
+        from ketamine_dti import qc
+
+        row = self._metrics()
+        verdict, reasons = qc.session_verdict(row)
+        row["qc_verdict"], row["qc_reasons"] = verdict, qc.format_reasons(reasons)
+        out = Path(runtime.cwd) / "qc_metrics.tsv"
+        table = pd.DataFrame([row])[list(QC_COLUMN_DESCRIPTIONS)]
+        table.to_csv(out, sep="\t", index=False, float_format="%.6g", na_rep="n/a")
+        self._results["out_file"] = str(out)
+        self._results["qc_verdict"] = verdict
+        return runtime
+
+    def _metrics(self) -> dict:
+        from ketamine_dti import qc
         from ketamine_dti.dwi.gradients import B0_THRESHOLD, read_bvals
         from ketamine_dti.dwi.qc import b0_tsnr
 
@@ -165,7 +213,8 @@ class SessionQC(SimpleInterface):
             value = source.get(key) if isdefined(source) else None
             return float(value) if value is not None else float("nan")
 
-        row = {
+        t1w_mask = self.inputs.t1w_mask_file
+        return {
             "participant_id": f"sub-{self.inputs.participant_id}",
             "session_id": f"ses-{self.inputs.session_id}",
             "n_sessions": self.inputs.n_sessions,
@@ -173,21 +222,15 @@ class SessionQC(SimpleInterface):
             "mean_fd": float(np.mean(fd[1:])) if len(fd) > 1 else 0.0,
             "max_fd": float(np.max(fd)),
             "n_outlier_volumes": self.inputs.outlier_volumes,
+            "outlier_fraction": qc.outlier_fraction(self.inputs.outlier_volumes, len(bvals)),
             "tsnr": b0_tsnr(data, bvals <= B0_THRESHOLD, mask),
             "tensor_residual": self.inputs.residual_median,
-            "brain_volume_ml": float(
-                mask.sum()
-                * np.prod(nib.load(self.inputs.mask_file).header.get_zooms()[:3])
-                / 1000.0
-            ),
+            "brain_volume_ml": _volume_ml(self.inputs.mask_file),
+            "t1w_brain_volume_ml": _volume_ml(t1w_mask) if isdefined(t1w_mask) else np.nan,
             "reg_dwi_t1w_mi": get(self.inputs.dwi_t1w_qc, "mutual_information"),
             "reg_dwi_t1w_dice": get(self.inputs.dwi_t1w_qc, "dice_mask"),
             "reg_session_halfway_ncc": get(self.inputs.template_qc, "ncc_halfway"),
             "reg_t1w_mni_ncc": get(self.inputs.mni_qc, "ncc"),
             "reg_t1w_mni_dice": get(self.inputs.mni_qc, "dice_mask"),
             "roi_min_voxels": int(rois["n_voxels"].min()),
-        }
-        out = Path(runtime.cwd) / "qc_metrics.tsv"
-        pd.DataFrame([row]).to_csv(out, sep="\t", index=False, float_format="%.6g", na_rep="n/a")
-        self._results["out_file"] = str(out)
-        return runtime
+        } | qc.roi_retention(list(rois["status"]), list(rois["fraction_kept"]))

@@ -12,6 +12,7 @@ from nipype.interfaces.base import (
     File,
     SimpleInterface,
     TraitedSpec,
+    isdefined,
     traits,
 )
 
@@ -91,6 +92,8 @@ class _ROIStatsInputSpec(BaseInterfaceInputSpec):
     csf_file = File(exists=True, mandatory=True)
     mask_file = File(exists=True, mandatory=True)
     roi_names = traits.List(traits.Str, mandatory=True)
+    min_fraction = traits.Float(desc="ROI missing below this fraction of its atlas voxels")
+    min_voxels = traits.Int(desc="ROI missing below this many kept voxels")
 
 
 class _ROIStatsOutputSpec(TraitedSpec):
@@ -105,7 +108,7 @@ class ROIStats(SimpleInterface):
     output_spec = _ROIStatsOutputSpec
 
     def _run_interface(self, runtime):
-        from ketamine_dti.rois import gray_matter_mask, regional_statistics
+        from ketamine_dti.rois import RetentionRule, gray_matter_mask, regional_statistics
 
         md_image = nib.load(self.inputs.md_file)
 
@@ -120,6 +123,13 @@ class ROIStats(SimpleInterface):
         )
         labels = load(self.inputs.dseg_file).astype(np.int64)
         brain = load(self.inputs.mask_file) > 0
+        retention = RetentionRule(
+            **{
+                name: getattr(self.inputs, name)
+                for name in ("min_fraction", "min_voxels")
+                if isdefined(getattr(self.inputs, name))
+            }
+        )
         table = regional_statistics(
             md,
             labels,
@@ -127,6 +137,7 @@ class ROIStats(SimpleInterface):
             gm_prob=gm,
             csf_prob=csf,
             brain_mask=brain,
+            retention=retention,
             roi_names=self.inputs.roi_names,
         )
         out = Path(runtime.cwd) / "roi_md.tsv"

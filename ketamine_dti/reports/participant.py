@@ -148,6 +148,15 @@ def motion_plot(confounds: pd.DataFrame) -> str:
     return _png(figure)
 
 
+def split_reasons(cell) -> list[str]:
+    """The reasons of a ``qc_reasons`` cell (empty for n/a)."""
+    from ketamine_dti.qc import REASON_SEPARATOR
+
+    if not isinstance(cell, str) or cell in ("", "n/a"):
+        return []
+    return cell.split(REASON_SEPARATOR)
+
+
 def write_participant_report(config: Config, participant: bids.ParticipantInputs) -> Path:
     """Render sub-<label>.html from the participant's derivatives."""
     from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -165,9 +174,12 @@ def write_participant_report(config: Config, participant: bids.ParticipantInputs
         confounds = pd.read_csv(path("confounds"), sep="\t")
         qc = pd.read_csv(path("qc_table"), sep="\t")
         rois = pd.read_csv(path("roi_table"), sep="\t")
+        verdict = qc["qc_verdict"].iloc[0]
         sessions.append(
             {
                 "name": session.session,
+                "verdict": verdict,
+                "reasons": split_reasons(qc["qc_reasons"].iloc[0]),
                 "qc_table": qc.T.to_html(header=False, float_format=lambda v: f"{v:.4g}"),
                 "montage": md_montage(md.get_fdata(), np.asanyarray(kept.dataobj)),
                 "motion": motion_plot(confounds),

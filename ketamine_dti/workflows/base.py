@@ -20,6 +20,7 @@ from ketamine_dti import __version__, bids
 from ketamine_dti.config import Config
 from ketamine_dti.derivatives import spec_path
 from ketamine_dti.errors import InputError
+from ketamine_dti.qc import FAIL, WARN
 from ketamine_dti.rois import ROI_NAMES
 from ketamine_dti.workflows.anat import PUBLISHED_OUTPUTS, init_anat_wf
 from ketamine_dti.workflows.boilerplate import LiterateWorkflow, methods_text
@@ -146,7 +147,8 @@ def compute_seconds(workflow_dir: Path) -> float:
 
 
 def session_summary(config: Config, subject: str, session: str, elapsed: float) -> str:
-    """The one-line progress summary of a finished session (time, FD, voxels per ROI).
+    """The one-line progress summary of a finished session (time, FD, voxels per ROI, QC
+    verdict); a failed (warned) verdict is also logged as an ERROR (WARNING) with its reasons.
 
     ``elapsed`` is the session's own compute time (its nodes, not the shared anatomy).
     """
@@ -154,10 +156,17 @@ def session_summary(config: Config, subject: str, session: str, elapsed: float) 
     rois = pd.read_csv(spec_path(config.output_dir, "roi_table", subject, session), sep="\t")
     qc = qc.iloc[0]
     voxels = ", ".join(f"{r.roi}={int(r.n_voxels)}" for r in rois.itertuples())
+    verdict = qc["qc_verdict"]
+    if verdict in (WARN, FAIL):
+        LOGGER.log(
+            logging.ERROR if verdict == FAIL else logging.WARNING,
+            "sub-%s ses-%s: QC %s: %s",
+            subject, session, verdict.upper(), qc["qc_reasons"],
+        )  # fmt: skip
     return (
         f"sub-{subject} ses-{session}: done ({elapsed:.0f} s of session steps); "
         f"mean FD {qc['mean_fd']:.2f} mm (max {qc['max_fd']:.2f}); "
-        f"tSNR {qc['tsnr']:.1f}; voxels per ROI: {voxels}"
+        f"tSNR {qc['tsnr']:.1f}; voxels per ROI: {voxels}; QC {verdict}"
     )
 
 

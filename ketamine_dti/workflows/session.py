@@ -67,7 +67,9 @@ the composed transforms MNI -> subject template -> session T1w -> DWI (one inter
 label fractions >= 0.5); the tissue probabilities likewise. MD maps were never resampled. A voxel
 counted toward an ROI if it lay inside the DWI brain mask with GM probability >=
 {rule.gm_prob_min}, CSF probability <= {rule.csf_prob_max}, MD < {rule.md_max} mm^2/s and
-FA < {rule.fa_max}; the number of voxels kept per ROI is reported."""
+FA < {rule.fa_max}; the number of voxels kept per ROI is reported. An ROI that kept less than
+{100 * config.roi_min_fraction:g}% of its atlas voxels, or fewer than {config.roi_min_voxels}
+voxels, was reported missing."""
 
 
 def init_session_wf(
@@ -100,7 +102,14 @@ def init_session_wf(
     session_brain, dwi_to_t1w, dwi_to_template, to_dwi = _connect_registration(
         workflow, inputnode, preproc, session_index, threads, atlas_file
     )
-    roi_stats = pe.Node(ROIStats(roi_names=list(roi_names)), name="roi_stats")
+    roi_stats = pe.Node(
+        ROIStats(
+            roi_names=list(roi_names),
+            min_fraction=config.roi_min_fraction,
+            min_voxels=config.roi_min_voxels,
+        ),
+        name="roi_stats",
+    )
     qc = pe.Node(
         SessionQC(
             participant_id=session.subject, session_id=session.session, n_sessions=n_sessions
@@ -120,7 +129,8 @@ def init_session_wf(
                        ("outputnode.n_outlier_volumes", "outlier_volumes"),
                        ("outputnode.residual_median", "residual_median")]),
         (roi_stats, qc, [("out_file", "roi_file")]),
-        (inputnode, qc, [("template_qc", "template_qc"), ("mni_qc", "mni_qc")]),
+        (inputnode, qc, [("template_qc", "template_qc"), ("mni_qc", "mni_qc"),
+                         ("template_mask", "t1w_mask_file")]),
         (dwi_to_t1w, qc, [("qc", "dwi_t1w_qc")]),
         (roi_stats, outputnode, [("out_file", "roi_file")]),
         (qc, outputnode, [("out_file", "qc_file")]),
