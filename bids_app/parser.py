@@ -83,6 +83,21 @@ def _add_selection_options(sel) -> None:
     sel.add_argument("--baseline-session", default="baseline", type=_label)
     sel.add_argument("--followup-session", default="24h", type=_label)
     sel.add_argument(
+        "--sessions",
+        nargs=2,
+        type=_label,
+        metavar=("BASELINE", "FOLLOWUP"),
+        help="the analysed pair of sessions (sets --baseline-session and --followup-session); "
+        "any other session is ignored with a log line",
+    )
+    sel.add_argument(
+        "--dwi-runs",
+        choices=["combine", "first", "error"],
+        default="combine",
+        help="several DWI runs in a session: concatenate them (one grid), take the first, or "
+        "stop with an error",
+    )
+    sel.add_argument(
         "--bids-filter-file",
         type=Path,
         help='JSON of pybids filters per data type, e.g. {"dwi": {"acquisition": "hardi"}}',
@@ -93,6 +108,12 @@ def _add_selection_options(sel) -> None:
         dest="skip_bids_validation",
         action="store_true",
         help="do not run bids-validator-deno on bids_dir",
+    )
+    sel.add_argument(
+        "--check-only",
+        action="store_true",
+        help="run the input checks (headers, sidecars, gradient tables) for every selected "
+        "participant, print the summary and stop",
     )
 
 
@@ -130,6 +151,12 @@ def _add_method_options(met) -> None:
         "because it adds minutes per session and 24-hour MD change is a within-scan contrast",
     )
     met.add_argument("--tensor-fit", choices=["wls", "ols", "nlls"], default="wls")
+    met.add_argument(
+        "--b0-threshold",
+        type=float,
+        default=50.0,
+        help="b-values (s/mm^2) at or below this are b0 volumes (scanners write b=5..50)",
+    )
     met.add_argument(
         "--roi-atlas",
         type=Path,
@@ -212,8 +239,12 @@ def to_config(args: argparse.Namespace) -> Config:
     """Turn parsed arguments into the frozen run Config (path checks happen in run.py)."""
     if args.nprocs < 1 or args.omp_nthreads < 1 or args.mem_gb <= 0:
         raise UsageError("--nprocs, --omp-nthreads and --mem-gb must be positive")
+    if args.sessions:
+        args.baseline_session, args.followup_session = args.sessions
     if args.baseline_session == args.followup_session:
-        raise UsageError("--baseline-session and --followup-session must differ")
+        raise UsageError("the baseline and follow-up sessions must differ")
+    if args.b0_threshold < 0:
+        raise UsageError("--b0-threshold must be >= 0 s/mm^2")
     if args.max_mean_fd is not None and args.max_mean_fd <= 0:
         raise UsageError("--max-mean-fd must be a positive number of millimetres")
     if not 0 <= args.roi_min_fraction <= 1 or args.roi_min_voxels < 0:
@@ -235,6 +266,8 @@ def to_config(args: argparse.Namespace) -> Config:
         baseline_session=args.baseline_session,
         followup_session=args.followup_session,
         bids_filters=filters,
+        dwi_runs=args.dwi_runs,
+        check_only=args.check_only,
         work_dir=args.work_dir.absolute(),
         skip_bids_validation=args.skip_bids_validation,
         nprocs=args.nprocs,
@@ -248,6 +281,7 @@ def to_config(args: argparse.Namespace) -> Config:
         denoise=args.denoise,
         gibbs=args.gibbs,
         tensor_fit=args.tensor_fit,
+        b0_threshold=args.b0_threshold,
         roi_atlas=args.roi_atlas.absolute() if args.roi_atlas else None,
         roi_atlas_label=args.roi_atlas_label,
         roi_min_fraction=args.roi_min_fraction,

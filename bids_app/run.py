@@ -118,7 +118,8 @@ def _run_stage(config: Config) -> int:
 
         failures = run_participant_level(config)
         if failures:
-            print(f"ketamine-dti: {len(failures)} participant(s) failed:", file=sys.stderr)
+            what = "failed the input checks" if config.check_only else "failed"
+            print(f"ketamine-dti: {len(failures)} participant(s) {what}:", file=sys.stderr)
             for label, reason in failures:
                 print(f"  sub-{label}: {reason}", file=sys.stderr)
             return ec.EX_FAILURE
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             config.analysis_level,
             len(labels),
         )
-        return _run_stage(config)
+        code = _run_stage(config)
     except UsageError as err:
         parser.print_usage(sys.stderr)
         print(f"ketamine-dti: error: {err}", file=sys.stderr)

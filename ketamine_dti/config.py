@@ -30,6 +30,8 @@ class Config:
     baseline_session: str = "baseline"
     followup_session: str = "24h"
     bids_filters: dict = field(default_factory=dict)  # pybids filters per data type
+    dwi_runs: str = "combine"  # several DWI runs in a session: "combine", "first" or "error"
+    check_only: bool = False  # run the input checks for every participant, then stop
     work_dir: Path = Path("work")
     skip_bids_validation: bool = False
     # execution
@@ -45,6 +47,7 @@ class Config:
     denoise: str = "mppca"  # "mppca" or "none"
     gibbs: bool = False  # Gibbs unringing costs minutes per session; QSIPrep's default is off too
     tensor_fit: str = "wls"  # "wls", "ols" or "nlls"
+    b0_threshold: float = 50.0  # s/mm^2; scanners label b=5..50 "b0" (gradients.B0_THRESHOLD)
     roi_atlas: Path | None = None  # None: the bundled atlas; else a dseg NIfTI (+ .tsv)
     roi_atlas_label: str | None = None  # atlas-<label> of published dseg names; see atlas_label
     roi_min_fraction: float = ROI_MIN_FRACTION  # an ROI keeping less of its atlas is missing

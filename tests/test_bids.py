@@ -137,13 +137,14 @@ def test_no_b0(dataset):
         _collect(root)
 
 
-def test_nan_voxels(dataset):
+def test_nan_voxels_are_noted_not_fatal(dataset):
     root, files = dataset
     data = np.ones((6, 6, 6, N_VOLUMES), np.float32)
     data[2, 2, 2, 3] = np.nan
     nib.save(nib.Nifti1Image(data, np.eye(4)), files["01", "baseline"]["dwi"])
-    with pytest.raises(InputError, match=r"_dwi.nii.gz: 1 NaN/Inf voxels"):
-        _collect(root)
+    notes = []
+    bids.collect_session(bids.get_layout(root), "01", "baseline", notes=notes)
+    assert any("_dwi.nii.gz: 1 voxels hold NaN/Inf; they are zeroed" in n for n in notes)
 
 
 def test_truncated_nifti(dataset):
@@ -155,11 +156,43 @@ def test_truncated_nifti(dataset):
         _collect(root)
 
 
-def test_missing_t1w(dataset):
+def test_missing_t1w_uses_the_other_sessions(dataset):
     root, files = dataset
     files["01", "baseline"]["t1w"].unlink()
-    with pytest.raises(InputError, match=r"ses-baseline/anat: no T1w image found"):
-        _collect(root)
+    notes = []
+    participant = bids.collect_participant(bids.get_layout(root), "01", notes=notes)
+    assert [Path(s.t1w) for s in participant.sessions] == [files["01", "24h"]["t1w"]] * 2
+    assert any("ses-baseline: no T1w; using sub-01_ses-24h_T1w.nii.gz" in n for n in notes)
+    files["01", "24h"]["t1w"].unlink()
+    with pytest.raises(InputError, match=r"sub-01: no T1w image in any analysed session"):
+        bids.collect_participant(bids.get_layout(root), "01")
+
+
+def test_extra_sessions_are_ignored_and_pair_is_chosen(dataset):
+    root, files = dataset
+    _write_session(root, "01", "1week", np.random.default_rng(3))
+    notes = []
+    participant = bids.collect_participant(bids.get_layout(root), "01", notes=notes)
+    assert [s.session for s in participant.sessions] == ["baseline", "24h"]
+    assert any("sessions 1week ignored" in n for n in notes)
+    chosen = bids.collect_participant(bids.get_layout(root), "01", (), "baseline", "1week")
+    assert [s.session for s in chosen.sessions] == ["baseline", "1week"]
+    with pytest.raises(InputError, match="--sessions BASELINE FOLLOWUP"):
+        bids.collect_participant(bids.get_layout(root), "01", (), "pre", "post")
+
+
+def test_sidecars_are_read_by_inheritance_and_bad_json_is_named(dataset):
+    root, files = dataset
+    (root / "dwi.json").write_text(json.dumps({"EchoTime": 0.1, "Manufacturer": "Siemens"}))
+    metadata = bids.read_sidecar(files["01", "baseline"]["dwi"], root)
+    assert metadata["Manufacturer"] == "Siemens" and metadata["EchoTime"] == 0.08  # nearest wins
+    broken = files["02", "baseline"]["dwi"].with_name("sub-02_ses-baseline_dwi.json")
+    broken.write_text("{not json")
+    # the layout still indexes; only sub-02 is affected
+    layout = bids.get_layout(root)
+    assert bids.collect_participant(layout, "01").subject == "01"
+    with pytest.raises(InputError, match="sub-02_ses-baseline_dwi.json: unreadable JSON"):
+        bids.collect_participant(layout, "02")
 
 
 def test_filters_select_by_entity(dataset):
@@ -251,7 +284,8 @@ def test_sink_writes_bids_name_sidecar_and_compresses(tmp_path):
     )
     first = sink.run(cwd=str(work)).outputs.out_file
     expected = (
-        tmp_path / "out/sub-01/ses-24h/dwi/sub-01_ses-24h_space-dwi_model-tensor_param-md_dwimap"
+        bids.staging_root(tmp_path / "out")
+        / "sub-01/ses-24h/dwi/sub-01_ses-24h_space-dwi_model-tensor_param-md_dwimap"
     )
     assert first == str(expected) + ".nii.gz"
     assert np.array_equal(nib.load(first).get_fdata(), image.get_fdata())
@@ -260,3 +294,7 @@ def test_sink_writes_bids_name_sidecar_and_compresses(tmp_path):
     assert not before[3] & 0x08  # gzip FNAME flag unset: no file name in the header
     sink.run(cwd=str(work))
     assert Path(first).read_bytes() == before  # reruns are byte-identical
+    assert not list(Path(first).parent.glob(".*.tmp"))  # written under a temporary name
+    final = bids.promote_staged(tmp_path / "out", "01")
+    assert (final / "ses-24h/dwi" / Path(first).name).read_bytes() == before
+    assert not bids.staging_root(tmp_path / "out").exists()

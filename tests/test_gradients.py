@@ -30,10 +30,54 @@ def test_write_read_roundtrip(tmp_path):
 
 def test_check_accepts_and_normalises():
     bvals, bvecs = _table()
-    bvecs[3] *= 1.05  # converter rounding, within tolerance
+    bvecs[3] *= 1.005  # converter rounding: normalised, b kept
     gtab = gradients.check_gradient_table(bvals, bvecs, 8)
     assert np.allclose(np.linalg.norm(gtab.bvecs[2:], axis=1), 1.0)
     assert gtab.b0_mask.tolist() == [True, True] + [False] * 6
+    assert gtab.bvals[3] == 1000.0
+
+
+def test_non_unit_bvecs_scale_b_as_mrtrix(caplog):
+    """|g| = 0.5 on a b=1000 volume means b = 250 (b is proportional to |g|^2), logged."""
+    bvals, bvecs = _table()
+    bvecs[4] *= 0.5
+    bvecs[5] *= 2.0
+    with caplog.at_level("INFO"):
+        gtab = gradients.check_gradient_table(bvals, bvecs, 8, bvec_file="a.bvec")
+    assert gtab.bvals[4] == pytest.approx(250.0) and gtab.bvals[5] == pytest.approx(4000.0)
+    assert np.allclose(np.linalg.norm(gtab.bvecs[2:], axis=1), 1.0)
+    assert "a.bvec: 2 b-vectors are not unit length" in caplog.text
+
+
+def test_b0_threshold_and_shells():
+    bvals = np.array([0, 5, 30, 995, 1000, 1004, 2000, 2050, 3000])
+    assert gradients.cluster_shells(bvals).tolist() == pytest.approx(
+        [0, 0, 0, 999.666667, 999.666667, 999.666667, 2025, 2025, 3000]
+    )
+    assert gradients.cluster_shells(bvals, b0_threshold=10)[2] == 30  # b=30 is a shell then
+    bvals, bvecs = _table()
+    bvals[1] = 40
+    assert gradients.check_gradient_table(bvals, bvecs, 8).b0_mask[1]
+    with pytest.raises(InputError, match="no b0 volume .b <= 10 s/mm"):
+        bvals[0] = 20
+        gradients.check_gradient_table(bvals, bvecs, 8, b0_threshold=10)
+
+
+def test_tensor_determinability():
+    bvals, bvecs = _table()
+    assert gradients.tensor_determinable(bvecs[2:])
+    assert not gradients.tensor_determinable(bvecs[2:7])  # 5 directions
+    same = np.tile(bvecs[2], (8, 1)) * np.r_[1, -1, 1, -1, 1, -1, 1, -1][:, None]
+    assert not gradients.tensor_determinable(same)  # one axis, both signs
+    planar = bvecs[2:].copy()
+    planar[:, 2] = 0
+    planar /= np.linalg.norm(planar, axis=1, keepdims=True)
+    assert not gradients.tensor_determinable(planar)  # all in one plane: Dzz unknown
+    gtab = gradients.check_gradient_table(
+        np.r_[0, np.full(8, 1000.0)], np.vstack([[0, 0, 0], same]), 9
+    )
+    with pytest.raises(InputError, match="a.bvec: .* do not span 6 non-collinear directions"):
+        gradients.require_tensor_fit(gtab, "a.bvec")
 
 
 @pytest.mark.parametrize(
@@ -42,8 +86,10 @@ def test_check_accepts_and_normalises():
         (lambda b, v: (b[:-1], v), "7 b-values for 8 DWI volumes"),
         (lambda b, v: (b, v[:-1]), "7 b-vectors for 8 DWI volumes"),
         (lambda b, v: (np.full_like(b, 1000.0), v), "no b0 volume"),
-        (lambda b, v: (b, v * np.r_[1, 1, 1, 2, 1, 1, 1, 1][:, None]), "not unit length"),
         (lambda b, v: (b * -1, v), "negative b-values"),
+        (lambda b, v: (b / 1000, v), "look like ms/um"),
+        (lambda b, v: (b, np.where(np.arange(8)[:, None] == 4, np.nan, v)), "NaN or Inf"),
+        (lambda b, v: (b, v * np.r_[1, 1, 1, 0, 1, 1, 1, 1][:, None]), "zero b-vector"),
     ],
 )
 def test_check_rejects_with_file_name(change, message):

@@ -141,7 +141,8 @@ def test_run_participant_level_reports_each_broken_participant(tmp_path):
     assert set(failures) == {"01", "02"}
     assert "sub-01_ses-baseline_dwi.nii.gz: no .bval file found" in failures["01"]
     assert "sub-02_ses-baseline_dwi.nii.gz: DWI is 3-D" in failures["02"]
-    assert (tmp_path / "out" / "dataset_description.json").exists()
+    # both fail the checks that run before any processing, so nothing is written
+    assert not (tmp_path / "out" / "dataset_description.json").exists()
 
 
 def test_dwi_preproc_defaults_follow_the_config():

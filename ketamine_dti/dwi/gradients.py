@@ -19,11 +19,20 @@ from ketamine_dti.errors import InputError
 
 LOGGER = logging.getLogger(__name__)
 
-#: s/mm^2; scanners often report b=5..50 for the "b0" images, which are treated as unweighted.
+#: s/mm^2; scanners often report b=5..50 for the "b0" images, which are treated as unweighted
+#: (MRtrix3's default bzero threshold is 10; 50 also covers Philips' b=25..50 "b0"s).
 B0_THRESHOLD = 50.0
-#: |norm - 1| allowed for a diffusion-weighted b-vector before it is called broken; converters
-#: round to 4-6 decimals, so anything beyond 10% is a wrong file, not rounding.
-BVEC_NORM_TOLERANCE = 0.1
+#: Relative width of a shell: b-values within 5% of a shell's centre belong to it (scanners
+#: report e.g. b=995..1005 for one nominal shell, and the norm rescaling below spreads them).
+SHELL_TOLERANCE = 0.05
+#: |norm - 1| below which a diffusion-weighted b-vector is taken as unit (converter rounding).
+BVEC_UNIT_TOLERANCE = 0.01
+#: If every b-value is at most this, they are in ms/um^2 (1 ms/um^2 = 1000 s/mm^2), not s/mm^2.
+BVAL_MS_PER_UM2_MAX = 10.0
+#: Unique gradient directions (up to sign) a tensor fit needs: 6 unknowns besides S0.
+MIN_TENSOR_DIRECTIONS = 6
+#: Relative singular value below which the tensor design counts as rank deficient.
+_DESIGN_RANK_TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -32,15 +41,21 @@ class GradientTable:
 
     bvals: np.ndarray
     bvecs: np.ndarray
+    b0_threshold: float = B0_THRESHOLD
 
     @property
     def b0_mask(self) -> np.ndarray:
         """True for the unweighted (b0) volumes."""
-        return self.bvals <= B0_THRESHOLD
+        return self.bvals <= self.b0_threshold
 
     @property
     def n_volumes(self) -> int:
         return int(self.bvals.shape[0])
+
+    @property
+    def shells(self) -> np.ndarray:
+        """Shell centre (s/mm^2) of every volume, 0 for b0s (see :func:`cluster_shells`)."""
+        return cluster_shells(self.bvals, self.b0_threshold)
 
 
 def _read_numbers(path: str | Path, ndmin: int, what: str, expected: str) -> np.ndarray:
@@ -66,19 +81,65 @@ def read_bvecs(path: str | Path) -> np.ndarray:
     raise InputError(f"{path}: b-vectors have shape {values.shape}; expected 3 rows (FSL format)")
 
 
-def check_gradient_table(
-    bvals: np.ndarray,
-    bvecs: np.ndarray,
-    n_volumes: int,
-    bval_file: str | Path = "bval",
-    bvec_file: str | Path = "bvec",
-) -> GradientTable:
-    """Check counts, b0 presence and b-vector norms; return a table with unit b-vectors.
+def cluster_shells(
+    bvals: np.ndarray, b0_threshold: float = B0_THRESHOLD, tolerance: float = SHELL_TOLERANCE
+) -> np.ndarray:
+    """Shell centre of every volume (s/mm^2; 0 for b0s).
 
-    Raises InputError naming the file that is wrong and what to do about it.
+    Sorted b-values join the current shell while within ``tolerance`` of its running mean,
+    so b=995..1005 is one shell and b=1000 vs 2000 are two.
     """
     bvals = np.asarray(bvals, dtype=float).ravel()
+    centres = np.zeros_like(bvals)
+    weighted = np.flatnonzero(bvals > b0_threshold)
+    members: list[int] = []
+    for index in weighted[np.argsort(bvals[weighted], kind="stable")]:
+        if (
+            members
+            and abs(bvals[index] - bvals[members].mean()) > tolerance * bvals[members].mean()
+        ):
+            centres[members] = bvals[members].mean()
+            members = []
+        members.append(index)
+    if members:
+        centres[members] = bvals[members].mean()
+    return centres
+
+
+def normalise_bvecs(
+    bvals: np.ndarray, bvecs: np.ndarray, b0_threshold: float = B0_THRESHOLD
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Unit b-vectors, with b scaled by the squared norm where a vector is not unit (MRtrix3).
+
+    Some scanners encode lower b-values on a shell by shortening the gradient vector (b is
+    proportional to |g|^2). Returns (bvals, unit bvecs, number of volumes rescaled); b0 volumes
+    get a zero vector.
+    """
+    bvals = np.asarray(bvals, dtype=float).ravel().copy()
     bvecs = np.asarray(bvecs, dtype=float)
+    norms = np.linalg.norm(bvecs, axis=1)
+    weighted = (bvals > b0_threshold) & (norms > 0)
+    rescale = weighted & (np.abs(norms - 1.0) > BVEC_UNIT_TOLERANCE)
+    bvals[rescale] *= norms[rescale] ** 2
+    unit = np.zeros_like(bvecs)
+    unit[weighted] = bvecs[weighted] / norms[weighted, None]
+    return bvals, unit, int(rescale.sum())
+
+
+def tensor_determinable(bvecs: np.ndarray) -> bool:
+    """Whether unit directions (N, 3) determine a tensor: the 6-column design has full rank."""
+    g = np.asarray(bvecs, dtype=float)
+    if g.shape[0] < MIN_TENSOR_DIRECTIONS:
+        return False
+    design = np.column_stack(
+        [g[:, 0] ** 2, g[:, 1] ** 2, g[:, 2] ** 2, g[:, 0] * g[:, 1], g[:, 0] * g[:, 2],
+         g[:, 1] * g[:, 2]]
+    )  # fmt: skip
+    singular = np.linalg.svd(design, compute_uv=False)
+    return bool(singular[-1] > _DESIGN_RANK_TOLERANCE * singular[0])
+
+
+def _check_counts(bvals, bvecs, n_volumes, bval_file, bvec_file) -> None:
     if bvals.shape[0] != n_volumes:
         raise InputError(
             f"{bval_file}: {bvals.shape[0]} b-values for {n_volumes} DWI volumes; "
@@ -90,28 +151,65 @@ def check_gradient_table(
             "the .bvec must have 3 rows with one column per volume"
         )
     if not (np.all(np.isfinite(bvals)) and np.all(np.isfinite(bvecs))):
-        raise InputError(f"{bval_file}/{bvec_file}: non-finite gradient values; fix the files")
+        bad = bval_file if not np.all(np.isfinite(bvals)) else bvec_file
+        raise InputError(f"{bad}: NaN or Inf in the gradient table; re-export the file")
     if np.any(bvals < 0):
         raise InputError(f"{bval_file}: negative b-values; b-values are in s/mm^2 and >= 0")
-    b0_mask = bvals <= B0_THRESHOLD
+    if bvals.max() <= BVAL_MS_PER_UM2_MAX and bvals.max() > 0:
+        raise InputError(
+            f"{bval_file}: every b-value is <= {BVAL_MS_PER_UM2_MAX:g}; they look like ms/um^2 "
+            "(1 ms/um^2 = 1000 s/mm^2); write them in s/mm^2"
+        )
+
+
+def check_gradient_table(
+    bvals: np.ndarray,
+    bvecs: np.ndarray,
+    n_volumes: int,
+    bval_file: str | Path = "bval",
+    bvec_file: str | Path = "bvec",
+    b0_threshold: float = B0_THRESHOLD,
+) -> GradientTable:
+    """Check counts, units and b0 presence; return a table with unit b-vectors.
+
+    b-vectors that are not unit length are normalised and their b-values scaled by the squared
+    norm (MRtrix3's convention), with a log line. Raises InputError naming the file that is
+    wrong and what to do about it.
+    """
+    bvals = np.asarray(bvals, dtype=float).ravel()
+    bvecs = np.asarray(bvecs, dtype=float)
+    _check_counts(bvals, bvecs, n_volumes, bval_file, bvec_file)
+    b0_mask = bvals <= b0_threshold
     if not b0_mask.any():
         raise InputError(
-            f"{bval_file}: no b0 volume (b <= {B0_THRESHOLD:g} s/mm^2); a b0 reference is needed "
-            "for motion correction and the tensor fit"
+            f"{bval_file}: no b0 volume (b <= {b0_threshold:g} s/mm^2); a b0 reference is needed "
+            "for motion correction and the tensor fit (see --b0-threshold)"
         )
     if b0_mask.all():
         raise InputError(f"{bval_file}: no diffusion-weighted volume; cannot fit a tensor")
     norms = np.linalg.norm(bvecs, axis=1)
-    bad = ~b0_mask & (np.abs(norms - 1.0) > BVEC_NORM_TOLERANCE)
-    if bad.any():
+    zero = ~b0_mask & (norms == 0)
+    if zero.any():
         raise InputError(
-            f"{bvec_file}: b-vectors of volumes {np.flatnonzero(bad).tolist()} are not unit "
-            f"length (norms {np.round(norms[bad], 3).tolist()}); check the file's orientation"
+            f"{bvec_file}: volumes {np.flatnonzero(zero).tolist()} are diffusion weighted but "
+            "have a zero b-vector; check the .bval/.bvec pair"
         )
-    unit = np.zeros_like(bvecs)
-    weighted = ~b0_mask
-    unit[weighted] = bvecs[weighted] / norms[weighted, None]
-    return GradientTable(bvals=bvals, bvecs=unit)
+    bvals, unit, n_rescaled = normalise_bvecs(bvals, bvecs, b0_threshold)
+    if n_rescaled:
+        LOGGER.info(
+            "%s: %d b-vectors are not unit length; b scaled by the squared norm and the vectors "
+            "normalised (as MRtrix3 does)", bvec_file, n_rescaled,
+        )  # fmt: skip
+    return GradientTable(bvals=bvals, bvecs=unit, b0_threshold=b0_threshold)
+
+
+def require_tensor_fit(gtab: GradientTable, bvec_file: str | Path = "bvec") -> None:
+    """InputError unless the diffusion-weighted directions determine a tensor."""
+    if not tensor_determinable(gtab.bvecs[~gtab.b0_mask]):
+        raise InputError(
+            f"{bvec_file}: the diffusion-weighted volumes do not span {MIN_TENSOR_DIRECTIONS} "
+            "non-collinear directions, so a tensor cannot be fitted; check the gradient table"
+        )
 
 
 def write_bvals(path: str | Path, bvals: np.ndarray) -> None:

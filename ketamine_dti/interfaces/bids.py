@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
-import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -54,7 +54,11 @@ class _SinkOutputSpec(TraitedSpec):
 class DerivativesSink(SimpleInterface):
     """Copy a result to its BIDS-Derivatives name and write its JSON sidecar.
 
-    Always runs (never served from the cache), so a resumed run still fills a new OUTPUT_DIR.
+    Writes under the participant's staging folder (``bids.staging_root``); the participant
+    level moves the whole folder into OUTPUT_DIR once every step succeeded, so a failed
+    participant leaves no derivatives. Each file appears under a temporary name first, then
+    is renamed. Always runs (never served from the cache), so a resumed run still fills a new
+    OUTPUT_DIR.
     """
 
     input_spec = _SinkInputSpec
@@ -68,34 +72,31 @@ class DerivativesSink(SimpleInterface):
             else _extension(self.inputs.in_file)
         )
         target = bids.derivative_path(
-            self.inputs.output_dir,
+            bids.staging_root(self.inputs.output_dir),
             self.inputs.datatype or None,
             self.inputs.suffix,
             extension,
             **self.inputs.entities,
         )
-        target.parent.mkdir(parents=True, exist_ok=True)
+        content = Path(self.inputs.in_file).read_bytes()
         if str(target).endswith(".nii.gz") and not self.inputs.in_file.endswith(".gz"):
             # work files are uncompressed for speed; mtime=0 keeps reruns byte-identical, and no
             # file name goes into the gzip header (the validator warns about one)
-            with (
-                open(self.inputs.in_file, "rb") as source,
-                open(target, "wb") as raw,
-                gzip.GzipFile(
-                    filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=GZIP_LEVEL
-                ) as sink,
-            ):
-                shutil.copyfileobj(source, sink)
-        else:
-            shutil.copyfile(self.inputs.in_file, target)
+            buffer = io.BytesIO()
+            with gzip.GzipFile(
+                filename="", mode="wb", fileobj=buffer, mtime=0, compresslevel=GZIP_LEVEL
+            ) as sink:
+                sink.write(content)
+            content = buffer.getvalue()
+        bids.atomic_write_bytes(target, content)
         stem = str(target)[: -len(extension)]
         for extra in ("bval", "bvec"):
             path = getattr(self.inputs, f"{extra}_file")
             if isdefined(path):
-                shutil.copyfile(path, f"{stem}.{extra}")
+                bids.atomic_write_bytes(f"{stem}.{extra}", Path(path).read_bytes())
         if isdefined(self.inputs.metadata) and self.inputs.metadata:
-            Path(stem + ".json").write_text(
-                json.dumps(self.inputs.metadata, indent=2, sort_keys=True) + "\n"
+            bids.atomic_write_text(
+                stem + ".json", json.dumps(self.inputs.metadata, indent=2, sort_keys=True) + "\n"
             )
         self._results["out_file"] = str(target)
         return runtime
@@ -116,6 +117,8 @@ class _QCInputSpec(BaseInterfaceInputSpec):
     dwi_t1w_qc = traits.Dict()
     template_qc = traits.Dict(desc="subject-template (halfway) QC")
     mni_qc = traits.Dict(desc="template -> MNI registration QC")
+    n_nonfinite_voxels = traits.Int(0, usedefault=True, desc="raw voxels with NaN/Inf (zeroed)")
+    n_zero_volumes = traits.Int(0, usedefault=True, desc="all-zero raw volumes (excluded)")
 
 
 class _QCOutputSpec(TraitedSpec):
@@ -154,6 +157,8 @@ QC_COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
     "roi_min_fraction": {"Description": "Smallest fraction_kept of any ROI (see the ROI table)"},
     "n_rois_missing": {"Description": "ROIs reported missing (status 'missing' in the ROI table)"},
     "roi_missing_fraction": {"Description": "n_rois_missing / number of ROIs"},
+    "n_nonfinite_voxels": {"Description": "Raw voxels holding NaN/Inf, zeroed before processing"},
+    "n_zero_volumes": {"Description": "All-zero raw volumes, left out of every step"},
     "qc_verdict": {
         "Description": "Session verdict from the thresholds of ketamine_dti.qc (docs/qc.md); "
         "by default the group level excludes a participant with a failed session",
@@ -233,4 +238,6 @@ class SessionQC(SimpleInterface):
             "reg_t1w_mni_ncc": get(self.inputs.mni_qc, "ncc"),
             "reg_t1w_mni_dice": get(self.inputs.mni_qc, "dice_mask"),
             "roi_min_voxels": int(rois["n_voxels"].min()),
+            "n_nonfinite_voxels": self.inputs.n_nonfinite_voxels,
+            "n_zero_volumes": self.inputs.n_zero_volumes,
         } | qc.roi_retention(list(rois["status"]), list(rois["fraction_kept"]))

@@ -20,6 +20,8 @@ from ketamine_dti import __version__, bids
 from ketamine_dti.config import Config
 from ketamine_dti.derivatives import spec_path
 from ketamine_dti.errors import InputError
+from ketamine_dti.interfaces.inputs import PrepareT1w
+from ketamine_dti.preflight import check_participant, run_preflight
 from ketamine_dti.qc import FAIL, WARN
 from ketamine_dti.rois import ROI_NAMES
 from ketamine_dti.workflows.anat import PUBLISHED_OUTPUTS, init_anat_wf
@@ -77,7 +79,7 @@ def init_participant_wf(
     atlas_file, roi_names = resolve_atlas(config)
     if not independent_anatomy:
         anat_wf = init_anat_wf(omp_nthreads=config.omp_nthreads)
-        anat_wf.inputs.inputnode.t1w_files = [session.t1w for session in participant.sessions]
+        _feed_t1w(workflow, anat_wf, [session.t1w for session in participant.sessions])
         derivatives = init_anat_derivatives_wf(participant, config)
         workflow.connect([
             (anat_wf, derivatives, [(f"outputnode.{field}", f"inputnode.{key}")
@@ -88,7 +90,7 @@ def init_participant_wf(
             anat_wf = init_anat_wf(
                 omp_nthreads=config.omp_nthreads, name=f"anat_ses_{session.session}_wf"
             )
-            anat_wf.inputs.inputnode.t1w_files = [session.t1w]
+            _feed_t1w(workflow, anat_wf, [session.t1w], f"prepare_t1w_{session.session}")
         session_wf = init_session_wf(
             session,
             session_index=0 if independent_anatomy else index,
@@ -101,6 +103,12 @@ def init_participant_wf(
             [(anat_wf, session_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in ANAT_FIELDS])]
         )
     return workflow
+
+
+def _feed_t1w(workflow, anat_wf, t1w_files: list[str], name: str = "prepare_t1w") -> None:
+    """Raw T1w files -> 3-D finite images (a singleton 4th dimension squeezed) -> anatomy."""
+    prepare = pe.Node(PrepareT1w(in_files=t1w_files), name=name)
+    workflow.connect(prepare, "out_files", anat_wf, "inputnode.t1w_files")
 
 
 # -------------------------------------------------------------------------------- running
@@ -185,24 +193,27 @@ def _configure_nipype(config: Config, log_dir: Path) -> dict:
 
 
 def run_participant(
-    config: Config, layout, subject: str, independent_anatomy: bool = False
+    config: Config,
+    layout,
+    subject: str,
+    independent_anatomy: bool = False,
+    participant: bids.ParticipantInputs | None = None,
 ) -> None:
-    """Check, build and run one participant; raises on failure."""
+    """Check (unless ``participant`` is given, already checked), build and run one participant.
+
+    Derivatives are written to the staging folder and moved into place only after every node
+    succeeded, so a failure leaves no final derivatives (the log and crash files stay).
+    """
     started = time.time()
-    participant = bids.collect_participant(
-        layout,
-        subject,
-        session_labels=config.session_labels,
-        baseline_session=config.baseline_session,
-        followup_session=config.followup_session,
-        bids_filters=config.bids_filters,
-    )
+    if participant is None:
+        participant = check_participant(config, layout, subject, [])
     log_dir = Path(config.output_dir) / f"sub-{subject}" / "log"
     log_dir.mkdir(parents=True, exist_ok=True)
     workflow = init_participant_wf(participant, config, independent_anatomy=independent_anatomy)
     # the methods of the steps that run (the same text for every participant of a run)
-    (Path(config.output_dir) / "logs").mkdir(parents=True, exist_ok=True)
-    (Path(config.output_dir) / "logs" / "CITATION.md").write_text(methods_text(workflow))
+    bids.atomic_write_text(
+        Path(config.output_dir) / "logs" / "CITATION.md", methods_text(workflow)
+    )
     workflow.base_dir = str(Path(config.work_dir).absolute())
     workflow.config.update(_configure_nipype(config, log_dir))
     if config.write_graph:
@@ -210,11 +221,14 @@ def run_participant(
             workflow.write_graph(graph2use="colored", format="svg", simple_form=True)
         except Exception as exc:  # graphviz may be missing; the graph is optional
             LOGGER.warning("sub-%s: could not write the workflow graph (%s)", subject, exc)
+    bids.discard_staged(config.output_dir, subject)
     try:
         workflow.run(plugin=config.plugin, plugin_args=_plugin_args(config))
     except Exception as exc:
+        bids.discard_staged(config.output_dir, subject)
         reason = _crash_reason(log_dir, started) or f"{type(exc).__name__}: {exc}"
         raise RuntimeError(reason) from exc
+    bids.promote_staged(config.output_dir, subject)
     workflow_dir = Path(workflow.base_dir) / workflow.name
     for session in participant.sessions:
         seconds = compute_seconds(workflow_dir / f"ses_{session.session}_wf")
@@ -234,23 +248,28 @@ def _write_report(config: Config, participant: bids.ParticipantInputs) -> None:
 
 
 def run_participant_level(config: Config) -> list[tuple[str, str]]:
-    """Run every selected participant; return (label, reason) for each that failed.
+    """Check every selected participant, then run those that passed; return (label, reason)
+    for each that failed a check or a step.
 
     Unknown participant labels raise InputError (listing those that exist) before anything
-    runs. BIDS_DIR is only read (pybids keeps its index in memory).
+    runs. BIDS_DIR is only read (pybids keeps its index in memory). With
+    ``config.check_only`` nothing runs after the checks.
     """
     subjects = bids.select_participants(
         bids.participant_folders(config.bids_dir), config.participant_labels, config.bids_dir
     )
     layout = bids.get_layout(config.bids_dir)
+    checked = run_preflight(config, subjects, layout)
+    failures = [(label, reason) for label, reason in checked.errors.items()]
+    if config.check_only or not checked.ready:
+        return failures
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     bids.init_derivatives(output_dir, config.bids_dir)
-    failures: list[tuple[str, str]] = []
-    for position, subject in enumerate(subjects, start=1):
-        LOGGER.info("sub-%s (%d/%d): starting", subject, position, len(subjects))
+    for position, (subject, participant) in enumerate(checked.ready.items(), start=1):
+        LOGGER.info("sub-%s (%d/%d): starting", subject, position, len(checked.ready))
         try:
-            run_participant(config, layout, subject)
+            run_participant(config, layout, subject, participant=participant)
         except InputError as exc:
             LOGGER.error("sub-%s: bad input: %s", subject, exc)
             failures.append((subject, str(exc)))

@@ -13,12 +13,13 @@ from ketamine_dti.derivatives import input_fields, session_output_keys
 from ketamine_dti.dwi.motion import pe_axis_from_metadata
 from ketamine_dti.interfaces.anat import CollapseLinear, DWIToT1w, SessionBrain
 from ketamine_dti.interfaces.bids import SessionQC
+from ketamine_dti.interfaces.inputs import PrepareDWI
 from ketamine_dti.interfaces.rois import AtlasToDWI, ROIStats
 from ketamine_dti.resources import ATLAS as BUNDLED_ATLAS
 from ketamine_dti.resources import TEMPLATE as MNI_SPACE
 from ketamine_dti.rois import GrayMatterRule
 from ketamine_dti.workflows.boilerplate import LiterateWorkflow
-from ketamine_dti.workflows.dwi import init_dwi_preproc_wf
+from ketamine_dti.workflows.dwi import DWI_STEP_MEM_GB, init_dwi_preproc_wf
 from ketamine_dti.workflows.nodes import threaded_node
 from ketamine_dti.workflows.outputs import init_session_derivatives_wf
 
@@ -98,7 +99,7 @@ def init_session_wf(
     threads = config.omp_nthreads
     inputnode = pe.Node(niu.IdentityInterface(fields=list(ANAT_FIELDS)), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=list(OUTPUT_FIELDS)), name="outputnode")
-    preproc = _init_preproc(session, config)
+    prepare, preproc = _init_preproc(workflow, session, config)
     session_brain, dwi_to_t1w, dwi_to_template, to_dwi = _connect_registration(
         workflow, inputnode, preproc, session_index, threads, atlas_file
     )
@@ -129,6 +130,8 @@ def init_session_wf(
                        ("outputnode.n_outlier_volumes", "outlier_volumes"),
                        ("outputnode.residual_median", "residual_median")]),
         (roi_stats, qc, [("out_file", "roi_file")]),
+        (prepare, qc, [("n_nonfinite_voxels", "n_nonfinite_voxels"),
+                       ("n_zero_volumes", "n_zero_volumes")]),
         (inputnode, qc, [("template_qc", "template_qc"), ("mni_qc", "mni_qc"),
                          ("template_mask", "t1w_mask_file")]),
         (dwi_to_t1w, qc, [("qc", "dwi_t1w_qc")]),
@@ -156,8 +159,23 @@ def init_session_wf(
     return workflow
 
 
-def _init_preproc(session: SessionInputs, config: Config) -> pe.Workflow:
-    """The session's DWI preprocessing with the run's methods, fed its raw files."""
+def _init_preproc(workflow, session: SessionInputs, config: Config):
+    """The session's DWI preprocessing with the run's methods, fed its conditioned series.
+
+    Returns (prepare_dwi, dwi_preproc_wf): the first makes one clean series of the raw run(s)
+    (runs concatenated, NaN/Inf zeroed, all-zero volumes out, b0s by ``b0_threshold``).
+    """
+    runs = session.dwi_runs
+    prepare = pe.Node(
+        PrepareDWI(
+            dwi_files=[run[0] for run in runs],
+            bval_files=[run[1] for run in runs],
+            bvec_files=[run[2] for run in runs],
+            b0_threshold=config.b0_threshold,
+        ),
+        name="prepare_dwi",
+        mem_gb=DWI_STEP_MEM_GB,
+    )
     preproc = init_dwi_preproc_wf(
         denoise=config.denoise,
         gibbs=config.gibbs,
@@ -165,10 +183,12 @@ def _init_preproc(session: SessionInputs, config: Config) -> pe.Workflow:
         omp_nthreads=config.omp_nthreads,
         pe_axis=pe_axis_from_metadata(session.dwi_metadata),
     )
-    preproc.inputs.inputnode.dwi_file = session.dwi
-    preproc.inputs.inputnode.bval_file = session.bval
-    preproc.inputs.inputnode.bvec_file = session.bvec
-    return preproc
+    workflow.connect([
+        (prepare, preproc, [("out_file", "inputnode.dwi_file"),
+                            ("out_bval", "inputnode.bval_file"),
+                            ("out_bvec", "inputnode.bvec_file")]),
+    ])  # fmt: skip
+    return prepare, preproc
 
 
 def _connect_registration(workflow, inputnode, preproc, session_index, threads, atlas_file):
