@@ -298,3 +298,21 @@ def test_sink_writes_bids_name_sidecar_and_compresses(tmp_path):
     final = bids.promote_staged(tmp_path / "out", "01")
     assert (final / "ses-24h/dwi" / Path(first).name).read_bytes() == before
     assert not bids.staging_root(tmp_path / "out").exists()
+
+
+def test_promotion_replaces_previous_outputs_and_keeps_the_log(tmp_path):
+    """Staged outputs replace the previous run's by folder renames; the log goes with them."""
+    out = tmp_path / "out"
+    old = out / "sub-01" / "ses-24h" / "dwi" / "old.tsv"
+    old.parent.mkdir(parents=True)
+    old.write_text("previous run")
+    (out / "sub-01" / "log").mkdir()
+    (out / "sub-01" / "log" / "crash-x.txt").write_text("crash")
+    bids.atomic_write_text(bids.staging_root(out) / "sub-01" / "ses-24h" / "dwi" / "new.tsv", "n")
+    bids.promote_staged(out, "01")
+    assert not old.exists() and (old.parent / "new.tsv").read_text() == "n"
+    assert (out / "sub-01" / "log" / "crash-x.txt").read_text() == "crash"
+    assert not bids.staging_root(out).exists()
+    bids.atomic_write_text(bids.staging_root(out) / "sub-01" / "half.tsv", "x")
+    bids.discard_staged(out, "01")  # an interrupted run's leftovers
+    assert not (bids.staging_root(out) / "sub-01").exists()
