@@ -6,7 +6,12 @@ import nibabel as nib
 import numpy as np
 
 from ketamine_dti.dwi import gradients
-from ketamine_dti.dwi.conditioning import condition_dwi, squeeze_singleton, zero_volumes
+from ketamine_dti.dwi.conditioning import (
+    condition_dwi,
+    exclude_voxels,
+    squeeze_singleton,
+    zero_volumes,
+)
 
 
 def _run(rng, n_dw=7, b0=0.0):
@@ -41,6 +46,7 @@ def test_zero_volumes_and_squeeze():
     assert zero_volumes(data).tolist() == [False, True, False]
     assert squeeze_singleton(np.ones((3, 4, 5, 1))).shape == (3, 4, 5)
     assert squeeze_singleton(np.ones((3, 4, 5))).shape == (3, 4, 5)
+    assert exclude_voxels(np.ones(3), np.array([0, 1, 0])).tolist() == [True, False, True]
 
 
 def test_prepare_interfaces(tmp_path):

@@ -66,3 +66,8 @@ def squeeze_singleton(data: np.ndarray) -> np.ndarray:
     if data.ndim == 4 and data.shape[3] == 1:
         return data[..., 0]
     return data
+
+
+def exclude_voxels(mask: np.ndarray, excluded: np.ndarray) -> np.ndarray:
+    """The mask without the excluded voxels (e.g. those that held NaN/Inf and were zeroed)."""
+    return np.asarray(mask, dtype=bool) & ~np.asarray(excluded, dtype=bool)

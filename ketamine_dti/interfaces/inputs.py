@@ -16,7 +16,7 @@ from nipype.interfaces.base import (
 )
 
 from ketamine_dti.dwi import gradients
-from ketamine_dti.dwi.conditioning import condition_dwi, squeeze_singleton
+from ketamine_dti.dwi.conditioning import condition_dwi, exclude_voxels, squeeze_singleton
 from ketamine_dti.interfaces.dwi import _save, _write_gradients
 
 
@@ -98,4 +98,31 @@ class PrepareT1w(SimpleInterface):
             nib.save(nib.Nifti1Image(clean, image.affine, header), out)
             out_files.append(str(out))
         self._results["out_files"] = out_files
+        return runtime
+
+
+class _ExcludeVoxelsInputSpec(BaseInterfaceInputSpec):
+    mask_file = File(exists=True, mandatory=True, desc="brain mask on the DWI grid")
+    exclude_file = File(exists=True, mandatory=True, desc="voxels to leave out (same grid)")
+
+
+class _ExcludeVoxelsOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="the mask without them (the input if none is excluded)")
+
+
+class ExcludeVoxels(SimpleInterface):
+    """Mask out voxels whose raw signal was unusable (NaN/Inf, zeroed by PrepareDWI)."""
+
+    input_spec = _ExcludeVoxelsInputSpec
+    output_spec = _ExcludeVoxelsOutputSpec
+
+    def _run_interface(self, runtime):
+        excluded = np.asanyarray(nib.load(self.inputs.exclude_file).dataobj) > 0
+        if not excluded.any():
+            self._results["out_file"] = self.inputs.mask_file
+            return runtime
+        image = nib.load(self.inputs.mask_file)
+        mask = exclude_voxels(np.asanyarray(image.dataobj) > 0, excluded)
+        out = str(Path(runtime.cwd) / "mask_valid.nii.gz")
+        self._results["out_file"] = _save(mask, image, out, np.uint8)
         return runtime

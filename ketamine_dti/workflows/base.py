@@ -174,8 +174,13 @@ def session_summary(config: Config, subject: str, session: str, elapsed: float) 
     return (
         f"sub-{subject} ses-{session}: done ({elapsed:.0f} s of session steps); "
         f"mean FD {qc['mean_fd']:.2f} mm (max {qc['max_fd']:.2f}); "
-        f"tSNR {qc['tsnr']:.1f}; voxels per ROI: {voxels}; QC {verdict}"
+        f"tSNR {_tsnr_text(qc['tsnr'])}; voxels per ROI: {voxels}; QC {verdict}"
     )
+
+
+def _tsnr_text(tsnr: float) -> str:
+    """tSNR across b0 volumes, or why there is none."""
+    return "n/a (fewer than 2 b0 volumes)" if pd.isna(tsnr) else f"{tsnr:.1f}"
 
 
 def _configure_nipype(config: Config, log_dir: Path) -> dict:

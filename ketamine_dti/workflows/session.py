@@ -13,7 +13,7 @@ from ketamine_dti.derivatives import input_fields, session_output_keys
 from ketamine_dti.dwi.motion import pe_axis_from_metadata
 from ketamine_dti.interfaces.anat import CollapseLinear, DWIToT1w, SessionBrain
 from ketamine_dti.interfaces.bids import SessionQC
-from ketamine_dti.interfaces.inputs import PrepareDWI
+from ketamine_dti.interfaces.inputs import ExcludeVoxels, PrepareDWI
 from ketamine_dti.interfaces.rois import AtlasToDWI, ROIStats
 from ketamine_dti.resources import ATLAS as BUNDLED_ATLAS
 from ketamine_dti.resources import TEMPLATE as MNI_SPACE
@@ -117,10 +117,13 @@ def init_session_wf(
         ),
         name="session_qc",
     )
+    valid = pe.Node(ExcludeVoxels(), name="exclude_nonfinite")
     workflow.connect([
+        (preproc, valid, [("outputnode.mask_file", "mask_file")]),
+        (prepare, valid, [("nonfinite_mask", "exclude_file")]),
         (preproc, roi_stats, [("outputnode.md_file", "md_file"),
-                              ("outputnode.fa_file", "fa_file"),
-                              ("outputnode.mask_file", "mask_file")]),
+                              ("outputnode.fa_file", "fa_file")]),
+        (valid, roi_stats, [("out_file", "mask_file")]),
         (to_dwi, roi_stats, [("dseg_file", "dseg_file"), ("gm_file", "gm_file"),
                              ("csf_file", "csf_file")]),
         (preproc, qc, [("outputnode.dwi_file", "dwi_file"),
