@@ -284,16 +284,15 @@ def check_dwi(
         raise InputError(
             f"{dwi}: DWI is {image.ndim}-D; a 4-D series (one volume per gradient) is needed"
         )
-    data = np.asanyarray(image.dataobj)
+    data = image.get_fdata(dtype=np.float32)  # cached by load_nifti: not decompressed twice
     gtab = check_gradient_table(
         read_bvals(bval), read_bvecs(bvec), image.shape[3], bval_file=bval, bvec_file=bvec,
         b0_threshold=b0_threshold,
     )  # fmt: skip
     notes = notes if notes is not None else []
-    if np.issubdtype(data.dtype, np.floating):
-        n_bad = int(np.count_nonzero(~np.isfinite(data).all(axis=3)))
-        if n_bad:
-            notes.append(f"{dwi}: {n_bad} voxels hold NaN/Inf; they are zeroed and masked")
+    n_bad = int(np.count_nonzero(~np.isfinite(data).all(axis=3)))
+    if n_bad:
+        notes.append(f"{dwi}: {n_bad} voxels hold NaN/Inf; they are zeroed and masked")
     empty = zero_volumes(data)
     if empty.any():
         notes.append(f"{dwi}: volumes {np.flatnonzero(empty).tolist()} are all zero; excluded")
