@@ -70,8 +70,9 @@ def test_cli_checks_the_selection_and_passes_the_labels_unchanged(tmp_path, monk
     import bids_app.run as cli
 
     bids_dir = tmp_path / "bids"
-    for label in ("01", "02"):
-        (bids_dir / f"sub-{label}").mkdir(parents=True)
+    for label in ("01", "02"):  # a participant is a sub-<label> folder holding a file
+        (bids_dir / f"sub-{label}" / "anat").mkdir(parents=True)
+        (bids_dir / f"sub-{label}" / "anat" / f"sub-{label}_T1w.json").write_text("{}")
     (bids_dir / "dataset_description.json").write_text(
         json.dumps({"Name": "x", "BIDSVersion": "1.10.0"})
     )
