@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import math
+import os
+import shutil
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from ketamine_dti import qc
+from ketamine_dti.derivatives import spec_path
 from ketamine_dti.qc import FAIL, PASS, THRESHOLDS, WARN, Threshold, session_verdict
 
 #: QC of a tiny simulated participant (sub-001, seed 7, ses-24h), as written by the App.
@@ -97,6 +103,18 @@ def test_thresholds_are_ordered_and_documented():
         assert rule.what and rule.why
 
 
+def test_docs_tabulate_every_threshold():
+    """docs/qc.md's table gives each rule's warn and fail values as qc.py applies them."""
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "qc.md").read_text()
+    rows = {line.split("|")[1].strip(" `").split("`")[0]: line for line in docs.splitlines()
+            if line.startswith("| `")}  # fmt: skip
+    for rule in THRESHOLDS:
+        assert rule.metric in rows, rule.metric
+        cells = [cell.strip() for cell in rows[rule.metric].split("|")[2:4]]
+        for cell, limit in zip(cells, (rule.warn, rule.fail), strict=True):
+            assert f"{rule.sign} {limit:g}" in cell.replace(",", ""), (rule.metric, cell)
+
+
 def test_derived_metrics():
     assert qc.outlier_fraction(3, 21) == pytest.approx(1 / 7)
     assert math.isnan(qc.outlier_fraction(0, 0))
@@ -108,3 +126,100 @@ def test_derived_metrics():
     }
     assert qc.worst(PASS, FAIL, WARN) == FAIL
     assert qc.format_reasons([]) == "n/a" and qc.format_reasons(["a", "b"]) == "a; b"
+
+
+# ------------------------------------------------------------------ a T1w of another person
+#: The real scan (shared/realdata): its whole-head MPRAGE is the "other person" of the test.
+REAL_SCAN = Path(
+    os.environ.get(
+        "KETAMINE_DTI_REAL_SCAN",
+        Path(__file__).resolve().parents[2] / "shared/realdata/siemens_prisma_xa30_subM31",
+    )
+)
+MISMATCHED = "001"
+
+
+@pytest.fixture(scope="module")
+def mismatched_run(tiny_trial, tmp_path_factory):
+    """Simulated participant sub-001 whose T1w (both sessions) is the real volunteer's MPRAGE,
+    run through the real CLI; the other participants are untouched and not run."""
+    from bids_app.run import main
+
+    if not (REAL_SCAN / "sub-M31_T1w.nii.gz").exists():
+        pytest.skip(f"{REAL_SCAN}: the real scan is not on this machine")
+    root = tmp_path_factory.mktemp("mismatch")
+    bids_dir, out = root / "bids", root / "out"
+    shutil.copytree(tiny_trial, bids_dir)
+    for t1w in bids_dir.glob(f"sub-{MISMATCHED}/ses-*/anat/*_T1w.nii.gz"):
+        shutil.copyfile(REAL_SCAN / "sub-M31_T1w.nii.gz", t1w)
+    arguments = [str(bids_dir), str(out), "participant", "--participant-label", MISMATCHED,
+                 "-w", str(root / "work"), "--nprocs", "2", "--skip-bids-validation"]  # fmt: skip
+    code = main(arguments)
+    return code, out
+
+
+def _qc_rows(out: Path) -> pd.DataFrame:
+    tables = sorted(out.glob(f"sub-{MISMATCHED}/ses-*/dwi/*_desc-qc_metrics.tsv"))
+    return pd.concat([pd.read_csv(path, sep="\t") for path in tables], ignore_index=True)
+
+
+@pytest.mark.slow
+def test_a_t1w_of_another_person_fails_qc_loudly(mismatched_run, caplog):
+    code, out = mismatched_run
+    assert code == 0, "a QC failure is a result, not a crash"
+    rows = _qc_rows(out)
+    print(rows.T.to_string())  # the figures of docs/qc.md
+    assert len(rows) == 2
+    assert (rows.qc_verdict == FAIL).any(), rows.qc_reasons.tolist()
+    report = (out / f"sub-{MISMATCHED}.html").read_text()
+    assert "verdict-fail" in report and "QC FAIL" in report
+
+
+@pytest.mark.slow
+def test_the_group_level_excludes_the_mismatched_participant(mismatched_run, tmp_path):
+    from ketamine_dti.group import run_group_level
+    from ketamine_dti.simulate.validation import simulate_trial_files
+
+    _, out = mismatched_run
+    config, _ = simulate_trial_files(tmp_path, 24, "paper", np.random.default_rng(5))
+    # the mismatched participant's real outputs replace sub-001's simulated tables
+    for session in ("baseline", "24h"):
+        for key in ("qc_table", "roi_table"):
+            source = spec_path(out, key, MISMATCHED, session)
+            shutil.copyfile(source, spec_path(config.output_dir, key, "001", session))
+    failed = _qc_rows(out)
+    failed = failed[failed.qc_verdict == FAIL]
+    group_dir = run_group_level(config, make_figures=False)
+    exclusions = pd.read_csv(group_dir / "exclusions.tsv", sep="\t")
+    qc_rows = exclusions[exclusions.reason.str.startswith("QC failed")]
+    assert set(qc_rows.participant_id) == {"sub-001"}
+    assert set(qc_rows.session_id) == set(failed.session_id)
+    table = pd.read_csv(group_dir / "analysis_table.tsv", sep="\t").set_index("participant_id")
+    assert table.filter(like="md_").loc["sub-001"].isna().all()
+
+
+def test_the_log_names_a_failed_session_and_its_reasons(tmp_path, caplog):
+    """The session summary logs an ERROR line for fail (WARNING for warn), then the summary."""
+    import logging
+
+    from ketamine_dti.config import Config
+    from ketamine_dti.workflows.base import session_summary
+
+    config = Config(tmp_path / "bids", tmp_path / "out", "participant")
+    reasons = {"fail": "reg_dwi_t1w_dice 0.378 < 0.8 (fail: b0 and T1w brains do not overlap)"}
+    for session, verdict in (("baseline", FAIL), ("24h", WARN), ("other", PASS)):
+        qc_file = spec_path(config.output_dir, "qc_table", "01", session)
+        qc_file.parent.mkdir(parents=True)
+        pd.DataFrame(
+            [{"mean_fd": 0.4, "max_fd": 0.8, "tsnr": 20.0, "qc_verdict": verdict,
+              "qc_reasons": reasons.get(verdict, "outlier_fraction 0.357 > 0.3 (warn)")}]
+        ).to_csv(qc_file, sep="\t", index=False)  # fmt: skip
+        rois = pd.DataFrame({"roi": ["vacc"], "n_voxels": [4]})
+        rois.to_csv(spec_path(config.output_dir, "roi_table", "01", session), sep="\t")
+    with caplog.at_level(logging.INFO, logger="ketamine_dti.workflows.base"):
+        lines = [session_summary(config, "01", s, 1.0) for s in ("baseline", "24h", "other")]
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert errors == [f"sub-01 ses-baseline: QC FAIL: {reasons['fail']}"]
+    assert warnings == ["sub-01 ses-24h: QC WARN: outlier_fraction 0.357 > 0.3 (warn)"]
+    assert [line.rsplit("; ", 1)[-1] for line in lines] == ["QC fail", "QC warn", "QC pass"]
