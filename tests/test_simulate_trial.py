@@ -180,15 +180,18 @@ def test_dwi_truth_masks_land_on_gray_matter_of_the_same_session_t1w(tiny_trial)
     from ketamine_dti.simulate.session import T1W_RELATIVE, T1W_WM_SIGNAL
 
     truth = tiny_trial / "sourcedata" / "ground_truth"
+    planted = json.loads((truth / "planted_effects.json").read_text())
     for ses in SESSIONS:
         participant = "sub-001"
+        scaling = planted["head"]["t1w_scaling"][participant] or {"scale": 1.0, "offset": 0.0}
         mask = nib.load(_truth_mask(truth, participant, ses))
         t1w = nib.load(tiny_trial / participant / ses / "anat" / f"{participant}_{ses}_T1w.nii.gz")
         ijk = np.argwhere(np.asarray(mask.dataobj) > 0)
         world = ijk @ mask.affine[:3, :3].T + mask.affine[:3, 3]
         t1w_index = (world - t1w.affine[:3, 3]) @ np.linalg.inv(t1w.affine[:3, :3]).T
         values = ndimage.map_coordinates(np.asarray(t1w.dataobj, float), t1w_index.T, order=1)
-        gm_level = T1W_RELATIVE["gm"] * T1W_WM_SIGNAL
+        # The stored T1w is scaled per participant (planted_effects.json "head").
+        gm_level = T1W_RELATIVE["gm"] * T1W_WM_SIGNAL * scaling["scale"] + scaling["offset"]
         # Pure-GM voxels read GM intensity (+-15%: bias field and noise). WM is 60% brighter
         # and CSF 65% darker: a 4 mm misplacement drops this share to about 0.85 or less.
         on_gray_matter = np.mean(np.abs(values / gm_level - 1) < 0.15)

@@ -9,6 +9,7 @@ Layout (``<s>`` = session label, default ``baseline`` and ``24h``)::
     sub-<l>/ses-<s>/dwi/sub-<l>_ses-<s>_dwi.nii.gz/.bval/.bvec/.json
     sourcedata/ground_truth/roi_md.tsv, planted_effects.json, desc-truth_dseg.tsv,
         sub-<l>/ses-<s>/sub-<l>_ses-<s>_space-dwi_desc-truth_dseg.nii.gz
+        sub-<l>/ses-<s>/sub-<l>_ses-<s>_space-T1w_desc-brain_mask.nii.gz
 
 The App never reads ``sourcedata/``. Participants are simulated independently from
 ``(seed, participant index)`` random streams, so the output does not depend on ``n_procs``.
@@ -16,6 +17,7 @@ The App never reads ``sourcedata/``. Participants are simulated independently fr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -30,7 +32,7 @@ import pandas as pd
 
 from ketamine_dti import __version__
 from ketamine_dti.rois import ROI_NAMES
-from ketamine_dti.simulate import anatomy, session, signal
+from ketamine_dti.simulate import anatomy, head, session, signal
 from ketamine_dti.simulate.clinical import (
     MIN_PARTICIPANTS,
     ROI_BASELINE_MD,
@@ -108,6 +110,12 @@ DWI_DWELL_TIME_S = 2.6e-06
 #: alone, so our long-format phenotype (one row per participant and session, the App's input
 #: contract) would fail its uniqueness check: the validator is told to skip the folder.
 BIDSIGNORE = "phenotype/\n"
+#: ``--head``: "full" (face, eyes, neck, fat and muscle; per-participant T1w scaling) or
+#: "brain" (the brain in a thin synthetic shell, int16 T1w: the simulator before issue 10).
+HEAD_MODES = ("full", "brain")
+#: Random stream (third seed word) of the head shape and T1w scaling, apart from the anatomy,
+#: pose and noise streams, so both head modes give the same brain at the same place.
+HEAD_STREAM = 1
 
 
 @dataclass(frozen=True)
@@ -122,6 +130,7 @@ class TrialOptions:
     sessions: tuple[str, str]
     snr: float | None  # None: noiseless (no noise, no motion, no eddy distortion)
     n_procs: int = 1
+    head: str = "full"
 
 
 def make_options(
@@ -134,6 +143,7 @@ def make_options(
     snr: float | None = None,
     noiseless: bool = False,
     n_procs: int = 1,
+    head: str = "full",
 ) -> TrialOptions:
     """Check every option; ValueError carries a one-line message that says what to do."""
     if preset not in PRESETS:
@@ -162,6 +172,8 @@ def make_options(
         raise ValueError(f"--seed {seed}: give a non-negative integer")
     if n_procs < 1:
         raise ValueError(f"--n-procs {n_procs}: give at least 1")
+    if head not in HEAD_MODES:
+        raise ValueError(f"--head {head!r} is unknown; use one of {', '.join(HEAD_MODES)}")
     return TrialOptions(
         out_dir=Path(out_dir),
         n_participants=n,
@@ -171,6 +183,7 @@ def make_options(
         sessions=sessions,
         snr=None if noiseless else float(chosen.default_snr if snr is None else snr),
         n_procs=int(n_procs),
+        head=head,
     )
 
 
@@ -207,10 +220,18 @@ def write_tsv(path: Path, frame: pd.DataFrame) -> None:
 
 
 def _save_nifti(
-    data: np.ndarray, affine: np.ndarray, path: Path, zooms_time: float | None = None
+    data: np.ndarray,
+    affine: np.ndarray,
+    path: Path,
+    zooms_time: float | None = None,
+    dtype: type | None = None,
 ) -> None:
-    """Save with sform/qform = scanner, units mm (and s), like a DICOM converter."""
-    image = nib.Nifti1Image(data, affine)
+    """Save with sform/qform = scanner, units mm (and s), like a DICOM converter.
+
+    ``dtype``: the on-disk type when it differs from the data's (float data stored as int16
+    gets the scl_slope/scl_inter that nibabel picks to fit the range).
+    """
+    image = nib.Nifti1Image(data, affine, dtype=dtype)
     image.header.set_xyzt_units("mm", "sec")
     image.set_sform(affine, code=1)
     image.set_qform(affine, code=1)
@@ -305,6 +326,8 @@ class ParticipantResult:
     mean_fd_mm: dict  # session_id -> mean framewise displacement
     truth_rule: dict  # session_id -> {roi: "pure"/"fallback"/"absent"}
     truth_voxels: dict  # session_id -> {roi: n voxels}
+    t1w_scaling: dict | None = None  # scale, offset, storage (full head only)
+    head_shape: dict | None = None  # the head's per-participant parameters (full head only)
 
 
 def simulate_participant(
@@ -316,6 +339,7 @@ def simulate_participant(
     template = anatomy.load_template_anatomy()
     atlas = session.load_roi_atlas()
     participant = anatomy.random_participant(rng, template)
+    head_shape, scaling = participant_head(options, index)
     motion_level = float(np.exp(rng.normal(0.0, session.MOTION_LEVEL_LOG_SD)))
     baseline_id = f"ses-{options.sessions[0]}"
     other_md = other_gm_md(trial, participant_id, baseline_id)
@@ -337,6 +361,7 @@ def simulate_participant(
             atlas,
             options.snr,
             motion_level=motion_level,
+            head_shape=head_shape,
         )
         dwi_dir = root / participant_id / session_id / "dwi"
         _save_nifti(
@@ -353,10 +378,11 @@ def simulate_participant(
             dwi.affine,
             truth_root / participant_id / session_id / f"{stem}_space-dwi_desc-truth_dseg.nii.gz",
         )
-        t1w, t1w_affine = session.simulate_t1w(template, participant, pose, options.preset, rng)
-        anat_dir = root / participant_id / session_id / "anat"
-        _save_nifti(t1w, t1w_affine, anat_dir / f"{stem}_T1w.nii.gz")
-        _write_json(anat_dir / f"{stem}_T1w.json", t1w_sidecar())
+        t1w = session.simulate_t1w(
+            template, participant, pose, options.preset, rng, head_shape, scaling
+        )
+        write_t1w(t1w, root / participant_id / session_id / "anat", truth_root, stem)
+        del t1w
         sigma[session_id] = dwi.sigma
         mean_fd[session_id] = float(dwi.motion.framewise_displacement_mm()[1:].mean())
         rules[session_id] = {ROI_NAMES[k - 1]: r for k, r in dwi.truth_rule.items()}
@@ -373,7 +399,38 @@ def simulate_participant(
         ", ".join(f"ses-{s}" for s in options.sessions),
         ", ".join(f"{v:.2f}" for v in mean_fd.values()),
     )
-    return ParticipantResult(participant_id, sigma, mean_fd, rules, voxels)
+    return ParticipantResult(
+        participant_id,
+        sigma,
+        mean_fd,
+        rules,
+        voxels,
+        t1w_scaling=None if scaling is None else dataclasses.asdict(scaling),
+        head_shape=None if head_shape is None else head.shape_summary(head_shape),
+    )
+
+
+def participant_head(
+    options: TrialOptions, index: int
+) -> tuple[head.HeadShape | None, session.T1wScaling | None]:
+    """The participant's head and T1w scaling (their own random stream); None, None for brain."""
+    if options.head != "full":
+        return None, None
+    head_rng = np.random.default_rng([options.seed, index + 1, HEAD_STREAM])
+    return head.random_head_shape(head_rng), session.random_t1w_scaling(head_rng)
+
+
+def write_t1w(t1w: session.T1wSession, anat_dir: Path, truth_root: Path, stem: str) -> None:
+    """The T1w (in its storage type), its sidecar and its true brain mask (ground truth)."""
+    on_disk = np.int16 if t1w.storage == "int16_scaled" else None
+    _save_nifti(t1w.data, t1w.affine, anat_dir / f"{stem}_T1w.nii.gz", dtype=on_disk)
+    _write_json(anat_dir / f"{stem}_T1w.json", t1w_sidecar())
+    participant_id, session_id = stem.split("_")[:2]
+    _save_nifti(
+        t1w.brain_mask.astype(np.uint8),
+        t1w.affine,
+        truth_root / participant_id / session_id / f"{stem}_space-T1w_desc-brain_mask.nii.gz",
+    )
 
 
 def sessions_table(options: TrialOptions, index: int) -> pd.DataFrame:
@@ -420,7 +477,8 @@ def write_top_level(options: TrialOptions, trial: ClinicalTrial) -> None:
                     "Description": (
                         f"preset={options.preset.name} scenario={options.scenario} "
                         f"seed={options.seed} n={options.n_participants} "
-                        f"snr={'noiseless' if options.snr is None else options.snr}"
+                        f"snr={'noiseless' if options.snr is None else options.snr} "
+                        f"head={options.head}"
                     ),
                 }
             ],
@@ -518,9 +576,40 @@ def write_ground_truth(
             "truth_mask_voxels": {r.participant_id: r.truth_voxels for r in results},
             "bvec_convention": "FSL: unit vectors in the voxel frame of the LAS-stored image",
         },
+        "head": head_truth(options, results),
     }
     _write_json(truth / "planted_effects.json", planted)
     (truth / "README").write_text(GROUND_TRUTH_README)
+
+
+def head_truth(options: TrialOptions, results: list[ParticipantResult]) -> dict:
+    """The head model, the T1w field of view and scaling, and the true brain mask's rule."""
+    from ketamine_dti.simulate.presets import (
+        T1W_FOV_MM,
+        T1W_HEAD_CENTRE_OFFSET_MM,
+        T1W_HEAD_FOV_MM,
+    )
+
+    full = options.head == "full"
+    return {
+        "mode": options.head,
+        "model": head.MODEL_SUMMARY
+        if full
+        else "brain only: CSF 0-2 mm, skull 3-7 mm, scalp "
+        "8-11 mm from a smooth brain hull (T1w only), int16 T1w",
+        "t1w_fov_mm": list(T1W_HEAD_FOV_MM if full else T1W_FOV_MM),
+        "t1w_fov_centre_from_brain_centre_mm": list(T1W_HEAD_CENTRE_OFFSET_MM) if full else 0,
+        "tissues_t1w_s0_md": {k: list(v) for k, v in head.TISSUES.items()} if full else None,
+        "t1w_scaling_rule": "stored = scale x magnitude + offset in `storage` (int16_scaled: "
+        "float values stored as int16 with nibabel's scl_slope/scl_inter)"
+        if full
+        else "none",
+        "t1w_scaling": {r.participant_id: r.t1w_scaling for r in results},
+        "head_shape": {r.participant_id: r.head_shape for r in results},
+        "brain_mask_rule": f"space-T1w_desc-brain_mask: voxels of the T1w grid whose brain "
+        f"tissue + CSF fraction (GM + WM + CSF of the template brain mask, mapped like the DWI) "
+        f">= {session.BRAIN_MASK_FRACTION}",
+    }
 
 
 def simulate_trial(options: TrialOptions, overwrite: bool = False) -> list[ParticipantResult]:
@@ -564,13 +653,19 @@ seed {options.seed}).
         else f"Rician noise at SNR {options.snr:g}"
         " (mean white-matter b0 / noise SD), head motion and eddy-like distortion."
     }
-- `sub-*/ses-*/anat`: T1w at {options.preset.t1w_voxel_mm:g} mm with a bias field and noise.
+- `sub-*/ses-*/anat`: T1w at {options.preset.t1w_voxel_mm:g} mm with a bias field and noise{
+        "; the whole head (face, eyes, neck, fat, muscle) down to ~8 cm below the brain, "
+        "scaled and stored differently per participant"
+        if options.head == "full"
+        else "; the brain in a thin synthetic skull and scalp shell"
+    }.
 - `phenotype/`: MADRS and QIDS-SR totals per session.
 - `sourcedata/ground_truth/`: the true gray-matter MD per ROI and session, the planted effects
   and per-session ROI masks on the DWI grid. Pipelines must not read it.
 
 Anatomy: the ICBM152 2009a template (Fonov et al. 2011, via nilearn), warped and scaled per
-participant and positioned per session.
+participant and positioned per session; outside the brain a modelled head (see
+`sourcedata/ground_truth/planted_effects.json`, "head").
 
 Validation: `bids-validator-deno` 3.0.2 (BIDS schema 1.11.1) reports no errors. `.bidsignore`
 lists `phenotype/`: its files hold one row per participant and session (long format, with a
@@ -588,6 +683,9 @@ planted_effects.json: the clinical model's planted couplings and all imaging par
 sub-*/ses-*/*_space-dwi_desc-truth_dseg.nii.gz: ROI indices (desc-truth_dseg.tsv) of the voxels
 that are essentially pure gray matter of that ROI, on the session's DWI grid at the head
 position of the first volume (see truth_mask_rule in planted_effects.json).
+sub-*/ses-*/*_space-T1w_desc-brain_mask.nii.gz: the true brain (tissue + CSF >= 50% of the
+voxel) on the grid of that session's T1w, for brain-extraction Dice (planted_effects.json "head"
+says how the head around it was made and how each participant's T1w is scaled and stored).
 """
 
 ROI_MD_JSON = {

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from ketamine_dti import __version__
-from ketamine_dti.simulate.bids_writer import make_options, simulate_trial
+from ketamine_dti.simulate.bids_writer import HEAD_MODES, make_options, simulate_trial
 from ketamine_dti.simulate.clinical import SCENARIOS
 from ketamine_dti.simulate.presets import PRESETS
 
@@ -77,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="an ideal acquisition: no noise, no head motion, no eddy distortion",
     )
+    parser.add_argument(
+        "--head",
+        choices=HEAD_MODES,
+        default="full",
+        help="full: the whole head (face, eyes, neck, fat, muscle; field of view to the neck; "
+        "T1w scaling and storage vary per participant); brain: the brain in a thin synthetic "
+        "shell, as before issue 10 (default full)",
+    )
     parser.add_argument("--n-procs", type=int, default=1, help="participants in parallel")
     parser.add_argument(
         "--overwrite",
@@ -102,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             snr=args.snr,
             noiseless=args.noiseless,
             n_procs=args.n_procs,
+            head=args.head,
         )
     except (UsageError, ValueError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)

@@ -11,8 +11,14 @@ from dataclasses import dataclass
 
 #: Field of view of the DWI slab (mm, x y z): a 192 mm axial EPI field, 136 mm of slices.
 DWI_FOV_MM: tuple[float, float, float] = (192.0, 192.0, 136.0)
-#: Field of view of the T1w (mm): whole head, including the scalp shell we draw.
+#: Field of view of the brain-only T1w (mm, ``--head brain``): the brain and its thin shell.
 T1W_FOV_MM: tuple[float, float, float] = (176.0, 216.0, 176.0)
+#: Field of view of the whole-head T1w (mm, ``--head full``), as a sagittal MPRAGE: 256 mm
+#: anterior-posterior (nose to occiput) and superior-inferior, centred T1W_HEAD_CENTRE_OFFSET_MM
+#: (scanner x y z) from the brain centre, so it runs from the vertex to ~8 cm below the
+#: cerebellum (the neck).
+T1W_HEAD_FOV_MM: tuple[float, float, float] = (176.0, 256.0, 256.0)
+T1W_HEAD_CENTRE_OFFSET_MM: tuple[float, float, float] = (0.0, 8.0, -34.0)
 #: EPI effective echo spacing (s), GRAPPA 2 on a modern 3 T scanner.
 EFFECTIVE_ECHO_SPACING_S = 0.00034
 
@@ -40,6 +46,10 @@ class Preset:
     @property
     def t1w_shape(self) -> tuple[int, int, int]:
         return tuple(int(round(fov / self.t1w_voxel_mm)) for fov in T1W_FOV_MM)
+
+    @property
+    def t1w_head_shape(self) -> tuple[int, int, int]:
+        return tuple(int(round(fov / self.t1w_voxel_mm)) for fov in T1W_HEAD_FOV_MM)
 
     @property
     def n_volumes(self) -> int:

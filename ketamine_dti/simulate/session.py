@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ketamine_dti.simulate import anatomy, signal
-from ketamine_dti.simulate.presets import Preset, get_preset
+from ketamine_dti.simulate import anatomy, head, signal
+from ketamine_dti.simulate.presets import T1W_HEAD_CENTRE_OFFSET_MM, Preset, get_preset
 
 LOGGER = logging.getLogger(__name__)
 
@@ -51,11 +51,64 @@ FOV_CENTRING_SD_MM = 4.0
 #: Participant motion level: lognormal SD (a few participants move several times more).
 MOTION_LEVEL_LOG_SD = 0.5
 #: T1w (MPRAGE-like) intensities relative to WM, and the SNR of WM in the T1w.
-T1W_RELATIVE = {"gm": 0.62, "wm": 1.0, "csf": 0.22, "skull": 0.05, "scalp": 0.85}
+T1W_RELATIVE = {
+    "gm": 0.62,
+    "wm": 1.0,
+    "csf": head.TISSUES["csf"][0],
+    "skull": 0.05,
+    "scalp": 0.85,
+}
 T1W_WM_SIGNAL = 1000.0
 T1W_SNR = 30.0
+#: Per-participant T1w scaling of the whole head (scanners and converters differ): WM signal
+#: multiplied by a log-normal factor (SD T1W_SCALE_LOG_SD), plus an offset up to
+#: T1W_OFFSET_MAX x WM, stored as one of T1W_STORAGE ("int16_scaled": int16 with the arbitrary
+#: scl_slope/scl_inter that nibabel picks to fit the range).
+T1W_SCALE_LOG_SD = 1.0
+T1W_OFFSET_MAX = 0.1
+T1W_STORAGE = ("int16", "int16_scaled", "uint16", "float32")
 #: MD (mm^2/s) of the gray matter of the benchmark session (no clinical model there).
 BENCHMARK_GM_MD = 0.80e-3
+
+
+@dataclass(frozen=True)
+class T1wScaling:
+    """Stored T1w = scale x signal + offset, in storage dtype (module constants)."""
+
+    scale: float
+    offset: float
+    storage: str
+
+    def apply(self, magnitude: np.ndarray) -> np.ndarray:
+        """Scaled values; integer storages are rounded and clipped to their range."""
+        values = magnitude * np.float32(self.scale) + np.float32(self.offset)
+        if self.storage in ("int16", "uint16"):
+            info = np.iinfo(self.storage)
+            return np.clip(np.rint(values), 0, info.max).astype(self.storage)
+        return values.astype(np.float32)
+
+
+def random_t1w_scaling(rng: np.random.Generator) -> T1wScaling:
+    """A participant's scanner scaling; integer storages keep their range (no clipping)."""
+    storage = str(rng.choice(T1W_STORAGE))
+    scale = float(np.exp(rng.normal(0.0, T1W_SCALE_LOG_SD)))
+    offset = float(rng.uniform(0.0, T1W_OFFSET_MAX)) * T1W_WM_SIGNAL * scale
+    if storage in ("int16", "uint16"):
+        # Brightest tissue (fat, ~1.2 WM) x bias (< ~1.5) must fit the integer range.
+        top = np.iinfo(storage).max / (2.0 * T1W_WM_SIGNAL)
+        scale = min(scale, top)
+        offset = min(offset, T1W_OFFSET_MAX * T1W_WM_SIGNAL * scale)
+    return T1wScaling(scale=scale, offset=round(offset, 3), storage=storage)
+
+
+@dataclass(frozen=True)
+class T1wSession:
+    """One T1w: data (stored values, see T1wScaling), affine, true brain mask on its grid."""
+
+    data: np.ndarray
+    affine: np.ndarray
+    brain_mask: np.ndarray
+    storage: str
 
 
 @dataclass(frozen=True)
@@ -124,6 +177,9 @@ def truth_masks(
         best = bound[candidates].min()
         dseg[candidates & (bound <= best + TRUTH_FALLBACK_MARGIN)] = label
         rule[label] = "fallback"
+    fallback = [k for k, r in rule.items() if r != "pure"]
+    if fallback:
+        LOGGER.debug("truth mask fallback for labels %s", fallback)
     return dseg, rule
 
 
@@ -158,10 +214,12 @@ def simulate_dwi(
     atlas: anatomy.RoiAtlas | None,
     snr: float | None,
     motion_level: float = 1.0,
+    head_shape: head.HeadShape | None = None,
 ) -> DwiSession:
     """One DWI series of one session; ``snr=None`` gives the ideal (noiseless, still) series.
 
-    label_md: GM MD (mm^2/s) for label 0 (GM outside the ROIs) and each ROI 1..L.
+    label_md: GM MD (mm^2/s) for label 0 (GM outside the ROIs) and each ROI 1..L. A
+    ``head_shape`` adds the head outside the brain (isotropic, head.TISSUES); the brain is as is.
     """
     n_labels = len(label_md) - 1
     slab_pitch = pose.angles_deg[0] + rng.normal(0.0, SLAB_PITCH_ERROR_SD_DEG)
@@ -196,6 +254,9 @@ def simulate_dwi(
         signal.head_frame_gradients(bvecs, motion),
         s0_field,
     )
+    if head_shape is not None:
+        grid = (template, participant, pose, affine)
+        add_extracerebral_signal(reference, tissue.brain, s0_field, bvals, head_shape, grid)
     clean = signal.apply_motion(reference, preset.dwi_voxel_mm, motion, bvals, bvecs)
     del reference
     if noiseless:
@@ -204,9 +265,6 @@ def simulate_dwi(
         sigma = signal.snr_sigma(clean[..., 0], tissue.wm, snr)
         data = signal.add_rician_noise(clean, sigma, rng)
     dseg, rule = truth_masks(tissue.gm_by_label, tissue.wm, tissue.csf, gm_md)
-    fallback = [k for k, r in rule.items() if r != "pure"]
-    if fallback:
-        LOGGER.debug("truth mask fallback for labels %s", fallback)
     return DwiSession(
         data=data,
         clean=clean,
@@ -228,22 +286,87 @@ def simulate_dwi(
     )
 
 
+def add_extracerebral_signal(
+    reference: np.ndarray,
+    brain: np.ndarray,
+    s0_field: np.ndarray,
+    bvals: np.ndarray,
+    head_shape: head.HeadShape,
+    grid: tuple,
+) -> None:
+    """Add (in place) the head's signal outside the brain to a DWI (X, Y, Z, n_vol).
+
+    grid: (template, participant, pose, affine) of the DWI.
+    """
+    template, participant, pose, affine = grid
+    table, column = head.dwi_table(bvals)
+    values, _ = head.head_properties(
+        template, participant, pose, head_shape, affine, reference.shape[:3], table, brain
+    )
+    weight = np.clip(1.0 - brain, 0.0, 1.0) * s0_field
+    for volume, index in enumerate(column):
+        reference[..., volume] += weight * values[index]
+
+
+def t1w_grid(
+    pose: anatomy.HeadPose, preset: Preset, full_head: bool
+) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """T1w affine and shape: the brain-centred box, or (full head) a box reaching the neck."""
+    if not full_head:
+        shape = preset.t1w_shape
+        return anatomy.scanner_grid(pose, preset.t1w_voxel_mm, shape), shape
+    shape = preset.t1w_head_shape
+    offset = np.asarray(T1W_HEAD_CENTRE_OFFSET_MM, dtype=float)
+    return anatomy.scanner_grid(pose, preset.t1w_voxel_mm, shape, offset_mm=offset), shape
+
+
 def simulate_t1w(
     template: anatomy.TemplateAnatomy,
     participant: anatomy.ParticipantAnatomy,
     pose: anatomy.HeadPose,
     preset: Preset,
     rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray]:
-    """A T1w (int16 magnitude, affine) of the head: brain, CSF, skull, scalp, bias and noise."""
-    shape = preset.t1w_shape
-    affine = anatomy.scanner_grid(pose, preset.t1w_voxel_mm, shape)
+    head_shape: head.HeadShape | None = None,
+    scaling: T1wScaling | None = None,
+) -> T1wSession:
+    """A T1w of the head (brain, then either the whole head or a thin shell), bias and noise.
+
+    ``head_shape=None`` gives the brain-only T1w (a synthetic CSF/skull/scalp shell, int16); a
+    ``head_shape`` gives the whole head down to the neck (:mod:`head`) stored with ``scaling``.
+    The true brain mask holds the voxels at least half brain tissue or CSF (as on the DWI).
+    """
+    affine, shape = t1w_grid(pose, preset, head_shape is not None)
     tissue = anatomy.voxel_tissue(
         template, participant, pose, affine, shape, 1, None, 0, with_fibre=False
     )
     brain = tissue.brain
     relative = T1W_RELATIVE
-    # Outside the brain: CSF in the sulci/meninges, then skull, then scalp, then air.
+    if head_shape is None:
+        outside = brain_only_shell(tissue.shell_distance_mm)
+    else:
+        outside = head.head_properties(
+            template, participant, pose, head_shape, affine, shape, head.t1w_table(), brain
+        )[0][0]
+    intensity = (
+        relative["gm"] * tissue.gm
+        + relative["wm"] * tissue.wm
+        + relative["csf"] * tissue.csf
+        + np.clip(1.0 - brain, 0.0, 1.0) * outside
+    )
+    clean = T1W_WM_SIGNAL * intensity * signal.bias_field(rng, shape, preset.t1w_voxel_mm)
+    noisy = signal.add_rician_noise(clean.astype(np.float32), T1W_WM_SIGNAL / T1W_SNR, rng)
+    if scaling is None:
+        data = np.clip(np.rint(noisy), 0, np.iinfo(np.int16).max).astype(np.int16)
+        storage = "int16"
+    else:
+        data, storage = scaling.apply(noisy), scaling.storage
+    mask = brain >= BRAIN_MASK_FRACTION
+    return T1wSession(data=data, affine=affine, brain_mask=mask, storage=storage)
+
+
+def brain_only_shell(shell_distance_mm: np.ndarray) -> np.ndarray:
+    """T1w (relative) of the brain-only head: CSF, skull, scalp, air by distance from the hull."""
+    relative = T1W_RELATIVE
     knots = [0.0, 2.0, 3.0, 7.0, 8.0, 11.0, 13.0]
     values = [
         relative["csf"],
@@ -254,16 +377,7 @@ def simulate_t1w(
         relative["scalp"],
         0.0,
     ]
-    shell = np.interp(tissue.shell_distance_mm, knots, values).astype(np.float32)
-    intensity = (
-        relative["gm"] * tissue.gm
-        + relative["wm"] * tissue.wm
-        + relative["csf"] * tissue.csf
-        + np.clip(1.0 - brain, 0.0, 1.0) * shell
-    )
-    clean = T1W_WM_SIGNAL * intensity * signal.bias_field(rng, shape, preset.t1w_voxel_mm)
-    noisy = signal.add_rician_noise(clean.astype(np.float32), T1W_WM_SIGNAL / T1W_SNR, rng)
-    return np.clip(np.rint(noisy), 0, np.iinfo(np.int16).max).astype(np.int16), affine
+    return np.interp(shell_distance_mm, knots, values).astype(np.float32)
 
 
 def simulate_benchmark_session(
