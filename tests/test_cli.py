@@ -140,3 +140,26 @@ def test_custom_atlas_needs_a_label(tmp_path):
     assert to_config(parser.parse_args(labelled)).atlas_label == "mine"
     assert to_config(parser.parse_args([*base, "--roi-atlas", str(named)])).atlas_label == "hoa"
     assert to_config(parser.parse_args(base)).atlas_label == "ketamine7"
+
+
+def test_session_pair_runs_and_b0_threshold_options(tmp_path):
+    parser = build_parser()
+    base = [str(tmp_path), str(tmp_path / "o"), "participant"]
+    config = to_config(parser.parse_args([*base, "--sessions", "ses-pre", "post"]))
+    assert (config.baseline_session, config.followup_session) == ("pre", "post")
+    defaults = to_config(parser.parse_args(base))
+    assert (defaults.dwi_runs, defaults.b0_threshold, defaults.check_only) == (
+        "combine",
+        50,
+        False,
+    )
+    config = to_config(
+        parser.parse_args([*base, "--dwi-runs", "first", "--b0-threshold", "10", "--check-only"])
+    )
+    assert (config.dwi_runs, config.b0_threshold, config.check_only) == ("first", 10, True)
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--sessions", "pre", "pre", "--dwi-runs", "all"])
+    from bids_app.parser import UsageError
+
+    with pytest.raises(UsageError, match="must differ"):
+        to_config(parser.parse_args([*base, "--sessions", "pre", "pre"]))
