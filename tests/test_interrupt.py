@@ -1,11 +1,11 @@
 """SIGKILL at random points of a participant run: never half-written results, same final outputs.
 
-One tiny participant runs once uninterrupted (the reference). A second run is killed five
-times at random points of its progress (after a random number of Nipype nodes have finished,
-the last draw at the very end, where the sinks write and the staged outputs move into place),
-each time resumed with the same work dir. After every kill OUTPUT_DIR/sub-<label> holds no
-derivatives (at most its log) or exactly the reference's; the final run's outputs are
-byte-identical to the reference's.
+One tiny participant (sub-001 of a 3-participant trial, the simulator's smallest) runs once
+uninterrupted (the reference). A second run is killed five times at random points of its
+progress (after a random number of Nipype nodes have finished, the last draw at the very end,
+where the sinks write and the staged outputs move into place), each time resumed with the same
+work dir. After every kill OUTPUT_DIR/sub-<label> holds no derivatives (at most its log) or
+exactly the reference's; the final run's outputs are byte-identical to the reference's.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def trial(tmp_path_factory) -> Path:
     from ketamine_dti.simulate.cli import main as simulate
 
     out = tmp_path_factory.mktemp("interrupt") / "bids"
-    assert simulate([str(out), "--preset", "tiny", "--n-participants", "1", "--seed", "7"]) == 0
+    assert simulate([str(out), "--preset", "tiny", "--n-participants", "3", "--seed", "7"]) == 0
     return out
 
 
