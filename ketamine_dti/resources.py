@@ -2,7 +2,8 @@
 
 The package ships a small TemplateFlow home (``ketamine_dti/data/templateflow``):
 ``tpl-MNI152NLin6Asym`` brain T1w and brain mask at res-01/02 and our 7-ROI atlas
-``atlas-ketamine7`` (dseg NIfTI at both resolutions + TSV). Provenance: ``data/README.md``.
+``atlas-ketamine7`` (dseg NIfTI at both resolutions + TSV), and ``tpl-Colin27`` whole-head
+T1w + brain mask at res-02 (the brain-extraction prior). Provenance: ``data/README.md``.
 
 How files are found (TemplateFlow 25.x), and why:
 
@@ -51,6 +52,11 @@ CITATIONS: dict[str, tuple[str, ...]] = {
     "MNI152NLin6Asym": (
         "Evans AC, Janke AL, Collins DL, Baillet S (2012). Brain templates and atlases. "
         "NeuroImage 62(2):911-922. doi:10.1016/j.neuroimage.2012.01.024",
+    ),
+    "Colin27": (
+        "Holmes CJ, Hoge R, Collins L, Woods R, Toga AW, Evans AC (1998). Enhancement of MR "
+        "images using registration for signal averaging. J Comput Assist Tomogr 22(2):324-333. "
+        "doi:10.1097/00004728-199803000-00032",
     ),
     "TemplateFlow": (
         "Ciric R, Thompson WH, Lorenz R, et al. (2022). TemplateFlow: FAIR-sharing of "

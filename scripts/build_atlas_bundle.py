@@ -508,7 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         print_summary(build(Path(tmp)))
         built = sorted(p.relative_to(tmp) for p in Path(tmp).rglob("*") if p.is_file())
-        bundled = sorted(p.relative_to(BUNDLE_HOME) for p in BUNDLE_HOME.rglob("*") if p.is_file())
+        ours = BUNDLE_HOME / f"tpl-{TEMPLATE}"  # tpl-Colin27 is build_head_template.py's
+        bundled = sorted(p.relative_to(BUNDLE_HOME) for p in ours.rglob("*") if p.is_file())
         if built != bundled:
             print(f"bundle is stale: files differ: {sorted(set(built) ^ set(bundled))}")
             return 1
