@@ -56,6 +56,21 @@ PREPROC_OUTPUTS = {
 }
 
 
+#: Methods sentence for each --dwi-runs choice (none for "error": a session has one run).
+_RUNS_SENTENCES = {
+    "combine": "Several DWI runs of a session were concatenated before preprocessing. ",
+    "first": "Of several DWI runs in a session, the first was used. ",
+    "error": "",
+}
+
+
+def _inputs_description(config: Config) -> str:
+    return f"""**Inputs.** Volumes with b <= {config.b0_threshold:g} s/mm^2 were treated as b0;
+b-vectors that were not unit length were normalised and their b-values scaled by the squared
+norm (as MRtrix3 does). {_RUNS_SENTENCES[config.dwi_runs]}Voxels holding NaN/Inf were zeroed
+and excluded from the ROIs; all-zero volumes were left out."""
+
+
 def _regions_description(config: Config) -> str:
     rule = GrayMatterRule()
     atlas = config.roi_atlas or (
@@ -94,7 +109,9 @@ def init_session_wf(
     DWI, composed into one interpolation; the MD map is never resampled.
     """
     workflow = LiterateWorkflow(
-        name or f"ses_{session.session}_wf", postdesc=_regions_description(config)
+        name or f"ses_{session.session}_wf",
+        desc=_inputs_description(config),
+        postdesc=_regions_description(config),
     )
     threads = config.omp_nthreads
     inputnode = pe.Node(niu.IdentityInterface(fields=list(ANAT_FIELDS)), name="inputnode")
