@@ -128,28 +128,76 @@ def test_motion_parameters_known_answer():
     assert np.allclose(params[3:], [0.0, 0.0, np.radians(2.0)])
 
 
-def test_remove_eddy_shift_known_answer():
-    """PE translations = head motion + an offset and a shift linear in the gradient."""
+def test_pe_translation_from_b0s_known_answer():
+    """Along PE, DW volumes take the head position interpolated between the b0s."""
+    bvals = np.array([0, 1000, 1000, 0, 1000, 1000, 1000], dtype=float)
+    bvecs = np.where(bvals[:, None] > 0, [0.0, 0.0, 1.0], 0.0)
+    gtab = gradients.check_gradient_table(bvals, bvecs, len(bvals))
     rng = np.random.default_rng(2)
-    n_b0, n_dw = 3, 30
-    directions = rng.normal(size=(n_dw, 3))
-    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-    gtab = gradients.check_gradient_table(
-        np.r_[np.zeros(n_b0), np.full(n_dw, 1000.0)],
-        np.vstack([np.zeros((n_b0, 3)), directions]),
-        n_b0 + n_dw,
+    measured = rng.normal(0, 0.3, (len(bvals), 3))
+    affine = np.diag([-2.0, 2, 2, 1])  # PE = voxel axis j = world y
+    cleaned = motion.pe_translation_from_b0s(measured, gtab, affine, pe_axis=1)
+    b0_y = measured[[0, 3], 1]
+    assert cleaned[:, 1] == pytest.approx(
+        [b0_y[0], *np.interp([1, 2], [0, 3], b0_y), b0_y[1], b0_y[1], b0_y[1], b0_y[1]][:7]
     )
-    head = rng.normal(0, 0.2, (n_b0 + n_dw, 3))
-    head[:n_b0, 1] -= head[:n_b0, 1].mean()  # b0s centred: the offset is then identifiable
-    head[n_b0:, 1] -= head[n_b0:, 1].mean()
-    eddy = 0.5 + directions @ np.array([0.8, -0.4, 0.3])  # mm along y (PE = voxel axis j)
-    measured = head.copy()
-    measured[n_b0:, 1] += eddy
-    cleaned = motion.remove_eddy_shift(measured, gtab, np.diag([2.0, 2, 2, 1]), pe_axis=1)
-    residual = cleaned[:, 1] - head[:, 1]
-    # what is left is the head motion that correlates with g by chance: small next to the eddy
-    assert np.sqrt(np.mean(residual**2)) < 0.15 * np.sqrt(np.mean(eddy**2))
-    assert np.allclose(cleaned[:, [0, 2]], head[:, [0, 2]])
+    assert np.array_equal(cleaned[:, [0, 2]], measured[:, [0, 2]])
+
+
+def _single_b0_series(truths, affine, noise_sd=0.0, anisotropy_sd=5.0, seed=11):
+    """One b0 and len(truths)-1 'b=2500' volumes: other contrast, a third of the signal,
+    direction-dependent texture and independent noise, each moved by its true map."""
+    base, inside = _phantom()
+    rng = np.random.default_rng(seed)
+    n_dw = len(truths) - 1
+    directions = Rotation.random(n_dw, random_state=4).apply([1.0, 0, 0])
+    anisotropy = ndimage.gaussian_filter(rng.normal(size=SHAPE), 1.5)
+    anisotropy *= anisotropy_sd / anisotropy.std()
+    volumes = [_move(base, truths[0], affine)]
+    for truth, direction in zip(truths[1:], directions, strict=True):
+        # anisotropy enters as (g . e_x)^2, as in g^T D g
+        weighted = np.where(inside, 0.3 * (160.0 - base) + direction[0] ** 2 * anisotropy, 0.0)
+        volumes.append(_move(ndimage.gaussian_filter(weighted, 0.7), truth, affine))
+    data = np.stack(volumes, axis=-1) + rng.normal(0, noise_sd, SHAPE + (len(truths),))
+    bvals = np.r_[0.0, np.full(n_dw, 2500.0)]
+    gtab = gradients.check_gradient_table(bvals, np.vstack([np.zeros(3), directions]), len(bvals))
+    return np.clip(data, 0, None).astype(np.float32), gtab, inside
+
+
+def _displacement_error(estimate, truth, affine, inside):
+    """mm between estimated and true raw points of the phantom's voxels."""
+    points = np.c_[np.argwhere(inside), np.ones(int(inside.sum()))] @ affine.T
+    return np.linalg.norm((points @ (estimate - truth).T)[:, :3], axis=1)
+
+
+def test_single_b0_high_b_recovers_known_motion_and_rotates_bvecs():
+    """DW volumes are aligned to their shell mean and linked to the single b0 once."""
+    affine = _affine()
+    rng = np.random.default_rng(8)
+    truths = [np.eye(4)] + [
+        _rigid(rng.uniform(-1, 1, 3), rng.uniform(-1, 1, 3), affine) for _ in range(9)
+    ]
+    data, gtab, inside = _single_b0_series(truths, affine, noise_sd=2.0)
+    result = motion.correct_motion(data, gtab, affine, mask=inside)
+    for estimate, truth in zip(result.affines, truths, strict=True):
+        assert np.median(_displacement_error(estimate, truth, affine, inside)) < 0.6  # old: 1.3
+    # each DW b-vector is rotated back by its volume's true rotation
+    world = gradients.fsl_to_world(gtab.bvecs, affine)
+    corrected = gradients.fsl_to_world(result.bvecs, affine)
+    for index in range(1, len(truths)):
+        expected = truths[index][:3, :3].T @ world[index]
+        assert np.degrees(np.arccos(np.clip(corrected[index] @ expected, -1, 1))) < 1.0
+
+
+def test_still_single_b0_series_has_small_fd():
+    """No motion, noisy high-b volumes: FD stays far below the outlier cut."""
+    affine = _affine()
+    data, gtab, inside = _single_b0_series(
+        [np.eye(4)] * 8, affine, noise_sd=1.0, anisotropy_sd=2.0
+    )
+    result = motion.correct_motion(data, gtab, affine, mask=inside, pe_axis=1)
+    assert result.framewise_displacement[1:].mean() < 0.35  # measured 0.24
+    assert not result.outliers.any()
 
 
 def test_confounds_table_and_summary():

@@ -161,7 +161,8 @@ class _MotionOutputSpec(TraitedSpec):
 
 
 class MotionCorrect(SimpleInterface):
-    """Per-volume affine registration to a b0 reference, with b-vector rotation and FD."""
+    """Per-volume affine registration (b0s to a b0 reference, DW volumes to their shell mean),
+    with b-vector rotation and FD."""
 
     input_spec = _MotionInputSpec
     output_spec = _MotionOutputSpec

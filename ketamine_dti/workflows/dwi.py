@@ -6,7 +6,7 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ketamine_dti.config import Config
-from ketamine_dti.dwi.motion import FD_HEAD_RADIUS_MM, FD_OUTLIER_MM
+from ketamine_dti.dwi.motion import FD_HEAD_RADIUS_MM, FD_OUTLIER_MM, SHELL_PASSES_COARSE
 from ketamine_dti.interfaces.dwi import (
     BrainMask,
     CheckDWI,
@@ -49,10 +49,14 @@ def _description(denoise: str, gibbs: bool, tensor_fit: str) -> str:
         steps.append("corrected for Gibbs ringing by local subvoxel shifts [gibbs]")
     done = "; ".join(steps) + ("; " if steps else "")
     return f"""**Diffusion.** Each session's DWI series was {done}head motion and eddy-current
-distortion were corrected by registering every volume to a b0 reference (the mean of the rigidly
-aligned b0 volumes) with ANTs: b0 volumes rigidly, diffusion-weighted volumes with a 12-parameter
-affine and Mattes mutual information. Each volume was interpolated once; b-vectors were rotated by
-the rotation part of each affine [bvec_rotation]. Six motion parameters and the framewise
+distortion were corrected with ANTs by registering each volume to a target of its own contrast,
+as FSL eddy and SHORELine do: b0 volumes rigidly to the first b0 (their mean is the reference);
+diffusion-weighted volumes with a 12-parameter affine (Mattes mutual information) to the mean
+image of their shell, recomputed from the aligned volumes over {len(SHELL_PASSES_COARSE)}
+passes, and each shell mean to the b0 reference by one rigid registration. Each volume was
+interpolated once; b-vectors were rotated by the rotation part of each affine [bvec_rotation].
+Translations along phase encoding, which the eddy-current field offset confounds in
+diffusion-weighted volumes, were taken from the b0 volumes. Six motion parameters and the framewise
 displacement (FD, {FD_HEAD_RADIUS_MM:g} mm head radius) [fd] were saved; volumes with FD >
 {FD_OUTLIER_MM} mm were counted as outliers. A brain mask was computed from the b0 reference
 (median filter and Otsu threshold). A diffusion tensor was fitted ({tensor_fit.upper()} [wls]),
@@ -78,7 +82,7 @@ def init_dwi_preproc_wf(
     Denoising comes first (it needs the untouched noise), unringing second (it needs the
     original slice grid), then a single interpolation aligns every volume to the b0 reference.
     ``pe_axis`` (the phase-encode voxel axis, from the sidecar) keeps eddy-current shear and
-    shift out of the head-motion estimates.
+    field offsets out of the head-motion estimates.
     """
     if denoise not in ("mppca", "none"):
         raise ValueError(f"denoise must be 'mppca' or 'none', got {denoise!r}")
