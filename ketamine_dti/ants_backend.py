@@ -132,6 +132,12 @@ def image_from_array(volume: np.ndarray, affine: np.ndarray):
     )
 
 
+def voxel_to_world(image, indices: np.ndarray) -> np.ndarray:
+    """World points (ITK's LPS mm) of voxel ``indices`` (N x 3) of an ANTsImage."""
+    scaled = np.asarray(indices, dtype=float) * np.asarray(image.spacing)
+    return scaled @ np.asarray(image.direction).T + np.asarray(image.origin)
+
+
 def check_ants_path(path: PathLike) -> str:
     """Absolute path as a string; InputError if antsRegistration could not parse it."""
     text = str(Path(path).absolute())
@@ -298,6 +304,34 @@ def apply_transforms(
             defaultvalue=default_value,
         )
         ants.image_write(warped, str(out_file))
+    return str(Path(out_file).absolute())
+
+
+def search_rigid_start(
+    fixed_file: PathLike,
+    moving_file: PathLike,
+    out_file: PathLike,
+    *,
+    step_deg: float,
+    arc_fraction: float,
+    n_threads: int | None = None,
+) -> str:
+    """Coarse start for a rigid registration (antsAffineInitializer): centres of mass aligned,
+    then rotations every ``step_deg`` degrees over ``arc_fraction`` of a half turn about each
+    axis scored by mutual information; the best is written as a ``.mat`` (fixed -> moving
+    points). No local optimisation, so the start stays rigid."""
+    import ants
+
+    with itk_threads(n_threads):
+        ants.affine_initializer(
+            ants.image_read(str(fixed_file)),
+            ants.image_read(str(moving_file)),
+            search_factor=step_deg,
+            radian_fraction=arc_fraction,
+            use_principal_axis=False,
+            local_search_iterations=0,
+            txfn=str(out_file),
+        )
     return str(Path(out_file).absolute())
 
 

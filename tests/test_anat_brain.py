@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -105,3 +107,126 @@ def test_extract_brain_on_a_synthetic_head_with_the_bundled_template(tmp_path):
     assert result.qc["ncc_template"] > 0.8
     brain_values = nib.load(result.brain_file).get_fdata()
     assert np.all(brain_values[~mask] == 0)
+
+
+def _ball_head(shape=(48, 56, 60), voxel=(3.0, 3.0, 3.0), neck=True):
+    """A brain ball in a dark skull and a bright scalp, with or without a neck below it."""
+    grid = np.indices(shape).astype(float)
+    center = np.array([24.0, 28.0, 38.0])
+    offsets = [(g - c) * v for g, c, v in zip(grid, center, voxel, strict=True)]
+    radius_mm = np.sqrt(sum(offset**2 for offset in offsets))
+    image = np.where(radius_mm < 60, 300.0, 0.0)  # brain
+    image[(radius_mm >= 60) & (radius_mm < 66)] = 20.0  # skull
+    image[(radius_mm >= 66) & (radius_mm < 72)] = 800.0  # scalp fat
+    if neck:
+        axial = np.sqrt(((grid[0] - 24) * 3.0) ** 2 + ((grid[1] - 28) * 3.0) ** 2)
+        image[(axial < 45) & (grid[2] < 20) & (image == 0)] = 250.0
+    return image, radius_mm < 60
+
+
+def test_upper_head_center_ignores_the_neck_and_the_voxel_order():
+    from ketamine_dti.anat.brain import upper_head_center
+
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    with_neck, _ = _ball_head(neck=True)
+    without, _ = _ball_head(neck=False)
+    center_neck = upper_head_center(backend.image_from_array(with_neck, affine))
+    center_plain = upper_head_center(backend.image_from_array(without, affine))
+    assert np.linalg.norm(center_neck - center_plain) < 3.0
+    # the same head stored LPS with permuted axes: the world centre is the same
+    flipped = np.transpose(with_neck[::-1, ::-1, :], (2, 0, 1))
+    permuted_affine = np.array(
+        [[0, -3.0, 0, 47 * 3.0], [0, 0, -3.0, 55 * 3.0], [3.0, 0, 0, 0], [0, 0, 0, 1]]
+    )
+    center_permuted = upper_head_center(backend.image_from_array(flipped, permuted_affine))
+    assert np.allclose(center_permuted, center_neck, atol=1e-3)
+
+
+def test_tissue_refinement_cuts_the_scalp_and_keeps_the_brain():
+    from ketamine_dti.anat.brain import refine_with_tissue
+
+    image, brain = _ball_head(neck=False)
+    prior = ndimage.binary_dilation(brain, iterations=2)  # a prior 6 mm too generous
+    tissue = (image > 150) & (image < 600)
+    tissue[24, 28, 38 + 20 : 38 + 24] = True  # a thin bright bridge towards the scalp
+    mask = refine_with_tissue(prior, tissue, (3.0, 3.0, 3.0))
+    assert reg.dice(mask, brain) > 0.97
+    assert not (mask & (image == 800)).any()
+
+
+def test_unusable_t1w_is_an_input_error_naming_the_file(tmp_path):
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    cases = {
+        "constant.nii.gz": np.full((20, 20, 20), 7.0, np.float32),
+        "slice.nii.gz": np.random.default_rng(0).random((40, 40, 1)).astype(np.float32),
+        "empty.nii.gz": np.zeros((20, 20, 20), np.float32),
+    }
+    for name, data in cases.items():
+        nib.save(nib.Nifti1Image(data, affine), tmp_path / name)
+        with pytest.raises(InputError, match=name):
+            extract_brain(tmp_path / name, tmp_path / "out")
+
+
+def _moved_colin(tmp_path, name: str, crop_inferior_mm: float = 0.0):
+    """The bundled Colin27 head rotated, scaled, shifted and stored LPS with permuted axes
+    (and optionally cropped from below); returns (file, its true brain mask on that grid)."""
+    import ants
+    from scipy.spatial.transform import Rotation
+
+    from ketamine_dti.anat.brain import bundled_head_template
+
+    head_file, mask_file = bundled_head_template()
+    head = ants.image_read(head_file)
+    center = np.asarray(head.get_center_of_mass())
+    linear = 0.93 * Rotation.from_euler("xyz", [12, -8, 10], degrees=True).as_matrix()
+    move = np.eye(4)
+    move[:3, :3] = linear
+    move[:3, 3] = center - linear @ center + np.array([8.0, -12.0, 10.0])
+    move_file = backend.matrix_to_affine(move, tmp_path / f"{name}_move.mat")
+    grid = nib.load(head_file)
+    data = np.transpose(np.asarray(grid.dataobj)[::-1, :, ::-1], (1, 0, 2))  # permuted + flips
+    affine = grid.affine @ np.array(
+        [[0, -1, 0, data.shape[1] - 1], [1, 0, 0, 0], [0, 0, -1, data.shape[2] - 1], [0, 0, 0, 1]]
+    )
+    if crop_inferior_mm:  # the third axis runs inferior here: drop its last slices
+        data = data[:, :, : -int(crop_inferior_mm / 2)]
+    reference = backend.image_from_array(data.astype(np.float32), affine)
+    moved = ants.apply_transforms(reference, head, [move_file], interpolator="linear")
+    truth = ants.apply_transforms(
+        reference, ants.image_read(mask_file), [move_file], interpolator="nearestNeighbor"
+    )
+    ants.image_write(moved * 3.7 + 50.0, str(tmp_path / f"{name}.nii.gz"))  # other scaling
+    return tmp_path / f"{name}.nii.gz", truth.numpy() > 0
+
+
+@pytest.mark.slow
+def test_extraction_maps_the_template_mask_back_onto_a_moved_reoriented_template(tmp_path):
+    """Colin27 is the template, so its own mask cannot be an independent truth: this checks
+    that a known rotation/scaling/reorientation of the template head is undone."""
+    head_file, truth = _moved_colin(tmp_path, "moved")
+    result = extract_brain(head_file, tmp_path / "bex", n_threads=1)
+    mask = nib.load(result.mask_file).get_fdata() > 0
+    assert reg.dice(mask, truth) > 0.92
+    assert result.qc["brain_volume_ml"] == pytest.approx(truth.sum() * 8e-3, rel=0.1)
+    # 30 mm less below (Colin27's field of view ends under the cerebellum, so this cuts into
+    # it): inside the shared field of view the mask must not change
+    cropped_file, cropped_truth = _moved_colin(tmp_path, "cropped", crop_inferior_mm=30.0)
+    cropped = extract_brain(cropped_file, tmp_path / "bex_cropped", n_threads=1)
+    cropped_mask = nib.load(cropped.mask_file).get_fdata() > 0
+    assert reg.dice(cropped_mask, mask[:, :, : cropped_mask.shape[2]]) > 0.95
+    assert reg.dice(cropped_mask, cropped_truth) > 0.92
+
+
+REAL_T1W = (
+    Path(__file__).resolve().parents[1].parent
+    / "shared/realdata/siemens_prisma_xa30_subM31/sub-M31_T1w.nii.gz"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REAL_T1W.exists(), reason=f"real scan not present at {REAL_T1W}")
+def test_real_prisma_mprage_with_neck_gives_a_brain_sized_mask(tmp_path):
+    """Whole head, face and neck, strong bias: the mask is a brain (1,100-1,800 ml)."""
+    n4 = bias_correct(REAL_T1W, tmp_path, n_threads=1)
+    result = extract_brain(n4, tmp_path / "bex", n_threads=1)
+    assert 1100 < result.qc["brain_volume_ml"] < 1800

@@ -225,6 +225,25 @@ def test_bad_inputs_raise_input_error(tmp_path, icbm):
         reg.register_linear(icbm, icbm, tmp_path / "a,b")
 
 
+def _register_moved_b0(tmp_path, t1w_file, b0, mask, truth: np.ndarray):
+    """Move a b0 and its mask by the point map ``truth`` and register them to the T1w
+    (``mask.nii.gz`` in ``tmp_path`` is the T1w's brain mask)."""
+    import ants
+
+    truth_file = backend.matrix_to_affine(truth, tmp_path / "truth.mat")
+    for name, source in (("b0", b0), ("b0_mask", mask)):
+        moved = ants.apply_transforms(b0, source, [truth_file], interpolator="linear")
+        ants.image_write(moved, str(tmp_path / f"{name}.nii.gz"))
+    return reg.register_dwi_to_t1w(
+        tmp_path / "b0.nii.gz",
+        tmp_path / "b0_mask.nii.gz",
+        t1w_file,
+        tmp_path / "mask.nii.gz",
+        tmp_path / "reg",
+        n_threads=1,
+    )
+
+
 def test_dwi_to_t1w_registers_the_masked_b0_and_reports_mask_dice(tmp_path, icbm):
     import ants
 
@@ -232,18 +251,30 @@ def test_dwi_to_t1w_registers_the_masked_b0_and_reports_mask_dice(tmp_path, icbm
     mask = image.new_image_like((image.numpy() > 0.2 * image.numpy().max()).astype(np.float32))
     ants.image_write(mask, str(tmp_path / "mask.nii.gz"))
     truth = _rigid_about(_center_of_mass(icbm), [3, 0, -2], [2, -1, 0])
-    truth_file = backend.matrix_to_affine(truth, tmp_path / "truth.mat")
-    for name, source in (("b0", image), ("b0_mask", mask)):
-        moved = ants.apply_transforms(image, source, [truth_file], interpolator="linear")
-        ants.image_write(moved, str(tmp_path / f"{name}.nii.gz"))
-    result = reg.register_dwi_to_t1w(
-        tmp_path / "b0.nii.gz",
-        tmp_path / "b0_mask.nii.gz",
-        icbm,
-        tmp_path / "mask.nii.gz",
-        tmp_path / "reg",
-        n_threads=1,
-    )
+    result = _register_moved_b0(tmp_path, icbm, image, mask, truth)
     assert result.qc["dice_mask"] > 0.9  # 3 mm grid, the moved mask resampled twice
     assert Path(result.from_moving_to_fixed[0]).name == "dwi2t1w_0GenericAffine.mat"
     assert (tmp_path / "reg" / "b0_brain.nii.gz").exists()
+
+
+def test_dwi_to_t1w_recovers_a_large_offset_with_b0_contrast(tmp_path, icbm):
+    """A b0-like image (CSF bright, WM dark) 20 degrees and 12 mm off: the coarse rotation
+    search plus rigid MI brings it back within 1 mm and 1 degree."""
+    import ants
+
+    image = ants.image_read(str(icbm))
+    data = image.numpy()
+    brain = data > 0.2 * data.max()
+    mask = image.new_image_like(brain.astype(np.float32))
+    ants.image_write(mask, str(tmp_path / "mask.nii.gz"))
+    b0 = image.new_image_like((np.where(brain, 1.4 * data.max() - data, 0.0)).astype(np.float32))
+    center = _center_of_mass(icbm)
+    truth = _rigid_about(center, [20, -6, 8], [12, -8, 6])
+    result = _register_moved_b0(tmp_path, icbm, b0, mask, truth)
+    # b0(x) = T1w-contrast(truth x); the DWI -> T1w list resamples b0 onto the T1w: truth^-1
+    residual = truth @ backend.affine_to_matrix(result.from_moving_to_fixed[0])
+    assert np.degrees(Rotation.from_matrix(residual[:3, :3]).magnitude()) < 1.0
+    for offset in ([0, 0, 0], [60, 0, 0], [0, 60, 0], [0, 0, 60]):
+        point = np.append(center + offset, 1.0)
+        assert np.linalg.norm((residual @ point - point)[:3]) < 1.0
+    assert result.qc["dice_mask"] > 0.9

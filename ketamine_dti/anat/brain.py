@@ -1,8 +1,11 @@
-"""T1w bias correction and brain extraction against the bundled template (no network).
+"""T1w bias correction and brain extraction with a whole-head template prior (no network).
 
-Brain extraction registers the head T1w to the MNI152NLin6Asym brain template (metric
-restricted to a dilated template brain mask, so the skull does not drive it), pulls the
-template brain mask back into the T1w grid, and cleans it (largest component, holes filled).
+As antsBrainExtraction: the head T1w is registered to a whole-head template that has a brain
+mask (Colin27, bundled at 2 mm), the mask is pulled back onto the T1w grid and refined by the
+T1w's own tissue classes (Atropos in a band around the prior), then cleaned. The registration
+starts from the upper head, not the centre of mass, which a neck in the field of view drags
+down by centimetres. Everything runs in world (LPS) millimetres, so the voxel order, axis
+flips and slice thickness of the input do not matter; outputs are on the input grid.
 """
 
 from __future__ import annotations
@@ -16,11 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from ketamine_dti.anat.longitudinal import head_mask
-from ketamine_dti.anat.registration import (
-    bundled_template,
-    normalized_cross_correlation,
-    register_syn,
-)
+from ketamine_dti.anat.registration import normalized_cross_correlation, register_syn
 from ketamine_dti.ants_backend import (
     REGISTRATION_SEED,
     PathLike,
@@ -28,7 +27,9 @@ from ketamine_dti.ants_backend import (
     apply_transforms,
     itk_threads,
     load_image,
+    matrix_to_affine,
     save_like,
+    voxel_to_world,
 )
 from ketamine_dti.errors import InputError
 
@@ -39,21 +40,43 @@ N4_SHRINK: int = 4
 #: N4 iterations per fitting level (ANTs default 50x50x50x50; 3 levels are plenty for 1.5-3T).
 N4_ITERATIONS: tuple[int, ...] = (50, 50, 30)
 N4_TOLERANCE: float = 1e-7
-#: Dilation (mm) of the template brain mask that restricts the extraction metric: the brain
-#: edge must be inside the metric region, the scalp mostly outside.
-METRIC_MASK_DILATION_MM: float = 8.0
+#: The whole-head template with a brain mask (TemplateFlow name; bundled at res-02).
+HEAD_TEMPLATE: str = "Colin27"
+HEAD_TEMPLATE_RESOLUTION: int = 2
+#: Height (mm) of the head's top slab whose centre aligns subject and template: about vertex to
+#: skull base, so a neck or shoulders below it cannot pull the start point down.
+UPPER_HEAD_MM: float = 100.0
+#: Percentile of the head's superior coordinates taken as the vertex (robust to stray voxels).
+VERTEX_PERCENTILE: float = 99.9
+#: Dilation (mm) of the template brain mask that restricts the extraction metric: the skull
+#: and scalp over the brain drive the match, the face, neck and shoulders do not.
+METRIC_MASK_DILATION_MM: float = 20.0
 #: Warped template-mask probability above which a voxel is brain.
 MASK_THRESHOLD: float = 0.5
 #: Closing radius (voxels) that smooths the warped mask edge without swallowing sulci.
 MASK_CLOSING_ITERATIONS: int = 1
-#: Coarse SyN for extraction: two low-resolution levels; the full-resolution detail of the mask
-#: edge does not pay for its time here (the ROIs sit well inside the brain).
-EXTRACTION_SYN_ITERATIONS: tuple[int, ...] = (40, 20)
-EXTRACTION_SYN_METRIC: str = "mattes"
+#: Coarse SyN for extraction (8 and 4 mm on the 2 mm template, cross-correlation head to head):
+#: the prior only has to land within the refinement band.
+EXTRACTION_SYN_ITERATIONS: tuple[int, ...] = (50, 20)
+EXTRACTION_SYN_METRIC: str = "cc"
 EXTRACTION_SYN_SHRINK: tuple[int, ...] = (4, 2)
 EXTRACTION_SYN_SMOOTHING: tuple[float, ...] = (2.0, 1.0)
+#: Refinement: tissue is classified within this distance (mm) of the prior brain edge.
+REFINE_BAND_MM: float = 6.0
+#: Opening radius (mm) that cuts thin bridges of bright tissue (dura, vessels, scalp) off the
+#: brain before its largest component is kept; skull between brain and scalp is thicker.
+REFINE_OPENING_MM: float = 4.0
+#: Closing radius (mm) that puts sulcal CSF back inside the mask.
+REFINE_CLOSING_MM: float = 4.0
+#: Brain tissue (GM or WM) on the band-corrected T1w, relative to the median of the prior's
+#: core (mostly WM and GM): CSF, bone and background are darker than half of it, fat and
+#: marrow brighter than twice it (T1w MPRAGE/SPGR contrast).
+TISSUE_MIN_FRACTION: float = 0.5
+TISSUE_MAX_FRACTION: float = 2.0
 #: Millilitres per mm^3.
 ML_PER_MM3: float = 1e-3
+#: Smallest extent (voxels) of each axis of a 3-D T1w we accept (a 2-D slice stack is not one).
+MIN_AXIS_VOXELS: int = 8
 
 
 @dataclass(frozen=True)
@@ -100,6 +123,56 @@ def bias_correct(
     return str(out_file)
 
 
+def check_t1w(image, path: PathLike) -> None:
+    """InputError naming ``path`` for a T1w no extraction can work on: a slice, a constant."""
+    if min(image.shape) < MIN_AXIS_VOXELS:
+        raise InputError(
+            f"{path}: shape {image.shape} is not a 3-D head volume (an axis has fewer than "
+            f"{MIN_AXIS_VOXELS} voxels); give the full T1w"
+        )
+    data = image.numpy()
+    if np.ptp(data) == 0:
+        raise InputError(f"{path}: image is constant ({data.flat[0]:g}); check the T1w")
+
+
+def bundled_head_template() -> tuple[str, str]:
+    """The bundled whole-head template T1w and its brain mask (Colin27, 2 mm)."""
+    from ketamine_dti.resources import get_template
+
+    query = {"resolution": HEAD_TEMPLATE_RESOLUTION, "template": HEAD_TEMPLATE}
+    return (
+        str(get_template(desc=None, suffix="T1w", **query)),
+        str(get_template(desc="brain", suffix="mask", **query)),
+    )
+
+
+def dilate_mm(mask: np.ndarray, radius_mm: float, spacing: Sequence[float]) -> np.ndarray:
+    """Dilation by a ball of ``radius_mm`` (world mm, so thick slices dilate less in voxels)."""
+    if not mask.any():
+        return mask.copy()
+    return ndimage.distance_transform_edt(~mask, sampling=spacing) <= radius_mm
+
+
+def erode_mm(mask: np.ndarray, radius_mm: float, spacing: Sequence[float]) -> np.ndarray:
+    """Erosion by a ball of ``radius_mm`` (world mm)."""
+    return ndimage.distance_transform_edt(mask, sampling=spacing) > radius_mm
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 6-connected component of a binary mask (empty stays empty)."""
+    labels, n_components = ndimage.label(mask)
+    if n_components <= 1:
+        return labels > 0
+    sizes = ndimage.sum(mask, labels, index=range(1, n_components + 1))
+    return labels == (int(np.argmax(sizes)) + 1)
+
+
+def dilate_mask_file(mask_file: PathLike, radius_mm: float, out_file: PathLike) -> str:
+    """Binary dilation of a mask file by ``radius_mm`` (world mm)."""
+    mask = load_image(mask_file)
+    return save_like(mask, dilate_mm(mask.numpy() > 0, radius_mm, mask.spacing), out_file)
+
+
 def refine_mask(probability: np.ndarray, threshold: float = MASK_THRESHOLD) -> np.ndarray:
     """Binary brain mask from a warped mask probability: threshold, closing, largest
     connected component, holes filled (ventricles stay inside)."""
@@ -108,56 +181,84 @@ def refine_mask(probability: np.ndarray, threshold: float = MASK_THRESHOLD) -> n
         return mask
     if MASK_CLOSING_ITERATIONS:
         mask = ndimage.binary_closing(mask, iterations=MASK_CLOSING_ITERATIONS)
-    labels, n_components = ndimage.label(mask)
-    if n_components > 1:
-        sizes = ndimage.sum(mask, labels, index=range(1, n_components + 1))
-        mask = labels == (int(np.argmax(sizes)) + 1)
-    return ndimage.binary_fill_holes(mask)
+    return ndimage.binary_fill_holes(largest_component(mask))
 
 
-def dilate_mask_file(mask_file: PathLike, radius_mm: float, out_file: PathLike) -> str:
-    """Binary dilation of a mask by ``radius_mm`` (rounded to whole voxels)."""
-    import ants
+def refine_with_tissue(
+    prior: np.ndarray, tissue: np.ndarray, spacing: Sequence[float]
+) -> np.ndarray:
+    """The brain as the T1w's own GM/WM near the template prior (antsBrainExtraction's step).
 
-    mask = ants.image_read(str(mask_file))
-    n_voxels = max(1, int(round(radius_mm / min(mask.spacing))))
-    dilated = ndimage.binary_dilation(mask.numpy() > 0, iterations=n_voxels)
-    return save_like(mask, dilated, out_file)
+    ``prior``: the warped template mask (binary); ``tissue``: GM or WM by the T1w's intensity
+    classes in a band around it. An opening cuts bridges to the scalp, the largest component
+    is kept, a closing and hole filling put sulcal and ventricular CSF back. The prior's core
+    (deeper than the band) stays brain whatever its intensity.
+    """
+    band = dilate_mm(prior, REFINE_BAND_MM, spacing)
+    brain = tissue & band
+    brain = erode_mm(brain, REFINE_OPENING_MM, spacing)
+    brain = dilate_mm(largest_component(brain), REFINE_OPENING_MM, spacing) & band
+    brain |= erode_mm(prior, REFINE_BAND_MM, spacing)
+    brain = erode_mm(dilate_mm(brain, REFINE_CLOSING_MM, spacing), REFINE_CLOSING_MM, spacing)
+    return ndimage.binary_fill_holes(largest_component(brain))
+
+
+def upper_head_center(image) -> np.ndarray:
+    """Centre (LPS mm) of the top UPPER_HEAD_MM of the head: the brain's neighbourhood whether
+    or not the field of view reaches down to the neck."""
+    data = image.numpy()
+    mask = largest_component(head_mask(data))
+    points = voxel_to_world(image, np.argwhere(mask))
+    superior = points[:, 2]  # LPS: +z is superior, whatever the voxel order
+    vertex = np.percentile(superior, VERTEX_PERCENTILE)
+    return points[superior >= vertex - UPPER_HEAD_MM].mean(axis=0)
+
+
+def initial_translation(template, t1w, out_file: PathLike) -> str:
+    """A translation ``.mat`` (template points -> T1w points) aligning the upper heads."""
+    matrix = np.eye(4)
+    matrix[:3, 3] = upper_head_center(t1w) - upper_head_center(template)
+    return matrix_to_affine(matrix, out_file)
 
 
 def extract_brain(
     t1w_file: PathLike,
     out_dir: PathLike,
     *,
-    template_resolution: int = 2,
     template_file: PathLike | None = None,
     template_mask_file: PathLike | None = None,
     seed: int = REGISTRATION_SEED,
     n_threads: int | None = None,
 ) -> BrainExtraction:
-    """Brain mask of a bias-corrected head T1w via registration to the template brain.
+    """Brain mask of a bias-corrected head T1w (any orientation, FOV, scaling, 1-5 mm).
 
     Writes ``t1w_brain.nii.gz`` and ``t1w_brainmask.nii.gz`` (uint8) in ``out_dir`` on the
-    input grid. ``template_file``/``template_mask_file`` default to the bundled
-    MNI152NLin6Asym ``desc-brain`` T1w and mask at ``template_resolution`` mm.
-    QC: ``brain_volume_ml`` and ``ncc_template`` (template vs warped T1w in the template mask).
+    input grid. ``template_file``/``template_mask_file``: a whole-head template and its brain
+    mask (default: the bundled Colin27). The transforms map T1w <-> that template.
+    QC: ``brain_volume_ml``, ``prior_volume_ml`` (before refinement) and ``ncc_template``.
     """
     import ants
 
     if template_file is None or template_mask_file is None:
-        template_file, template_mask_file = bundled_template(template_resolution)
+        template_file, template_mask_file = bundled_head_template()
     out_dir = Path(out_dir).absolute()
     out_dir.mkdir(parents=True, exist_ok=True)
     t1w = load_image(t1w_file)
-    metric_mask = dilate_mask_file(
-        template_mask_file, METRIC_MASK_DILATION_MM, out_dir / "template_metric_mask.nii.gz"
+    check_t1w(t1w, t1w_file)
+    if not head_mask(t1w.numpy()).any():
+        raise InputError(f"{t1w_file}: image is empty (no head voxels); check the T1w")
+    start = initial_translation(
+        load_image(template_file), t1w, out_dir / "bex_initial_translation.mat"
     )
     reg = register_syn(
         template_file,
         t1w_file,
         out_dir,
         prefix="bex_",
-        fixed_mask_file=metric_mask,
+        fixed_mask_file=dilate_mask_file(
+            template_mask_file, METRIC_MASK_DILATION_MM, out_dir / "template_metric_mask.nii.gz"
+        ),
+        initial_transform=[start],
         syn_metric=EXTRACTION_SYN_METRIC,
         syn_iterations=EXTRACTION_SYN_ITERATIONS,
         syn_shrink_factors=EXTRACTION_SYN_SHRINK,
@@ -166,20 +267,18 @@ def extract_brain(
         n_threads=n_threads,
     )
     probability_file = apply_transforms(
-        template_mask_file,
-        t1w_file,
-        reg.from_fixed_to_moving,
-        out_dir / "t1w_brainprob.nii.gz",
-        interpolation="linear",
+        template_mask_file, t1w_file, reg.from_fixed_to_moving, out_dir / "t1w_brainprob.nii.gz"
     )
-    mask = refine_mask(ants.image_read(probability_file).numpy())
-    if not mask.any():
+    prior = refine_mask(ants.image_read(probability_file).numpy())
+    if not prior.any():
         raise InputError(
             f"{t1w_file}: brain extraction found no brain; check that the image is a T1w head"
         )
+    mask = _refine(t1w_file, t1w, prior, out_dir, n_threads)
     mask_file = save_like(t1w, mask, out_dir / "t1w_brainmask.nii.gz", "unsigned char")
     brain_file = apply_mask(t1w_file, mask_file, out_dir / "t1w_brain.nii.gz")
     qc = _extraction_qc(t1w, mask, template_file, template_mask_file, reg.warped_file)
+    qc["prior_volume_ml"] = float(prior.sum() * np.prod(t1w.spacing) * ML_PER_MM3)
     affine = tuple(f for f in reg.from_moving_to_fixed if f.endswith(".mat"))
     return BrainExtraction(
         brain_file=brain_file,
@@ -189,6 +288,25 @@ def extract_brain(
         affine_t1w_to_template=affine,
         qc=qc,
     )
+
+
+def _refine(
+    t1w_file: PathLike, t1w, prior: np.ndarray, out_dir: Path, n_threads: int | None
+) -> np.ndarray:
+    """N4 again inside a band around the prior (the head-wide fit leaves the brain's own bias
+    to the scalp), tissue by intensity relative to the prior's core, ``refine_with_tissue``."""
+    import ants
+
+    band = dilate_mm(prior, REFINE_BAND_MM, t1w.spacing)
+    band_file = save_like(t1w, band, out_dir / "refine_band.nii.gz", "unsigned char")
+    flat = bias_correct(
+        t1w_file, out_dir, mask_file=band_file, out_name="t1w_band_n4.nii.gz", n_threads=n_threads
+    )
+    data = ants.image_read(flat).numpy()
+    core = erode_mm(prior, REFINE_BAND_MM, t1w.spacing)
+    reference = float(np.median(data[core if core.any() else prior]))
+    tissue = (data >= TISSUE_MIN_FRACTION * reference) & (data <= TISSUE_MAX_FRACTION * reference)
+    return refine_with_tissue(prior, tissue, t1w.spacing)
 
 
 def _extraction_qc(

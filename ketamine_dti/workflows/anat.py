@@ -52,7 +52,10 @@ DESCRIPTION = f"""**Anatomy.** Each session's T1w was bias corrected (N4) [n4]. 
 participant were averaged in a rigid halfway space, an unbiased within-subject template [halfway];
 brain extraction, three-class tissue segmentation (Atropos) [atropos] and one SyN registration to
 {MNI_SPACE} [mni] were computed once on that template, so every session sees the same anatomy
-through the same template mapping."""
+through the same template mapping. The brain was extracted as in antsBrainExtraction: the head
+was registered (from an alignment of the upper head, then affine and SyN) to the whole-head
+Colin27 template [colin27], whose brain mask, pulled back, was refined by the T1w's own tissue
+intensities after a second N4 inside the brain."""
 
 
 def init_anat_wf(omp_nthreads: int = 1, name: str = "anat_wf") -> pe.Workflow:

@@ -22,6 +22,8 @@ REFERENCES = {
     "ants": "Avants B.B. et al. (2008) Symmetric diffeomorphic image registration with "
     "cross-correlation. Med Image Anal 12:26-41.",
     "n4": "Tustison N.J. et al. (2010) N4ITK: improved N3 bias correction. IEEE TMI 29:1310-20.",
+    "colin27": "Holmes C.J. et al. (1998) Enhancement of MR images using registration for signal "
+    "averaging. J Comput Assist Tomogr 22:324-33 (Colin27, whole-head brain-extraction prior).",
     "atropos": "Avants B.B. et al. (2011) An open source multivariate framework for n-tissue "
     "segmentation with evaluation on public data. Neuroinformatics 9:381-400.",
     "mppca": "Veraart J. et al. (2016) Denoising of diffusion MRI using random matrix theory. "
