@@ -4,6 +4,10 @@ Targets: the ``tiny`` preset with 12 participants written in < 2 min on 2 cores;
 participant with two sessions in < 1 min; peak memory < 4 GB. Accuracy: on noiseless data,
 DIPY's tensor MD averaged in each ground-truth ROI mask is within 1% of ``md_true``.
 
+Every run simulates the whole head (``--head full``, the default since issue 10: face, eyes,
+neck, T1w field of view to the neck); the standard participant is also timed with ``--head
+brain`` (the brain-only T1w of before) to show what the head costs.
+
 Each measurement runs in a fresh child process (imports, template and atlas loading included),
 which reports its own wall time and peak RSS. Timings are noisy when the machine is shared; the
 load average is recorded with the results.
@@ -69,7 +73,7 @@ def bench_tiny_trial(out: Path, n_participants: int, noiseless: bool, n_procs: i
     )
 
 
-def bench_standard_participant(out: Path, noiseless: bool) -> dict:
+def bench_standard_participant(out: Path, noiseless: bool, head: str = "full") -> dict:
     """One standard participant, two sessions, written as the CLI writes it (incl. loading)."""
     return run_child(
         f"""
@@ -77,7 +81,8 @@ def bench_standard_participant(out: Path, noiseless: bool) -> dict:
         from ketamine_dti.simulate import bids_writer
         from ketamine_dti.simulate.clinical import simulate_clinical
         options = bids_writer.make_options(
-            {str(out)!r}, n_participants=3, preset="standard", noiseless={noiseless}
+            {str(out)!r}, n_participants=3, preset="standard", noiseless={noiseless},
+            head={head!r},
         )
         trial = simulate_clinical(3, seed=options.seed, sessions=options.sessions)
         Path({str(out)!r}).mkdir(parents=True, exist_ok=True)
@@ -165,6 +170,11 @@ def markdown(results: dict) -> str:
         ("tiny_12", "tiny, 12 participants x 2 sessions (CLI, 1 process)", tiny_target),
         ("tiny_12_2procs", "tiny, 12 participants x 2 sessions (CLI, --n-procs 2)", tiny_target),
         ("standard_1", "standard, 1 participant x 2 sessions (incl. start-up)", standard_target),
+        (
+            "standard_1_brain",
+            "standard, 1 participant, --head brain (before issue 10)",
+            standard_target,
+        ),
     ):
         row = results[key]
         lines.append(
@@ -214,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         print("tiny 12, 2 processes:", results["tiny_12_2procs"], flush=True)
         results["standard_1"] = bench_standard_participant(work / "standard", noiseless=False)
         print("standard 1:", results["standard_1"], flush=True)
+        results["standard_1_brain"] = bench_standard_participant(
+            work / "standard_brain", noiseless=False, head="brain"
+        )
+        print("standard 1, brain only:", results["standard_1_brain"], flush=True)
         bench_tiny_trial(work / "tiny_noiseless", 12, noiseless=True)
         results["noiseless_tiny"] = summarise_errors(noiseless_errors(work / "tiny_noiseless"))
         bench_standard_participant(work / "standard_noiseless", noiseless=True)

@@ -3,6 +3,7 @@ per-participant T1w scaling, the DWI outside the brain, and ``--head brain``."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import nibabel as nib
@@ -18,19 +19,22 @@ NECK_REACH_MM = 70.0
 
 @pytest.fixture(scope="module")
 def tiny_head():
-    """One tiny-preset T1w of the whole head (no scaling: int16 in WM = 1000 units)."""
+    """One tiny-preset T1w of the whole head (no scaling: int16, WM = 1000 units)."""
     rng = np.random.default_rng([4, 1])
     template = anatomy.load_template_anatomy()
     participant = anatomy.random_participant(rng, template)
     pose = anatomy.random_head_pose(rng, template.centre_mm)
-    shape = head.random_head_shape(np.random.default_rng([4, 1, 1]))
+    # Intrinsic contrast: no receive-coil profile here (test_coil_profile checks it).
+    shape = dataclasses.replace(
+        head.random_head_shape(np.random.default_rng([4, 1, 1])), coil_amplitude=0.0
+    )
     preset = get_preset("tiny")
     t1w = session.simulate_t1w(template, participant, pose, preset, rng, shape)
     affine, grid = session.t1w_grid(pose, preset, True)
     tissue = anatomy.voxel_tissue(
         template, participant, pose, affine, grid, 1, None, 0, with_fibre=False
     )
-    _, labels = head.head_properties(
+    _, labels, _ = head.head_properties(
         template, participant, pose, shape, affine, grid, head.t1w_table(), tissue.brain
     )
     return {"t1w": t1w, "tissue": tissue, "labels": labels, "grid": grid}
@@ -93,6 +97,15 @@ def test_skull_is_not_a_uniform_shell(tiny_head):
     assert occipital > 1.3 * vertex > 1.3 * temporal
 
 
+def test_coil_profile_brightens_the_surface():
+    """Without prescan normalisation the skin is 1 + A brighter than the head's centre."""
+    depth = np.array([0.0, 10.0, 80.0], dtype=np.float32)
+    surface, cortex, centre = head.coil_gain(depth, amplitude=3.0, length_mm=15.0)
+    assert surface == pytest.approx(4.0)
+    assert surface > cortex > centre > 1.0
+    assert centre == pytest.approx(1.0, abs=0.02)
+
+
 def test_dwi_inside_the_brain_is_unchanged_and_the_scalp_appears():
     """With the head, the noiseless DWI differs only where the brain does not fill the voxel."""
     template = anatomy.load_template_anatomy()
@@ -153,9 +166,10 @@ def test_t1w_scaling_and_storage_differ_between_participants(tiny_trial):
         np.testing.assert_allclose(mask.affine, image.affine)
         brain = np.asarray(image.dataobj, dtype=float)[np.asarray(mask.dataobj) > 0]
         white_levels[participant] = np.percentile(brain, 90)
-        # The brain's WM level follows the recorded scale (WM ~1000 x scale + offset, +-25%).
-        level = session.T1W_WM_SIGNAL * record["scale"] + record["offset"]
-        assert white_levels[participant] == pytest.approx(level, rel=0.25)
+        if truth["head"]["head_shape"][participant]["coil_amplitude"] == 0:
+            # Prescan-normalised: the WM level follows the scale (1000 x scale + offset, 25%).
+            level = session.T1W_WM_SIGNAL * record["scale"] + record["offset"]
+            assert white_levels[participant] == pytest.approx(level, rel=0.25)
     levels = np.array(list(white_levels.values()))
     assert levels.max() / levels.min() > 1.5
 

@@ -181,9 +181,11 @@ def test_dwi_truth_masks_land_on_gray_matter_of_the_same_session_t1w(tiny_trial)
 
     truth = tiny_trial / "sourcedata" / "ground_truth"
     planted = json.loads((truth / "planted_effects.json").read_text())
+    # A prescan-normalised participant: no receive-coil gain on the T1w (planted "head").
+    shapes = planted["head"]["head_shape"]
+    participant = next(p for p, shape in sorted(shapes.items()) if shape["coil_amplitude"] == 0)
+    scaling = planted["head"]["t1w_scaling"][participant]
     for ses in SESSIONS:
-        participant = "sub-001"
-        scaling = planted["head"]["t1w_scaling"][participant] or {"scale": 1.0, "offset": 0.0}
         mask = nib.load(_truth_mask(truth, participant, ses))
         t1w = nib.load(tiny_trial / participant / ses / "anat" / f"{participant}_{ses}_T1w.nii.gz")
         ijk = np.argwhere(np.asarray(mask.dataobj) > 0)

@@ -177,6 +177,11 @@ SKULL_WAVE_SD = 0.12
 CSF_MM_RANGE = (1.5, 3.0)
 EYE_JITTER_MM = 2.0
 SINUS_SCALE_RANGE = (0.6, 1.3)
+#: Receive-coil profile of the T1w (coil_gain): surface gain above the centre's, and fall-off
+#: length (mm). A share of scans is prescan-normalised (amplitude 0), as sites differ.
+COIL_AMPLITUDE_RANGE = (1.0, 3.5)
+COIL_LENGTH_MM_RANGE = (10.0, 25.0)
+PRESCAN_NORMALISED_FRACTION = 1.0 / 3.0
 
 
 #: One line for the ground truth's planted_effects.json.
@@ -188,8 +193,19 @@ MODEL_SUMMARY = (
     "nerves); frontal, maxillary and mastoid air; nasal cavity, mouth, tongue, mandible; "
     "cervical vertebrae and discs, canal and cord, airway and vessels. Partial volume over one "
     "voxel at every boundary. DWI: isotropic signal per tissue (fat suppressed), none from "
-    "extra-axial CSF (the brain's own CSF fraction stands for it)"
+    "extra-axial CSF (the brain's own CSF fraction stands for it). T1w: a receive-coil gain "
+    "1 + A exp(-depth below skin / L) per participant (not prescan-normalised)"
 )
+
+
+def coil_gain(depth_mm: np.ndarray, amplitude: float, length_mm: float) -> np.ndarray:
+    """Receive gain of a head array coil without intensity normalisation.
+
+    Coil elements sit on the head: signal is ``1 + amplitude`` times brighter at the skin than
+    deep inside, falling off over ``length_mm`` (the real Prisma MPRAGE of issue 10 has a scalp
+    ~5x brighter than white matter).
+    """
+    return (1.0 + amplitude * np.exp(-depth_mm / length_mm)).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -206,6 +222,8 @@ class HeadShape:
     csf_mm: float
     eye_shift_mm: np.ndarray
     sinus_scale: float
+    coil_amplitude: float
+    coil_length_mm: float
 
 
 def random_head_shape(rng: np.random.Generator) -> HeadShape:
@@ -221,6 +239,10 @@ def random_head_shape(rng: np.random.Generator) -> HeadShape:
         csf_mm=float(rng.uniform(*CSF_MM_RANGE)),
         eye_shift_mm=rng.normal(0.0, EYE_JITTER_MM, 3),
         sinus_scale=float(rng.uniform(*SINUS_SCALE_RANGE)),
+        coil_amplitude=0.0
+        if rng.random() < PRESCAN_NORMALISED_FRACTION
+        else float(rng.uniform(*COIL_AMPLITUDE_RANGE)),
+        coil_length_mm=float(rng.uniform(*COIL_LENGTH_MM_RANGE)),
     )
 
 
@@ -233,6 +255,8 @@ def shape_summary(shape: HeadShape) -> dict:
         "skull_scale": round(shape.skull_scale, 3),
         "extra_axial_csf_mm": round(shape.csf_mm, 2),
         "sinus_scale": round(shape.sinus_scale, 3),
+        "coil_amplitude": round(shape.coil_amplitude, 3),
+        "coil_length_mm": round(shape.coil_length_mm, 2),
     }
 
 
@@ -576,8 +600,10 @@ def head_properties(
     grid_shape: tuple[int, int, int],
     table: np.ndarray,
     brain_fraction: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Composite extracerebral properties (n_props, X, Y, Z) and dominant tissue labels.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Composite extracerebral properties (n_props, X, Y, Z), dominant tissue labels, depth.
+
+    depth (X, Y, Z): mm below the skin (0 outside the head), for the receive-coil profile.
 
     Points map scanner -> subject -> template exactly as the brain does (same warp and size),
     so the head moves and deforms with the brain. Only voxels inside the skin that the brain
@@ -590,6 +616,7 @@ def head_properties(
     values[:] = table[TISSUE_INDEX["air"]].reshape(-1, 1, 1, 1)
     labels = np.full(grid_shape, TISSUE_INDEX["air"], dtype=np.int8)
     slab = max(1, CHUNK_POINTS // (grid_shape[0] * grid_shape[1]))
+    depth = np.zeros(grid_shape, dtype=np.float32)
     for start in range(0, grid_shape[2], slab):
         stop = min(start + slab, grid_shape[2])
         shift = np.eye(4)
@@ -597,11 +624,6 @@ def head_properties(
         sub_shape = (grid_shape[0], grid_shape[1], stop - start)
         index = anatomy.grid_template_index(template, participant, pose, affine @ shift, sub_shape)
         index = index.reshape(-1, 3)
-        if brain_fraction is None:
-            where = np.arange(index.shape[0])
-        else:  # the brain fills these voxels: nothing of the head shows there
-            where = np.nonzero(brain_fraction[..., start:stop].reshape(-1) < 1.0)[0]
-        index = index[where]
         brain = anatomy.sample_channels(
             field[None], template_to_field, index.reshape(-1, 1, 1, 3), FAR_MM
         ).reshape(-1)
@@ -610,14 +632,17 @@ def head_properties(
         )
         skull = skull_thickness(p, shape)
         skin = skin_distance(p, brain, skull, shape)
-        inside = np.nonzero(skin < voxel_mm)[0]
+        depth[..., start:stop] = np.maximum(-skin, 0.0).reshape(sub_shape)
+        needed = skin < voxel_mm
+        if brain_fraction is not None:  # the brain fills these voxels: no head shows there
+            needed &= brain_fraction[..., start:stop].reshape(-1) < 1.0
+        inside = np.nonzero(needed)[0]
         canvas = _Canvas(table, inside.size, voxel_mm)
         paint_head(p[:, inside], brain[inside], skull[inside], skin[inside], shape, canvas)
-        painted = where[inside]
         chunk_values = values[..., start:stop].reshape(table.shape[1], -1)
-        chunk_values[:, painted] = canvas.values
+        chunk_values[:, inside] = canvas.values
         values[..., start:stop] = chunk_values.reshape(-1, *sub_shape)
         chunk_labels = labels[..., start:stop].reshape(-1)
-        chunk_labels[painted] = canvas.label
+        chunk_labels[inside] = canvas.label
         labels[..., start:stop] = chunk_labels.reshape(sub_shape)
-    return values, labels
+    return values, labels, depth

@@ -94,8 +94,8 @@ def random_t1w_scaling(rng: np.random.Generator) -> T1wScaling:
     scale = float(np.exp(rng.normal(0.0, T1W_SCALE_LOG_SD)))
     offset = float(rng.uniform(0.0, T1W_OFFSET_MAX)) * T1W_WM_SIGNAL * scale
     if storage in ("int16", "uint16"):
-        # Brightest tissue (fat, ~1.2 WM) x bias (< ~1.5) must fit the integer range.
-        top = np.iinfo(storage).max / (2.0 * T1W_WM_SIGNAL)
+        # Brightest tissue (fat, ~1.2 WM) x bias (< ~1.5) x coil gain must fit the range.
+        top = np.iinfo(storage).max / (2.0 * T1W_WM_SIGNAL * (1.0 + head.COIL_AMPLITUDE_RANGE[1]))
         scale = min(scale, top)
         offset = min(offset, T1W_OFFSET_MAX * T1W_WM_SIGNAL * scale)
     return T1wScaling(scale=scale, offset=round(offset, 3), storage=storage)
@@ -300,7 +300,7 @@ def add_extracerebral_signal(
     """
     template, participant, pose, affine = grid
     table, column = head.dwi_table(bvals)
-    values, _ = head.head_properties(
+    values, _, _ = head.head_properties(
         template, participant, pose, head_shape, affine, reference.shape[:3], table, brain
     )
     weight = np.clip(1.0 - brain, 0.0, 1.0) * s0_field
@@ -341,12 +341,15 @@ def simulate_t1w(
     )
     brain = tissue.brain
     relative = T1W_RELATIVE
+    gain = 1.0
     if head_shape is None:
         outside = brain_only_shell(tissue.shell_distance_mm)
     else:
-        outside = head.head_properties(
+        values, _, depth = head.head_properties(
             template, participant, pose, head_shape, affine, shape, head.t1w_table(), brain
-        )[0][0]
+        )
+        outside = values[0]
+        gain = head.coil_gain(depth, head_shape.coil_amplitude, head_shape.coil_length_mm)
     intensity = (
         relative["gm"] * tissue.gm
         + relative["wm"] * tissue.wm
@@ -354,6 +357,7 @@ def simulate_t1w(
         + np.clip(1.0 - brain, 0.0, 1.0) * outside
     )
     clean = T1W_WM_SIGNAL * intensity * signal.bias_field(rng, shape, preset.t1w_voxel_mm)
+    clean *= gain
     noisy = signal.add_rician_noise(clean.astype(np.float32), T1W_WM_SIGNAL / T1W_SNR, rng)
     if scaling is None:
         data = np.clip(np.rint(noisy), 0, np.iinfo(np.int16).max).astype(np.int16)
