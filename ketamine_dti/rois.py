@@ -67,8 +67,9 @@ MIN_VOXELS_FOR_STD: int = 2
 
 # --- Voxel retention: when an ROI is missing ---------------------------------------------------
 #: Fraction of an ROI's atlas voxels (on the DWI grid) that must survive the brain mask and the
-#: gray-matter rule. Well-registered sessions keep 24-66% (simulated, 4 mm) of each ROI; the
-#: failed real registration kept 0-10%, so its "means" sampled whatever tissue the atlas hit.
+#: gray-matter rule. Well-registered simulated sessions keep 24-71% of each ROI at 4 mm (the
+#: frontal pole least); the failed real registration kept 0-4% (0 of 23 to 13 of 333), so its
+#: "means" sampled whatever tissue the atlas hit.
 ROI_MIN_FRACTION: float = 0.3
 #: Fewest kept voxels for a regional mean: below ~10 voxels (80 mm^3 at 2 mm) one misplaced or
 #: partial-volume voxel moves the mean by several %, as large as the effect studied.
