@@ -40,6 +40,12 @@ N4_SHRINK: int = 4
 #: N4 iterations per fitting level (ANTs default 50x50x50x50; 3 levels are plenty for 1.5-3T).
 N4_ITERATIONS: tuple[int, ...] = (50, 50, 30)
 N4_TOLERANCE: float = 1e-7
+#: The second N4, inside the brain band: a B-spline mesh every 60 mm at 1/2 resolution and four
+#: levels, because a head-wide fit (ANTs' default 200 mm mesh, 1/4 resolution) leaves the
+#: deep-brain dip of multichannel head coils (real Prisma MPRAGE: deep WM classed as CSF).
+BRAIN_N4_SPLINE_MM: float = 60.0
+BRAIN_N4_SHRINK: int = 2
+BRAIN_N4_ITERATIONS: tuple[int, ...] = (50, 50, 50, 30)
 #: The whole-head template with a brain mask (TemplateFlow name; bundled at res-02).
 HEAD_TEMPLATE: str = "Colin27"
 HEAD_TEMPLATE_RESOLUTION: int = 2
@@ -97,9 +103,13 @@ def bias_correct(
     *,
     mask_file: PathLike | None = None,
     out_name: str = "t1w_n4.nii.gz",
+    shrink: int = N4_SHRINK,
+    iterations: Sequence[int] = N4_ITERATIONS,
+    spline_distance_mm: float | None = None,
     n_threads: int | None = None,
 ) -> str:
-    """N4 bias-field correction of a 3-D T1w; writes ``<out_dir>/<out_name>`` (same grid)."""
+    """N4 bias-field correction of a 3-D T1w; writes ``<out_dir>/<out_name>`` (same grid).
+    ``spline_distance_mm``: B-spline mesh spacing (None: ANTs' default)."""
     import ants
 
     image = load_image(in_file)
@@ -113,8 +123,9 @@ def bias_correct(
         corrected = ants.n4_bias_field_correction(
             image,
             mask=mask,
-            shrink_factor=N4_SHRINK,
-            convergence={"iters": list(N4_ITERATIONS), "tol": N4_TOLERANCE},
+            shrink_factor=shrink,
+            convergence={"iters": list(iterations), "tol": N4_TOLERANCE},
+            spline_param=spline_distance_mm,
         )
     out_dir = Path(out_dir).absolute()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -274,9 +285,10 @@ def extract_brain(
         raise InputError(
             f"{t1w_file}: brain extraction found no brain; check that the image is a T1w head"
         )
-    mask = _refine(t1w_file, t1w, prior, out_dir, n_threads)
+    mask, flat_file = _refine(t1w_file, t1w, prior, out_dir, n_threads)
     mask_file = save_like(t1w, mask, out_dir / "t1w_brainmask.nii.gz", "unsigned char")
-    brain_file = apply_mask(t1w_file, mask_file, out_dir / "t1w_brain.nii.gz")
+    # the brain image is the brain-corrected one: segmentation needs its flat WM
+    brain_file = apply_mask(flat_file, mask_file, out_dir / "t1w_brain.nii.gz")
     qc = _extraction_qc(t1w, mask, template_file, template_mask_file, reg.warped_file)
     qc["prior_volume_ml"] = float(prior.sum() * np.prod(t1w.spacing) * ML_PER_MM3)
     affine = tuple(f for f in reg.from_moving_to_fixed if f.endswith(".mat"))
@@ -292,21 +304,29 @@ def extract_brain(
 
 def _refine(
     t1w_file: PathLike, t1w, prior: np.ndarray, out_dir: Path, n_threads: int | None
-) -> np.ndarray:
+) -> tuple[np.ndarray, str]:
     """N4 again inside a band around the prior (the head-wide fit leaves the brain's own bias
-    to the scalp), tissue by intensity relative to the prior's core, ``refine_with_tissue``."""
+    to the scalp), tissue by intensity relative to the prior's core, ``refine_with_tissue``.
+    Returns the mask and the brain-corrected T1w file."""
     import ants
 
     band = dilate_mm(prior, REFINE_BAND_MM, t1w.spacing)
     band_file = save_like(t1w, band, out_dir / "refine_band.nii.gz", "unsigned char")
     flat = bias_correct(
-        t1w_file, out_dir, mask_file=band_file, out_name="t1w_band_n4.nii.gz", n_threads=n_threads
+        t1w_file,
+        out_dir,
+        mask_file=band_file,
+        out_name="t1w_band_n4.nii.gz",
+        shrink=BRAIN_N4_SHRINK,
+        iterations=BRAIN_N4_ITERATIONS,
+        spline_distance_mm=BRAIN_N4_SPLINE_MM,
+        n_threads=n_threads,
     )
     data = ants.image_read(flat).numpy()
     core = erode_mm(prior, REFINE_BAND_MM, t1w.spacing)
     reference = float(np.median(data[core if core.any() else prior]))
     tissue = (data >= TISSUE_MIN_FRACTION * reference) & (data <= TISSUE_MAX_FRACTION * reference)
-    return refine_with_tissue(prior, tissue, t1w.spacing)
+    return refine_with_tissue(prior, tissue, t1w.spacing), flat
 
 
 def _extraction_qc(
