@@ -32,9 +32,10 @@ ROI_COLUMNS = ["roi", "md_mean", "md_median", "md_std", "n_voxels"]
 #: tiny preset (4 mm voxels, 12 directions): ROI means are dominated by partial volume, so the
 #: check is coarse; the accuracy targets are measured on the standard preset in benchmarks/.
 TINY_MEDIAN_REL_ERROR_MAX = 0.15
-#: a killed run is resumed after this node's result exists (it is early in the graph)
-KILL_AFTER = "dwi_preproc_wf/motion_correct/result_motion_correct.pklz"
-KILL_TIMEOUT_S = 900
+#: SIGKILLs of one participant run, each resumed with the same work dir
+N_KILLS = 5
+#: no single run of one tiny participant should take this long, even on a loaded machine
+KILL_TIMEOUT_S = 3600
 
 
 def _cli(*args: str) -> list[str]:
@@ -242,8 +243,11 @@ def test_roi_table_schema(run):
             )
             assert set(ROI_COLUMNS) <= set(table.columns)
             assert tuple(table["roi"]) == ROI_NAMES
-            assert (table["n_voxels"] > 0).all()
-            assert table["md_mean"].between(2e-4, 2e-3).all()  # mm^2/s, gray matter
+            present = table[table["status"] != "missing"]
+            assert (present["n_voxels"] > 0).all()
+            assert present["md_mean"].between(2e-4, 2e-3).all()  # mm^2/s, gray matter
+            missing = table[table["status"] == "missing"]
+            assert missing["md_mean"].isna().all() and missing["reason"].str.len().gt(0).all()
 
 
 def test_coarse_accuracy_against_ground_truth(run):
@@ -259,9 +263,10 @@ def test_coarse_accuracy_against_ground_truth(run):
             true = truth[
                 (truth.participant_id == f"sub-{subject}") & (truth.session_id == f"ses-{session}")
             ]
-            merged = table.merge(true, on="roi")
+            merged = table[table["status"] != "missing"].merge(true, on="roi")
             errors += list((merged.md_mean / merged.md_true - 1).abs())
-    assert len(errors) == 7 * 2 * len(run.good)
+    # ROIs reported missing (too few voxels kept at 4 mm) are not numbers: most must be present
+    assert len(errors) >= 0.8 * 7 * 2 * len(run.good)
     assert np.median(errors) < TINY_MEDIAN_REL_ERROR_MAX
 
 
@@ -280,44 +285,52 @@ def test_rerun_resumes_and_gives_identical_outputs(run):
         assert _outputs_digest(run.out, subject) == run.digests[subject]
 
 
-def test_killed_run_resumes_to_the_same_outputs(run):
-    """Kill a fresh run mid-way, restart it with the same work dir: same outputs as run 1."""
+def _result_count(work: Path) -> int:
+    """Nipype result files under a work dir (counted again if a node folder vanishes mid-walk)."""
+    while True:
+        try:
+            return sum(1 for _ in work.rglob("result_*.pklz"))
+        except FileNotFoundError:
+            continue
+
+
+def test_sigkill_at_random_points_leaves_nothing_or_everything(run):
+    """SIGKILL a fresh run of one participant at five random points of its progress (after a
+    random number of Nipype nodes finished; the last at the very end, where the sinks write and
+    the staged outputs move into place), resuming each time with the same work dir. After every
+    kill OUTPUT_DIR/sub-<label> holds no derivatives (at most its log) or exactly the
+    uninterrupted run's; the final run's outputs are byte-identical to it."""
     subject = run.good[0]
+    reference = run.digests[subject]
+    n_nodes = _result_count(run.work / f"sub_{subject}_wf")
+    draws = np.random.default_rng(10).choice(np.arange(1, n_nodes), N_KILLS - 1, replace=False)
+    kill_points = [*sorted(int(k) for k in draws), n_nodes]
     out, work = run.root / "out_killed", run.root / "work_killed"
     args = [
-        str(run.bids_dir),
-        str(out),
-        "participant",
-        "--participant-label",
-        subject,
-        "-w",
-        str(work),
-        "--nprocs",
-        "2",
-        "--omp-nthreads",
-        "1",
-        "--skip-bids-validation",
-    ]
-    process = subprocess.Popen(
-        _cli(*args),
-        env=run.env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    marker = None
-    deadline = time.time() + KILL_TIMEOUT_S
-    while time.time() < deadline and process.poll() is None:
-        marker = next(work.glob(f"sub_{subject}_wf/ses_*_wf/{KILL_AFTER}"), None)
-        if marker is not None:
-            break
-        time.sleep(1)
-    assert marker is not None and process.poll() is None, "the run ended before it was killed"
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+        str(run.bids_dir), str(out), "participant", "--participant-label", subject,
+        "-w", str(work), "--nprocs", "2", "--omp-nthreads", "1", "--skip-bids-validation",
+    ]  # fmt: skip
+    outcomes = []
+    for kill_after in kill_points:
+        process = subprocess.Popen(
+            _cli(*args), env=run.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + KILL_TIMEOUT_S
+        while process.poll() is None and _result_count(work) < kill_after:
+            assert time.monotonic() < deadline, "the run neither progressed nor ended"
+            time.sleep(0.05)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        found = _outputs_digest(out, subject) if (out / f"sub-{subject}").exists() else {}
+        assert found in ({}, reference), f"kill after {kill_after} nodes left partial outputs"
+        outcomes.append("complete" if found else "none")
     resumed = subprocess.run(_cli(*args), capture_output=True, text=True, env=run.env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert _outputs_digest(out, subject) == run.digests[subject]
+    assert _outputs_digest(out, subject) == reference
+    assert not (out / ".ketamine-dti-staging").exists()
+    print(f"kills after {kill_points} of {n_nodes} node results: {outcomes}")
 
 
 def test_group_level_end_to_end(run):
