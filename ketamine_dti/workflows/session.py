@@ -120,20 +120,7 @@ def init_session_wf(
     session_brain, dwi_to_t1w, dwi_to_template, to_dwi = _connect_registration(
         workflow, inputnode, preproc, session_index, threads, atlas_file
     )
-    roi_stats = pe.Node(
-        ROIStats(
-            roi_names=list(roi_names),
-            min_fraction=config.roi_min_fraction,
-            min_voxels=config.roi_min_voxels,
-        ),
-        name="roi_stats",
-    )
-    qc = pe.Node(
-        SessionQC(
-            participant_id=session.subject, session_id=session.session, n_sessions=n_sessions
-        ),
-        name="session_qc",
-    )
+    roi_stats, qc = _measure_nodes(session, n_sessions, config, roi_names)
     valid = pe.Node(ExcludeVoxels(), name="exclude_nonfinite")
     workflow.connect([
         (preproc, valid, [("outputnode.mask_file", "mask_file")]),
@@ -177,6 +164,27 @@ def init_session_wf(
                                        "inputnode.xfm_orig_t1w")]),
     ])  # fmt: skip
     return workflow
+
+
+def _measure_nodes(
+    session: SessionInputs, n_sessions: int, config: Config, roi_names: tuple[str, ...]
+) -> tuple[pe.Node, pe.Node]:
+    """The session's ROI statistics (with the retention rule) and its QC table."""
+    roi_stats = pe.Node(
+        ROIStats(
+            roi_names=list(roi_names),
+            min_fraction=config.roi_min_fraction,
+            min_voxels=config.roi_min_voxels,
+        ),
+        name="roi_stats",
+    )
+    qc = pe.Node(
+        SessionQC(
+            participant_id=session.subject, session_id=session.session, n_sessions=n_sessions
+        ),
+        name="session_qc",
+    )
+    return roi_stats, qc
 
 
 def _init_preproc(workflow, session: SessionInputs, config: Config):
