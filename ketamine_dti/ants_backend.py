@@ -60,7 +60,8 @@ _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 def itk_threads(n_threads: int | None) -> Iterator[int]:
     """``limit_threads`` for an ANTs call; ``None`` means DEFAULT_N_THREADS (ITK has no
     'as before' that is reproducible)."""
-    with limit_threads(DEFAULT_N_THREADS if n_threads is None else n_threads, blas=False) as n:
+    n_threads = DEFAULT_N_THREADS if n_threads is None else n_threads
+    with limit_threads(n_threads, blas=False, numba_pool=False) as n:
         yield n
 
 

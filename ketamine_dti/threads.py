@@ -59,7 +59,11 @@ def _itk_threads(n_threads: int) -> Iterator[None]:
 
 @contextmanager
 def limit_threads(
-    n_threads: int | None, *, blas_threads: int | None = None, blas: bool = True
+    n_threads: int | None,
+    *,
+    blas_threads: int | None = None,
+    blas: bool = True,
+    numba_pool: bool = True,
 ) -> Iterator[int]:
     """Run the enclosed code on at most ``n_threads`` threads; yields the count used.
 
@@ -67,12 +71,19 @@ def limit_threads(
     leaves ITK and BLAS alone. ``blas_threads`` caps BLAS alone instead, OpenMP untouched (1 in
     numba kernels that call BLAS from every worker, so the two pools never multiply; numba's own
     pool may run on OpenMP); ``blas=False`` leaves BLAS alone (kernels that never call it:
-    spares threadpoolctl's scan of the loaded libraries).
+    spares threadpoolctl's scan of the loaded libraries). ``numba_pool=False`` leaves numba's
+    pool alone: touching it launches numba's threading layer, which may be GNU OpenMP, and a
+    process that has started OpenMP threads must not fork afterwards. The Nipype main process
+    calls ANTs (reports) and then forks MultiProc workers for the next participant, so ANTs
+    calls, which never use numba, must not start that pool.
     """
+    if not numba_pool and n_threads is None:
+        raise ValueError("limit_threads without numba's pool needs an explicit n_threads")
     n_workers = resolve_n_threads(n_threads)
     blas_limit = n_threads if blas_threads is None else blas_threads
-    previous = numba.get_num_threads()
-    numba.set_num_threads(n_workers)
+    previous = numba.get_num_threads() if numba_pool else None
+    if numba_pool:
+        numba.set_num_threads(n_workers)
     try:
         with ExitStack() as stack:
             if n_threads is not None:
@@ -86,7 +97,8 @@ def limit_threads(
                 stack.enter_context(threadpool_limits(limits=int(blas_limit), user_api=user_api))
             yield n_workers
     finally:
-        numba.set_num_threads(previous)
+        if numba_pool:
+            numba.set_num_threads(previous)
 
 
 def limited_by_n_threads(run: Callable) -> Callable:

@@ -59,3 +59,24 @@ def test_interface_decorator_reads_n_threads():
     before = numba.get_num_threads()
     assert Interface()._run_interface("rt") == ("rt", 1)
     assert numba.get_num_threads() == before
+
+
+def test_ants_calls_leave_numba_threads_unlaunched(tmp_path):
+    """The Nipype main process calls ANTs (the report's panels) and then forks MultiProc workers
+    for the next participant: if that call had launched numba's threading layer (GNU OpenMP),
+    every fork would abort ("fork() called from a process already using GNU OpenMP")."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, nibabel as nib\n"
+        "from numba.np.ufunc import parallel\n"
+        "from ketamine_dti import ants_backend\n"
+        f"path = {str(tmp_path / 'a.nii.gz')!r}\n"
+        "nib.save(nib.Nifti1Image(np.random.rand(8, 8, 8).astype('float32'), np.eye(4)), path)\n"
+        "ants_backend.apply_transforms(path, path, [], path.replace('a.nii', 'b.nii'))\n"
+        "print(parallel._is_initialized)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "False"
