@@ -17,6 +17,8 @@ def _blas_threads() -> list[int]:
 
 
 def test_limits_are_applied_and_restored(monkeypatch):
+    import scipy.linalg.cython_lapack  # noqa: F401  (limit_threads loads SciPy's OpenBLAS too)
+
     monkeypatch.setenv(ITK_THREADS_VARIABLE, "7")
     numba_before, blas_before = numba.get_num_threads(), _blas_threads()
     with limit_threads(1) as n:
