@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -142,9 +144,8 @@ MISMATCHED = "001"
 @pytest.fixture(scope="module")
 def mismatched_run(tiny_trial, tmp_path_factory):
     """Simulated participant sub-001 whose T1w (both sessions) is the real volunteer's MPRAGE,
-    run through the real CLI; the other participants are untouched and not run."""
-    from bids_app.run import main
-
+    run through the real CLI in its own process (the test process has run numba's OpenMP
+    kernels, and MultiProc must not fork from it); the other participants are not run."""
     if not (REAL_SCAN / "sub-M31_T1w.nii.gz").exists():
         pytest.skip(f"{REAL_SCAN}: the real scan is not on this machine")
     root = tmp_path_factory.mktemp("mismatch")
@@ -154,7 +155,8 @@ def mismatched_run(tiny_trial, tmp_path_factory):
         shutil.copyfile(REAL_SCAN / "sub-M31_T1w.nii.gz", t1w)
     arguments = [str(bids_dir), str(out), "participant", "--participant-label", MISMATCHED,
                  "-w", str(root / "work"), "--nprocs", "2", "--skip-bids-validation"]  # fmt: skip
-    code = main(arguments)
+    command = [sys.executable, "-c", "import sys; from bids_app.run import main; sys.exit(main())"]
+    code = subprocess.run([*command, *arguments], capture_output=True, text=True).returncode
     return code, out
 
 
