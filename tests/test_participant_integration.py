@@ -272,8 +272,9 @@ def test_coarse_accuracy_against_ground_truth(run):
             ]
             merged = table[table["status"] != "missing"].merge(true, on="roi")
             errors += list((merged.md_mean / merged.md_true - 1).abs())
-    # ROIs reported missing (too few voxels kept at 4 mm) are not numbers: most must be present
-    assert len(errors) >= 0.8 * 7 * 2 * len(run.good)
+    # ROIs reported missing are not numbers. At the tiny preset's 4 mm the two BA10s keep
+    # 24-25% of their atlas voxels (< 30%: missing, measured); the other five must be present
+    assert len(errors) >= 5 * 2 * len(run.good)
     assert np.median(errors) < TINY_MEDIAN_REL_ERROR_MAX
 
 
