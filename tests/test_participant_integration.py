@@ -32,6 +32,10 @@ ROI_COLUMNS = ["roi", "md_mean", "md_median", "md_std", "n_voxels"]
 #: tiny preset (4 mm voxels, 12 directions): ROI means are dominated by partial volume, so the
 #: check is coarse; the accuracy targets are measured on the standard preset in benchmarks/.
 TINY_MEDIAN_REL_ERROR_MAX = 0.15
+#: At the tiny preset's 4 mm voxels both BA10s keep 24-25% of their atlas voxels (measured),
+#: under the default 30% that reports an ROI missing; the group models of a 12-participant
+#: trial cannot lose an ROI in a 4-participant arm, so these runs accept 20%.
+TINY_ROI_RULE = ("--roi-min-fraction", "0.2")
 #: good participants processed by the pipeline (plus the broken one)
 N_PROCESSED = 2
 #: SIGKILLs of one participant run, each resumed with the same work dir
@@ -98,6 +102,7 @@ def run(tiny_trial, tmp_path_factory):
         "--omp-nthreads",
         "1",
         "--skip-bids-validation",
+        *TINY_ROI_RULE,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1"}
     first = subprocess.run(_cli(*args), capture_output=True, text=True, env=env)
@@ -254,7 +259,8 @@ def test_roi_table_schema(run):
             assert (present["n_voxels"] > 0).all()
             assert present["md_mean"].between(2e-4, 2e-3).all()  # mm^2/s, gray matter
             missing = table[table["status"] == "missing"]
-            assert missing["md_mean"].isna().all() and missing["reason"].str.len().gt(0).all()
+            assert missing["md_mean"].isna().all()
+            assert (missing["reason"].astype(str).str.len() > 0).all()
 
 
 def test_coarse_accuracy_against_ground_truth(run):
@@ -272,9 +278,8 @@ def test_coarse_accuracy_against_ground_truth(run):
             ]
             merged = table[table["status"] != "missing"].merge(true, on="roi")
             errors += list((merged.md_mean / merged.md_true - 1).abs())
-    # ROIs reported missing are not numbers. At the tiny preset's 4 mm the two BA10s keep
-    # 24-25% of their atlas voxels (< 30%: missing, measured); the other five must be present
-    assert len(errors) >= 5 * 2 * len(run.good)
+    # ROIs reported missing are not numbers; with TINY_ROI_RULE at most one may be missing
+    assert len(errors) >= 6 * 2 * len(run.good)
     assert np.median(errors) < TINY_MEDIAN_REL_ERROR_MAX
 
 
@@ -317,6 +322,7 @@ def test_sigkill_at_random_points_leaves_nothing_or_everything(run):
     args = [
         str(run.bids_dir), str(out), "participant", "--participant-label", subject,
         "-w", str(work), "--nprocs", "2", "--omp-nthreads", "1", "--skip-bids-validation",
+        *TINY_ROI_RULE,
     ]  # fmt: skip
     outcomes = []
     for kill_after in kill_points:
@@ -423,7 +429,7 @@ def test_slurm_plugin_gives_the_same_outputs(run):
         _cli(
             str(run.bids_dir), str(out), "participant", "--participant-label", subject,
             "-w", str(work), "--plugin", "SLURM", "--plugin-config", str(plugin_config),
-            "--skip-bids-validation",
+            "--skip-bids-validation", *TINY_ROI_RULE,
         ),
         capture_output=True,
         text=True,
