@@ -293,7 +293,7 @@ def test_rerun_resumes_and_gives_identical_outputs(run):
     assert set(run.results_after) == set(run.results_before)
     rerun = {d for d, mtime in run.results_after.items() if mtime != run.results_before[d]}
     assert {_interface_name(d) for d in rerun} <= {"DerivativesSink"}, sorted(rerun)
-    assert len(rerun) < len(run.results_after) / 2
+    assert len(rerun) < len(run.results_after)  # the computing nodes were all served cached
     for subject in run.good:
         assert _outputs_digest(run.out, subject) == run.digests[subject]
 
