@@ -2,7 +2,11 @@
 
 Median filtering plus Otsu's threshold (DIPY's median_otsu) separates brain from background on a
 b0, where CSF and tissue are bright and air is dark; the largest connected component with its
-holes filled removes eye/neck islands and keeps dark ventricles.
+holes filled removes eye/neck islands and keeps dark ventricles. Holes are filled in 3-D and
+then slice by slice along every axis: a dark region joined to the outside by a channel (the
+fourth ventricle through the foramina, a cut field of view) is no 3-D hole, but it is a hole in
+most slices. On the real Prisma b = 2500 scan this raised the DWI-T1w mask Dice from 0.841 /
+0.864 to 0.869 / 0.883 (same transforms).
 """
 
 from __future__ import annotations
@@ -39,4 +43,15 @@ def brain_mask(b0: np.ndarray, zooms: tuple[float, ...]) -> np.ndarray:
     if n_components > 1:
         sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n_components + 1))
         mask = labels == (int(np.argmax(sizes)) + 1)
-    return ndimage.binary_fill_holes(mask)
+    return fill_holes_slicewise(ndimage.binary_fill_holes(mask))
+
+
+def fill_holes_slicewise(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with the 2-D holes of every slice along each of the three axes filled (the
+    voxel order of the input does not matter)."""
+    out = np.asarray(mask, bool).copy()
+    for axis in range(3):
+        moved = np.moveaxis(out, axis, 0)  # a view: filling it fills ``out``
+        for index in range(moved.shape[0]):
+            moved[index] = ndimage.binary_fill_holes(moved[index])
+    return out
