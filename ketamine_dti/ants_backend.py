@@ -49,6 +49,9 @@ MI_BINS: int = 32
 METRIC_SAMPLING_FRACTION: float = 0.25
 #: Cross-correlation radius (voxels) of a SyN metric; CC is the standard T1w-to-T1w choice.
 CC_RADIUS: int = 2
+#: Grid (mm) on which a coarse rotation search scores its candidates: 15-degree steps need no
+#: finer detail, and at the T1w's 2 mm the search took 51 of a tiny session's 58 s.
+SEARCH_SPACING_MM: float = 4.0
 
 #: Characters that antsRegistration's option parser treats as syntax inside a file name.
 _ANTS_SYNTAX_CHARACTERS = frozenset(",[]")
@@ -315,25 +318,56 @@ def search_rigid_start(
     *,
     step_deg: float,
     arc_fraction: float,
+    spacing_mm: float = SEARCH_SPACING_MM,
     n_threads: int | None = None,
 ) -> str:
-    """Coarse start for a rigid registration (antsAffineInitializer): centres of mass aligned,
+    """Coarse rigid start for a registration (antsAffineInitializer): centres of mass aligned,
     then rotations every ``step_deg`` degrees over ``arc_fraction`` of a half turn about each
-    axis scored by mutual information; the best is written as a ``.mat`` (fixed -> moving
-    points). No local optimisation, so the start stays rigid."""
+    axis, scored by mutual information on copies of both images at ``spacing_mm``; the best is
+    written as a ``.mat`` (fixed -> moving points).
+
+    antsAffineInitializer also rescales by the images' moments (up to 5% per axis on real and
+    simulated heads), so only the nearest rotation is kept, about the fixed image's centre.
+    """
     import ants
 
-    with itk_threads(n_threads):
+    with itk_threads(n_threads), tempfile.TemporaryDirectory(prefix="ketamine_dti_") as tmp:
+        fixed = coarse_copy(ants.image_read(str(fixed_file)), spacing_mm)
         ants.affine_initializer(
-            ants.image_read(str(fixed_file)),
-            ants.image_read(str(moving_file)),
+            fixed,
+            coarse_copy(ants.image_read(str(moving_file)), spacing_mm),
             search_factor=step_deg,
             radian_fraction=arc_fraction,
             use_principal_axis=False,
             local_search_iterations=0,
-            txfn=str(out_file),
+            txfn=os.path.join(tmp, "start.mat"),
         )
-    return str(Path(out_file).absolute())
+        matrix = affine_to_matrix(os.path.join(tmp, "start.mat"))
+    centre = voxel_to_world(fixed, (np.asarray(fixed.shape) - 1) / 2.0)
+    return matrix_to_affine(nearest_rigid(matrix, centre), out_file)
+
+
+def coarse_copy(image, spacing_mm: float):
+    """``image`` smoothed (Gaussian FWHM about one new voxel) and resampled to isotropic
+    ``spacing_mm``; returned as it is if it is already that coarse."""
+    import ants
+
+    if min(image.spacing) >= spacing_mm:
+        return image
+    smoothed = ants.smooth_image(image, spacing_mm / 2.0, sigma_in_physical_coordinates=True)
+    return ants.resample_image(smoothed, (spacing_mm,) * 3, use_voxels=False, interp_type=0)
+
+
+def nearest_rigid(matrix: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """The rotation (polar factor) of a 4x4 affine's linear part, with the translation that
+    maps ``centre`` where ``matrix`` maps it."""
+    u, _, vt = np.linalg.svd(matrix[:3, :3])
+    rotation = u @ np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))]) @ vt
+    centre = np.asarray(centre, dtype=float)
+    rigid = np.eye(4)
+    rigid[:3, :3] = rotation
+    rigid[:3, 3] = matrix[:3, :3] @ centre + matrix[:3, 3] - rotation @ centre
+    return rigid
 
 
 def run_registration(args: list[str], seed: int, n_threads: int | None) -> None:

@@ -272,9 +272,22 @@ def test_dwi_to_t1w_recovers_a_large_offset_with_b0_contrast(tmp_path, icbm):
     truth = _rigid_about(center, [20, -6, 8], [12, -8, 6])
     result = _register_moved_b0(tmp_path, icbm, b0, mask, truth)
     # b0(x) = T1w-contrast(truth x); the DWI -> T1w list resamples b0 onto the T1w: truth^-1
-    residual = truth @ backend.affine_to_matrix(result.from_moving_to_fixed[0])
+    found = backend.affine_to_matrix(result.from_moving_to_fixed[0])
+    assert np.allclose(np.linalg.svd(found[:3, :3])[1], 1.0, atol=1e-4)  # rigid: no rescaling
+    residual = truth @ found
     assert np.degrees(Rotation.from_matrix(residual[:3, :3]).magnitude()) < 1.0
     for offset in ([0, 0, 0], [60, 0, 0], [0, 60, 0], [0, 0, 60]):
         point = np.append(center + offset, 1.0)
         assert np.linalg.norm((residual @ point - point)[:3]) < 1.0
     assert result.qc["dice_mask"] > 0.9
+
+
+def test_nearest_rigid_drops_scale_and_keeps_the_centre_in_place():
+    centre = np.array([5.0, -30.0, 12.0])
+    truth = _rigid_about(centre, [10, -4, 25], [3, 1, -2])
+    scaled = truth.copy()
+    scaled[:3, :3] = truth[:3, :3] @ np.diag([1.04, 1.015, 0.95])  # as antsAffineInitializer
+    scaled[:3, 3] += truth[:3, :3] @ centre - scaled[:3, :3] @ centre
+    rigid = backend.nearest_rigid(scaled, centre)
+    assert np.allclose(rigid[:3, :3], truth[:3, :3], atol=1e-9)
+    assert np.allclose(rigid @ np.append(centre, 1), scaled @ np.append(centre, 1))

@@ -25,6 +25,8 @@ from ketamine_dti.ants_backend import (
     invert_affine_file,
     load_image,
     run_registration,
+    read_grid,
+    save_like,
     search_rigid_start,
 )
 
@@ -401,9 +403,15 @@ def register_dwi_to_t1w(
     """Rigid, mutual-information registration of the masked b0 (moving) to the session's T1w
     brain (fixed): ``from_moving_to_fixed`` is DWI -> T1w. Both are brain-masked, so the
     start (centres of mass of the two brains, then the best of a coarse rotation search)
-    is not pulled by skull, neck or a partial field of view. QC adds ``dice_mask``: the T1w
-    mask vs the DWI mask moved onto the T1w grid.
+    is not pulled by skull, neck or a partial field of view.
+
+    QC adds ``dice_mask``: the DWI mask moved onto the T1w grid vs the T1w mask *inside the
+    DWI's field of view* (a DWI slab that stops above the cerebellum is no misregistration;
+    on the real Prisma scan the whole-brain Dice was 0.83 with the cerebellum cut off), and
+    ``dwi_fov_fraction``: the fraction of the T1w brain that the DWI grid covers.
     """
+    import ants
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     b0_brain = apply_mask(b0_file, dwi_mask_file, out_dir / "b0_brain.nii.gz")
@@ -427,22 +435,29 @@ def register_dwi_to_t1w(
         seed=seed,
         n_threads=n_threads,
     )
-    warped_mask = apply_transforms(
-        dwi_mask_file,
-        t1w_brain_file,
-        result.from_moving_to_fixed,
-        out_dir / "dwi_mask_in_t1w.nii.gz",
-        interpolation="nearestNeighbor",
-    )
+
+    def to_t1w(in_file, name):
+        return ants.image_read(
+            apply_transforms(
+                in_file,
+                t1w_brain_file,
+                result.from_moving_to_fixed,
+                out_dir / name,
+                interpolation="nearestNeighbor",
+            )
+        ).numpy()
+
+    warped_mask = to_t1w(dwi_mask_file, "dwi_mask_in_t1w.nii.gz") > 0
+    grid = read_grid(b0_file)
+    fov_file = save_like(grid, np.ones(grid.shape), out_dir / "dwi_fov.nii.gz", "unsigned char")
+    fov = to_t1w(fov_file, "dwi_fov_in_t1w.nii.gz") > 0
+    t1w_mask = ants.image_read(str(t1w_mask_file)).numpy() > 0
     qc = dict(result.qc)
     qc.update(
-        registration_qc(
-            t1w_brain_file,
-            result.warped_file,
-            fixed_mask_file=t1w_mask_file,
-            warped_mask_file=warped_mask,
-        )
+        registration_qc(t1w_brain_file, result.warped_file, fixed_mask_file=t1w_mask_file)
     )
+    qc["dice_mask"] = dice(t1w_mask & fov, warped_mask)
+    qc["dwi_fov_fraction"] = float((t1w_mask & fov).sum() / max(int(t1w_mask.sum()), 1))
     return Registration(
         result.from_moving_to_fixed, result.from_fixed_to_moving, result.warped_file, qc
     )

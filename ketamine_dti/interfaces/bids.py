@@ -149,7 +149,14 @@ QC_COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "Units": "ml",
     },
     "reg_dwi_t1w_mi": {"Description": "Mattes mutual information b0 vs T1w (lower = better)"},
-    "reg_dwi_t1w_dice": {"Description": "Dice of DWI and T1w brain masks after coregistration"},
+    "reg_dwi_t1w_dice": {
+        "Description": "Dice of the DWI and T1w brain masks after coregistration, inside the "
+        "DWI's field of view"
+    },
+    "dwi_fov_fraction": {
+        "Description": "Fraction of the T1w brain mask inside the DWI's field of view (a slab "
+        "that misses the cerebellum or the vertex covers less than 1)"
+    },
     "reg_session_halfway_ncc": {"Description": "NCC of the sessions' T1w in halfway space"},
     "reg_t1w_mni_ncc": {"Description": "NCC of the subject template and MNI brain"},
     "reg_t1w_mni_dice": {"Description": "Dice of subject and MNI brain masks after SyN"},
@@ -234,6 +241,7 @@ class SessionQC(SimpleInterface):
             "t1w_brain_volume_ml": _volume_ml(t1w_mask) if isdefined(t1w_mask) else np.nan,
             "reg_dwi_t1w_mi": get(self.inputs.dwi_t1w_qc, "mutual_information"),
             "reg_dwi_t1w_dice": get(self.inputs.dwi_t1w_qc, "dice_mask"),
+            "dwi_fov_fraction": get(self.inputs.dwi_t1w_qc, "dwi_fov_fraction"),
             "reg_session_halfway_ncc": get(self.inputs.template_qc, "ncc_halfway"),
             "reg_t1w_mni_ncc": get(self.inputs.mni_qc, "ncc"),
             "reg_t1w_mni_dice": get(self.inputs.mni_qc, "dice_mask"),
