@@ -416,19 +416,28 @@ def _slurm_available() -> bool:
 
 def test_slurm_plugin_gives_the_same_outputs(run):
     """The same participant through Nipype's SLURM plugin (a real one-node cluster, started by
-    scripts/start_slurm.sh) gives byte-identical outputs to the MultiProc run."""
+    scripts/start_slurm.sh) gives byte-identical outputs to the MultiProc run.
+
+    It resumes the MultiProc run's work dir with one session's nodes deleted: that session's
+    preprocessing, registration and ROI nodes, the participant's report and every sink run as
+    SLURM jobs, while the anatomy (half of a participant's CPU, already proven identical on a
+    rerun) stays cached. Nipype's result files show which nodes ran under SLURM."""
     if not _slurm_available():
         if os.environ.get("CI"):
             pytest.fail("CI needs the SLURM cluster: scripts/start_slurm.sh did not bring it up")
         pytest.skip("no SLURM cluster here (run scripts/start_slurm.sh as root)")
     subject = run.good[0]
+    session_dir = run.work / f"sub_{subject}_wf" / "ses_24h_wf"
+    deleted = {path for path in _node_results(run.work) if session_dir in path.parents}
+    assert len(deleted) > 5
+    shutil.rmtree(session_dir)
     plugin_config = run.root / "slurm.yml"
     plugin_config.write_text("sbatch_args: --cpus-per-task=1 --mem=3000\nmax_jobs: 2\n")
-    out, work = run.root / "out_slurm", run.root / "work_slurm"
+    out = run.root / "out_slurm"
     proc = subprocess.run(
         _cli(
             str(run.bids_dir), str(out), "participant", "--participant-label", subject,
-            "-w", str(work), "--plugin", "SLURM", "--plugin-config", str(plugin_config),
+            "-w", str(run.work), "--plugin", "SLURM", "--plugin-config", str(plugin_config),
             "--skip-bids-validation", *TINY_ROI_RULE,
         ),
         capture_output=True,
@@ -437,4 +446,7 @@ def test_slurm_plugin_gives_the_same_outputs(run):
         cwd=run.root,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert deleted <= set(_node_results(run.work))  # the deleted session's nodes ran again
+    # ... as SLURM jobs: Nipype writes one batch script per job it submits
+    assert len(list(run.work.rglob("batchscript_*.sh"))) >= len(deleted)
     assert _outputs_digest(out, subject) == run.digests[subject]
