@@ -110,8 +110,9 @@ def _gray_matter_rule(context: SidecarContext) -> dict:
     return {
         "GrayMatterRule": (
             f"keep atlas voxels inside the DWI brain mask with GM probability >= "
-            f"{rule.gm_prob_min}, CSF probability <= {rule.csf_prob_max}, "
-            f"MD < {rule.md_max} mm^2/s and FA < {rule.fa_max}"
+            f"{rule.gm_prob_min} and CSF probability <= {rule.csf_prob_max} (T1w tissue "
+            "fractions on the DWI grid: anatomy alone, never MD or FA) whose tensor fit "
+            "succeeded"
         ),
         "MissingROIRule": (
             f"an ROI that keeps less than {100 * config.roi_min_fraction:g}% of its atlas "

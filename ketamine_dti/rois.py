@@ -3,8 +3,11 @@
 Statistics are computed in each session's native DWI grid on MD maps that were never
 resampled: only the atlas labels and tissue probabilities move (``ketamine_dti.anat.transfer``).
 Inside each atlas ROI, voxels that are not gray matter are dropped by ``GrayMatterRule``
-(documented below), and the number of voxels kept is reported. An ROI that keeps too few of its
-atlas voxels (``RetentionRule``) is reported missing, with the reason, instead of as a number.
+(documented below). The rule reads anatomy alone (the T1w tissue fractions of the subject
+template moved onto the DWI grid), never the MD or FA being measured: a voxel whose MD rose at
+24 h must not leave the 24 h average (issue 13). MD and FA only count voxels for QC
+(``n_voxels_md_csf``, ``n_voxels_fa_wm``). An ROI that keeps too few of its atlas voxels
+(``RetentionRule``) is reported missing, with the reason, instead of as a number.
 """
 
 from __future__ import annotations
@@ -42,20 +45,33 @@ STAT_COLUMNS: tuple[str, ...] = (
     "n_voxels_atlas",
     "fraction_kept",
     "fa_mean",
+    "n_voxels_fit_failed",
+    "n_voxels_md_csf",
+    "n_voxels_fa_wm",
     "status",
     "reason",
 )
 #: ``status`` of an ROI whose statistics are reported, and of one reported missing (n/a).
 ROI_OK, ROI_MISSING = "ok", "missing"
 #: Statistics columns that are n/a when an ROI is missing.
-ROI_STATISTICS: tuple[str, ...] = ("md_mean", "md_median", "md_std", "fa_mean")
+ROI_STATISTICS: tuple[str, ...] = (
+    "md_mean",
+    "md_median",
+    "md_std",
+    "fa_mean",
+    "n_voxels_md_csf",
+    "n_voxels_fa_wm",
+)
 
-# --- Gray-matter / partial-volume rule -------------------------------------------------------
+# --- QC counts (never selection) --------------------------------------------------------------
 #: mm^2/s. Adult GM MD is ~0.7-0.9e-3 and free water (CSF) ~3.0e-3 at 37 C; a voxel above
-#: 1.5e-3 holds roughly >= 30% CSF, so its MD says more about CSF than about tissue.
+#: 1.5e-3 holds roughly >= 30% CSF. Kept voxels above it are counted (``n_voxels_md_csf``).
 MD_CSF_MAX: float = 1.5e-3
-#: Unitless. GM FA is ~0.1-0.2 and WM ~0.4-0.8; FA >= 0.3 marks a voxel dominated by WM.
+#: Unitless. GM FA is ~0.1-0.2 and WM ~0.4-0.8; kept voxels at FA >= 0.3 look like WM and are
+#: counted (``n_voxels_fa_wm``): many of them mean the tissue maps and the DWI disagree.
 FA_WM_MAX: float = 0.3
+
+# --- Gray-matter / partial-volume rule (anatomy) -----------------------------------------------
 #: T1w GM probability (warped to DWI) below which a voxel is mostly WM or CSF: majority rule.
 GM_PROB_MIN: float = 0.5
 #: T1w CSF fraction (footprint-averaged, warped to DWI) above which a voxel is dropped. CSF
@@ -78,17 +94,14 @@ ROI_MIN_VOXELS: int = 10
 
 @dataclass(frozen=True)
 class GrayMatterRule:
-    """Which voxels of an atlas ROI count as gray matter; ``None`` switches a criterion off.
+    """Which voxels of an atlas ROI count as gray matter, from anatomy alone; ``None``
+    switches a criterion off.
 
-    A voxel is kept if all active criteria hold: ``md < md_max`` (no CSF partial volume),
-    ``fa < fa_max`` (not white matter), ``gm_prob >= gm_prob_min`` and
-    ``csf_prob <= csf_prob_max`` (T1w tissue probabilities warped to the DWI grid). A
-    criterion whose map is not supplied is skipped. Voxels with non-finite or non-positive MD
-    (failed fits, outside the brain) are always dropped.
+    A voxel is kept if ``gm_prob >= gm_prob_min`` and ``csf_prob <= csf_prob_max`` (T1w
+    tissue fractions of the subject template, moved onto the DWI grid). A criterion whose map
+    is not supplied is skipped.
     """
 
-    md_max: float | None = MD_CSF_MAX
-    fa_max: float | None = FA_WM_MAX
     gm_prob_min: float | None = GM_PROB_MIN
     csf_prob_max: float | None = CSF_PROB_MAX
 
@@ -120,26 +133,30 @@ def _check_shape(name: str, array: np.ndarray | None, shape: tuple[int, ...]) ->
 
 
 def gray_matter_mask(
-    md: np.ndarray,
-    fa: np.ndarray | None = None,
-    gm_prob: np.ndarray | None = None,
-    csf_prob: np.ndarray | None = None,
+    gm_prob: np.ndarray | None,
+    csf_prob: np.ndarray | None,
     rule: GrayMatterRule = GrayMatterRule(),
+    shape: tuple[int, ...] | None = None,
 ) -> np.ndarray:
-    """Boolean mask of voxels kept by ``rule`` (MD in mm^2/s, FA and probabilities unitless)."""
-    md = np.asarray(md, dtype=float)
-    for name, array in (("fa", fa), ("gm_prob", gm_prob), ("csf_prob", csf_prob)):
-        _check_shape(name, array, md.shape)
-    keep = np.isfinite(md) & (md > 0)
-    if rule.md_max is not None:
-        keep &= md < rule.md_max
-    if fa is not None and rule.fa_max is not None:
-        keep &= np.nan_to_num(np.asarray(fa, float), nan=np.inf) < rule.fa_max
+    """Boolean mask of voxels kept by ``rule`` (probabilities unitless; ``shape`` when no map
+    is given)."""
+    if shape is None:
+        shape = np.shape(gm_prob if gm_prob is not None else csf_prob)
+    for name, array in (("gm_prob", gm_prob), ("csf_prob", csf_prob)):
+        _check_shape(name, array, shape)
+    keep = np.ones(shape, bool)
     if gm_prob is not None and rule.gm_prob_min is not None:
         keep &= np.nan_to_num(np.asarray(gm_prob, float), nan=0.0) >= rule.gm_prob_min
     if csf_prob is not None and rule.csf_prob_max is not None:
         keep &= np.nan_to_num(np.asarray(csf_prob, float), nan=1.0) <= rule.csf_prob_max
     return keep
+
+
+def valid_fit(md: np.ndarray) -> np.ndarray:
+    """Voxels whose tensor fit gave an MD (finite and positive): a failed fit has no value to
+    average. Counted per ROI as ``n_voxels_fit_failed``."""
+    md = np.asarray(md, dtype=float)
+    return np.isfinite(md) & (md > 0)
 
 
 #: Sidecar description of every column ``regional_statistics`` writes (MD in mm^2/s).
@@ -152,13 +169,28 @@ ROI_COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "Description": "Standard deviation (ddof=1) of MD over kept voxels",
         "Units": "mm^2/s",
     },
-    "n_voxels": {"Description": "Voxels kept after the gray-matter rule (native DWI grid)"},
+    "n_voxels": {
+        "Description": "Voxels averaged: atlas voxels in the DWI brain mask kept by the "
+        "gray-matter rule (anatomy alone) whose tensor fit succeeded (native DWI grid)"
+    },
     "n_voxels_brain": {"Description": "Atlas voxels inside the DWI brain mask, before the rule"},
     "n_voxels_atlas": {
         "Description": "Atlas voxels of the ROI on the DWI grid, before the brain mask and rule"
     },
     "fraction_kept": {"Description": "n_voxels / n_voxels_atlas"},
     "fa_mean": {"Description": "Mean FA over kept voxels"},
+    "n_voxels_fit_failed": {
+        "Description": "Voxels kept by the rule whose MD is not finite and positive (failed "
+        "fit): not averaged"
+    },
+    "n_voxels_md_csf": {
+        "Description": f"Averaged voxels with MD >= {MD_CSF_MAX} mm^2/s (CSF-like; QC only, "
+        "never used to select voxels)"
+    },
+    "n_voxels_fa_wm": {
+        "Description": f"Averaged voxels with FA >= {FA_WM_MAX} (WM-like; QC only, never used "
+        "to select voxels)"
+    },
     "status": {
         "Description": "Whether the ROI's statistics are reported",
         "Levels": {
@@ -186,10 +218,12 @@ def regional_statistics(
 
     ``labels``: integer atlas indices (1..len(roi_names), 0 = background) on the MD grid.
     Returns one row per ROI (``roi_names`` order) with ``STAT_COLUMNS``: md_mean, md_median,
-    md_std (ddof=1) in mm^2/s, ``n_voxels`` kept, ``n_voxels_brain`` inside ``brain_mask``
-    before the rule, ``n_voxels_atlas`` on the grid, ``fraction_kept``, fa_mean, and
-    ``status``/``reason``. An ROI that fails ``retention`` is missing: NaN statistics and a
-    warning naming the reason; it never raises.
+    md_std (ddof=1) in mm^2/s, ``n_voxels`` averaged, ``n_voxels_brain`` inside
+    ``brain_mask`` before the rule, ``n_voxels_atlas`` on the grid, ``fraction_kept``,
+    fa_mean, the QC counts, and ``status``/``reason``. Which voxels are averaged depends on
+    the labels, the brain mask and the tissue maps only (plus a successful fit), never on the
+    MD or FA values. An ROI that fails ``retention`` is missing: NaN statistics and a warning
+    naming the reason; it never raises.
     """
     md = np.asarray(md, dtype=float)
     labels = np.asarray(labels)
@@ -200,13 +234,16 @@ def regional_statistics(
         if not np.allclose(labels[np.isfinite(labels)], rounded[np.isfinite(labels)]):
             raise ValueError("labels must be integer atlas indices")
         labels = np.nan_to_num(rounded, nan=0).astype(np.int64)
-    keep = gray_matter_mask(md, fa, gm_prob, csf_prob, rule)
+    keep = gray_matter_mask(gm_prob, csf_prob, rule, md.shape)
+    _check_shape("fa", fa, md.shape)
     in_brain = np.ones(md.shape, bool) if brain_mask is None else np.asarray(brain_mask, bool)
     fa_array = None if fa is None else np.asarray(fa, dtype=float)
     rows = []
     for position, name in enumerate(roi_names):
         atlas_roi = labels == position + 1
-        row = _roi_row(md, fa_array, atlas_roi, atlas_roi & in_brain & keep, retention)
+        selected = atlas_roi & in_brain & keep
+        row = _roi_row(md, fa_array, atlas_roi, selected & valid_fit(md), retention)
+        row["n_voxels_fit_failed"] = int((selected & ~valid_fit(md)).sum())
         in_mask = int((atlas_roi & in_brain).sum())
         row |= {"roi": name, "index": position + 1, "n_voxels_brain": in_mask}
         if row["status"] == ROI_MISSING:
@@ -235,6 +272,9 @@ def _roi_row(
     if reason is not None:
         return row | {"status": ROI_MISSING, "reason": reason}
     values = md[kept]
+    row["n_voxels_md_csf"] = int((values >= MD_CSF_MAX).sum())
+    if fa is not None:
+        row["n_voxels_fa_wm"] = int((np.nan_to_num(fa[kept], nan=0.0) >= FA_WM_MAX).sum())
     row["md_mean"] = float(values.mean())
     row["md_median"] = float(np.median(values))
     if n_kept >= MIN_VOXELS_FOR_STD:

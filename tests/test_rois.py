@@ -49,7 +49,7 @@ def test_regional_statistics_known_values():
     for index in range(1, 8):
         labels[:, :, index - 1] = index  # one slab of 100 voxels per ROI
     labels[0, 0, :] = 0  # one background voxel per slab
-    table = regional_statistics(md, labels, rule=GrayMatterRule(None, None, None, None))
+    table = regional_statistics(md, labels, rule=GrayMatterRule(None, None))
     assert list(table.columns) == list(STAT_COLUMNS)
     assert list(table.roi) == list(ROI_NAMES)
     for index in range(1, 8):
@@ -65,28 +65,49 @@ def test_regional_statistics_known_values():
         assert np.isnan(row.fa_mean)
 
 
-def test_md_threshold_and_failed_fits_are_dropped():
+def test_md_never_selects_and_failed_fits_are_not_averaged():
     labels = np.ones((4, 1, 1), int)
     md = np.array([0.8e-3, 2.0e-3, np.nan, -1e-4]).reshape(4, 1, 1)
-    fa = np.array([0.1, 0.1, 0.1, 0.1]).reshape(4, 1, 1)
+    fa = np.array([0.1, 0.5, 0.1, 0.1]).reshape(4, 1, 1)
     no_retention_rule = RetentionRule(min_fraction=0.0, min_voxels=1)
     table = regional_statistics(md, labels, fa=fa, roi_names=("one",), retention=no_retention_rule)
     row = table.iloc[0]
     assert row.n_voxels_atlas == 4
-    assert row.n_voxels == 1
-    assert row.md_mean == pytest.approx(0.8e-3)
-    assert np.isnan(row.md_std)  # one voxel: no SD
-    assert row.fa_mean == pytest.approx(0.1)
+    assert row.n_voxels == 2  # the CSF-like MD is averaged; the failed fits cannot be
+    assert row.n_voxels_fit_failed == 2
+    assert (row.n_voxels_md_csf, row.n_voxels_fa_wm) == (1, 1)  # counted, not dropped
+    assert row.md_mean == pytest.approx(1.4e-3)
+    assert row.fa_mean == pytest.approx(0.3)
+
+
+def test_changing_the_dwi_values_never_changes_which_voxels_are_averaged():
+    """Issue 13: the voxel set comes from anatomy alone. Raising MD by up to 3x (CSF-like) and
+    FA to WM-like values in random voxels changes the means and the QC counts, never the set."""
+    rng = np.random.default_rng(5)
+    shape = (12, 12, 7)
+    labels = np.repeat(np.arange(1, 8), 12 * 12).reshape(7, 12, 12).transpose(1, 2, 0)
+    gm_prob, csf_prob = rng.uniform(0.2, 1, shape), rng.uniform(0, 0.07, shape)
+    md, fa = rng.uniform(0.6e-3, 1.0e-3, shape), rng.uniform(0.05, 0.25, shape)
+    rule = {"gm_prob": gm_prob, "csf_prob": csf_prob, "retention": RetentionRule(0.2, 10)}
+    before = regional_statistics(md, labels, fa=fa, **rule)
+    changed = rng.uniform(0, 1, shape) < 0.3
+    md2, fa2 = np.where(changed, 3 * md, md), np.where(changed, 0.7, fa)
+    after = regional_statistics(md2, labels, fa=fa2, **rule)
+    assert after.n_voxels.tolist() == before.n_voxels.tolist()
+    assert (after.n_voxels > 0).all() and (after.md_mean > before.md_mean).all()
+    assert (after.n_voxels_md_csf > before.n_voxels_md_csf).all()
+    assert (after.n_voxels_fa_wm > 0).all() and (before.n_voxels_fa_wm == 0).all()
 
 
 def test_empty_roi_gives_nan_and_a_warning(caplog):
     labels = np.zeros((5, 5, 5), int)
     labels[:2] = 1
-    labels[3:] = 2  # ROI 2 has voxels, all of them CSF
+    labels[3:] = 2  # ROI 2 has voxels, all of them CSF on the T1w
     md = np.full(labels.shape, 0.8e-3)
-    md[3:] = 3.0e-3
+    csf_prob = np.zeros(labels.shape)
+    csf_prob[3:] = 1.0
     with caplog.at_level(logging.WARNING, logger="ketamine_dti.rois"):
-        table = regional_statistics(md, labels, roi_names=("a", "b", "c"))
+        table = regional_statistics(md, labels, csf_prob=csf_prob, roi_names=("a", "b", "c"))
     assert table.n_voxels.tolist() == [50, 0, 0]
     assert table.n_voxels_atlas.tolist() == [50, 50, 0]
     assert table.loc[1, ["md_mean", "md_median", "md_std", "fa_mean"]].isna().all()
@@ -119,10 +140,13 @@ def test_an_roi_that_lost_most_voxels_is_missing_never_a_number():
     labels[:, :, 0] = 1  # 200 voxels
     labels[:, :, 1] = 2  # 200 voxels
     md = np.full(labels.shape, 0.8e-3)
-    md[:15, :, 0] = 3.0e-3  # ROI 1: 150 CSF voxels dropped, 50 kept (25%)
+    csf_prob = np.zeros(labels.shape)
+    csf_prob[:15, :, 0] = 1.0  # ROI 1: 150 CSF voxels dropped, 50 kept (25%)
     brain = np.ones(labels.shape, bool)
     brain[:5, :, 1] = False  # ROI 2: 50 outside the brain, 150 kept (75%)
-    table = regional_statistics(md, labels, brain_mask=brain, roi_names=("one", "two"))
+    table = regional_statistics(
+        md, labels, csf_prob=csf_prob, brain_mask=brain, roi_names=("one", "two")
+    )
     one, two = table.itertuples(index=False)
     assert (one.status, one.n_voxels, one.n_voxels_brain, one.n_voxels_atlas) == (
         ROI_MISSING,
@@ -140,7 +164,12 @@ def test_an_roi_that_lost_most_voxels_is_missing_never_a_number():
     )
     assert two.md_mean == pytest.approx(0.8e-3)
     lenient = regional_statistics(
-        md, labels, brain_mask=brain, retention=RetentionRule(0.2, 10), roi_names=("a", "b")
+        md,
+        labels,
+        csf_prob=csf_prob,
+        brain_mask=brain,
+        retention=RetentionRule(0.2, 10),
+        roi_names=("a", "b"),
     )
     assert lenient.status.tolist() == [ROI_OK, ROI_OK]
 
@@ -179,15 +208,11 @@ def test_gray_matter_rule_on_tissue_fraction_phantom():
     gm_prob, _, csf_prob = np.array(fractions).T.reshape(3, -1, 1, 1)
     assert md[0, 0, 0] == pytest.approx(GM_MD, rel=0.02)
     assert md[5, 0, 0] > 1.15 * GM_MD  # 15% CSF biases MD by more than 15%
-    # MD/FA alone catch the WM-dominated and heavily CSF-contaminated voxels ...
-    mdfa = gray_matter_mask(md, fa, rule=GrayMatterRule(gm_prob_min=None, csf_prob_max=None))
-    assert mdfa.ravel().tolist() == [True, True, False, False, False, True, False]
-    # ... and the T1w fractions also drop the mild-CSF voxel
-    keep = gray_matter_mask(md, fa, gm_prob, csf_prob)
+    # the T1w fractions alone choose: GM majority and no more than 5% CSF
+    keep = gray_matter_mask(gm_prob, csf_prob)
     assert keep.ravel().tolist() == [True, True, False, False, False, False, False]
-    # each criterion alone
-    only_gm = GrayMatterRule(md_max=None, fa_max=None, csf_prob_max=None)
-    assert gray_matter_mask(md, fa, gm_prob, csf_prob, only_gm).ravel().tolist() == [
+    only_gm = GrayMatterRule(csf_prob_max=None)
+    assert gray_matter_mask(gm_prob, csf_prob, only_gm).ravel().tolist() == [
         True,
         True,
         False,
@@ -196,12 +221,14 @@ def test_gray_matter_rule_on_tissue_fraction_phantom():
         True,
         False,
     ]
+    # MD and FA flag what the T1w rule let through only as QC counts: the heavy-CSF voxel
+    # (MD above 1.5e-3) and the WM voxels (FA above 0.3)
+    assert (md.ravel() >= MD_CSF_MAX).tolist() == [False] * 4 + [True, False, True]
+    assert (fa.ravel() >= FA_WM_MAX).tolist() == [False, False, True, True, False, False, False]
 
 
 def test_rule_defaults_are_the_documented_constants():
     rule = GrayMatterRule()
-    assert (rule.md_max, rule.fa_max) == (MD_CSF_MAX, FA_WM_MAX)
     assert (rule.gm_prob_min, rule.csf_prob_max) == (GM_PROB_MIN, CSF_PROB_MAX)
-    md = np.array([0.8e-3]).reshape(1, 1, 1)
     with pytest.raises(ValueError, match="shape"):
-        gray_matter_mask(md, fa=np.zeros((2, 1, 1)))
+        gray_matter_mask(np.zeros((1, 1, 1)), np.zeros((2, 1, 1)))

@@ -108,7 +108,12 @@ class ROIStats(SimpleInterface):
     output_spec = _ROIStatsOutputSpec
 
     def _run_interface(self, runtime):
-        from ketamine_dti.rois import RetentionRule, gray_matter_mask, regional_statistics
+        from ketamine_dti.rois import (
+            RetentionRule,
+            gray_matter_mask,
+            regional_statistics,
+            valid_fit,
+        )
 
         md_image = nib.load(self.inputs.md_file)
 
@@ -142,7 +147,8 @@ class ROIStats(SimpleInterface):
         )
         out = Path(runtime.cwd) / "roi_md.tsv"
         table.to_csv(out, sep="\t", index=False, float_format="%.6g", na_rep="n/a")
-        kept = np.where(gray_matter_mask(md, fa, gm, csf) & brain, labels, 0).astype(np.uint8)
+        kept = gray_matter_mask(gm, csf) & valid_fit(md) & brain
+        kept = np.where(kept, labels, 0).astype(np.uint8)
         kept_image = nib.Nifti1Image(kept, md_image.affine)
         kept_image.header.set_xyzt_units("mm")
         nib.save(kept_image, Path(runtime.cwd) / "roi_kept_dseg.nii.gz")

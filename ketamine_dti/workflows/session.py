@@ -82,8 +82,9 @@ def _regions_description(config: Config) -> str:
 the composed transforms MNI -> subject template -> session T1w -> DWI (one interpolation,
 label fractions >= 0.5); the tissue probabilities likewise. MD maps were never resampled. A voxel
 counted toward an ROI if it lay inside the DWI brain mask with GM probability >=
-{rule.gm_prob_min}, CSF probability <= {rule.csf_prob_max}, MD < {rule.md_max} mm^2/s and
-FA < {rule.fa_max}; the number of voxels kept per ROI is reported. An ROI that kept less than
+{rule.gm_prob_min} and CSF probability <= {rule.csf_prob_max}: anatomy alone, so the MD being
+measured never chose its own voxels (MD and FA only counted CSF-like and WM-like voxels for
+QC); the number of voxels kept per ROI is reported. An ROI that kept less than
 {100 * config.roi_min_fraction:g}% of its atlas voxels, or fewer than {config.roi_min_voxels}
 voxels, was reported missing."""
 
