@@ -4,8 +4,8 @@ The folder holds one man's DWI acquired twice in one sitting, with PA (``j``) an
 phase encoding, and his whole-head MPRAGE. The true MD is the same in both series, so when the PA
 series is one session and the AP series the other, any MD change the App reports is its own error.
 
-    python scripts/arrange_realdata.py OUT_DIR [--source ../shared/realdata/siemens_prisma_xa30_subM31]
-                                               [--no-fieldmaps]
+    python scripts/arrange_realdata.py OUT_DIR [--no-fieldmaps]
+        [--source ../shared/realdata/siemens_prisma_xa30_subM31]
 
 Writes ``OUT_DIR`` (a BIDS dataset, images copied, never linked, so the source stays untouched):
 ``ses-baseline`` = PA, ``ses-24h`` = AP, the same T1w in both sessions, and unless
