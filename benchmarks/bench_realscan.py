@@ -1,0 +1,201 @@
+"""The real Prisma scan through the whole App: the figures issue 10 asks for, in one table.
+
+Usage:
+
+    python benchmarks/bench_realscan.py OUT_DIR [--source DIR] [--nprocs 2]
+        [--compare-to OLD_OUT_DIR --compare-label LABEL]
+
+Arranges ``../shared/realdata/siemens_prisma_xa30_subM31`` with ``scripts/arrange_realdata.py``
+(PA series at ses-baseline, AP at ses-24h, the same MPRAGE in both; the images are copied into
+OUT_DIR, never into the repository), runs the participant level, and reads back from the
+derivatives: the T1w brain-mask volume, ``reg_dwi_t1w_dice`` and the DWI field-of-view coverage,
+mean FD and outlier count, each ROI's retention and status, the QC verdict, and the per-ROI
+PA vs AP disagreement |MD(AP) - MD(PA)| / mean (the true MD is the same in both series, so it is
+the pipeline's own error; n/a where an ROI is missing). ``--compare-to`` adds the same figures
+from an earlier run's OUT (e.g. one made with an older commit) as a "before" column.
+
+Writes OUT_DIR/bench_realscan.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+SUBJECT = "M31"
+SESSIONS = {"baseline": "PA", "24h": "AP"}
+TARGETS = {
+    "t1w_brain_volume_ml": "1,100-1,800 ml",
+    "reg_dwi_t1w_dice": ">= 0.85",
+    "mean_fd": "<= 0.5 mm",
+    "n_outlier_volumes": "<= 3 of 21",
+}
+
+
+def _derivative(out: Path, session: str, suffix: str) -> Path:
+    return out / f"sub-{SUBJECT}/ses-{session}/dwi/sub-{SUBJECT}_ses-{session}_{suffix}"
+
+
+def figures(out: Path) -> dict:
+    """The issue-10 figures of one finished run (OUTPUT_DIR of the participant level)."""
+    result: dict = {"sessions": {}}
+    rois = {}
+    for session in SESSIONS:
+        qc = pd.read_csv(_derivative(out, session, "desc-qc_metrics.tsv"), sep="\t").iloc[0]
+        table = pd.read_csv(_derivative(out, session, "desc-roi_md.tsv"), sep="\t")
+        rois[session] = table.set_index("roi")
+        result["sessions"][session] = {
+            key: (None if pd.isna(qc.get(key)) else qc.get(key))
+            for key in (
+                "t1w_brain_volume_ml",
+                "brain_volume_ml",
+                "reg_dwi_t1w_dice",
+                "dwi_fov_fraction",
+                "reg_t1w_mni_ncc",
+                "mean_fd",
+                "n_outlier_volumes",
+                "n_rois_missing",
+                "qc_verdict",
+                "qc_reasons",
+            )
+        }
+    result["sessions"] = json.loads(json.dumps(result["sessions"], default=_plain))
+    pa, ap = rois["baseline"], rois["24h"]
+    disagreement = (ap["md_mean"] - pa["md_mean"]).abs() / ((ap["md_mean"] + pa["md_mean"]) / 2)
+    result["rois"] = {
+        roi: {
+            "n_voxels_pa": int(pa.loc[roi, "n_voxels"]),
+            "n_voxels_ap": int(ap.loc[roi, "n_voxels"]),
+            "fraction_kept_pa": float(pa.get("fraction_kept", pd.Series(np.nan)).get(roi, np.nan)),
+            "fraction_kept_ap": float(ap.get("fraction_kept", pd.Series(np.nan)).get(roi, np.nan)),
+            "status_pa": str(pa.get("status", pd.Series("(no rule)")).get(roi, "(no rule)")),
+            "status_ap": str(ap.get("status", pd.Series("(no rule)")).get(roi, "(no rule)")),
+            "disagreement": None if pd.isna(disagreement[roi]) else float(disagreement[roi]),
+        }
+        for roi in pa.index
+    }
+    measured = disagreement.dropna()
+    result["median_disagreement"] = float(measured.median()) if len(measured) else None
+    result["max_disagreement"] = float(measured.max()) if len(measured) else None
+    mask = out / f"sub-{SUBJECT}/anat/sub-{SUBJECT}_desc-brain_mask.nii.gz"
+    if mask.exists():
+        image = nib.load(mask)
+        voxels = int(np.count_nonzero(np.asanyarray(image.dataobj)))
+        result["anat_brain_mask_ml"] = voxels * float(np.prod(image.header.get_zooms()[:3])) / 1e3
+    return result
+
+
+def _plain(value):
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+def run(out_dir: Path, source: Path | None, nprocs: int) -> dict:
+    bids, out, work = out_dir / "bids", out_dir / "out", out_dir / "work"
+    if not bids.exists():
+        command = [sys.executable, str(REPO / "scripts/arrange_realdata.py"), str(bids)]
+        subprocess.run(command + (["--source", str(source)] if source else []), check=True)
+    started = time.time()
+    app = [sys.executable, "-m", "bids_app.run", str(bids), str(out), "participant"]
+    app += ["-w", str(work), "--nprocs", str(nprocs), "--skip-bids-validation"]
+    proc = subprocess.run(app, capture_output=True, text=True)
+    (out_dir / "app.log").write_text(proc.stdout + proc.stderr)
+    return {"exit_code": proc.returncode, "wall_s": time.time() - started}
+
+
+def _cell(value, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}" if abs(value) < 100 else f"{value:,.0f}"
+    return str(value)
+
+
+def markdown(after: dict, before: dict | None, before_label: str) -> str:
+    both = [("after", after)] + ([(before_label, before)] if before else [])
+    lines = [
+        "# The real Prisma scan through the App (issue 10 figures)",
+        "",
+        f"Command: `python benchmarks/bench_realscan.py OUT` (exit code {after['exit_code']}, "
+        f"{after['wall_s'] / 60:.1f} min wall). ses-baseline = PA, ses-24h = AP.",
+        "",
+        "| figure | target | " + " | ".join(f"{label} PA / AP" for label, _ in both) + " |",
+        "|---|---|" + "---|" * len(both),
+    ]
+    keys = ("t1w_brain_volume_ml", "brain_volume_ml", "reg_dwi_t1w_dice", "dwi_fov_fraction")
+    keys += ("reg_t1w_mni_ncc", "mean_fd", "n_outlier_volumes", "n_rois_missing", "qc_verdict")
+    for key in keys:
+        cells = [
+            " / ".join(_cell(result["sessions"][s].get(key)) for s in SESSIONS)
+            for _, result in both
+        ]
+        lines.append(f"| {key} | {TARGETS.get(key, '-')} | " + " | ".join(cells) + " |")
+    anat = [_cell(result.get("anat_brain_mask_ml")) for _, result in both]
+    lines.append("| anat desc-brain_mask (ml) | 1,100-1,800 ml | " + " | ".join(anat) + " |")
+    lines += [
+        "",
+        "| ROI | "
+        + " | ".join(f"{label}: voxels kept (of atlas) PA / AP, PA vs AP" for label, _ in both)
+        + " |",
+        "|---|" + "---|" * len(both),
+    ]
+    for roi in after["rois"]:
+        cells = []
+        for _, result in both:
+            entry = result["rois"].get(roi, {})
+            disagreement = entry.get("disagreement")
+            cells.append(
+                f"{entry['n_voxels_pa']} ({entry['fraction_kept_pa']:.0%}) / "
+                f"{entry['n_voxels_ap']} ({entry['fraction_kept_ap']:.0%}), "
+                + ("n/a (missing)" if disagreement is None else f"{disagreement:.1%}")
+            )
+        lines.append(f"| {roi} | " + " | ".join(cells) + " |")
+    for label, result in both:
+        median = result.get("median_disagreement")
+        lines.append(
+            f"\n{label}: median PA vs AP disagreement over measured ROIs = "
+            + ("n/a (no ROI measured in both)" if median is None else f"{median:.1%}")
+        )
+    lines += ["", "QC reasons (after):"]
+    lines += [f"- {s}: {after['sessions'][s].get('qc_reasons')}" for s in SESSIONS]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--source", type=Path, default=None)
+    parser.add_argument("--nprocs", type=int, default=2)
+    parser.add_argument("--compare-to", type=Path, default=None, help="an earlier run's OUT")
+    parser.add_argument("--compare-label", default="before")
+    parser.add_argument("--analyse-only", action="store_true", help="read OUT_DIR/out only")
+    args = parser.parse_args(argv)
+    out_dir = args.out_dir.absolute()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    status_file = out_dir / "run_status.json"
+    if args.analyse_only:
+        status = json.loads(status_file.read_text())
+    else:
+        status = run(out_dir, args.source, args.nprocs)
+        status_file.write_text(json.dumps(status))
+    after = status | figures(out_dir / "out")
+    before = figures(args.compare_to) if args.compare_to else None
+    (out_dir / "bench_realscan.json").write_text(
+        json.dumps({"after": after, args.compare_label: before}, indent=2, default=_plain)
+    )
+    text = markdown(after, before, args.compare_label)
+    (out_dir / "bench_realscan.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
