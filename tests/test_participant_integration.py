@@ -80,11 +80,14 @@ def run(tiny_trial, tmp_path_factory):
     shutil.copytree(tiny_trial, bids_dir)
     subjects = sorted(p.name[4:] for p in bids_dir.glob("sub-*") if p.is_dir())
     arms = pd.read_csv(bids_dir / "participants.tsv", sep="\t").set_index("participant_id")
-    # the broken one is a ketamine participant (saline keeps enough for its models) and runs first
-    broken = next(s for s in subjects if arms.loc[f"sub-{s}", "group"] == "ketamine")
-    # one good participant runs the pipeline (a tiny participant costs ~7 min on 2 cores); the
-    # group-level test completes the cohort from the ground truth (see _complete_the_cohort)
-    good = [s for s in subjects if s != broken][:N_PROCESSED]
+    # the broken one and the processed one are ketamine participants: the 2:1 trial's saline arm
+    # has 4, exactly what its 3-coefficient models need, so an ROI reported missing in a
+    # processed saline participant would leave a saline model inestimable (the group level
+    # then stops with an input error). The group-level test completes the cohort from the
+    # ground truth (see _complete_the_cohort): one participant runs the pipeline (~5 min).
+    ketamine = [s for s in subjects if arms.loc[f"sub-{s}", "group"] == "ketamine"]
+    broken = ketamine[0]
+    good = ketamine[1 : 1 + N_PROCESSED]
     subjects = [broken, *good]
     (bids_dir / f"sub-{broken}/ses-baseline/dwi/sub-{broken}_ses-baseline_dwi.bval").unlink()
     checksum = tree_checksum(bids_dir)
@@ -419,9 +422,10 @@ def test_slurm_plugin_gives_the_same_outputs(run):
     scripts/start_slurm.sh) gives byte-identical outputs to the MultiProc run.
 
     It resumes the MultiProc run's work dir with one session's nodes deleted: that session's
-    preprocessing, registration and ROI nodes, the participant's report and every sink run as
-    SLURM jobs, while the anatomy (half of a participant's CPU, already proven identical on a
-    rerun) stays cached. Nipype's result files show which nodes ran under SLURM."""
+    preprocessing, registration, ROI and QC nodes run as SLURM jobs (Nipype writes a batch
+    script for each), its sinks in the submitting process (``run_without_submitting``), while
+    the anatomy (half of a participant's CPU, already proven identical on a rerun) stays
+    cached."""
     if not _slurm_available():
         if os.environ.get("CI"):
             pytest.fail("CI needs the SLURM cluster: scripts/start_slurm.sh did not bring it up")
@@ -447,6 +451,11 @@ def test_slurm_plugin_gives_the_same_outputs(run):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert deleted <= set(_node_results(run.work))  # the deleted session's nodes ran again
-    # ... as SLURM jobs: Nipype writes one batch script per job it submits
-    assert len(list(run.work.rglob("batchscript_*.sh"))) >= len(deleted)
+    computing = [d for d in deleted if _interface_name(d) != "DerivativesSink"]
+    batch = {path.name for path in run.work.rglob("batchscript_*.sh")}
+    for node_dir in computing:  # ... as SLURM jobs: one batch script per submitted node
+        parts = node_dir.relative_to(run.work).parts
+        suffix = ".".join(parts[:-1]) + "_" + parts[-1] + ".sh"
+        assert any(name.endswith(suffix) for name in batch), f"{node_dir} ran outside SLURM"
+    assert len(computing) >= 10
     assert _outputs_digest(out, subject) == run.digests[subject]
