@@ -40,11 +40,13 @@ N4_SHRINK: int = 4
 #: N4 iterations per fitting level (ANTs default 50x50x50x50; 3 levels are plenty for 1.5-3T).
 N4_ITERATIONS: tuple[int, ...] = (50, 50, 30)
 N4_TOLERANCE: float = 1e-7
-#: The second N4, inside the brain band: a B-spline mesh every 60 mm at 1/2 resolution and four
-#: levels, because a head-wide fit (ANTs' default 200 mm mesh, 1/4 resolution) leaves the
-#: deep-brain dip of multichannel head coils (real Prisma MPRAGE: deep WM classed as CSF).
+#: The second N4, inside the brain band: a B-spline mesh every 60 mm on a ~4 mm working grid and
+#: four levels, because a head-wide fit (ANTs' default 200 mm mesh, 1/4 resolution) leaves the
+#: deep-brain dip of multichannel head coils (real Prisma MPRAGE: deep WM classed as CSF). The
+#: grid is set in mm, not as a fixed shrink: on a 1 mm simulated head shrink 4 instead of 2 cut
+#: the extraction from 228 to 86 s wall at the same Dice (0.979); 2 mm T1ws keep shrink 2.
 BRAIN_N4_SPLINE_MM: float = 60.0
-BRAIN_N4_SHRINK: int = 2
+BRAIN_N4_GRID_MM: float = 4.0
 BRAIN_N4_ITERATIONS: tuple[int, ...] = (50, 50, 50, 30)
 #: The whole-head template with a brain mask (TemplateFlow name; bundled at res-02).
 HEAD_TEMPLATE: str = "Colin27"
@@ -325,7 +327,7 @@ def _refine(
         out_dir,
         mask_file=band_file,
         out_name="t1w_band_n4.nii.gz",
-        shrink=BRAIN_N4_SHRINK,
+        shrink=max(1, int(round(BRAIN_N4_GRID_MM / min(t1w.spacing)))),
         iterations=BRAIN_N4_ITERATIONS,
         spline_distance_mm=BRAIN_N4_SPLINE_MM,
         n_threads=n_threads,
