@@ -83,11 +83,16 @@ def run(tiny_trial, tmp_path_factory):
     # the broken one and the processed one are ketamine participants: the 2:1 trial's saline arm
     # has 4, exactly what its 3-coefficient models need, so an ROI reported missing in a
     # processed saline participant would leave a saline model inestimable (the group level
-    # then stops with an input error). The group-level test completes the cohort from the
-    # ground truth (see _complete_the_cohort): one participant runs the pipeline (~5 min).
+    # then stops with an input error). The processed one moves less than the 0.5 mm outlier cut
+    # (planted mean FD): seed 7's sub-003 truly moves 0.84-1.01 mm and rightly fails QC, and
+    # the group-level test completes the cohort from the processed participant's tables (see
+    # _complete_the_cohort). One participant runs the pipeline (~5 min).
+    planted = json.loads((bids_dir / "sourcedata/ground_truth/planted_effects.json").read_text())
+    fd = planted["imaging"]["mean_fd_mm"]
     ketamine = [s for s in subjects if arms.loc[f"sub-{s}", "group"] == "ketamine"]
     broken = ketamine[0]
-    good = ketamine[1 : 1 + N_PROCESSED]
+    calm = [s for s in ketamine[1:] if max(fd[f"sub-{s}"].values()) < 0.5]
+    good = calm[:N_PROCESSED]
     subjects = [broken, *good]
     (bids_dir / f"sub-{broken}/ses-baseline/dwi/sub-{broken}_ses-baseline_dwi.bval").unlink()
     checksum = tree_checksum(bids_dir)
