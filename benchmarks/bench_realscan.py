@@ -54,7 +54,7 @@ def figures(out: Path) -> dict:
         table = pd.read_csv(_derivative(out, session, "desc-roi_md.tsv"), sep="\t")
         rois[session] = table.set_index("roi")
         result["sessions"][session] = {
-            key: (None if pd.isna(qc.get(key)) else qc.get(key))
+            key: (None if pd.isna(qc.get(key)) else _plain(qc.get(key)))
             for key in (
                 "t1w_brain_volume_ml",
                 "brain_volume_ml",
@@ -68,7 +68,6 @@ def figures(out: Path) -> dict:
                 "qc_reasons",
             )
         }
-    result["sessions"] = json.loads(json.dumps(result["sessions"], default=_plain))
     pa, ap = rois["baseline"], rois["24h"]
     disagreement = (ap["md_mean"] - pa["md_mean"]).abs() / ((ap["md_mean"] + pa["md_mean"]) / 2)
     result["rois"] = {
@@ -95,7 +94,8 @@ def figures(out: Path) -> dict:
 
 
 def _plain(value):
-    return value.item() if hasattr(value, "item") else str(value)
+    """A numpy scalar as its Python value (JSON-serialisable); anything else unchanged."""
+    return value.item() if hasattr(value, "item") else value
 
 
 def run(out_dir: Path, source: Path | None, nprocs: int) -> dict:
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     after = status | figures(out_dir / "out")
     before = figures(args.compare_to) if args.compare_to else None
     (out_dir / "bench_realscan.json").write_text(
-        json.dumps({"after": after, args.compare_label: before}, indent=2, default=_plain)
+        json.dumps({"after": after, args.compare_label: before}, indent=2, default=str)
     )
     text = markdown(after, before, args.compare_label)
     (out_dir / "bench_realscan.md").write_text(text)

@@ -238,12 +238,13 @@ def regional_statistics(
     _check_shape("fa", fa, md.shape)
     in_brain = np.ones(md.shape, bool) if brain_mask is None else np.asarray(brain_mask, bool)
     fa_array = None if fa is None else np.asarray(fa, dtype=float)
+    fitted = valid_fit(md)
     rows = []
     for position, name in enumerate(roi_names):
         atlas_roi = labels == position + 1
         selected = atlas_roi & in_brain & keep
-        row = _roi_row(md, fa_array, atlas_roi, selected & valid_fit(md), retention)
-        row["n_voxels_fit_failed"] = int((selected & ~valid_fit(md)).sum())
+        row = _roi_row(md, fa_array, atlas_roi, selected & fitted, retention)
+        row["n_voxels_fit_failed"] = int((selected & ~fitted).sum())
         in_mask = int((atlas_roi & in_brain).sum())
         row |= {"roi": name, "index": position + 1, "n_voxels_brain": in_mask}
         if row["status"] == ROI_MISSING:
