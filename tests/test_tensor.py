@@ -198,7 +198,7 @@ def test_float32_input_and_thread_count_do_not_change_the_result():
 def test_eigen_decomposition_matches_lapack_across_eigenvalue_gaps(relative_gap):
     # closed form above CLOSED_FORM_MIN_GAP, Jacobi below: both must give LAPACK's answer,
     # including prolate (two small equal) and oblate (two large equal) tensors
-    from ketamine_dti.dwi.tensor import _eigh3
+    from ketamine_dti.dwi.tensor import eigh3
 
     rotations = Rotation.random(20, random_state=3).as_matrix()
     large, small = 1.7e-3, 0.3e-3
@@ -211,7 +211,7 @@ def test_eigen_decomposition_matches_lapack_across_eigenvalue_gaps(relative_gap)
             tensor = rotation @ np.diag(evals_true) @ rotation.T
             evals = np.empty(3)
             evecs = np.empty((3, 3))
-            _eigh3(tensor.copy(), evals, evecs)
+            eigh3(tensor.copy(), evals, evecs)
             reference = np.linalg.eigvalsh(tensor)[::-1]
             np.testing.assert_allclose(evals, reference, rtol=0, atol=1e-12 * large)
             np.testing.assert_allclose(evecs.T @ evecs, np.eye(3), atol=1e-10)

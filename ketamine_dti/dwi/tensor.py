@@ -90,7 +90,7 @@ def design_matrix(bvals: np.ndarray, bvecs: np.ndarray, b_scale: float = 1.0) ->
     )
 
 
-def _check_inputs(data, bvals, bvecs, mask):
+def check_inputs(data, bvals, bvecs, mask):
     """Validate shapes; return float data, b-values, unit b-vectors (N, 3) and a boolean mask."""
     data = np.asarray(data)
     if data.ndim != 4:
@@ -131,7 +131,7 @@ def _check_inputs(data, bvals, bvecs, mask):
 
 
 @njit(cache=True, nogil=True)
-def _cholesky_solve(matrix, rhs, solution):  # pragma: no cover - compiled
+def cholesky_solve(matrix, rhs, solution):  # pragma: no cover - compiled
     """Solve the SPD system in place (lower triangle overwritten); False if not positive."""
     n = rhs.shape[0]
     for j in range(n):
@@ -182,7 +182,7 @@ def _weighted_solve(
         for i in range(n_vol):
             total += design_t[a, i] * weights[i] * log_signal[i]
         rhs[a] = total
-    return _cholesky_solve(normal, rhs, beta)
+    return cholesky_solve(normal, rhs, beta)
 
 
 @njit(cache=True, nogil=True)
@@ -225,7 +225,7 @@ def _nlls_refine(
                 for c in range(a + 1):
                     damped[a, c] = normal[a, c]
                 damped[a, a] = normal[a, a] * (1.0 + damping)
-            if _cholesky_solve(damped, grad, step):
+            if cholesky_solve(damped, grad, step):
                 for a in range(n_params):
                     trial[a] = beta[a] + step[a]
                 new_cost = _nlls_cost(design, signal, trial, prediction)
@@ -272,7 +272,7 @@ def _unit_null_vector(tensor, eigenvalue, evecs, column):  # pragma: no cover - 
 
 
 @njit(cache=True, nogil=True)
-def _eigh3(tensor, evals, evecs):  # pragma: no cover - compiled
+def eigh3(tensor, evals, evecs):  # pragma: no cover - compiled
     """Eigen-decomposition of a symmetric 3x3, descending (``tensor`` may be overwritten).
 
     Eigenvalues in closed form (Smith 1961, trigonometric); eigenvectors of the outer two from
@@ -448,7 +448,7 @@ def _store_tensor(
     tensor[1, 2] = beta[4]
     tensor[2, 1] = beta[4]
     tensor[2, 2] = beta[5]
-    _eigh3(tensor, evals, evecs)
+    eigh3(tensor, evals, evecs)
     for r in range(3):
         out_evals[k, r] = max(evals[r], min_eval)
         for c in range(3):
@@ -527,7 +527,7 @@ def fit_tensor(
     """
     if method not in _METHODS:
         raise ValueError(f"method must be one of {sorted(_METHODS)}, got {method!r}")
-    data, bvals, bvecs, mask = _check_inputs(data, bvals, bvecs, mask)
+    data, bvals, bvecs, mask = check_inputs(data, bvals, bvecs, mask)
     b_scale = float(bvals.max()) if bvals.max() > 0 else 1.0
     design = design_matrix(bvals, bvecs, b_scale)
     singular_values = np.linalg.svd(design, compute_uv=False)
@@ -572,6 +572,19 @@ def fit_tensor(
     return _assemble(out_evals, out_evecs, out_s0, voxels, spatial_shape, data.dtype)
 
 
+def md_fa(evals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean diffusivity and fractional anisotropy of (n, 3) eigenvalues (NaN rows stay NaN;
+    an all-zero tensor has FA 0)."""
+    md = evals.mean(axis=1)
+    deviation = evals - md[:, None]
+    norm = np.sqrt(np.sum(evals * evals, axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fa = np.sqrt(1.5 * np.sum(deviation * deviation, axis=1)) / norm
+    fa = np.where(norm > 0, fa, 0.0)
+    fa[np.isnan(md)] = np.nan
+    return md, fa
+
+
 def _assemble(evals, evecs, s0, voxels, spatial_shape, dtype) -> TensorFit:
     """Scatter the fitted voxels into NaN-filled maps on the input grid and derive MD/FA/AD/RD."""
     n_total = int(np.prod(spatial_shape))
@@ -581,13 +594,7 @@ def _assemble(evals, evecs, s0, voxels, spatial_shape, dtype) -> TensorFit:
         full[voxels] = values
         return full.reshape(spatial_shape + values.shape[1:])
 
-    md = evals.mean(axis=1)
-    deviation = evals - md[:, None]
-    norm = np.sqrt(np.sum(evals * evals, axis=1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        fa = np.sqrt(1.5 * np.sum(deviation * deviation, axis=1)) / norm
-    fa = np.where(norm > 0, fa, 0.0)
-    fa[np.isnan(md)] = np.nan
+    md, fa = md_fa(evals)
     return TensorFit(
         md=scatter(md),
         fa=scatter(fa),

@@ -1,0 +1,673 @@
+"""Free-water elimination: a tissue tensor plus isotropic free water, per voxel.
+
+Model (signal fraction ``f`` of free water at b=0, b in s/mm^2, diffusivities in mm^2/s)::
+
+    S_i = S0 * [(1 - f) * exp(-b_i g_i^T D g_i) + f * exp(-b_i * D_water)]
+
+with ``D_water`` = :data:`FREE_WATER_DIFFUSIVITY`. The tissue tensor ``D`` gives the maps
+(``md``, ``fa``, eigenvalues) with the free water removed.
+
+**Multi-shell** (>= 2 non-zero shells): the two-compartment fit of Hoy et al. 2014 (NeuroImage
+103:323-33), the estimator of DIPY's ``FreeWaterTensorModel`` (NLS): a grid search over ``f``
+with a weighted log-linear tensor fit of the water-corrected signal at every grid point (the
+tensor weights are the measured signal squared, so one Cholesky factor serves every ``f``), then
+Levenberg-Marquardt on the 8 parameters (6 tensor elements, log S0, f) minimising the unweighted
+sum of squared signal residuals, ``f`` kept in [0, 1] by projection. Shells at different b make
+``f`` identifiable from the data alone.
+
+**Single shell** (one b>0 shell plus b0s): the data fix the angular profile and the mean
+attenuation, but not how that attenuation splits between tissue MD and free water (an isotropic
+tissue tensor with more free water fits exactly as well as one with a higher MD and less water;
+Pasternak et al. 2009, MRM 62:717-30, sec. "Initialization"). The split must come from outside the
+diffusion weighting. We use a voxelwise penalised least-squares (maximum a posteriori) fit, with
+the same 8 parameters and the sum of squares of the multi-shell fit plus two Gaussian priors:
+
+- on ``f``, centred on the value implied by the b0 intensity: free water has a much longer T2 than
+  tissue, so a voxel's b0 lies between a tissue and a water reference (``s0_tissue``,
+  ``s0_water``). This is the b0-based initialisation of Pasternak et al. 2009 as compared by
+  Golub et al. 2021 (MRM 85:2173-84, "S0 initialisation"); here from linear mixing of the two
+  compartments' b0 signals, which gives the signal fraction the model uses:
+  ``f_b0 = s0_water (S0 - s0_tissue) / (S0 (s0_water - s0_tissue))``, SD :data:`F_PRIOR_SD`;
+- on tissue MD, a weak prior at :data:`TISSUE_MD_PRIOR_MEAN` (SD :data:`TISSUE_MD_PRIOR_SD`),
+  Golub et al.'s "MD initialisation": it decides the split only where the b0 prior is missing
+  (no reference could be found) and keeps the fit off implausible tissue MD otherwise.
+
+The priors are weighted against the data by the noise SD (from the repeated b0s, or the tensor
+residuals), so with good data the data win wherever they carry information (the anisotropic
+part) and the priors act only along the direction the data cannot see. Pasternak's spatial
+(Beltrami) regularisation is not used: it smooths the tissue tensor across the GM ROI borders we
+measure, and its answer still depends on the initialisation (Golub et al. 2021). A voxelwise
+scheme keeps each voxel's MD its own and the assumptions visible in two numbers.
+
+Voxels whose plain DTI MD is at least :data:`PURE_WATER_MD` are free water (``f`` = 1, tissue maps
+NaN), as Hoy et al. and DIPY do; so are voxels whose fitted tissue MD reaches it (CSF at the
+noise floor of a high shell, where the "tissue" compartment only absorbs more water; DIPY keeps
+those as tissue). Voxels that cannot be fitted are NaN and ``failed``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit, prange
+
+from ketamine_dti.dwi.gradients import B0_THRESHOLD, cluster_shells, tensor_determinable
+from ketamine_dti.dwi.tensor import (
+    MIN_EIGENVALUE_B_PRODUCT,
+    MIN_SIGNAL,
+    check_inputs,
+    cholesky_solve,
+    eigh3,
+    design_matrix,
+    fit_tensor,
+    md_fa,
+)
+from ketamine_dti.threads import limit_threads
+
+LOGGER = logging.getLogger(__name__)
+
+#: mm^2/s: self-diffusion of water at 37 C (Pasternak 2009; Hoy 2014; DIPY's default).
+FREE_WATER_DIFFUSIVITY = 3.0e-3
+#: mm^2/s: a voxel whose plain DTI MD is >= 90% of free water is taken as free water (f = 1):
+#: its tissue compartment is too small to fit (Hoy et al. 2014; DIPY's ``mdreg``).
+PURE_WATER_MD = 2.7e-3
+#: mm^2/s: centre of the tissue-MD prior: free-water-corrected cortical GM / WM MD of adults
+#: (~0.7-0.8e-3 at 37 C); only the single-shell fit uses it.
+TISSUE_MD_PRIOR_MEAN = 0.75e-3
+#: mm^2/s: its SD: GM to WM (0.6-0.9e-3) lies well within one SD, so the prior is weak and
+#: mainly keeps the fit off implausible tissue MD.
+TISSUE_MD_PRIOR_SD = 0.3e-3
+#: SD of the b0-implied free-water fraction: ~ its per-voxel noise with 6 b0s at SNR 25 (0.027
+#: for references 1:2.5); chosen on the training seeds of benchmarks/bench_free_water.py.
+F_PRIOR_SD = 0.03
+#: Fewest voxels a b0 reference (tissue or water) may be estimated from; below it no b0 prior.
+MIN_REFERENCE_VOXELS = 20
+#: The tissue b0 reference is the median b0 of the voxels whose DTI MD is in this lowest
+#: percentile of the non-water voxels: the least free water of the mask.
+TISSUE_REFERENCE_PERCENTILE = 10.0
+#: The water b0 reference needs voxels with DTI MD at least this (mm^2/s): nearly pure CSF.
+WATER_REFERENCE_MD = PURE_WATER_MD
+#: Hoy et al.'s grid search: first pass f = 0, 0.1, ..., 0.9, then two refinements, each
+#: sampling +-1 step of the previous pass at a tenth of its spacing.
+GRID_FIRST_STEP = 0.1
+GRID_REFINEMENTS = 2
+#: Levenberg-Marquardt: iterations at most, and the relative drop of the cost that stops it.
+LM_MAX_ITER = 100
+LM_TOLERANCE = 1e-10
+#: Largest fitted f: above it the tissue compartment is not measurable and the voxel is water.
+MAX_TISSUE_F = 0.99
+#: Voxels per work item of the parallel loop (as in tensor.py).
+VOXELS_PER_CHUNK = 1024
+#: Voxels whose tensor residuals estimate the noise SD when there are fewer than 2 b0s.
+NOISE_SAMPLE_VOXELS = 5000
+
+N_PARAMS = 8  # 6 tensor elements, log S0, f
+_FIT_OK, _FIT_FAILED, _FIT_WATER = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class FreeWaterFit:
+    """Maps on the input grid; NaN outside the mask, where ``failed``, and (tissue maps) where the
+    voxel is pure free water (``f_water`` = 1).
+
+    ``md``, ``tissue_evals`` (descending, (..., 3)) in mm^2/s, of the tissue compartment;
+    ``fa`` unitless; ``f_water`` the free-water signal fraction (0..1); ``s0`` the fitted
+    non-weighted signal; ``failed`` True where a voxel in the mask could not be fitted;
+    ``single_shell`` whether the regularised single-shell fit was used.
+    """
+
+    md: np.ndarray
+    fa: np.ndarray
+    f_water: np.ndarray
+    tissue_evals: np.ndarray
+    tissue_evecs: np.ndarray
+    s0: np.ndarray
+    failed: np.ndarray
+    single_shell: bool
+
+
+@dataclass(frozen=True)
+class SingleShellPrior:
+    """Priors of the single-shell fit, in the data's units (see the module docstring).
+
+    ``s0_tissue``/``s0_water``: b0 references (NaN: no b0 prior); ``noise_sd``: signal noise SD.
+    """
+
+    s0_tissue: float
+    s0_water: float
+    noise_sd: float
+    md_mean: float = TISSUE_MD_PRIOR_MEAN
+    md_sd: float = TISSUE_MD_PRIOR_SD
+    f_sd: float = F_PRIOR_SD
+
+
+def b0_free_water_fraction(s0: np.ndarray, s0_tissue: float, s0_water: float) -> np.ndarray:
+    """Free-water signal fraction implied by b0 intensity, clipped to [0, 1].
+
+    A voxel of water volume fraction v has ``S0 = (1 - v) s0_tissue + v s0_water``; the signal
+    fraction of the water is ``v s0_water / S0``.
+    """
+    s0 = np.asarray(s0, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = s0_water * (s0 - s0_tissue) / (s0 * (s0_water - s0_tissue))
+    return np.clip(np.nan_to_num(f, nan=0.0), 0.0, 1.0)
+
+
+def estimate_b0_references(s0: np.ndarray, dti_md: np.ndarray) -> tuple[float, float]:
+    """(s0_tissue, s0_water): median b0 of the least-water tissue and of pure-CSF voxels.
+
+    Tissue: voxels whose DTI MD is in the lowest :data:`TISSUE_REFERENCE_PERCENTILE` of the
+    non-water voxels; water: DTI MD >= :data:`WATER_REFERENCE_MD`. NaN for a reference with fewer
+    than :data:`MIN_REFERENCE_VOXELS` voxels, or when water is not brighter than tissue.
+    """
+    s0 = np.asarray(s0, dtype=float).ravel()
+    dti_md = np.asarray(dti_md, dtype=float).ravel()
+    good = np.isfinite(s0) & np.isfinite(dti_md) & (s0 > 0)
+    water = good & (dti_md >= WATER_REFERENCE_MD)
+    tissue_candidates = good & ~water & (dti_md > 0)
+    s0_water = float(np.median(s0[water])) if water.sum() >= MIN_REFERENCE_VOXELS else np.nan
+    s0_tissue = np.nan
+    if tissue_candidates.sum() >= MIN_REFERENCE_VOXELS:
+        cut = np.percentile(dti_md[tissue_candidates], TISSUE_REFERENCE_PERCENTILE)
+        tissue = tissue_candidates & (dti_md <= cut)
+        if tissue.sum() >= MIN_REFERENCE_VOXELS:
+            s0_tissue = float(np.median(s0[tissue]))
+    if not s0_water > s0_tissue:
+        return np.nan, np.nan
+    return s0_tissue, s0_water
+
+
+# ----------------------------------------------------------------------------- numba kernel
+
+
+@njit(cache=True, nogil=True)
+def _cholesky_resolve(factor, rhs, solution):  # pragma: no cover - compiled
+    """Solve with a lower-triangular Cholesky factor left by ``cholesky_solve``."""
+    n = rhs.shape[0]
+    for i in range(n):
+        value = rhs[i]
+        for k in range(i):
+            value -= factor[i, k] * solution[k]
+        solution[i] = value / factor[i, i]
+    for i in range(n - 1, -1, -1):
+        value = solution[i]
+        for k in range(i + 1, n):
+            value -= factor[k, i] * solution[k]
+        solution[i] = value / factor[i, i]
+
+
+@njit(cache=True, nogil=True)
+def _corrected_fit(design, measured, weights, s0, water, f, factor, rhs, beta, work):
+    """Log-linear WLS tensor of the signal with free water fraction ``f`` removed; returns the
+    sum of squared residuals of the two-compartment prediction (``factor`` holds the Cholesky
+    factor of the weighted normal matrix)."""  # pragma: no cover - compiled
+    n_vol = design.shape[0]
+    for a in range(7):
+        rhs[a] = 0.0
+    for i in range(n_vol):
+        tissue = max(measured[i] - f * s0 * water[i], MIN_SIGNAL) / (1.0 - f)
+        work[i] = np.log(tissue)
+        for a in range(7):
+            rhs[a] += design[i, a] * weights[i] * work[i]
+    _cholesky_resolve(factor, rhs, beta)
+    sse = 0.0
+    for i in range(n_vol):
+        value = 0.0
+        for a in range(7):
+            value += design[i, a] * beta[a]
+        predicted = (1.0 - f) * np.exp(value) + f * s0 * water[i]
+        sse += (measured[i] - predicted) ** 2
+    return sse
+
+
+@njit(cache=True, nogil=True)
+def _cost(design, measured, water, params, prior, prediction):  # pragma: no cover - compiled
+    """Penalised sum of squares; fills ``prediction`` with the tissue exponentials E_i.
+
+    ``prior`` = (md_mean, md_weight, f_mean, f_weight) in the kernel's scaled units; weights are
+    noise SD / prior SD (0: no prior)."""
+    n_vol = design.shape[0]
+    s0 = np.exp(params[6])
+    f = params[7]
+    total = 0.0
+    for i in range(n_vol):
+        value = 0.0
+        for a in range(6):
+            value += design[i, a] * params[a]
+        prediction[i] = np.exp(value)
+        model = s0 * ((1.0 - f) * prediction[i] + f * water[i])
+        total += (measured[i] - model) ** 2
+    md = (params[0] + params[2] + params[5]) / 3.0
+    total += (prior[1] * (md - prior[0])) ** 2 + (prior[3] * (f - prior[2])) ** 2
+    return total
+
+
+@njit(cache=True, nogil=True)
+def _levenberg_marquardt(
+    design, measured, water, params, prior, prediction, normal, damped, grad, step, trial
+):  # pragma: no cover - compiled
+    """Minimise :func:`_cost` over the 8 parameters in place, f projected onto [0, 1]."""
+    n_vol = design.shape[0]
+    cost = _cost(design, measured, water, params, prior, prediction)
+    damping = 1e-3
+    for _ in range(LM_MAX_ITER):
+        s0 = np.exp(params[6])
+        f = params[7]
+        for a in range(N_PARAMS):
+            grad[a] = 0.0
+            for c in range(N_PARAMS):
+                normal[a, c] = 0.0
+        for i in range(n_vol):
+            tissue = s0 * (1.0 - f) * prediction[i]
+            model = tissue + s0 * f * water[i]
+            resid = measured[i] - model
+            for a in range(6):
+                trial[a] = tissue * design[i, a]  # trial holds the Jacobian row here
+            trial[6] = model
+            trial[7] = s0 * (water[i] - prediction[i])
+            for a in range(N_PARAMS):
+                grad[a] += trial[a] * resid
+                for c in range(a + 1):
+                    normal[a, c] += trial[a] * trial[c]
+        # prior rows: md = (d0 + d2 + d5) / 3 and f
+        md_row = prior[1] / 3.0
+        md_resid = -prior[1] * ((params[0] + params[2] + params[5]) / 3.0 - prior[0])
+        for a in (0, 2, 5):
+            grad[a] += md_row * md_resid
+            for c in (0, 2, 5):
+                if c <= a:
+                    normal[a, c] += md_row * md_row
+        grad[7] += prior[3] * (-prior[3] * (f - prior[2]))
+        normal[7, 7] += prior[3] * prior[3]
+        largest = 0.0
+        for a in range(N_PARAMS):
+            largest = max(largest, normal[a, a])
+        floor = 1e-12 * largest + 1e-300
+        improved = False
+        new_cost = cost
+        while damping < 1e12:
+            for a in range(N_PARAMS):
+                for c in range(a + 1):
+                    damped[a, c] = normal[a, c]
+                damped[a, a] = normal[a, a] + damping * max(normal[a, a], floor)
+            if cholesky_solve(damped, grad, step):
+                for a in range(N_PARAMS):
+                    trial[a] = params[a] + step[a]
+                trial[7] = min(max(trial[7], 0.0), 1.0)
+                new_cost = _cost(design, measured, water, trial, prior, prediction)
+                if new_cost <= cost:
+                    improved = True
+                    break
+            damping *= 10.0
+        if not improved:
+            _cost(design, measured, water, params, prior, prediction)
+            return
+        relative_drop = (cost - new_cost) / max(cost, 1e-300)
+        for a in range(N_PARAMS):
+            params[a] = trial[a]
+        cost = new_cost
+        damping = max(damping / 10.0, 1e-12)
+        if relative_drop < LM_TOLERANCE:
+            return
+
+
+@njit(cache=True, parallel=True)
+def _free_water_kernel(
+    signal,
+    voxels,
+    design,
+    b0_volumes,
+    weighted,
+    water,
+    multi_shell,
+    prior_settings,
+    min_eval,
+    pure_water_md,
+    out_evals,
+    out_evecs,
+    out_s0,
+    out_f,
+    out_status,
+):  # pragma: no cover - compiled
+    """Fit every voxel listed in ``voxels`` (rows of the 2-D ``signal``).
+
+    ``prior_settings`` = (md_mean, md_weight, s0_tissue, s0_water, f_weight) in scaled units;
+    f_weight 0 or NaN references switch the b0 prior off. ``out_status``: 0 fitted, 1 failed,
+    2 pure water.
+    """
+    n_fit = voxels.shape[0]
+    n_vol = design.shape[0]
+    n_b0 = b0_volumes.shape[0]
+    n_chunks = (n_fit + VOXELS_PER_CHUNK - 1) // VOXELS_PER_CHUNK
+    for chunk in prange(n_chunks):
+        measured = np.empty(n_vol)
+        weights = np.empty(n_vol)
+        work = np.empty(n_vol)
+        factor = np.empty((7, 7))
+        rhs = np.empty(7)
+        beta = np.empty(7)
+        best = np.empty(7)
+        params = np.empty(N_PARAMS)
+        prior = np.zeros(4)
+        normal = np.empty((N_PARAMS, N_PARAMS))
+        damped = np.empty((N_PARAMS, N_PARAMS))
+        grad = np.empty(N_PARAMS)
+        step = np.empty(N_PARAMS)
+        trial = np.empty(N_PARAMS)
+        tensor = np.empty((3, 3))
+        evals = np.empty(3)
+        evecs = np.empty((3, 3))
+        stop = min(n_fit, (chunk + 1) * VOXELS_PER_CHUNK)
+        for k in range(chunk * VOXELS_PER_CHUNK, stop):
+            status = _FIT_OK
+            s0 = 0.0
+            for i in range(n_vol):
+                value = np.float64(signal[voxels[k], i])
+                if not np.isfinite(value):
+                    status = _FIT_FAILED
+                measured[i] = max(value, MIN_SIGNAL)
+                weights[i] = measured[i] * measured[i]
+                work[i] = np.log(measured[i])
+            for j in range(n_b0):
+                s0 += measured[b0_volumes[j]]
+            s0 /= n_b0
+            if status == _FIT_OK and not s0 > MIN_SIGNAL:
+                status = _FIT_FAILED
+            if status == _FIT_OK:  # plain WLS tensor (weights: measured signal squared)
+                for a in range(7):
+                    rhs[a] = 0.0
+                    for c in range(a + 1):
+                        total = 0.0
+                        for i in range(n_vol):
+                            total += design[i, a] * design[i, c] * weights[i]
+                        factor[a, c] = total
+                    for i in range(n_vol):
+                        rhs[a] += design[i, a] * weights[i] * work[i]
+                if not cholesky_solve(factor, rhs, beta):
+                    status = _FIT_FAILED
+            if status == _FIT_OK:
+                dti_md = (beta[0] + beta[2] + beta[5]) / 3.0
+                if dti_md >= pure_water_md:
+                    status = _FIT_WATER
+            if status == _FIT_OK:
+                prior[0] = prior_settings[0]
+                prior[1] = prior_settings[1]
+                prior[2] = 0.0
+                prior[3] = 0.0
+                if multi_shell:  # Hoy et al.: grid over f, then refine
+                    best_f = 0.0
+                    best_sse = np.inf
+                    spacing = GRID_FIRST_STEP
+                    low = 0.0
+                    n_grid = int(round(1.0 / GRID_FIRST_STEP))
+                    for _level in range(GRID_REFINEMENTS + 1):
+                        for g in range(n_grid):
+                            f = low + g * spacing
+                            if f < 0.0 or f > 1.0 - 0.1 * spacing:
+                                continue
+                            sse = _corrected_fit(
+                                design, measured, weights, s0, water, f, factor, rhs, beta,
+                                work,
+                            )  # fmt: skip
+                            if sse < best_sse:
+                                best_sse = sse
+                                best_f = f
+                                for a in range(7):
+                                    best[a] = beta[a]
+                        low = best_f - spacing
+                        spacing /= 10.0
+                        n_grid = 21
+                    f_start = best_f
+                else:  # single shell: start where the priors say, on the data's attenuation
+                    s0_tissue = prior_settings[2]
+                    s0_water = prior_settings[3]
+                    f_weight = prior_settings[4]
+                    if f_weight > 0.0 and np.isfinite(s0_tissue) and np.isfinite(s0_water):
+                        f_b0 = s0_water * (s0 - s0_tissue) / (s0 * (s0_water - s0_tissue))
+                        f_b0 = min(max(f_b0, 0.0), 1.0)
+                        prior[2] = f_b0
+                        prior[3] = f_weight
+                        f_start = f_b0
+                    else:  # tissue MD at the prior mean explains the mean attenuation
+                        mean_water = 0.0
+                        mean_tissue = 0.0
+                        mean_measured = 0.0
+                        n_dw = 0
+                        for i in range(n_vol):
+                            if weighted[i]:
+                                mean_water += water[i]
+                                mean_measured += measured[i] / s0
+                                row = 0.0
+                                for a in (0, 2, 5):
+                                    row += design[i, a]
+                                mean_tissue += np.exp(row * prior_settings[0])
+                                n_dw += 1
+                        mean_water /= n_dw
+                        mean_tissue /= n_dw
+                        mean_measured /= n_dw
+                        f_start = (mean_tissue - mean_measured) / (mean_tissue - mean_water)
+                    f_start = min(max(f_start, 0.0), 0.9)
+                    _corrected_fit(
+                        design, measured, weights, s0, water, f_start, factor, rhs, best, work
+                    )
+                for a in range(6):
+                    params[a] = best[a]
+                params[6] = np.log(s0)
+                params[7] = f_start
+                _levenberg_marquardt(
+                    design, measured, water, params, prior, work, normal, damped, grad, step,
+                    trial,
+                )  # fmt: skip
+                for a in range(N_PARAMS):
+                    if not np.isfinite(params[a]):
+                        status = _FIT_FAILED
+                tissue_md = (params[0] + params[2] + params[5]) / 3.0
+                if status == _FIT_OK and (params[7] > MAX_TISSUE_F or tissue_md >= pure_water_md):
+                    status = _FIT_WATER  # no tissue left, or the "tissue" is free water too
+            out_status[k] = status
+            if status == _FIT_OK:
+                tensor[0, 0] = params[0]
+                tensor[0, 1] = params[1]
+                tensor[1, 0] = params[1]
+                tensor[1, 1] = params[2]
+                tensor[0, 2] = params[3]
+                tensor[2, 0] = params[3]
+                tensor[1, 2] = params[4]
+                tensor[2, 1] = params[4]
+                tensor[2, 2] = params[5]
+                eigh3(tensor, evals, evecs)
+                for r in range(3):
+                    out_evals[k, r] = max(evals[r], min_eval)
+                    for c in range(3):
+                        out_evecs[k, r, c] = evecs[r, c]
+                out_s0[k] = np.exp(params[6])
+                out_f[k] = params[7]
+            else:
+                for r in range(3):
+                    out_evals[k, r] = np.nan
+                    for c in range(3):
+                        out_evecs[k, r, c] = np.nan
+                out_s0[k] = s0 if status == _FIT_WATER else np.nan
+                out_f[k] = 1.0 if status == _FIT_WATER else np.nan
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def count_shells(bvals: np.ndarray, b0_threshold: float = B0_THRESHOLD) -> int:
+    """Number of distinct non-zero shells (see :func:`cluster_shells`)."""
+    centres = cluster_shells(bvals, b0_threshold)
+    return int(np.unique(centres[centres > 0]).size)
+
+
+def noise_sd(
+    data: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, mask: np.ndarray, b0_volumes
+) -> float:
+    """Signal noise SD: pooled SD of the repeated b0s, or of the tensor residuals with one b0.
+
+    Used only to weigh the single-shell priors against the data.
+    """
+    rows = data[mask]
+    if len(b0_volumes) >= 2:
+        return float(np.sqrt(np.mean(np.var(rows[:, b0_volumes], axis=1, ddof=1))))
+    rng = np.random.default_rng(0)
+    pick = rng.choice(rows.shape[0], min(rows.shape[0], NOISE_SAMPLE_VOXELS), replace=False)
+    sample = rows[np.sort(pick)].astype(float)
+    fit = fit_tensor(sample[:, None, None, :], bvals, bvecs, method="wls", n_threads=1)
+    evals = fit.evals[:, 0, 0]
+    tensors = np.einsum("nij,nj,nkj->nik", fit.evecs[:, 0, 0], evals, fit.evecs[:, 0, 0])
+    adc = np.einsum("gi,nij,gj->ng", bvecs, tensors, bvecs)
+    predicted = fit.s0[:, 0, 0, None] * np.exp(-bvals[None, :] * adc)
+    rss = np.nansum((sample - predicted) ** 2, axis=1)
+    return float(np.sqrt(np.nanmedian(rss) / max(len(bvals) - 7, 1)))
+
+
+def fit_free_water(
+    data: np.ndarray,
+    bvals: np.ndarray,
+    bvecs: np.ndarray,
+    mask: np.ndarray | None = None,
+    n_threads: int | None = None,
+    *,
+    s0_tissue: float | None = None,
+    s0_water: float | None = None,
+    b0_threshold: float = B0_THRESHOLD,
+) -> FreeWaterFit:
+    """Fit the free-water + tissue-tensor model in every voxel of ``data`` (x, y, z, volumes).
+
+    ``bvals`` s/mm^2 (N,), ``bvecs`` (N, 3) or (3, N). Two or more non-zero shells: the Hoy et al.
+    2014 fit; one shell: the regularised fit of the module docstring, with b0 references
+    ``s0_tissue``/``s0_water`` (data units) or, when None, :func:`estimate_b0_references` over the
+    mask. ``n_threads`` caps the cores. Raises ValueError for mismatched shapes, no b0 volume,
+    or directions that cannot determine a tensor.
+    """
+    data, bvals, bvecs, mask = check_inputs(data, bvals, bvecs, mask)
+    b0_mask = bvals <= b0_threshold
+    if not b0_mask.any():
+        raise ValueError(
+            f"no b0 volume (b <= {b0_threshold:g} s/mm^2): free-water fitting needs the "
+            "non-weighted signal S0"
+        )
+    if not tensor_determinable(bvecs[~b0_mask]):
+        raise ValueError(
+            "the diffusion-weighted directions do not span 6 non-collinear directions; "
+            "a tissue tensor cannot be fitted"
+        )
+    if (s0_tissue is None) != (s0_water is None):
+        raise ValueError("give both s0_tissue and s0_water, or neither")
+    if s0_tissue is not None and not (0 < s0_tissue < s0_water):
+        raise ValueError(
+            f"need 0 < s0_tissue < s0_water (free water is brighter at b0); got "
+            f"s0_tissue={s0_tissue}, s0_water={s0_water}"
+        )
+    n_shells = count_shells(bvals, b0_threshold)
+    single_shell = n_shells == 1
+    b_scale = float(bvals.max())
+    design = design_matrix(bvals, bvecs, b_scale)
+    water = np.exp(-bvals * FREE_WATER_DIFFUSIVITY)
+    b0_volumes = np.flatnonzero(b0_mask).astype(np.int64)
+    spatial_shape = data.shape[:3]
+    signal = data.reshape(-1, data.shape[-1])
+    voxels = np.flatnonzero(mask.ravel()).astype(np.int64)
+    n_fit = voxels.size
+
+    prior = SingleShellPrior(np.nan, np.nan, 0.0)
+    if single_shell and n_fit:
+        prior = single_shell_prior(data, bvals, bvecs, mask, b0_volumes, s0_tissue, s0_water)
+        LOGGER.info(
+            "fit_free_water: single shell; b0 references tissue %.4g, water %.4g; noise SD %.4g",
+            prior.s0_tissue, prior.s0_water, prior.noise_sd,
+        )  # fmt: skip
+    noise = prior.noise_sd
+    with np.errstate(divide="ignore", invalid="ignore"):
+        settings = np.array(
+            [
+                prior.md_mean * b_scale,
+                noise / (prior.md_sd * b_scale) if single_shell else 0.0,
+                prior.s0_tissue,
+                prior.s0_water,
+                noise / prior.f_sd if single_shell else 0.0,
+            ]
+        )
+    out_evals = np.empty((n_fit, 3))
+    out_evecs = np.empty((n_fit, 3, 3))
+    out_s0 = np.empty(n_fit)
+    out_f = np.empty(n_fit)
+    out_status = np.empty(n_fit, dtype=np.int8)
+    if n_fit:
+        with limit_threads(n_threads, blas=False):
+            _free_water_kernel(
+                signal,
+                voxels,
+                design,
+                b0_volumes,
+                ~b0_mask,
+                water,
+                not single_shell,
+                settings,
+                MIN_EIGENVALUE_B_PRODUCT,
+                PURE_WATER_MD * b_scale,
+                out_evals,
+                out_evecs,
+                out_s0,
+                out_f,
+                out_status,
+            )
+    else:
+        LOGGER.warning("fit_free_water: the mask excludes every voxel; all maps are NaN")
+    out_evals /= b_scale
+    n_failed = int(np.count_nonzero(out_status == _FIT_FAILED))
+    if n_failed:
+        LOGGER.debug("fit_free_water: %d of %d voxels could not be fitted", n_failed, n_fit)
+    return _assemble(
+        out_evals, out_evecs, out_s0, out_f, out_status, voxels, spatial_shape, single_shell
+    )
+
+
+def single_shell_prior(
+    data: np.ndarray,
+    bvals: np.ndarray,
+    bvecs: np.ndarray,
+    mask: np.ndarray,
+    b0_volumes: np.ndarray,
+    s0_tissue: float | None = None,
+    s0_water: float | None = None,
+) -> SingleShellPrior:
+    """The single-shell priors for this dataset: b0 references (given, or estimated over the
+    mask from a plain tensor fit) and the noise SD that weighs the priors against the data."""
+    if s0_tissue is None:
+        tensor = fit_tensor(data, bvals, bvecs, mask=mask, method="wls")
+        b0_mean = data[mask][:, b0_volumes].mean(axis=1)
+        s0_tissue, s0_water = estimate_b0_references(b0_mean, tensor.md[mask])
+        if np.isnan(s0_tissue):
+            LOGGER.warning(
+                "fit_free_water: no tissue/CSF b0 references in the mask; single-shell free "
+                "water rests on the tissue-MD prior alone"
+            )
+    return SingleShellPrior(
+        float(s0_tissue), float(s0_water), noise_sd(data, bvals, bvecs, mask, b0_volumes)
+    )
+
+
+def _assemble(evals, evecs, s0, f, status, voxels, spatial_shape, single_shell) -> FreeWaterFit:
+    """Scatter the fitted voxels into NaN-filled maps and derive MD and FA of the tissue."""
+    n_total = int(np.prod(spatial_shape))
+
+    def scatter(values: np.ndarray, fill=np.nan, dtype=float) -> np.ndarray:
+        full = np.full((n_total,) + values.shape[1:], fill, dtype=dtype)
+        full[voxels] = values
+        return full.reshape(spatial_shape + values.shape[1:])
+
+    md, fa = md_fa(evals)
+    return FreeWaterFit(
+        md=scatter(md),
+        fa=scatter(fa),
+        f_water=scatter(f),
+        tissue_evals=scatter(evals),
+        tissue_evecs=scatter(evecs),
+        s0=scatter(s0),
+        failed=scatter(status == _FIT_FAILED, fill=False, dtype=bool),
+        single_shell=single_shell,
+    )
