@@ -12,7 +12,12 @@ import os
 from pathlib import Path
 
 from ketamine_dti import __version__
-from ketamine_dti.config import Config
+from ketamine_dti.config import (
+    DEFAULT_PERMUTATION_SEED,
+    DEFAULT_PERMUTATIONS,
+    FWER_METHODS,
+    Config,
+)
 from ketamine_dti.errors import InputError
 from ketamine_dti.resources import ATLAS as BUNDLED_ATLAS
 from ketamine_dti.rois import ROI_MIN_FRACTION, ROI_MIN_VOXELS
@@ -207,6 +212,33 @@ def _add_group_options(grp) -> None:
         help="keep participants with a session whose qc_verdict is fail (by default they are "
         "excluded and listed in exclusions.tsv)",
     )
+    grp.add_argument(
+        "--permutations",
+        type=int,
+        default=DEFAULT_PERMUTATIONS,
+        help="Freedman-Lane permutations for every OLS term (p_perm, p_perm_fdr in stats.tsv); "
+        "0 turns permutation inference off",
+    )
+    grp.add_argument(
+        "--permutation-seed",
+        type=int,
+        default=DEFAULT_PERMUTATION_SEED,
+        help="seed of the permutations (written to stats.json); the same seed gives the same "
+        "p_perm",
+    )
+    grp.add_argument(
+        "--exchangeability-column",
+        metavar="COLUMN",
+        help="participants.tsv column of exchangeability blocks (e.g. site): participants are "
+        "permuted only within their block",
+    )
+    grp.add_argument(
+        "--fwer",
+        choices=FWER_METHODS,
+        default="none",
+        help="family-wise error control of the permutation p-values: 'maxt' adds p_perm_fwer, "
+        "max-T across the ROIs of each scale x model x term",
+    )
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -247,6 +279,13 @@ def to_config(args: argparse.Namespace) -> Config:
         raise UsageError("--b0-threshold must be >= 0 s/mm^2")
     if args.max_mean_fd is not None and args.max_mean_fd <= 0:
         raise UsageError("--max-mean-fd must be a positive number of millimetres")
+    if args.permutations < 0 or args.permutation_seed < 0:
+        raise UsageError("--permutations and --permutation-seed must be >= 0")
+    if args.permutations == 0 and (args.fwer != "none" or args.exchangeability_column):
+        raise UsageError(
+            "--fwer and --exchangeability-column apply to permutation inference; give "
+            "--permutations > 0 or drop them"
+        )
     if not 0 <= args.roi_min_fraction <= 1 or args.roi_min_voxels < 0:
         raise UsageError("--roi-min-fraction must lie in 0..1 and --roi-min-voxels be >= 0")
     filters = (
@@ -296,6 +335,10 @@ def to_config(args: argparse.Namespace) -> Config:
         mixed_model=args.mixed_model,
         max_mean_fd=args.max_mean_fd,
         include_failed_qc=args.include_failed_qc,
+        permutations=args.permutations,
+        permutation_seed=args.permutation_seed,
+        exchangeability_column=args.exchangeability_column,
+        fwer=args.fwer,
     )
     try:
         config.atlas_label  # noqa: B018 - a custom atlas must have a label to publish under

@@ -14,6 +14,13 @@ from ketamine_dti.errors import InputError
 from ketamine_dti.resources import ATLAS as BUNDLED_ATLAS
 from ketamine_dti.rois import ROI_MIN_FRACTION, ROI_MIN_VOXELS
 
+#: The CLI's number of permutations (``--permutations``): the Monte-Carlo SE of a p near 0.05 is
+#: then sqrt(0.05 * 0.95 / 5000) = 0.003, and the smallest attainable p is 1/5001.
+DEFAULT_PERMUTATIONS = 5000
+#: The CLI's permutation seed (any fixed number makes reruns identical; stats.json records it).
+DEFAULT_PERMUTATION_SEED = 0
+#: ``--fwer`` choices: no family-wise correction, or max-T across the ROIs of a family.
+FWER_METHODS = ("none", "maxt")
 #: The ``atlas-<label>`` entity of a custom atlas's file name (BIDS labels are alphanumeric).
 _ATLAS_ENTITY = re.compile(r"(?:^|_)atlas-([a-zA-Z0-9]+)(?:_|\.)")
 
@@ -63,6 +70,13 @@ class Config:
     mixed_model: bool = False  # MixedLM sensitivity analysis
     max_mean_fd: float | None = None  # mm; sessions above are dropped at the group level
     include_failed_qc: bool = False  # keep participants with a session whose qc_verdict is fail
+    # Freedman-Lane permutations per OLS term; 0 = none. The CLI's default is
+    # DEFAULT_PERMUTATIONS; library callers such as the validation harness opt in, so their
+    # many simulated trials keep their speed.
+    permutations: int = 0
+    permutation_seed: int = DEFAULT_PERMUTATION_SEED
+    exchangeability_column: str | None = None  # participants.tsv column: permute within blocks
+    fwer: str = "none"  # "none" or "maxt" (max-T across the ROIs of a family)
 
     @property
     def atlas_label(self) -> str:

@@ -146,6 +146,8 @@ class GroupInputs:
     rois: tuple[str, ...]
     #: dicts with participant_id, session_id, scale, roi, models, reason.
     exclusions: list[dict] = field(default_factory=list)
+    #: exchangeability block per participant_id (``--exchangeability-column``), else None.
+    blocks: pd.Series | None = None
 
 
 def exclusion(
@@ -236,6 +238,39 @@ def load_participants(
     frame.index.name = "participant_id"
     kinds = _add_covariates(frame, table, selected, config.covariates, exclusions)
     return frame, kinds, exclusions
+
+
+def load_blocks(config: Config, participants: pd.DataFrame) -> pd.Series | None:
+    """Exchangeability block of each analysed participant, from the participants.tsv column
+    ``--exchangeability-column`` (permutations stay within a block); None without it.
+
+    The column must exist, have a value for every analysed participant, and hold at least two
+    blocks: a single block is the same as no blocks and means the wrong column was named.
+    """
+    name = config.exchangeability_column
+    if name is None:
+        return None
+    path = Path(config.bids_dir) / "participants.tsv"
+    table = read_tsv(path)
+    table.require([name], "add the block column or correct --exchangeability-column")
+    row_of = {pid: i for i, pid in enumerate(table.column("participant_id"))}
+    values = table.column(name)
+    blocks = pd.Series(
+        [values[row_of[pid]] for pid in participants.index], index=participants.index, name=name
+    )
+    missing = blocks[blocks.isin(MISSING_VALUES)]
+    if not missing.empty:
+        raise InputError(
+            f"{path}: line {table.line(row_of[missing.index[0]])}, column {name}: n/a, but "
+            "--exchangeability-column needs a block for every analysed participant; fill it in"
+        )
+    if blocks.nunique() < 2:
+        raise InputError(
+            f"{path}: column {name}: one value ({blocks.iloc[0]!r}) for every analysed "
+            "participant, so it defines no exchangeability blocks; name a column that varies "
+            "(e.g. site) or drop --exchangeability-column"
+        )
+    return blocks
 
 
 def _add_covariates(
@@ -561,4 +596,5 @@ def load_inputs(config: Config) -> GroupInputs:
         scores[scale], score_exclusions = load_scores(config, scale, participants)
         exclusions += score_exclusions
     exclusions += md_exclusions
-    return GroupInputs(participants, kinds, scores, md, rois, exclusions)
+    blocks = load_blocks(config, participants)
+    return GroupInputs(participants, kinds, scores, md, rois, exclusions, blocks)

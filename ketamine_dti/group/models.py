@@ -173,6 +173,24 @@ def _check_design(exog: np.ndarray, where: str) -> None:
         )
 
 
+def _level_rows(data: pd.DataFrame, by: tuple[str, ...]) -> dict[tuple, np.ndarray]:
+    """Level of the ``by`` columns (a tuple) -> its row positions in ``data``."""
+    if not by:
+        return {(): np.arange(len(data))}
+    groups = data.groupby(list(by), sort=False).indices
+    return {(key if isinstance(key, tuple) else (key,)): rows for key, rows in groups.items()}
+
+
+def _formula_design(formula: str, data: pd.DataFrame, describe: Callable[[dict], str]):
+    """statsmodels' design of ``formula`` over the complete frame ``data``, built once."""
+    if data.empty:
+        raise InputError(f"{describe({})}: no participant has complete data; check the inputs")
+    design = smf.ols(formula, data=data)
+    if design.exog.shape[0] != len(data):
+        raise RuntimeError(f"{describe({})}: formula dropped rows; the frame must be complete")
+    return design
+
+
 def fit_ols(
     formula: str,
     data: pd.DataFrame,
@@ -185,20 +203,10 @@ def fit_ols(
     ``data`` must be complete for the formula's variables. Returns tidy rows with the ``by``
     columns first. ``describe(level)`` names a fit in error messages.
     """
-    if data.empty:
-        raise InputError(f"{describe({})}: no participant has complete data; check the inputs")
-    design = smf.ols(formula, data=data)
-    if design.exog.shape[0] != len(data):
-        raise RuntimeError(f"{describe({})}: formula dropped rows; the frame must be complete")
+    design = _formula_design(formula, data, describe)
     names = list(design.exog_names)
     keep = np.array([name != INTERCEPT for name in names])
-    if by:
-        groups = data.groupby(list(by), sort=False).indices
-        groups = {
-            (key if isinstance(key, tuple) else (key,)): rows for key, rows in groups.items()
-        }
-    else:
-        groups = {(): np.arange(len(data))}
+    groups = _level_rows(data, by)
     fit_kwargs = {"cov_type": "HC3", "use_t": True} if robust_se else {}
     parts = []
     for level, rows in groups.items():
@@ -243,8 +251,25 @@ def fit_mixed(formula: str, data: pd.DataFrame, where: str) -> pd.DataFrame:
     return frame[frame.term != INTERCEPT]
 
 
-def fit_group_models(table: pd.DataFrame, config: Config, rois: tuple[str, ...]) -> pd.DataFrame:
-    """All models of the analysis -> tidy stats (no FDR yet): scale, roi, model, term, ..."""
+@dataclass(frozen=True)
+class OlsDesign:
+    """The numbers of one OLS fit of stats.tsv, for inference done outside statsmodels
+    (permutation tests): the same rows and design columns that :func:`fit_ols` fits."""
+
+    scale: str  # "" for treatment_md
+    roi: str  # "" for treatment_score
+    model: str
+    terms: tuple[str, ...]  # term name of each column of ``x`` (Intercept included)
+    participant_ids: np.ndarray  # participant of each row
+    y: np.ndarray
+    x: np.ndarray
+
+
+def _model_data(
+    table: pd.DataFrame, config: Config, rois: tuple[str, ...]
+) -> list[tuple[ModelSpec, pd.DataFrame, Callable[[dict[str, str]], str]]]:
+    """Each OLS model with its complete frame (stacked over its ``by`` levels) and a function
+    naming one of its fits in error messages."""
     scored = pd.concat(
         [
             stacked_roi_frame(table, config, rois, scale).assign(scale=scale)
@@ -258,20 +283,50 @@ def fit_group_models(table: pd.DataFrame, config: Config, rois: tuple[str, ...])
         ("scale",): scored[scored["roi"] == rois[0]],  # one row per participant and scale
         ("roi",): stacked_roi_frame(table, config, rois, None),
     }
-    expected_levels = {
-        "scale": config.scales,
-        "roi": rois,
-        "arm": (config.treatment_arm, config.control_arm),
-    }
-    parts = []
+    out = []
     for spec in model_specs(config):
-        data = _complete(frames[spec.by], spec.variables)
 
         def describe(level: dict[str, str], spec: ModelSpec = spec) -> str:
             name = model_name(spec, level) if "arm" in level else spec.name
             where = ", ".join(f"{key} {value}" for key, value in level.items() if key != "arm")
             return f"{name} model ({spec.formula})" + (f", {where}" if where else "")
 
+        out.append((spec, _complete(frames[spec.by], spec.variables), describe))
+    return out
+
+
+def ols_designs(table: pd.DataFrame, config: Config, rois: tuple[str, ...]) -> list[OlsDesign]:
+    """Every OLS fit of :func:`fit_group_models` as arrays, in the same order of levels."""
+    designs = []
+    for spec, data, describe in _model_data(table, config, rois):
+        design = _formula_design(spec.formula, data, describe)
+        terms = tuple(term_name(name) for name in design.exog_names)
+        participant_ids = data["participant_id"].to_numpy()
+        for level, rows in _level_rows(data, spec.by).items():
+            named = dict(zip(spec.by, level, strict=True))
+            designs.append(
+                OlsDesign(
+                    scale=str(named.get("scale", "")),
+                    roi=str(named.get("roi", "")),
+                    model=model_name(spec, named),
+                    terms=terms,
+                    participant_ids=participant_ids[rows],
+                    y=np.asarray(design.endog[rows], dtype=float),
+                    x=np.asarray(design.exog[rows], dtype=float),
+                )
+            )
+    return designs
+
+
+def fit_group_models(table: pd.DataFrame, config: Config, rois: tuple[str, ...]) -> pd.DataFrame:
+    """All models of the analysis -> tidy stats (no FDR yet): scale, roi, model, term, ..."""
+    expected_levels = {
+        "scale": config.scales,
+        "roi": rois,
+        "arm": (config.treatment_arm, config.control_arm),
+    }
+    parts = []
+    for spec, data, describe in _model_data(table, config, rois):
         fitted = fit_ols(spec.formula, data, config.robust_se, spec.by, describe)
         found = set(fitted[list(spec.by)].itertuples(index=False, name=None))
         for level in itertools.product(*(expected_levels[column] for column in spec.by)):

@@ -1,4 +1,5 @@
-"""``ketamine-dti BIDS_DIR OUTPUT_DIR group``: inputs -> change scores -> models -> FDR -> files.
+"""``ketamine-dti BIDS_DIR OUTPUT_DIR group``: inputs -> change scores -> models -> FDR ->
+permutation p-values -> files.
 
 Everything is written to a temporary folder inside OUTPUT_DIR and then renamed to
 ``OUTPUT_DIR/group``, replacing an earlier ``group/`` as a whole; a failed run leaves the
@@ -19,13 +20,14 @@ from ketamine_dti.group.figures import write_figures
 from ketamine_dti.group.inputs import load_inputs
 from ketamine_dti.group.models import fit_group_models
 from ketamine_dti.group.multiple_comparisons import add_fdr
+from ketamine_dti.group.permutation import add_permutation_p
 from ketamine_dti.group.report import write_report
 from ketamine_dti.group.tables import (
     EXCLUSIONS_SIDECAR,
-    STATS_COLUMNS,
     analysis_table_sidecar,
     exclusions_frame,
     models_line,
+    stats_columns,
     stats_sidecar,
     summary_markdown,
     summary_tables,
@@ -47,7 +49,8 @@ def run_group_level(config: Config, *, make_figures: bool = True) -> Path:
     inputs = load_inputs(config)
     table = build_analysis_table(inputs, config)
     stats = add_fdr(fit_group_models(table, config, inputs.rois))
-    stats = stats[list(STATS_COLUMNS)]
+    stats = add_permutation_p(stats, table, config, inputs.rois, inputs.blocks)
+    stats = stats[list(stats_columns(config))]
     exclusions = exclusions_frame(inputs.exclusions)
 
     output_dir = Path(config.output_dir)

@@ -23,6 +23,7 @@ from ketamine_dti.group.models import (
     TREATMENT_SCORE,
 )
 from ketamine_dti.group.multiple_comparisons import FDR_FAMILY
+from ketamine_dti.group.permutation import P_PERM, P_PERM_FDR, P_PERM_FWER
 
 LOGGER = logging.getLogger(__name__)
 
@@ -41,9 +42,21 @@ STATS_COLUMNS = (
     "ci_high",
     "n",
 )
+#: Appended with --permutations > 0 (p_perm_fwer only with --fwer maxt); at the end, so the
+#: columns above keep their positions.
+PERMUTATION_COLUMNS = (P_PERM, P_PERM_FDR, P_PERM_FWER)
 EXCLUSION_COLUMNS = ("participant_id", "session_id", "scale", "roi", "models", "reason")
 #: p-values below this print as "<0.001".
 P_FLOOR = 0.001
+
+
+def stats_columns(config: Config) -> tuple[str, ...]:
+    """The columns of this run's stats.tsv: STATS_COLUMNS, then the permutation p-values
+    asked for (none with ``--permutations 0``: no column rather than a column of n/a)."""
+    if config.permutations == 0:
+        return STATS_COLUMNS
+    added = PERMUTATION_COLUMNS if config.fwer == "maxt" else PERMUTATION_COLUMNS[:2]
+    return STATS_COLUMNS + added
 
 
 def write_tsv(frame: pd.DataFrame, path: Path, sidecar: dict) -> Path:
@@ -63,9 +76,10 @@ def _models_description(config: Config) -> str:
 
 
 def stats_sidecar(config: Config) -> dict:
-    """Column descriptions of stats.tsv, with units and the dMD scaling."""
+    """Column descriptions of stats.tsv, with units and the dMD scaling; the permutation
+    columns carry their method, number of permutations and seed."""
     unit = delta_md_unit(config.delta_md)
-    return {
+    sidecar = {
         "scale": {
             "Description": "Symptom scale of dScore; empty for treatment_md (no score involved)"
         },
@@ -106,6 +120,41 @@ def stats_sidecar(config: Config) -> dict:
         "ci_low": {"Description": f"Lower bound of the {100 * (1 - ALPHA):g}% CI"},
         "ci_high": {"Description": f"Upper bound of the {100 * (1 - ALPHA):g}% CI"},
         "n": {"Description": "Participants with complete data in this model"},
+    } | _permutation_sidecar(config)
+    return {column: sidecar[column] for column in stats_columns(config)}
+
+
+def _permutation_sidecar(config: Config) -> dict:
+    """Descriptions of p_perm, p_perm_fdr and p_perm_fwer, with what reproduces them."""
+    blocks = config.exchangeability_column
+    method = {
+        "Method": "Freedman-Lane (Freedman & Lane 1983; Winkler et al. 2014): residuals of the "
+        "model without the term permuted; two-sided, on the t of the statistic column "
+        "(OLS, or HC3 with --robust-se); p = (1 + #{|t*| >= |t|}) / (permutations + 1)",
+        "Permutations": config.permutations,
+        "Seed": config.permutation_seed,
+        "ExchangeabilityBlocks": (
+            f"participants.tsv column {blocks!r}: permutations within each block"
+            if blocks
+            else "none: all participants exchangeable"
+        ),
+    }
+    family = " x ".join(FDR_FAMILY)
+    return {
+        P_PERM: {
+            "Description": "Permutation p-value of the term (OLS models; n/a for the mixed "
+            "model). All fits share each permutation of the participants (restricted to those "
+            "a fit uses)",
+            **method,
+        },
+        P_PERM_FDR: {
+            "Description": "Benjamini-Hochberg FDR-adjusted p_perm across ROIs within each "
+            + family
+        },
+        P_PERM_FWER: {
+            "Description": "Family-wise error adjusted p_perm by max-T across ROIs within each "
+            f"{family}: |t| against the permutation distribution of the family's largest |t|"
+        },
     }
 
 
@@ -270,7 +319,20 @@ def models_line(config: Config) -> str:
         f"Models: {_models_description(config)}. dScore = follow-up - baseline (points, negative "
         f"= improvement); dMD in {delta_md_unit(config.delta_md)}; covariates: {covs}; "
         f"group = {config.treatment_arm} (1) vs {config.control_arm} (0); Benjamini-Hochberg FDR "
-        "across ROIs within each scale x model x term."
+        "across ROIs within each scale x model x term." + _permutation_line(config)
+    )
+
+
+def _permutation_line(config: Config) -> str:
+    if config.permutations == 0:
+        return ""
+    blocks = config.exchangeability_column
+    return (
+        f" Permutation p-values (p_perm in stats.tsv): Freedman-Lane, {config.permutations} "
+        f"permutations, seed {config.permutation_seed}"
+        + (f", within {blocks} blocks" if blocks else "")
+        + ("; max-T FWER across ROIs" if config.fwer == "maxt" else "")
+        + "."
     )
 
 
