@@ -13,10 +13,13 @@ of ``correct_series`` with one thread.
 Real (optional, ``--real BIDS_DIR``, arranged by scripts/arrange_realdata.py): mean FD and
 outlier count of both sessions, the raw series through the same core function.
 
+Seeds: the method was tuned on ``--training-seeds`` (default 1); the other seeds are held out.
+Both sets are written into the results.
+
 Usage::
 
-    python benchmarks/bench_motion.py --seeds 1 2 --label after
-    python benchmarks/bench_motion.py --seeds 1 2 --real /tmp/real --label after
+    python benchmarks/bench_motion.py --seeds 1 3 4 --label after
+    python benchmarks/bench_motion.py --seeds 1 3 4 --real /tmp/real --label after
 """
 
 from __future__ import annotations
@@ -129,8 +132,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--real", type=Path, default=None)
     parser.add_argument("--label", default="after")
+    parser.add_argument("--training-seeds", type=int, nargs="*", default=[1],
+                        help="seeds the method was tuned on (the others are held out)")
     args = parser.parse_args(argv)
-    results = {"label": args.label, "simulated": [], "real": []}
+    results = {
+        "label": args.label,
+        "training_seeds": sorted(set(args.seeds) & set(args.training_seeds)),
+        "held_out_seeds": sorted(set(args.seeds) - set(args.training_seeds)),
+        "simulated": [],
+        "real": [],
+    }
     for seed in args.seeds:
         results["simulated"].append(simulated_case(seed))
         print(json.dumps(results["simulated"][-1]), flush=True)

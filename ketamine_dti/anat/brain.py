@@ -35,8 +35,11 @@ from ketamine_dti.errors import InputError
 
 LOGGER = logging.getLogger(__name__)
 
-#: N4 shrink factor: the bias field is smooth, so fitting it at 1/4 resolution loses nothing.
-N4_SHRINK: int = 4
+#: mm; the head-wide N4 fits its smooth field on a working grid this coarse (shrink 4 on a 2 mm
+#: T1w as before; shrink 8 on 1 mm). On a 1 mm simulated head (176x256x256) shrink 4 cost 44 s of
+#: CPU and shrink 8 7 s; the fields differ by 0.4% median, 2.6% at the 99th percentile, and the
+#: brain-band N4 that follows refits the brain's own bias.
+N4_GRID_MM: float = 8.0
 #: N4 iterations per fitting level (ANTs default 50x50x50x50; 3 levels are plenty for 1.5-3T).
 N4_ITERATIONS: tuple[int, ...] = (50, 50, 30)
 N4_TOLERANCE: float = 1e-7
@@ -105,22 +108,30 @@ class BrainExtraction:
     qc: dict[str, float] = field(default_factory=dict)
 
 
+def working_shrink(spacing: Sequence[float], grid_mm: float) -> int:
+    """The shrink factor that puts an image of voxel ``spacing`` (mm) on a ~``grid_mm`` grid."""
+    return max(1, int(round(grid_mm / min(spacing))))
+
+
 def bias_correct(
     in_file: PathLike,
     out_dir: PathLike,
     *,
     mask_file: PathLike | None = None,
     out_name: str = "t1w_n4.nii.gz",
-    shrink: int = N4_SHRINK,
+    shrink: int | None = None,
     iterations: Sequence[int] = N4_ITERATIONS,
     spline_distance_mm: float | None = None,
     n_threads: int | None = None,
 ) -> str:
     """N4 bias-field correction of a 3-D T1w; writes ``<out_dir>/<out_name>`` (same grid).
-    ``spline_distance_mm``: B-spline mesh spacing (None: ANTs' default)."""
+    ``shrink`` (None: a working grid of N4_GRID_MM); ``spline_distance_mm``: B-spline mesh
+    spacing (None: ANTs' default)."""
     import ants
 
     image = load_image(in_file)
+    if shrink is None:
+        shrink = working_shrink(image.spacing, N4_GRID_MM)
     if mask_file is not None:
         mask = load_image(mask_file)
     else:
@@ -327,7 +338,7 @@ def _refine(
         out_dir,
         mask_file=band_file,
         out_name="t1w_band_n4.nii.gz",
-        shrink=max(1, int(round(BRAIN_N4_GRID_MM / min(t1w.spacing)))),
+        shrink=working_shrink(t1w.spacing, BRAIN_N4_GRID_MM),
         iterations=BRAIN_N4_ITERATIONS,
         spline_distance_mm=BRAIN_N4_SPLINE_MM,
         n_threads=n_threads,
