@@ -13,9 +13,12 @@ from pathlib import Path
 
 from ketamine_dti import __version__
 from ketamine_dti.config import (
+    DEFAULT_CONTRAST,
     DEFAULT_PERMUTATION_SEED,
     DEFAULT_PERMUTATIONS,
+    DEFAULT_QC_COVARIATES,
     FWER_METHODS,
+    MD_MEASURES,
     Config,
 )
 from ketamine_dti.errors import InputError
@@ -41,6 +44,20 @@ def _label(value: str) -> str:
         if value.startswith(prefix):
             return value[len(prefix) :]
     return value
+
+
+def _contrast_side(value: str) -> tuple[str, tuple[str, ...]]:
+    """``NAME=LABEL[,LABEL...]`` -> (NAME, labels): one side of --contrast."""
+    name, sep, labels = value.partition("=")
+    parsed = tuple(label.strip() for label in labels.split(","))
+    if not sep or not name.strip() or not all(parsed) or len(set(parsed)) < len(parsed):
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: write NAME=LABEL[,LABEL...] with distinct arm labels of the "
+            "participants.tsv arm column, e.g. ketamine=ketamine_asat,ketamine_sham"
+        )
+    if any('"' in label for label in (name, *parsed)):
+        raise argparse.ArgumentTypeError(f"{value!r}: names and labels may not hold '\"'")
+    return name.strip(), parsed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -189,10 +206,42 @@ def _add_method_options(met) -> None:
 
 
 def _add_group_options(grp) -> None:
-    grp.add_argument("--group-column", default="group", help="arm column of participants.tsv")
-    grp.add_argument("--treatment-arm", default="ketamine")
-    grp.add_argument("--control-arm", default="saline")
+    grp.add_argument(
+        "--arm-column",
+        "--group-column",
+        dest="arm_column",
+        default="group",
+        help="participants.tsv column of each participant's arm (any number of arms)",
+    )
+    grp.add_argument(
+        "--contrast",
+        nargs=2,
+        type=_contrast_side,
+        metavar=("TREATMENT=LABEL[,LABEL...]", "CONTROL=LABEL[,LABEL...]"),
+        default=[f"{side}={','.join(labels)}" for side, labels in DEFAULT_CONTRAST],
+        help="the two sides of the group contrast and the arm labels each pools, treatment "
+        "first, e.g. for NCT03237286 'ketamine=ketamine_asat,ketamine_sham saline=saline_sham'; "
+        "every arm label in the arm column must be listed; a side of several arms gets centred "
+        "arm indicators as covariates",
+    )
     grp.add_argument("--covariates", nargs="+", default=[], help="participants.tsv columns")
+    grp.add_argument(
+        "--qc-covariates",
+        nargs="*",
+        metavar="QC_COLUMN",
+        help="add the change (follow-up - baseline) of these columns of the sessions' QC tables "
+        "as covariates, named delta_<column>; given alone: "
+        + " ".join(DEFAULT_QC_COVARIATES)
+        + ". A participant missing a value is excluded from the adjusted models "
+        "(exclusions.tsv)",
+    )
+    grp.add_argument(
+        "--md-measure",
+        choices=MD_MEASURES,
+        default="md",
+        help="the ROI-table MD analysed: md (md_mean, tensor MD) or md_fwcorr (md_fwcorr_mean, "
+        "free-water-corrected MD)",
+    )
     grp.add_argument(
         "--scales", nargs="+", default=["madrs", "qids_sr"], help="phenotype/<scale>.tsv files"
     )
@@ -286,6 +335,17 @@ def to_config(args: argparse.Namespace) -> Config:
             "--fwer and --exchangeability-column apply to permutation inference; give "
             "--permutations > 0 or drop them"
         )
+    contrast = tuple(  # the default arrives as strings, given values already parsed
+        _contrast_side(side) if isinstance(side, str) else side for side in args.contrast
+    )
+    labels = [label for _, side_labels in contrast for label in side_labels]
+    if contrast[0][0] == contrast[1][0] or len(set(labels)) < len(labels):
+        raise UsageError(
+            "--contrast: the two sides need different names and no arm label on both sides"
+        )
+    qc_covariates = args.qc_covariates
+    if qc_covariates is not None and not qc_covariates:
+        qc_covariates = DEFAULT_QC_COVARIATES
     if not 0 <= args.roi_min_fraction <= 1 or args.roi_min_voxels < 0:
         raise UsageError("--roi-min-fraction must lie in 0..1 and --roi-min-voxels be >= 0")
     filters = (
@@ -325,10 +385,11 @@ def to_config(args: argparse.Namespace) -> Config:
         roi_atlas_label=args.roi_atlas_label,
         roi_min_fraction=args.roi_min_fraction,
         roi_min_voxels=args.roi_min_voxels,
-        group_column=args.group_column,
-        treatment_arm=args.treatment_arm,
-        control_arm=args.control_arm,
+        arm_column=args.arm_column,
+        contrast=contrast,
         covariates=tuple(args.covariates),
+        qc_covariates=tuple(dict.fromkeys(qc_covariates or ())),
+        md_measure=args.md_measure,
         scales=tuple(args.scales),
         delta_md=args.delta_md,
         robust_se=args.robust_se,

@@ -14,7 +14,7 @@ from pathlib import Path
 from ketamine_dti import __version__
 from ketamine_dti.bids import participant_folders, select_participants
 from ketamine_dti.config import Config
-from ketamine_dti.errors import InputError, KetamineDTIError
+from ketamine_dti.errors import ArmTooSmallError, InputError, KetamineDTIError
 
 from . import exit_codes as ec
 from .parser import UsageError, build_parser, to_config
@@ -161,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as err:
         print(f"ketamine-dti: error: {err}", file=sys.stderr)
         code = err.code
+    except ArmTooSmallError as err:
+        print(f"ketamine-dti: error: {err}", file=sys.stderr)
+        code = ec.EX_DATAERR
     except KetamineDTIError as err:
         print(f"ketamine-dti: error: {err}", file=sys.stderr)
         code = ec.EX_FAILURE

@@ -21,6 +21,14 @@ DEFAULT_PERMUTATIONS = 5000
 DEFAULT_PERMUTATION_SEED = 0
 #: ``--fwer`` choices: no family-wise correction, or max-T across the ROIs of a family.
 FWER_METHODS = ("none", "maxt")
+#: ``--md-measure`` choices: the ROI-table column ``<measure>_mean`` the group level analyses
+#: (tensor MD, or free-water-corrected MD, which removes CSF partial volume).
+MD_MEASURES = ("md", "md_fwcorr")
+#: QC-table columns whose change between sessions ``--qc-covariates`` adds when given bare: head
+#: motion and b0 temporal SNR, the two QC measures that bias MD when they differ by session.
+DEFAULT_QC_COVARIATES = ("mean_fd", "tsnr")
+#: The contrast without ``--contrast``: one arm per side, named as its participants.tsv label.
+DEFAULT_CONTRAST = (("ketamine", ("ketamine",)), ("saline", ("saline",)))
 #: The ``atlas-<label>`` entity of a custom atlas's file name (BIDS labels are alphanumeric).
 _ATLAS_ENTITY = re.compile(r"(?:^|_)atlas-([a-zA-Z0-9]+)(?:_|\.)")
 
@@ -60,10 +68,12 @@ class Config:
     roi_min_fraction: float = ROI_MIN_FRACTION  # an ROI keeping less of its atlas is missing
     roi_min_voxels: int = ROI_MIN_VOXELS  # ... and one keeping fewer voxels
     # group level
-    group_column: str = "group"
-    treatment_arm: str = "ketamine"
-    control_arm: str = "saline"
+    arm_column: str = "group"  # participants.tsv column of arm labels (any number of arms)
+    # (treatment side, control side) of the group contrast: (name, its arm labels) each
+    contrast: tuple[tuple[str, tuple[str, ...]], ...] = DEFAULT_CONTRAST
     covariates: tuple[str, ...] = ()
+    qc_covariates: tuple[str, ...] = ()  # QC-table columns: their session change is a covariate
+    md_measure: str = "md"  # analyse the ROI-table column <md_measure>_mean
     scales: tuple[str, ...] = ("madrs", "qids_sr")
     delta_md: str = "absolute"  # "absolute" (mm^2/s) or "percent"
     robust_se: bool = False  # HC3 standard errors
@@ -77,6 +87,26 @@ class Config:
     permutation_seed: int = DEFAULT_PERMUTATION_SEED
     exchangeability_column: str | None = None  # participants.tsv column: permute within blocks
     fwer: str = "none"  # "none" or "maxt" (max-T across the ROIs of a family)
+
+    @property
+    def treatment_arm(self) -> str:
+        """Name of the contrast's treatment side (coded 1 in the models)."""
+        return self.contrast[0][0]
+
+    @property
+    def control_arm(self) -> str:
+        """Name of the contrast's control side (coded 0)."""
+        return self.contrast[1][0]
+
+    @property
+    def arm_sides(self) -> dict[str, str]:
+        """Arm label -> the contrast side it belongs to, in ``--contrast`` order."""
+        return {label: side for side, labels in self.contrast for label in labels}
+
+    @property
+    def md_column(self) -> str:
+        """The ROI-table column analysed (``--md-measure``)."""
+        return f"{self.md_measure}_mean"
 
     @property
     def atlas_label(self) -> str:

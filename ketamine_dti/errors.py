@@ -7,3 +7,7 @@ class KetamineDTIError(Exception):
 
 class InputError(KetamineDTIError):
     """Bad input data (a file, row or column); the message names it."""
+
+
+class ArmTooSmallError(InputError):
+    """An arm of the trial has too few participants to analyse (its own exit code)."""

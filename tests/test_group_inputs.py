@@ -56,16 +56,16 @@ def test_missing_participants_tsv(trial: Config) -> None:
 
 
 def test_missing_arm_column(trial: Config) -> None:
-    message = _error(replace(trial, group_column="arm"))
+    message = _error(replace(trial, arm_column="arm"))
     assert re.search(r"participants\.tsv: column 'arm' missing", message)
-    assert "--group-column" in message
+    assert "--arm-column" in message
 
 
 def test_unknown_arm_value_lists_values_found(trial: Config) -> None:
     _edit_tsv(trial.bids_dir / "participants.tsv", 4, "group", "placebo")
     message = _error(trial)
     assert "participants.tsv: line 6, column group: arm 'placebo'" in message
-    assert "values found: ketamine, placebo, saline" in message
+    assert "labels found: ketamine, placebo, saline" in message and "--contrast" in message
 
 
 def test_only_one_arm(trial: Config) -> None:
@@ -136,9 +136,9 @@ def test_fewer_participants_than_a_model_needs(trial: Config) -> None:
     lines = (trial.bids_dir / "participants.tsv").read_text().splitlines()[1:]
     treated = [line.split("\t")[0] for line in lines if "\tketamine\t" in line]
     control = [line.split("\t")[0] for line in lines if "\tsaline\t" in line]
-    message = _error(replace(trial, participant_labels=(*treated[:4], *control[:2])))
+    message = _error(replace(trial, participant_labels=(*treated[:4], *control[:3])))
     assert "arm_saline model" in message
-    assert "2 participants with complete data" in message and "need at least 4" in message
+    assert "3 participants with complete data" in message and "need at least 4" in message
 
 
 def test_missing_covariate_column(trial: Config) -> None:

@@ -4,6 +4,13 @@ dScore = score(follow-up) - score(baseline), in points; negative means improveme
 dMD = MD(follow-up) - MD(baseline). MD is read in mm^2/s; for readable estimates the models see
 absolute dMD in units of :data:`MD_REPORT_UNIT` mm^2/s, or percent of baseline MD with
 ``--delta-md percent``. Baseline MD enters the models in :data:`MD_REPORT_UNIT` as well.
+
+Covariates of the adjusted models (:func:`covariate_columns`): the participants.tsv columns of
+``--covariates``, the QC changes of ``--qc-covariates`` and, for a contrast side of several
+arms, one indicator per arm after the side's first, centred within the side (1 - share for its
+arm, -share for the side's other arms, 0 on the other side). Centred, they sum to zero within
+each side, so they model differences between the arms of a side while ``group`` and
+``group:delta_md`` stay the contrast of the sides (their arms weighted by size).
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ketamine_dti.config import Config
-from ketamine_dti.group.inputs import GroupInputs
+from ketamine_dti.group.inputs import GroupInputs, qc_covariate_names
 
 LOGGER = logging.getLogger(__name__)
 
@@ -48,17 +55,48 @@ def session_columns(config: Config) -> dict[str, str]:
     return {"baseline": config.baseline_session, "followup": config.followup_session}
 
 
+def arm_terms(config: Config, side: str | None = None) -> tuple[str, ...]:
+    """Columns of the centred within-side arm indicators (all sides, or one side's)."""
+    return tuple(
+        f"arm[{label}]"
+        for name, labels in config.contrast
+        if side in (None, name)
+        for label in labels[1:]
+    )
+
+
+def covariate_columns(config: Config, side: str | None = None) -> tuple[str, ...]:
+    """The adjusted models' covariates: --covariates, --qc-covariates, arm indicators (those of
+    one side for that side's own model)."""
+    return (*config.covariates, *qc_covariate_names(config), *arm_terms(config, side))
+
+
+def arm_indicators(arms: pd.Series, config: Config) -> pd.DataFrame:
+    """The centred within-side arm indicators (:func:`arm_terms`) of each participant."""
+    columns = {}
+    for _side, labels in config.contrast:
+        in_side = arms.isin(labels).to_numpy()
+        for label in labels[1:]:
+            is_arm = (arms == label).to_numpy()
+            share = is_arm[in_side].mean()
+            columns[f"arm[{label}]"] = np.where(in_side, is_arm - share, 0.0)
+    return pd.DataFrame(columns, index=arms.index)
+
+
 def build_analysis_table(inputs: GroupInputs, config: Config) -> pd.DataFrame:
-    """One row per participant: arm, covariates, MD per ROI and session, dMD, scores, dScore.
+    """One row per participant: contrast side, arm, covariates, MD per ROI and session, dMD,
+    scores, dScore.
 
     MD columns are in mm^2/s as read; ``delta_md_<roi>`` is in the analysis unit
     (:func:`delta_md_unit`). Missing values stay NaN.
     """
     labels = session_columns(config)
     table = pd.DataFrame(index=inputs.participants.index)
-    table["group"] = inputs.participants["arm"]
-    for name in config.covariates:
+    table["group"] = inputs.participants["group"]
+    table["arm"] = inputs.participants["arm"]
+    for name in (*config.covariates, *qc_covariate_names(config)):
         table[name] = inputs.participants[name]
+    table = table.join(arm_indicators(inputs.participants["arm"], config))
     columns: dict[str, pd.Series | np.ndarray] = {}
     for roi in inputs.rois:
         baseline = inputs.md[(roi, "baseline")].to_numpy()
@@ -85,13 +123,13 @@ def stacked_roi_frame(
 ) -> pd.DataFrame:
     """Long frame, one row per participant x ROI, with the model variables.
 
-    Columns: participant_id, roi, arm, group (1/0), covariates, delta_md, baseline_md (in
-    MD_REPORT_UNIT) and, if a scale is given, delta_score and baseline_score. Rows with
-    missing values are kept; each model drops what it needs.
+    Columns: participant_id, roi, group_label (contrast side), group (1/0), covariates,
+    delta_md, baseline_md (in MD_REPORT_UNIT) and, if a scale is given, delta_score and
+    baseline_score. Rows with missing values are kept; each model drops what it needs.
     """
     labels = session_columns(config)
-    base = table[["participant_id", *config.covariates]].copy()
-    base.insert(1, "arm", table["group"].to_numpy())
+    base = table[["participant_id", *covariate_columns(config)]].copy()
+    base.insert(1, "group_label", table["group"].to_numpy())
     base.insert(2, "group", arm_codes(table["group"], config))
     if scale is not None:
         base["delta_score"] = table[f"delta_{scale}"].to_numpy()
@@ -109,18 +147,33 @@ def stacked_roi_frame(
 def long_session_frame(table: pd.DataFrame, config: Config, roi: str, scale: str) -> pd.DataFrame:
     """Long frame for the mixed model: one row per participant x session.
 
-    ``session`` is 0 at baseline and 1 at follow-up; ``md`` is MD in MD_REPORT_UNIT, centred
-    on the ROI's mean so that the session and group terms are read at the average MD.
+    ``session`` is 0 at baseline and 1 at follow-up; ``md`` is MD in MD_REPORT_UNIT. Rows
+    with missing values are kept; :func:`within_between` splits ``md`` once the model's rows
+    are known.
     """
     labels = session_columns(config)
     rows = []
     for code, key in ((0.0, "baseline"), (1.0, "followup")):
-        part = table[["participant_id", *config.covariates]].copy()
+        part = table[["participant_id", *covariate_columns(config)]].copy()
         part["group"] = arm_codes(table["group"], config)
         part["session"] = code
         part["score"] = table[f"{scale}_{labels[key]}"].to_numpy()
         part["md"] = table[f"md_{roi}_{labels[key]}"].to_numpy() / MD_REPORT_UNIT
         rows.append(part)
-    long = pd.concat(rows, ignore_index=True)
-    long["md"] = long["md"] - long["md"].mean()
-    return long
+    return pd.concat(rows, ignore_index=True)
+
+
+def within_between(long: pd.DataFrame) -> pd.DataFrame:
+    """Person-mean centring of ``md`` over the rows given (the rows a model uses).
+
+    ``md_between`` is the participant's mean MD, centred on the mean of the participants'
+    means (each participant counted once): the between-participant part. ``md_within`` is MD
+    minus the participant's own mean: the within-participant part, which with two sessions is
+    -dMD/2 at baseline and +dMD/2 at follow-up. Both in MD_REPORT_UNIT.
+    """
+    out = long.copy()
+    person_mean = out.groupby("participant_id", sort=False)["md"].transform("mean")
+    means = out.groupby("participant_id", sort=False)["md"].mean()
+    out["md_within"] = out["md"] - person_mean
+    out["md_between"] = person_mean - means.mean()
+    return out

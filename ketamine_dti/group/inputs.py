@@ -1,10 +1,12 @@
 """Read and check the group level's inputs: participants, phenotype scores, ROI MD tables, QC.
 
 The group level reads, from BIDS_DIR, ``participants.tsv`` and ``phenotype/<scale>.tsv``; from
-OUTPUT_DIR, only each session's ROI table and QC table (its ``qc_verdict``, and ``mean_fd`` when
-``--max-mean-fd`` is set), found through the derivatives specification (``roi_table``,
-``qc_table``). A participant with a failed session is excluded (``--include-failed-qc`` keeps
-it), and an ROI the participant level reported missing is excluded with its reason.
+OUTPUT_DIR, only each session's ROI table (its ``md_mean``, or ``md_fwcorr_mean`` with
+``--md-measure md_fwcorr``) and QC table (its ``qc_verdict``, ``mean_fd`` when ``--max-mean-fd``
+is set, and the columns ``--qc-covariates`` names), found through the derivatives
+specification (``roi_table``, ``qc_table``). A participant with a failed session is excluded
+(``--include-failed-qc`` keeps it), and an ROI the participant level reported missing is
+excluded with its reason.
 Participants are selected by ``bids.select_participants`` among those listed or with outputs;
 every participant with outputs that is not analysed gets an exclusion row saying why. Bad
 input raises :class:`InputError` naming file, line and column.
@@ -25,9 +27,9 @@ import numpy as np
 import pandas as pd
 
 from ketamine_dti.bids import select_participants, strip_prefix
-from ketamine_dti.config import Config
+from ketamine_dti.config import DEFAULT_QC_COVARIATES, Config
 from ketamine_dti.derivatives import find_outputs, spec_path
-from ketamine_dti.errors import InputError
+from ketamine_dti.errors import ArmTooSmallError, InputError
 from ketamine_dti.qc import FAIL, VERDICTS
 from ketamine_dti.rois import ROI_MISSING, ROI_NAMES
 
@@ -41,8 +43,14 @@ KNOWN_SCORE_RANGES: dict[str, tuple[float, float]] = {"madrs": (0, 60), "qids_sr
 #: Names the models use for their own variables; a covariate may not take them.
 RESERVED_NAMES = frozenset(
     {"group", "delta_md", "delta_score", "baseline_score", "baseline_md", "md", "score"}
+    | {"md_within", "md_between", "arm", "group_label"}
     | {"session", "participant_id", "roi", "Intercept"}
 )
+#: Fewest participants an arm may have: below 3 an arm's mean and spread (and its share of a
+#: contrast side) rest on one or two people, which is almost always a mislabelled arm column.
+MIN_ARM_SIZE = 3
+#: Prefix of a QC covariate: ``delta_mean_fd`` is mean_fd at follow-up minus at baseline.
+QC_COVARIATE_PREFIX = "delta_"
 #: Exclusion reason of a participant with outputs but no row in participants.tsv.
 NOT_LISTED = "has participant outputs but no row in participants.tsv"
 #: Exclusion reason of a participant with outputs left out by --participant-label.
@@ -135,7 +143,8 @@ def _duplicates_error(table: Table, keys: list[tuple], what: str) -> None:
 class GroupInputs:
     """Everything the models need, checked; MD in mm^2/s, scores in points."""
 
-    #: index participant_id; column "arm" (treatment/control label) and the covariates.
+    #: index participant_id; columns "arm" (participants.tsv label), "group" (the contrast side
+    #: it belongs to), the covariates and the QC covariates (``delta_<column>``).
     participants: pd.DataFrame
     #: covariate name -> "numeric" or "categorical".
     covariate_kinds: dict[str, str]
@@ -178,17 +187,17 @@ def load_participants(
     (not selected, or not listed) get an exclusion row.
     """
     path = Path(config.bids_dir) / "participants.tsv"
-    arm_column = config.group_column
+    arm_column = config.arm_column
     if not path.is_file():
         raise InputError(
             f"{path}: not found; the group level needs participants.tsv with participant_id "
-            f"and the arm column {arm_column!r} (--group-column)"
+            f"and the arm column {arm_column!r} (--arm-column)"
         )
     table = read_tsv(path)
     table.require(["participant_id"], "add one row per participant")
-    table.require([arm_column], "add the arm column or name it with --group-column")
+    table.require([arm_column], "add the arm column or name it with --arm-column")
     for name in config.covariates:
-        if name in RESERVED_NAMES:
+        if name in RESERVED_NAMES or name in qc_covariate_names(config):
             raise InputError(
                 f"--covariates {name}: the models use this name; rename the column in {path}"
             )
@@ -210,14 +219,14 @@ def load_participants(
             "check --participant-label"
         )
     arms = table.column(arm_column)
-    allowed = (config.treatment_arm, config.control_arm)
-    bad = [i for i in selected if arms[i] not in allowed and arms[i] not in MISSING_VALUES]
+    sides = config.arm_sides
+    bad = [i for i in selected if arms[i] not in sides and arms[i] not in MISSING_VALUES]
     if bad:
         found = sorted({arms[i] for i in selected if arms[i] not in MISSING_VALUES})
         raise InputError(
             f"{path}: line {table.line(bad[0])}, column {arm_column}: arm {arms[bad[0]]!r} is "
-            f"neither {config.treatment_arm!r} nor {config.control_arm!r} (values found: "
-            f"{', '.join(found)}); fix the value or set --treatment-arm/--control-arm"
+            f"not in the contrast ({_contrast_text(config)}); labels found: {', '.join(found)}; "
+            "fix the value or map every label with --contrast"
         )
     exclusions += [
         exclusion(ids[i], f"no arm ({arm_column} is n/a) in participants.tsv")
@@ -225,19 +234,40 @@ def load_participants(
         if arms[i] in MISSING_VALUES
     ]
     selected = [i for i in selected if arms[i] not in MISSING_VALUES]
-    present = sorted({arms[i] for i in selected})
-    if len(present) < len(allowed):
+    present = sorted({sides[arms[i]] for i in selected})
+    if len(present) < len(config.contrast):
         raise InputError(
             f"{path}: column {arm_column}: only {', '.join(present) or 'no'} arm present among "
             f"the selected participants; the analysis compares {config.treatment_arm!r} with "
             f"{config.control_arm!r}"
         )
+    _check_arm_sizes(config, [arms[i] for i in selected], path)
     frame = pd.DataFrame(
-        {"arm": [arms[i] for i in selected]}, index=pd.Index([ids[i] for i in selected])
+        {"arm": [arms[i] for i in selected], "group": [sides[arms[i]] for i in selected]},
+        index=pd.Index([ids[i] for i in selected]),
     )
     frame.index.name = "participant_id"
     kinds = _add_covariates(frame, table, selected, config.covariates, exclusions)
     return frame, kinds, exclusions
+
+
+def _contrast_text(config: Config) -> str:
+    """The contrast as --contrast spells it, for messages."""
+    return " ".join(f"{side}={','.join(labels)}" for side, labels in config.contrast)
+
+
+def _check_arm_sizes(config: Config, arms: list[str], path: Path) -> None:
+    """Every arm of the contrast needs MIN_ARM_SIZE selected participants (ArmTooSmallError)."""
+    counts = pd.Series(arms).value_counts()
+    small = {label: int(counts.get(label, 0)) for label in config.arm_sides}
+    small = {label: n for label, n in small.items() if n < MIN_ARM_SIZE}
+    if small:
+        listed = ", ".join(f"{label} ({n})" for label, n in small.items())
+        raise ArmTooSmallError(
+            f"{path}: column {config.arm_column}: arm(s) with fewer than {MIN_ARM_SIZE} selected "
+            f"participants: {listed}; add participants, fix the labels, or leave the arm out "
+            "of --contrast"
+        )
 
 
 def load_blocks(config: Config, participants: pd.DataFrame) -> pd.Series | None:
@@ -292,11 +322,25 @@ def _add_covariates(
         except ValueError:
             kinds[name] = "categorical"
             frame[name] = [None if v in MISSING_VALUES else v for v in values]
+        check_varies(frame[name], f"{table.path}: column {name}", "--covariates")
         for pid in frame.index[frame[name].isna()]:
             exclusions.append(
                 exclusion(pid, f"covariate {name} is n/a", models="covariate-adjusted")
             )
     return kinds
+
+
+def check_varies(values: pd.Series, where: str, option: str) -> None:
+    """A covariate must take two values among the analysed participants: a constant one has no
+    estimable coefficient (and usually means the wrong column was named)."""
+    present = values.dropna()
+    if present.nunique() < 2:
+        first = present.iloc[0] if len(present) else "n/a"
+        value = f"{first:g}" if isinstance(first, float) else repr(first)
+        raise InputError(
+            f"{where}: one value ({value}) for every analysed participant, so the covariate is "
+            f"constant; drop it from {option}"
+        )
 
 
 def _select(
@@ -395,11 +439,14 @@ def find_roi_tables(output_dir: Path) -> dict[tuple[str, str], Path]:
     return {(f"sub-{subject}", session): path for (subject, session), path in found.items()}
 
 
-def read_roi_table(path: Path) -> tuple[dict[str, float], dict[str, str]]:
-    """roi -> md_mean (mm^2/s, NaN if n/a) of one session, and roi -> why, for the ROIs the
-    participant level reported missing (``status`` column; tables without it have none)."""
+def read_roi_table(path: Path, column: str = "md_mean") -> tuple[dict[str, float], dict[str, str]]:
+    """roi -> MD (``column``, mm^2/s, NaN if n/a) of one session, and roi -> why, for the ROIs
+    the participant level reported missing (``status`` column; tables without it have none)."""
     table = read_tsv(path)
-    table.require(["roi", "md_mean"], "rerun the participant level")
+    hint = "rerun the participant level"
+    if column != "md_mean":
+        hint += " with a version that writes it, or use --md-measure md"
+    table.require(["roi", column], hint)
     rois = table.column("roi")
     _duplicates_error(table, [(roi,) for roi in rois], "roi")
     missing = {}
@@ -411,11 +458,11 @@ def read_roi_table(path: Path) -> tuple[dict[str, float], dict[str, str]]:
             if status == ROI_MISSING
         }
     values = {}
-    for index, (roi, raw) in enumerate(zip(rois, table.column("md_mean"), strict=True)):
-        md = parse_number(table, index, "md_mean", raw)
+    for index, (roi, raw) in enumerate(zip(rois, table.column(column), strict=True)):
+        md = parse_number(table, index, column, raw)
         if md <= 0:
             raise InputError(
-                f"{path}: line {table.line(index)}, column md_mean: {raw} is not a positive "
+                f"{path}: line {table.line(index)}, column {column}: {raw} is not a positive "
                 "MD (mm^2/s); rerun the participant level"
             )
         values[roi] = math.nan if roi in missing else md
@@ -440,6 +487,62 @@ def read_mean_fd(path: Path) -> float:
     table = _qc_row(path)
     table.require(["mean_fd"], "rerun the participant level or drop --max-mean-fd")
     return parse_number(table, 0, "mean_fd", table.rows[0][table.header.index("mean_fd")])
+
+
+def qc_covariate_names(config: Config) -> tuple[str, ...]:
+    """Model names of the QC covariates: ``delta_<QC column>`` for each ``--qc-covariates``."""
+    return tuple(f"{QC_COVARIATE_PREFIX}{column}" for column in config.qc_covariates)
+
+
+def load_qc_covariates(
+    config: Config, participants: pd.DataFrame, tables: dict[tuple[str, str], Path]
+) -> tuple[pd.DataFrame, list[dict]]:
+    """The change (follow-up - baseline) of each ``--qc-covariates`` column of the sessions' QC
+    tables, per participant with both ROI tables; NaN, with an exclusion row saying why, when a
+    QC table, its column or a value is missing. A non-numeric value, a column no QC table has,
+    or a constant change is an InputError."""
+    names = qc_covariate_names(config)
+    frame = pd.DataFrame(np.nan, index=participants.index, columns=list(names))
+    exclusions: list[dict] = []
+    sessions = (config.baseline_session, config.followup_session)
+    seen_columns: set[str] = set()
+    for pid in participants.index:
+        if not all((pid, session) in tables for session in sessions):
+            continue  # no MD change either: already excluded
+        values: dict[str, list[float]] = {column: [] for column in config.qc_covariates}
+        for session in sessions:
+            path = spec_path(config.output_dir, "qc_table", pid[len("sub-") :], session)
+            table = _qc_row(path) if path.is_file() else None
+            for column in config.qc_covariates:
+                if table is None or column not in table.header:
+                    why = "no QC table" if table is None else f"no {column} column in {path.name}"
+                    value = math.nan
+                else:
+                    seen_columns.add(column)
+                    raw = table.rows[0][table.header.index(column)]
+                    value = parse_number(table, 0, column, raw)
+                    why = f"{column} is n/a in {path.name}"
+                if math.isnan(value):
+                    exclusions.append(
+                        exclusion(
+                            pid,
+                            f"QC covariate {QC_COVARIATE_PREFIX}{column}: {why} at ses-{session}",
+                            session_id=f"ses-{session}",
+                            models="covariate-adjusted",
+                        )
+                    )
+                values[column].append(value)
+        for column, (baseline, followup) in values.items():
+            frame.at[pid, f"{QC_COVARIATE_PREFIX}{column}"] = followup - baseline
+    for column in config.qc_covariates:
+        if column not in seen_columns:
+            raise InputError(
+                f"{Path(config.output_dir)}: no QC table (*_desc-qc_metrics.tsv) has a column "
+                f"{column!r}; check --qc-covariates (e.g. {', '.join(DEFAULT_QC_COVARIATES)})"
+            )
+        name = f"{QC_COVARIATE_PREFIX}{column}"
+        check_varies(frame[name], f"--qc-covariates {column}: {name}", "--qc-covariates")
+    return frame, exclusions
 
 
 def read_qc_verdict(path: Path) -> tuple[str, str] | None:
@@ -512,14 +615,15 @@ def _read_sessions(
                     )
                 )
                 continue
-        found[key] = read_roi_table(path)
+        found[key] = read_roi_table(path, config.md_column)
     return found
 
 
 def load_md(
     config: Config, participants: pd.DataFrame, tables: dict[tuple[str, str], Path]
 ) -> tuple[pd.DataFrame, tuple[str, ...], list[dict]]:
-    """Regional MD (md_mean, mm^2/s) per participant, ROI and session, after the QC rules.
+    """Regional MD (``config.md_column``, mm^2/s) per participant, ROI and session, after the
+    QC rules.
 
     ``tables``: :func:`find_roi_tables` of OUTPUT_DIR.
     """
@@ -572,7 +676,7 @@ def load_md(
                 reason = (
                     f"{roi} missing at {session}: {why}"
                     if why is not None
-                    else f"no md_mean for {roi} at {session}"
+                    else f"no {config.md_column} for {roi} at {session}"
                 )
                 exclusions.append(exclusion(pid, reason, session_id=session, roi=roi))
     md = pd.DataFrame(array, index=participants.index, columns=columns)
@@ -596,5 +700,10 @@ def load_inputs(config: Config) -> GroupInputs:
         scores[scale], score_exclusions = load_scores(config, scale, participants)
         exclusions += score_exclusions
     exclusions += md_exclusions
+    if config.qc_covariates:
+        qc_covariates, qc_rows = load_qc_covariates(config, participants, tables)
+        participants = participants.join(qc_covariates)
+        kinds |= dict.fromkeys(qc_covariates.columns, "numeric")
+        exclusions += qc_rows
     blocks = load_blocks(config, participants)
     return GroupInputs(participants, kinds, scores, md, rois, exclusions, blocks)

@@ -4,18 +4,26 @@
 |-------------------|------------------------------------------------------------|-------------|
 | interaction       | delta_score ~ group * delta_md + baseline_score [+ covs]   | scale x ROI |
 | pooled            | delta_score ~ delta_md + group + baseline_score [+ covs]   | scale x ROI |
-| arm_<arm>         | delta_score ~ delta_md + baseline_score [+ covs], one arm  | scale x ROI |
+| arm_<side>        | delta_score ~ delta_md + baseline_score [+ covs], one side | scale x ROI |
 | treatment_md      | delta_md ~ group + baseline_md                             | ROI         |
 | treatment_score   | delta_score ~ group + baseline_score                       | scale       |
-| mixed (optional)  | score ~ session * group * md [+ covs], random intercept    | scale x ROI |
+| mixed (optional)  | score ~ session * group + group * md_within                | scale x ROI |
+|                   |   + group * md_between [+ covs], random intercept          |             |
 
-``group`` is 1 for the treatment arm and 0 for the control arm. OLS by default, HC3 standard
-errors with ``robust_se``; t tests and t-based 95% confidence intervals in both cases.
+``group`` is 1 for the treatment side of the contrast and 0 for the control side (each side one
+or more arms; covs include the arm indicators, ``changes.covariate_columns``). OLS by default,
+HC3 standard errors with ``robust_se``; t tests and t-based 95% confidence intervals in both
+cases. The mixed model splits MD by person-mean centring (``changes.within_between``):
+``md_within`` (a session's deviation from the participant's own mean; with two sessions it
+carries dMD, so ``group:md_within`` is the counterpart of the OLS ``group:delta_md``) and
+``md_between`` (the participant's mean; people with higher MD vs lower MD), whose effects are
+otherwise blended in one time-varying ``md``.
 
 Speed without a second implementation: statsmodels' formula machinery builds each model's
-design once, over the frame stacked by scale x ROI (x arm), and each fit takes its rows of
-that design. Nothing in these formulas depends on other rows (no centring or data-dependent
-transforms), so this is the same fit as one formula call per scale x ROI; a test checks it.
+design once, over the frame stacked by scale x ROI, and each fit takes its rows of that
+design. Nothing in these formulas depends on other rows (the arm indicators are centred once
+per participant, in the analysis table), so this is the same fit as one formula call per
+scale x ROI; a test checks it.
 """
 
 from __future__ import annotations
@@ -34,7 +42,12 @@ import statsmodels.formula.api as smf
 
 from ketamine_dti.config import Config
 from ketamine_dti.errors import InputError
-from ketamine_dti.group.changes import long_session_frame, stacked_roi_frame
+from ketamine_dti.group.changes import (
+    covariate_columns,
+    long_session_frame,
+    stacked_roi_frame,
+    within_between,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -52,7 +65,7 @@ FIT_COLUMNS = (
     "ci_high",
     "n",
 )
-#: Model names in reporting order (arm models are inserted as ``arm_<arm>``).
+#: Model names in reporting order (per-side models are named ``arm_<side>``).
 INTERACTION, POOLED, ARM, TREATMENT_MD, TREATMENT_SCORE, MIXED = (
     "interaction",
     "pooled",
@@ -68,15 +81,15 @@ _QUOTED = re.compile(r'Q\("([^"]+)"\)')
 class ModelSpec:
     """One model: its name, formula, the variables it needs, and what it is fitted within.
 
-    ``by`` lists the columns whose levels each get their own fit (e.g. scale and ROI). The
-    per-arm models share one spec named ``arm`` with ``arm`` in ``by``; their rows are named
-    ``arm_<arm>``.
+    ``by`` lists the columns whose levels each get their own fit (e.g. scale and ROI);
+    ``side``, if set, restricts the fits to the participants of that contrast side.
     """
 
     name: str
     formula: str
     variables: tuple[str, ...]
     by: tuple[str, ...]
+    side: str | None = None
 
 
 def covariate_formula(covariates: tuple[str, ...]) -> str:
@@ -91,24 +104,34 @@ def term_name(exog_name: str) -> str:
 
 def model_specs(config: Config) -> tuple[ModelSpec, ...]:
     """The models of the analysis, in reporting order, for this run's covariates."""
-    covs = covariate_formula(config.covariates)
-    scored = ("delta_score", "delta_md", "group", "baseline_score", *config.covariates)
+    covs = covariate_columns(config)
+    base = ("delta_score", "delta_md", "group", "baseline_score")
+    per_side = []
+    for side in (config.treatment_arm, config.control_arm):
+        side_covs = covariate_columns(config, side)
+        per_side.append(
+            ModelSpec(
+                f"{ARM}_{side}",
+                f"delta_score ~ delta_md + baseline_score{covariate_formula(side_covs)}",
+                (*base, *side_covs),
+                ("scale", "roi"),
+                side,
+            )
+        )
     return (
         ModelSpec(
             INTERACTION,
-            f"delta_score ~ group * delta_md + baseline_score{covs}",
-            scored,
+            f"delta_score ~ group * delta_md + baseline_score{covariate_formula(covs)}",
+            (*base, *covs),
             ("scale", "roi"),
         ),
         ModelSpec(
             POOLED,
-            f"delta_score ~ delta_md + group + baseline_score{covs}",
-            scored,
+            f"delta_score ~ delta_md + group + baseline_score{covariate_formula(covs)}",
+            (*base, *covs),
             ("scale", "roi"),
         ),
-        ModelSpec(
-            ARM, f"delta_score ~ delta_md + baseline_score{covs}", scored, ("scale", "roi", "arm")
-        ),
+        *per_side,
         ModelSpec(
             TREATMENT_MD,
             "delta_md ~ group + baseline_md",
@@ -124,9 +147,10 @@ def model_specs(config: Config) -> tuple[ModelSpec, ...]:
     )
 
 
-def model_name(spec: ModelSpec, level: dict[str, str]) -> str:
-    """The ``model`` value of a fit: ``arm_<arm>`` for the per-arm models."""
-    return f"{ARM}_{level['arm']}" if spec.name == ARM else spec.name
+def mixed_formula(config: Config) -> str:
+    """The mixed model: MD split into its within- and between-participant parts."""
+    covs = covariate_formula(covariate_columns(config))
+    return f"score ~ session * group + group * md_within + group * md_between{covs}"
 
 
 def _tidy_arrays(result, keep: np.ndarray, n: int) -> dict[str, np.ndarray]:
@@ -279,7 +303,6 @@ def _model_data(
     )
     frames = {
         ("scale", "roi"): scored,
-        ("scale", "roi", "arm"): scored,
         ("scale",): scored[scored["roi"] == rois[0]],  # one row per participant and scale
         ("roi",): stacked_roi_frame(table, config, rois, None),
     }
@@ -287,11 +310,13 @@ def _model_data(
     for spec in model_specs(config):
 
         def describe(level: dict[str, str], spec: ModelSpec = spec) -> str:
-            name = model_name(spec, level) if "arm" in level else spec.name
-            where = ", ".join(f"{key} {value}" for key, value in level.items() if key != "arm")
-            return f"{name} model ({spec.formula})" + (f", {where}" if where else "")
+            where = ", ".join(f"{key} {value}" for key, value in level.items())
+            return f"{spec.name} model ({spec.formula})" + (f", {where}" if where else "")
 
-        out.append((spec, _complete(frames[spec.by], spec.variables), describe))
+        frame = frames[spec.by]
+        if spec.side is not None:
+            frame = frame[frame["group_label"] == spec.side]
+        out.append((spec, _complete(frame, spec.variables), describe))
     return out
 
 
@@ -308,7 +333,7 @@ def ols_designs(table: pd.DataFrame, config: Config, rois: tuple[str, ...]) -> l
                 OlsDesign(
                     scale=str(named.get("scale", "")),
                     roi=str(named.get("roi", "")),
-                    model=model_name(spec, named),
+                    model=spec.name,
                     terms=terms,
                     participant_ids=participant_ids[rows],
                     y=np.asarray(design.endog[rows], dtype=float),
@@ -320,11 +345,7 @@ def ols_designs(table: pd.DataFrame, config: Config, rois: tuple[str, ...]) -> l
 
 def fit_group_models(table: pd.DataFrame, config: Config, rois: tuple[str, ...]) -> pd.DataFrame:
     """All models of the analysis -> tidy stats (no FDR yet): scale, roi, model, term, ..."""
-    expected_levels = {
-        "scale": config.scales,
-        "roi": rois,
-        "arm": (config.treatment_arm, config.control_arm),
-    }
+    expected_levels = {"scale": config.scales, "roi": rois}
     parts = []
     for spec, data, describe in _model_data(table, config, rois):
         fitted = fit_ols(spec.formula, data, config.robust_se, spec.by, describe)
@@ -335,10 +356,7 @@ def fit_group_models(table: pd.DataFrame, config: Config, rois: tuple[str, ...])
                     f"{describe(dict(zip(spec.by, level, strict=True)))}: no participant has "
                     "complete data; check the ROI tables and scores"
                 )
-        if spec.name == ARM:
-            fitted.insert(0, "model", ARM + "_" + fitted.pop("arm").astype(str))
-        else:
-            fitted.insert(0, "model", spec.name)
+        fitted.insert(0, "model", spec.name)
         for column in ("scale", "roi"):
             if column not in fitted:
                 fitted.insert(0, column, "")
@@ -353,14 +371,16 @@ def fit_group_models(table: pd.DataFrame, config: Config, rois: tuple[str, ...])
 def _fit_mixed_models(
     table: pd.DataFrame, config: Config, rois: tuple[str, ...], scale: str
 ) -> list[pd.DataFrame]:
-    formula = f"score ~ session * group * md{covariate_formula(config.covariates)}"
+    formula = mixed_formula(config)
     parts = []
     for roi in rois:
         long = _complete(
             long_session_frame(table, config, roi, scale),
-            ("score", "md", "group", "session", *config.covariates),
+            ("score", "md", "group", "session", *covariate_columns(config)),
         )
-        fitted = fit_mixed(formula, long, f"mixed model ({formula}), scale {scale}, {roi}")
+        fitted = fit_mixed(
+            formula, within_between(long), f"mixed model ({formula}), scale {scale}, {roi}"
+        )
         fitted.insert(0, "scale", scale)
         fitted.insert(1, "roi", roi)
         fitted.insert(2, "model", MIXED)
@@ -370,9 +390,7 @@ def _fit_mixed_models(
 
 def model_order(config: Config) -> list[str]:
     """Model names in reporting order."""
-    arms = [f"{ARM}_{config.treatment_arm}", f"{ARM}_{config.control_arm}"]
-    names = [spec.name for spec in model_specs(config)]
-    return names[: names.index(ARM)] + arms + names[names.index(ARM) + 1 :] + [MIXED]
+    return [spec.name for spec in model_specs(config)] + [MIXED]
 
 
 def order_stats(stats: pd.DataFrame, config: Config, rois: tuple[str, ...]) -> pd.DataFrame:

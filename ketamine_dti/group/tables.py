@@ -13,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from ketamine_dti.config import Config
-from ketamine_dti.group.changes import MD_REPORT_UNIT, delta_md_unit
+from ketamine_dti.group.changes import MD_REPORT_UNIT, arm_terms, delta_md_unit
+from ketamine_dti.group.inputs import QC_COVARIATE_PREFIX
 from ketamine_dti.group.models import (
     ALPHA,
     INTERACTION,
@@ -21,6 +22,7 @@ from ketamine_dti.group.models import (
     POOLED,
     TREATMENT_MD,
     TREATMENT_SCORE,
+    mixed_formula,
 )
 from ketamine_dti.group.multiple_comparisons import FDR_FAMILY
 from ketamine_dti.group.permutation import P_PERM, P_PERM_FDR, P_PERM_FWER
@@ -46,6 +48,23 @@ STATS_COLUMNS = (
 #: columns above keep their positions.
 PERMUTATION_COLUMNS = (P_PERM, P_PERM_FDR, P_PERM_FWER)
 EXCLUSION_COLUMNS = ("participant_id", "session_id", "scale", "roi", "models", "reason")
+#: What each --md-measure analyses, for the sidecar and the summary.
+MD_MEASURE_DESCRIPTIONS = {
+    "md": "md_mean: tensor MD averaged over the ROI's kept gray-matter voxels",
+    "md_fwcorr": "md_fwcorr_mean: free-water-corrected MD (tissue compartment of a two-"
+    "compartment fit) averaged over the ROI's kept gray-matter voxels",
+}
+#: The mixed model's MD terms, for the sidecar (changes.within_between computes them).
+WITHIN_BETWEEN = (
+    "MD split by person-mean centring over the rows a model uses: md_within = a session's MD "
+    "minus the participant's mean MD (within-participant; with two sessions -dMD/2 at "
+    "baseline, +dMD/2 at follow-up, so md_within is the within-participant slope of score on "
+    "MD and group:md_within the treatment - control difference of that slope, the counterpart "
+    "of group:delta_md); md_between = the participant's mean MD minus the mean of the "
+    "participants' means (between-participant: do people with higher MD score differently; "
+    "group:md_between its treatment - control difference). Both in "
+    f"{MD_REPORT_UNIT:g} mm^2/s"
+)
 #: p-values below this print as "<0.001".
 P_FLOOR = 0.001
 
@@ -79,6 +98,11 @@ def stats_sidecar(config: Config) -> dict:
     """Column descriptions of stats.tsv, with units and the dMD scaling; the permutation
     columns carry their method, number of permutations and seed."""
     unit = delta_md_unit(config.delta_md)
+    side_models = {
+        f"arm_{side}": "delta_score ~ delta_md + baseline_score [+ covariates, this side's arm "
+        f"indicators], {side} side only ({', '.join(labels)})"
+        for side, labels in config.contrast
+    }
     sidecar = {
         "scale": {
             "Description": "Symptom scale of dScore; empty for treatment_md (no score involved)"
@@ -89,25 +113,29 @@ def stats_sidecar(config: Config) -> dict:
             "Levels": {
                 INTERACTION: "delta_score ~ group * delta_md + baseline_score [+ covariates]",
                 POOLED: "delta_score ~ delta_md + group + baseline_score [+ covariates]",
-                f"arm_{config.treatment_arm}": "delta_score ~ delta_md + baseline_score "
-                f"[+ covariates], {config.treatment_arm} arm only",
-                f"arm_{config.control_arm}": "delta_score ~ delta_md + baseline_score "
-                f"[+ covariates], {config.control_arm} arm only",
+                **side_models,
                 TREATMENT_MD: "delta_md ~ group + baseline_md",
                 TREATMENT_SCORE: "delta_score ~ group + baseline_score",
-                MIXED: "score ~ session * group * md [+ covariates] + (1 | participant); "
-                "session 0 = baseline, 1 = follow-up; md centred on the ROI mean",
+                MIXED: f"{mixed_formula(config)} + (1 | participant); session 0 = baseline, "
+                "1 = follow-up",
             },
+            "MDMeasure": MD_MEASURE_DESCRIPTIONS[config.md_measure],
+            "MixedModelMD": WITHIN_BETWEEN,
+            "Contrast": _contrast_description(config),
+            "Covariates": _covariates_description(config),
         },
         "term": {
-            "Description": "Model term. group: treatment arm "
-            f"({config.treatment_arm}) = 1 vs control ({config.control_arm}) = 0, so a positive "
-            "group:delta_md means a steeper dScore-dMD slope in the treatment arm; covariates "
-            "by name, categorical ones as name[T.level] against the first level",
+            "Description": "Model term. group: treatment side "
+            f"({config.treatment_arm}) = 1 vs control side ({config.control_arm}) = 0, so a "
+            "positive group:delta_md means a steeper dScore-dMD slope on the treatment side; "
+            "covariates by name, categorical ones as name[T.level] against the first level; "
+            f"{QC_COVARIATE_PREFIX}<column>: change of a QC column (follow-up - baseline); "
+            "arm[<label>]: that arm's indicator centred within its side (see Contrast)",
         },
         "estimate": {
             "Description": "Coefficient. dScore in points (follow-up - baseline, negative = "
-            f"improvement); delta_md in {unit}; baseline_md and md in {MD_REPORT_UNIT:g} "
+            f"improvement); delta_md in {unit}; baseline_md, md_within and md_between in "
+            f"{MD_REPORT_UNIT:g} "
             f"mm^2/s; so a delta_md slope is points per {unit}",
         },
         "std_error": {"Description": "Standard error of the estimate"},
@@ -122,6 +150,32 @@ def stats_sidecar(config: Config) -> dict:
         "n": {"Description": "Participants with complete data in this model"},
     } | _permutation_sidecar(config)
     return {column: sidecar[column] for column in stats_columns(config)}
+
+
+def _contrast_description(config: Config) -> str:
+    """How participants.tsv's arms map to the group contrast."""
+    sides = "; ".join(f"{side} = {', '.join(labels)}" for side, labels in config.contrast)
+    text = f"participants.tsv column {config.arm_column!r}: {sides}."
+    terms = arm_terms(config)
+    if terms:
+        text += (
+            f" Arm indicators {', '.join(terms)} enter the adjusted models: 1 - share for that "
+            "arm, -share for its side's other arms, 0 on the other side (share = the arm's "
+            "fraction of its side), so they model arm differences within a side while group "
+            "and group:delta_md stay the contrast of the sides"
+        )
+    return text
+
+
+def _covariates_description(config: Config) -> str:
+    """The covariates of the adjusted models (interaction, pooled, arm_<side>, mixed)."""
+    parts = [f"participants.tsv: {', '.join(config.covariates)}"] if config.covariates else []
+    if config.qc_covariates:
+        parts.append(
+            "QC change (follow-up - baseline, from each session's *_desc-qc_metrics.tsv): "
+            + ", ".join(f"{QC_COVARIATE_PREFIX}{c}" for c in config.qc_covariates)
+        )
+    return "; ".join(parts) or "none"
 
 
 def _permutation_sidecar(config: Config) -> dict:
@@ -164,17 +218,30 @@ def analysis_table_sidecar(table: pd.DataFrame, config: Config, rois: tuple[str,
     sidecar: dict = {
         "participant_id": {"Description": "Participant"},
         "group": {
-            "Description": f"Arm, from participants.tsv column {config.group_column!r}",
-            "Levels": {config.treatment_arm: "treatment arm", config.control_arm: "control arm"},
+            "Description": "Side of the contrast (--contrast) of the participant's arm",
+            "Levels": {
+                side: f"{role} side: arms {', '.join(labels)}"
+                for (side, labels), role in zip(
+                    config.contrast, ("treatment", "control"), strict=True
+                )
+            },
         },
+        "arm": {"Description": f"Arm, from participants.tsv column {config.arm_column!r}"},
     }
     for name in config.covariates:
         sidecar[name] = {"Description": f"Covariate {name}, from participants.tsv"}
+    for column in config.qc_covariates:
+        sidecar[f"{QC_COVARIATE_PREFIX}{column}"] = {
+            "Description": f"QC covariate: {column} at ses-{config.followup_session} - at "
+            f"ses-{config.baseline_session}, from the sessions' QC tables"
+        }
+    for term in arm_terms(config):
+        sidecar[term] = {"Description": "Arm indicator centred within its side (stats.json)"}
     sessions = (config.baseline_session, config.followup_session)
     for roi in rois:
         for session in sessions:
             sidecar[f"md_{roi}_{session}"] = {
-                "Description": f"Mean MD (md_mean) of {roi} at ses-{session}",
+                "Description": f"Mean MD ({config.md_column}) of {roi} at ses-{session}",
                 "Units": "mm^2/s",
             }
         sidecar[f"delta_md_{roi}"] = {
@@ -306,20 +373,33 @@ def summary_tables(
 def _mixed_note(rows: dict, scale: str, rois: tuple[str, ...]) -> str:
     parts = []
     for roi in rois:
-        row = rows.get((scale, roi, MIXED, "session:group:md"))
+        row = rows.get((scale, roi, MIXED, "group:md_within"))
         if row is not None:
             parts.append(f"{roi} {row.estimate:.3g} (p {format_p(row.p_value)})")
-    return "Mixed-model session x group x MD: " + ("; ".join(parts) or "not estimable")
+    return "Mixed-model group x within-participant MD (group:md_within): " + (
+        "; ".join(parts) or "not estimable"
+    )
 
 
 def models_line(config: Config) -> str:
     """One line on the models used."""
-    covs = ", ".join(config.covariates) or "none"
+    contrast = " vs ".join(
+        f"{side} ({', '.join(labels)}) = {code}"
+        for (side, labels), code in zip(config.contrast, (1, 0), strict=True)
+    )
     return (
-        f"Models: {_models_description(config)}. dScore = follow-up - baseline (points, negative "
-        f"= improvement); dMD in {delta_md_unit(config.delta_md)}; covariates: {covs}; "
-        f"group = {config.treatment_arm} (1) vs {config.control_arm} (0); Benjamini-Hochberg FDR "
-        "across ROIs within each scale x model x term." + _permutation_line(config)
+        f"Models: {_models_description(config)}. MD measure: "
+        f"{MD_MEASURE_DESCRIPTIONS[config.md_measure]}. dScore = follow-up - baseline (points, "
+        f"negative = improvement); dMD in {delta_md_unit(config.delta_md)}; covariates: "
+        f"{_covariates_description(config)}; group = {contrast}"
+        + (f", with arm indicators {', '.join(arm_terms(config))}" if arm_terms(config) else "")
+        + "; Benjamini-Hochberg FDR across ROIs within each scale x model x term."
+        + (
+            " Mixed model: MD split into md_within and md_between by person-mean centring."
+            if config.mixed_model
+            else ""
+        )
+        + _permutation_line(config)
     )
 
 
