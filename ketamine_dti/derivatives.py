@@ -16,6 +16,7 @@ from pathlib import Path
 from ketamine_dti import bids
 from ketamine_dti.anat.registration import MNI_RESOLUTION
 from ketamine_dti.config import Config
+from ketamine_dti.dwi import free_water
 from ketamine_dti.dwi.motion import FD_OUTLIER_MM
 from ketamine_dti.resources import TEMPLATE as MNI_SPACE
 from ketamine_dti.rois import ROI_COLUMN_DESCRIPTIONS, GrayMatterRule
@@ -71,7 +72,9 @@ class OutputSpec:
     """One published file: BIDS suffix, entities, extension and where its sidecar comes from.
 
     ``sources``/``reference`` name other outputs by key (or ``raw:dwi``, ``raw:t1w``,
-    ``raw:t1w_all`` for inputs); ``extra`` adds run-dependent sidecar content.
+    ``raw:t1w_all`` for inputs); ``extra`` adds run-dependent sidecar content;
+    ``runtime_metadata`` names an input (a JSON file) whose content is known only once the step
+    ran (e.g. the free-water fit's priors), merged into the sidecar by the sink.
     """
 
     suffix: str
@@ -84,6 +87,7 @@ class OutputSpec:
     metadata: dict = field(default_factory=dict)
     extra: Callable[[SidecarContext], dict] | None = None
     companions: tuple[str, ...] = ()  # inputs written beside the file (bval_file, bvec_file)
+    runtime_metadata: str | None = None
 
 
 def _preproc_dwi(context: SidecarContext) -> dict:
@@ -100,6 +104,42 @@ def _tensor_model(context: SidecarContext) -> dict:
         "Model": {
             "Description": "Diffusion tensor",
             "FitMethod": context.config.tensor_fit.upper(),
+        }
+    }
+
+
+def _free_water_model(context: SidecarContext) -> dict:
+    """The free-water model and both fits; the sink adds which one ran, with its prior values."""
+    from ketamine_dti.workflows.boilerplate import REFERENCES
+
+    fw = free_water
+    return {
+        "Model": {
+            "Description": "Free-water elimination (free-water DTI): per voxel a tissue "
+            "diffusion tensor D plus isotropic free water, S = S0 [(1 - f) exp(-b g'Dg) + "
+            f"f exp(-b {fw.FREE_WATER_DIFFUSIVITY:g})], f the free-water signal fraction at "
+            "b = 0, diffusivities in mm^2/s",
+            "FreeWaterDiffusivity": fw.FREE_WATER_DIFFUSIVITY,
+            "FitMethods": {
+                "multi-shell": "two or more b > 0 shells: grid search over f with weighted "
+                "log-linear tensor fits, then Levenberg-Marquardt least squares on the tensor, "
+                "S0 and f (Hoy et al. 2014)",
+                "single-shell": "one b > 0 shell, whose data cannot split the attenuation "
+                "between tissue MD and free water (Pasternak et al. 2009): voxelwise penalised "
+                "least squares with two Gaussian priors, weighted by the noise SD: on f, "
+                "centred on the fraction implied by the voxel's b0 between a tissue and a CSF "
+                "b0 reference estimated over the brain mask (SingleShellPrior), SD "
+                f"{fw.F_PRIOR_SD:g}; on tissue MD, mean {fw.TISSUE_MD_PRIOR_MEAN:g} and SD "
+                f"{fw.TISSUE_MD_PRIOR_SD:g} mm^2/s (the b0 and MD initialisations compared by "
+                "Golub et al. 2021); no spatial regularisation",
+            },
+            "FreeWaterRule": f"voxels whose DTI MD or fitted tissue MD is >= "
+            f"{fw.PURE_WATER_MD:g} mm^2/s, or whose f > {fw.MAX_TISSUE_F:g}, are free water: "
+            "f = 1 and no tissue MD (NaN)",
+            "References": [
+                REFERENCES[key]
+                for key in ("free_water", "free_water_multishell", "free_water_init")
+            ],
         }
     }
 
@@ -137,6 +177,17 @@ def _tensor_map(param: str, description: str, units: str) -> OutputSpec:
         sources=("dwi_preproc", "dwi_mask"),
         metadata={"Units": units, "Description": description},
         extra=_tensor_model,
+    )
+
+
+def _free_water_map(param: str, description: str, units: str) -> OutputSpec:
+    return OutputSpec(
+        "dwimap",
+        {"space": "dwi", "model": "fwdti", "param": param},
+        sources=("dwi_preproc", "dwi_mask"),
+        metadata={"Units": units, "Description": description},
+        extra=_free_water_model,
+        runtime_metadata="fw_metadata",
     )
 
 
@@ -182,6 +233,14 @@ SESSION_OUTPUTS: dict[str, OutputSpec] = {
         "dwimap", {"space": "dwi", "model": "tensor", "param": "residual"},
         sources=("dwi_preproc", "dwi_mask"),
         metadata={"Units": "arbitrary", "Description": "RMS tensor-fit residual relative to S0."},
+    ),
+    "fw_md": _free_water_map(
+        "md", "Mean diffusivity of the tissue compartment (free-water corrected); NaN where "
+        "the voxel is free water or the fit failed", MD_UNITS,
+    ),
+    "fw_fraction": _free_water_map(
+        "fwf", "Free-water signal fraction at b = 0 (0..1); 1 where the voxel is free water, NaN "
+        "where the fit failed", "arbitrary",
     ),
     "noise": OutputSpec(
         "dwimap", {"space": "dwi", "model": "mppca", "param": "sigma"}, sources=("raw:dwi",),
@@ -265,8 +324,15 @@ def session_output_keys(denoise: str) -> tuple[str, ...]:
 
 
 def input_fields(keys: tuple[str, ...]) -> tuple[str, ...]:
-    """What a derivatives workflow takes for `keys`: the keys, then their companions."""
-    return (*keys, *(field for key in keys for field in OUTPUTS[key].companions))
+    """What a derivatives workflow takes for `keys`: the keys, then their companions and
+    run-time sidecar files (each once)."""
+    extra = (
+        field
+        for key in keys
+        for field in (*OUTPUTS[key].companions, OUTPUTS[key].runtime_metadata)
+        if field is not None
+    )
+    return tuple(dict.fromkeys((*keys, *extra)))
 
 
 def spec_entities(key: str, sub: str, ses: str | None = None, atlas: str = "") -> dict:

@@ -7,7 +7,9 @@ Inside each atlas ROI, voxels that are not gray matter are dropped by ``GrayMatt
 template moved onto the DWI grid), never the MD or FA being measured: a voxel whose MD rose at
 24 h must not leave the 24 h average (issue 13). MD and FA only count voxels for QC
 (``n_voxels_md_csf``, ``n_voxels_fa_wm``). An ROI that keeps too few of its atlas voxels
-(``RetentionRule``) is reported missing, with the reason, instead of as a number.
+(``RetentionRule``) is reported missing, with the reason, instead of as a number. The
+free-water maps (free-water-corrected MD, free-water fraction; ``dwi.free_water``), fitted on the
+same grid, are averaged over the very voxels the MD mean uses.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ ROI_NAMES: tuple[str, ...] = (
     "vacc",
 )
 
-#: Columns of the regional statistics table (MD in mm^2/s, FA unitless, counts in voxels).
+#: Columns of the regional statistics table (MD in mm^2/s, FA and free-water fraction
+#: unitless, counts in voxels).
 STAT_COLUMNS: tuple[str, ...] = (
     "roi",
     "index",
@@ -45,9 +48,12 @@ STAT_COLUMNS: tuple[str, ...] = (
     "n_voxels_atlas",
     "fraction_kept",
     "fa_mean",
+    "md_fwcorr_mean",
+    "fw_fraction_mean",
     "n_voxels_fit_failed",
     "n_voxels_md_csf",
     "n_voxels_fa_wm",
+    "n_voxels_fw_no_tissue",
     "status",
     "reason",
 )
@@ -59,8 +65,11 @@ ROI_STATISTICS: tuple[str, ...] = (
     "md_median",
     "md_std",
     "fa_mean",
+    "md_fwcorr_mean",
+    "fw_fraction_mean",
     "n_voxels_md_csf",
     "n_voxels_fa_wm",
+    "n_voxels_fw_no_tissue",
 )
 
 # --- QC counts (never selection) --------------------------------------------------------------
@@ -179,6 +188,16 @@ ROI_COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
     },
     "fraction_kept": {"Description": "n_voxels / n_voxels_atlas"},
     "fa_mean": {"Description": "Mean FA over kept voxels"},
+    "md_fwcorr_mean": {
+        "Description": "Mean free-water-corrected MD (tissue compartment of the free-water "
+        "model, model-fwdti_param-md) over the same kept voxels as md_mean, except those whose "
+        "free-water fit left no tissue (n_voxels_fw_no_tissue)",
+        "Units": "mm^2/s",
+    },
+    "fw_fraction_mean": {
+        "Description": "Mean free-water signal fraction (model-fwdti_param-fwf, 0..1) over the "
+        "same kept voxels as md_mean (free-water voxels count as 1; failed fits are left out)"
+    },
     "n_voxels_fit_failed": {
         "Description": "Voxels kept by the rule whose MD is not finite and positive (failed "
         "fit): not averaged"
@@ -190,6 +209,11 @@ ROI_COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
     "n_voxels_fa_wm": {
         "Description": f"Averaged voxels with FA >= {FA_WM_MAX} (WM-like; QC only, never used "
         "to select voxels)"
+    },
+    "n_voxels_fw_no_tissue": {
+        "Description": "Averaged voxels whose free-water fit found pure free water or failed: "
+        "no free-water-corrected MD, so not in md_fwcorr_mean (QC only, never used to select "
+        "voxels)"
     },
     "status": {
         "Description": "Whether the ROI's statistics are reported",
@@ -207,6 +231,8 @@ def regional_statistics(
     labels: np.ndarray,
     *,
     fa: np.ndarray | None = None,
+    fw_md: np.ndarray | None = None,
+    fw_fraction: np.ndarray | None = None,
     gm_prob: np.ndarray | None = None,
     csf_prob: np.ndarray | None = None,
     brain_mask: np.ndarray | None = None,
@@ -220,10 +246,13 @@ def regional_statistics(
     Returns one row per ROI (``roi_names`` order) with ``STAT_COLUMNS``: md_mean, md_median,
     md_std (ddof=1) in mm^2/s, ``n_voxels`` averaged, ``n_voxels_brain`` inside
     ``brain_mask`` before the rule, ``n_voxels_atlas`` on the grid, ``fraction_kept``,
-    fa_mean, the QC counts, and ``status``/``reason``. Which voxels are averaged depends on
-    the labels, the brain mask and the tissue maps only (plus a successful fit), never on the
-    MD or FA values. An ROI that fails ``retention`` is missing: NaN statistics and a warning
-    naming the reason; it never raises.
+    fa_mean, md_fwcorr_mean/fw_fraction_mean (of ``fw_md``/``fw_fraction``, the free-water
+    maps on the same grid; n/a when not given), the QC counts, and ``status``/``reason``.
+    Which voxels are averaged depends on the labels, the brain mask and the tissue maps only
+    (plus a successful tensor fit), never on the MD, FA or free-water values; the free-water
+    means use those same voxels, less any the free-water fit left without a value. An ROI that
+    fails ``retention`` is missing: NaN statistics and a warning naming the reason; it never
+    raises.
     """
     md = np.asarray(md, dtype=float)
     labels = np.asarray(labels)
@@ -236,6 +265,12 @@ def regional_statistics(
         labels = np.nan_to_num(rounded, nan=0).astype(np.int64)
     keep = gray_matter_mask(gm_prob, csf_prob, rule, md.shape)
     _check_shape("fa", fa, md.shape)
+    _check_shape("fw_md", fw_md, md.shape)
+    _check_shape("fw_fraction", fw_fraction, md.shape)
+    free_water = {
+        name: None if array is None else np.asarray(array, dtype=float)
+        for name, array in (("md_fwcorr_mean", fw_md), ("fw_fraction_mean", fw_fraction))
+    }
     in_brain = np.ones(md.shape, bool) if brain_mask is None else np.asarray(brain_mask, bool)
     fa_array = None if fa is None else np.asarray(fa, dtype=float)
     fitted = valid_fit(md)
@@ -244,6 +279,8 @@ def regional_statistics(
         atlas_roi = labels == position + 1
         selected = atlas_roi & in_brain & keep
         row = _roi_row(md, fa_array, atlas_roi, selected & fitted, retention)
+        if row["status"] == ROI_OK:
+            row |= _free_water_means(free_water, selected & fitted)
         row["n_voxels_fit_failed"] = int((selected & ~fitted).sum())
         in_mask = int((atlas_roi & in_brain).sum())
         row |= {"roi": name, "index": position + 1, "n_voxels_brain": in_mask}
@@ -251,6 +288,20 @@ def regional_statistics(
             LOGGER.warning("ROI %s is missing: %s; its statistics are n/a", name, row["reason"])
         rows.append(row)
     return pd.DataFrame(rows, columns=list(STAT_COLUMNS))
+
+
+def _free_water_means(maps: dict[str, np.ndarray | None], kept: np.ndarray) -> dict:
+    """Means of the free-water maps over an ROI's kept voxels (the MD mean's), ignoring the
+    voxels without a value, and how many kept voxels have no free-water-corrected MD."""
+    row = {}
+    for column, values in maps.items():
+        if values is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN ROI: n/a
+                row[column] = float(np.nanmean(values[kept]))
+    if maps["md_fwcorr_mean"] is not None:
+        row["n_voxels_fw_no_tissue"] = int((~valid_fit(maps["md_fwcorr_mean"][kept])).sum())
+    return row
 
 
 def _roi_row(

@@ -9,7 +9,9 @@ import numpy as np
 
 
 def main() -> None:
+    from ketamine_dti.dwi import series_registration
     from ketamine_dti.dwi.denoise import mppca
+    from ketamine_dti.dwi.free_water import fit_free_water
     from ketamine_dti.dwi.tensor import fit_tensor
 
     rng = np.random.default_rng(0)
@@ -22,6 +24,15 @@ def main() -> None:
         for method in ("ols", "wls", "nlls"):
             fit_tensor(data, bvals, bvecs, method=method, n_threads=1)
         mppca(data, patch_radius=1, n_threads=1)
+        # one shell: the b0-prior fit (references given: the noise data has no CSF)
+        fit_free_water(data, bvals, bvecs, n_threads=1, s0_tissue=90.0, s0_water=200.0)
+    # two shells: the multi-shell (Hoy 2014) path of the same kernel
+    two_shell_bvals = np.r_[0.0, np.full(6, 1000.0), np.full(6, 2000.0)]
+    fit_free_water(data, two_shell_bvals, np.r_[bvecs[:7], bvecs[1:7]], n_threads=1)
+    volume = rng.normal(size=(12, 12, 12)).astype(np.float32)
+    mask = np.ones(volume.shape, dtype=bool)
+    target = series_registration.prepare(volume, np.eye(4), mask)
+    series_registration.register(target, series_registration.resample(volume, np.eye(4), np.eye(4)))
     print("ketamine-dti kernels compiled")
 
 

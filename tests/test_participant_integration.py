@@ -28,7 +28,15 @@ from conftest import tree_checksum
 
 pytestmark = pytest.mark.slow
 
-ROI_COLUMNS = ["roi", "md_mean", "md_median", "md_std", "n_voxels"]
+ROI_COLUMNS = [
+    "roi",
+    "md_mean",
+    "md_median",
+    "md_std",
+    "n_voxels",
+    "md_fwcorr_mean",
+    "fw_fraction_mean",
+]
 #: tiny preset (4 mm voxels, 12 directions): ROI means are dominated by partial volume, so the
 #: check is coarse; the accuracy targets are measured on the standard preset in benchmarks/.
 TINY_MEDIAN_REL_ERROR_MAX = 0.15
@@ -162,6 +170,11 @@ def test_output_tree(run):
                     f"_space-dwi_model-tensor_param-{p}_dwimap.nii.gz"
                     for p in "md fa ad rd".split()
                 ),
+                *(
+                    f"_space-dwi_model-fwdti_param-{p}_dwimap.{ext}"
+                    for p in ("md", "fwf")
+                    for ext in ("nii.gz", "json")
+                ),
                 "_space-dwi_desc-preproc_dwi.nii.gz",
                 "_space-dwi_desc-preproc_dwi.bval",
                 "_space-dwi_desc-preproc_dwi.bvec",
@@ -179,6 +192,12 @@ def test_output_tree(run):
                 (dwi / f"{prefix}_space-dwi_model-tensor_param-md_dwimap.json").read_text()
             )
             assert md_meta["Units"] == "mm^2/s" and md_meta["Sources"]
+            fw_meta = json.loads(
+                (dwi / f"{prefix}_space-dwi_model-fwdti_param-md_dwimap.json").read_text()
+            )
+            # the tiny preset has one shell: the b0-prior fit, with its references recorded
+            assert fw_meta["Model"]["FitMethod"] == "single-shell"
+            assert fw_meta["Model"]["SingleShellPrior"]["NoiseSD"] > 0
             preproc = json.loads((dwi / f"{prefix}_space-dwi_desc-preproc_dwi.json").read_text())
             assert preproc["SkullStripped"] is False and "PhaseEncodingDirection" in preproc
             md = nib.load(dwi / f"{prefix}_space-dwi_model-tensor_param-md_dwimap.nii.gz")
@@ -266,6 +285,8 @@ def test_roi_table_schema(run):
             present = table[table["status"] != "missing"]
             assert (present["n_voxels"] > 0).all()
             assert present["md_mean"].between(2e-4, 2e-3).all()  # mm^2/s, gray matter
+            assert present["md_fwcorr_mean"].between(2e-4, 2e-3).all()
+            assert present["fw_fraction_mean"].between(0, 1).all()
             missing = table[table["status"] == "missing"]
             assert missing["md_mean"].isna().all()
             assert (missing["reason"].astype(str).str.len() > 0).all()

@@ -232,3 +232,30 @@ def test_rule_defaults_are_the_documented_constants():
     assert (rule.gm_prob_min, rule.csf_prob_max) == (GM_PROB_MIN, CSF_PROB_MAX)
     with pytest.raises(ValueError, match="shape"):
         gray_matter_mask(np.zeros((1, 1, 1)), np.zeros((2, 1, 1)))
+
+
+def test_free_water_means_follow_the_md_voxels_and_the_missing_rule():
+    """Without free-water maps the columns are n/a; a missing ROI has n/a free-water means."""
+    shape = (10, 10, 7)
+    labels = np.zeros(shape, np.int16)
+    for index in range(1, 8):
+        labels[:, :, index - 1] = index
+    md = np.full(shape, 0.8e-3)
+    brain = np.ones(shape, bool)
+    brain[:, :, 0] = False  # ROI 1 has no voxel in the brain: missing
+    plain = regional_statistics(md, labels, brain_mask=brain, rule=GrayMatterRule(None, None))
+    free_water_columns = ["md_fwcorr_mean", "fw_fraction_mean", "n_voxels_fw_no_tissue"]
+    assert plain[free_water_columns].isna().all().all()
+    fw_md, fwf = np.full(shape, 0.7e-3), np.full(shape, 0.1)
+    md[5, 5, 1] = np.nan  # failed tensor fit: left out of md_mean and of the free-water means
+    fw_md[5, 5, 1], fwf[5, 5, 1] = 5.0, 5.0
+    table = regional_statistics(
+        md, labels, fw_md=fw_md, fw_fraction=fwf, brain_mask=brain,
+        rule=GrayMatterRule(None, None),
+    )  # fmt: skip
+    assert table.status.iloc[0] == ROI_MISSING and np.isnan(table.md_fwcorr_mean.iloc[0])
+    assert np.allclose(table.md_fwcorr_mean.iloc[1:], 0.7e-3)
+    assert np.allclose(table.fw_fraction_mean.iloc[1:], 0.1)
+    assert (table.n_voxels_fw_no_tissue.iloc[1:] == 0).all()
+    with pytest.raises(ValueError, match="fw_md"):
+        regional_statistics(md, labels, fw_md=fw_md[:5])

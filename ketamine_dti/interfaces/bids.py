@@ -43,6 +43,9 @@ class _SinkInputSpec(BaseInterfaceInputSpec):
     suffix = traits.Str(mandatory=True)
     extension = traits.Str(desc="default: that of in_file")
     metadata = traits.Dict(desc="JSON sidecar content (Sources, Units, ...)")
+    metadata_file = File(
+        exists=True, desc="JSON of sidecar content known only at run time, merged into metadata"
+    )
     bval_file = File(exists=True, desc="written next to the main file as .bval")
     bvec_file = File(exists=True, desc="written next to the main file as .bvec")
 
@@ -94,12 +97,29 @@ class DerivativesSink(SimpleInterface):
             path = getattr(self.inputs, f"{extra}_file")
             if isdefined(path):
                 bids.atomic_write_bytes(f"{stem}.{extra}", Path(path).read_bytes())
-        if isdefined(self.inputs.metadata) and self.inputs.metadata:
+        metadata = dict(self.inputs.metadata) if isdefined(self.inputs.metadata) else {}
+        if isdefined(self.inputs.metadata_file):
+            metadata = merge_metadata(
+                metadata, json.loads(Path(self.inputs.metadata_file).read_text())
+            )
+        if metadata:
             bids.atomic_write_text(
-                stem + ".json", json.dumps(self.inputs.metadata, indent=2, sort_keys=True) + "\n"
+                stem + ".json", json.dumps(metadata, indent=2, sort_keys=True) + "\n"
             )
         self._results["out_file"] = str(target)
         return runtime
+
+
+def merge_metadata(static: dict, runtime: dict) -> dict:
+    """Sidecar content: `runtime` on top of `static`; objects present in both (e.g. "Model")
+    are merged key by key, so a fit's run-time facts join its static description."""
+    merged = dict(static)
+    for key, value in runtime.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merged[key] | value
+        else:
+            merged[key] = value
+    return merged
 
 
 class _QCInputSpec(BaseInterfaceInputSpec):

@@ -7,6 +7,7 @@ working directory; every choice of method or threshold lives in the core. Interf
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -226,6 +227,12 @@ class _TensorInputSpec(BaseInterfaceInputSpec):
     n_threads = traits.Int(1, usedefault=True)
 
 
+def _load_masked_dwi(inputs):
+    """The image, data, gradient table and boolean brain mask of a fit's inputs."""
+    image, data, gtab = _load_dwi(inputs.in_file, inputs.bval_file, inputs.bvec_file)
+    return image, data, gtab, np.asanyarray(nib.load(inputs.mask_file).dataobj) > 0
+
+
 class _TensorOutputSpec(TraitedSpec):
     md_file = File(exists=True, desc="mean diffusivity, mm^2/s")
     fa_file = File(exists=True)
@@ -246,11 +253,8 @@ class TensorFit(SimpleInterface):
     def _run_interface(self, runtime):
         from ketamine_dti.dwi.qc import tensor_residual
 
-        image, data, gtab = _load_dwi(
-            self.inputs.in_file, self.inputs.bval_file, self.inputs.bvec_file
-        )
+        image, data, gtab, mask = _load_masked_dwi(self.inputs)
         bvals, bvecs = gtab.bvals, gtab.bvecs
-        mask = np.asanyarray(nib.load(self.inputs.mask_file).dataobj) > 0
         fit = fit_tensor(
             data,
             bvals,
@@ -270,3 +274,72 @@ class TensorFit(SimpleInterface):
         self._results["residual_file"] = _save(residual_map, image, str(cwd / "residual.nii.gz"))
         self._results["residual_median"] = residual_median
         return runtime
+
+
+class _FreeWaterInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="preprocessed DWI (the tensor fit's input)")
+    bval_file = File(exists=True, mandatory=True)
+    bvec_file = File(exists=True, mandatory=True)
+    mask_file = File(exists=True, mandatory=True, desc="the tensor fit's brain mask")
+    n_threads = traits.Int(1, usedefault=True)
+
+
+class _FreeWaterOutputSpec(TraitedSpec):
+    md_file = File(exists=True, desc="free-water-corrected (tissue) MD, mm^2/s")
+    fwf_file = File(exists=True, desc="free-water signal fraction, 0..1")
+    metadata_file = File(exists=True, desc="JSON sidecar content of the fit as run")
+    single_shell = traits.Bool(desc="whether the single-shell (prior-regularised) fit ran")
+
+
+class FreeWaterElimination(SimpleInterface):
+    """Free-water elimination (``dwi.free_water``): tissue MD and free-water fraction maps.
+
+    The single-shell b0 references are estimated here (with the core's own function) so the
+    sidecar can record the prior the fit used.
+    """
+
+    input_spec = _FreeWaterInputSpec
+    output_spec = _FreeWaterOutputSpec
+
+    @limited_by_n_threads
+    def _run_interface(self, runtime):
+        from ketamine_dti.dwi import free_water
+
+        image, data, gtab, mask = _load_masked_dwi(self.inputs)
+        bvals, bvecs = gtab.bvals, gtab.bvecs
+        shells = np.unique(gtab.shells[gtab.shells > 0])
+        prior, references = None, {}
+        if shells.size == 1 and mask.any():
+            b0_volumes = np.flatnonzero(gtab.b0_mask)
+            prior = free_water.single_shell_prior(data, bvals, bvecs, mask, b0_volumes)
+            if np.isfinite(prior.s0_tissue):
+                references = {"s0_tissue": prior.s0_tissue, "s0_water": prior.s0_water}
+        fit = free_water.fit_free_water(
+            data, bvals, bvecs, mask=mask, n_threads=self.inputs.n_threads, **references
+        )
+        cwd = Path(runtime.cwd)
+        self._results["md_file"] = _save(fit.md, image, str(cwd / "fw_md.nii.gz"))
+        self._results["fwf_file"] = _save(fit.f_water, image, str(cwd / "fw_fraction.nii.gz"))
+        metadata = {"Model": _free_water_record(fit, shells, prior)}
+        (cwd / "fwdti.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+        self._results["metadata_file"] = str(cwd / "fwdti.json")
+        self._results["single_shell"] = fit.single_shell
+        return runtime
+
+
+def _free_water_record(fit, shells: np.ndarray, prior) -> dict:
+    """What the sidecar records of one fit: method, shells (s/mm^2), prior values, failures."""
+    record = {
+        "FitMethod": "single-shell" if fit.single_shell else "multi-shell",
+        "Shells": [round(float(b), 1) for b in shells],
+        "FailedVoxels": int(fit.failed.sum()),
+    }
+    if prior is not None:
+        finite = bool(np.isfinite(prior.s0_tissue))
+        record["SingleShellPrior"] = {
+            "B0ReferenceTissue": round(prior.s0_tissue, 4) if finite else None,
+            "B0ReferenceWater": round(prior.s0_water, 4) if finite else None,
+            "NoiseSD": round(prior.noise_sd, 4),
+            "B0PriorUsed": finite,
+        }
+    return record

@@ -87,6 +87,8 @@ class AtlasToDWI(SimpleInterface):
 class _ROIStatsInputSpec(BaseInterfaceInputSpec):
     md_file = File(exists=True, mandatory=True, desc="MD, mm^2/s, native DWI grid")
     fa_file = File(exists=True, mandatory=True)
+    fw_md_file = File(exists=True, desc="free-water-corrected MD, mm^2/s, the MD map's grid")
+    fw_fraction_file = File(exists=True, desc="free-water fraction, the MD map's grid")
     dseg_file = File(exists=True, mandatory=True)
     gm_file = File(exists=True, mandatory=True)
     csf_file = File(exists=True, mandatory=True)
@@ -102,7 +104,8 @@ class _ROIStatsOutputSpec(TraitedSpec):
 
 
 class ROIStats(SimpleInterface):
-    """Gray-matter MD statistics per ROI, on the never-resampled MD map."""
+    """Gray-matter MD statistics per ROI, on the never-resampled MD map (and, when given, the
+    free-water maps of the same grid, over the same voxels)."""
 
     input_spec = _ROIStatsInputSpec
     output_spec = _ROIStatsOutputSpec
@@ -126,6 +129,15 @@ class ROIStats(SimpleInterface):
             load(self.inputs.gm_file),
             load(self.inputs.csf_file),
         )
+        free_water = {}
+        for name in ("fw_md", "fw_fraction"):
+            path = getattr(self.inputs, f"{name}_file")
+            free_water[name] = None
+            if isdefined(path):
+                image = nib.load(path)
+                if not np.allclose(image.affine, md_image.affine, atol=1e-4):
+                    raise ValueError(f"{path}: not on the MD map's grid; fit it on the same DWI")
+                free_water[name] = np.asanyarray(image.dataobj)
         labels = load(self.inputs.dseg_file).astype(np.int64)
         brain = load(self.inputs.mask_file) > 0
         retention = RetentionRule(
@@ -139,6 +151,7 @@ class ROIStats(SimpleInterface):
             md,
             labels,
             fa=fa,
+            **free_water,
             gm_prob=gm,
             csf_prob=csf,
             brain_mask=brain,

@@ -30,12 +30,20 @@ REFERENCES = {
     "NeuroImage 142:394-406.",
     "gibbs": "Kellner E. et al. (2016) Gibbs-ringing artifact removal based on local subvoxel-"
     "shifts. Magn Reson Med 76:1574-81.",
+    "ic_gn": "Baker S., Matthews I. (2004) Lucas-Kanade 20 years on: a unifying framework. "
+    "Int J Comput Vis 56:221-55.",
     "bvec_rotation": "Leemans A., Jones D.K. (2009) The B-matrix must be rotated when "
     "correcting for subject motion in DTI data. Magn Reson Med 61:1336-49.",
     "fd": "Power J.D. et al. (2012) Spurious but systematic correlations in functional "
     "connectivity MRI networks arise from subject motion. NeuroImage 59:2142-54.",
     "wls": "Chung S. et al. (2006) Comparison of bootstrap approaches for estimation of "
     "uncertainties of DTI parameters. NeuroImage 33:531-41.",
+    "free_water": "Pasternak O. et al. (2009) Free water elimination and mapping from "
+    "diffusion MRI. Magn Reson Med 62:717-30.",
+    "free_water_multishell": "Hoy A.R. et al. (2014) Optimization of a free water elimination "
+    "two-compartment model for diffusion tensor imaging. NeuroImage 103:323-33.",
+    "free_water_init": "Golub M. et al. (2021) Free-water DTI estimates from single b-value data "
+    "might seem plausible but must be interpreted with care. Magn Reson Med 85:2173-84.",
     "halfway": "Reuter M. et al. (2012) Within-subject template estimation for unbiased "
     "longitudinal image analysis. NeuroImage 61:1402-18.",
     "mni": "Evans A.C. et al. (2012) Brain templates and atlases. NeuroImage 62:911-22 "

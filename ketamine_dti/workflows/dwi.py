@@ -1,4 +1,5 @@
-"""DWI preprocessing: checks -> MP-PCA -> Gibbs unringing -> motion/eddy correction -> mask."""
+"""DWI preprocessing: checks -> MP-PCA -> Gibbs unringing -> motion/eddy correction -> mask,
+then the tensor and free-water fits."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ketamine_dti.config import Config
-from ketamine_dti.dwi.motion import FD_HEAD_RADIUS_MM, FD_OUTLIER_MM, SHELL_PASSES_COARSE
+from ketamine_dti.dwi import free_water
+from ketamine_dti.dwi.motion import FD_HEAD_RADIUS_MM, FD_OUTLIER_MM, SHELL_PASS_LEVELS
 from ketamine_dti.interfaces.dwi import (
     BrainMask,
     CheckDWI,
     Denoise,
+    FreeWaterElimination,
     MotionCorrect,
     TensorFit,
     Unring,
@@ -38,7 +41,21 @@ OUTPUT_FIELDS = (
     "rd_file",
     "residual_file",
     "residual_median",
+    "fw_md_file",
+    "fw_fraction_file",
+    "fw_metadata_file",
 )
+
+
+_FREE_WATER_SENTENCE = f"""In the same mask, free water was eliminated by fitting a tissue
+tensor plus an isotropic compartment of diffusivity {free_water.FREE_WATER_DIFFUSIVITY:g} mm^2/s
+[free_water]: with two or more shells by the two-compartment fit of Hoy et al.
+[free_water_multishell]; with one shell, whose data cannot separate tissue MD from free water,
+by a voxelwise penalised least-squares fit with a prior on the free-water fraction implied by
+the b0 intensity between tissue and CSF references (SD {free_water.F_PRIOR_SD:g}) and a weak
+prior on tissue MD ({free_water.TISSUE_MD_PRIOR_MEAN:g} +- {free_water.TISSUE_MD_PRIOR_SD:g}
+mm^2/s) [free_water_init]. This gave the free-water fraction and the free-water-corrected
+MD."""
 
 
 def _description(denoise: str, gibbs: bool, tensor_fit: str) -> str:
@@ -49,18 +66,20 @@ def _description(denoise: str, gibbs: bool, tensor_fit: str) -> str:
         steps.append("corrected for Gibbs ringing by local subvoxel shifts [gibbs]")
     done = "; ".join(steps) + ("; " if steps else "")
     return f"""**Diffusion.** Each session's DWI series was {done}head motion and eddy-current
-distortion were corrected with ANTs by registering each volume to a target of its own contrast,
-as FSL eddy and SHORELine do: b0 volumes rigidly to the first b0 (their mean is the reference);
-diffusion-weighted volumes with a 12-parameter affine (Mattes mutual information) to the mean
-image of their shell, recomputed from the aligned volumes over {len(SHELL_PASSES_COARSE)}
-passes, and each shell mean to the b0 reference by one rigid registration. Each volume was
+distortion were corrected by registering each volume to a target of its own contrast, as FSL
+eddy and SHORELine do: b0 volumes rigidly to the first b0 (their mean is the reference), by least
+squares (inverse-compositional Gauss-Newton [ic_gn]); diffusion-weighted volumes with a
+12-parameter affine to the mean image of their shell, recomputed from the aligned volumes over
+{len(SHELL_PASS_LEVELS)} least-squares passes, then refined at full resolution with Mattes mutual
+information (ANTs). Each shell mean was brought to the b0 reference by one rigid
+registration with Mattes mutual information (ANTs). Each volume was
 interpolated once; b-vectors were rotated by the rotation part of each affine [bvec_rotation].
 Translations along phase encoding, which the eddy-current field offset confounds in
 diffusion-weighted volumes, were taken from the b0 volumes. Six motion parameters and the framewise
 displacement (FD, {FD_HEAD_RADIUS_MM:g} mm head radius) [fd] were saved; volumes with FD >
 {FD_OUTLIER_MM} mm were counted as outliers. A brain mask was computed from the b0 reference
 (median filter and Otsu threshold). A diffusion tensor was fitted ({tensor_fit.upper()} [wls]),
-giving MD, FA, AD and RD (mm^2/s) and the RMS fit residual."""
+giving MD, FA, AD and RD (mm^2/s) and the RMS fit residual. {_FREE_WATER_SENTENCE}"""
 
 
 def init_dwi_preproc_wf(
@@ -77,7 +96,9 @@ def init_dwi_preproc_wf(
     Outputs (outputnode, OUTPUT_FIELDS): ``dwi_file``/``bval_file``/``bvec_file``
     (preprocessed, rotated b-vectors), ``b0_reference``, ``mask_file``, ``noise_file`` (MP-PCA
     sigma; only with ``denoise="mppca"``), ``confounds_file``, ``n_outlier_volumes``,
-    ``md_file``, ``fa_file``, ``ad_file``, ``rd_file``, ``residual_file``, ``residual_median``.
+    ``md_file``, ``fa_file``, ``ad_file``, ``rd_file``, ``residual_file``, ``residual_median``,
+    ``fw_md_file``/``fw_fraction_file`` (free-water-corrected MD, free-water fraction) and
+    ``fw_metadata_file`` (the free-water fit as run, for the sidecars).
 
     Denoising comes first (it needs the untouched noise), unringing second (it needs the
     original slice grid), then a single interpolation aligns every volume to the b0 reference.
@@ -101,6 +122,10 @@ def init_dwi_preproc_wf(
         TensorFit(method=tensor_fit, n_threads=omp_nthreads), "tensor_fit", omp_nthreads,
         DWI_STEP_MEM_GB,
     )  # fmt: skip
+    fw = threaded_node(
+        FreeWaterElimination(n_threads=omp_nthreads), "free_water", omp_nthreads,
+        DWI_STEP_MEM_GB,
+    )  # fmt: skip
     workflow.connect([
         (inputnode, check, [("dwi_file", "dwi_file"), ("bval_file", "bval_file"),
                             ("bvec_file", "bvec_file")]),
@@ -109,6 +134,11 @@ def init_dwi_preproc_wf(
         (motion, tensor, [("out_file", "in_file"), ("out_bval", "bval_file"),
                           ("out_bvec", "bvec_file")]),
         (mask, tensor, [("out_file", "mask_file")]),
+        (motion, fw, [("out_file", "in_file"), ("out_bval", "bval_file"),
+                      ("out_bvec", "bvec_file")]),
+        (mask, fw, [("out_file", "mask_file")]),
+        (fw, outputnode, [("md_file", "fw_md_file"), ("fwf_file", "fw_fraction_file"),
+                          ("metadata_file", "fw_metadata_file")]),
         (motion, outputnode, [("out_file", "dwi_file"), ("out_bval", "bval_file"),
                               ("out_bvec", "bvec_file"), ("b0_reference", "b0_reference"),
                               ("confounds_file", "confounds_file"),

@@ -49,6 +49,8 @@ def init_derivatives_wf(keys: tuple[str, ...], context: SidecarContext, name: st
         workflow.connect(inputnode, key, sink, "in_file")
         for field in spec.companions:
             workflow.connect(inputnode, field, sink, field)
+        if spec.runtime_metadata is not None:
+            workflow.connect(inputnode, spec.runtime_metadata, sink, "metadata_file")
     return workflow
 
 

@@ -1,0 +1,165 @@
+"""Free water in the participant outputs: the interface on a small phantom, the published maps'
+names and sidecars (the derivatives specification), and the ROI means over the MD voxels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from ketamine_dti import bids
+from ketamine_dti.bids import SessionInputs
+from ketamine_dti.config import Config
+from ketamine_dti.derivatives import SidecarContext, sidecar, spec_entities, spec_path
+
+SHAPE = (12, 12, 8)
+AFFINE = np.diag([4.0, 4.0, 4.0, 1.0])
+WATER_DIFFUSIVITY = 3.0e-3  # mm^2/s
+TISSUE_MD = 0.8e-3  # mm^2/s
+S0_TISSUE, S0_WATER = 1000.0, 2500.0  # water is brighter at b0 (longer T2)
+
+
+def _phantom(folder: Path, shells: tuple[float, ...]) -> dict[str, str]:
+    """A brain of tissue with free water rising towards a central CSF blob (f = 1), 2 b0s and
+    12 directions per shell; no noise but a little jitter so the noise SD is not zero."""
+    rng = np.random.default_rng(1)
+    grid = np.indices(SHAPE).astype(float)
+    centre = (np.array(SHAPE) - 1) / 2
+    radius = np.sqrt(sum(((grid[i] - centre[i]) / (0.45 * SHAPE[i])) ** 2 for i in range(3)))
+    brain = radius < 1
+    f = np.clip(0.45 - 0.5 * radius, 0.0, None)  # tissue with some free water ...
+    f[radius < 0.35] = 1.0  # ... around a CSF core
+    directions = rng.normal(size=(12, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    bvals = np.concatenate([[0.0, 0.0], *[np.full(12, b) for b in shells]])
+    bvecs = np.vstack([np.zeros((2, 3)), *[directions for _ in shells]])
+    evals = TISSUE_MD * np.array([1.2, 1.0, 0.8])
+    adc = (bvecs**2) @ evals  # tissue tensor aligned with the axes
+    volume = f * S0_TISSUE / ((1 - f) * S0_WATER + f * S0_TISSUE)
+    s0 = (1 - volume) * S0_TISSUE + volume * S0_WATER
+    water = np.exp(-bvals * WATER_DIFFUSIVITY)
+    signal = s0[..., None] * ((1 - f[..., None]) * np.exp(-bvals * adc) + f[..., None] * water)
+    signal = brain[..., None] * signal * (1 + 0.002 * rng.standard_normal(signal.shape))
+    (folder / "dwi.bval").write_text(" ".join(f"{b:g}" for b in bvals) + "\n")
+    (folder / "dwi.bvec").write_text("\n".join(" ".join(map(str, r)) for r in bvecs.T) + "\n")
+    nib.save(nib.Nifti1Image(signal.astype(np.float32), AFFINE), folder / "dwi.nii")
+    nib.save(nib.Nifti1Image(brain.astype(np.uint8), AFFINE), folder / "mask.nii.gz")
+    names = {"in_file": "dwi.nii", "bval_file": "dwi.bval", "bvec_file": "dwi.bvec",
+             "mask_file": "mask.nii.gz"}  # fmt: skip
+    return {key: str(folder / name) for key, name in names.items()}
+
+
+@pytest.mark.parametrize("shells", [(1000.0,), (1000.0, 2000.0)], ids=["single", "multi"])
+def test_interface_writes_both_maps_and_the_fit_record(tmp_path, shells):
+    from ketamine_dti.interfaces.dwi import FreeWaterElimination
+
+    inputs = _phantom(tmp_path, shells)
+    (tmp_path / "node").mkdir()
+    out = FreeWaterElimination(**inputs, n_threads=1).run(cwd=str(tmp_path / "node")).outputs
+    mask = nib.load(inputs["mask_file"]).get_fdata() > 0
+    md, fwf = nib.load(out.md_file), nib.load(out.fwf_file)
+    assert md.shape == fwf.shape == SHAPE and np.allclose(md.affine, AFFINE)
+    md, fwf = md.get_fdata(), fwf.get_fdata()
+    assert np.isnan(md[~mask]).all() and np.isnan(fwf[~mask]).all()
+    assert np.nanmin(fwf) >= 0 and np.nanmax(fwf) <= 1
+    tissue = mask & np.isfinite(md)
+    assert tissue.sum() > 0.5 * mask.sum()
+    assert np.median(md[tissue]) == pytest.approx(TISSUE_MD, rel=0.1)  # free water removed
+    record = json.loads(Path(out.metadata_file).read_text())["Model"]
+    assert record["Shells"] == list(shells) and record["FailedVoxels"] == 0
+    assert out.single_shell == (len(shells) == 1)
+    if len(shells) == 1:
+        assert record["FitMethod"] == "single-shell"
+        prior = record["SingleShellPrior"]
+        assert prior["B0PriorUsed"] and prior["B0ReferenceTissue"] < prior["B0ReferenceWater"]
+        assert prior["NoiseSD"] > 0
+    else:
+        assert record["FitMethod"] == "multi-shell" and "SingleShellPrior" not in record
+
+
+def test_maps_are_published_under_bep016_names_with_model_sidecars(tmp_path):
+    """Both maps through the sink, as the session's derivatives workflow wires them."""
+    from ketamine_dti.interfaces.bids import DerivativesSink
+    from ketamine_dti.interfaces.dwi import FreeWaterElimination
+
+    inputs = _phantom(tmp_path, (1000.0,))
+    (tmp_path / "node").mkdir()
+    fit = FreeWaterElimination(**inputs).run(cwd=str(tmp_path / "node")).outputs
+    raw = tmp_path / "bids" / "sub-01" / "ses-24h" / "dwi" / "sub-01_ses-24h_dwi.nii.gz"
+    session = SessionInputs("01", "24h", str(raw), "", "", str(raw), {})
+    config = Config(tmp_path / "bids", tmp_path / "out", "participant")
+    context = SidecarContext(config, "01", session=session)
+    for key, work_file, param, units in (
+        ("fw_md", fit.md_file, "md", "mm^2/s"),
+        ("fw_fraction", fit.fwf_file, "fwf", "arbitrary"),
+    ):
+        name = f"sub-01_ses-24h_space-dwi_model-fwdti_param-{param}_dwimap.nii.gz"
+        assert spec_path(config.output_dir, key, "01", "24h").name == name
+        written = DerivativesSink(
+            output_dir=str(config.output_dir), in_file=work_file, datatype="dwi",
+            suffix="dwimap", entities=spec_entities(key, "01", "24h"),
+            metadata=sidecar(key, context), metadata_file=fit.metadata_file,
+        ).run(cwd=str(tmp_path / "node")).outputs.out_file  # fmt: skip
+        assert Path(written) == bids.staging_root(config.output_dir) / "sub-01/ses-24h/dwi" / name
+        meta = json.loads(Path(written.replace(".nii.gz", ".json")).read_text())
+        assert meta["Units"] == units
+        assert meta["Sources"][0].endswith("_space-dwi_desc-preproc_dwi.nii.gz")
+        model = meta["Model"]  # static description and the fit as run, merged
+        assert "free water" in model["Description"].lower()
+        assert set(model["FitMethods"]) == {"single-shell", "multi-shell"}
+        assert model["FitMethod"] == "single-shell" and model["SingleShellPrior"]["B0PriorUsed"]
+        assert [ref.split()[0] for ref in model["References"]] == ["Pasternak", "Hoy", "Golub"]
+    # the tensor maps keep their names and model
+    assert spec_path(config.output_dir, "md", "01", "24h").name == (
+        "sub-01_ses-24h_space-dwi_model-tensor_param-md_dwimap.nii.gz"
+    )
+
+
+def test_roi_table_averages_free_water_over_the_md_voxels(tmp_path):
+    """ROIStats with the free-water maps: their means use exactly the voxels md_mean uses."""
+    from ketamine_dti.interfaces.rois import ROIStats
+    from ketamine_dti.rois import ROI_COLUMN_DESCRIPTIONS
+
+    shape = (8, 8, 7)
+    rng = np.random.default_rng(0)
+    labels = np.zeros(shape, np.int16)
+    for index in range(1, 8):
+        labels[:, :, index - 1] = index
+    csf = np.zeros(shape)
+    csf[:4] = 0.5  # half of every ROI is dropped by the anatomy rule
+    md = rng.uniform(0.7e-3, 0.9e-3, shape)
+    fw_md = rng.uniform(0.6e-3, 0.8e-3, shape)
+    fw_md[:4] = 2e-3  # dropped voxels: would move the mean if they were used
+    fw_md[4, 0, :] = np.nan  # one kept voxel per ROI is free water for the fit
+    fwf = rng.uniform(0.0, 0.2, shape)
+    fwf[:4] = 0.9
+    fwf[4, 0, :] = 1.0
+    files = {}
+    for name, array in (("md", md), ("fa", np.full(shape, 0.1)), ("dseg", labels),
+                        ("gm", np.ones(shape)), ("csf", csf), ("mask", np.ones(shape, np.uint8)),
+                        ("fw_md", fw_md), ("fw_fraction", fwf)):  # fmt: skip
+        files[f"{name}_file"] = str(tmp_path / f"{name}.nii.gz")
+        image = nib.Nifti1Image(np.asarray(array, dtype=np.float32), AFFINE)
+        nib.save(image, files[f"{name}_file"])
+    roi = ROIStats(**files, roi_names=[f"r{i}" for i in range(7)]).run(cwd=str(tmp_path))
+    table = pd.read_csv(roi.outputs.out_file, sep="\t")
+    assert set(table.columns) == set(ROI_COLUMN_DESCRIPTIONS)
+    for index in range(7):
+        row = table.iloc[index]
+        kept = (labels == index + 1) & (csf <= 0.05)
+        assert row.n_voxels == kept.sum() == 32
+        assert row.md_mean == pytest.approx(md[kept].astype(np.float32).mean(), rel=1e-5)
+        assert row.md_fwcorr_mean == pytest.approx(
+            np.nanmean(fw_md[kept].astype(np.float32)), rel=1e-5
+        )
+        assert row.fw_fraction_mean == pytest.approx(fwf[kept].astype(np.float32).mean(), rel=1e-5)
+        assert row.n_voxels_fw_no_tissue == 1
+    moved = AFFINE.copy()
+    moved[0, 3] = 2.0
+    nib.save(nib.Nifti1Image(fw_md.astype(np.float32), moved), files["fw_md_file"])
+    with pytest.raises(Exception, match="not on the MD map's grid"):
+        ROIStats(**files, roi_names=[f"r{i}" for i in range(7)]).run(cwd=str(tmp_path))
