@@ -122,6 +122,11 @@ def test_b0_references_and_fraction():
     # half the volume water: S0 = 1750, water signal 1250 of it
     np.testing.assert_allclose(b0_free_water_fraction(1750.0, 1000.0, 2500.0), 1250 / 1750)
     assert np.isnan(estimate_b0_references(s0[:100], md[:100])[0])  # no CSF: no reference
+    # with FA: the reference is gray-matter-like tissue, not the darker white matter
+    s0_gm = np.r_[s0, np.full(100, 1400.0)]
+    md_gm = np.r_[md, np.full(100, 0.75e-3)]
+    fa = np.r_[np.full(100, 0.6), np.full(50, 0.05), np.full(100, 0.1), np.full(100, 0.1)]
+    assert estimate_b0_references(s0_gm, md_gm, fa) == (1400.0, 2500.0)
 
 
 def test_multi_shell_noiseless_signal_is_recovered():

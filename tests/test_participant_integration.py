@@ -416,7 +416,7 @@ def test_group_level_end_to_end(run):
     stats = pd.read_csv(out / "stats.tsv", sep="\t")
     assert list(stats.columns) == [
         "scale", "roi", "model", "term", "estimate", "std_error", "statistic",
-        "p_value", "p_fdr", "ci_low", "ci_high", "n",
+        "p_value", "p_fdr", "ci_low", "ci_high", "n", "p_perm", "p_perm_fdr",
     ]  # fmt: skip
     interaction = stats[(stats.model == "interaction") & (stats.term == "group:delta_md")]
     assert len(interaction) == 7 * 2  # 7 ROIs x 2 scales

@@ -85,8 +85,12 @@ F_PRIOR_SD = 0.03
 #: Fewest voxels a b0 reference (tissue or water) may be estimated from; below it no b0 prior.
 MIN_REFERENCE_VOXELS = 20
 #: The tissue b0 reference is the median b0 of the voxels whose DTI MD is in this lowest
-#: percentile of the non-water voxels: the least free water of the mask.
+#: percentile of the non-water gray-matter-like voxels: the least free water of the mask.
 TISSUE_REFERENCE_PERCENTILE = 10.0
+#: Gray-matter-like: DTI FA below this. White matter (FA >= 0.2) has a shorter T2 than gray
+#: matter, so a white-matter b0 reference read pure simulated gray matter (1.4x brighter at
+#: b0) as 0.3-0.5 free water, and the ROIs this App measures are gray matter.
+TISSUE_REFERENCE_MAX_FA = 0.2
 #: The water b0 reference needs voxels with DTI MD at least this (mm^2/s): nearly pure CSF.
 WATER_REFERENCE_MD = PURE_WATER_MD
 #: Hoy et al.'s grid search: first pass f = 0, 0.1, ..., 0.9, then two refinements, each
@@ -155,18 +159,24 @@ def b0_free_water_fraction(s0: np.ndarray, s0_tissue: float, s0_water: float) ->
     return np.clip(np.nan_to_num(f, nan=0.0), 0.0, 1.0)
 
 
-def estimate_b0_references(s0: np.ndarray, dti_md: np.ndarray) -> tuple[float, float]:
-    """(s0_tissue, s0_water): median b0 of the least-water tissue and of pure-CSF voxels.
+def estimate_b0_references(
+    s0: np.ndarray, dti_md: np.ndarray, dti_fa: np.ndarray | None = None
+) -> tuple[float, float]:
+    """(s0_tissue, s0_water): median b0 of the least-water gray-matter-like tissue and of
+    pure-CSF voxels.
 
-    Tissue: voxels whose DTI MD is in the lowest :data:`TISSUE_REFERENCE_PERCENTILE` of the
-    non-water voxels; water: DTI MD >= :data:`WATER_REFERENCE_MD`. NaN for a reference with fewer
-    than :data:`MIN_REFERENCE_VOXELS` voxels, or when water is not brighter than tissue.
+    Tissue: voxels (with DTI FA below :data:`TISSUE_REFERENCE_MAX_FA` when ``dti_fa`` is given)
+    whose DTI MD is in the lowest :data:`TISSUE_REFERENCE_PERCENTILE` of the non-water voxels;
+    water: DTI MD >= :data:`WATER_REFERENCE_MD`. NaN for a reference with fewer than
+    :data:`MIN_REFERENCE_VOXELS` voxels, or when water is not brighter than tissue.
     """
     s0 = np.asarray(s0, dtype=float).ravel()
     dti_md = np.asarray(dti_md, dtype=float).ravel()
     good = np.isfinite(s0) & np.isfinite(dti_md) & (s0 > 0)
     water = good & (dti_md >= WATER_REFERENCE_MD)
     tissue_candidates = good & ~water & (dti_md > 0)
+    if dti_fa is not None:
+        tissue_candidates &= np.asarray(dti_fa, dtype=float).ravel() < TISSUE_REFERENCE_MAX_FA
     s0_water = float(np.median(s0[water])) if water.sum() >= MIN_REFERENCE_VOXELS else np.nan
     s0_tissue = np.nan
     if tissue_candidates.sum() >= MIN_REFERENCE_VOXELS:
@@ -640,7 +650,7 @@ def single_shell_prior(
     if s0_tissue is None:
         tensor = fit_tensor(data, bvals, bvecs, mask=mask, method="wls")
         b0_mean = data[mask][:, b0_volumes].mean(axis=1)
-        s0_tissue, s0_water = estimate_b0_references(b0_mean, tensor.md[mask])
+        s0_tissue, s0_water = estimate_b0_references(b0_mean, tensor.md[mask], tensor.fa[mask])
         if np.isnan(s0_tissue):
             LOGGER.warning(
                 "fit_free_water: no tissue/CSF b0 references in the mask; single-shell free "
