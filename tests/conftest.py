@@ -35,3 +35,27 @@ def tree_checksum(root: Path) -> str:
         digest.update(str(path.relative_to(root)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+#: Participants of the simulated trial the group-level tests share (``group_trial``).
+GROUP_TRIAL_PARTICIPANTS = 24
+
+
+@pytest.fixture
+def group_trial(tmp_path: Path):
+    """A fresh 24-participant ``paper`` trial's group-level inputs (seed 9) and its Config."""
+    import numpy as np
+
+    from ketamine_dti.simulate.validation import simulate_trial_files
+
+    config, _ = simulate_trial_files(
+        tmp_path, GROUP_TRIAL_PARTICIPANTS, "paper", np.random.default_rng(9)
+    )
+    return config
+
+
+def read_tsv(path: Path):
+    """A TSV output as BIDS writes it ("n/a" is missing, nothing else is)."""
+    import pandas as pd
+
+    return pd.read_csv(path, sep="\t", keep_default_na=False, na_values=["n/a"])

@@ -11,20 +11,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import statsmodels.formula.api as smf
+from conftest import GROUP_TRIAL_PARTICIPANTS, read_tsv
 
 from bids_app import exit_codes as ec
 from bids_app.run import main
 from ketamine_dti.config import Config
 from ketamine_dti.rois import ROI_NAMES
-from ketamine_dti.simulate.validation import simulate_trial_files
 
-N_PARTICIPANTS = 24
+N_PARTICIPANTS = GROUP_TRIAL_PARTICIPANTS
 NCT03237286 = ["ketamine=ketamine_asat,ketamine_sham", "saline=saline_sham"]
 
 
 @pytest.fixture
-def trial(tmp_path: Path) -> Config:
-    config, _ = simulate_trial_files(tmp_path, N_PARTICIPANTS, "paper", np.random.default_rng(9))
+def trial(group_trial: Config) -> Config:
+    config = group_trial
     for pid in _read(config.bids_dir / "participants.tsv").participant_id:
         folder = config.bids_dir / pid  # the CLI selects participants from sub-* folders
         folder.mkdir()
@@ -32,8 +32,7 @@ def trial(tmp_path: Path) -> Config:
     return config
 
 
-def _read(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, sep="\t", keep_default_na=False, na_values=["n/a"])
+_read = read_tsv
 
 
 def _write(frame: pd.DataFrame, path: Path) -> None:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import itertools
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import statsmodels.api as sm
 import statsmodels.formula.api as smf
+from conftest import GROUP_TRIAL_PARTICIPANTS, read_tsv
 from statsmodels.stats.multitest import multipletests
 
 from bids_app import exit_codes as ec
@@ -33,20 +33,17 @@ from ketamine_dti.group.permutation import (
 )
 from ketamine_dti.group.tables import STATS_COLUMNS
 from ketamine_dti.rois import ROI_NAMES
-from ketamine_dti.simulate.validation import simulate_trial_files
 
-N_PARTICIPANTS = 24
+N_PARTICIPANTS = GROUP_TRIAL_PARTICIPANTS
 FORMULA = "delta_score ~ group * delta_md + baseline_score"
 
 
 @pytest.fixture
-def trial(tmp_path: Path) -> Config:
-    config, _ = simulate_trial_files(tmp_path, N_PARTICIPANTS, "paper", np.random.default_rng(9))
-    return config
+def trial(group_trial: Config) -> Config:
+    return group_trial
 
 
-def _read(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, sep="\t", keep_default_na=False, na_values=["n/a"])
+_read = read_tsv
 
 
 def _fixed_dataset(n: int = 40) -> pd.DataFrame:

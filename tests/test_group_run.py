@@ -9,28 +9,25 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
+from conftest import GROUP_TRIAL_PARTICIPANTS, read_tsv
 
 from ketamine_dti.config import Config
 from ketamine_dti.errors import InputError
 from ketamine_dti.group import run_group_level
 from ketamine_dti.group.tables import STATS_COLUMNS
 from ketamine_dti.rois import ROI_NAMES
-from ketamine_dti.simulate.validation import simulate_trial_files
 
-N_PARTICIPANTS = 24
+N_PARTICIPANTS = GROUP_TRIAL_PARTICIPANTS
 TERMS = {"group", "delta_md", "group:delta_md", "baseline_score", "baseline_md"}
 
 
 @pytest.fixture
-def trial(tmp_path: Path) -> Config:
-    config, _ = simulate_trial_files(tmp_path, N_PARTICIPANTS, "paper", np.random.default_rng(9))
-    return config
+def trial(group_trial: Config) -> Config:
+    return group_trial
 
 
-def _read(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, sep="\t", keep_default_na=False, na_values=["n/a"])
+_read = read_tsv
 
 
 def _participant_outputs(config: Config) -> dict[str, str]:
