@@ -32,7 +32,9 @@ def main() -> None:
     volume = rng.normal(size=(12, 12, 12)).astype(np.float32)
     mask = np.ones(volume.shape, dtype=bool)
     target = series_registration.prepare(volume, np.eye(4), mask)
-    series_registration.register(target, series_registration.resample(volume, np.eye(4), np.eye(4)))
+    series_registration.register(
+        target, series_registration.resample(volume, np.eye(4), np.eye(4))
+    )
     print("ketamine-dti kernels compiled")
 
 

@@ -59,8 +59,8 @@ from ketamine_dti.dwi.tensor import (
     MIN_SIGNAL,
     check_inputs,
     cholesky_solve,
-    eigh3,
     design_matrix,
+    eigh3,
     fit_tensor,
     md_fa,
 )

@@ -48,14 +48,11 @@ class Level:
     sigma: float
 
 
-def pyramid(zooms: tuple[float, ...], coarse: bool = False) -> tuple[Level, ...]:
-    """Levels from about COARSEST_LEVEL_MM down to the native grid (``coarse``: stop one
-    level short of it, for a quick estimate)."""
+def pyramid(zooms: tuple[float, ...]) -> tuple[Level, ...]:
+    """Levels from about COARSEST_LEVEL_MM down to the native grid (callers take slices)."""
     n_coarser = int(round(np.log2(COARSEST_LEVEL_MM / float(np.mean(zooms)))))
     n_coarser = min(max(n_coarser, 0), len(MAX_STEPS) - 1)
     strides = [2**level for level in range(n_coarser, -1, -1)]
-    if coarse and len(strides) > 1:
-        strides = strides[:-1]
     return tuple(Level(s, s / 2.0 if s > 1 else 0.0) for s in strides)
 
 
