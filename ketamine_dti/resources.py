@@ -143,6 +143,22 @@ def get_template(
     raise _not_found(template, query)
 
 
+def get_tissue_priors(resolution: int = 2, template: str = TEMPLATE) -> list[Path]:
+    """Paths of the template's CSF, GM and WM probability maps (``label-*_probseg``), in the
+    order ``ketamine_dti.anat.segmentation.TISSUE_NAMES``."""
+    found = []
+    for label in ("CSF", "GM", "WM"):
+        query = {"resolution": resolution, "label": label, "suffix": "probseg", "atlas": None}
+        for home in _homes():
+            path = _find(home, template, extension=".nii.gz", **query)
+            if path is not None:
+                found.append(path)
+                break
+        else:
+            raise _not_found(template, query)
+    return found
+
+
 def get_atlas(
     resolution: int = 2, atlas: str = ATLAS, template: str = TEMPLATE
 ) -> tuple[Path, Path]:

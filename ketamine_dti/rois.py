@@ -1,7 +1,7 @@
 """The seven gray-matter regions of Kopelman et al. (2023), and regional MD statistics.
 
 Statistics are computed in each session's native DWI grid on MD maps that were never
-resampled: only the atlas labels and tissue probabilities move (``ketamine_dti.anat.transfer``).
+resampled: only the atlas labels and tissue fractions move (``ketamine_dti.anat.transfer``).
 Inside each atlas ROI, voxels that are not gray matter are dropped by ``GrayMatterRule``
 (documented below). The rule reads anatomy alone (the T1w tissue fractions of the subject
 template moved onto the DWI grid), never the MD or FA being measured: a voxel whose MD rose at
@@ -81,9 +81,10 @@ MD_CSF_MAX: float = 1.5e-3
 FA_WM_MAX: float = 0.3
 
 # --- Gray-matter / partial-volume rule (anatomy) -----------------------------------------------
-#: T1w GM probability (warped to DWI) below which a voxel is mostly WM or CSF: majority rule.
+#: GM fraction of a DWI voxel (share of its footprint the T1w segmentation labels GM) below which
+#: the voxel is mostly WM or CSF: majority rule.
 GM_PROB_MIN: float = 0.5
-#: T1w CSF fraction (footprint-averaged, warped to DWI) above which a voxel is dropped. CSF
+#: CSF fraction of a DWI voxel (share of its footprint labelled CSF) above which it is dropped. CSF
 #: (D 3.0e-3, S0 ~2x GM) dominates the mixture: 5% CSF already raises apparent MD by ~10% at
 #: b=1000. On a simulated participant, 0.05 cut the median ROI MD error from 4% (0.3) to ~1%.
 CSF_PROB_MAX: float = 0.05

@@ -32,6 +32,7 @@ import nibabel as nb
 import numpy as np
 from scipy import ndimage
 
+from ketamine_dti.anat.segmentation import TISSUE_NAMES, segment_tissues
 from ketamine_dti.rois import ROI_NAMES  # atlas index order 1..7
 
 LOGGER = logging.getLogger("build_atlas_bundle")
@@ -93,6 +94,7 @@ MNI_FSL_TO_TALAIRACH = np.array(
 # 1 mm -> 2 mm: each 2 mm voxel is centred on a 1 mm voxel and covers it plus half of each
 # neighbour along every axis: the exact area weights are (1/4, 1/2, 1/4), separable.
 AREA_WEIGHTS_1MM_TO_2MM = np.array([0.25, 0.5, 0.25])
+PRIOR_MIN_TOTAL = 0.05  # a 2 mm voxel with < 5% brain in it has no tissue prior
 MASK_MIN_FRACTION = 0.5  # a 2 mm voxel is brain if at least half of its volume is
 
 # Plausibility ranges (mm^3) for the build-time check; generous, they only catch gross errors.
@@ -245,6 +247,26 @@ def downsample_fraction(volume: np.ndarray, fine: Grid, coarse: Grid) -> np.ndar
     index = [np.rint(c).astype(int) for c in centres]
     padded = np.pad(smoothed, 1)  # centres may sit one voxel outside the fine grid
     return padded[np.ix_(index[0] + 1, index[1] + 1, index[2] + 1)]
+
+
+def tissue_priors(t1w: np.ndarray, mask: np.ndarray, fine: Grid, coarse: Grid) -> np.ndarray:
+    """CSF, GM and WM probabilities of the 1 mm template (k-means Atropos, one thread, fixed
+    seed: repeatable), area-averaged to 2 mm and rounded to 1e-3: the priors the participant
+    segmentation moves into each subject. TemplateFlow's own (FSL-derived) maps are not
+    reachable offline, and the simulator's ICBM 2009a maps must not be the pipeline's priors."""
+    with tempfile.TemporaryDirectory() as tmp:
+        save_nifti(t1w, fine, np.float32, Path(tmp) / "t1w.nii.gz")
+        save_nifti(mask, fine, np.uint8, Path(tmp) / "mask.nii.gz")
+        result = segment_tissues(
+            Path(tmp) / "t1w.nii.gz", Path(tmp) / "mask.nii.gz", Path(tmp), n_threads=1
+        )
+        maps = [nb.load(getattr(result, f"{name}_file")).get_fdata() for name in TISSUE_NAMES]
+    coarse_maps = np.stack([downsample_fraction(m, fine, coarse) for m in maps])
+    total = coarse_maps.sum(axis=0)
+    coarse_maps = np.divide(
+        coarse_maps, total, out=np.zeros_like(coarse_maps), where=total > PRIOR_MIN_TOTAL
+    )
+    return np.round(coarse_maps, 3)
 
 
 def downsample_labels(labels: np.ndarray, n_labels: int, fine: Grid, coarse: Grid) -> np.ndarray:
@@ -433,7 +455,8 @@ def template_description() -> dict:
                 "Name": "ketamine-dti scripts/build_atlas_bundle.py",
                 "Description": (
                     "Offline subset: brain T1w and mask at res-01/02 from FSL's "
-                    "MNI152_T1_1mm_brain, plus atlas-ketamine7 (see ketamine_dti/data/README.md)."
+                    "MNI152_T1_1mm_brain, CSF/GM/WM probseg at res-02 (three-class Atropos of "
+                    "the res-01 brain), plus atlas-ketamine7 (see ketamine_dti/data/README.md)."
                 ),
             }
         ],
@@ -468,6 +491,10 @@ def build(out_home: Path) -> list[dict]:
     save_nifti(mask_2mm, coarse, np.uint8, tpl_dir / f"{prefix}_res-02_desc-brain_mask.nii.gz")
     save_nifti(atlas, fine, np.uint8, tpl_dir / f"{prefix}_res-01_atlas-{ATLAS}_dseg.nii.gz")
     save_nifti(atlas_2mm, coarse, np.uint8, tpl_dir / f"{prefix}_res-02_atlas-{ATLAS}_dseg.nii.gz")
+    priors = tissue_priors(t1w, mask, fine, coarse)
+    for name, prior in zip(TISSUE_NAMES, priors, strict=True):
+        path = tpl_dir / f"{prefix}_res-02_label-{name.upper()}_probseg.nii.gz"
+        save_nifti(prior, coarse, np.float32, path)
     lines = ["index\tname"] + [f"{i}\t{name}" for i, name in enumerate(ROI_NAMES, start=1)]
     (tpl_dir / f"{prefix}_atlas-{ATLAS}_dseg.tsv").write_text("\n".join(lines) + "\n")
     (tpl_dir / "template_description.json").write_text(

@@ -91,3 +91,39 @@ def test_empty_mask_is_an_input_error(segmented, tmp_path):
     )
     with pytest.raises(InputError, match="empty"):
         segment_tissues(folder / "brain.nii.gz", tmp_path / "e.nii.gz", tmp_path)
+
+
+def test_template_priors_bring_the_segmentation_closer_to_an_independent_reference(
+    segmented, tmp_path
+):
+    """The bundled MNI152NLin6Asym priors (Atropos of that template) on nilearn's ICBM 2009a
+    T1w: closer to ICBM's own GM map than intensity alone, most in the deep gray matter."""
+    from ketamine_dti.ants_backend import apply_transforms
+    from ketamine_dti.anat.segmentation import warp_priors
+    from ketamine_dti.resources import get_atlas, get_tissue_priors
+
+    folder, kmeans = segmented
+    brain = folder / "brain.nii.gz"
+    priors = warp_priors(get_tissue_priors(), brain, [], tmp_path / "priors")  # both in MNI
+    for prior in priors:
+        values = nib.load(prior).get_fdata()
+        assert values.min() >= 0.0 and values.max() <= 1.0 + 1e-6
+    with_priors = segment_tissues(brain, folder / "mask.nii.gz", tmp_path / "out", priors=priors)
+    atlas_file = apply_transforms(
+        get_atlas(1)[0], brain, [], tmp_path / "atlas.nii.gz", interpolation="genericLabel"
+    )
+    deep = np.isin(np.rint(nib.load(atlas_file).get_fdata()), (3, 4, 5, 6))  # amygdalae, hippocampi
+    mask = nib.load(folder / "mask.nii.gz").get_fdata() > 0
+    reference = _icbm("gm").numpy() / ICBM_MAX
+    scores = {}
+    for name, result in (("kmeans", kmeans), ("priors", with_priors)):
+        gm = nib.load(result.gm_file).get_fdata()
+        scores[name] = (
+            np.corrcoef(gm[mask], reference[mask])[0, 1],
+            np.mean(gm[deep] >= 0.5),
+        )
+    # measured: correlation 0.858 -> 0.898, deep GM called GM 0.77 -> 0.81 (reference: 0.90)
+    assert scores["priors"][0] > scores["kmeans"][0] + 0.02
+    assert scores["priors"][1] > scores["kmeans"][1]
+    with pytest.raises(ValueError, match="expected 3 maps"):
+        segment_tissues(brain, folder / "mask.nii.gz", tmp_path / "bad", priors=priors[:2])

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from ketamine_dti.anat.transfer import (
     atlas_to_dwi,
     footprint_sigma_voxels,
     labels_from_fractions,
     warp_probability,
+    warp_tissue_fraction,
 )
 from ketamine_dti.ants_backend import matrix_to_affine
 
@@ -129,3 +131,29 @@ def test_warp_probability_is_clipped(tmp_path):
     )
     data = nib.load(out).get_fdata()
     assert data.min() == 0.0 and data.max() == 1.0
+
+
+def test_tissue_fraction_is_the_labelled_share_of_each_dwi_voxel(tmp_path):
+    """A 1 mm segmentation whose CSF fills one x-half of each 3 mm block: every 3 mm voxel on
+    the boundary gets ~1/3 or ~2/3 CSF, a pure voxel 0 or 1, whatever the posteriors were."""
+    dseg = np.full((30, 30, 30), 2, np.int16)  # GM
+    dseg[:14] = 1  # CSF below x = 14 (1 mm voxels 0..13)
+    dseg[0:2] = 0  # background
+    nib.save(nib.Nifti1Image(dseg, np.eye(4)), tmp_path / "dseg.nii.gz")
+    reference = nib.Nifti1Image(np.zeros((10, 10, 10), np.float32), np.diag([3.0, 3, 3, 1]))
+    nib.save(reference, tmp_path / "ref.nii.gz")
+    identity = matrix_to_affine(np.eye(4), tmp_path / "id.mat")
+    fractions = {}
+    for label in (1, 2):
+        out = warp_tissue_fraction(
+            tmp_path / "dseg.nii.gz", label, tmp_path / "ref.nii.gz", [identity],
+            tmp_path / f"f{label}.nii.gz",
+        )  # fmt: skip
+        fractions[label] = nib.load(out).get_fdata()[:, 5, 5]
+    # 3 mm voxel i is centred on 1 mm voxel 3i: i = 4 (x 12, 1 mm voxels 11-13) is CSF,
+    # i = 5 (x 15) is GM; their neighbours are pure
+    assert fractions[1][2] == pytest.approx(1.0, abs=0.02)
+    assert fractions[1][7] == pytest.approx(0.0, abs=0.02)
+    assert fractions[2][7] == pytest.approx(1.0, abs=0.02)
+    assert 0.5 < fractions[1][4] < 1.0 and 0.0 < fractions[1][5] < 0.5
+    assert np.allclose((fractions[1] + fractions[2])[2:], 1.0, atol=0.02)  # 0: background

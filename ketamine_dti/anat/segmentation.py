@@ -1,19 +1,31 @@
-"""T1w tissue segmentation (CSF / GM / WM probabilities) with ANTs Atropos.
+"""T1w tissue segmentation (CSF / GM / WM probabilities) with ANTs Atropos and template priors.
 
 The GM and CSF probabilities are later warped into each session's DWI grid to keep the ROI
-statistics in gray matter (see ``ketamine_dti.rois.GrayMatterRule``).
+statistics in gray matter (see ``ketamine_dti.rois.GrayMatterRule``). Intensity alone is not
+enough on real scans: the amygdala and much of the medial temporal lobe have WM-like T1w
+intensity, and on the real Prisma MPRAGE a k-means Atropos gave GM 464 ml against WM 722 ml and
+a median GM probability of 0.13-0.21 in the amygdalae. Template tissue priors moved into the
+subject template (as antsAtroposN4 / antsCorticalThickness do, weight 0.25) give GM 693 ml,
+WM 490 ml and 0.74-0.75 there.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ketamine_dti.ants_backend import PathLike, itk_threads, load_image, save_like
+from ketamine_dti.ants_backend import (
+    PathLike,
+    apply_transforms,
+    itk_threads,
+    load_image,
+    save_like,
+)
 from ketamine_dti.errors import InputError
 
 LOGGER = logging.getLogger(__name__)
@@ -25,6 +37,13 @@ ATROPOS_ITERATIONS: int = 3
 #: Markov-random-field smoothing weight (ANTs' brain-extraction default 0.1): mild, keeps the
 #: thin cortical ribbon.
 ATROPOS_MRF_WEIGHT: float = 0.1
+#: Weight of the template tissue priors against the T1w's own intensities (antsAtroposN4's and
+#: antsCorticalThickness' default): enough to call the amygdala GM, little enough that the
+#: subject's own cortical ribbon wins where the SyN registration is a voxel off.
+PRIOR_WEIGHT: float = 0.25
+#: mm. Gaussian smoothing of the priors once in the subject template: the registration to MNI is
+#: good to a few mm in cortex, so a sharp prior would paint the template's sulci onto the subject.
+PRIOR_SMOOTHING_MM: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -53,13 +72,17 @@ def segment_tissues(
     mask_file: PathLike,
     out_dir: PathLike,
     *,
+    priors: Sequence[PathLike] | None = None,
+    prior_weight: float = PRIOR_WEIGHT,
     n_iterations: int = ATROPOS_ITERATIONS,
     mrf_weight: float = ATROPOS_MRF_WEIGHT,
     n_threads: int | None = None,
 ) -> TissueProbabilities:
-    """Three-class Atropos (k-means initialisation) inside the brain mask.
+    """Three-class Atropos inside the brain mask.
 
-    Writes ``tissue_{csf,gm,wm}_probseg.nii.gz`` and ``tissue_dseg.nii.gz`` in ``out_dir``.
+    ``priors``: CSF, GM and WM probability maps on the T1w's grid (``warp_priors``), used as
+    Atropos' initialisation and prior (``prior_weight``); without them, k-means
+    initialisation and intensity alone (the template's own priors are made that way). Writes ``tissue_{csf,gm,wm}_probseg.nii.gz`` and ``tissue_dseg.nii.gz`` in ``out_dir``.
     Atropos runs with a constant internal seed (``use-random-seed 0``), so it is repeatable.
     """
     import ants
@@ -69,6 +92,11 @@ def segment_tissues(
     mask = mask_image.numpy() > 0
     if mask.sum() == 0:
         raise InputError(f"{mask_file}: brain mask is empty; check the brain extraction")
+    if priors is not None and len(priors) != len(TISSUE_NAMES):
+        raise ValueError(f"priors: expected {len(TISSUE_NAMES)} maps (CSF, GM, WM)")
+    initialisation = f"Kmeans[{len(TISSUE_NAMES)}]"
+    if priors is not None:
+        initialisation = [load_image(p) for p in priors]
     out_dir = Path(out_dir).absolute()
     out_dir.mkdir(parents=True, exist_ok=True)
     # antspyx's atropos writes its probability files to tempfile's folder and leaves them
@@ -80,9 +108,10 @@ def segment_tissues(
                 result = ants.atropos(
                     a=image,
                     x=mask_image.clone("float"),
-                    i=f"Kmeans[{len(TISSUE_NAMES)}]",
+                    i=initialisation,
                     m=f"[{mrf_weight},1x1x1]",
                     c=f"[{n_iterations},0]",
+                    priorweight=prior_weight,
                     r=0,
                 )
         finally:
@@ -102,3 +131,38 @@ def segment_tissues(
     volumes = {n: float((dseg == i + 1).sum()) for i, n in enumerate(TISSUE_NAMES)}
     LOGGER.info("tissue voxels: %s", volumes)
     return TissueProbabilities(files["csf"], files["gm"], files["wm"], dseg_file)
+
+
+def warp_priors(
+    prior_files: Sequence[PathLike],
+    reference_file: PathLike,
+    transforms: Sequence[str],
+    out_dir: PathLike,
+    *,
+    smoothing_mm: float = PRIOR_SMOOTHING_MM,
+    n_threads: int | None = None,
+) -> list[str]:
+    """Template tissue priors (CSF, GM, WM) moved onto the T1w grid, smoothed and renormalised.
+
+    Returns ``prior_{csf,gm,wm}.nii.gz`` in ``out_dir``: each voxel's priors sum to 1 where
+    any is positive (0 outside the template's brain).
+    """
+    import ants
+
+    out_dir = Path(out_dir).absolute()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    maps = []
+    for name, prior_file in zip(TISSUE_NAMES, prior_files, strict=True):
+        out_file = out_dir / f"prior_{name}.nii.gz"
+        apply_transforms(prior_file, reference_file, transforms, out_file, n_threads=n_threads)
+        image = ants.image_read(str(out_file))
+        if smoothing_mm > 0:
+            image = ants.smooth_image(image, smoothing_mm, sigma_in_physical_coordinates=True)
+        maps.append(image)
+    data = np.clip(np.stack([m.numpy() for m in maps]), 0.0, None)
+    total = data.sum(axis=0)
+    data = np.divide(data, total, out=np.zeros_like(data), where=total > 1e-6)
+    files = []
+    for name, image, prior in zip(TISSUE_NAMES, maps, data, strict=True):
+        files.append(save_like(image, prior, out_dir / f"prior_{name}.nii.gz"))
+    return files

@@ -11,6 +11,7 @@ from nipype.interfaces.base import (
     InputMultiObject,
     SimpleInterface,
     TraitedSpec,
+    isdefined,
     traits,
 )
 
@@ -113,6 +114,10 @@ class ExtractBrain(SimpleInterface):
 class _SegmentInputSpec(BaseInterfaceInputSpec):
     brain_file = File(exists=True, mandatory=True)
     mask_file = File(exists=True, mandatory=True)
+    prior_files = traits.List(
+        File(exists=True), minlen=3, maxlen=3, desc="CSF, GM, WM priors in MNI (none: k-means)"
+    )
+    from_mni_to_t1w = _TransformList
     n_threads = traits.Int(1, usedefault=True)
 
 
@@ -124,19 +129,30 @@ class _SegmentOutputSpec(TraitedSpec):
 
 
 class SegmentTissues(SimpleInterface):
-    """Three-class tissue segmentation (CSF, GM, WM probabilities)."""
+    """Three-class tissue segmentation (CSF, GM, WM probabilities), with the template's tissue
+    priors moved into the T1w when they are given."""
 
     input_spec = _SegmentInputSpec
     output_spec = _SegmentOutputSpec
 
     @limited_by_n_threads
     def _run_interface(self, runtime):
-        from ketamine_dti.anat.segmentation import segment_tissues
+        from ketamine_dti.anat.segmentation import segment_tissues, warp_priors
 
+        priors = None
+        if isdefined(self.inputs.prior_files):
+            priors = warp_priors(
+                self.inputs.prior_files,
+                self.inputs.brain_file,
+                self.inputs.from_mni_to_t1w if isdefined(self.inputs.from_mni_to_t1w) else [],
+                Path(runtime.cwd) / "priors",
+                n_threads=self.inputs.n_threads,
+            )
         result = segment_tissues(
             self.inputs.brain_file,
             self.inputs.mask_file,
             runtime.cwd,
+            priors=priors,
             n_threads=self.inputs.n_threads,
         )
         for name in ("csf", "gm", "wm", "dseg"):

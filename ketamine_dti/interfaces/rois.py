@@ -29,8 +29,9 @@ class _ToDWIInputSpec(BaseInterfaceInputSpec):
         desc="label transfer: linear label fractions, or nearest neighbour",
     )
     atlas_file = File(exists=True, mandatory=True, desc="atlas dseg in MNI152NLin6Asym")
-    gm_file = File(exists=True, mandatory=True, desc="GM probability, subject template")
-    csf_file = File(exists=True, mandatory=True, desc="CSF probability, subject template")
+    tissue_dseg_file = File(
+        exists=True, mandatory=True, desc="tissue segmentation (1 CSF, 2 GM, 3 WM), subject template"
+    )
     reference_file = File(exists=True, mandatory=True, desc="b0 reference (DWI grid)")
     from_mni_to_template = _TransformList
     from_template_to_session = _TransformList
@@ -40,12 +41,12 @@ class _ToDWIInputSpec(BaseInterfaceInputSpec):
 
 class _ToDWIOutputSpec(TraitedSpec):
     dseg_file = File(exists=True, desc="atlas labels on the DWI grid")
-    gm_file = File(exists=True)
-    csf_file = File(exists=True)
+    gm_file = File(exists=True, desc="GM fraction of each DWI voxel")
+    csf_file = File(exists=True, desc="CSF fraction of each DWI voxel")
 
 
 class AtlasToDWI(SimpleInterface):
-    """Move the atlas (MNI) and tissue probabilities (subject template) onto the DWI grid.
+    """Move the atlas (MNI) and tissue fractions (subject template) onto the DWI grid.
 
     Transforms are composed MNI -> subject template -> session T1w -> DWI, so each mask is
     interpolated once; the MD map itself never moves.
@@ -56,7 +57,8 @@ class AtlasToDWI(SimpleInterface):
 
     @limited_by_n_threads
     def _run_interface(self, runtime):
-        from ketamine_dti.anat.transfer import atlas_to_dwi, warp_probability
+        from ketamine_dti.anat.segmentation import TISSUE_NAMES
+        from ketamine_dti.anat.transfer import atlas_to_dwi, warp_tissue_fraction
         from ketamine_dti.ants_backend import compose_transforms
 
         cwd = Path(runtime.cwd)
@@ -74,8 +76,9 @@ class AtlasToDWI(SimpleInterface):
             n_threads=threads,
         )
         for name in ("gm", "csf"):
-            self._results[f"{name}_file"] = warp_probability(
-                getattr(self.inputs, f"{name}_file"),
+            self._results[f"{name}_file"] = warp_tissue_fraction(
+                self.inputs.tissue_dseg_file,
+                TISSUE_NAMES.index(name) + 1,
                 self.inputs.reference_file,
                 template_to_dwi,
                 cwd / f"{name}_dwi.nii.gz",

@@ -12,7 +12,9 @@ from ketamine_dti.interfaces.anat import (
     SegmentTissues,
     SubjectTemplate,
 )
+from ketamine_dti.anat.segmentation import PRIOR_WEIGHT
 from ketamine_dti.resources import TEMPLATE as MNI_SPACE
+from ketamine_dti.resources import get_tissue_priors
 from ketamine_dti.workflows.boilerplate import LiterateWorkflow
 from ketamine_dti.workflows.nodes import threaded_node
 
@@ -29,6 +31,7 @@ OUTPUT_FIELDS = (
     "gm_file",
     "csf_file",
     "wm_file",
+    "tissue_dseg_file",
     "mni_warped_file",
     "from_mni_to_template",
     "from_template_to_mni",
@@ -50,8 +53,9 @@ PUBLISHED_OUTPUTS = {
 
 DESCRIPTION = f"""**Anatomy.** Each session's T1w was bias corrected (N4) [n4]. The sessions of a
 participant were averaged in a rigid halfway space, an unbiased within-subject template [halfway];
-brain extraction, three-class tissue segmentation (Atropos) [atropos] and one SyN registration to
-{MNI_SPACE} [mni] were computed once on that template, so every session sees the same anatomy
+brain extraction, one SyN registration to {MNI_SPACE} [mni] and three-class tissue segmentation
+(Atropos, with the template's tissue priors moved into the subject, weight {PRIOR_WEIGHT}) [atropos] were
+computed once on that template, so every session sees the same anatomy
 through the same template mapping. The brain was extracted as in antsBrainExtraction: the head
 was registered (from an alignment of the upper head, then affine and SyN) to the whole-head
 Colin27 template [colin27], whose brain mask, pulled back, was refined by the T1w's own tissue
@@ -65,8 +69,8 @@ def init_anat_wf(omp_nthreads: int = 1, name: str = "anat_wf") -> pe.Workflow:
     Outputs (outputnode): ``t1w_n4_files`` (bias-corrected, session order),
     ``from_template_to_session`` (one transform list per session), ``template_file``,
     ``template_mask`` (brain mask in the subject template), ``gm_file``/``csf_file``/``wm_file``
-    (tissue probabilities in the subject template), ``mni_warped_file`` (the
-    template brain in MNI), ``from_mni_to_template``
+    (tissue probabilities in the subject template), ``tissue_dseg_file`` (their hard labels),
+    ``mni_warped_file`` (the template brain in MNI), ``from_mni_to_template``,
     ``from_template_to_mni`` (transform lists), ``template_qc``, ``mni_qc``.
 
     The sessions are averaged in a rigid halfway space, so neither is privileged; brain
@@ -90,7 +94,11 @@ def init_anat_wf(omp_nthreads: int = 1, name: str = "anat_wf") -> pe.Workflow:
         ExtractBrain(n_threads=omp_nthreads), "extract_brain", omp_nthreads, ANAT_STEP_MEM_GB
     )
     segment = threaded_node(
-        SegmentTissues(n_threads=omp_nthreads), "segment_tissues", omp_nthreads
+        SegmentTissues(
+            prior_files=[str(p) for p in get_tissue_priors(resolution=2)], n_threads=omp_nthreads
+        ),
+        "segment_tissues",
+        omp_nthreads,
     )
     to_mni = threaded_node(
         RegisterToMNI(n_threads=omp_nthreads), "register_to_mni", omp_nthreads, ANAT_STEP_MEM_GB
@@ -100,6 +108,7 @@ def init_anat_wf(omp_nthreads: int = 1, name: str = "anat_wf") -> pe.Workflow:
         (n4, template, [("out_file", "t1w_files")]),
         (template, brain, [("template_file", "in_file")]),
         (brain, segment, [("brain_file", "brain_file"), ("mask_file", "mask_file")]),
+        (to_mni, segment, [("from_mni_to_t1w", "from_mni_to_t1w")]),
         (brain, to_mni, [("brain_file", "brain_file"), ("mask_file", "mask_file"),
                          ("from_t1w_to_template", "initial_transform")]),
         (n4, outputnode, [("out_file", "t1w_n4_files")]),
@@ -108,7 +117,7 @@ def init_anat_wf(omp_nthreads: int = 1, name: str = "anat_wf") -> pe.Workflow:
                                 ("template_file", "template_file"), ("qc", "template_qc")]),
         (brain, outputnode, [("brain_file", "template_brain"), ("mask_file", "template_mask")]),
         (segment, outputnode, [("gm_file", "gm_file"), ("csf_file", "csf_file"),
-                               ("wm_file", "wm_file")]),
+                               ("wm_file", "wm_file"), ("dseg_file", "tissue_dseg_file")]),
         (to_mni, outputnode, [("from_mni_to_t1w", "from_mni_to_template"),
                               ("from_t1w_to_mni", "from_template_to_mni"), ("qc", "mni_qc"),
                               ("warped_file", "mni_warped_file")]),

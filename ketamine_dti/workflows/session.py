@@ -29,8 +29,7 @@ ANAT_FIELDS = (
     "from_template_to_session",
     "from_session_to_template",
     "template_mask",
-    "gm_file",
-    "csf_file",
+    "tissue_dseg_file",
     "from_mni_to_template",
     "template_qc",
     "mni_qc",
@@ -83,9 +82,10 @@ def _regions_description(config: Config) -> str:
 
 **Regions.** The ROI atlas ({atlas}) was brought onto each session's native DWI grid through
 the composed transforms MNI -> subject template -> session T1w -> DWI (one interpolation,
-label fractions >= 0.5); the tissue probabilities likewise. MD maps were never resampled. A voxel
-counted toward an ROI if it lay inside the DWI brain mask with GM probability >=
-{rule.gm_prob_min} and CSF probability <= {rule.csf_prob_max}: anatomy alone, so the MD being
+label fractions >= 0.5); the tissue segmentation likewise, each tissue's hard labels averaged
+over the DWI voxel's footprint into a volume fraction. MD maps were never resampled. A voxel
+counted toward an ROI if it lay inside the DWI brain mask with a GM fraction >=
+{rule.gm_prob_min} and a CSF fraction <= {rule.csf_prob_max}: anatomy alone, so the MD being
 measured never chose its own voxels (MD and FA only counted CSF-like and WM-like voxels for
 QC); the number of voxels kept per ROI is reported. An ROI that kept less than
 {100 * config.roi_min_fraction:g}% of its atlas voxels, or fewer than {config.roi_min_voxels}
@@ -104,9 +104,9 @@ def init_session_wf(
     """Everything for one session of one participant.
 
     Inputs (inputnode, ANAT_FIELDS), from the participant's anatomy: ``t1w_n4_files``,
-    ``from_template_to_session``, ``from_session_to_template``, ``template_mask``, ``gm_file``,
-    ``csf_file``, ``from_mni_to_template``, ``template_qc``, ``mni_qc``. The raw DWI files are
-    set here. Outputs (outputnode, OUTPUT_FIELDS): ``roi_file``, ``qc_file``, ``md_file``,
+    ``from_template_to_session``, ``from_session_to_template``, ``template_mask``,
+    ``tissue_dseg_file``, ``from_mni_to_template``, ``template_qc``, ``mni_qc``. The raw DWI
+    files are set here. Outputs (outputnode, OUTPUT_FIELDS): ``roi_file``, ``qc_file``, ``md_file``,
     ``dseg_file``, ``confounds_file``, ``b0_reference``.
 
     The atlas reaches the native DWI grid through MNI -> subject template -> session T1w ->
@@ -247,7 +247,7 @@ def _connect_registration(workflow, inputnode, preproc, session_index, threads, 
                                      ("mask_file", "t1w_mask_file")]),
         (preproc, dwi_to_t1w, [("outputnode.b0_reference", "b0_file"),
                                ("outputnode.mask_file", "dwi_mask_file")]),
-        (inputnode, to_dwi, [("gm_file", "gm_file"), ("csf_file", "csf_file"),
+        (inputnode, to_dwi, [("tissue_dseg_file", "tissue_dseg_file"),
                              ("from_mni_to_template", "from_mni_to_template")]),
         (session_brain, to_dwi, [("from_template_to_session", "from_template_to_session")]),
         (dwi_to_t1w, to_dwi, [("from_t1w_to_dwi", "from_t1w_to_dwi")]),
