@@ -288,6 +288,14 @@ def _add_group_options(grp) -> None:
         help="family-wise error control of the permutation p-values: 'maxt' adds p_perm_fwer, "
         "max-T across the ROIs of each scale x model x term",
     )
+    grp.add_argument(
+        "--reliability",
+        type=Path,
+        metavar="FILE",
+        help="TSV with columns roi and reliability: the retest reliability of dMD per analysed "
+        "ROI, in (0, 1], for every scale; adds attenuation-corrected dMD slopes (regression "
+        "calibration: reliability, estimate_rc, se_rc in stats.tsv) as a sensitivity analysis",
+    )
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -400,6 +408,7 @@ def to_config(args: argparse.Namespace) -> Config:
         permutation_seed=args.permutation_seed,
         exchangeability_column=args.exchangeability_column,
         fwer=args.fwer,
+        reliability=args.reliability.absolute() if args.reliability else None,
     )
     try:
         config.atlas_label  # noqa: B018 - a custom atlas must have a label to publish under

@@ -87,6 +87,9 @@ class Config:
     permutation_seed: int = DEFAULT_PERMUTATION_SEED
     exchangeability_column: str | None = None  # participants.tsv column: permute within blocks
     fwer: str = "none"  # "none" or "maxt" (max-T across the ROIs of a family)
+    # --reliability: TSV of the retest reliability of dMD per ROI; adds attenuation-corrected
+    # dMD slopes (group/measurement_error.py), a sensitivity analysis. None: no correction.
+    reliability: Path | None = None
 
     @property
     def treatment_arm(self) -> str:

@@ -157,6 +157,8 @@ class GroupInputs:
     exclusions: list[dict] = field(default_factory=list)
     #: exchangeability block per participant_id (``--exchangeability-column``), else None.
     blocks: pd.Series | None = None
+    #: retest reliability of dMD per ROI (``--reliability``), else None.
+    reliability: pd.Series | None = None
 
 
 def exclusion(
@@ -706,4 +708,44 @@ def load_inputs(config: Config) -> GroupInputs:
         kinds |= dict.fromkeys(qc_covariates.columns, "numeric")
         exclusions += qc_rows
     blocks = load_blocks(config, participants)
-    return GroupInputs(participants, kinds, scores, md, rois, exclusions, blocks)
+    reliability = load_reliability(config.reliability, rois) if config.reliability else None
+    return GroupInputs(participants, kinds, scores, md, rois, exclusions, blocks, reliability)
+
+
+def load_reliability(path: Path, rois: tuple[str, ...]) -> pd.Series:
+    """``--reliability``: the retest reliability of dMD per ROI, a Series roi -> (0, 1].
+
+    A TSV with columns ``roi`` and ``reliability`` (var(true dMD) / var(measured dMD)), one row
+    per analysed ROI; it serves every scale, the error being in dMD, not in the scores. Other
+    columns, and rows of ROIs not analysed (logged), are ignored. A missing row, a repeated
+    ROI, or a value that is not a number in (0, 1] is an InputError naming file and line.
+    """
+    table = read_tsv(path)
+    table.require(["roi", "reliability"], "write one row per ROI: roi<TAB>reliability")
+    listed = table.column("roi")
+    _duplicates_error(table, [(roi,) for roi in listed], "roi")
+    values = {}
+    for index, (roi, raw) in enumerate(zip(listed, table.column("reliability"), strict=True)):
+        try:
+            value = float(raw)
+        except ValueError:
+            raise InputError(
+                f"{path}: line {table.line(index)}, column reliability: {raw!r} is not a number; "
+                "write the retest reliability of dMD, above 0 and at most 1"
+            ) from None
+        if not 0.0 < value <= 1.0:  # NaN fails too
+            raise InputError(
+                f"{path}: line {table.line(index)}, column reliability: {raw} is outside (0, 1]; "
+                "a reliability is var(true dMD) / var(measured dMD), above 0 and at most 1"
+            )
+        values[roi] = value
+    missing = [roi for roi in rois if roi not in values]
+    if missing:
+        raise InputError(
+            f"{path}: no row for ROI(s) {', '.join(missing)}; give a reliability for every "
+            f"analysed ROI ({', '.join(rois)})"
+        )
+    unused = sorted(set(values) - set(rois))
+    if unused:
+        LOGGER.info("%s: rows of ROIs not analysed ignored: %s", path, ", ".join(unused))
+    return pd.Series({roi: values[roi] for roi in rois}, name="reliability", dtype=float)

@@ -1,5 +1,5 @@
 """``ketamine-dti BIDS_DIR OUTPUT_DIR group``: inputs -> change scores -> models -> FDR ->
-permutation p-values -> files.
+permutation p-values -> attenuation-corrected slopes (with --reliability) -> files.
 
 Everything is written to a temporary folder inside OUTPUT_DIR and then renamed to
 ``OUTPUT_DIR/group``, replacing an earlier ``group/`` as a whole; a failed run leaves the
@@ -18,6 +18,7 @@ from ketamine_dti.config import Config
 from ketamine_dti.group.changes import build_analysis_table
 from ketamine_dti.group.figures import write_figures
 from ketamine_dti.group.inputs import load_inputs
+from ketamine_dti.group.measurement_error import add_corrected_slopes
 from ketamine_dti.group.models import fit_group_models
 from ketamine_dti.group.multiple_comparisons import add_fdr
 from ketamine_dti.group.permutation import add_permutation_p
@@ -50,6 +51,7 @@ def run_group_level(config: Config, *, make_figures: bool = True) -> Path:
     table = build_analysis_table(inputs, config)
     stats = add_fdr(fit_group_models(table, config, inputs.rois))
     stats = add_permutation_p(stats, table, config, inputs.rois, inputs.blocks)
+    stats = add_corrected_slopes(stats, table, config, inputs.rois, inputs.reliability)
     stats = stats[list(stats_columns(config))]
     exclusions = exclusions_frame(inputs.exclusions)
 

@@ -15,6 +15,7 @@ import pandas as pd
 from ketamine_dti.config import Config
 from ketamine_dti.group.changes import MD_REPORT_UNIT, arm_terms, delta_md_unit
 from ketamine_dti.group.inputs import QC_COVARIATE_PREFIX
+from ketamine_dti.group.measurement_error import ESTIMATE_RC, RC_COLUMNS, RELIABILITY, SE_RC
 from ketamine_dti.group.models import (
     ALPHA,
     INTERACTION,
@@ -71,10 +72,13 @@ P_FLOOR = 0.001
 
 def stats_columns(config: Config) -> tuple[str, ...]:
     """The columns of this run's stats.tsv: STATS_COLUMNS, then the permutation p-values
-    asked for (none with ``--permutations 0``: no column rather than a column of n/a)."""
-    if config.permutations == 0:
-        return STATS_COLUMNS
-    added = PERMUTATION_COLUMNS if config.fwer == "maxt" else PERMUTATION_COLUMNS[:2]
+    asked for (none with ``--permutations 0``: no column rather than a column of n/a), then
+    the attenuation-corrected slopes with ``--reliability`` (likewise absent without it)."""
+    added: tuple[str, ...] = ()
+    if config.permutations:
+        added = PERMUTATION_COLUMNS if config.fwer == "maxt" else PERMUTATION_COLUMNS[:2]
+    if config.reliability is not None:
+        added += RC_COLUMNS
     return STATS_COLUMNS + added
 
 
@@ -149,6 +153,7 @@ def stats_sidecar(config: Config) -> dict:
         "ci_high": {"Description": f"Upper bound of the {100 * (1 - ALPHA):g}% CI"},
         "n": {"Description": "Participants with complete data in this model"},
     } | _permutation_sidecar(config)
+    sidecar |= _reliability_sidecar(config, unit)
     return {column: sidecar[column] for column in stats_columns(config)}
 
 
@@ -208,6 +213,46 @@ def _permutation_sidecar(config: Config) -> dict:
         P_PERM_FWER: {
             "Description": "Family-wise error adjusted p_perm by max-T across ROIs within each "
             f"{family}: |t| against the permutation distribution of the family's largest |t|"
+        },
+    }
+
+
+#: What the corrected slopes are, for the sidecar, summary.md and the report.
+SENSITIVITY_NOTE = (
+    "Sensitivity analysis, not the primary result: dMD slopes corrected for the attenuation "
+    "by dMD measurement error, by regression calibration (Carroll et al. 2006, Measurement "
+    "Error in Nonlinear Models; Fuller 1987), from the stated retest reliability of dMD. "
+    "Assumes classical error, independent of true dMD, of the scores and of the covariates, "
+    "and equal in both arms. The p-values stay those of the observed slopes"
+)
+
+
+def _reliability_sidecar(config: Config, unit: str) -> dict:
+    """Descriptions of reliability, estimate_rc and se_rc (issue 14, measurement error)."""
+    source = f"--reliability {config.reliability}"
+    return {
+        RELIABILITY: {
+            "Description": "Retest reliability of this ROI's dMD (var(true dMD) / var(measured "
+            f"dMD)), from {source}; on the OLS rows of the dMD terms (delta_md, "
+            "group:delta_md), n/a elsewhere. " + SENSITIVITY_NOTE,
+        },
+        ESTIMATE_RC: {
+            "Description": "Attenuation-corrected estimate of the dMD term (sensitivity "
+            "analysis), in the unit of estimate (points per " + unit + "): method-of-moments "
+            "corrected least squares, (D'D - Sigma_uu)^-1 D'y, with the error variance "
+            "(1 - reliability) x var(dMD over all analysed participants). With one dMD column "
+            "(pooled, arm_<side>) this is estimate / lambda_c, lambda_c the reliability of "
+            "dMD conditional on the model's other covariates; in the interaction model "
+            "delta_md and group:delta_md are corrected jointly. n/a if the stated error "
+            "variance exceeds the variation of dMD left after the covariates",
+            "Method": "regression calibration, ketamine_dti/group/measurement_error.py",
+        },
+        SE_RC: {
+            "Description": "Standard error of estimate_rc by the delta method for its "
+            "estimating equations (M-estimator sandwich, heteroscedasticity-consistent HC1, "
+            "with or without --robust-se), so the correction's own sampling error is included. "
+            "Treats the reliability as known: too small when the reliability is itself "
+            "uncertain",
         },
     }
 
@@ -355,6 +400,8 @@ def summary_tables(
         if config.mixed_model:
             table.notes.append(_mixed_note(rows, scale, rois))
         tables.append(table)
+    if config.reliability is not None:
+        tables += [_corrected_table(rows, config, rois, scale) for scale in config.scales]
     md_table = SummaryTable(
         f"MD change by arm (treatment_md: dMD ~ group + baseline MD; dMD in {unit})",
         ["ROI", f"{treatment} - {control} dMD [95% CI]", "p", "FDR p", "n"],
@@ -368,6 +415,42 @@ def summary_tables(
             )
     tables.append(md_table)
     return tables
+
+
+def _corrected_table(
+    rows: dict, config: Config, rois: tuple[str, ...], scale: str
+) -> SummaryTable:
+    """Observed -> attenuation-corrected dMD slopes of one scale (--reliability)."""
+    treatment, control = config.treatment_arm, config.control_arm
+    cells_of = {
+        "group x dMD": (INTERACTION, "group:delta_md"),
+        f"slope {treatment}": (f"arm_{treatment}", "delta_md"),
+        f"slope {control}": (f"arm_{control}", "delta_md"),
+        "pooled slope": (POOLED, "delta_md"),
+    }
+    table = SummaryTable(
+        f"{scale}: attenuation-corrected dMD slopes (sensitivity analysis; observed -> "
+        f"corrected (SE), points per {delta_md_unit(config.delta_md)})",
+        ["ROI", "dMD reliability", *cells_of],
+        [],
+        [f"{SENSITIVITY_NOTE} (--reliability {Path(config.reliability).name})."],
+    )
+    for roi in rois:
+        found = [rows.get((scale, roi, model, term)) for model, term in cells_of.values()]
+        if found[0] is None:
+            continue
+        table.rows.append(
+            [roi, f"{getattr(found[0], RELIABILITY):.3g}"]
+            + ["n/a" if row is None else _corrected_cell(row) for row in found]
+        )
+    return table
+
+
+def _corrected_cell(row) -> str:
+    corrected = getattr(row, ESTIMATE_RC)
+    if corrected is None or math.isnan(corrected):
+        return f"{row.estimate:.3g} -> n/a"
+    return f"{row.estimate:.3g} -> {corrected:.3g} ({getattr(row, SE_RC):.3g})"
 
 
 def _mixed_note(rows: dict, scale: str, rois: tuple[str, ...]) -> str:
@@ -400,6 +483,12 @@ def models_line(config: Config) -> str:
             else ""
         )
         + _permutation_line(config)
+        + (
+            " Attenuation-corrected dMD slopes (estimate_rc, se_rc; regression calibration "
+            "from --reliability): a sensitivity analysis."
+            if config.reliability is not None
+            else ""
+        )
     )
 
 

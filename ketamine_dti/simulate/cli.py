@@ -32,13 +32,15 @@ class UsageError(Exception):
     """A bad command line: the message is one line that says what to do."""
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one UsageError line naming ``--help``."""
+
     def error(self, message: str) -> None:  # one line instead of usage + message
-        raise UsageError(f"{message}; see {PROG} --help")
+        raise UsageError(f"{message}; see {self.prog} --help")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog=PROG,
         description="Simulate a 2:1 ketamine:saline trial (DWI + T1w at two sessions, MADRS, "
         "QIDS-SR) as a BIDS dataset, with the ground truth under sourcedata/ground_truth.",

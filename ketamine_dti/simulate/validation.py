@@ -8,6 +8,12 @@ level would write it, together with participants.tsv and the phenotype TSVs. The
 analysed by :func:`run_group_level`, from the TSV files on, exactly as the CLI does. Hundreds of
 trials run in minutes because no image is simulated. :func:`lstsq_ols` is the one
 independent reference OLS the tests and the benchmark compare the App's models with.
+
+Effect settings (:data:`EFFECT_SETTINGS`, :func:`effect_setting`): ``null`` and ``paper`` are the
+clinical model's scenarios with :data:`MEASUREMENT_NOISE`; ``realistic`` is the ``paper``
+pattern at the effect size the paper reports (partial r :data:`REALISTIC_PARTIAL_R`) measured
+with the dMD reliability of our own pipeline (:data:`REALISTIC_RELIABILITY`), the setting of the
+power table (``benchmarks/bench_power.py``, ``ketamine-dti-power``).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +34,18 @@ from ketamine_dti.derivatives import spec_path
 from ketamine_dti.group.changes import MD_REPORT_UNIT
 from ketamine_dti.group.run import run_group_level
 from ketamine_dti.simulate.bids_writer import write_phenotype, write_tsv
-from ketamine_dti.simulate.clinical import SCALES, TREATMENT_ARM, ClinicalTrial, simulate_clinical
+from ketamine_dti.simulate.clinical import (
+    ALLOCATION,
+    COUPLING_STRENGTH,
+    MD_CHANGE_SD,
+    SCALES,
+    SYMPTOM_CHANGES,
+    TREATMENT_ARM,
+    ClinicalTrial,
+    coupling_for_partial_r,
+    planted_interactions,
+    simulate_clinical,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -42,13 +59,79 @@ N_VOXELS = {"ba10": 900, "amygdala": 220, "hippocampus": 480, "vacc": 350}  # 2 
 #: Head motion of a cooperative adult (mm): mean FD ~ gamma with this shape and scale.
 MEAN_FD_GAMMA = (4.0, 0.05)
 
+#: Partial r of group x dMD that the paper's p = 0.016-0.082 at n = 98 imply (about 0.18-0.25).
+REALISTIC_PARTIAL_R = 0.2
+#: SD of the pipeline's dMD/MD error on test-retest scans (no true change), longitudinal mode,
+#: 21 ROI pairs: benchmarks/results/participant_retest.md (sd_relative_dmd_error).
+RETEST_DMD_ERROR_SD = 0.00478
+#: SD of the true dMD/MD of the participants measured in benchmarks/results/participant_null.md
+#: (4 standard participants x 7 ROIs, sd_relative_dmd_true; the model's SD is MD_CHANGE_SD).
+NULL_BENCHMARK_TRUE_DMD_SD = 0.02323
+
+
+def dmd_reliability(true_sd: float, error_sd: float) -> float:
+    """Retest reliability of dMD: var(true dMD) / (var(true dMD) + var(error))."""
+    return true_sd**2 / (true_sd**2 + error_sd**2)
+
+
+#: The realistic setting's dMD reliability (0.959): the true dMD variance of the null
+#: benchmark's participants over that plus the retest benchmark's error variance.
+REALISTIC_RELIABILITY = dmd_reliability(NULL_BENCHMARK_TRUE_DMD_SD, RETEST_DMD_ERROR_SD)
+
+
+def session_noise_for_reliability(reliability: float) -> float:
+    """Per-session ROI MD noise (fraction of MD, SD) that gives dMD this retest reliability.
+
+    dMD's error is the difference of two sessions' independent errors, variance 2 noise^2 (to
+    first order in these small fractions), against the model's true variance MD_CHANGE_SD^2.
+    """
+    if not 0.0 < reliability <= 1.0:
+        raise ValueError(f"reliability {reliability:g}; use a value in (0, 1]")
+    return MD_CHANGE_SD * float(np.sqrt((1.0 - reliability) / (2.0 * reliability)))
+
+
+def reliability_for_session_noise(noise: float) -> float:
+    """dMD retest reliability of a per-session noise (inverse of the above)."""
+    return dmd_reliability(MD_CHANGE_SD, np.sqrt(2.0) * noise)
+
+
+@dataclass(frozen=True)
+class EffectSetting:
+    """What the validation plants: a clinical-model scenario, its coupling strength, and the
+    per-session ROI MD measurement noise (fraction of MD, SD)."""
+
+    scenario: str
+    coupling_strength: float
+    noise: float
+
+
+EFFECT_SETTINGS: tuple[str, ...] = ("null", "paper", "realistic")
+
+
+def effect_setting(name: str, allocation: tuple[int, int] = ALLOCATION) -> EffectSetting:
+    """The effect setting ``name`` of :data:`EFFECT_SETTINGS`."""
+    if name == "realistic":
+        return EffectSetting(
+            "paper",
+            coupling_for_partial_r(REALISTIC_PARTIAL_R, allocation),
+            session_noise_for_reliability(REALISTIC_RELIABILITY),
+        )
+    if name not in EFFECT_SETTINGS:
+        raise ValueError(f"unknown effect setting {name!r}; use one of {EFFECT_SETTINGS}")
+    return EffectSetting(name, COUPLING_STRENGTH, MEASUREMENT_NOISE)
+
+
+def measure_md(md_true: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
+    """ROI MD as measured: the true MD times (1 + noise x standard normal), independently."""
+    return md_true * (1.0 + noise * rng.standard_normal(np.shape(md_true)))
+
 
 def observe_roi_md(
     trial: ClinicalTrial, rng: np.random.Generator, noise: float = MEASUREMENT_NOISE
 ) -> pd.DataFrame:
     """Measured ROI tables (long): participant_id, session_id, roi, md_mean, md_median, ..."""
     md = trial.gm_md
-    measured = md["md_true"].to_numpy() * (1.0 + noise * rng.standard_normal(len(md)))
+    measured = measure_md(md["md_true"].to_numpy(), noise, rng)
     n_voxels = md["roi"].map(lambda roi: N_VOXELS[roi.split("_")[0]]).to_numpy()
     return pd.DataFrame(
         {
@@ -109,12 +192,21 @@ def simulate_observed_trial(
     scenario: str,
     rng: np.random.Generator,
     noise: float = MEASUREMENT_NOISE,
+    coupling_strength: float = COUPLING_STRENGTH,
+    symptom_change: str = SYMPTOM_CHANGES[0],
 ) -> tuple[Config, ClinicalTrial, pd.DataFrame]:
-    """Simulate one trial into folder/bids and folder/out.
+    """Simulate one trial into folder/bids and folder/out (``coupling_strength`` and
+    ``symptom_change``, e.g. ``lognormal`` for skewed symptom changes, go to the clinical model).
 
     Returns a group-level Config, the trial and the measured ROI tables it was written from.
     """
-    trial = simulate_clinical(n_participants, scenario, seed=rng)
+    trial = simulate_clinical(
+        n_participants,
+        scenario,
+        seed=rng,
+        coupling_strength=coupling_strength,
+        symptom_change=symptom_change,
+    )
     roi_md = observe_roi_md(trial, rng, noise)
     bids_dir, output_dir = folder / "bids", folder / "out"
     write_trial(trial, roi_md, bids_dir, output_dir, rng)
@@ -128,9 +220,13 @@ def simulate_trial_files(
     scenario: str,
     rng: np.random.Generator,
     noise: float = MEASUREMENT_NOISE,
+    coupling_strength: float = COUPLING_STRENGTH,
+    symptom_change: str = SYMPTOM_CHANGES[0],
 ) -> tuple[Config, ClinicalTrial]:
     """:func:`simulate_observed_trial` without the measured tables."""
-    config, trial, _ = simulate_observed_trial(folder, n_participants, scenario, rng, noise)
+    config, trial, _ = simulate_observed_trial(
+        folder, n_participants, scenario, rng, noise, coupling_strength, symptom_change
+    )
     return config, trial
 
 
@@ -145,23 +241,36 @@ def run_trials(
     scenario: str,
     seed: int,
     n_participants: int = 98,
-    noise: float = MEASUREMENT_NOISE,
+    noise: float | None = None,
     configure: Callable[[Config], Config] | None = None,
     workdir: Path | None = None,
+    symptom_change: str = SYMPTOM_CHANGES[0],
 ) -> pd.DataFrame:
     """Simulate, write and analyse ``n_trials`` trials; return all stats rows with a trial column.
 
-    Figures are off (the only difference from the CLI path); each trial is read back from its
-    TSV files. ``configure`` may change the Config (e.g. robust SEs). ``workdir`` defaults to
-    :func:`fast_temp_root`.
+    ``scenario`` names an effect setting (:data:`EFFECT_SETTINGS`); ``noise`` overrides its
+    measurement noise. Figures are off (the only difference from the CLI path); each trial is
+    read back from its TSV files. ``configure`` may change the Config (e.g. robust SEs).
+    ``workdir`` defaults to :func:`fast_temp_root`; ``symptom_change`` goes to the clinical
+    model (:func:`~ketamine_dti.simulate.clinical.shared_latent`).
     """
+    setting = effect_setting(scenario)
+    noise = setting.noise if noise is None else noise
     rng = np.random.default_rng(seed)
     workdir = workdir or fast_temp_root()
     parts = []
     with tempfile.TemporaryDirectory(prefix="group-validation-", dir=workdir) as tmp:
         for trial_index in range(n_trials):
             folder = Path(tmp) / f"trial-{trial_index:04d}"
-            config, _ = simulate_trial_files(folder, n_participants, scenario, rng, noise)
+            config, _ = simulate_trial_files(
+                folder,
+                n_participants,
+                setting.scenario,
+                rng,
+                noise,
+                setting.coupling_strength,
+                symptom_change,
+            )
             if configure is not None:
                 config = configure(config)
             group_dir = run_group_level(config, make_figures=False)
@@ -175,11 +284,11 @@ def run_trials(
 def rejection_rates(
     stats: pd.DataFrame, model: str, term: str, alpha: float = 0.05, column: str = "p_value"
 ) -> pd.DataFrame:
-    """Per scale x ROI: share of trials with p < alpha, overall and by sign of the estimate."""
+    """Per scale x ROI: share of trials with p <= alpha, overall and by sign of the estimate."""
     rows = stats[(stats["model"] == model) & (stats["term"] == term)].copy()
     rows["p"] = pd.to_numeric(rows[column])
     rows["estimate"] = pd.to_numeric(rows["estimate"])
-    rows["hit"] = rows["p"] < alpha
+    rows["hit"] = rows["p"] <= alpha  # reject at p <= alpha: a permutation test is then exact
     rows["hit_positive"] = rows["hit"] & (rows["estimate"] > 0)
     rows["hit_negative"] = rows["hit"] & (rows["estimate"] < 0)
     grouped = rows.groupby(["scale", "roi"], sort=False)
@@ -191,6 +300,22 @@ def rejection_rates(
             "rate_negative": grouped["hit_negative"].mean(),
         }
     ).reset_index()
+
+
+def planted_rejection_rates(
+    stats: pd.DataFrame, setting: EffectSetting, alpha: float = 0.05, column: str = "p_value"
+) -> pd.DataFrame:
+    """Per interaction the setting plants (scale x ROI): share of trials whose
+    ``group:delta_md`` has ``column`` < alpha and the planted sign (any sign at zero coupling)."""
+    rates = rejection_rates(stats, "interaction", "group:delta_md", alpha, column)
+    rates = rates.set_index(["scale", "roi"])
+    rows = []
+    for (scale, roi), (rho_t, rho_c) in planted_interactions(setting.scenario).items():
+        sign = np.sign(setting.coupling_strength * (rho_t - rho_c))
+        row = rates.loc[(scale, roi)]
+        rate = {1.0: row["rate_positive"], -1.0: row["rate_negative"]}.get(sign, row["rate"])
+        rows.append({"scale": scale, "roi": roi, "n_trials": row["n_trials"], "power": rate})
+    return pd.DataFrame(rows)
 
 
 def with_options(**changes) -> Callable[[Config], Config]:
@@ -269,16 +394,17 @@ def reference_frame(
     )
 
 
-def interaction_design(frame: pd.DataFrame) -> np.ndarray:
-    """Design matrix of the interaction model: intercept, then :data:`INTERACTION_TERMS`."""
-    return np.column_stack(
-        [
-            np.ones(len(frame)),
-            frame.group,
-            frame.delta_md,
-            frame.group * frame.delta_md,
-            frame.baseline_score,
-        ]
+def interaction_design(frame) -> np.ndarray:
+    """Design matrix of the interaction model: intercept, then :data:`INTERACTION_TERMS`.
+
+    ``frame``: a DataFrame, or a mapping of arrays with participants on the last axis (any
+    leading shape, e.g. Monte-Carlo replicates; they broadcast). Columns go last.
+    """
+    group, delta_md, baseline_score = np.broadcast_arrays(
+        *(np.asarray(frame[name], dtype=float) for name in ("group", "delta_md", "baseline_score"))
+    )
+    return np.stack(
+        [np.ones_like(delta_md), group, delta_md, group * delta_md, baseline_score], axis=-1
     )
 
 
