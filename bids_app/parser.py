@@ -22,6 +22,7 @@ from ketamine_dti.config import (
     Config,
 )
 from ketamine_dti.errors import InputError
+from ketamine_dti.fieldmaps import SDC_METHODS
 from ketamine_dti.resources import ATLAS as BUNDLED_ATLAS
 from ketamine_dti.rois import ROI_MIN_FRACTION, ROI_MIN_VOXELS
 
@@ -203,6 +204,24 @@ def _add_method_options(met) -> None:
         default=ROI_MIN_VOXELS,
         help="an ROI that keeps fewer voxels is reported missing, its MD n/a",
     )
+    met.add_argument(
+        "--sdc",
+        choices=SDC_METHODS,
+        default="auto",
+        help="susceptibility distortion correction: 'auto' uses what each DWI series has (EPI "
+        "fieldmaps or a second DWI series with the opposite phase encoding first, then a GRE "
+        "fieldmap; see docs/fieldmaps.md) and logs the method per session; 'pepolar' and "
+        "'fieldmap' require that kind (a session without it fails its checks); 'none' ignores "
+        "fieldmaps. In this version the fieldmaps are found and checked but the DWI is not yet "
+        "corrected (the log says so)",
+    )
+    met.add_argument(
+        "--use-syn-sdc",
+        action="store_true",
+        help="fieldmap-less distortion correction (SyN-SDC: b0 to T1w along the phase-encode "
+        "axis) for DWI series where --sdc auto finds no fieldmap (planned and logged; not yet "
+        "applied in this version)",
+    )
 
 
 def _add_group_options(grp) -> None:
@@ -364,6 +383,11 @@ def to_config(args: argparse.Namespace) -> Config:
         raise UsageError(f"--roi-atlas {args.roi_atlas} does not exist")
     if args.roi_atlas_label is not None and args.roi_atlas is None:
         raise UsageError("--roi-atlas-label names a custom atlas; give --roi-atlas too")
+    if args.use_syn_sdc and args.sdc != "auto":
+        raise UsageError(
+            "--use-syn-sdc is the fallback of --sdc auto where no fieldmap is found; drop it, or "
+            "use --sdc auto"
+        )
     config = Config(
         bids_dir=args.bids_dir.absolute(),
         output_dir=args.output_dir.absolute(),
@@ -393,6 +417,8 @@ def to_config(args: argparse.Namespace) -> Config:
         roi_atlas_label=args.roi_atlas_label,
         roi_min_fraction=args.roi_min_fraction,
         roi_min_voxels=args.roi_min_voxels,
+        sdc=args.sdc,
+        use_syn_sdc=args.use_syn_sdc,
         arm_column=args.arm_column,
         contrast=contrast,
         covariates=tuple(args.covariates),

@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
@@ -28,6 +29,9 @@ from ketamine_dti.dwi.gradients import (
     require_tensor_fit,
 )
 from ketamine_dti.errors import InputError
+
+if TYPE_CHECKING:
+    from ketamine_dti.fieldmaps import FieldmapInputs
 
 LOGGER = logging.getLogger(__name__)
 
@@ -96,7 +100,8 @@ class SessionInputs:
 
     ``dwi``/``bval``/``bvec`` are the first (or only) run; ``extra_runs`` holds the further
     runs' (dwi, bval, bvec) when runs are combined. ``t1w`` may be another session's image
-    when this session has none.
+    when this session has none. ``fieldmaps``: one per run, in run order, found by
+    ``fieldmaps.attach_fieldmaps`` (None: not looked for).
     """
 
     subject: str
@@ -107,6 +112,7 @@ class SessionInputs:
     t1w: str
     dwi_metadata: dict = field(default_factory=dict)
     extra_runs: tuple[tuple[str, str, str], ...] = ()
+    fieldmaps: tuple[FieldmapInputs, ...] | None = None
 
     @property
     def dwi_runs(self) -> tuple[tuple[str, str, str], ...]:

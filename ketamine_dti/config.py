@@ -67,6 +67,9 @@ class Config:
     roi_atlas_label: str | None = None  # atlas-<label> of published dseg names; see atlas_label
     roi_min_fraction: float = ROI_MIN_FRACTION  # an ROI keeping less of its atlas is missing
     roi_min_voxels: int = ROI_MIN_VOXELS  # ... and one keeping fewer voxels
+    # susceptibility distortion correction (fieldmaps.py): "auto", "pepolar", "fieldmap", "none"
+    sdc: str = "auto"
+    use_syn_sdc: bool = False  # fieldmap-less SyN-SDC where --sdc auto finds no fieldmap
     # group level
     arm_column: str = "group"  # participants.tsv column of arm labels (any number of arms)
     # (treatment side, control side) of the group contrast: (name, its arm labels) each

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ketamine_dti import bids
+from ketamine_dti import bids, fieldmaps
 from ketamine_dti.config import Config
 from ketamine_dti.errors import InputError
 
@@ -51,8 +51,9 @@ def check_participants_tsv(bids_dir: Path) -> list[str]:
 
 
 def check_participant(config: Config, layout, subject: str, notes: list[str]):
-    """One participant's inputs, checked (InputError lists its problems)."""
-    return bids.collect_participant(
+    """One participant's inputs, checked, with the fieldmaps ``--sdc`` would use found and
+    checked too (InputError lists its problems)."""
+    participant = bids.collect_participant(
         layout,
         subject,
         session_labels=config.session_labels,
@@ -63,6 +64,26 @@ def check_participant(config: Config, layout, subject: str, notes: list[str]):
         b0_threshold=config.b0_threshold,
         notes=notes,
     )
+    return fieldmaps.attach_fieldmaps(
+        layout, participant, sdc=config.sdc, use_syn_sdc=config.use_syn_sdc,
+        bids_filters=config.bids_filters, b0_threshold=config.b0_threshold, notes=notes,
+    )  # fmt: skip
+
+
+#: Said with every distortion-correction plan until the estimation is wired into the workflow.
+SDC_NOT_APPLIED = "fieldmaps are found and checked, but this version does not correct the DWI yet"
+
+
+def log_sdc_plan(participant: bids.ParticipantInputs, sdc: str) -> None:
+    """Which distortion correction each DWI series of each session would get, in the log."""
+    for session in participant.sessions:
+        for plan in session.fieldmaps or ():
+            found = " (no fieldmap found)" if plan.method == "none" and sdc != "none" else ""
+            pending = f"; {SDC_NOT_APPLIED}" if plan.method != "none" else ""
+            LOGGER.info(
+                "sub-%s ses-%s: distortion correction (--sdc %s): %s%s%s",
+                participant.subject, session.session, sdc, plan.describe(), found, pending,
+            )  # fmt: skip
 
 
 def run_preflight(config: Config, subjects: list[str], layout=None) -> Preflight:
@@ -73,6 +94,7 @@ def run_preflight(config: Config, subjects: list[str], layout=None) -> Preflight
         notes: list[str] = []
         try:
             result.ready[subject] = check_participant(config, layout, subject, notes)
+            log_sdc_plan(result.ready[subject], config.sdc)
         except InputError as exc:
             result.errors[subject] = str(exc)
         except Exception as exc:  # an unforeseen file problem is still this participant's

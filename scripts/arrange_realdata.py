@@ -4,13 +4,16 @@ The folder holds one man's DWI acquired twice in one sitting, with PA (``j``) an
 phase encoding, and his whole-head MPRAGE. The true MD is the same in both series, so when the PA
 series is one session and the AP series the other, any MD change the App reports is its own error.
 
-    python scripts/arrange_realdata.py OUT_DIR [--no-fieldmaps]
+    python scripts/arrange_realdata.py OUT_DIR [--fieldmaps | --no-fieldmaps]
         [--source ../shared/realdata/siemens_prisma_xa30_subM31]
 
-Writes ``OUT_DIR`` (a BIDS dataset, images copied, never linked, so the source stays untouched):
-``ses-baseline`` = PA, ``ses-24h`` = AP, the same T1w in both sessions, and unless
-``--no-fieldmaps`` each session's ``fmap/`` holds the *other* series' b=0 volume as a
-reverse-phase-encoding EPI fieldmap with ``IntendedFor`` (pepolar distortion correction).
+Writes ``OUT_DIR`` (a BIDS dataset, images copied, never linked, so the source stays untouched;
+OUT_DIR belongs outside the repository): ``ses-baseline`` = PA, ``ses-24h`` = AP, the same T1w
+in both sessions, and with ``--fieldmaps`` (the default) each session's ``fmap/`` holds the
+*other* series' b=0 volume as a reverse-phase-encoding EPI fieldmap, ``dir-AP``/``dir-PA``
+``_epi``, with that series' ``PhaseEncodingDirection`` and ``TotalReadoutTime`` and an
+``IntendedFor`` naming the session's DWI: ``--sdc auto`` finds it as a pepolar fieldmap
+(``ketamine_dti.fieldmaps``). ``--no-fieldmaps`` leaves ``fmap/`` out.
 """
 
 from __future__ import annotations
@@ -113,10 +116,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
-    parser.add_argument("--no-fieldmaps", action="store_true")
+    parser.add_argument(
+        "--fieldmaps",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="give each session's DWI the other series' b=0 volume as its reverse-PE fieldmap",
+    )
     args = parser.parse_args(argv)
     try:
-        arrange(args.out_dir, args.source, fieldmaps=not args.no_fieldmaps)
+        arrange(args.out_dir, args.source, fieldmaps=args.fieldmaps)
     except FileNotFoundError as exc:
         print(f"arrange_realdata: {exc}", file=sys.stderr)
         return 1

@@ -145,6 +145,46 @@ def _zero_volume(index_of: Callable[[np.ndarray], np.ndarray]):
     return damage
 
 
+def _fmap(
+    root: Path, name: str = "dir-PA_epi", subject: str = SUB, session: str = SES, **meta
+) -> None:
+    """fmap/<prefix>_<name> made of the DWI's first volume: by default a reverse-PE EPI (PE j,
+    the DWI's readout) whose IntendedFor names the DWI; ``meta`` sets keys (None deletes)."""
+    data, image = _load(_nifti(_stem(root, session, subject)))
+    (root / subject / session / "fmap").mkdir(exist_ok=True)
+    path = root / subject / session / "fmap" / f"{subject}_{session}_{name}"
+    _save(_nifti(path), np.asarray(data[..., 0], dtype=np.float32), image)
+    sidecar = {
+        "PhaseEncodingDirection": "j",
+        "TotalReadoutTime": 0.01598,
+        "IntendedFor": [f"{session}/dwi/{subject}_{session}_dwi.nii.gz"],
+    } | meta
+    kept = {key: value for key, value in sidecar.items() if value is not None}
+    Path(f"{path}.json").write_text(json.dumps(kept))
+
+
+def _fmap_elsewhere(root: Path) -> None:
+    """Every session but sub-001's ses-baseline gets a reverse-PE fieldmap."""
+    for subject in (SUB, *OTHERS):
+        for session in (SES, "ses-24h"):
+            if (subject, session) != (SUB, SES):
+                _fmap(root, subject=subject, session=session)
+
+
+def _phasediff(root: Path, **meta) -> None:
+    """A GRE phasediff (echo times 4.92/7.38 ms) and its magnitude1, linked to the DWI."""
+    gre = {"PhaseEncodingDirection": None, "TotalReadoutTime": None}
+    _fmap(root, "phasediff", **(gre | {"EchoTime1": 0.00492, "EchoTime2": 0.00738} | meta))
+    _fmap(root, "magnitude1", **gre)
+
+
+def _reverse_run(root: Path) -> None:
+    """A second DWI run, phase-encoded j (the DWI's reverse): the first run's fieldmap."""
+    _add_run(root)
+    path = Path(f"{_stem(root).with_name(f'{SUB}_{SES}_run-2_dwi')}.json")
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"PhaseEncodingDirection": "j"}))
+
+
 def _nan_voxels(data: np.ndarray) -> np.ndarray:
     data[10:12, 10:12, 10, 3] = np.nan
     data[20, 20, 20, 5] = np.inf
@@ -166,6 +206,8 @@ class Case:
 
 
 DWI = f"{SUB}_{SES}_dwi"
+EPI = f"{SUB}_{SES}_dir-PA_epi"
+SDC_PLAN = rf"{SUB} {SES}: distortion correction \(--sdc auto\): {DWI}.nii.gz"
 CASES = [
     Case("missing_bval", "the .bval file is deleted", lambda r: Path(f"{_stem(r)}.bval").unlink(),
          1, rf"{DWI}.nii.gz: no .bval file found"),
@@ -299,6 +341,47 @@ CASES = [
          0, r"participants.tsv: comma-separated, not tab-separated"),
     Case("participants_tsv_missing", "participants.tsv deleted",
          lambda r: (r / "participants.tsv").unlink(), 0, r"participants.tsv: missing"),
+    Case("fmap_pepolar", "a reverse-PE EPI fieldmap (PE j; the DWI's is j-) with IntendedFor",
+         _fmap, 0, rf"{SDC_PLAN} \(PE j-, readout 16.0 ms\): pepolar with {EPI}.nii.gz \(PE j"),
+    Case("fmap_b0_field_identifier", "the EPI fieldmap linked by B0FieldIdentifier/Source",
+         lambda r: [_fmap(r, IntendedFor=None, B0FieldIdentifier="pepolar0"),
+                    _edit_json(r, lambda m: m | {"B0FieldSource": "pepolar0"})],
+         0, rf"{SDC_PLAN} .*: pepolar with {EPI}.nii.gz"),
+    Case("fmap_echo_spacing", "the EPI fieldmap has EffectiveEchoSpacing, no TotalReadoutTime",
+         lambda r: _fmap(r, TotalReadoutTime=None, EffectiveEchoSpacing=0.00034), 0,
+         rf"pepolar with {EPI}.nii.gz \(PE j, readout 16.0 ms\)"),
+    Case("fmap_reverse_dwi_run", "a second DWI run phase-encoded j (its b0s: reverse PE)",
+         _reverse_run, 0, rf"run-1_dwi.nii.gz .*: pepolar with {SUB}_{SES}_run-2_dwi.nii.gz"),
+    Case("fmap_same_pe", "an EPI fieldmap with the DWI's PE direction (j-)",
+         lambda r: _fmap(r, "dir-AP_epi", PhaseEncodingDirection="j-"), 1,
+         rf"{SUB}_{SES}_dir-AP_epi.nii.gz: PhaseEncodingDirection j- is the same phase-encoding "
+         r"direction as the DWI .*cannot estimate a field"),
+    Case("fmap_same_pe_sdc_none", "an EPI fieldmap with the DWI's PE direction, --sdc none",
+         lambda r: _fmap(r, "dir-AP_epi", PhaseEncodingDirection="j-"), 0, None,
+         ("--sdc", "none")),
+    Case("fmap_other_axis", "an EPI fieldmap phase-encoded along i",
+         lambda r: _fmap(r, "dir-LR_epi", PhaseEncodingDirection="i"), 1,
+         rf"{SUB}_{SES}_dir-LR_epi.nii.gz: PhaseEncodingDirection i is along another axis"),
+    Case("fmap_no_readout_time", "the EPI fieldmap has no TotalReadoutTime nor echo spacing",
+         lambda r: _fmap(r, TotalReadoutTime=None), 1,
+         rf"{EPI}.nii.gz: neither TotalReadoutTime nor EffectiveEchoSpacing"),
+    Case("fmap_dwi_no_phase_encoding", "PhaseEncodingDirection missing, an EPI fieldmap linked",
+         lambda r: [_fmap(r), _edit_json(r, lambda m: {k: v for k, v in m.items()
+                                                      if k != "PhaseEncodingDirection"})],
+         1, rf"{DWI}.nii.gz: no PhaseEncodingDirection in the JSON sidecar; distortion"),
+    Case("fmap_intended_for_missing", "the EPI fieldmap's IntendedFor names a missing DWI",
+         lambda r: _fmap(r, IntendedFor=[f"{SES}/dwi/{SUB}_{SES}_acq-b1000_dwi.nii.gz"]), 1,
+         rf"{EPI}.nii.gz: IntendedFor '{SES}/dwi/{SUB}_{SES}_acq-b1000_dwi.nii.gz' .* does not "
+         "exist"),
+    Case("fmap_b0_field_source_unmatched", "B0FieldSource in the DWI sidecar, no identifier",
+         lambda r: _edit_json(r, lambda m: m | {"B0FieldSource": "pepolar0"}), 1,
+         rf"{DWI}.nii.gz: B0FieldSource 'pepolar0' .* matches no B0FieldIdentifier"),
+    Case("fmap_phasediff_no_echo_time", "a GRE phasediff without EchoTime2",
+         lambda r: _phasediff(r, EchoTime2=None), 1,
+         rf"{SUB}_{SES}_phasediff.nii.gz: no EchoTime2 in the JSON sidecar"),
+    Case("sdc_pepolar_missing", "--sdc pepolar; only sub-001's ses-baseline has no fieldmap",
+         _fmap_elsewhere, 1, rf"{DWI}.nii.gz: --sdc pepolar but no reverse phase-encoding image",
+         ("--sdc", "pepolar")),
 ]  # fmt: skip
 
 
