@@ -7,9 +7,12 @@ Layout (``<s>`` = session label, default ``baseline`` and ``24h``)::
     sub-<l>/sub-<l>_sessions.tsv
     sub-<l>/ses-<s>/anat/sub-<l>_ses-<s>_T1w.nii.gz/.json
     sub-<l>/ses-<s>/dwi/sub-<l>_ses-<s>_dwi.nii.gz/.bval/.bvec/.json
+    sub-<l>/ses-<s>/fmap/sub-<l>_ses-<s>_dir-PA_epi.nii.gz/.json   (with --distortion only)
     sourcedata/ground_truth/roi_md.tsv, planted_effects.json, desc-truth_dseg.tsv,
         sub-<l>/ses-<s>/sub-<l>_ses-<s>_space-dwi_desc-truth_dseg.nii.gz
         sub-<l>/ses-<s>/sub-<l>_ses-<s>_space-T1w_desc-brain_mask.nii.gz
+        sub-<l>/ses-<s>/sub-<l>_ses-<s>_space-dwi_desc-truth_fieldmap.nii.gz/.json  (--distortion)
+        sub-<l>/ses-<s>/sub-<l>_ses-<s>_space-dwi_desc-truth_displacement.nii.gz/.json  (idem)
 
 The App never reads ``sourcedata/``. Participants are simulated independently from
 ``(seed, participant index)`` random streams, so the output does not depend on ``n_procs``.
@@ -32,7 +35,7 @@ import pandas as pd
 
 from ketamine_dti import __version__
 from ketamine_dti.rois import ROI_NAMES
-from ketamine_dti.simulate import anatomy, head, session, signal
+from ketamine_dti.simulate import anatomy, head, session, signal, susceptibility
 from ketamine_dti.simulate.clinical import (
     MIN_PARTICIPANTS,
     ROI_BASELINE_MD,
@@ -42,7 +45,14 @@ from ketamine_dti.simulate.clinical import (
     ClinicalTrial,
     simulate_clinical,
 )
-from ketamine_dti.simulate.presets import EFFECTIVE_ECHO_SPACING_S, PRESETS, Preset, get_preset
+from ketamine_dti.simulate.presets import (
+    EFFECTIVE_ECHO_SPACING_S,
+    PARALLEL_REDUCTION_FACTOR,
+    PHASE_ENCODING_DIRECTION,
+    PRESETS,
+    Preset,
+    get_preset,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -100,10 +110,6 @@ T1W_TIMING = {
     "MRAcquisitionType": "3D",
     "PulseSequenceType": "MPRAGE",
 }
-#: Anterior-to-posterior phase encoding: k-space is traversed along -j, the image's second axis
-#: (+j points anterior in our LAS images); the eddy-distortion model displaces along j.
-PHASE_ENCODING_DIRECTION = "j-"
-PARALLEL_REDUCTION_FACTOR = 2
 #: Readout dwell time (s) of the EPI, typical bandwidth ~1.5 kHz/pixel at 96 matrix.
 DWI_DWELL_TIME_S = 2.6e-06
 #: bids-validator-deno 3.0.2 (BIDS schema 1.11.1) indexes phenotype files by participant_id
@@ -116,6 +122,11 @@ HEAD_MODES = ("full", "brain")
 #: Random stream (third seed word) of the head shape and T1w scaling, apart from the anatomy,
 #: pose and noise streams, so both head modes give the same brain at the same place.
 HEAD_STREAM = 1
+#: Random stream (third seed word; the fourth is the session's position) of the fieldmaps'
+#: noise, so that a distorted trial has the same anatomy, motion and DWI noise as without.
+FIELDMAP_STREAM = 2
+#: The fieldmap's ``dir-<label>``: the DWI's reversed phase encoding, j (+j anterior) = PA.
+FIELDMAP_DIR_LABEL = "PA"
 
 
 @dataclass(frozen=True)
@@ -131,6 +142,7 @@ class TrialOptions:
     snr: float | None  # None: noiseless (no noise, no motion, no eddy distortion)
     n_procs: int = 1
     head: str = "full"
+    distortion: str = "none"  # susceptibility.DISTORTION_CHOICES
 
 
 def make_options(
@@ -144,8 +156,12 @@ def make_options(
     noiseless: bool = False,
     n_procs: int = 1,
     head: str = "full",
+    distortion: str | None = None,
 ) -> TrialOptions:
-    """Check every option; ValueError carries a one-line message that says what to do."""
+    """Check every option; ValueError carries a one-line message that says what to do.
+
+    ``distortion=None`` takes the preset's default (``none`` for every preset for now).
+    """
     if preset not in PRESETS:
         raise ValueError(f"--preset {preset!r} is unknown; use one of {', '.join(PRESETS)}")
     chosen = get_preset(preset)
@@ -174,6 +190,12 @@ def make_options(
         raise ValueError(f"--n-procs {n_procs}: give at least 1")
     if head not in HEAD_MODES:
         raise ValueError(f"--head {head!r} is unknown; use one of {', '.join(HEAD_MODES)}")
+    distortion = chosen.default_distortion if distortion is None else distortion
+    if susceptibility.get_level(distortion) is not None and head != "full":
+        raise ValueError(
+            f"--distortion {distortion} needs --head full (the head's air and bone make the "
+            "field); use --distortion none with --head brain"
+        )
     return TrialOptions(
         out_dir=Path(out_dir),
         n_participants=n,
@@ -184,6 +206,7 @@ def make_options(
         snr=None if noiseless else float(chosen.default_snr if snr is None else snr),
         n_procs=int(n_procs),
         head=head,
+        distortion=distortion,
     )
 
 
@@ -261,9 +284,20 @@ def slice_timing(n_slices: int, repetition_time: float) -> list[float]:
     return [round(float(t), 4) for t in times]
 
 
-def dwi_sidecar(preset: Preset) -> dict:
-    """Scanner-like JSON sidecar of the DWI (times in s)."""
+def dwi_sidecar(preset: Preset, level: susceptibility.DistortionLevel | None = None) -> dict:
+    """Scanner-like JSON sidecar of the DWI (times in s); a distortion level sets the readout."""
     n_slices = preset.dwi_shape[2]
+    readout = {
+        "TotalReadoutTime": round(preset.total_readout_time_s, 6),
+        "EffectiveEchoSpacing": EFFECTIVE_ECHO_SPACING_S,
+        "ParallelReductionFactorInPlane": PARALLEL_REDUCTION_FACTOR,
+    }
+    if level is not None:
+        readout = {
+            "TotalReadoutTime": round(level.total_readout_time_s(preset), 6),
+            "EffectiveEchoSpacing": level.effective_echo_spacing_s(),
+            "ParallelReductionFactorInPlane": level.acceleration,
+        }
     return {
         **SCANNER,
         "MRAcquisitionType": "2D",
@@ -278,12 +312,24 @@ def dwi_sidecar(preset: Preset) -> dict:
         "RepetitionTime": preset.dwi_repetition_time_s,
         "FlipAngle": 90,
         "PhaseEncodingDirection": PHASE_ENCODING_DIRECTION,
-        "TotalReadoutTime": round(preset.total_readout_time_s, 6),
-        "EffectiveEchoSpacing": EFFECTIVE_ECHO_SPACING_S,
-        "ParallelReductionFactorInPlane": PARALLEL_REDUCTION_FACTOR,
+        **readout,
         "SliceEncodingDirection": "k",
         "SliceThickness": preset.dwi_voxel_mm,
         "SliceTiming": slice_timing(n_slices, preset.dwi_repetition_time_s),
+    }
+
+
+def fieldmap_sidecar(
+    preset: Preset, level: susceptibility.DistortionLevel, intended_for: str
+) -> dict:
+    """Sidecar of the reverse phase-encoded b=0 EPI fieldmap (BIDS ``fmap/*_epi``)."""
+    return {
+        **dwi_sidecar(preset, level),
+        "PulseSequenceType": "SE-EPI",
+        "SequenceName": "ep_b0",
+        "PulseSequenceDetails": "simulated single-shot SE-EPI b=0, reversed phase encoding",
+        "PhaseEncodingDirection": susceptibility.reverse_direction(PHASE_ENCODING_DIRECTION),
+        "IntendedFor": [intended_for],
     }
 
 
@@ -328,6 +374,7 @@ class ParticipantResult:
     truth_voxels: dict  # session_id -> {roi: n voxels}
     t1w_scaling: dict | None = None  # scale, offset, storage (full head only)
     head_shape: dict | None = None  # the head's per-participant parameters (full head only)
+    field: dict | None = None  # session_id -> field figures (with --distortion only)
 
 
 def simulate_participant(
@@ -340,13 +387,16 @@ def simulate_participant(
     atlas = session.load_roi_atlas()
     participant = anatomy.random_participant(rng, template)
     head_shape, scaling = participant_head(options, index)
+    level = susceptibility.get_level(options.distortion)
+    if level is not None:  # the field needs the ear canals; without it the head is as before
+        head_shape = dataclasses.replace(head_shape, ear_canals=True)
     motion_level = float(np.exp(rng.normal(0.0, session.MOTION_LEVEL_LOG_SD)))
     baseline_id = f"ses-{options.sessions[0]}"
     other_md = other_gm_md(trial, participant_id, baseline_id)
     root = options.out_dir
     truth_root = root / "sourcedata" / "ground_truth"
-    sigma, mean_fd, rules, voxels = {}, {}, {}, {}
-    for label in options.sessions:
+    sigma, mean_fd, rules, voxels, fields = {}, {}, {}, {}, {}
+    for position, label in enumerate(options.sessions):
         session_id = f"ses-{label}"
         stem = f"{participant_id}_{session_id}"
         pose = anatomy.random_head_pose(rng, template.centre_mm)
@@ -362,6 +412,10 @@ def simulate_participant(
             options.snr,
             motion_level=motion_level,
             head_shape=head_shape,
+            distortion=options.distortion,
+            fieldmap_rng=np.random.default_rng(
+                [options.seed, index + 1, FIELDMAP_STREAM, position]
+            ),
         )
         dwi_dir = root / participant_id / session_id / "dwi"
         _save_nifti(
@@ -372,7 +426,9 @@ def simulate_participant(
         )
         (dwi_dir / f"{stem}_dwi.bval").write_text(format_bval(dwi.bvals))
         (dwi_dir / f"{stem}_dwi.bvec").write_text(format_bvec(dwi.bvecs))
-        _write_json(dwi_dir / f"{stem}_dwi.json", dwi_sidecar(options.preset))
+        _write_json(dwi_dir / f"{stem}_dwi.json", dwi_sidecar(options.preset, level))
+        if dwi.field is not None:
+            fields[session_id] = write_distortion(dwi, options, root, truth_root, stem)
         _save_nifti(
             dwi.truth_dseg,
             dwi.affine,
@@ -407,7 +463,75 @@ def simulate_participant(
         voxels,
         t1w_scaling=None if scaling is None else dataclasses.asdict(scaling),
         head_shape=None if head_shape is None else head.shape_summary(head_shape),
+        field=fields or None,
     )
+
+
+def write_distortion(
+    dwi: session.DwiSession, options: TrialOptions, root: Path, truth_root: Path, stem: str
+) -> dict:
+    """The session's reverse-PE fieldmap, its true field and displacement; the field's figures."""
+    participant_id, session_id = stem.split("_")[:2]
+    preset, field = options.preset, dwi.field
+    dwi_path = f"{participant_id}/{session_id}/dwi/{stem}_dwi.nii.gz"
+    fmap_stem = (
+        root / participant_id / session_id / "fmap" / f"{stem}_dir-{FIELDMAP_DIR_LABEL}_epi"
+    )
+    _save_nifti(
+        _to_int16(dwi.reverse_pe),
+        dwi.affine,
+        Path(f"{fmap_stem}.nii.gz"),
+        zooms_time=preset.dwi_repetition_time_s,
+    )
+    _write_json(
+        Path(f"{fmap_stem}.json"),
+        fieldmap_sidecar(preset, field.level, f"bids::{dwi_path}"),
+    )
+    truth_stem = truth_root / participant_id / session_id / f"{stem}_space-dwi_desc-truth"
+    _save_nifti(field.field_hz, dwi.affine, Path(f"{truth_stem}_fieldmap.nii.gz"))
+    _write_json(Path(f"{truth_stem}_fieldmap.json"), truth_field_json(field, dwi_path))
+    displacement = field.displacement_voxels(PHASE_ENCODING_DIRECTION)
+    _save_nifti(displacement, dwi.affine, Path(f"{truth_stem}_displacement.nii.gz"))
+    _write_json(
+        Path(f"{truth_stem}_displacement.json"),
+        truth_displacement_json(field, dwi_path, preset.dwi_voxel_mm),
+    )
+    return susceptibility.field_summary(
+        field, dwi.brain_mask, preset.dwi_voxel_mm, PHASE_ENCODING_DIRECTION
+    )
+
+
+def truth_field_json(field: susceptibility.SessionField, dwi_path: str) -> dict:
+    """Sidecar of a true field map (ground truth)."""
+    return {
+        "Units": "Hz",
+        "Description": "True off-resonance of the head's susceptibility after the scanner's "
+        "shim, on the DWI grid at the head position of its first volume (undistorted, like "
+        "the truth masks); later volumes see it moved with the head (shim fixed)",
+        "IntendedFor": f"bids::{dwi_path}",
+        "DistortionLevel": field.level.name,
+        "ShimOrder": field.level.shim_order,
+        "MagneticFieldStrength": susceptibility.FIELD_STRENGTH_T,
+        "TotalReadoutTime": round(field.readout_time_s, 6),
+    }
+
+
+def truth_displacement_json(
+    field: susceptibility.SessionField, dwi_path: str, voxel_mm: float
+) -> dict:
+    """Sidecar of a true voxel displacement map (ground truth)."""
+    reverse = susceptibility.reverse_direction(PHASE_ENCODING_DIRECTION)
+    return {
+        "Units": "voxel",
+        "Description": "Displacement of the DWI's signal along the image's +j axis, in voxels: "
+        "the signal of true voxel (i, j, k) appears at j + value; = field (Hz) x "
+        f"TotalReadoutTime x (-1 for PhaseEncodingDirection {PHASE_ENCODING_DIRECTION}). The "
+        f"fieldmap (PhaseEncodingDirection {reverse}) is displaced by minus this",
+        "IntendedFor": f"bids::{dwi_path}",
+        "PhaseEncodingDirection": PHASE_ENCODING_DIRECTION,
+        "TotalReadoutTime": round(field.readout_time_s, 6),
+        "VoxelSizeAlongPhaseEncodingMm": voxel_mm,
+    }
 
 
 def participant_head(
@@ -479,6 +603,11 @@ def write_top_level(options: TrialOptions, trial: ClinicalTrial) -> None:
                         f"seed={options.seed} n={options.n_participants} "
                         f"snr={'noiseless' if options.snr is None else options.snr} "
                         f"head={options.head}"
+                        + (
+                            ""
+                            if options.distortion == "none"
+                            else f" distortion={options.distortion}"
+                        )
                     ),
                 }
             ],
@@ -578,8 +707,49 @@ def write_ground_truth(
         },
         "head": head_truth(options, results),
     }
+    readme = GROUND_TRUTH_README
+    if options.distortion != "none":
+        planted["distortion"] = distortion_truth(options, results)
+        readme += GROUND_TRUTH_DISTORTION_README
     _write_json(truth / "planted_effects.json", planted)
-    (truth / "README").write_text(GROUND_TRUTH_README)
+    (truth / "README").write_text(readme)
+
+
+def distortion_truth(options: TrialOptions, results: list[ParticipantResult]) -> dict:
+    """The susceptibility model, the acquisition it distorts and each session's field figures."""
+    level = susceptibility.get_level(options.distortion)
+    preset = options.preset
+    return {
+        "level": level.name,
+        "description": level.description,
+        "model": susceptibility.MODEL_SUMMARY,
+        "susceptibility_ppm_relative_to_soft_tissue": susceptibility.SUSCEPTIBILITY_PPM,
+        "ear_canals": "painted in the head (T1w, DWI and field) when distortion is simulated: "
+        f"capsules of radius {head.EAR_CANAL_RADIUS_MM} mm from {head.EAR_CANAL_INNER_MM} to "
+        f"{head.EAR_CANAL_OUTER_MM} template mm (x mirrored)",
+        "magnetic_field_strength_t": susceptibility.FIELD_STRENGTH_T,
+        "hz_per_ppm": round(susceptibility.HZ_PER_PPM, 3),
+        "shim_order": level.shim_order,
+        "parallel_reduction_factor": level.acceleration,
+        "effective_echo_spacing_s": level.effective_echo_spacing_s(),
+        "total_readout_time_s": round(level.total_readout_time_s(preset), 6),
+        "phase_encoding_direction": PHASE_ENCODING_DIRECTION,
+        "displacement_rule": "the signal of true position j appears at j + s x field_hz x "
+        "TotalReadoutTime voxels along the image's j axis, s = +1 for PhaseEncodingDirection j, "
+        "-1 for j-; mass-conserving (Jacobian intensity change, pile-up and folding included)",
+        "motion": "the head's field moves rigidly with each volume (first order: its change "
+        "with the small within-series rotations is neglected), the shim stays in the scanner; "
+        "recomputed for every session's head pose. Each volume is displaced along PE after its "
+        "motion and eddy resampling",
+        "fieldmap": {
+            "file": f"fmap/sub-<l>_ses-<s>_dir-{FIELDMAP_DIR_LABEL}_epi.nii.gz",
+            "phase_encoding_direction": susceptibility.reverse_direction(PHASE_ENCODING_DIRECTION),
+            "volumes": susceptibility.FIELDMAP_VOLUMES,
+            "content": "b=0 at the head position of the DWI's first volume (no motion between "
+            "them), the same noise level as the DWI, independent noise per volume",
+        },
+        "field_summary": {r.participant_id: r.field for r in results},
+    }
 
 
 def head_truth(options: TrialOptions, results: list[ParticipantResult]) -> dict:
@@ -659,7 +829,7 @@ seed {options.seed}).
         if options.head == "full"
         else "; the brain in a thin synthetic skull and scalp shell"
     }.
-- `phenotype/`: MADRS and QIDS-SR totals per session.
+{fieldmap_readme(options)}- `phenotype/`: MADRS and QIDS-SR totals per session.
 - `sourcedata/ground_truth/`: the true gray-matter MD per ROI and session, the planted effects
   and per-session ROI masks on the DWI grid. Pipelines must not read it.
 
@@ -674,6 +844,21 @@ Remaining warnings: JSON_KEY_RECOMMENDED (HEDVersion, SourceDatasets in
 dataset_description.json: no HED annotations, raw data) and TOO_FEW_AUTHORS (the authors are
 the software, not people).
 """
+
+
+def fieldmap_readme(options: TrialOptions) -> str:
+    """The README's lines on susceptibility distortion (none without it)."""
+    if options.distortion == "none":
+        return ""
+    reverse = susceptibility.reverse_direction(PHASE_ENCODING_DIRECTION)
+    return (
+        f"- Susceptibility distortion (`{options.distortion}`): every DWI volume is displaced "
+        "along\n  its phase-encoding axis by the field of the head's air and bone (3 T), "
+        "with the\n  Jacobian intensity change. `sub-*/ses-*/fmap`: "
+        f"{susceptibility.FIELDMAP_VOLUMES} b=0 volumes with the\n"
+        f"  opposite phase encoding ({reverse}, `dir-{FIELDMAP_DIR_LABEL}`), `IntendedFor` the "
+        "session's DWI.\n"
+    )
 
 
 GROUND_TRUTH_README = """Ground truth of the simulated trial (never read by ketamine-dti).
@@ -759,3 +944,13 @@ PHENOTYPE_JSON = {
         "QIDS-SR",
     ),
 }
+
+GROUND_TRUTH_DISTORTION_README = """
+Susceptibility distortion (planted_effects.json "distortion"):
+sub-*/ses-*/*_space-dwi_desc-truth_fieldmap.nii.gz: the true off-resonance (Hz) after the
+scanner's shim, on the DWI grid at the head position of the first volume (undistorted);
+sub-*/ses-*/*_space-dwi_desc-truth_displacement.nii.gz: the displacement (voxels along the
+image's +j axis) of the DWI's signal at each true position, field x TotalReadoutTime x (-1 for
+PhaseEncodingDirection j-). The reverse phase-encoded fieldmap (fmap/) is displaced by minus
+that. Each DWI volume sees the field moved with the head (the shim stays in the scanner).
+"""

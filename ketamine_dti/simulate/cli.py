@@ -19,6 +19,7 @@ from ketamine_dti import __version__
 from ketamine_dti.simulate.bids_writer import HEAD_MODES, make_options, simulate_trial
 from ketamine_dti.simulate.clinical import SCENARIOS
 from ketamine_dti.simulate.presets import PRESETS
+from ketamine_dti.simulate.susceptibility import DISTORTION_CHOICES
 
 LOGGER = logging.getLogger(__name__)
 
@@ -87,6 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
         "T1w scaling and storage vary per participant); brain: the brain in a thin synthetic "
         "shell, as before issue 10 (default full)",
     )
+    parser.add_argument(
+        "--distortion",
+        choices=DISTORTION_CHOICES,
+        default=None,
+        help="EPI susceptibility distortion from the head's air and bone (3 T), with reverse "
+        "phase-encoded b0 fieldmaps in fmap/ and the true field in sourcedata/ground_truth "
+        "(needs --head full). typical: second-order shim, GRAPPA 2: 99th percentile ~3-4 mm "
+        "over the brain, up to ~10-14 mm at its edge above the frontal sinus and beside the "
+        "temporal bone; strong: linear shim, no GRAPPA, over twice that; none: no distortion, "
+        "no fieldmaps (default none for every preset for now: issue 11 makes typical the "
+        "default of standard once the App corrects it)",
+    )
     parser.add_argument("--n-procs", type=int, default=1, help="participants in parallel")
     parser.add_argument(
         "--overwrite",
@@ -113,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             noiseless=args.noiseless,
             n_procs=args.n_procs,
             head=args.head,
+            distortion=args.distortion,
         )
     except (UsageError, ValueError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)

@@ -135,6 +135,13 @@ SEPTUM_MM = 1.5
 MASTOID_CENTRE_MM = (58.0, -38.0, -48.0)
 MASTOID_RADII_MM = (10.0, 13.0, 14.0)
 MASTOID_AIR = 0.6  # air cells are a foam: this share of the volume is air
+#: External ear canals (meatus): an air-filled tube ~7 mm wide from the concha (outside the skin,
+#: through the pinna) to the tympanic membrane, anterior to the mastoid air cells (x mirrored).
+#: Painted only when ``HeadShape.ear_canals`` is set: the susceptibility field of issue 11 needs
+#: them; without it the head is exactly as before (datasets without distortion are unchanged).
+EAR_CANAL_INNER_MM = (50.0, -24.0, -44.0)
+EAR_CANAL_OUTER_MM = (88.0, -20.0, -40.0)
+EAR_CANAL_RADIUS_MM = 3.5
 #: Mouth and jaw: tongue, oral cavity, mandible (body: an elliptic arch; its rami).
 TONGUE_CENTRE_MM = (0.0, 55.0, -100.0)
 TONGUE_RADII_MM = (24.0, 30.0, 14.0)
@@ -224,6 +231,7 @@ class HeadShape:
     sinus_scale: float
     coil_amplitude: float
     coil_length_mm: float
+    ear_canals: bool = False  # paint the ear canals (set with --distortion, issue 11)
 
 
 def random_head_shape(rng: np.random.Generator) -> HeadShape:
@@ -499,6 +507,16 @@ def paint_face(canvas: _Canvas, p, brain, shape: HeadShape) -> None:
     paint_mandible(canvas, p)
 
 
+def paint_ear_canals(canvas: _Canvas, p, brain, shape: HeadShape) -> None:
+    """The external ear canals: air from the concha to the eardrum, a bony wall from the brain."""
+    clear_of_brain = shape.csf_mm + ROOF_MM - brain
+    for inner, outer in zip(
+        mirrored(EAR_CANAL_INNER_MM), mirrored(EAR_CANAL_OUTER_MM), strict=True
+    ):
+        canal = capsule(p, inner, outer, EAR_CANAL_RADIUS_MM)
+        canvas.paint(np.maximum(canal, clear_of_brain), "air")
+
+
 def paint_mandible(canvas: _Canvas, p) -> None:
     """The mandible: a U-shaped arch of marrow in a cortical rim, and two rami."""
     x, y, z = p
@@ -564,6 +582,8 @@ def paint_head(
     canvas.paint(np.maximum(-(skin + SKIN_MM), skin), "skin")
     canvas.paint(ellipsoid(p, NOSE_CENTRE_MM, NOSE_RADII_MM), "skin")  # cartilage and skin
     paint_face(canvas, p, brain, shape)
+    if shape.ear_canals:
+        paint_ear_canals(canvas, p, brain, shape)
     canvas.paint(-skin, "air")  # outside the skin
 
 

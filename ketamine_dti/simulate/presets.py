@@ -19,8 +19,12 @@ T1W_FOV_MM: tuple[float, float, float] = (176.0, 216.0, 176.0)
 #: cerebellum (the neck).
 T1W_HEAD_FOV_MM: tuple[float, float, float] = (176.0, 256.0, 256.0)
 T1W_HEAD_CENTRE_OFFSET_MM: tuple[float, float, float] = (0.0, 8.0, -34.0)
-#: EPI effective echo spacing (s), GRAPPA 2 on a modern 3 T scanner.
+#: EPI effective echo spacing (s), GRAPPA 2 (PARALLEL_REDUCTION_FACTOR) on a modern 3 T scanner.
 EFFECTIVE_ECHO_SPACING_S = 0.00034
+PARALLEL_REDUCTION_FACTOR = 2
+#: Anterior-to-posterior phase encoding: k-space is traversed along -j, the image's second axis
+#: (+j points anterior in our LAS images); eddy and susceptibility distortions displace along j.
+PHASE_ENCODING_DIRECTION = "j-"
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,10 @@ class Preset:
     default_snr: float
     dwi_echo_time_s: float
     dwi_repetition_time_s: float
+    #: ``--distortion`` when not given (simulate.susceptibility). Issue 11 makes it "typical"
+    #: for standard once the App corrects susceptibility distortion; until then "none" keeps
+    #: every existing benchmark's data unchanged.
+    default_distortion: str = "none"
 
     @property
     def dwi_shape(self) -> tuple[int, int, int]:

@@ -28,8 +28,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ketamine_dti.simulate import anatomy, head, signal
-from ketamine_dti.simulate.presets import T1W_HEAD_CENTRE_OFFSET_MM, Preset, get_preset
+from ketamine_dti.simulate import anatomy, head, signal, susceptibility
+from ketamine_dti.simulate.presets import (
+    PHASE_ENCODING_DIRECTION,
+    T1W_HEAD_CENTRE_OFFSET_MM,
+    Preset,
+    get_preset,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -122,7 +127,9 @@ class DwiSession:
     brain_mask: brain (incl. CSF) >= 50% of the voxel; truth_dseg: int16 ROI indices (module
     docstring) and truth_rule {index: "pure"/"fallback"/"absent"}; fractions: "gm", "wm", "csf"
     (X, Y, Z) and "roi_gm" (L, X, Y, Z) volume fractions at the reference position; motion: the
-    per-volume motion and eddy parameters.
+    per-volume motion and eddy parameters. With susceptibility distortion (issue 11): field, the
+    true off-resonance at the reference position (undistorted, like the truth masks), and
+    reverse_pe (X, Y, Z, n) float32, the reverse phase-encoded b=0 volumes (noise as ``data``).
     """
 
     data: np.ndarray
@@ -137,6 +144,8 @@ class DwiSession:
     truth_rule: dict
     fractions: dict
     motion: signal.Motion
+    field: susceptibility.SessionField | None = None
+    reverse_pe: np.ndarray | None = None
 
 
 def truth_masks(
@@ -215,12 +224,20 @@ def simulate_dwi(
     snr: float | None,
     motion_level: float = 1.0,
     head_shape: head.HeadShape | None = None,
+    distortion: str = "none",
+    fieldmap_rng: np.random.Generator | None = None,
 ) -> DwiSession:
     """One DWI series of one session; ``snr=None`` gives the ideal (noiseless, still) series.
 
     label_md: GM MD (mm^2/s) for label 0 (GM outside the ROIs) and each ROI 1..L. A
     ``head_shape`` adds the head outside the brain (isotropic, head.TISSUES); the brain is as is.
+    ``distortion`` (susceptibility.DISTORTION_CHOICES, needs the head) plants the head's
+    susceptibility field in every volume and makes the reverse phase-encoded b0s, whose noise
+    comes from ``fieldmap_rng`` (``rng`` is used exactly as without distortion).
     """
+    level = susceptibility.get_level(distortion)
+    if level is not None and head_shape is None:
+        raise ValueError("susceptibility distortion needs the whole head (head_shape)")
     n_labels = len(label_md) - 1
     slab_pitch = pose.angles_deg[0] + rng.normal(0.0, SLAB_PITCH_ERROR_SD_DEG)
     affine = anatomy.scanner_grid(
@@ -258,12 +275,22 @@ def simulate_dwi(
         grid = (template, participant, pose, affine)
         add_extracerebral_signal(reference, tissue.brain, s0_field, bvals, head_shape, grid)
     clean = signal.apply_motion(reference, preset.dwi_voxel_mm, motion, bvals, bvecs)
+    field = reverse_pe = None
+    if level is not None:
+        grid = (template, participant, pose, affine)
+        field, reverse_pe = plant_distortion(
+            clean, reference[..., 0], grid, head_shape, preset, level, motion
+        )
     del reference
     if noiseless:
         data, sigma = clean, 0.0
     else:
         sigma = signal.snr_sigma(clean[..., 0], tissue.wm, snr)
         data = signal.add_rician_noise(clean, sigma, rng)
+        if reverse_pe is not None:
+            if fieldmap_rng is None:
+                raise ValueError("a noisy distorted series needs fieldmap_rng for its fieldmap")
+            reverse_pe = signal.add_rician_noise(reverse_pe, sigma, fieldmap_rng)
     dseg, rule = truth_masks(tissue.gm_by_label, tissue.wm, tissue.csf, gm_md)
     return DwiSession(
         data=data,
@@ -283,7 +310,43 @@ def simulate_dwi(
             "roi_gm": tissue.gm_by_label[1:],
         },
         motion=motion,
+        field=field,
+        reverse_pe=reverse_pe,
     )
+
+
+def plant_distortion(
+    clean: np.ndarray,
+    reference_b0: np.ndarray,
+    grid: tuple,
+    head_shape: head.HeadShape,
+    preset: Preset,
+    level: susceptibility.DistortionLevel,
+    motion: signal.Motion,
+) -> tuple[susceptibility.SessionField, np.ndarray]:
+    """Displace a moved series (in place) by the session's susceptibility field; its fieldmap.
+
+    grid: (template, participant, pose, affine) of the DWI. Each volume is displaced along PE
+    after its motion and eddy resampling, with the head's field moved like the head (the
+    eddy x field-gradient cross-term, ~0.05 mm, is neglected). The fieldmap is
+    susceptibility.FIELDMAP_VOLUMES b=0 volumes of the reference b0 with the opposite PE
+    direction, at the first volume's head position (acquired just before the series). Returns
+    the field and the clean fieldmap (X, Y, Z, n) float32.
+    """
+    shape = clean.shape[:3]
+    field = susceptibility.session_field(grid, head_shape, shape, preset, level)
+    rigid = [
+        signal.volume_source_matrix(shape, preset.dwi_voxel_mm, motion, v, 0.0, np.zeros(3))
+        for v in range(clean.shape[3])
+    ]
+    susceptibility.distort_series(clean, field, rigid, PHASE_ENCODING_DIRECTION)
+    reverse = susceptibility.reverse_direction(PHASE_ENCODING_DIRECTION)
+    axis, _ = susceptibility.phase_encoding(reverse)
+    reverse_b0 = susceptibility.displace_along_axis(
+        reference_b0, field.displacement_voxels(reverse), axis
+    )
+    volumes = np.repeat(reverse_b0[..., None], susceptibility.FIELDMAP_VOLUMES, axis=3)
+    return field, np.asfortranarray(volumes)
 
 
 def add_extracerebral_signal(

@@ -246,6 +246,14 @@ def _resample_affine(volume, matrix, out):  # pragma: no cover - compiled
                 out[i, j, k] = trilinear(volume, 0, cell) if touches else 0.0
 
 
+def resample_affine(volume: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """One volume (X, Y, Z) sampled at ``matrix @ (output index, 1)``: trilinear, 0 outside."""
+    out = np.empty(volume.shape, dtype=np.float32)
+    source = np.ascontiguousarray(volume, dtype=np.float32)[None]
+    _resample_affine(source, np.ascontiguousarray(matrix, dtype=np.float64), out)
+    return out
+
+
 def volume_source_matrix(
     shape: tuple[int, int, int],
     voxel_mm: float,
