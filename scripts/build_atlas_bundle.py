@@ -94,6 +94,7 @@ MNI_FSL_TO_TALAIRACH = np.array(
 # 1 mm -> 2 mm: each 2 mm voxel is centred on a 1 mm voxel and covers it plus half of each
 # neighbour along every axis: the exact area weights are (1/4, 1/2, 1/4), separable.
 AREA_WEIGHTS_1MM_TO_2MM = np.array([0.25, 0.5, 0.25])
+PRIOR_LEVELS = 255  # tissue priors stored as uint8, probability = level / 255
 PRIOR_MIN_TOTAL = 0.05  # a 2 mm voxel with < 5% brain in it has no tissue prior
 MASK_MIN_FRACTION = 0.5  # a 2 mm voxel is brain if at least half of its volume is
 
@@ -266,7 +267,7 @@ def tissue_priors(t1w: np.ndarray, mask: np.ndarray, fine: Grid, coarse: Grid) -
     coarse_maps = np.divide(
         coarse_maps, total, out=np.zeros_like(coarse_maps), where=total > PRIOR_MIN_TOTAL
     )
-    return np.round(coarse_maps, 3)
+    return np.rint(coarse_maps * PRIOR_LEVELS)  # stored uint8 levels
 
 
 def downsample_labels(labels: np.ndarray, n_labels: int, fine: Grid, coarse: Grid) -> np.ndarray:
@@ -413,10 +414,15 @@ def build_atlas(
     return atlas, counts
 
 
-def save_nifti(data: np.ndarray, grid: Grid, dtype: type, path: Path) -> None:
-    """Write a NIfTI with MNI152 s/qform, gzip level 9 and mtime 0 (reproducible bytes)."""
+def save_nifti(
+    data: np.ndarray, grid: Grid, dtype: type, path: Path, slope: float = 1.0
+) -> None:
+    """Write a NIfTI with MNI152 s/qform, gzip level 9 and mtime 0 (reproducible bytes);
+    ``data`` holds stored values, read back as ``slope * stored``."""
     img = nb.Nifti1Image(data.astype(dtype), grid.affine)
     img.header.set_data_dtype(dtype)
+    if slope != 1.0:
+        img.header.set_slope_inter(slope, 0.0)
     img.header.set_xyzt_units("mm")
     img.set_sform(grid.affine, code=NIFTI_XFORM_MNI_152)
     img.set_qform(grid.affine, code=NIFTI_XFORM_MNI_152)
@@ -494,7 +500,7 @@ def build(out_home: Path) -> list[dict]:
     priors = tissue_priors(t1w, mask, fine, coarse)
     for name, prior in zip(TISSUE_NAMES, priors, strict=True):
         path = tpl_dir / f"{prefix}_res-02_label-{name.upper()}_probseg.nii.gz"
-        save_nifti(prior, coarse, np.float32, path)
+        save_nifti(prior, coarse, np.uint8, path, slope=1.0 / PRIOR_LEVELS)
     lines = ["index\tname"] + [f"{i}\t{name}" for i, name in enumerate(ROI_NAMES, start=1)]
     (tpl_dir / f"{prefix}_atlas-{ATLAS}_dseg.tsv").write_text("\n".join(lines) + "\n")
     (tpl_dir / "template_description.json").write_text(
