@@ -132,8 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--real", type=Path, default=None)
     parser.add_argument("--label", default="after")
-    parser.add_argument("--training-seeds", type=int, nargs="*", default=[1],
-                        help="seeds the method was tuned on (the others are held out)")
+    parser.add_argument(
+        "--training-seeds",
+        type=int,
+        nargs="*",
+        default=[1],
+        help="seeds the method was tuned on (the others are held out)",
+    )
     args = parser.parse_args(argv)
     results = {
         "label": args.label,

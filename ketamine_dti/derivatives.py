@@ -99,6 +99,23 @@ def _preproc_dwi(context: SidecarContext) -> dict:
     return kept | {"Description": "Preprocessed DWI: " + ", ".join(steps) + "; b-vectors rotated."}
 
 
+def _sdc_metadata(context: SidecarContext) -> dict:
+    """The DWI readout the field and displacement refer to, and the estimation method."""
+    from ketamine_dti.dwi.susceptibility import SCHEDULE
+    from ketamine_dti.fieldmaps import session_plan
+
+    pe = session_plan(context.session).phase_encoding
+    knots = ", ".join(f"{level.knot_spacing_mm:g}" for level in SCHEDULE)
+    return {
+        "PhaseEncodingDirection": pe.direction,
+        "TotalReadoutTime": pe.total_readout_time,
+        "EstimationMethod": "pepolar: cubic B-spline field (knot spacing "
+        f"{knots} mm, coarse to fine) fitted by least squares with a bending-energy penalty to "
+        "the b0 reference and the rigidly aligned reverse phase-encoded b0 (TOPUP/HySCO model: "
+        "displacement along phase encoding with Jacobian intensity modulation)",
+    }
+
+
 def _tensor_model(context: SidecarContext) -> dict:
     return {
         "Model": {
@@ -223,7 +240,31 @@ SESSION_OUTPUTS: dict[str, OutputSpec] = {
     ),
     "b0_reference": OutputSpec(
         "dwiref", {"space": "dwi", "desc": "b0"}, sources=("raw:dwi",), reference="dwi_preproc",
-        metadata={"Description": "Mean of the aligned b0 volumes (motion reference)."},
+        metadata={"Description": "Mean of the corrected b0 volumes (motion reference; "
+                  "distortion-corrected when a fieldmap was used)."},
+    ),
+    "sdc_field": OutputSpec(
+        "fieldmap", {"space": "dwi", "desc": "sdc"}, datatype="fmap",
+        sources=("raw:dwi", "raw:fmap"), reference="dwi_preproc", extra=_sdc_metadata,
+        metadata={"Units": "Hz", "SkullStripped": False,
+                  "Description": "Off-resonance field estimated from reverse phase-encoded b0 "
+                  "images, at the undistorted positions of the DWI grid."},
+    ),
+    "b0_uncorrected": OutputSpec(
+        "magnitude", {"space": "dwi", "desc": "sdc"}, datatype="fmap", sources=("raw:dwi",),
+        reference="dwi_preproc",
+        metadata={"SkullStripped": False,
+                  "Description": "The field's magnitude: mean of the motion-aligned b0 volumes "
+                  "before susceptibility distortion correction (the image the field was "
+                  "estimated for; the corrected one is desc-b0_dwiref)."},
+    ),
+    "sdc_displacement": OutputSpec(
+        "dwimap", {"space": "dwi", "model": "sdc", "param": "displacement"},
+        sources=("sdc_field",), reference="dwi_preproc", extra=_sdc_metadata,
+        metadata={"Units": "mm", "Description": "Voxel displacement map in mm: how far the "
+                  "DWI's signal at each undistorted point was displaced along the phase-encoding "
+                  "axis (signed along the image's PE voxel axis: field x TotalReadoutTime x "
+                  "voxel size, negated for a '-' direction), as corrected."},
     ),
     "md": _tensor_map("md", "Mean diffusivity", MD_UNITS),
     "fa": _tensor_map("fa", "Fractional anisotropy", "arbitrary"),
@@ -318,9 +359,17 @@ ANAT_OUTPUTS: dict[str, OutputSpec] = {
 OUTPUTS: dict[str, OutputSpec] = SESSION_OUTPUTS | ANAT_OUTPUTS
 
 
-def session_output_keys(denoise: str) -> tuple[str, ...]:
-    """The session outputs a run publishes (the noise map only when MP-PCA ran)."""
-    return tuple(key for key in SESSION_OUTPUTS if key != "noise" or denoise == "mppca")
+#: Session outputs that exist only when susceptibility distortion was corrected.
+SDC_OUTPUTS = ("b0_uncorrected", "sdc_field", "sdc_displacement")
+
+
+def session_output_keys(denoise: str, sdc: bool = False) -> tuple[str, ...]:
+    """The session outputs a run publishes (the noise map only when MP-PCA ran, the field
+    and the uncorrected b0 only when distortion was corrected)."""
+    return tuple(
+        key for key in SESSION_OUTPUTS
+        if (key != "noise" or denoise == "mppca") and (key not in SDC_OUTPUTS or sdc)
+    )  # fmt: skip
 
 
 def input_fields(keys: tuple[str, ...]) -> tuple[str, ...]:
@@ -378,6 +427,7 @@ def _uri(context: SidecarContext, source: str) -> list[str]:
         "raw:dwi": lambda: [context.session.dwi],
         "raw:t1w": lambda: [context.session.t1w],
         "raw:t1w_all": lambda: list(context.raw_t1w),
+        "raw:fmap": lambda: [image.path for image in _reverse_images(context.session)],
     }
     if source in raw:
         return [bids.raw_uri(context.config.bids_dir, path) for path in raw[source]()]
@@ -385,6 +435,12 @@ def _uri(context: SidecarContext, source: str) -> list[str]:
     atlas = context.config.atlas_label
     path = spec_path(context.output_dir, source, context.subject, session, atlas)
     return [bids.bids_uri(context.output_dir, path)]
+
+
+def _reverse_images(session: bids.SessionInputs):
+    from ketamine_dti.fieldmaps import session_plan
+
+    return session_plan(session).reverse_pe
 
 
 def sidecar(key: str, context: SidecarContext) -> dict:

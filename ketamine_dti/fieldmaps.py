@@ -30,6 +30,7 @@ Only what would be used is checked (``--sdc none``: nothing). Every problem rais
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass, replace
@@ -41,8 +42,13 @@ from ketamine_dti import bids
 from ketamine_dti.dwi.gradients import B0_THRESHOLD
 from ketamine_dti.errors import InputError
 
+LOGGER = logging.getLogger(__name__)
+
 #: ``--sdc`` choices.
 SDC_METHODS = ("auto", "pepolar", "fieldmap", "none")
+#: Methods this version applies to the DWI; the others are found and checked, then logged as
+#: not applied.
+CORRECTED_METHODS = ("pepolar",)
 #: BIDS PhaseEncodingDirection: the voxel axis (i, j, k), with '-' for the reversed direction.
 PE_AXES = {"i": 0, "j": 1, "k": 2}
 PE_DIRECTIONS = ("i", "i-", "j", "j-", "k", "k-")
@@ -510,3 +516,27 @@ def attach_fieldmaps(layout, participant: bids.ParticipantInputs, **options):
         session, fieldmaps=find_fieldmaps(layout, session, **options)
     ))  # fmt: skip
     return replace(participant, sessions=tuple(sessions))
+
+
+def session_plan(session: bids.SessionInputs) -> FieldmapInputs | None:
+    """The distortion correction of a session's (combined) series: its run's plan, or the
+    common plan of runs read out alike (None: not looked for). Runs of different phase
+    encoding or plans are combined uncorrected (one field and one readout per series), with a
+    warning."""
+    plans = session.fieldmaps or ()
+    if not plans:
+        return None
+    first = plans[0]
+    if any(p.method != first.method or p.phase_encoding != first.phase_encoding for p in plans):
+        LOGGER.warning(
+            "sub-%s ses-%s: the combined DWI runs differ in phase encoding or fieldmap; "
+            "susceptibility distortion is not corrected (use --dwi-runs first, or one run)",
+            session.subject, session.session,
+        )  # fmt: skip
+        return None
+    return first
+
+
+def corrects(plan: FieldmapInputs | None) -> bool:
+    """Whether the App corrects the DWI with this plan (``CORRECTED_METHODS``)."""
+    return plan is not None and plan.method in CORRECTED_METHODS

@@ -70,8 +70,11 @@ def check_participant(config: Config, layout, subject: str, notes: list[str]):
     )  # fmt: skip
 
 
-#: Said with every distortion-correction plan until the estimation is wired into the workflow.
-SDC_NOT_APPLIED = "fieldmaps are found and checked, but this version does not correct the DWI yet"
+#: Said with a plan whose method this version does not apply (``fieldmaps.CORRECTED_METHODS``).
+SDC_NOT_APPLIED = (
+    "found and checked, but this version corrects distortion only from reverse phase-encoded "
+    "images: this series is NOT corrected"
+)
 
 
 def log_sdc_plan(participant: bids.ParticipantInputs, sdc: str) -> None:
@@ -79,7 +82,9 @@ def log_sdc_plan(participant: bids.ParticipantInputs, sdc: str) -> None:
     for session in participant.sessions:
         for plan in session.fieldmaps or ():
             found = " (no fieldmap found)" if plan.method == "none" and sdc != "none" else ""
-            pending = f"; {SDC_NOT_APPLIED}" if plan.method != "none" else ""
+            pending = ""
+            if plan.method != "none":
+                pending = "; applied" if fieldmaps.corrects(plan) else f"; {SDC_NOT_APPLIED}"
             LOGGER.info(
                 "sub-%s ses-%s: distortion correction (--sdc %s): %s%s%s",
                 participant.subject, session.session, sdc, plan.describe(), found, pending,

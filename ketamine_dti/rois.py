@@ -54,9 +54,14 @@ STAT_COLUMNS: tuple[str, ...] = (
     "n_voxels_md_csf",
     "n_voxels_fa_wm",
     "n_voxels_fw_no_tissue",
+    "sdc_displacement_mm",
+    "sdc_severe_fraction",
     "status",
     "reason",
 )
+#: |Jacobian - 1| above which susceptibility distortion compressed or stretched a voxel's
+#: signal by more than half: its corrected value rests on little (or smeared) signal.
+SEVERE_JACOBIAN = 0.5
 #: ``status`` of an ROI whose statistics are reported, and of one reported missing (n/a).
 ROI_OK, ROI_MISSING = "ok", "missing"
 #: Statistics columns that are n/a when an ROI is missing.
@@ -216,6 +221,16 @@ ROI_COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "no free-water-corrected MD, so not in md_fwcorr_mean (QC only, never used to select "
         "voxels)"
     },
+    "sdc_displacement_mm": {
+        "Description": "Median |susceptibility displacement| along phase encoding over the "
+        "ROI's atlas voxels, as corrected (n/a without distortion correction)",
+        "Units": "mm",
+    },
+    "sdc_severe_fraction": {
+        "Description": f"Fraction of the ROI's atlas voxels whose distortion Jacobian J has "
+        f"|J - 1| > {SEVERE_JACOBIAN} (severe compression or stretch; n/a without distortion "
+        "correction): a region distortion destroyed can be excluded"
+    },
     "status": {
         "Description": "Whether the ROI's statistics are reported",
         "Levels": {
@@ -237,6 +252,8 @@ def regional_statistics(
     gm_prob: np.ndarray | None = None,
     csf_prob: np.ndarray | None = None,
     brain_mask: np.ndarray | None = None,
+    displacement_mm: np.ndarray | None = None,
+    jacobian: np.ndarray | None = None,
     rule: GrayMatterRule = GrayMatterRule(),
     retention: RetentionRule = RetentionRule(),
     roi_names: Sequence[str] = ROI_NAMES,
@@ -248,7 +265,9 @@ def regional_statistics(
     md_std (ddof=1) in mm^2/s, ``n_voxels`` averaged, ``n_voxels_brain`` inside
     ``brain_mask`` before the rule, ``n_voxels_atlas`` on the grid, ``fraction_kept``,
     fa_mean, md_fwcorr_mean/fw_fraction_mean (of ``fw_md``/``fw_fraction``, the free-water
-    maps on the same grid; n/a when not given), the QC counts, and ``status``/``reason``.
+    maps on the same grid; n/a when not given), the QC counts, the susceptibility
+    distortion over the atlas voxels (of ``displacement_mm``/``jacobian``, the corrected
+    displacement and its Jacobian; n/a when not given) and ``status``/``reason``.
     Which voxels are averaged depends on the labels, the brain mask and the tissue maps only
     (plus a successful tensor fit), never on the MD, FA or free-water values; the free-water
     means use those same voxels, less any the free-water fit left without a value. An ROI that
@@ -268,6 +287,8 @@ def regional_statistics(
     _check_shape("fa", fa, md.shape)
     _check_shape("fw_md", fw_md, md.shape)
     _check_shape("fw_fraction", fw_fraction, md.shape)
+    _check_shape("displacement_mm", displacement_mm, md.shape)
+    _check_shape("jacobian", jacobian, md.shape)
     free_water = {
         name: None if array is None else np.asarray(array, dtype=float)
         for name, array in (("md_fwcorr_mean", fw_md), ("fw_fraction_mean", fw_fraction))
@@ -285,10 +306,22 @@ def regional_statistics(
         row["n_voxels_fit_failed"] = int((selected & ~fitted).sum())
         in_mask = int((atlas_roi & in_brain).sum())
         row |= {"roi": name, "index": position + 1, "n_voxels_brain": in_mask}
+        row |= _distortion(displacement_mm, jacobian, atlas_roi)
         if row["status"] == ROI_MISSING:
             LOGGER.warning("ROI %s is missing: %s; its statistics are n/a", name, row["reason"])
         rows.append(row)
     return pd.DataFrame(rows, columns=list(STAT_COLUMNS))
+
+
+def _distortion(displacement_mm, jacobian, atlas_roi: np.ndarray) -> dict:
+    """How much susceptibility distortion the ROI's atlas voxels had (n/a if not corrected)."""
+    row = {}
+    if displacement_mm is not None and atlas_roi.any():
+        row["sdc_displacement_mm"] = float(np.median(np.abs(displacement_mm[atlas_roi])))
+    if jacobian is not None and atlas_roi.any():
+        severe = np.abs(np.asarray(jacobian, dtype=float)[atlas_roi] - 1.0) > SEVERE_JACOBIAN
+        row["sdc_severe_fraction"] = float(severe.mean())
+    return row
 
 
 def _free_water_means(maps: dict[str, np.ndarray | None], kept: np.ndarray) -> dict:

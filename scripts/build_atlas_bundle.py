@@ -414,9 +414,7 @@ def build_atlas(
     return atlas, counts
 
 
-def save_nifti(
-    data: np.ndarray, grid: Grid, dtype: type, path: Path, slope: float = 1.0
-) -> None:
+def save_nifti(data: np.ndarray, grid: Grid, dtype: type, path: Path, slope: float = 1.0) -> None:
     """Write a NIfTI with MNI152 s/qform, gzip level 9 and mtime 0 (reproducible bytes);
     ``data`` holds stored values, read back as ``slope * stored``."""
     img = nb.Nifti1Image(data.astype(dtype), grid.affine)
@@ -533,7 +531,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="rebuild to a temp dir and compare")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-
 
     if not args.check:
         print_summary(build(BUNDLE_HOME))

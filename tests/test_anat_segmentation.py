@@ -98,8 +98,8 @@ def test_template_priors_bring_the_segmentation_closer_to_an_independent_referen
 ):
     """The bundled MNI152NLin6Asym priors (Atropos of that template) on nilearn's ICBM 2009a
     T1w: closer to ICBM's own GM map than intensity alone, most in the deep gray matter."""
-    from ketamine_dti.ants_backend import apply_transforms
     from ketamine_dti.anat.segmentation import warp_priors
+    from ketamine_dti.ants_backend import apply_transforms
     from ketamine_dti.resources import get_atlas, get_tissue_priors
 
     folder, kmeans = segmented
@@ -112,7 +112,8 @@ def test_template_priors_bring_the_segmentation_closer_to_an_independent_referen
     atlas_file = apply_transforms(
         get_atlas(1)[0], brain, [], tmp_path / "atlas.nii.gz", interpolation="genericLabel"
     )
-    deep = np.isin(np.rint(nib.load(atlas_file).get_fdata()), (3, 4, 5, 6))  # amygdalae, hippocampi
+    # amygdalae, hippocampi
+    deep = np.isin(np.rint(nib.load(atlas_file).get_fdata()), (3, 4, 5, 6))
     mask = nib.load(folder / "mask.nii.gz").get_fdata() > 0
     reference = _icbm("gm").numpy() / ICBM_MAX
     scores = {}

@@ -65,22 +65,25 @@ def _described(metadata: dict) -> set[str]:
 def test_tsv_sidecars_describe_exactly_the_columns_written(tmp_path):
     """Confounds (MotionCorrect), ROI table (ROIStats) and QC (SessionQC), run for real."""
     from ketamine_dti.interfaces.bids import SessionQC
-    from ketamine_dti.interfaces.dwi import MotionCorrect
+    from ketamine_dti.interfaces.dwi import MotionCorrect, ResampleDWI
     from ketamine_dti.interfaces.rois import ROIStats
 
     work = tmp_path / "work"
-    for step in ("motion", "rois", "qc"):
+    for step in ("motion", "resample", "rois", "qc"):
         (work / step).mkdir(parents=True)
     files = _session_files(work)
-    motion = MotionCorrect(in_file=files["dwi"], bval_file=files["bval"], bvec_file=files["bvec"])
+    gradients = {"bval_file": files["bval"], "bvec_file": files["bvec"]}
+    motion = MotionCorrect(in_file=files["dwi"], **gradients)
     moved = motion.run(cwd=str(work / "motion")).outputs
+    resampled = ResampleDWI(in_file=files["dwi"], affines_file=moved.affines_file, **gradients)
+    resampled = resampled.run(cwd=str(work / "resample")).outputs
     rois = ROIStats(
         md_file=files["md"], fa_file=files["fa"], dseg_file=files["dseg"], gm_file=files["gm"],
         csf_file=files["csf"], mask_file=files["mask"],
         roi_names=["a", "b", "c", "d", "e", "f", "g"],
     ).run(cwd=str(work / "rois")).outputs  # fmt: skip
     qc = SessionQC(
-        participant_id="01", session_id="24h", n_sessions=2, dwi_file=moved.out_file,
+        participant_id="01", session_id="24h", n_sessions=2, dwi_file=resampled.out_file,
         bval_file=moved.out_bval, mask_file=files["mask"], confounds_file=moved.confounds_file,
         outlier_volumes=0, residual_median=0.01, roi_file=rois.out_file,
     ).run(cwd=str(work / "qc")).outputs  # fmt: skip

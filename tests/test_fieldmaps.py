@@ -314,7 +314,8 @@ def test_other_participants_are_unaffected_and_the_plan_is_logged(root, tmp_path
         in caplog.text  # fmt: skip
     assert "sub-02 ses-24h: distortion correction (--sdc auto): sub-02_ses-24h_dwi.nii.gz: none " \
         "(no fieldmap found)" in caplog.text  # fmt: skip
-    assert "this version does not correct the DWI yet" in caplog.text  # until it is wired
+    assert "pepolar with sub-02_ses-baseline_dir-PA_epi.nii.gz (PE j, readout 50.0 ms); " \
+        "applied" in caplog.text  # fmt: skip
 
 
 # --------------------------------------------------------------------------- options

@@ -259,9 +259,10 @@ def test_zero_field_distortion_path_changes_nothing_else(monkeypatch):
     assert data["typical"].sigma == data["none"].sigma
 
 
-def test_distortion_option_defaults_to_none_and_needs_the_whole_head(tmp_path):
-    for name in PRESETS:
-        assert make_options(tmp_path, preset=name).distortion == "none"
+def test_distortion_option_defaults_per_preset_and_needs_the_whole_head(tmp_path):
+    defaults = {name: make_options(tmp_path, preset=name).distortion for name in PRESETS}
+    assert defaults == {"standard": "typical", "tiny": "none"}
+    assert make_options(tmp_path, preset="standard", head="brain").distortion == "none"
     assert make_options(tmp_path, distortion="strong").distortion == "strong"
     with pytest.raises(ValueError, match="--head full"):
         make_options(tmp_path, distortion="typical", head="brain")

@@ -82,7 +82,8 @@ def segment_tissues(
 
     ``priors``: CSF, GM and WM probability maps on the T1w's grid (``warp_priors``), used as
     Atropos' initialisation and prior (``prior_weight``); without them, k-means
-    initialisation and intensity alone (the template's own priors are made that way). Writes ``tissue_{csf,gm,wm}_probseg.nii.gz`` and ``tissue_dseg.nii.gz`` in ``out_dir``.
+    initialisation and intensity alone (the template's own priors are made that way). Writes
+    ``tissue_{csf,gm,wm}_probseg.nii.gz`` and ``tissue_dseg.nii.gz`` in ``out_dir``.
     Atropos runs with a constant internal seed (``use-random-seed 0``), so it is repeatable.
     """
     import ants

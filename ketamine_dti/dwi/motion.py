@@ -40,6 +40,7 @@ from ketamine_dti.dwi.gradients import (
     rotation_excluding_phase_encoding,
     rotation_part,
 )
+from ketamine_dti.dwi.resampling import resample_series
 
 LOGGER = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ CONFOUND_COLUMNS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
 class MotionResult:
     """Motion-corrected data and what was estimated on the way.
 
-    corrected: (X, Y, Z, N) volumes on the reference grid.
+    corrected: (X, Y, Z, N) volumes on the reference grid (None: not resampled here).
     bvecs: (N, 3) rotated FSL b-vectors.
     affines: (N, 4, 4) RAS+ maps, reference points -> raw-volume points (mm).
     parameters: (N, 6) trans_x, trans_y, trans_z (mm), rot_x, rot_y, rot_z (rad), RAS+ axes.
@@ -89,7 +90,7 @@ class MotionResult:
     reference: (X, Y, Z) b0 reference the volumes were aligned to.
     """
 
-    corrected: np.ndarray
+    corrected: np.ndarray | None
     bvecs: np.ndarray
     affines: np.ndarray
     parameters: np.ndarray
@@ -322,6 +323,7 @@ def correct_motion(
     affine: np.ndarray,
     mask: np.ndarray | None = None,
     pe_axis: int | None = None,
+    resample_volumes: bool = True,
 ) -> MotionResult:
     """Align every volume (``estimate_affines``), rotate b-vectors, and measure motion.
 
@@ -332,14 +334,13 @@ def correct_motion(
         mask: optional brain mask of the first b0 to focus the metric (dilated here).
         pe_axis: phase-encode voxel axis; when known, eddy-current shear and shift along it
             are kept out of the rotations, b-vector rotation and motion parameters.
+        resample_volumes: False leaves ``corrected`` None, for a caller that resamples once
+            with the susceptibility displacement as well (``resampling.resample_series``).
     """
     if mask is not None:
         mask = ndimage.binary_dilation(mask, iterations=MASK_DILATION_VOXELS)
     affines, reference = estimate_affines(data, gtab, affine, mask)
-    corrected = np.empty(data.shape, dtype=np.float32)
-    for index in range(data.shape[-1]):
-        corrected[..., index] = resample(data[..., index], affines[index], affine)
-    np.clip(corrected, 0.0, None, out=corrected)
+    corrected = resample_series(data, affines, affine) if resample_volumes else None
     if pe_axis is None:
         rotations = np.stack([rotation_part(matrix) for matrix in affines])
     else:
@@ -367,6 +368,7 @@ def correct_series(
     affine: np.ndarray,
     zooms: tuple[float, ...],
     pe_axis: int | None = None,
+    resample_volumes: bool = True,
 ) -> MotionResult:
     """``correct_motion`` with the metric focused on the brain mask of the first b0 (voxel
     sizes ``zooms`` in mm): the App's motion step."""
@@ -385,7 +387,9 @@ def correct_series(
         )
     else:
         initial_mask = brain_mask(first_b0, zooms)
-    return correct_motion(data, gtab, affine, mask=initial_mask, pe_axis=pe_axis)
+    return correct_motion(
+        data, gtab, affine, mask=initial_mask, pe_axis=pe_axis, resample_volumes=resample_volumes
+    )
 
 
 def confounds_table(result: MotionResult) -> pd.DataFrame:

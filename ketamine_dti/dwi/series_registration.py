@@ -241,9 +241,11 @@ def register(target: Target, moving: np.ndarray, initial: np.ndarray | None = No
 
 
 @njit(cache=True, nogil=True)
-def _trilinear_grid(volume, voxel_map, out):  # pragma: no cover - JIT
-    """out[p] = volume at voxel_map @ p (trilinear; 0 outside the volume) for every grid p."""
+def _trilinear_grid(volume, voxel_map, shift, axis, out):  # pragma: no cover - JIT
+    """out[p] = volume at voxel_map @ p + shift[p] e_axis (trilinear; 0 outside the volume)
+    for every grid p; ``shift`` of shape (1, 1, 1) means none."""
     ox, oy, oz = out.shape
+    shifted = shift.shape == out.shape
     for a in range(ox):
         for b in range(oy):
             x = voxel_map[0, 0] * a + voxel_map[0, 1] * b + voxel_map[0, 3]
@@ -253,17 +255,44 @@ def _trilinear_grid(volume, voxel_map, out):  # pragma: no cover - JIT
                 px = x + voxel_map[0, 2] * c
                 py = y + voxel_map[1, 2] * c
                 pz = z + voxel_map[2, 2] * c
+                if shifted:
+                    if axis == 0:
+                        px += shift[a, b, c]
+                    elif axis == 1:
+                        py += shift[a, b, c]
+                    else:
+                        pz += shift[a, b, c]
                 value = _trilinear(volume, px, py, pz)
                 out[a, b, c] = 0.0 if np.isnan(value) else value
 
 
-def resample(volume: np.ndarray, world_map: np.ndarray, affine: np.ndarray) -> np.ndarray:
+def resample(
+    volume: np.ndarray,
+    world_map: np.ndarray,
+    affine: np.ndarray,
+    shift: np.ndarray | None = None,
+    axis: int = 1,
+) -> np.ndarray:
     """A volume resampled onto its own grid through a RAS+ grid -> volume map: trilinear
-    (no overshoot), zero outside the volume, float32."""
+    (no overshoot), zero outside the volume, float32.
+
+    ``shift`` (voxels, on the grid) moves each grid point's sample along the volume's voxel
+    ``axis`` after the map: the susceptibility displacement along phase encoding, which is fixed
+    in the scanner while the map follows the head, so both fold into this one interpolation.
+    """
     if min(np.shape(volume)) < 2:
         raise ValueError(f"cannot interpolate a volume of shape {np.shape(volume)}")
     affine = np.asarray(affine, dtype=float)
     voxel_map = np.linalg.inv(affine) @ np.asarray(world_map, dtype=float) @ affine
     out = np.empty(np.shape(volume), dtype=np.float32)
-    _trilinear_grid(np.ascontiguousarray(volume, dtype=np.float32), voxel_map, out)
+    if shift is None:
+        shift = np.zeros((1, 1, 1), dtype=np.float32)
+    elif np.shape(shift) != out.shape:
+        raise ValueError(f"shift of shape {np.shape(shift)} is not on the grid {out.shape}")
+    if axis not in (0, 1, 2):
+        raise ValueError(f"axis must be 0, 1 or 2, got {axis!r}")
+    _trilinear_grid(
+        np.ascontiguousarray(volume, dtype=np.float32), voxel_map,
+        np.ascontiguousarray(shift, dtype=np.float32), int(axis), out,
+    )  # fmt: skip
     return out

@@ -139,6 +139,7 @@ class _QCInputSpec(BaseInterfaceInputSpec):
     mni_qc = traits.Dict(desc="template -> MNI registration QC")
     n_nonfinite_voxels = traits.Int(0, usedefault=True, desc="raw voxels with NaN/Inf (zeroed)")
     n_zero_volumes = traits.Int(0, usedefault=True, desc="all-zero raw volumes (excluded)")
+    sdc_method = traits.Str("none", usedefault=True, desc="distortion correction that ran")
 
 
 class _QCOutputSpec(TraitedSpec):
@@ -186,6 +187,22 @@ QC_COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
     "roi_missing_fraction": {"Description": "n_rois_missing / number of ROIs"},
     "n_nonfinite_voxels": {"Description": "Raw voxels holding NaN/Inf, zeroed before processing"},
     "n_zero_volumes": {"Description": "All-zero raw volumes, left out of every step"},
+    "sdc_method": {
+        "Description": "Susceptibility distortion correction applied to the DWI",
+        "Levels": {
+            "pepolar": "field estimated from reverse phase-encoded b0 images",
+            "none": "not corrected (no usable fieldmap, or --sdc none)",
+        },
+    },
+    "sdc_max_roi_displacement_mm": {
+        "Description": "Largest per-ROI median |displacement| corrected (sdc_displacement_mm "
+        "of the ROI table); n/a without correction",
+        "Units": "mm",
+    },
+    "sdc_max_roi_severe_fraction": {
+        "Description": "Largest per-ROI fraction of voxels severely compressed or stretched "
+        "(sdc_severe_fraction of the ROI table); n/a without correction"
+    },
     "qc_verdict": {
         "Description": "Session verdict from the thresholds of ketamine_dti.qc (docs/qc.md); "
         "by default the group level excludes a participant with a failed session",
@@ -207,6 +224,12 @@ def _volume_ml(mask_file: str) -> float:
     image = nib.load(mask_file)
     voxels = np.count_nonzero(np.asanyarray(image.dataobj))
     return float(voxels * np.prod(image.header.get_zooms()[:3]) / 1000.0)
+
+
+def _column_max(table: pd.DataFrame, column: str) -> float:
+    """Largest value of a column (NaN when absent or all n/a)."""
+    values = pd.to_numeric(table.get(column, pd.Series(dtype=float)), errors="coerce")
+    return float(values.max()) if values.notna().any() else float("nan")
 
 
 class SessionQC(SimpleInterface):
@@ -268,4 +291,7 @@ class SessionQC(SimpleInterface):
             "roi_min_voxels": int(rois["n_voxels"].min()),
             "n_nonfinite_voxels": self.inputs.n_nonfinite_voxels,
             "n_zero_volumes": self.inputs.n_zero_volumes,
+            "sdc_method": self.inputs.sdc_method,
+            "sdc_max_roi_displacement_mm": _column_max(rois, "sdc_displacement_mm"),
+            "sdc_max_roi_severe_fraction": _column_max(rois, "sdc_severe_fraction"),
         } | qc.roi_retention(list(rois["status"]), list(rois["fraction_kept"]))

@@ -18,6 +18,7 @@ from nipype.interfaces.base import (
     File,
     SimpleInterface,
     TraitedSpec,
+    isdefined,
     traits,
 )
 
@@ -150,10 +151,9 @@ class _MotionInputSpec(BaseInterfaceInputSpec):
 
 
 class _MotionOutputSpec(TraitedSpec):
-    out_file = File(exists=True, desc="motion/eddy-corrected DWI on the b0 reference grid")
     out_bval = File(exists=True)
     out_bvec = File(exists=True, desc="b-vectors rotated with the head")
-    b0_reference = File(exists=True, desc="mean of the aligned b0 volumes")
+    b0_reference = File(exists=True, desc="mean of the aligned b0 volumes (not SDC-corrected)")
     confounds_file = File(exists=True, desc="TSV: 6 motion parameters + framewise_displacement")
     affines_file = File(exists=True, desc="(N, 4, 4) RAS+ reference -> raw-volume maps, .npy")
     mean_fd = traits.Float(desc="mm")
@@ -163,7 +163,8 @@ class _MotionOutputSpec(TraitedSpec):
 
 class MotionCorrect(SimpleInterface):
     """Per-volume affine registration (b0s to a b0 reference, DW volumes to their shell mean),
-    with b-vector rotation and FD."""
+    with b-vector rotation and FD. The volumes are resampled later, once, by ResampleDWI
+    (with the susceptibility displacement when there is one)."""
 
     input_spec = _MotionInputSpec
     output_spec = _MotionOutputSpec
@@ -176,10 +177,10 @@ class MotionCorrect(SimpleInterface):
             self.inputs.in_file, self.inputs.bval_file, self.inputs.bvec_file
         )
         result = motion.correct_series(
-            data, gtab, image.affine, image.header.get_zooms()[:3], pe_axis=self.inputs.pe_axis
-        )
+            data, gtab, image.affine, image.header.get_zooms()[:3], pe_axis=self.inputs.pe_axis,
+            resample_volumes=False,
+        )  # fmt: skip
         cwd = Path(runtime.cwd)
-        self._results["out_file"] = _save(result.corrected, image, str(cwd / "dwi_hmc.nii"))
         self._results["b0_reference"] = _save(
             result.reference, image, str(cwd / "b0_reference.nii.gz")
         )
@@ -191,6 +192,127 @@ class MotionCorrect(SimpleInterface):
         self._results["confounds_file"] = str(cwd / "confounds.tsv")
         self._results["affines_file"] = str(cwd / "affines.npy")
         self._results.update(motion.motion_summary(result))
+        return runtime
+
+
+class _EstimateFieldInputSpec(BaseInterfaceInputSpec):
+    b0_file = File(exists=True, mandatory=True, desc="the DWI's b0 reference (distorted)")
+    pe_direction = traits.Str(mandatory=True, desc="the DWI's BIDS PhaseEncodingDirection")
+    readout = traits.Float(mandatory=True, desc="the DWI's TotalReadoutTime (s)")
+    reverse_files = traits.List(File(exists=True), mandatory=True, desc="reverse-PE images")
+    reverse_bvals = traits.List(
+        traits.Str, mandatory=True, desc="per reverse image: its .bval (a DWI series: its b0 "
+        "volumes are used) or '' (an fmap EPI: every volume is a b0)",
+    )  # fmt: skip
+    reverse_pe_direction = traits.Str(mandatory=True)
+    reverse_readout = traits.Float(mandatory=True, desc="s")
+    b0_threshold = traits.Float(mandatory=True, desc="s/mm^2; b <= this is a b0")
+    n_threads = traits.Int(1, usedefault=True)
+
+
+class _EstimateFieldOutputSpec(TraitedSpec):
+    field_file = File(exists=True, desc="off-resonance field (Hz) on the b0 reference grid")
+    reverse_b0_file = File(exists=True, desc="the reverse-PE b0, aligned onto the b0 grid")
+    seconds = traits.Float(desc="wall time of the estimation")
+
+
+class EstimateSusceptibilityField(SimpleInterface):
+    """Susceptibility field from reverse phase-encoded b0 images (``dwi.pepolar``)."""
+
+    input_spec = _EstimateFieldInputSpec
+    output_spec = _EstimateFieldOutputSpec
+
+    @limited_by_n_threads
+    def _run_interface(self, runtime):
+        from ketamine_dti.dwi import pepolar
+
+        image = nib.load(self.inputs.b0_file)
+        reverse = []
+        for path, bval in zip(self.inputs.reverse_files, self.inputs.reverse_bvals, strict=True):
+            reverse.append(_mean_b0(path, bval, self.inputs.b0_threshold))
+        result = pepolar.estimate_pepolar(
+            image.get_fdata(dtype=np.float32), image.affine, self.inputs.pe_direction,
+            self.inputs.readout, reverse, self.inputs.reverse_pe_direction,
+            self.inputs.reverse_readout,
+        )  # fmt: skip
+        cwd = Path(runtime.cwd)
+        self._results["field_file"] = _save(result.field_hz, image, str(cwd / "field_hz.nii.gz"))
+        self._results["reverse_b0_file"] = _save(
+            result.reverse_b0, image, str(cwd / "reverse_b0.nii.gz")
+        )
+        self._results["seconds"] = result.seconds
+        return runtime
+
+
+def _mean_b0(path: str, bval_file: str, b0_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(mean b0 volume, affine) of a reverse-PE image: its b0 volumes by ``bval_file``, or every
+    volume of an fmap EPI image (no ``bval_file``)."""
+    image = nib.load(path)
+    data = np.nan_to_num(image.get_fdata(dtype=np.float32))
+    if data.ndim == 3:
+        return data, image.affine
+    if bval_file:
+        volumes = np.flatnonzero(gradients.read_bvals(bval_file) <= b0_threshold)
+        data = data[..., volumes]
+    return data.reshape(*data.shape[:3], -1).mean(axis=-1), image.affine
+
+
+class _ResampleInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="the series motion was estimated on")
+    bval_file = File(exists=True, mandatory=True)
+    bvec_file = File(exists=True, mandatory=True)
+    affines_file = File(exists=True, mandatory=True, desc="MotionCorrect's reference -> raw maps")
+    field_file = File(exists=True, desc="susceptibility field (Hz) on the reference grid")
+    pe_direction = traits.Str(desc="BIDS PhaseEncodingDirection (with field_file)")
+    readout = traits.Float(desc="TotalReadoutTime, s (with field_file)")
+
+
+class _ResampleOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="corrected DWI on the b0 reference grid")
+    b0_reference = File(exists=True, desc="mean of the corrected b0 volumes")
+    displacement_file = File(
+        desc="displacement that was corrected (mm, signed along the PE direction)"
+    )
+    jacobian_file = File(desc="Jacobian intensity factor that was applied")
+
+
+class ResampleDWI(SimpleInterface):
+    """The one interpolation of the series (``dwi.resampling``): motion/eddy maps plus the
+    susceptibility displacement and Jacobian when a field is given."""
+
+    input_spec = _ResampleInputSpec
+    output_spec = _ResampleOutputSpec
+
+    def _run_interface(self, runtime):
+        from ketamine_dti.dwi import resampling, susceptibility
+
+        image, data, gtab = _load_dwi(
+            self.inputs.in_file, self.inputs.bval_file, self.inputs.bvec_file
+        )
+        cwd = Path(runtime.cwd)
+        displacement = None
+        if isdefined(self.inputs.field_file):
+            field = nib.load(self.inputs.field_file).get_fdata(dtype=np.float32)
+            pe, readout = self.inputs.pe_direction, self.inputs.readout
+            axis, _ = susceptibility.phase_encoding(pe)
+            displacement = resampling.Displacement(
+                shift=susceptibility.displacement_voxels(field, readout, pe),
+                axis=axis,
+                jacobian=susceptibility.jacobian(field, readout, pe),
+            )
+            zoom = float(np.linalg.norm(image.affine[:3, axis]))
+            self._results["displacement_file"] = _save(
+                displacement.shift * zoom, image, str(cwd / "displacement_mm.nii.gz")
+            )
+            self._results["jacobian_file"] = _save(
+                displacement.jacobian, image, str(cwd / "jacobian.nii.gz")
+            )
+        corrected = resampling.resample_series(
+            data, np.load(self.inputs.affines_file), image.affine, displacement
+        )
+        self._results["out_file"] = _save(corrected, image, str(cwd / "dwi_corrected.nii"))
+        reference = corrected[..., gtab.b0_mask].mean(axis=-1)
+        self._results["b0_reference"] = _save(reference, image, str(cwd / "b0_reference.nii.gz"))
         return runtime
 
 

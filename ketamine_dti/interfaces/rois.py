@@ -30,7 +30,9 @@ class _ToDWIInputSpec(BaseInterfaceInputSpec):
     )
     atlas_file = File(exists=True, mandatory=True, desc="atlas dseg in MNI152NLin6Asym")
     tissue_dseg_file = File(
-        exists=True, mandatory=True, desc="tissue segmentation (1 CSF, 2 GM, 3 WM), subject template"
+        exists=True,
+        mandatory=True,
+        desc="tissue segmentation (1 CSF, 2 GM, 3 WM), subject template",
     )
     reference_file = File(exists=True, mandatory=True, desc="b0 reference (DWI grid)")
     from_mni_to_template = _TransformList
@@ -93,6 +95,8 @@ class _ROIStatsInputSpec(BaseInterfaceInputSpec):
     fw_md_file = File(exists=True, desc="free-water-corrected MD, mm^2/s, the MD map's grid")
     fw_fraction_file = File(exists=True, desc="free-water fraction, the MD map's grid")
     dseg_file = File(exists=True, mandatory=True)
+    displacement_file = File(exists=True, desc="corrected susceptibility displacement (mm)")
+    jacobian_file = File(exists=True, desc="its Jacobian intensity factor")
     gm_file = File(exists=True, mandatory=True)
     csf_file = File(exists=True, mandatory=True)
     mask_file = File(exists=True, mandatory=True)
@@ -141,6 +145,11 @@ class ROIStats(SimpleInterface):
                 if not np.allclose(image.affine, md_image.affine, atol=1e-4):
                     raise ValueError(f"{path}: not on the MD map's grid; fit it on the same DWI")
                 free_water[name] = np.asanyarray(image.dataobj)
+        distortion = {
+            name: load(getattr(self.inputs, f"{name}_file"))
+            if isdefined(getattr(self.inputs, f"{name}_file")) else None
+            for name in ("displacement", "jacobian")
+        }  # fmt: skip
         labels = load(self.inputs.dseg_file).astype(np.int64)
         brain = load(self.inputs.mask_file) > 0
         retention = RetentionRule(
@@ -158,6 +167,8 @@ class ROIStats(SimpleInterface):
             gm_prob=gm,
             csf_prob=csf,
             brain_mask=brain,
+            displacement_mm=distortion["displacement"],
+            jacobian=distortion["jacobian"],
             retention=retention,
             roi_names=self.inputs.roi_names,
         )

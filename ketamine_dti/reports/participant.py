@@ -123,6 +123,10 @@ def registration_figures(out: Path, participant: bids.ParticipantInputs) -> dict
         xfm = spec_path(out, "xfm_dwi_t1w", subject, session.session)
         wm_in_dwi = _moved_into(wm, b0, xfm, invert=True) > WM_OUTLINE_PROBABILITY
         figures[session.session] = contour_montage(nib.load(b0).get_fdata(), wm_in_dwi)
+        uncorrected = spec_path(out, "b0_uncorrected", subject, session.session)
+        if uncorrected.exists():  # the same slices and outline: the panels flicker in place
+            before = contour_montage(nib.load(uncorrected).get_fdata(), wm_in_dwi)
+            figures[f"{session.session}:sdc_before"] = before
     return figures
 
 
@@ -184,6 +188,8 @@ def write_participant_report(config: Config, participant: bids.ParticipantInputs
                 "montage": md_montage(md.get_fdata(), np.asanyarray(kept.dataobj)),
                 "motion": motion_plot(confounds),
                 "coregistration": registration.get(session.session),
+                "sdc_before": registration.get(f"{session.session}:sdc_before"),
+                "sdc_method": qc["sdc_method"].iloc[0] if "sdc_method" in qc else "none",
                 "roi_table": rois.to_html(index=False, float_format=lambda v: f"{v:.4g}"),
             }
         )

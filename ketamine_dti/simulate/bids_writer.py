@@ -190,7 +190,8 @@ def make_options(
         raise ValueError(f"--n-procs {n_procs}: give at least 1")
     if head not in HEAD_MODES:
         raise ValueError(f"--head {head!r} is unknown; use one of {', '.join(HEAD_MODES)}")
-    distortion = chosen.default_distortion if distortion is None else distortion
+    if distortion is None:  # the preset's default needs the whole head's air and bone
+        distortion = chosen.default_distortion if head == "full" else "none"
     if susceptibility.get_level(distortion) is not None and head != "full":
         raise ValueError(
             f"--distortion {distortion} needs --head full (the head's air and bone make the "

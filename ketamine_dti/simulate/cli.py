@@ -97,8 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(needs --head full). typical: second-order shim, GRAPPA 2: 99th percentile ~3-4 mm "
         "over the brain, up to ~10-14 mm at its edge above the frontal sinus and beside the "
         "temporal bone; strong: linear shim, no GRAPPA, over twice that; none: no distortion, "
-        "no fieldmaps (default none for every preset for now: issue 11 makes typical the "
-        "default of standard once the App corrects it)",
+        "no fieldmaps (default: typical for standard, none for tiny; --head brain: none)",
     )
     parser.add_argument("--n-procs", type=int, default=1, help="participants in parallel")
     parser.add_argument(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from ketamine_dti.anat.segmentation import PRIOR_WEIGHT
 from ketamine_dti.interfaces.anat import (
     BiasCorrect,
     ExtractBrain,
@@ -12,7 +13,6 @@ from ketamine_dti.interfaces.anat import (
     SegmentTissues,
     SubjectTemplate,
 )
-from ketamine_dti.anat.segmentation import PRIOR_WEIGHT
 from ketamine_dti.resources import TEMPLATE as MNI_SPACE
 from ketamine_dti.resources import get_tissue_priors
 from ketamine_dti.workflows.boilerplate import LiterateWorkflow
@@ -54,8 +54,8 @@ PUBLISHED_OUTPUTS = {
 DESCRIPTION = f"""**Anatomy.** Each session's T1w was bias corrected (N4) [n4]. The sessions of a
 participant were averaged in a rigid halfway space, an unbiased within-subject template [halfway];
 brain extraction, one SyN registration to {MNI_SPACE} [mni] and three-class tissue segmentation
-(Atropos, with the template's tissue priors moved into the subject, weight {PRIOR_WEIGHT}) [atropos] were
-computed once on that template, so every session sees the same anatomy
+(Atropos, with the template's tissue priors moved into the subject, weight {PRIOR_WEIGHT})
+[atropos] were computed once on that template, so every session sees the same anatomy
 through the same template mapping. The brain was extracted as in antsBrainExtraction: the head
 was registered (from an alignment of the upper head, then affine and SyN) to the whole-head
 Colin27 template [colin27], whose brain mask, pulled back, was refined by the T1w's own tissue

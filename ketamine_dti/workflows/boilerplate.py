@@ -44,6 +44,11 @@ REFERENCES = {
     "two-compartment model for diffusion tensor imaging. NeuroImage 103:323-33.",
     "free_water_init": "Golub M. et al. (2021) Free-water DTI estimates from single b-value data "
     "might seem plausible but must be interpreted with care. Magn Reson Med 85:2173-84.",
+    "topup": "Andersson J.L.R., Skare S., Ashburner J. (2003) How to correct susceptibility "
+    "distortions in spin-echo echo-planar images: application to diffusion tensor imaging. "
+    "NeuroImage 20:870-88",
+    "hysco": "Ruthotto L. et al. (2012) Diffeomorphic susceptibility artifact correction of "
+    "diffusion-weighted magnetic resonance images. Phys Med Biol 57:5715-31",
     "halfway": "Reuter M. et al. (2012) Within-subject template estimation for unbiased "
     "longitudinal image analysis. NeuroImage 61:1402-18.",
     "mni": "Evans A.C. et al. (2012) Brain templates and atlases. NeuroImage 62:911-22 "

@@ -9,12 +9,15 @@ from nipype.pipeline import engine as pe
 from ketamine_dti.config import Config
 from ketamine_dti.dwi import free_water
 from ketamine_dti.dwi.motion import FD_HEAD_RADIUS_MM, FD_OUTLIER_MM, SHELL_PASS_LEVELS
+from ketamine_dti.fieldmaps import FieldmapInputs, corrects
 from ketamine_dti.interfaces.dwi import (
     BrainMask,
     CheckDWI,
     Denoise,
+    EstimateSusceptibilityField,
     FreeWaterElimination,
     MotionCorrect,
+    ResampleDWI,
     TensorFit,
     Unring,
 )
@@ -44,6 +47,10 @@ OUTPUT_FIELDS = (
     "fw_md_file",
     "fw_fraction_file",
     "fw_metadata_file",
+    "b0_uncorrected",
+    "field_file",
+    "displacement_file",
+    "jacobian_file",
 )
 
 
@@ -58,7 +65,34 @@ mm^2/s) [free_water_init]. This gave the free-water fraction and the free-water-
 MD."""
 
 
-def _description(denoise: str, gibbs: bool, tensor_fit: str) -> str:
+def _sdc_sentence(fieldmap: FieldmapInputs | None) -> str:
+    """What the methods say of susceptibility distortion (the method that actually ran)."""
+    if fieldmap is None or fieldmap.method == "none":
+        return "Susceptibility distortion was not corrected (no fieldmap was used). "
+    if not corrects(fieldmap):
+        source = "GRE fieldmap" if fieldmap.method == "fieldmap" else "SyN-SDC request"
+        return (
+            f"Susceptibility distortion was not corrected: this version corrects it only from "
+            f"reverse phase-encoded images, and this series had a {source}. "
+        )
+    return f"""Susceptibility distortion was corrected from reverse phase-encoded b0 images, as
+TOPUP [topup] and HySCO [hysco] do: the off-resonance field was a cubic B-spline (knots
+{_pepolar_knots()}) fitted by least squares with a bending-energy penalty to make the b0
+reference and the reverse image agree after displacement along phase encoding and Jacobian
+intensity modulation; the reverse image was aligned rigidly first, and again after a first
+correction. The displacement and its Jacobian entered the same single interpolation as the
+motion and eddy-current maps. """
+
+
+def _pepolar_knots() -> str:
+    from ketamine_dti.dwi.susceptibility import SCHEDULE
+
+    return " -> ".join(f"{level.knot_spacing_mm:g}" for level in SCHEDULE) + " mm"
+
+
+def _description(
+    denoise: str, gibbs: bool, tensor_fit: str, fieldmap: FieldmapInputs | None = None
+) -> str:
     steps = []
     if denoise == "mppca":
         steps.append("denoised with Marchenko-Pastur PCA [mppca] (the noise map is saved)")
@@ -77,9 +111,10 @@ interpolated once; b-vectors were rotated by the rotation part of each affine [b
 Translations along phase encoding, which the eddy-current field offset confounds in
 diffusion-weighted volumes, were taken from the b0 volumes. Six motion parameters and the framewise
 displacement (FD, {FD_HEAD_RADIUS_MM:g} mm head radius) [fd] were saved; volumes with FD >
-{FD_OUTLIER_MM} mm were counted as outliers. A brain mask was computed from the b0 reference
-(median filter and Otsu threshold). A diffusion tensor was fitted ({tensor_fit.upper()} [wls]),
-giving MD, FA, AD and RD (mm^2/s) and the RMS fit residual. {_FREE_WATER_SENTENCE}"""
+{FD_OUTLIER_MM} mm were counted as outliers. {_sdc_sentence(fieldmap)}A brain mask was
+computed from the b0 reference (median filter and Otsu threshold). A diffusion tensor was
+fitted ({tensor_fit.upper()} [wls]), giving MD, FA, AD and RD (mm^2/s) and the RMS fit
+residual. {_FREE_WATER_SENTENCE}"""
 
 
 def init_dwi_preproc_wf(
@@ -88,6 +123,8 @@ def init_dwi_preproc_wf(
     tensor_fit: str = Config.tensor_fit,
     omp_nthreads: int = 1,
     pe_axis: int | None = None,
+    fieldmap: FieldmapInputs | None = None,
+    b0_threshold: float = Config.b0_threshold,
     name: str = "dwi_preproc_wf",
 ) -> pe.Workflow:
     """Preprocess one DWI series and fit the tensor (defaults: those of Config).
@@ -98,16 +135,20 @@ def init_dwi_preproc_wf(
     sigma; only with ``denoise="mppca"``), ``confounds_file``, ``n_outlier_volumes``,
     ``md_file``, ``fa_file``, ``ad_file``, ``rd_file``, ``residual_file``, ``residual_median``,
     ``fw_md_file``/``fw_fraction_file`` (free-water-corrected MD, free-water fraction) and
-    ``fw_metadata_file`` (the free-water fit as run, for the sidecars).
+    ``fw_metadata_file`` (the free-water fit as run, for the sidecars); with a pepolar
+    ``fieldmap`` also ``b0_uncorrected`` (the motion-aligned b0 before SDC), ``field_file``
+    (Hz), ``displacement_file`` (mm along PE) and ``jacobian_file``.
 
     Denoising comes first (it needs the untouched noise), unringing second (it needs the
-    original slice grid), then a single interpolation aligns every volume to the b0 reference.
-    ``pe_axis`` (the phase-encode voxel axis, from the sidecar) keeps eddy-current shear and
-    field offsets out of the head-motion estimates.
+    original slice grid), then a single interpolation aligns every volume to the b0 reference
+    and, with a pepolar ``fieldmap`` (``fieldmaps.FieldmapInputs``), undoes the
+    susceptibility distortion estimated from the motion-aligned b0 reference. ``pe_axis``
+    (the phase-encode voxel axis, from the sidecar) keeps eddy-current shear and field offsets
+    out of the head-motion estimates.
     """
     if denoise not in ("mppca", "none"):
         raise ValueError(f"denoise must be 'mppca' or 'none', got {denoise!r}")
-    workflow = LiterateWorkflow(name, desc=_description(denoise, gibbs, tensor_fit))
+    workflow = LiterateWorkflow(name, desc=_description(denoise, gibbs, tensor_fit, fieldmap))
     inputnode = pe.Node(
         niu.IdentityInterface(fields=["dwi_file", "bval_file", "bvec_file"]), name="inputnode"
     )
@@ -117,6 +158,7 @@ def init_dwi_preproc_wf(
         MotionCorrect(n_threads=omp_nthreads, pe_axis=pe_axis), "motion_correct", omp_nthreads,
         DWI_STEP_MEM_GB,
     )  # fmt: skip
+    resample = pe.Node(ResampleDWI(), name="resample_dwi", mem_gb=DWI_STEP_MEM_GB)
     mask = pe.Node(BrainMask(), name="brain_mask")
     tensor = threaded_node(
         TensorFit(method=tensor_fit, n_threads=omp_nthreads), "tensor_fit", omp_nthreads,
@@ -130,17 +172,19 @@ def init_dwi_preproc_wf(
         (inputnode, check, [("dwi_file", "dwi_file"), ("bval_file", "bval_file"),
                             ("bvec_file", "bvec_file")]),
         (check, motion, [("out_bval", "bval_file"), ("out_bvec", "bvec_file")]),
-        (motion, mask, [("b0_reference", "in_file")]),
-        (motion, tensor, [("out_file", "in_file"), ("out_bval", "bval_file"),
-                          ("out_bvec", "bvec_file")]),
+        (check, resample, [("out_bval", "bval_file"), ("out_bvec", "bvec_file")]),
+        (motion, resample, [("affines_file", "affines_file")]),
+        (resample, mask, [("b0_reference", "in_file")]),
+        (resample, tensor, [("out_file", "in_file")]),
+        (motion, tensor, [("out_bval", "bval_file"), ("out_bvec", "bvec_file")]),
         (mask, tensor, [("out_file", "mask_file")]),
-        (motion, fw, [("out_file", "in_file"), ("out_bval", "bval_file"),
-                      ("out_bvec", "bvec_file")]),
+        (resample, fw, [("out_file", "in_file")]),
+        (motion, fw, [("out_bval", "bval_file"), ("out_bvec", "bvec_file")]),
         (mask, fw, [("out_file", "mask_file")]),
         (fw, outputnode, [("md_file", "fw_md_file"), ("fwf_file", "fw_fraction_file"),
                           ("metadata_file", "fw_metadata_file")]),
-        (motion, outputnode, [("out_file", "dwi_file"), ("out_bval", "bval_file"),
-                              ("out_bvec", "bvec_file"), ("b0_reference", "b0_reference"),
+        (resample, outputnode, [("out_file", "dwi_file"), ("b0_reference", "b0_reference")]),
+        (motion, outputnode, [("out_bval", "bval_file"), ("out_bvec", "bvec_file"),
                               ("confounds_file", "confounds_file"),
                               ("n_outlier_volumes", "n_outlier_volumes")]),
         (mask, outputnode, [("out_file", "mask_file")]),
@@ -149,12 +193,48 @@ def init_dwi_preproc_wf(
                               ("residual_file", "residual_file"),
                               ("residual_median", "residual_median")]),
     ])  # fmt: skip
-    _connect_restoration(workflow, check, motion, outputnode, denoise, gibbs, omp_nthreads)
+    _connect_restoration(
+        workflow, check, (motion, resample), outputnode, denoise, gibbs, omp_nthreads
+    )
+    if corrects(fieldmap):
+        _connect_pepolar(workflow, fieldmap, b0_threshold, motion, resample, outputnode)
     return workflow
 
 
-def _connect_restoration(workflow, check, motion, outputnode, denoise, gibbs, omp_nthreads):
-    """check -> [MP-PCA] -> [Gibbs unringing] -> motion correction, as the options ask."""
+def _connect_pepolar(workflow, fieldmap, b0_threshold, motion, resample, outputnode):
+    """motion's b0 reference + the reverse-PE images -> field -> the one resampling."""
+    reverse = fieldmap.reverse_pe
+    # one estimate takes one readout: images read out like the first reverse image
+    used = [image for image in reverse if image.phase_encoding == reverse[0].phase_encoding]
+    dwi_pe = fieldmap.phase_encoding
+    estimate = pe.Node(
+        EstimateSusceptibilityField(
+            pe_direction=dwi_pe.direction,
+            readout=dwi_pe.total_readout_time,
+            reverse_files=[image.path for image in used],
+            reverse_bvals=[image.bval for image in used],
+            reverse_pe_direction=used[0].phase_encoding.direction,
+            reverse_readout=used[0].phase_encoding.total_readout_time,
+            b0_threshold=b0_threshold,
+        ),
+        name="estimate_susceptibility",
+        mem_gb=DWI_STEP_MEM_GB,
+    )
+    resample.inputs.pe_direction = dwi_pe.direction
+    resample.inputs.readout = dwi_pe.total_readout_time
+    workflow.connect([
+        (motion, estimate, [("b0_reference", "b0_file")]),
+        (estimate, resample, [("field_file", "field_file")]),
+        (motion, outputnode, [("b0_reference", "b0_uncorrected")]),
+        (estimate, outputnode, [("field_file", "field_file")]),
+        (resample, outputnode, [("displacement_file", "displacement_file"),
+                                ("jacobian_file", "jacobian_file")]),
+    ])  # fmt: skip
+
+
+def _connect_restoration(workflow, check, targets, outputnode, denoise, gibbs, omp_nthreads):
+    """check -> [MP-PCA] -> [Gibbs unringing] -> motion estimation and the resampling, as the
+    options ask."""
     last, last_field = check, "out_file"
     if denoise == "mppca":
         mppca = threaded_node(Denoise(n_threads=omp_nthreads), "denoise", omp_nthreads,
@@ -168,4 +248,5 @@ def _connect_restoration(workflow, check, motion, outputnode, denoise, gibbs, om
         unring = threaded_node(Unring(n_threads=omp_nthreads), "unring", omp_nthreads)
         workflow.connect(last, last_field, unring, "in_file")
         last, last_field = unring, "out_file"
-    workflow.connect(last, last_field, motion, "in_file")
+    for target in targets:
+        workflow.connect(last, last_field, target, "in_file")

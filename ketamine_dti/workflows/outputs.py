@@ -20,6 +20,7 @@ from ketamine_dti.derivatives import (
     sidecar,
     spec_entities,
 )
+from ketamine_dti.fieldmaps import corrects, session_plan
 from ketamine_dti.interfaces.anat import CompositeTransform
 from ketamine_dti.interfaces.bids import DerivativesSink
 
@@ -59,7 +60,8 @@ def init_session_derivatives_wf(
 ) -> pe.Workflow:
     """Publish one session's outputs (``derivatives.SESSION_OUTPUTS``) under sub-X/ses-Y/."""
     context = SidecarContext(config, session.subject, session=session)
-    return init_derivatives_wf(session_output_keys(config.denoise), context, name)
+    keys = session_output_keys(config.denoise, corrects(session_plan(session)))
+    return init_derivatives_wf(keys, context, name)
 
 
 def init_anat_derivatives_wf(

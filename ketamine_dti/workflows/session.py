@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from nipype.interfaces import utility as niu
@@ -11,6 +12,7 @@ from ketamine_dti.bids import SessionInputs
 from ketamine_dti.config import Config
 from ketamine_dti.derivatives import input_fields, session_output_keys
 from ketamine_dti.dwi.motion import pe_axis_from_metadata
+from ketamine_dti.fieldmaps import corrects, session_plan
 from ketamine_dti.interfaces.anat import CollapseLinear, DWIToT1w, SessionBrain
 from ketamine_dti.interfaces.bids import SessionQC
 from ketamine_dti.interfaces.inputs import ExcludeVoxels, PrepareDWI
@@ -22,6 +24,8 @@ from ketamine_dti.workflows.boilerplate import LiterateWorkflow
 from ketamine_dti.workflows.dwi import DWI_STEP_MEM_GB, init_dwi_preproc_wf
 from ketamine_dti.workflows.nodes import threaded_node
 from ketamine_dti.workflows.outputs import init_session_derivatives_wf
+
+LOGGER = logging.getLogger(__name__)
 
 #: What a session takes from the participant's anatomical workflow (its inputnode fields).
 ANAT_FIELDS = (
@@ -55,6 +59,9 @@ PREPROC_OUTPUTS = {
     "fw_metadata": "fw_metadata_file",
     "noise": "noise_file",
     "confounds": "confounds_file",
+    "b0_uncorrected": "b0_uncorrected",
+    "sdc_field": "field_file",
+    "sdc_displacement": "displacement_file",
 }
 
 
@@ -106,8 +113,8 @@ def init_session_wf(
     Inputs (inputnode, ANAT_FIELDS), from the participant's anatomy: ``t1w_n4_files``,
     ``from_template_to_session``, ``from_session_to_template``, ``template_mask``,
     ``tissue_dseg_file``, ``from_mni_to_template``, ``template_qc``, ``mni_qc``. The raw DWI
-    files are set here. Outputs (outputnode, OUTPUT_FIELDS): ``roi_file``, ``qc_file``, ``md_file``,
-    ``dseg_file``, ``confounds_file``, ``b0_reference``.
+    files are set here. Outputs (outputnode, OUTPUT_FIELDS): ``roi_file``, ``qc_file``,
+    ``md_file``, ``dseg_file``, ``confounds_file``, ``b0_reference``.
 
     The atlas reaches the native DWI grid through MNI -> subject template -> session T1w ->
     DWI, composed into one interpolation; the MD map is never resampled.
@@ -124,7 +131,14 @@ def init_session_wf(
     session_brain, dwi_to_t1w, dwi_to_template, to_dwi = _connect_registration(
         workflow, inputnode, preproc, session_index, threads, atlas_file
     )
+    sdc = corrects(session_plan(session))
     roi_stats, qc = _measure_nodes(session, n_sessions, config, roi_names)
+    if sdc:
+        qc.inputs.sdc_method = session_plan(session).method
+        workflow.connect([
+            (preproc, roi_stats, [("outputnode.displacement_file", "displacement_file"),
+                                  ("outputnode.jacobian_file", "jacobian_file")]),
+        ])  # fmt: skip
     valid = pe.Node(ExcludeVoxels(), name="exclude_nonfinite")
     workflow.connect([
         (preproc, valid, [("outputnode.mask_file", "mask_file")]),
@@ -156,7 +170,7 @@ def init_session_wf(
         (to_dwi, outputnode, [("dseg_file", "dseg_file")]),
     ])  # fmt: skip
     derivatives = init_session_derivatives_wf(session, config)
-    fields = input_fields(session_output_keys(config.denoise))
+    fields = input_fields(session_output_keys(config.denoise, sdc))
     workflow.connect([
         (preproc, derivatives, [(f"outputnode.{field}", f"inputnode.{key}")
                                 for key, field in PREPROC_OUTPUTS.items()
@@ -216,6 +230,8 @@ def _init_preproc(workflow, session: SessionInputs, config: Config):
         tensor_fit=config.tensor_fit,
         omp_nthreads=config.omp_nthreads,
         pe_axis=pe_axis_from_metadata(session.dwi_metadata),
+        fieldmap=session_plan(session),
+        b0_threshold=config.b0_threshold,
     )
     workflow.connect([
         (prepare, preproc, [("out_file", "inputnode.dwi_file"),

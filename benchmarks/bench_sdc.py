@@ -1,0 +1,268 @@
+"""Susceptibility distortion correction on simulated trials (issue 11's "what must be shown").
+
+Usage:
+
+    python benchmarks/bench_sdc.py OUT_DIR [--n-participants 4] [--seed 11] [--distortion typical]
+
+Simulates a ``retest`` trial of the standard preset (no true MD change between sessions) with
+planted EPI susceptibility distortion (the simulator's dipole model, which shares no code with
+the App's estimator) and runs the participant level twice on one work directory: with the
+default ``--sdc auto`` (reverse-PE b0 fieldmaps) and with ``--sdc none``. The second run reuses
+the cached anatomy and motion estimation. Reports, each with and without SDC:
+
+- per ROI, the median |md_mean / md_true - 1| over participants x sessions (target with SDC
+  <= 3%, and no ROI worse with SDC than without);
+- the SD of dMD/MD over participants x ROIs (target with SDC <= 0.6%);
+- the field's recovery: median |estimated - true| (Hz) inside the DWI brain mask and inside each
+  true ROI, relative to the true field's 99th percentile of |field| in the brain (target
+  <= 10%), and the estimation time per session.
+
+Results go to OUT_DIR/bench_sdc.json and .md, with the held-out and training seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_participant import SESSIONS, TreeMemorySampler, delta, roi_tables  # noqa: E402
+
+TARGET_MEDIAN_REL_ERROR = 0.03
+TARGET_RETEST_SD = 0.006
+TARGET_FIELD_ERROR = 0.10
+TARGET_ESTIMATION_S = 60.0
+MODES = ("auto", "none")
+
+
+def simulate(out: Path, n_participants: int, seed: int, distortion: str) -> Path:
+    if not (out / "dataset_description.json").exists():
+        subprocess.run(
+            [sys.executable, "-m", "ketamine_dti.simulate.cli", str(out), "--preset", "standard",
+             "--scenario", "retest", "--n-participants", str(n_participants), "--seed",
+             str(seed), "--distortion", distortion],
+            check=True,
+        )  # fmt: skip
+    return out
+
+
+def run(bids_dir: Path, out: Path, work: Path, sdc: str, nprocs: int) -> list[dict]:
+    from ketamine_dti import bids
+    from ketamine_dti.config import Config
+    from ketamine_dti.workflows.base import run_participant
+
+    config = Config(
+        bids_dir=bids_dir, output_dir=out, analysis_level="participant", work_dir=work,
+        nprocs=nprocs, omp_nthreads=1, mem_gb=4.0, sdc=sdc,
+    )  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    bids.init_derivatives(out, bids_dir)
+    layout = bids.get_layout(bids_dir)
+    rows = []
+    for subject in bids.select_participants(bids.participant_folders(bids_dir), where=bids_dir):
+        started = time.time()
+        with TreeMemorySampler() as sampler:
+            try:
+                run_participant(config, layout, subject)
+                status = "ok"
+            except Exception as exc:  # report and go on
+                status = f"failed: {exc}"
+        rows.append({"subject": subject, "sdc": sdc, "wall_s": time.time() - started,
+                     "peak_gb": sampler.peak_gb, "status": status})  # fmt: skip
+        logging.info("sub-%s --sdc %s: %s in %.0f s", subject, sdc, status, rows[-1]["wall_s"])
+        (out.parent / f"{out.name}_partial.json").write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+def accuracy(bids_dir: Path, out: Path, subjects: list[str]) -> dict:
+    truth = pd.read_csv(bids_dir / "sourcedata/ground_truth/roi_md.tsv", sep="\t")
+    merged = roi_tables(out, subjects).merge(truth, on=["participant_id", "session_id", "roi"])
+    error = (merged.md_mean / merged.md_true - 1).abs()
+    relative = delta(merged, "md_mean")["relative_delta"]
+    planted = delta(merged, "md_true")["relative_delta"]
+    return {
+        "median_abs_rel_error": float(error.median()),
+        "per_roi_median_abs_rel_error": error.groupby(merged.roi).median().to_dict(),
+        "n_measured": int(error.notna().sum()),
+        "sd_relative_dmd": float(relative.std(ddof=1)),
+        "sd_relative_dmd_true": float(planted.std(ddof=1)),
+        "per_roi_sd_relative_dmd": relative.groupby(level="roi").std(ddof=1).to_dict(),
+        "n_pairs": int(len(relative)),
+    }
+
+
+def field_recovery(bids_dir: Path, work: Path, subjects: list[str]) -> dict:
+    """Estimated vs true field per session (the estimate from the work directory)."""
+    rows = []
+    names = None
+    for subject in subjects:
+        for session in SESSIONS:
+            truth_dir = bids_dir / f"sourcedata/ground_truth/sub-{subject}/ses-{session}"
+            stem = truth_dir / f"sub-{subject}_ses-{session}_space-dwi_desc-truth_"
+            wf = work / f"sub_{subject}_wf/ses_{session}_wf/dwi_preproc_wf"
+            estimate_file = wf / "estimate_susceptibility/field_hz.nii.gz"
+            if not estimate_file.exists():
+                continue
+            truth = nib.load(f"{stem}fieldmap.nii.gz").get_fdata()
+            dseg = np.rint(nib.load(f"{stem}dseg.nii.gz").get_fdata()).astype(int)
+            mask = nib.load(wf / "brain_mask/brain_mask.nii.gz").get_fdata() > 0
+            error = np.abs(nib.load(estimate_file).get_fdata() - truth)
+            scale = float(np.percentile(np.abs(truth[mask]), 99))
+            if names is None:
+                table = pd.read_csv(bids_dir / "sourcedata/ground_truth/desc-truth_dseg.tsv",
+                                    sep="\t")  # fmt: skip
+                names = dict(zip(table["index"], table["name"], strict=True))
+            row = {"subject": subject, "session": session, "p99_hz": scale,
+                   "brain_median_error_hz": float(np.median(error[mask])),
+                   "brain_relative": float(np.median(error[mask]) / scale)}  # fmt: skip
+            for label, name in names.items():
+                inside = dseg == label
+                if inside.any():
+                    row[f"roi_{name}"] = float(np.median(error[inside]) / scale)
+            row["estimation_s"] = _node_seconds(wf / "estimate_susceptibility")
+            rows.append(row)
+    frame = pd.DataFrame(rows)
+    roi_columns = [c for c in frame.columns if c.startswith("roi_")]
+    return {
+        "per_session": rows,
+        "median_brain_relative": float(frame["brain_relative"].median()),
+        "max_brain_relative": float(frame["brain_relative"].max()),
+        "per_roi_median_relative": {c[4:]: float(frame[c].median()) for c in roi_columns},
+        "per_roi_max_relative": {c[4:]: float(frame[c].max()) for c in roi_columns},
+    }
+
+
+def _node_seconds(node_dir: Path) -> float:
+    from nipype.pipeline.engine.utils import load_resultfile
+
+    result = next(node_dir.glob("result_*.pklz"), None)
+    return float(load_resultfile(str(result)).runtime.duration) if result else float("nan")
+
+
+def markdown(results: dict) -> str:
+    runs = {mode: results[f"sdc_{mode}"] for mode in MODES if f"sdc_{mode}" in results}
+    lines = [
+        "# Susceptibility distortion correction on simulated trials",
+        "",
+        f"Command: `{results['command']}`",
+        "",
+        f"- Trial: standard preset, `retest` scenario (no true MD change), "
+        f"{results['n_participants']} participants, distortion `{results['distortion']}`.",
+        f"- Held-out seed {results['seeds']['held_out']}; training seeds "
+        f"{results['seeds']['training']} (the estimator's schedule was tuned on the "
+        "susceptibility benchmark's training seeds and the real Prisma pair).",
+        "",
+        "## ROI MD and test-retest",
+        "",
+        "| | " + " | ".join(f"--sdc {m}" for m in runs) + " |",
+        "|---|" + "---|" * len(runs),
+    ]
+
+    def row(label, fn):
+        lines.append(f"| {label} | " + " | ".join(fn(r) for r in runs.values()) + " |")
+
+    row(
+        "median \\|md/md_true - 1\\| (target with SDC <= 3%)",
+        lambda r: f"{100 * r['median_abs_rel_error']:.2f}%",
+    )
+    row("SD of dMD/MD (target with SDC <= 0.6%)", lambda r: f"{100 * r['sd_relative_dmd']:.2f}%")
+    row("ROI-session values measured", lambda r: str(r["n_measured"]))
+    row(
+        "median wall per participant (min)",
+        lambda r: f"{np.median([p['wall_s'] for p in r['participants']]) / 60:.1f}",
+    )
+    lines += ["", "Per ROI (median \\|md/md_true - 1\\|; SD of dMD/MD):", "",
+              "| ROI | " + " | ".join(f"error, --sdc {m}" for m in runs)
+              + " | " + " | ".join(f"retest SD, --sdc {m}" for m in runs) + " |",
+              "|---|" + "---|" * (2 * len(runs))]  # fmt: skip
+    first = next(iter(runs.values()))
+    for roi in first["per_roi_median_abs_rel_error"]:
+        errors = [f"{100 * r['per_roi_median_abs_rel_error'].get(roi, float('nan')):.2f}%"
+                  for r in runs.values()]  # fmt: skip
+        sds = [f"{100 * r['per_roi_sd_relative_dmd'].get(roi, float('nan')):.2f}%"
+               for r in runs.values()]  # fmt: skip
+        lines.append(f"| {roi} | " + " | ".join(errors + sds) + " |")
+    if "worse_with_sdc" in results:
+        lines += ["", f"ROIs whose error is worse with SDC: {results['worse_with_sdc'] or 'none'}"]
+    field = results.get("field")
+    if field:
+        lines += [
+            "", "## Field recovery (median \\|estimated - true\\| / p99 of \\|true\\| in the "
+            "brain; target <= 10%)", "",
+            f"- Brain: median over sessions {100 * field['median_brain_relative']:.1f}%, worst "
+            f"session {100 * field['max_brain_relative']:.1f}%.",
+            "- Per ROI (median over sessions / worst session): " + ", ".join(
+                f"{roi} {100 * field['per_roi_median_relative'][roi]:.1f}% / "
+                f"{100 * field['per_roi_max_relative'][roi]:.1f}%"
+                for roi in field["per_roi_median_relative"]
+            ) + ".",
+            f"- Estimation time per session (node wall time, s): median "
+            f"{field['estimation_s_median']:.1f}, max {field['estimation_s_max']:.1f} "
+            f"(target <= {TARGET_ESTIMATION_S:g}).",
+        ]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--n-participants", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--training-seeds", type=int, nargs="*", default=[1, 2, 7])
+    parser.add_argument("--distortion", default="typical", choices=["typical", "strong"])
+    parser.add_argument("--nprocs", type=int, default=2)
+    parser.add_argument("--analyse-only", action="store_true")
+    args = parser.parse_args(argv)
+    if args.seed in args.training_seeds:
+        parser.error(f"--seed {args.seed} is a training seed; report on a held-out seed")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
+    out_dir = args.out_dir.absolute()
+    bids_dir = simulate(out_dir / "bids", args.n_participants, args.seed, args.distortion)
+    work = out_dir / "work"
+    results = {
+        "command": "python benchmarks/bench_sdc.py " + " ".join(argv or sys.argv[1:]),
+        "n_participants": args.n_participants,
+        "distortion": args.distortion,
+        "seeds": {"held_out": [args.seed], "training": list(args.training_seeds)},
+    }
+    for mode in MODES:
+        out = out_dir / f"out_sdc_{mode}"
+        partial = out.parent / f"{out.name}_partial.json"
+        if args.analyse_only:
+            rows = json.loads(partial.read_text())
+        else:
+            rows = run(bids_dir, out, work, mode, args.nprocs)
+        subjects = [row["subject"] for row in rows if row["status"] == "ok"]
+        results[f"sdc_{mode}"] = {"participants": rows} | (
+            accuracy(bids_dir, out, subjects) if subjects else {}
+        )
+        if mode == "auto" and subjects:
+            field = field_recovery(bids_dir, work, subjects)
+            seconds = [r["estimation_s"] for r in field["per_session"]]
+            field["estimation_s_median"] = float(np.median(seconds))
+            field["estimation_s_max"] = float(np.max(seconds))
+            results["field"] = field
+        (out_dir / "bench_sdc.json").write_text(json.dumps(results, indent=2))
+    with_sdc = results["sdc_auto"].get("per_roi_median_abs_rel_error", {})
+    without = results["sdc_none"].get("per_roi_median_abs_rel_error", {})
+    results["worse_with_sdc"] = [roi for roi in with_sdc if with_sdc[roi] > without.get(roi, 1)]
+    (out_dir / "bench_sdc.json").write_text(json.dumps(results, indent=2))
+    (out_dir / "bench_sdc.md").write_text(markdown(results))
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
