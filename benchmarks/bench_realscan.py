@@ -2,8 +2,8 @@
 
 Usage:
 
-    python benchmarks/bench_realscan.py OUT_DIR [--source DIR] [--nprocs 2]
-        [--compare-to OLD_OUT_DIR --compare-label LABEL]
+    python benchmarks/bench_realscan.py OUT_DIR [--source DIR] [--nprocs 2] [--sdc auto]
+        [--work-dir DIR] [--compare-to OLD_OUT_DIR --compare-label LABEL]
 
 Arranges ``../shared/realdata/siemens_prisma_xa30_subM31`` with ``scripts/arrange_realdata.py``
 (PA series at ses-baseline, AP at ses-24h, the same MPRAGE in both; the images are copied into
@@ -12,7 +12,11 @@ derivatives: the T1w brain-mask volume, ``reg_dwi_t1w_dice`` and the DWI field-o
 mean FD and outlier count, each ROI's retention and status, the QC verdict, and the per-ROI
 PA vs AP disagreement |MD(AP) - MD(PA)| / mean (the true MD is the same in both series, so it is
 the pipeline's own error; n/a where an ROI is missing). ``--compare-to`` adds the same figures
-from an earlier run's OUT (e.g. one made with an older commit) as a "before" column.
+from an earlier run's OUT (e.g. one made with an older commit, or with ``--sdc none``) as a
+"before" column. With distortion correction it also reports the method per session, the Dice of
+the PA and AP DWI brain masks brought into the subject template (each through its own published
+DWI -> T1w transform), and the PA vs AP disagreement in the ventral ROIs (BA10, vACC, amygdala)
+where susceptibility distortion is worst.
 
 Writes OUT_DIR/bench_realscan.json and .md.
 """
@@ -33,6 +37,8 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 SUBJECT = "M31"
 SESSIONS = {"baseline": "PA", "24h": "AP"}
+#: ROIs over the frontal sinus and beside the temporal bone: where distortion is worst.
+VENTRAL = ("ba10", "vacc", "amygdala")
 TARGETS = {
     "t1w_brain_volume_ml": "1,100-1,800 ml",
     "reg_dwi_t1w_dice": ">= 0.85",
@@ -66,6 +72,9 @@ def figures(out: Path) -> dict:
                 "n_rois_missing",
                 "qc_verdict",
                 "qc_reasons",
+                "sdc_method",
+                "sdc_max_roi_displacement_mm",
+                "sdc_max_roi_severe_fraction",
             )
         }
     pa, ap = rois["baseline"], rois["24h"]
@@ -85,6 +94,9 @@ def figures(out: Path) -> dict:
     measured = disagreement.dropna()
     result["median_disagreement"] = float(measured.median()) if len(measured) else None
     result["max_disagreement"] = float(measured.max()) if len(measured) else None
+    ventral = measured[[roi for roi in measured.index if roi.startswith(VENTRAL)]]
+    result["median_ventral_disagreement"] = float(ventral.median()) if len(ventral) else None
+    result["dwi_mask_dice_pa_ap_in_t1w"] = _mask_dice_in_t1w(out)
     mask = out / f"sub-{SUBJECT}/anat/sub-{SUBJECT}_desc-brain_mask.nii.gz"
     if mask.exists():
         image = nib.load(mask)
@@ -93,19 +105,39 @@ def figures(out: Path) -> dict:
     return result
 
 
+def _mask_dice_in_t1w(out: Path) -> float | None:
+    """Dice of the two sessions' DWI brain masks in the subject template, each moved there by
+    its own published DWI -> T1w transform (linear, then > 0.5)."""
+    import tempfile
+
+    from ketamine_dti.anat.registration import apply_transforms
+
+    anat = out / f"sub-{SUBJECT}/anat/sub-{SUBJECT}_desc-preproc_T1w.nii.gz"
+    masks = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for session in SESSIONS:
+            mask = _derivative(out, session, "space-dwi_desc-brain_mask.nii.gz")
+            xfm = _derivative(out, session, "from-dwi_to-T1w_mode-image_xfm.mat")
+            if not (mask.exists() and xfm.exists() and anat.exists()):
+                return None
+            moved = apply_transforms(mask, anat, [str(xfm)], Path(tmp) / f"{session}.nii.gz")
+            masks.append(nib.load(moved).get_fdata() > 0.5)
+    return float(2 * np.sum(masks[0] & masks[1]) / (masks[0].sum() + masks[1].sum()))
+
+
 def _plain(value):
     """A numpy scalar as its Python value (JSON-serialisable); anything else unchanged."""
     return value.item() if hasattr(value, "item") else value
 
 
-def run(out_dir: Path, source: Path | None, nprocs: int) -> dict:
-    bids, out, work = out_dir / "bids", out_dir / "out", out_dir / "work"
+def run(out_dir: Path, source: Path | None, nprocs: int, sdc: str, work: Path | None) -> dict:
+    bids, out, work = out_dir / "bids", out_dir / "out", work or out_dir / "work"
     if not bids.exists():
         command = [sys.executable, str(REPO / "scripts/arrange_realdata.py"), str(bids)]
         subprocess.run(command + (["--source", str(source)] if source else []), check=True)
     started = time.time()
     app = [sys.executable, "-m", "bids_app.run", str(bids), str(out), "participant"]
-    app += ["-w", str(work), "--nprocs", str(nprocs), "--skip-bids-validation"]
+    app += ["-w", str(work), "--nprocs", str(nprocs), "--skip-bids-validation", "--sdc", sdc]
     proc = subprocess.run(app, capture_output=True, text=True)
     (out_dir / "app.log").write_text(proc.stdout + proc.stderr)
     return {"exit_code": proc.returncode, "wall_s": time.time() - started}
@@ -124,14 +156,16 @@ def markdown(after: dict, before: dict | None, before_label: str) -> str:
     lines = [
         "# The real Prisma scan through the App (issue 10 figures)",
         "",
-        f"Command: `python benchmarks/bench_realscan.py OUT` (exit code {after['exit_code']}, "
-        f"{after['wall_s'] / 60:.1f} min wall). ses-baseline = PA, ses-24h = AP.",
+        f"Command: `python benchmarks/bench_realscan.py OUT --sdc {after.get('sdc', 'auto')}` "
+        f"(exit code {after['exit_code']}, {after['wall_s'] / 60:.1f} min wall). "
+        "ses-baseline = PA, ses-24h = AP.",
         "",
         "| figure | target | " + " | ".join(f"{label} PA / AP" for label, _ in both) + " |",
         "|---|---|" + "---|" * len(both),
     ]
     keys = ("t1w_brain_volume_ml", "brain_volume_ml", "reg_dwi_t1w_dice", "dwi_fov_fraction")
     keys += ("reg_t1w_mni_ncc", "mean_fd", "n_outlier_volumes", "n_rois_missing", "qc_verdict")
+    keys += ("sdc_method", "sdc_max_roi_displacement_mm", "sdc_max_roi_severe_fraction")
     for key in keys:
         cells = [
             " / ".join(_cell(result["sessions"][s].get(key)) for s in SESSIONS)
@@ -160,9 +194,15 @@ def markdown(after: dict, before: dict | None, before_label: str) -> str:
         lines.append(f"| {roi} | " + " | ".join(cells) + " |")
     for label, result in both:
         median = result.get("median_disagreement")
+        ventral = result.get("median_ventral_disagreement")
+        dice = result.get("dwi_mask_dice_pa_ap_in_t1w")
         lines.append(
             f"\n{label}: median PA vs AP disagreement over measured ROIs = "
             + ("n/a (no ROI measured in both)" if median is None else f"{median:.1%}")
+            + "; over the measured ventral ROIs (BA10, vACC, amygdala) = "
+            + ("n/a" if ventral is None else f"{ventral:.1%}")
+            + "; PA/AP DWI brain-mask Dice in the subject template = "
+            + ("n/a" if dice is None else f"{dice:.3f}")
         )
     lines += ["", "QC reasons (after):"]
     lines += [f"- {s}: {after['sessions'][s].get('qc_reasons')}" for s in SESSIONS]
@@ -174,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--source", type=Path, default=None)
     parser.add_argument("--nprocs", type=int, default=2)
+    parser.add_argument("--sdc", default="auto", choices=["auto", "pepolar", "none"])
+    parser.add_argument("--work-dir", type=Path, default=None, help="default OUT_DIR/work")
     parser.add_argument("--compare-to", type=Path, default=None, help="an earlier run's OUT")
     parser.add_argument("--compare-label", default="before")
     parser.add_argument("--analyse-only", action="store_true", help="read OUT_DIR/out only")
@@ -184,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.analyse_only:
         status = json.loads(status_file.read_text())
     else:
-        status = run(out_dir, args.source, args.nprocs)
+        status = run(out_dir, args.source, args.nprocs, args.sdc, args.work_dir)
+        status["sdc"] = args.sdc
         status_file.write_text(json.dumps(status))
     after = status | figures(out_dir / "out")
     before = figures(args.compare_to) if args.compare_to else None

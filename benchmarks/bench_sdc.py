@@ -143,10 +143,12 @@ def field_recovery(bids_dir: Path, work: Path, subjects: list[str]) -> dict:
 
 
 def _node_seconds(node_dir: Path) -> float:
-    from nipype.pipeline.engine.utils import load_resultfile
-
-    result = next(node_dir.glob("result_*.pklz"), None)
-    return float(load_resultfile(str(result)).runtime.duration) if result else float("nan")
+    """A node's run time from its Nipype report (readable whatever the interface's module)."""
+    report = node_dir / "_report/report.rst"
+    for line in report.read_text().splitlines() if report.exists() else []:
+        if line.startswith("* duration :"):
+            return float(line.split(":", 1)[1])
+    return float("nan")
 
 
 def markdown(results: dict) -> str:

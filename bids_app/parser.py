@@ -212,9 +212,9 @@ def _add_method_options(met) -> None:
         "fieldmaps or a second DWI series with the opposite phase encoding first, then a GRE "
         "fieldmap; see docs/fieldmaps.md) and logs the method per session; 'pepolar' and "
         "'fieldmap' require that kind (a session without it fails its checks); 'none' ignores "
-        "fieldmaps. This version corrects the DWI from reverse phase-encoded images (pepolar), in "
-        "the same single interpolation as motion; a GRE fieldmap is found and checked but not "
-        "yet applied (the log and the report say which method ran)",
+        "fieldmaps. The field (from reverse phase-encoded images, or a GRE fieldmap registered "
+        "through its magnitude) is applied in the same single interpolation as motion; the log "
+        "and the report say which method ran",
     )
     met.add_argument(
         "--use-syn-sdc",

@@ -104,15 +104,21 @@ def _sdc_metadata(context: SidecarContext) -> dict:
     from ketamine_dti.dwi.susceptibility import SCHEDULE
     from ketamine_dti.fieldmaps import session_plan
 
-    pe = session_plan(context.session).phase_encoding
+    plan = session_plan(context.session)
     knots = ", ".join(f"{level.knot_spacing_mm:g}" for level in SCHEDULE)
-    return {
-        "PhaseEncodingDirection": pe.direction,
-        "TotalReadoutTime": pe.total_readout_time,
-        "EstimationMethod": "pepolar: cubic B-spline field (knot spacing "
+    method = {
+        "pepolar": "pepolar: cubic B-spline field (knot spacing "
         f"{knots} mm, coarse to fine) fitted by least squares with a bending-energy penalty to "
         "the b0 reference and the rigidly aligned reverse phase-encoded b0 (TOPUP/HySCO model: "
         "displacement along phase encoding with Jacobian intensity modulation)",
+        "fieldmap": "fieldmap: the GRE fieldmap in Hz (a phasediff unwrapped and divided by "
+        "2 pi (TE2 - TE1)), moved onto the b0 grid by a rigid mutual-information registration "
+        "of its magnitude, continued smoothly beyond the head and smoothed",
+    }
+    return {
+        "PhaseEncodingDirection": plan.phase_encoding.direction,
+        "TotalReadoutTime": plan.phase_encoding.total_readout_time,
+        "EstimationMethod": method[plan.method],
     }
 
 
@@ -247,8 +253,9 @@ SESSION_OUTPUTS: dict[str, OutputSpec] = {
         "fieldmap", {"space": "dwi", "desc": "sdc"}, datatype="fmap",
         sources=("raw:dwi", "raw:fmap"), reference="dwi_preproc", extra=_sdc_metadata,
         metadata={"Units": "Hz", "SkullStripped": False,
-                  "Description": "Off-resonance field estimated from reverse phase-encoded b0 "
-                  "images, at the undistorted positions of the DWI grid."},
+                  "Description": "Off-resonance field (from reverse phase-encoded b0 images or "
+                  "a GRE fieldmap: see EstimationMethod), at the undistorted positions of the "
+                  "DWI grid."},
     ),
     "b0_uncorrected": OutputSpec(
         "magnitude", {"space": "dwi", "desc": "sdc"}, datatype="fmap", sources=("raw:dwi",),
@@ -427,7 +434,7 @@ def _uri(context: SidecarContext, source: str) -> list[str]:
         "raw:dwi": lambda: [context.session.dwi],
         "raw:t1w": lambda: [context.session.t1w],
         "raw:t1w_all": lambda: list(context.raw_t1w),
-        "raw:fmap": lambda: [image.path for image in _reverse_images(context.session)],
+        "raw:fmap": lambda: _fieldmap_files(context.session),
     }
     if source in raw:
         return [bids.raw_uri(context.config.bids_dir, path) for path in raw[source]()]
@@ -437,10 +444,15 @@ def _uri(context: SidecarContext, source: str) -> list[str]:
     return [bids.bids_uri(context.output_dir, path)]
 
 
-def _reverse_images(session: bids.SessionInputs):
+def _fieldmap_files(session: bids.SessionInputs) -> list[str]:
+    """The raw images the session's field came from (reverse-PE images, or a GRE fieldmap and
+    its magnitudes)."""
     from ketamine_dti.fieldmaps import session_plan
 
-    return session_plan(session).reverse_pe
+    plan = session_plan(session)
+    if plan.method == "fieldmap":
+        return [plan.gre.path, *plan.gre.magnitudes]
+    return [image.path for image in plan.reverse_pe]
 
 
 def sidecar(key: str, context: SidecarContext) -> dict:

@@ -73,7 +73,7 @@ def check_participant(config: Config, layout, subject: str, notes: list[str]):
 #: Said with a plan whose method this version does not apply (``fieldmaps.CORRECTED_METHODS``).
 SDC_NOT_APPLIED = (
     "found and checked, but this version corrects distortion only from reverse phase-encoded "
-    "images: this series is NOT corrected"
+    "images or a GRE fieldmap: this series is NOT corrected"
 )
 
 

@@ -150,10 +150,32 @@ def test_a_pepolar_plan_feeds_the_field_into_the_one_resampling(tmp_path):
     edges = with_sdc._graph.get_edge_data(estimate, resample)["connect"]
     assert ("field_file", "field_file") in edges
     assert "reverse phase-encoded" in " ".join(with_sdc.desc.split())
-    for plan in (None, _plan(tmp_path, "none"), replace(_plan(tmp_path), method="fieldmap")):
+    for plan in (None, _plan(tmp_path, "none"), replace(_plan(tmp_path), method="syn")):
         workflow = init_dwi_preproc_wf(fieldmap=plan)
         assert "estimate_susceptibility" not in _names(workflow)
         assert "was not corrected" in " ".join(workflow.desc.split())
+
+
+def test_a_gre_plan_feeds_its_field_into_the_one_resampling(tmp_path):
+    from ketamine_dti.fieldmaps import GreFieldmap
+    from ketamine_dti.interfaces.fieldmap import GreFieldToB0
+    from ketamine_dti.workflows.dwi import init_dwi_preproc_wf
+
+    for name in ("phasediff", "magnitude1"):
+        (tmp_path / f"{name}.nii.gz").write_text("x")
+    gre = GreFieldmap(
+        "phasediff",
+        str(tmp_path / "phasediff.nii.gz"),
+        (str(tmp_path / "magnitude1.nii.gz"),),
+        echo_times=(0.00492, 0.00738),
+    )
+    workflow = init_dwi_preproc_wf(fieldmap=replace(_plan(tmp_path), method="fieldmap", gre=gre))
+    estimate = workflow.get_node("estimate_susceptibility")
+    assert isinstance(estimate.interface, GreFieldToB0)
+    assert estimate.inputs.echo_times == [0.00492, 0.00738]
+    edges = workflow._graph.get_edge_data(estimate, workflow.get_node("resample_dwi"))["connect"]
+    assert ("field_file", "field_file") in edges
+    assert "GRE fieldmap (phasediff)" in " ".join(workflow.desc.split())
 
 
 def _flat(workflow):

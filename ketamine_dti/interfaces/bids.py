@@ -191,6 +191,7 @@ QC_COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "Description": "Susceptibility distortion correction applied to the DWI",
         "Levels": {
             "pepolar": "field estimated from reverse phase-encoded b0 images",
+            "fieldmap": "field from a GRE fieldmap (phasediff or fieldmap), registered to the b0",
             "none": "not corrected (no usable fieldmap, or --sdc none)",
         },
     },

@@ -195,68 +195,6 @@ class MotionCorrect(SimpleInterface):
         return runtime
 
 
-class _EstimateFieldInputSpec(BaseInterfaceInputSpec):
-    b0_file = File(exists=True, mandatory=True, desc="the DWI's b0 reference (distorted)")
-    pe_direction = traits.Str(mandatory=True, desc="the DWI's BIDS PhaseEncodingDirection")
-    readout = traits.Float(mandatory=True, desc="the DWI's TotalReadoutTime (s)")
-    reverse_files = traits.List(File(exists=True), mandatory=True, desc="reverse-PE images")
-    reverse_bvals = traits.List(
-        traits.Str, mandatory=True, desc="per reverse image: its .bval (a DWI series: its b0 "
-        "volumes are used) or '' (an fmap EPI: every volume is a b0)",
-    )  # fmt: skip
-    reverse_pe_direction = traits.Str(mandatory=True)
-    reverse_readout = traits.Float(mandatory=True, desc="s")
-    b0_threshold = traits.Float(mandatory=True, desc="s/mm^2; b <= this is a b0")
-    n_threads = traits.Int(1, usedefault=True)
-
-
-class _EstimateFieldOutputSpec(TraitedSpec):
-    field_file = File(exists=True, desc="off-resonance field (Hz) on the b0 reference grid")
-    reverse_b0_file = File(exists=True, desc="the reverse-PE b0, aligned onto the b0 grid")
-    seconds = traits.Float(desc="wall time of the estimation")
-
-
-class EstimateSusceptibilityField(SimpleInterface):
-    """Susceptibility field from reverse phase-encoded b0 images (``dwi.pepolar``)."""
-
-    input_spec = _EstimateFieldInputSpec
-    output_spec = _EstimateFieldOutputSpec
-
-    @limited_by_n_threads
-    def _run_interface(self, runtime):
-        from ketamine_dti.dwi import pepolar
-
-        image = nib.load(self.inputs.b0_file)
-        reverse = []
-        for path, bval in zip(self.inputs.reverse_files, self.inputs.reverse_bvals, strict=True):
-            reverse.append(_mean_b0(path, bval, self.inputs.b0_threshold))
-        result = pepolar.estimate_pepolar(
-            image.get_fdata(dtype=np.float32), image.affine, self.inputs.pe_direction,
-            self.inputs.readout, reverse, self.inputs.reverse_pe_direction,
-            self.inputs.reverse_readout,
-        )  # fmt: skip
-        cwd = Path(runtime.cwd)
-        self._results["field_file"] = _save(result.field_hz, image, str(cwd / "field_hz.nii.gz"))
-        self._results["reverse_b0_file"] = _save(
-            result.reverse_b0, image, str(cwd / "reverse_b0.nii.gz")
-        )
-        self._results["seconds"] = result.seconds
-        return runtime
-
-
-def _mean_b0(path: str, bval_file: str, b0_threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """(mean b0 volume, affine) of a reverse-PE image: its b0 volumes by ``bval_file``, or every
-    volume of an fmap EPI image (no ``bval_file``)."""
-    image = nib.load(path)
-    data = np.nan_to_num(image.get_fdata(dtype=np.float32))
-    if data.ndim == 3:
-        return data, image.affine
-    if bval_file:
-        volumes = np.flatnonzero(gradients.read_bvals(bval_file) <= b0_threshold)
-        data = data[..., volumes]
-    return data.reshape(*data.shape[:3], -1).mean(axis=-1), image.affine
-
-
 class _ResampleInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="the series motion was estimated on")
     bval_file = File(exists=True, mandatory=True)

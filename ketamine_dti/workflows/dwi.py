@@ -8,19 +8,20 @@ from nipype.pipeline import engine as pe
 
 from ketamine_dti.config import Config
 from ketamine_dti.dwi import free_water
+from ketamine_dti.dwi.gre_fieldmap import SMOOTHING_FWHM_MM as GRE_SMOOTHING_MM
 from ketamine_dti.dwi.motion import FD_HEAD_RADIUS_MM, FD_OUTLIER_MM, SHELL_PASS_LEVELS
 from ketamine_dti.fieldmaps import FieldmapInputs, corrects
 from ketamine_dti.interfaces.dwi import (
     BrainMask,
     CheckDWI,
     Denoise,
-    EstimateSusceptibilityField,
     FreeWaterElimination,
     MotionCorrect,
     ResampleDWI,
     TensorFit,
     Unring,
 )
+from ketamine_dti.interfaces.fieldmap import EstimateSusceptibilityField, GreFieldToB0
 from ketamine_dti.workflows.boilerplate import LiterateWorkflow
 from ketamine_dti.workflows.nodes import threaded_node
 
@@ -70,11 +71,18 @@ def _sdc_sentence(fieldmap: FieldmapInputs | None) -> str:
     if fieldmap is None or fieldmap.method == "none":
         return "Susceptibility distortion was not corrected (no fieldmap was used). "
     if not corrects(fieldmap):
-        source = "GRE fieldmap" if fieldmap.method == "fieldmap" else "SyN-SDC request"
         return (
-            f"Susceptibility distortion was not corrected: this version corrects it only from "
-            f"reverse phase-encoded images, and this series had a {source}. "
+            "Susceptibility distortion was not corrected: this version corrects it from "
+            "reverse phase-encoded images or a GRE fieldmap, and fieldmap-less SyN-SDC was "
+            "asked for. "
         )
+    if fieldmap.method == "fieldmap":
+        return f"""Susceptibility distortion was corrected with the GRE fieldmap
+({fieldmap.gre.kind}): the field in Hz ({_GRE_CONVERSION[fieldmap.gre.kind]}) was carried onto
+the b0 reference by a rigid registration of the fieldmap's magnitude (mutual information
+[ants]), continued smoothly beyond the head and smoothed (FWHM {GRE_SMOOTHING_MM:g} mm). The
+displacement along phase encoding and its Jacobian entered the same single interpolation as the
+motion and eddy-current maps. """
     return f"""Susceptibility distortion was corrected from reverse phase-encoded b0 images, as
 TOPUP [topup] and HySCO [hysco] do: the off-resonance field was a cubic B-spline (knots
 {_pepolar_knots()}) fitted by least squares with a bending-energy penalty to make the b0
@@ -82,6 +90,13 @@ reference and the reverse image agree after displacement along phase encoding an
 intensity modulation; the reverse image was aligned rigidly first, and again after a first
 correction. The displacement and its Jacobian entered the same single interpolation as the
 motion and eddy-current maps. """
+
+
+_GRE_CONVERSION = {
+    "phasediff": "the phase difference unwrapped by quality-guided region growing and divided by "
+    "2 pi (TE2 - TE1)",
+    "fieldmap": "converted from the fieldmap's units",
+}
 
 
 def _pepolar_knots() -> str:
@@ -197,17 +212,42 @@ def init_dwi_preproc_wf(
         workflow, check, (motion, resample), outputnode, denoise, gibbs, omp_nthreads
     )
     if corrects(fieldmap):
-        _connect_pepolar(workflow, fieldmap, b0_threshold, motion, resample, outputnode)
+        estimate = (
+            _pepolar_node(fieldmap, b0_threshold)
+            if fieldmap.method == "pepolar"
+            else _gre_node(fieldmap)
+        )
+        resample.inputs.pe_direction = fieldmap.phase_encoding.direction
+        resample.inputs.readout = fieldmap.phase_encoding.total_readout_time
+        workflow.connect([
+            (motion, estimate, [("b0_reference", "b0_file")]),
+            (estimate, resample, [("field_file", "field_file")]),
+            (motion, outputnode, [("b0_reference", "b0_uncorrected")]),
+            (estimate, outputnode, [("field_file", "field_file")]),
+            (resample, outputnode, [("displacement_file", "displacement_file"),
+                                    ("jacobian_file", "jacobian_file")]),
+        ])  # fmt: skip
     return workflow
 
 
-def _connect_pepolar(workflow, fieldmap, b0_threshold, motion, resample, outputnode):
-    """motion's b0 reference + the reverse-PE images -> field -> the one resampling."""
+def _gre_node(fieldmap: FieldmapInputs) -> pe.Node:
+    """The GRE fieldmap converted to Hz and moved onto the b0 grid through its magnitude."""
+    gre = fieldmap.gre
+    inputs = {"fieldmap_file": gre.path, "kind": gre.kind, "magnitude_file": gre.magnitudes[0]}
+    if gre.echo_times is not None:
+        inputs["echo_times"] = list(gre.echo_times)
+    if gre.units:
+        inputs["units"] = gre.units
+    return pe.Node(GreFieldToB0(**inputs), name="estimate_susceptibility", mem_gb=DWI_STEP_MEM_GB)
+
+
+def _pepolar_node(fieldmap: FieldmapInputs, b0_threshold: float) -> pe.Node:
+    """The field from the motion-aligned b0 reference and the reverse-PE images."""
     reverse = fieldmap.reverse_pe
     # one estimate takes one readout: images read out like the first reverse image
     used = [image for image in reverse if image.phase_encoding == reverse[0].phase_encoding]
     dwi_pe = fieldmap.phase_encoding
-    estimate = pe.Node(
+    return pe.Node(
         EstimateSusceptibilityField(
             pe_direction=dwi_pe.direction,
             readout=dwi_pe.total_readout_time,
@@ -220,16 +260,6 @@ def _connect_pepolar(workflow, fieldmap, b0_threshold, motion, resample, outputn
         name="estimate_susceptibility",
         mem_gb=DWI_STEP_MEM_GB,
     )
-    resample.inputs.pe_direction = dwi_pe.direction
-    resample.inputs.readout = dwi_pe.total_readout_time
-    workflow.connect([
-        (motion, estimate, [("b0_reference", "b0_file")]),
-        (estimate, resample, [("field_file", "field_file")]),
-        (motion, outputnode, [("b0_reference", "b0_uncorrected")]),
-        (estimate, outputnode, [("field_file", "field_file")]),
-        (resample, outputnode, [("displacement_file", "displacement_file"),
-                                ("jacobian_file", "jacobian_file")]),
-    ])  # fmt: skip
 
 
 def _connect_restoration(workflow, check, targets, outputnode, denoise, gibbs, omp_nthreads):

@@ -1,0 +1,152 @@
+"""Thin Nipype interfaces that give the susceptibility field (Hz) on the DWI b0 grid, ready
+for ``ResampleDWI``: from reverse phase-encoded b0 images (``dwi.pepolar``) or from a GRE
+fieldmap (``dwi.gre_fieldmap``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+
+from ketamine_dti.dwi import gradients
+from ketamine_dti.interfaces.dwi import _save
+from ketamine_dti.threads import limited_by_n_threads
+
+#: mm; affines of a fieldmap and its magnitude that differ by less than this are one grid
+#: (header rounding), else the magnitude is resampled onto the fieldmap's grid.
+SAME_GRID_TOLERANCE_MM = 1e-3
+
+
+class _EstimateFieldInputSpec(BaseInterfaceInputSpec):
+    b0_file = File(exists=True, mandatory=True, desc="the DWI's b0 reference (distorted)")
+    pe_direction = traits.Str(mandatory=True, desc="the DWI's BIDS PhaseEncodingDirection")
+    readout = traits.Float(mandatory=True, desc="the DWI's TotalReadoutTime (s)")
+    reverse_files = traits.List(File(exists=True), mandatory=True, desc="reverse-PE images")
+    reverse_bvals = traits.List(
+        traits.Str, mandatory=True, desc="per reverse image: its .bval (a DWI series: its b0 "
+        "volumes are used) or '' (an fmap EPI: every volume is a b0)",
+    )  # fmt: skip
+    reverse_pe_direction = traits.Str(mandatory=True)
+    reverse_readout = traits.Float(mandatory=True, desc="s")
+    b0_threshold = traits.Float(mandatory=True, desc="s/mm^2; b <= this is a b0")
+    n_threads = traits.Int(1, usedefault=True)
+
+
+class _EstimateFieldOutputSpec(TraitedSpec):
+    field_file = File(exists=True, desc="off-resonance field (Hz) on the b0 reference grid")
+    reverse_b0_file = File(exists=True, desc="the reverse-PE b0, aligned onto the b0 grid")
+    seconds = traits.Float(desc="wall time of the estimation")
+
+
+class EstimateSusceptibilityField(SimpleInterface):
+    """Susceptibility field from reverse phase-encoded b0 images (``dwi.pepolar``)."""
+
+    input_spec = _EstimateFieldInputSpec
+    output_spec = _EstimateFieldOutputSpec
+
+    @limited_by_n_threads
+    def _run_interface(self, runtime):
+        from ketamine_dti.dwi import pepolar
+
+        image = nib.load(self.inputs.b0_file)
+        reverse = []
+        for path, bval in zip(self.inputs.reverse_files, self.inputs.reverse_bvals, strict=True):
+            reverse.append(_mean_b0(path, bval, self.inputs.b0_threshold))
+        result = pepolar.estimate_pepolar(
+            image.get_fdata(dtype=np.float32), image.affine, self.inputs.pe_direction,
+            self.inputs.readout, reverse, self.inputs.reverse_pe_direction,
+            self.inputs.reverse_readout,
+        )  # fmt: skip
+        cwd = Path(runtime.cwd)
+        self._results["field_file"] = _save(result.field_hz, image, str(cwd / "field_hz.nii.gz"))
+        self._results["reverse_b0_file"] = _save(
+            result.reverse_b0, image, str(cwd / "reverse_b0.nii.gz")
+        )
+        self._results["seconds"] = result.seconds
+        return runtime
+
+
+def _mean_b0(path: str, bval_file: str, b0_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(mean b0 volume, affine) of a reverse-PE image: its b0 volumes by ``bval_file``, or every
+    volume of an fmap EPI image (no ``bval_file``)."""
+    image = nib.load(path)
+    data = np.nan_to_num(image.get_fdata(dtype=np.float32))
+    if data.ndim == 3:
+        return data, image.affine
+    if bval_file:
+        volumes = np.flatnonzero(gradients.read_bvals(bval_file) <= b0_threshold)
+        data = data[..., volumes]
+    return data.reshape(*data.shape[:3], -1).mean(axis=-1), image.affine
+
+
+class _GreFieldToB0InputSpec(BaseInterfaceInputSpec):
+    b0_file = File(exists=True, mandatory=True, desc="the DWI's b0 reference (distorted)")
+    fieldmap_file = File(exists=True, mandatory=True, desc="phasediff or fieldmap image")
+    kind = traits.Enum("phasediff", "fieldmap", mandatory=True, desc="BIDS suffix")
+    magnitude_file = File(exists=True, mandatory=True, desc="magnitude(1) image of the GRE")
+    echo_times = traits.List(
+        traits.Float, minlen=2, maxlen=2, desc="EchoTime1, EchoTime2 (s), for a phasediff"
+    )
+    units = traits.Enum("Hz", "rad/s", "T", desc="Units of a fieldmap image")
+    n_threads = traits.Int(1, usedefault=True)
+
+
+class _GreFieldToB0OutputSpec(TraitedSpec):
+    field_file = File(exists=True, desc="off-resonance field (Hz) on the b0 reference grid")
+    to_fieldmap_file = File(exists=True, desc="4x4 RAS+ map, b0 points -> GRE points (text)")
+
+
+def _first_volume(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """(3-D data, affine) of an image; a 4-D one gives its first volume (magnitude1 of a file
+    holding both echoes, the one volume of a 4-D fieldmap)."""
+    image = nib.load(path)
+    data = np.asarray(image.dataobj, dtype=np.float32)
+    return (data[..., 0] if data.ndim == 4 else data), image.affine
+
+
+class GreFieldToB0(SimpleInterface):
+    """The field (Hz) of a GRE fieldmap on the DWI b0 grid (``dwi.gre_fieldmap``): phasediff
+    unwrapped or fieldmap converted, registered through its magnitude, continued beyond the
+    head, smoothed and resampled."""
+
+    input_spec = _GreFieldToB0InputSpec
+    output_spec = _GreFieldToB0OutputSpec
+
+    @limited_by_n_threads
+    def _run_interface(self, runtime):
+        from ketamine_dti.dwi import gre_fieldmap
+        from ketamine_dti.dwi.pepolar import to_grid
+
+        fieldmap, field_affine = _first_volume(self.inputs.fieldmap_file)
+        magnitude, magnitude_affine = _first_volume(self.inputs.magnitude_file)
+        if not np.allclose(magnitude_affine, field_affine, atol=SAME_GRID_TOLERANCE_MM):
+            magnitude = to_grid(magnitude, magnitude_affine, fieldmap.shape, field_affine)
+        mask = gre_fieldmap.head_mask(magnitude)
+        if self.inputs.kind == "phasediff":
+            if not isdefined(self.inputs.echo_times):
+                raise ValueError(f"{self.inputs.fieldmap_file}: a phasediff needs echo_times")
+            field = gre_fieldmap.field_from_phasediff(
+                fieldmap, self.inputs.echo_times, magnitude=magnitude, mask=mask
+            )
+        else:
+            if not isdefined(self.inputs.units):
+                raise ValueError(f"{self.inputs.fieldmap_file}: a fieldmap needs its units")
+            field = gre_fieldmap.field_from_fieldmap(fieldmap, self.inputs.units)
+        b0 = nib.load(self.inputs.b0_file)
+        on_grid, to_fieldmap = gre_fieldmap.field_on_b0_grid(
+            field, field_affine, magnitude, b0.get_fdata(dtype=np.float32), b0.affine, mask=mask
+        )
+        cwd = Path(runtime.cwd)
+        self._results["field_file"] = _save(on_grid, b0, str(cwd / "field_hz.nii.gz"))
+        np.savetxt(cwd / "to_fieldmap.txt", to_fieldmap)
+        self._results["to_fieldmap_file"] = str((cwd / "to_fieldmap.txt").resolve())
+        return runtime
