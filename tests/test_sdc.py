@@ -62,6 +62,22 @@ def test_a_constant_shift_moves_samples_by_whole_voxels():
         series_registration.resample(volume, np.eye(4), _affine(), shift=shift[:3], axis=1)
 
 
+def test_voxels_read_outside_the_field_of_view_are_reported():
+    """A 2-voxel displacement along j reads beyond the grid for the last two rows; a 1-voxel
+    translation along i for the last column, in the volume that moved."""
+    shape = (5, 8, 4)
+    shift = resampling.Displacement(np.full(shape, 2.0), axis=1, jacobian=np.ones(shape))
+    still = np.eye(4)[None]
+    outside = resampling.outside_field_of_view(still, _affine(), shape, shift)
+    expected = np.zeros(shape, bool)
+    expected[:, 6:] = True
+    np.testing.assert_array_equal(outside, expected)
+    assert not resampling.outside_field_of_view(still, _affine(), shape).any()
+    moved = np.stack([np.eye(4), _world_translation((1.0, 0.0, 0.0))])
+    outside = resampling.outside_field_of_view(moved, _affine(), shape)
+    assert outside[-1].all() and not outside[:-1].any()
+
+
 def test_one_interpolation_undoes_motion_and_distortion_together():
     """A raw volume of a head moved by 1.5 voxels and distorted along j (the independent
     forward model, the field moving with the head) is restored by one resampling with the

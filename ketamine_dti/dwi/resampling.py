@@ -61,3 +61,31 @@ def resample_series(
         corrected[..., index] = volume
     np.clip(corrected, 0.0, None, out=corrected)
     return corrected
+
+
+def outside_field_of_view(
+    affines: np.ndarray,
+    affine: np.ndarray,
+    shape: tuple[int, ...],
+    displacement: Displacement | None = None,
+) -> np.ndarray:
+    """(X, Y, Z) bool: reference voxels that some volume had to read outside its field of view.
+
+    ``resample_series`` fills those reads with 0, which is no data: a tensor fitted to a zero
+    b0 or a zero diffusion-weighted sample gives an absurd MD (0.02 mm^2/s at the frontal pole
+    where the susceptibility displacement reaches past the anterior edge of the grid). Callers
+    exclude these voxels from regional averages.
+    """
+    shape = tuple(shape[:3])
+    grid = np.indices(shape, dtype=np.float32).reshape(3, -1)
+    homogeneous = np.vstack([grid, np.ones((1, grid.shape[1]), np.float32)])
+    shift = None if displacement is None else np.asarray(displacement.shift, np.float32).ravel()
+    limit = np.asarray(shape, np.float32)[:, None] - 1
+    outside = np.zeros(grid.shape[1], dtype=bool)
+    inverse = np.linalg.inv(np.asarray(affine, dtype=float))
+    for world_map in np.asarray(affines, dtype=float):
+        points = ((inverse @ world_map @ affine)[:3] @ homogeneous).astype(np.float32)
+        if shift is not None:
+            points[displacement.axis] += shift
+        outside |= np.any((points < 0) | (points > limit), axis=0)
+    return outside.reshape(shape)

@@ -211,6 +211,9 @@ class _ResampleOutputSpec(TraitedSpec):
     displacement_file = File(
         desc="displacement that was corrected (mm, signed along the PE direction)"
     )
+    outside_file = File(
+        exists=True, desc="voxels some volume read outside its field of view (no data there)"
+    )
     jacobian_file = File(desc="Jacobian intensity factor that was applied")
 
 
@@ -245,8 +248,11 @@ class ResampleDWI(SimpleInterface):
             self._results["jacobian_file"] = _save(
                 displacement.jacobian, image, str(cwd / "jacobian.nii.gz")
             )
-        corrected = resampling.resample_series(
-            data, np.load(self.inputs.affines_file), image.affine, displacement
+        affines = np.load(self.inputs.affines_file)
+        corrected = resampling.resample_series(data, affines, image.affine, displacement)
+        outside = resampling.outside_field_of_view(affines, image.affine, data.shape, displacement)
+        self._results["outside_file"] = _save(
+            outside, image, str(cwd / "outside_fov.nii.gz"), np.uint8
         )
         self._results["out_file"] = _save(corrected, image, str(cwd / "dwi_corrected.nii"))
         reference = corrected[..., gtab.b0_mask].mean(axis=-1)

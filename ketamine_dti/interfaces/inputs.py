@@ -12,6 +12,7 @@ from nipype.interfaces.base import (
     InputMultiObject,
     SimpleInterface,
     TraitedSpec,
+    isdefined,
     traits,
 )
 
@@ -104,6 +105,7 @@ class PrepareT1w(SimpleInterface):
 class _ExcludeVoxelsInputSpec(BaseInterfaceInputSpec):
     mask_file = File(exists=True, mandatory=True, desc="brain mask on the DWI grid")
     exclude_file = File(exists=True, mandatory=True, desc="voxels to leave out (same grid)")
+    outside_file = File(exists=True, desc="more voxels to leave out: read outside the FOV")
 
 
 class _ExcludeVoxelsOutputSpec(TraitedSpec):
@@ -111,13 +113,16 @@ class _ExcludeVoxelsOutputSpec(TraitedSpec):
 
 
 class ExcludeVoxels(SimpleInterface):
-    """Mask out voxels whose raw signal was unusable (NaN/Inf, zeroed by PrepareDWI)."""
+    """Mask out voxels whose raw signal was unusable (NaN/Inf, zeroed by PrepareDWI) or that
+    the one resampling read outside some volume's field of view (``outside_file``)."""
 
     input_spec = _ExcludeVoxelsInputSpec
     output_spec = _ExcludeVoxelsOutputSpec
 
     def _run_interface(self, runtime):
         excluded = np.asanyarray(nib.load(self.inputs.exclude_file).dataobj) > 0
+        if isdefined(self.inputs.outside_file):
+            excluded = excluded | (np.asanyarray(nib.load(self.inputs.outside_file).dataobj) > 0)
         if not excluded.any():
             self._results["out_file"] = self.inputs.mask_file
             return runtime

@@ -52,6 +52,7 @@ OUTPUT_FIELDS = (
     "field_file",
     "displacement_file",
     "jacobian_file",
+    "outside_file",
 )
 
 
@@ -152,7 +153,8 @@ def init_dwi_preproc_wf(
     ``fw_md_file``/``fw_fraction_file`` (free-water-corrected MD, free-water fraction) and
     ``fw_metadata_file`` (the free-water fit as run, for the sidecars); with a pepolar
     ``fieldmap`` also ``b0_uncorrected`` (the motion-aligned b0 before SDC), ``field_file``
-    (Hz), ``displacement_file`` (mm along PE) and ``jacobian_file``.
+    (Hz), ``displacement_file`` (mm along PE) and ``jacobian_file``; ``outside_file``: voxels
+    the resampling read outside some volume's field of view.
 
     Denoising comes first (it needs the untouched noise), unringing second (it needs the
     original slice grid), then a single interpolation aligns every volume to the b0 reference
@@ -198,7 +200,8 @@ def init_dwi_preproc_wf(
         (mask, fw, [("out_file", "mask_file")]),
         (fw, outputnode, [("md_file", "fw_md_file"), ("fwf_file", "fw_fraction_file"),
                           ("metadata_file", "fw_metadata_file")]),
-        (resample, outputnode, [("out_file", "dwi_file"), ("b0_reference", "b0_reference")]),
+        (resample, outputnode, [("out_file", "dwi_file"), ("b0_reference", "b0_reference"),
+                                ("outside_file", "outside_file")]),
         (motion, outputnode, [("out_bval", "bval_file"), ("out_bvec", "bvec_file"),
                               ("confounds_file", "confounds_file"),
                               ("n_outlier_volumes", "n_outlier_volumes")]),

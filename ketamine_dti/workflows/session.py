@@ -91,7 +91,9 @@ def _regions_description(config: Config) -> str:
 the composed transforms MNI -> subject template -> session T1w -> DWI (one interpolation,
 label fractions >= 0.5); the tissue segmentation likewise, each tissue's hard labels averaged
 over the DWI voxel's footprint into a volume fraction. MD maps were never resampled. A voxel
-counted toward an ROI if it lay inside the DWI brain mask with a GM fraction >=
+counted toward an ROI if it lay inside the DWI brain mask (less the voxels without data: NaN/Inf
+in the raw series, or read outside some volume's field of view by the one interpolation) with a
+GM fraction >=
 {rule.gm_prob_min} and a CSF fraction <= {rule.csf_prob_max}: anatomy alone, so the MD being
 measured never chose its own voxels (MD and FA only counted CSF-like and WM-like voxels for
 QC); the number of voxels kept per ROI is reported. An ROI that kept less than
@@ -141,7 +143,8 @@ def init_session_wf(
         ])  # fmt: skip
     valid = pe.Node(ExcludeVoxels(), name="exclude_nonfinite")
     workflow.connect([
-        (preproc, valid, [("outputnode.mask_file", "mask_file")]),
+        (preproc, valid, [("outputnode.mask_file", "mask_file"),
+                          ("outputnode.outside_file", "outside_file")]),
         (prepare, valid, [("nonfinite_mask", "exclude_file")]),
         (preproc, roi_stats, [("outputnode.md_file", "md_file"),
                               ("outputnode.fa_file", "fa_file"),

@@ -1,0 +1,59 @@
+"""The real Prisma scan (shared/realdata), arranged as BIDS by the committed script, through the
+whole App with susceptibility distortion correction: the end-to-end check issue 11 asks for.
+
+The PA series is ses-baseline and the AP series ses-24h, each with the other's b0 as its
+reverse-PE fieldmap, so both sessions are corrected and their regional MD must agree (the
+volunteer's true MD is the same in both). ``benchmarks/bench_realscan.py`` gives the full
+figures; this test holds the App to what it measured there, with margin.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from ketamine_dti.derivatives import spec_path
+
+REALDATA = Path(__file__).parents[2] / "shared" / "realdata" / "siemens_prisma_xa30_subM31"
+SUBJECT = "M31"
+SESSIONS = ("baseline", "24h")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REALDATA.exists(), reason="the shared real scan is not here")
+def test_the_real_scan_runs_end_to_end_with_distortion_correction(tmp_path):
+    script = Path(__file__).parents[1] / "scripts" / "arrange_realdata.py"
+    spec = importlib.util.spec_from_file_location("arrange_realdata", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    bids_dir = module.arrange(tmp_path / "bids", REALDATA)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "bids_app.run", str(bids_dir), str(out), "participant",
+               "-w", str(tmp_path / "work"), "--nprocs", "2"]  # fmt: skip
+    proc = subprocess.run(command, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "pepolar with" in proc.stderr and "; applied" in proc.stderr
+
+    tables = {}
+    for session in SESSIONS:
+        qc = pd.read_csv(spec_path(out, "qc_table", SUBJECT, session), sep="\t").iloc[0]
+        assert qc.sdc_method == "pepolar"
+        assert qc.qc_verdict != "fail", qc.qc_reasons
+        field = nib.load(spec_path(out, "sdc_field", SUBJECT, session)).get_fdata()
+        mask = nib.load(spec_path(out, "dwi_mask", SUBJECT, session)).get_fdata() > 0
+        p99 = np.percentile(np.abs(field[mask]), 99)
+        assert 20.0 < p99 < 200.0, f"ses-{session}: |field| p99 {p99:.1f} Hz"  # 3 T head
+        tables[session] = pd.read_csv(
+            spec_path(out, "roi_table", SUBJECT, session), sep="\t"
+        ).set_index("roi")
+        assert (tables[session].status == "ok").sum() >= MIN_ROIS_MEASURED
+    pa, ap = (tables[session]["md_mean"] for session in SESSIONS)
+    disagreement = ((ap - pa).abs() / ((ap + pa) / 2)).dropna()
+    assert disagreement.median() <= MAX_MEDIAN_DISAGREEMENT, disagreement.to_dict()
