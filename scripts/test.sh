@@ -8,4 +8,4 @@ if [ "$(id -u)" = 0 ]; then
   bash scripts/start_slurm.sh || echo "SLURM could not start: its test will be skipped" >&2
 fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-exec .venv/bin/python -m pytest -ra "$@"
+exec .venv/bin/python -m pytest -ra --durations=25 "$@"

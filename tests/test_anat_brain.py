@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import nibabel as nib
 import numpy as np
 import pytest
@@ -222,16 +220,5 @@ def test_extraction_maps_the_template_mask_back_onto_a_moved_reoriented_template
     assert reg.dice(cropped_mask, cropped_truth) > 0.92
 
 
-REAL_T1W = (
-    Path(__file__).resolve().parents[1].parent
-    / "shared/realdata/siemens_prisma_xa30_subM31/sub-M31_T1w.nii.gz"
-)
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not REAL_T1W.exists(), reason=f"real scan not present at {REAL_T1W}")
-def test_real_prisma_mprage_with_neck_gives_a_brain_sized_mask(tmp_path):
-    """Whole head, face and neck, strong bias: the mask is a brain (1,100-1,800 ml)."""
-    n4 = bias_correct(REAL_T1W, tmp_path, n_threads=1)
-    result = extract_brain(n4, tmp_path / "bex", n_threads=1)
-    assert 1100 < result.qc["brain_volume_ml"] < 1800
+# The real Prisma MPRAGE (whole head, face and neck, strong bias) is checked end to end, brain
+# volume included, by tests/test_realscan.py.

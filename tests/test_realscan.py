@@ -24,6 +24,12 @@ from ketamine_dti.derivatives import spec_path
 REALDATA = Path(__file__).parents[2] / "shared" / "realdata" / "siemens_prisma_xa30_subM31"
 SUBJECT = "M31"
 SESSIONS = ("baseline", "24h")
+#: ROIs measured per session: 6 (PA) and 7 (AP) with SDC, 4 and 6 without
+#: (benchmarks/results/realscan_session7.md).
+MIN_ROIS_MEASURED = 6
+#: Median PA vs AP disagreement over the ROIs measured in both: 5.3% with SDC. Issue 11 asks for
+#: <= 2%, which is not met (see the results file); this bound only guards against worse.
+MAX_MEDIAN_DISAGREEMENT = 0.07
 
 
 @pytest.mark.slow
@@ -46,6 +52,8 @@ def test_the_real_scan_runs_end_to_end_with_distortion_correction(tmp_path):
         qc = pd.read_csv(spec_path(out, "qc_table", SUBJECT, session), sep="\t").iloc[0]
         assert qc.sdc_method == "pepolar"
         assert qc.qc_verdict != "fail", qc.qc_reasons
+        assert 1100 < qc.t1w_brain_volume_ml < 1800  # the whole-head MPRAGE gives a brain
+        assert qc.reg_dwi_t1w_dice >= 0.87  # 0.880 / 0.909 with SDC, 0.864 / 0.900 without
         field = nib.load(spec_path(out, "sdc_field", SUBJECT, session)).get_fdata()
         mask = nib.load(spec_path(out, "dwi_mask", SUBJECT, session)).get_fdata() > 0
         p99 = np.percentile(np.abs(field[mask]), 99)
