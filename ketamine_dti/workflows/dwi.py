@@ -88,8 +88,8 @@ motion and eddy-current maps. """
 TOPUP [topup] and HySCO [hysco] do: the off-resonance field was a cubic B-spline (knots
 {_pepolar_knots()}) fitted by least squares with a bending-energy penalty to make the b0
 reference and the reverse image agree after displacement along phase encoding and Jacobian
-intensity modulation; the reverse image was aligned rigidly first, and again after a first
-correction. The displacement and its Jacobian entered the same single interpolation as the
+intensity modulation, after a rigid least-squares alignment of the reverse image to the b0
+reference. The displacement and its Jacobian entered the same single interpolation as the
 motion and eddy-current maps. """
 
 
