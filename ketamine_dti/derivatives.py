@@ -101,15 +101,15 @@ def _preproc_dwi(context: SidecarContext) -> dict:
 
 def _sdc_metadata(context: SidecarContext) -> dict:
     """The DWI readout the field and displacement refer to, and the estimation method."""
-    from ketamine_dti.dwi.susceptibility import SCHEDULE
+    from ketamine_dti.dwi.susceptibility import knot_spacings
     from ketamine_dti.fieldmaps import session_plan
 
     plan = session_plan(context.session)
-    knots = ", ".join(f"{level.knot_spacing_mm:g}" for level in SCHEDULE)
     method = {
         "pepolar": "pepolar: cubic B-spline field (knot spacing "
-        f"{knots} mm, coarse to fine) fitted by least squares with a bending-energy penalty to "
-        "the b0 reference and the rigidly aligned reverse phase-encoded b0 (TOPUP/HySCO model: "
+        f"{knot_spacings()}, coarse to fine) fitted by least squares with a bending-energy "
+        "penalty to the b0 reference and the rigidly aligned reverse phase-encoded b0 "
+        "(TOPUP/HySCO model: "
         "displacement along phase encoding with Jacobian intensity modulation)",
         "fieldmap": "fieldmap: the GRE fieldmap in Hz (a phasediff unwrapped and divided by "
         "2 pi (TE2 - TE1)), moved onto the b0 grid by a rigid mutual-information registration "

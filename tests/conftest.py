@@ -59,3 +59,18 @@ def read_tsv(path: Path):
     import pandas as pd
 
     return pd.read_csv(path, sep="\t", keep_default_na=False, na_values=["n/a"])
+
+
+#: The shared real scan (../shared/realdata), never copied into the repository.
+REALDATA = Path(__file__).parents[2] / "shared" / "realdata" / "siemens_prisma_xa30_subM31"
+
+
+def arrange_real_scan(out: Path) -> Path:
+    """The real scan arranged as BIDS by the committed ``scripts/arrange_realdata.py``."""
+    import importlib.util
+
+    script = Path(__file__).parents[1] / "scripts" / "arrange_realdata.py"
+    spec = importlib.util.spec_from_file_location("arrange_realdata", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.arrange(out, REALDATA)

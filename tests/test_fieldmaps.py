@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_bids import _write_session  # noqa: E402
 
 DWI_READOUT_S = 0.05  # the TotalReadoutTime _write_session gives every DWI (PE j-)
-REALDATA = Path(__file__).parents[2] / "shared" / "realdata" / "siemens_prisma_xa30_subM31"
+from conftest import REALDATA  # noqa: E402
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -337,13 +337,9 @@ def test_command_line_options():
 
 @pytest.mark.skipif(not REALDATA.exists(), reason="the shared real scan is not here")
 def test_the_real_scan_arrangement_gives_each_series_the_others_b0(tmp_path):
-    import importlib.util
+    from conftest import arrange_real_scan
 
-    script = Path(__file__).parents[1] / "scripts" / "arrange_realdata.py"
-    spec = importlib.util.spec_from_file_location("arrange_realdata", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    out = module.arrange(tmp_path / "real", REALDATA)
+    out = arrange_real_scan(tmp_path / "real")
     layout = bids.get_layout(out)
     participant = fieldmaps.attach_fieldmaps(layout, bids.collect_participant(layout, "M31"))
     for session, (dwi_pe, epi_pe, label) in zip(

@@ -9,19 +9,17 @@ figures; this test holds the App to what it measured there, with margin.
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REALDATA, arrange_real_scan
 
 from ketamine_dti.derivatives import spec_path
 
-REALDATA = Path(__file__).parents[2] / "shared" / "realdata" / "siemens_prisma_xa30_subM31"
 SUBJECT = "M31"
 SESSIONS = ("baseline", "24h")
 #: ROIs measured per session: 6 (PA) and 7 (AP) with SDC, 4 and 6 without
@@ -35,11 +33,7 @@ MAX_MEDIAN_DISAGREEMENT = 0.07
 @pytest.mark.slow
 @pytest.mark.skipif(not REALDATA.exists(), reason="the shared real scan is not here")
 def test_the_real_scan_runs_end_to_end_with_distortion_correction(tmp_path):
-    script = Path(__file__).parents[1] / "scripts" / "arrange_realdata.py"
-    spec = importlib.util.spec_from_file_location("arrange_realdata", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    bids_dir = module.arrange(tmp_path / "bids", REALDATA)
+    bids_dir = arrange_real_scan(tmp_path / "bids")
     out = tmp_path / "out"
     command = [sys.executable, "-m", "bids_app.run", str(bids_dir), str(out), "participant",
                "-w", str(tmp_path / "work"), "--nprocs", "2"]  # fmt: skip

@@ -84,6 +84,11 @@ SCHEDULE = (
 )
 
 
+def knot_spacings(schedule: tuple[FitLevel, ...] = SCHEDULE) -> str:
+    """The schedule's B-spline knot spacings, coarse to fine, for methods text and sidecars."""
+    return " -> ".join(f"{level.knot_spacing_mm:g}" for level in schedule) + " mm"
+
+
 @dataclass(frozen=True)
 class FieldEstimate:
     """The estimated field (Hz, on the b0 grid) and how the fit went.

@@ -44,7 +44,6 @@ class _EstimateFieldInputSpec(BaseInterfaceInputSpec):
 class _EstimateFieldOutputSpec(TraitedSpec):
     field_file = File(exists=True, desc="off-resonance field (Hz) on the b0 reference grid")
     reverse_b0_file = File(exists=True, desc="the reverse-PE b0, aligned onto the b0 grid")
-    seconds = traits.Float(desc="wall time of the estimation")
 
 
 class EstimateSusceptibilityField(SimpleInterface):
@@ -71,7 +70,6 @@ class EstimateSusceptibilityField(SimpleInterface):
         self._results["reverse_b0_file"] = _save(
             result.reverse_b0, image, str(cwd / "reverse_b0.nii.gz")
         )
-        self._results["seconds"] = result.seconds
         return runtime
 
 

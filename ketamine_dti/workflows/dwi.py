@@ -10,6 +10,7 @@ from ketamine_dti.config import Config
 from ketamine_dti.dwi import free_water
 from ketamine_dti.dwi.gre_fieldmap import SMOOTHING_FWHM_MM as GRE_SMOOTHING_MM
 from ketamine_dti.dwi.motion import FD_HEAD_RADIUS_MM, FD_OUTLIER_MM, SHELL_PASS_LEVELS
+from ketamine_dti.dwi.susceptibility import knot_spacings
 from ketamine_dti.fieldmaps import FieldmapInputs, corrects
 from ketamine_dti.interfaces.dwi import (
     BrainMask,
@@ -86,7 +87,7 @@ displacement along phase encoding and its Jacobian entered the same single inter
 motion and eddy-current maps. """
     return f"""Susceptibility distortion was corrected from reverse phase-encoded b0 images, as
 TOPUP [topup] and HySCO [hysco] do: the off-resonance field was a cubic B-spline (knots
-{_pepolar_knots()}) fitted by least squares with a bending-energy penalty to make the b0
+{knot_spacings()}) fitted by least squares with a bending-energy penalty to make the b0
 reference and the reverse image agree after displacement along phase encoding and Jacobian
 intensity modulation, after a rigid least-squares alignment of the reverse image to the b0
 reference. The displacement and its Jacobian entered the same single interpolation as the
@@ -98,12 +99,6 @@ _GRE_CONVERSION = {
     "2 pi (TE2 - TE1)",
     "fieldmap": "converted from the fieldmap's units",
 }
-
-
-def _pepolar_knots() -> str:
-    from ketamine_dti.dwi.susceptibility import SCHEDULE
-
-    return " -> ".join(f"{level.knot_spacing_mm:g}" for level in SCHEDULE) + " mm"
 
 
 def _description(

@@ -133,10 +133,11 @@ def init_session_wf(
     session_brain, dwi_to_t1w, dwi_to_template, to_dwi = _connect_registration(
         workflow, inputnode, preproc, session_index, threads, atlas_file
     )
-    sdc = corrects(session_plan(session))
+    plan = session_plan(session)
+    sdc = corrects(plan)
     roi_stats, qc = _measure_nodes(session, n_sessions, config, roi_names)
     if sdc:
-        qc.inputs.sdc_method = session_plan(session).method
+        qc.inputs.sdc_method = plan.method
         workflow.connect([
             (preproc, roi_stats, [("outputnode.displacement_file", "displacement_file"),
                                   ("outputnode.jacobian_file", "jacobian_file")]),
