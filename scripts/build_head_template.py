@@ -38,9 +38,9 @@ MASK_MIN_FRACTION = 0.5
 BLOCK = 2
 
 
-def check_sources(source_dir: Path) -> None:
+def check_sources(source_dir: Path, digests: dict[str, str] = SOURCE_SHA256) -> None:
     """Stop unless the Debian files are the ones the bundle was built from."""
-    for name, digest in SOURCE_SHA256.items():
+    for name, digest in digests.items():
         actual = hashlib.sha256((source_dir / name).read_bytes()).hexdigest()
         if actual != digest:
             raise SystemExit(f"{source_dir / name}: sha256 {actual} is not {digest}")
@@ -120,13 +120,17 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         print(build(Path(tmp)))
         folder = f"tpl-{TEMPLATE}"
-        built = sorted(p.name for p in (Path(tmp) / folder).iterdir())
-        bundled = sorted(p.name for p in (BUNDLE_HOME / folder).iterdir())
-        same = built == bundled and all(
-            filecmp.cmp(Path(tmp) / folder / n, BUNDLE_HOME / folder / n, False) for n in built
-        )
+        same = same_files(Path(tmp) / folder, BUNDLE_HOME / folder)
     print("bundle is up to date" if same else "bundle is stale")
     return 0 if same else 1
+
+
+def same_files(built: Path, bundled: Path) -> bool:
+    """True if two folders hold the same file names with byte-identical contents."""
+    names = sorted(p.name for p in built.iterdir())
+    if names != sorted(p.name for p in bundled.iterdir()):
+        return False
+    return all(filecmp.cmp(built / name, bundled / name, False) for name in names)
 
 
 if __name__ == "__main__":

@@ -92,7 +92,13 @@ def test_tables_have_the_contract_columns_and_valid_ranges() -> None:
     assert 13 <= baseline.qids_sr_total.mean() <= 19
 
     md = trial.gm_md
-    assert list(md.columns) == ["participant_id", "session_id", "roi", "md_true"]
+    assert list(md.columns) == [
+        "participant_id",
+        "session_id",
+        "roi",
+        "md_true",
+        "csf_fraction_change",
+    ]
     assert len(md) == 98 * 2 * len(ROI_NAMES)
     assert md.md_true.between(0.6e-3, 1.1e-3).all()
     by_roi = md[md.session_id == "ses-baseline"].groupby("roi").md_true.mean()

@@ -111,7 +111,14 @@ def test_bids_validator_reports_no_errors(tiny_trial):
 def test_ground_truth_is_complete(tiny_trial):
     truth = tiny_trial / "sourcedata" / "ground_truth"
     roi_md = _read_tsv(truth / "roi_md.tsv")
-    assert list(roi_md.columns) == ["participant_id", "session_id", "roi", "md_true"]
+    assert list(roi_md.columns) == [
+        "participant_id",
+        "session_id",
+        "roi",
+        "md_true",
+        "csf_fraction_change",
+    ]
+    assert np.all(roi_md.csf_fraction_change == 0)  # only csf_shift changes the CSF
     assert len(roi_md) == TINY_PARTICIPANTS * 2 * len(ROI_NAMES)
     assert roi_md.md_true.between(0.5e-3, 1.2e-3).all()  # plausible GM MD, mm^2/s
     planted = json.loads((truth / "planted_effects.json").read_text())

@@ -8,9 +8,10 @@ the scanner's voxel size.
 
 Frames (all in mm):
 
-- *template*: ICBM152 2009a world coordinates. The ROI atlas lives in MNI152NLin6Asym; we treat
-  the two as the same mm space, so the atlas lands on this anatomy with the small mismatch that
-  real subjects show against a registration template.
+- *template*: ICBM152 2009a world coordinates. The true ROI regions (:mod:`regions`) live on
+  Colin27 in MNI space, the pipeline's atlas in MNI152NLin6Asym; we treat all three as the same
+  mm space, so regions land on this anatomy with the small mismatch that real subjects show
+  against a registration template.
 - *subject*: a participant's own brain, ``template = c + (subject - c) / scale + u(subject)``
   with ``c`` the template brain centre, an anisotropic size ``scale`` and a smooth random
   displacement ``u`` (:class:`ParticipantAnatomy`).
@@ -22,6 +23,7 @@ Everything here is arrays in, arrays out; the only file reads are the bundled te
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import logging
@@ -391,6 +393,7 @@ class VoxelTissue:
 
     gm_by_label: (n_labels + 1, X, Y, Z) GM fraction inside label k (0 = outside every ROI);
     reach_gm (L, X, Y, Z): GM outside the ROIs weighted by each ROI's reach (RoiAtlas);
+    region (L, X, Y, Z): brain (GM + WM + CSF) volume fraction of each voxel inside ROI k;
     wm, csf: fractions; fibre_tensor: (6, X, Y, Z) v v^T in the grid's image axes (voxel frame,
     as FSL bvecs) at voxel centres, or None if not asked for; wm_depth: 0 superficial .. 1 deep
     WM at voxel centres (None likewise);
@@ -399,6 +402,7 @@ class VoxelTissue:
 
     gm_by_label: np.ndarray
     reach_gm: np.ndarray
+    region: np.ndarray
     wm: np.ndarray
     csf: np.ndarray
     fibre_tensor: np.ndarray | None
@@ -412,6 +416,29 @@ class VoxelTissue:
     @property
     def brain(self) -> np.ndarray:
         return self.gm + self.wm + self.csf
+
+
+def add_region_free_water(tissue: VoxelTissue, fraction: np.ndarray) -> VoxelTissue:
+    """The same voxels with part of each ROI's GM turned into CSF (free water).
+
+    ``fraction[k - 1]``: CSF added to ROI k, as a fraction of the ROI's brain volume
+    (``region``). It replaces the ROI's GM evenly, ``s_k x gm_k`` in every voxel with
+    ``s_k = fraction_k x volume_k / gm_k`` (sums over the grid), so the ROI's tissue keeps its
+    MD while its free-water share grows, as free-water elimination models it. Needs
+    0 <= s_k <= 1 (an ROI cannot lose more GM than it has).
+    """
+    fraction = np.asarray(fraction, dtype=np.float64)
+    n_regions = len(tissue.region)
+    volume = tissue.region.reshape(n_regions, -1).sum(axis=1, dtype=np.float64)
+    roi_gm = tissue.gm_by_label[1:]
+    gm = roi_gm.reshape(n_regions, -1).sum(axis=1, dtype=np.float64)
+    share = np.divide(fraction * volume, gm, out=np.zeros_like(fraction), where=gm > 0)
+    if np.any(share < 0) or np.any(share > 1):
+        raise ValueError(f"free water {fraction} cannot replace more than an ROI's GM or be < 0")
+    moved = share.astype(np.float32)[:, None, None, None] * roi_gm
+    gm_by_label = tissue.gm_by_label.copy()
+    gm_by_label[1:] -= moved
+    return dataclasses.replace(tissue, gm_by_label=gm_by_label, csf=tissue.csf + moved.sum(axis=0))
 
 
 def rotate_tensor_components(tensor6: np.ndarray, rotation: np.ndarray) -> np.ndarray:
@@ -507,10 +534,12 @@ def _tissue_kernel(
     wm_out,
     csf_out,
     reach_out,
+    region_out,
 ):  # pragma: no cover - compiled
     """Fused sub-voxel sampling: trilinear GM/WM/CSF, nearest ROI label, block mean.
 
-    reach_out[k] accumulates GM outside every ROI weighted by ROI k's reach (nearest sample).
+    reach_out[k] accumulates GM outside every ROI weighted by ROI k's reach (nearest sample);
+    region_out[k - 1] the brain (GM + WM + CSF) volume fraction of the voxel inside ROI k.
     """
     rx, ry, rz = reach.shape[1], reach.shape[2], reach.shape[3]
     nx, ny, nz = centre_index.shape[0], centre_index.shape[1], centre_index.shape[2]
@@ -545,6 +574,8 @@ def _tissue_kernel(
                             label = 0
                             if n_labels > 0:
                                 label = _roi_label(labels, template_to_atlas, n_labels, p0, p1, p2)
+                                if label > 0:
+                                    region_out[label - 1, i, j, k] += (g + w + f) * weight
                                 if label == 0 and g > 0.0:
                                     s0, s1, s2 = nearest_index(template_to_reach, p0, p1, p2)
                                     if 0 <= s0 < rx and 0 <= s1 < ry and 0 <= s2 < rz:
@@ -642,6 +673,7 @@ def voxel_tissue(
     wm = np.zeros(shape, dtype=np.float64)
     csf = np.zeros(shape, dtype=np.float64)
     reach_gm = np.zeros((max(n_labels, 1), *shape), dtype=np.float64)
+    region = np.zeros((max(n_labels, 1), *shape), dtype=np.float64)
     _tissue_kernel(
         np.ascontiguousarray(centre_index, dtype=np.float64),
         np.ascontiguousarray(needed),
@@ -657,6 +689,7 @@ def voxel_tissue(
         wm,
         csf,
         reach_gm,
+        region,
     )
 
     fibre = wm_depth = None
@@ -670,6 +703,7 @@ def voxel_tissue(
     return VoxelTissue(
         gm_by_label=gm_by_label.astype(np.float32),
         reach_gm=reach_gm[:n_labels].astype(np.float32),
+        region=region[:n_labels].astype(np.float32),
         wm=wm.astype(np.float32),
         csf=csf.astype(np.float32),
         fibre_tensor=fibre,

@@ -10,6 +10,7 @@ Layout (``<s>`` = session label, default ``baseline`` and ``24h``)::
     sub-<l>/ses-<s>/fmap/sub-<l>_ses-<s>_dir-PA_epi.nii.gz/.json   (with --distortion only)
     sourcedata/ground_truth/roi_md.tsv, planted_effects.json, desc-truth_dseg.tsv,
         sub-<l>/ses-<s>/sub-<l>_ses-<s>_space-dwi_desc-truth_dseg.nii.gz
+        sub-<l>/ses-<s>/sub-<l>_ses-<s>_space-dwi_desc-region_dseg.nii.gz
         sub-<l>/ses-<s>/sub-<l>_ses-<s>_space-T1w_desc-brain_mask.nii.gz
         sub-<l>/ses-<s>/sub-<l>_ses-<s>_space-dwi_desc-truth_fieldmap.nii.gz/.json  (--distortion)
         sub-<l>/ses-<s>/sub-<l>_ses-<s>_space-dwi_desc-truth_displacement.nii.gz/.json  (idem)
@@ -35,7 +36,7 @@ import pandas as pd
 
 from ketamine_dti import __version__
 from ketamine_dti.rois import ROI_NAMES
-from ketamine_dti.simulate import anatomy, head, session, signal, susceptibility
+from ketamine_dti.simulate import anatomy, head, regions, session, signal, susceptibility
 from ketamine_dti.simulate.clinical import (
     MIN_PARTICIPANTS,
     ROI_BASELINE_MD,
@@ -347,23 +348,38 @@ def format_bvec(bvecs: np.ndarray) -> str:
     return "".join(" ".join(f"{v:.6f}" for v in row) + "\n" for row in bvecs.T)
 
 
+def _truth_rows(trial: ClinicalTrial, participant_id: str, session_id: str) -> pd.DataFrame:
+    """The clinical model's true ROI values of one participant and session, indexed by ROI."""
+    rows = trial.gm_md[
+        (trial.gm_md.participant_id == participant_id) & (trial.gm_md.session_id == session_id)
+    ]
+    return rows.set_index("roi").loc[list(ROI_NAMES)]
+
+
 def other_gm_md(trial: ClinicalTrial, participant_id: str, baseline_id: str) -> float:
     """Participant-level MD of GM outside the ROIs (mm^2/s), constant across sessions."""
-    rows = trial.gm_md[
-        (trial.gm_md.participant_id == participant_id) & (trial.gm_md.session_id == baseline_id)
-    ]
-    relative = np.mean([row.md_true / ROI_BASELINE_MD[row.roi] for row in rows.itertuples()])
+    rows = _truth_rows(trial, participant_id, baseline_id)
+    relative = np.mean([rows.loc[roi, "md_true"] / ROI_BASELINE_MD[roi] for roi in ROI_NAMES])
     return float(OTHER_GM_MD * relative)
 
 
 def session_label_md(
     trial: ClinicalTrial, participant_id: str, session_id: str, other_md: float
 ) -> np.ndarray:
-    """GM MD per atlas label for one session: [outside ROIs, ROI 1..7] (mm^2/s)."""
-    rows = trial.gm_md[
-        (trial.gm_md.participant_id == participant_id) & (trial.gm_md.session_id == session_id)
-    ].set_index("roi")
-    return np.array([other_md] + [float(rows.loc[roi, "md_true"]) for roi in ROI_NAMES])
+    """GM MD per ROI label for one session: [outside ROIs, ROI 1..7] (mm^2/s)."""
+    rows = _truth_rows(trial, participant_id, session_id)
+    return np.array([other_md, *rows["md_true"].to_numpy(dtype=float)])
+
+
+def session_free_water(
+    trial: ClinicalTrial, participant_id: str, sessions: tuple[str, str], position: int
+) -> np.ndarray:
+    """CSF added to each ROI in one session (fraction of its brain volume), from the planted
+    24 h - baseline change: the follow-up carries a rise, the baseline a fall, so no session has
+    to lose CSF that the anatomy may not have (zeros outside ``csf_shift``)."""
+    change = _truth_rows(trial, participant_id, f"ses-{sessions[1]}")["csf_fraction_change"]
+    sign = 1.0 if position == 1 else -1.0
+    return np.maximum(sign * change.to_numpy(dtype=float), 0.0)
 
 
 @dataclass(frozen=True)
@@ -373,6 +389,9 @@ class ParticipantResult:
     mean_fd_mm: dict  # session_id -> mean framewise displacement
     truth_rule: dict  # session_id -> {roi: "pure"/"fallback"/"absent"}
     truth_voxels: dict  # session_id -> {roi: n voxels}
+    boundaries: dict  # the participant's true-region boundary displacement (regions.py)
+    region_voxels: dict  # session_id -> {roi: n voxels of the true region on the DWI grid}
+    free_water: dict  # session_id -> {roi: CSF added, fraction of the ROI's brain volume}
     t1w_scaling: dict | None = None  # scale, offset, storage (full head only)
     head_shape: dict | None = None  # the head's per-participant parameters (full head only)
     field: dict | None = None  # session_id -> field figures (with --distortion only)
@@ -385,7 +404,8 @@ def simulate_participant(
     participant_id = trial.participants.participant_id.iloc[index]
     rng = np.random.default_rng([options.seed, index + 1])
     template = anatomy.load_template_anatomy()
-    atlas = session.load_roi_atlas()
+    boundary_rng = np.random.default_rng([options.seed, index + 1, regions.BOUNDARY_STREAM])
+    atlas, boundaries = regions.participant_regions(boundary_rng, ROI_NAMES)
     participant = anatomy.random_participant(rng, template)
     head_shape, scaling = participant_head(options, index)
     level = susceptibility.get_level(options.distortion)
@@ -397,11 +417,13 @@ def simulate_participant(
     root = options.out_dir
     truth_root = root / "sourcedata" / "ground_truth"
     sigma, mean_fd, rules, voxels, fields = {}, {}, {}, {}, {}
+    region_voxels, free_water = {}, {}
     for position, label in enumerate(options.sessions):
         session_id = f"ses-{label}"
         stem = f"{participant_id}_{session_id}"
         pose = anatomy.random_head_pose(rng, template.centre_mm)
         label_md = session_label_md(trial, participant_id, session_id, other_md)
+        added = session_free_water(trial, participant_id, options.sessions, position)
         dwi = session.simulate_dwi(
             template,
             participant,
@@ -417,6 +439,7 @@ def simulate_participant(
             fieldmap_rng=np.random.default_rng(
                 [options.seed, index + 1, FIELDMAP_STREAM, position]
             ),
+            free_water=added,
         )
         dwi_dir = root / participant_id / session_id / "dwi"
         _save_nifti(
@@ -430,10 +453,12 @@ def simulate_participant(
         _write_json(dwi_dir / f"{stem}_dwi.json", dwi_sidecar(options.preset, level))
         if dwi.field is not None:
             fields[session_id] = write_distortion(dwi, options, root, truth_root, stem)
+        truth_dir = truth_root / participant_id / session_id
         _save_nifti(
-            dwi.truth_dseg,
-            dwi.affine,
-            truth_root / participant_id / session_id / f"{stem}_space-dwi_desc-truth_dseg.nii.gz",
+            dwi.truth_dseg, dwi.affine, truth_dir / f"{stem}_space-dwi_desc-truth_dseg.nii.gz"
+        )
+        _save_nifti(
+            dwi.region_dseg, dwi.affine, truth_dir / f"{stem}_space-dwi_desc-region_dseg.nii.gz"
         )
         t1w = session.simulate_t1w(
             template, participant, pose, options.preset, rng, head_shape, scaling
@@ -446,6 +471,10 @@ def simulate_participant(
         voxels[session_id] = {
             roi: int((dwi.truth_dseg == k).sum()) for k, roi in enumerate(ROI_NAMES, 1)
         }
+        region_voxels[session_id] = {
+            roi: int((dwi.region_dseg == k).sum()) for k, roi in enumerate(ROI_NAMES, 1)
+        }
+        free_water[session_id] = {roi: float(v) for roi, v in zip(ROI_NAMES, added, strict=True)}
         del dwi
     write_tsv(
         root / participant_id / f"{participant_id}_sessions.tsv", sessions_table(options, index)
@@ -462,6 +491,9 @@ def simulate_participant(
         mean_fd,
         rules,
         voxels,
+        boundaries,
+        region_voxels,
+        free_water,
         t1w_scaling=None if scaling is None else dataclasses.asdict(scaling),
         head_shape=None if head_shape is None else head.shape_summary(head_shape),
         field=fields or None,
@@ -642,9 +674,7 @@ def write_ground_truth(
 ) -> None:
     """roi_md.tsv, planted_effects.json and the label table of the truth masks."""
     truth = options.out_dir / "sourcedata" / "ground_truth"
-    write_tsv(
-        truth / "roi_md.tsv", trial.gm_md[["participant_id", "session_id", "roi", "md_true"]]
-    )
+    write_tsv(truth / "roi_md.tsv", trial.gm_md[list(ROI_MD_JSON)])
     _write_json(truth / "roi_md.json", ROI_MD_JSON)
     labels = pd.DataFrame({"index": range(1, len(ROI_NAMES) + 1), "name": ROI_NAMES})
     write_tsv(truth / "desc-truth_dseg.tsv", labels)
@@ -686,8 +716,9 @@ def write_ground_truth(
             f"exponent {anatomy.SHARPEN_EXPONENT}; per-participant scale (SD "
             f"{anatomy.SCALE_SD}) and smooth warp (RMS {anatomy.WARP_RMS_MM} mm); per-session "
             "rigid head pose",
-            "atlas_space_note": "MNI152NLin6Asym and ICBM152 2009a world coordinates are "
-            "treated as the same mm space",
+            "atlas_space_note": "Colin27 (the true regions), MNI152NLin6Asym (the pipeline's "
+            "atlas) and ICBM152 2009a (the anatomy) world coordinates are treated as the same "
+            "mm space",
             "motion": "noiseless: none"
             if options.snr is None
             else "random-walk rigid motion "
@@ -704,9 +735,15 @@ def write_ground_truth(
             ),
             "truth_mask_rule_used": {r.participant_id: r.truth_rule for r in results},
             "truth_mask_voxels": {r.participant_id: r.truth_voxels for r in results},
+            "region_mask_rule": "space-dwi_desc-region_dseg: ROI k where at least "
+            f"{session.REGION_MIN_FRACTION} of the DWI voxel is brain (GM + WM + CSF) inside the "
+            "participant's true region k, at the first volume's head position",
+            "region_mask_voxels": {r.participant_id: r.region_voxels for r in results},
             "bvec_convention": "FSL: unit vectors in the voxel frame of the LAS-stored image",
         },
         "head": head_truth(options, results),
+        "true_regions": true_regions_truth(results),
+        "csf_shift": csf_shift_truth(trial, results),
     }
     readme = GROUND_TRUTH_README
     if options.distortion != "none":
@@ -714,6 +751,42 @@ def write_ground_truth(
         readme += GROUND_TRUTH_DISTORTION_README
     _write_json(truth / "planted_effects.json", planted)
     (truth / "README").write_text(readme)
+
+
+def true_regions_truth(results: list[ParticipantResult]) -> dict:
+    """Where the ROIs' MD was planted: the independent parcellations and each participant's
+    boundary displacement (regions.py)."""
+    return {
+        "source": "ketamine_dti/data/simulator/truth_regions_res-01_dseg.nii.gz: AAL amygdala "
+        "and hippocampus, MRIcron Brodmann BA10 (split at x = 0) and BA25 + pregenual BA24/32 "
+        "(vacc), all drawn on Colin27; never the pipeline's ketamine7 atlas (see "
+        "ketamine_dti/data/README.md)",
+        "planting": "GM inside true region k has md_true of ROI k; GM outside every region "
+        "shares nearby regions' MD by their reach (regional_md_spread_mm)",
+        "boundary_displacement": {
+            "model": "new_label(p) = bundled_label(p + u(p)), nearest neighbour, in template mm "
+            "before the participant's anatomical warp; u: white noise every grid_spacing_mm, "
+            "Gaussian-smoothed (sigma smoothing_mm), scaled to rms_mm_per_component; drawn from "
+            "the participant's own random stream (seed, participant, random_stream)",
+            "rms_mm_per_component": regions.BOUNDARY_RMS_MM,
+            "smoothing_mm": regions.BOUNDARY_SMOOTHING_MM,
+            "grid_spacing_mm": regions.BOUNDARY_SPACING_MM,
+            "per_participant": {r.participant_id: r.boundaries for r in results},
+        },
+    }
+
+
+def csf_shift_truth(trial: ClinicalTrial, results: list[ParticipantResult]) -> dict:
+    """How the planted CSF fraction changes (``csf_shift``) were imaged, per session."""
+    return {
+        "abs_range": trial.planted["csf_fraction_change_abs_range"],
+        "mechanism": "in one session part of each true region's GM is replaced by CSF, evenly "
+        "(CSF added in a voxel = s x the region's GM there), totalling |csf_fraction_change| "
+        "of the region's brain volume on the DWI grid; the follow-up carries a rise, the "
+        "baseline a fall. The tissue MD (md_true) is unchanged; truth masks use the anatomy "
+        "without it; the T1w does not show it",
+        "added_fraction_of_region_volume": {r.participant_id: r.free_water for r in results},
+    }
 
 
 def distortion_truth(options: TrialOptions, results: list[ParticipantResult]) -> dict:
@@ -832,7 +905,9 @@ seed {options.seed}).
     }.
 {fieldmap_readme(options)}- `phenotype/`: MADRS and QIDS-SR totals per session.
 - `sourcedata/ground_truth/`: the true gray-matter MD per ROI and session, the planted effects
-  and per-session ROI masks on the DWI grid. Pipelines must not read it.
+  and per-session ROI masks on the DWI grid. Pipelines must not read it. The ROIs are true
+  regions drawn from parcellations other than the App's atlas (AAL, Brodmann on Colin27) and
+  moved locally per participant.
 
 Anatomy: the ICBM152 2009a template (Fonov et al. 2011, via nilearn), warped and scaled per
 participant and positioned per session; outside the brain a modelled head (see
@@ -864,11 +939,17 @@ def fieldmap_readme(options: TrialOptions) -> str:
 
 GROUND_TRUTH_README = """Ground truth of the simulated trial (never read by ketamine-dti).
 
-roi_md.tsv: true gray-matter MD (mm^2/s) of each ROI, participant and session.
-planted_effects.json: the clinical model's planted couplings and all imaging parameters.
+roi_md.tsv: true gray-matter MD (mm^2/s) of each ROI's true region, participant and session,
+and the change of its CSF fraction from baseline (csf_shift).
+planted_effects.json: the clinical model's planted couplings and all imaging parameters;
+"true_regions": where the ROIs are (parcellations independent of the App's atlas, moved per
+participant); "csf_shift": the CSF added per session.
+sub-*/ses-*/*_space-dwi_desc-region_dseg.nii.gz: the true regions on the session's DWI grid at
+the head position of the first volume (ROI indices as in desc-truth_dseg.tsv; region_mask_rule),
+to compare with the App's ROIs on the DWI grid (Dice).
 sub-*/ses-*/*_space-dwi_desc-truth_dseg.nii.gz: ROI indices (desc-truth_dseg.tsv) of the voxels
-that are essentially pure gray matter of that ROI, on the session's DWI grid at the head
-position of the first volume (see truth_mask_rule in planted_effects.json).
+that are essentially pure gray matter of that true region, on the same grid (see
+truth_mask_rule in planted_effects.json).
 sub-*/ses-*/*_space-T1w_desc-brain_mask.nii.gz: the true brain (tissue + CSF >= 50% of the
 voxel) on the grid of that session's T1w, for brain-extraction Dice (planted_effects.json "head"
 says how the head around it was made and how each participant's T1w is scaled and stored).
@@ -877,10 +958,19 @@ says how the head around it was made and how each participant's T1w is scaled an
 ROI_MD_JSON = {
     "participant_id": {"Description": "Participant label"},
     "session_id": {"Description": "Session label"},
-    "roi": {"Description": "ROI name (atlas ketamine7, index order in desc-truth_dseg.tsv)"},
+    "roi": {
+        "Description": "ROI name (the participant's true region, index order in "
+        "desc-truth_dseg.tsv; planted_effects.json 'true_regions')"
+    },
     "md_true": {
-        "Description": "True mean diffusivity of the ROI's gray matter in this session",
+        "Description": "True mean diffusivity of the gray matter of the ROI's true region in "
+        "this session (the tissue's, without free water)",
         "Units": "mm^2/s",
+    },
+    "csf_fraction_change": {
+        "Description": "CSF volume fraction of the true region in this session minus at "
+        "baseline (csf_shift scenario; 0 otherwise)",
+        "Units": "fraction of the region's brain volume",
     },
 }
 PARTICIPANTS_JSON = {

@@ -49,8 +49,17 @@ LOGGER = logging.getLogger(__name__)
 
 #: ``paper``: the planted effects; ``null``: no coupling, no treatment effect on MD (24 h MD
 #: still fluctuates by MD_CHANGE_SD); ``retest``: as null, but the true MD does not change
-#: at all between sessions (a test-retest scan: any measured dMD is the pipeline's error).
-SCENARIOS: tuple[str, ...] = ("paper", "null", "retest")
+#: at all between sessions (a test-retest scan: any measured dMD is the pipeline's error);
+#: ``csf_shift``: as retest (the same draws), but the CSF fraction of every ROI changes between
+#: the sessions (CSF_SHIFT_RANGE): plain MD moves, the tissue's (free-water corrected) must not.
+SCENARIOS: tuple[str, ...] = ("paper", "null", "retest", "csf_shift")
+#: Scenarios whose true tissue MD is the same in both sessions.
+NO_MD_CHANGE: tuple[str, ...] = ("retest", "csf_shift")
+#: ``csf_shift``: |24 h - baseline CSF volume fraction| of each ROI, uniform in this range, with
+#: a random sign, per participant and ROI. 1% CSF moves GM MD by ~2.4% at b = 1000 (as much as
+#: the effects studied), while 1-2% of an ROI's volume is within day-to-day changes of brain
+#: water and CSF volume (hydration, time of day).
+CSF_SHIFT_RANGE: tuple[float, float] = (0.01, 0.02)
 TREATMENT_ARM = "ketamine"
 CONTROL_ARM = "saline"
 #: Treatment:control allocation ratio of the trial (Kopelman et al. 2023: 2:1).
@@ -133,7 +142,9 @@ class ClinicalTrial:
 
     participants: participant_id ("sub-001"...), group ("ketamine"/"saline"), age (int), sex.
     scores: participant_id, session_id, madrs_total (int 0-60), qids_sr_total (int 0-27).
-    gm_md: participant_id, session_id, roi, md_true (true GM MD in mm^2/s per ROI and session).
+    gm_md: participant_id, session_id, roi, md_true (true GM MD in mm^2/s per ROI and session),
+    csf_fraction_change (the ROI's CSF volume fraction in this session minus at baseline: 0
+    except in ``csf_shift``).
     planted: JSON-serialisable planted coefficients, scenario, units and equations in words.
     """
 
@@ -376,7 +387,7 @@ def _planted(
         "subject_md_sd": SUBJECT_MD_SD,
         "roi_md_sd": ROI_MD_SD,
         "md_age_slope_per_year": MD_AGE_SLOPE,
-        "md_change_sd": 0.0 if scenario == "retest" else MD_CHANGE_SD,
+        "md_change_sd": 0.0 if scenario in NO_MD_CHANGE else MD_CHANGE_SD,
         "md_change_mean": {
             arm: {roi: _md_shift(scenario, arm, roi) for roi in ROI_NAMES} for arm in loadings
         },
@@ -391,6 +402,9 @@ def _planted(
         "coupling_loadings_shared_split": loadings,
         "coupling_correlation": correlation,
         "coupling_slope_points_per_percent_md": slope,
+        "csf_fraction_change_abs_range": list(
+            CSF_SHIFT_RANGE if scenario == "csf_shift" else (0, 0)
+        ),
         "equations": [
             "arm: 2:1 ketamine:saline by permuted blocks of 3 or 6",
             "md_baseline[i,r] = roi_baseline_md[r] * (1 + subject_md_sd*g[i] + roi_md_sd*u[i,r]"
@@ -406,6 +420,8 @@ def _planted(
             "md_followup[i,r] = md_baseline[i,r] * (1 + md_change[i,r])",
             "coupling_correlation = loading . direction of z_s"
             " (true MD, before measurement noise)",
+            "csf_fraction_change[i,r] = sign * uniform(csf_fraction_change_abs_range), sign = +-1"
+            " with probability 1/2 (csf_shift; drawn after everything else; 0 otherwise)",
         ],
     }
 
@@ -469,8 +485,17 @@ def simulate_clinical(
             },
         }
     )
+    csf_change = draw_csf_change(scenario, n, rng)
     rows = [
-        pd.DataFrame({"participant_id": ids, "session_id": session_id, "roi": roi, "md_true": v})
+        pd.DataFrame(
+            {
+                "participant_id": ids,
+                "session_id": session_id,
+                "roi": roi,
+                "md_true": v,
+                "csf_fraction_change": csf_change[roi] if session_id == followup_id else 0.0,
+            }
+        )
         for roi, per_session in md.items()
         for session_id, v in zip((baseline_id, followup_id), per_session, strict=True)
     ]
@@ -643,10 +668,24 @@ def _draw_gm_md(
         change = shift + MD_CHANGE_SD * (
             np.sum(loading * latents, axis=-1) + unique_sd * rng.standard_normal(shape)
         )
-        if scenario == "retest":  # drawn above all the same, so the other draws do not move
+        if scenario in NO_MD_CHANGE:  # drawn above all the same, so other draws do not move
             change = np.zeros(shape)
         md[roi] = (md_baseline, md_baseline * (1.0 + change))
     return md
+
+
+def draw_csf_change(
+    scenario: str, n_participants: int, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Per ROI, each participant's 24 h - baseline CSF volume fraction of the ROI.
+
+    Only ``csf_shift`` draws (from ``rng``, after every other draw, so its trial is ``retest``'s
+    otherwise); every other scenario gets zeros and leaves ``rng`` untouched.
+    """
+    if scenario != "csf_shift":
+        return {roi: np.zeros(n_participants) for roi in ROI_NAMES}
+    sizes = {roi: rng.uniform(*CSF_SHIFT_RANGE, n_participants) for roi in ROI_NAMES}
+    return {roi: rng.choice([-1.0, 1.0], n_participants) * size for roi, size in sizes.items()}
 
 
 def _session_roi_order(sessions: tuple[str, str]):

@@ -1,11 +1,19 @@
 """One simulated scanning session: DWI (+ ground-truth ROI masks) and T1w, as arrays.
 
-This module wires :mod:`anatomy` and :mod:`signal`; it does no file I/O (the BIDS writer does).
+This module wires :mod:`anatomy`, :mod:`regions` and :mod:`signal`; it does no file I/O (the
+BIDS writer does).
 
-Ground-truth ROI masks (``truth_dseg``) live on the session's DWI grid at the reference head
-position (the first b0; every later volume moves relative to it, so a motion-corrected series is
-in this space). A voxel belongs to ROI k if it is essentially pure gray matter of that ROI:
-GM-of-ROI-k fraction >= :data:`TRUTH_MIN_ROI_GM` and CSF fraction <= :data:`TRUTH_MAX_CSF`.
+The ROIs are the participant's true regions (:mod:`regions`), never the pipeline's atlas. Two
+ground-truth masks of them live on the session's DWI grid at the reference head position (the
+first b0; every later volume moves relative to it, so a motion-corrected series is in this
+space):
+
+- ``region_dseg``: the true region, a voxel being ROI k's when at least
+  :data:`REGION_MIN_FRACTION` of it is brain inside ROI k: what an atlas ROI on the DWI grid
+  estimates (for its Dice);
+- ``truth_dseg``: the essentially pure gray matter of each ROI, where the measured MD should be
+  the true one: GM-of-ROI-k fraction >= :data:`TRUTH_MIN_ROI_GM` and CSF fraction <=
+  :data:`TRUTH_MAX_CSF`.
 
 Why: to first order a fraction f of a compartment c with relative S0 r and diffusivity D_c
 shifts the apparent MD of GM (MD D) by ``f r (1 - exp(-b (D_c - D))) / (b D)``: about +2.4 per
@@ -22,13 +30,12 @@ voxel, so every ROI keeps at least one voxel.
 
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import dataclass
 
 import numpy as np
 
-from ketamine_dti.simulate import anatomy, head, signal, susceptibility
+from ketamine_dti.simulate import anatomy, head, regions, signal, susceptibility
 from ketamine_dti.simulate.presets import (
     PHASE_ENCODING_DIRECTION,
     T1W_HEAD_CENTRE_OFFSET_MM,
@@ -38,6 +45,8 @@ from ketamine_dti.simulate.presets import (
 
 LOGGER = logging.getLogger(__name__)
 
+#: A DWI voxel is in ROI k's true region when at least half of it is brain inside ROI k.
+REGION_MIN_FRACTION = 0.5
 #: Truth mask rule (see the module docstring): pure GM of one ROI, (almost) no CSF.
 TRUTH_MIN_ROI_GM = 0.95
 TRUTH_MAX_CSF = 0.002
@@ -125,11 +134,13 @@ class DwiSession:
     bvecs (n, 3) unit vectors in the voxel frame (FSL convention, LAS image); affine (4, 4);
     sigma: Gaussian noise SD per channel (0 when noiseless); snr: mean WM b0 / sigma;
     brain_mask: brain (incl. CSF) >= 50% of the voxel; truth_dseg: int16 ROI indices (module
-    docstring) and truth_rule {index: "pure"/"fallback"/"absent"}; fractions: "gm", "wm", "csf"
-    (X, Y, Z) and "roi_gm" (L, X, Y, Z) volume fractions at the reference position; motion: the
-    per-volume motion and eddy parameters. With susceptibility distortion (issue 11): field, the
-    true off-resonance at the reference position (undistorted, like the truth masks), and
-    reverse_pe (X, Y, Z, n) float32, the reverse phase-encoded b=0 volumes (noise as ``data``).
+    docstring) and truth_rule {index: "pure"/"fallback"/"absent"}; region_dseg: int16 true
+    regions (module docstring); fractions: "gm", "wm", "csf" (X, Y, Z), "roi_gm" and "region"
+    (L, X, Y, Z) volume fractions at the reference position, as imaged (with any free water
+    added, see simulate_dwi); motion: the per-volume motion and eddy parameters. With
+    susceptibility distortion (issue 11): field, the true off-resonance at the reference position
+    (undistorted, like the truth masks), and reverse_pe (X, Y, Z, n) float32, the reverse
+    phase-encoded b=0 volumes (noise as ``data``).
     """
 
     data: np.ndarray
@@ -142,6 +153,7 @@ class DwiSession:
     brain_mask: np.ndarray
     truth_dseg: np.ndarray
     truth_rule: dict
+    region_dseg: np.ndarray
     fractions: dict
     motion: signal.Motion
     field: susceptibility.SessionField | None = None
@@ -192,6 +204,18 @@ def truth_masks(
     return dseg, rule
 
 
+def region_masks(region: np.ndarray) -> np.ndarray:
+    """ROI index (int16) of each voxel whose brain is at least REGION_MIN_FRACTION in one ROI.
+
+    region (L, X, Y, Z): brain volume fraction inside each ROI (regions do not overlap, so at
+    most one ROI can hold half of a voxel).
+    """
+    dseg = np.zeros(region.shape[1:], dtype=np.int16)
+    for label, fraction in enumerate(region, start=1):
+        dseg[fraction >= REGION_MIN_FRACTION] = label
+    return dseg
+
+
 def gm_md_map(gm_by_label: np.ndarray, reach_gm: np.ndarray, label_md: np.ndarray) -> np.ndarray:
     """MD (mm^2/s) of each label's GM per voxel (L+1, X, Y, Z).
 
@@ -226,10 +250,14 @@ def simulate_dwi(
     head_shape: head.HeadShape | None = None,
     distortion: str = "none",
     fieldmap_rng: np.random.Generator | None = None,
+    free_water: np.ndarray | None = None,
 ) -> DwiSession:
     """One DWI series of one session; ``snr=None`` gives the ideal (noiseless, still) series.
 
-    label_md: GM MD (mm^2/s) for label 0 (GM outside the ROIs) and each ROI 1..L. A
+    label_md: GM MD (mm^2/s) for label 0 (GM outside the ROIs) and each ROI 1..L; ``atlas``:
+    the participant's true regions (regions.participant_regions). ``free_water`` (L,): CSF added
+    to each ROI in this session, as a fraction of its brain volume, in place of its GM
+    (anatomy.add_region_free_water); the truth masks keep the anatomy's tissue. A
     ``head_shape`` adds the head outside the brain (isotropic, head.TISSUES); the brain is as is.
     ``distortion`` (susceptibility.DISTORTION_CHOICES, needs the head) plants the head's
     susceptibility field in every volume and makes the reverse phase-encoded b0s, whose noise
@@ -248,9 +276,12 @@ def simulate_dwi(
         offset_mm=rng.normal(0.0, FOV_CENTRING_SD_MM, 3),
     )
     oversample = int(round(preset.dwi_voxel_mm / abs(template.affine[0, 0])))
-    tissue = anatomy.voxel_tissue(
+    anatomy_tissue = anatomy.voxel_tissue(
         template, participant, pose, affine, preset.dwi_shape, oversample, atlas, n_labels
     )
+    tissue = anatomy_tissue
+    if free_water is not None and np.any(free_water):
+        tissue = anatomy.add_region_free_water(anatomy_tissue, free_water)
     bvals, bvecs = signal.gradient_scheme(preset.n_directions, preset.n_b0, preset.bval)
     noiseless = snr is None
     motion = (
@@ -291,7 +322,10 @@ def simulate_dwi(
             if fieldmap_rng is None:
                 raise ValueError("a noisy distorted series needs fieldmap_rng for its fieldmap")
             reverse_pe = signal.add_rician_noise(reverse_pe, sigma, fieldmap_rng)
-    dseg, rule = truth_masks(tissue.gm_by_label, tissue.wm, tissue.csf, gm_md)
+    dseg, rule = truth_masks(
+        anatomy_tissue.gm_by_label, anatomy_tissue.wm, anatomy_tissue.csf, gm_md
+    )
+    del anatomy_tissue
     return DwiSession(
         data=data,
         clean=clean,
@@ -303,11 +337,13 @@ def simulate_dwi(
         brain_mask=tissue.brain >= BRAIN_MASK_FRACTION,
         truth_dseg=dseg,
         truth_rule=rule,
+        region_dseg=region_masks(tissue.region),
         fractions={
             "gm": tissue.gm,
             "wm": tissue.wm,
             "csf": tissue.csf,
             "roi_gm": tissue.gm_by_label[1:],
+            "region": tissue.region,
         },
         motion=motion,
         field=field,
@@ -454,7 +490,8 @@ def simulate_benchmark_session(
 
     ``data`` has Rician noise at ``snr`` (default: the preset's, see :mod:`signal` for the
     definition); ``clean`` is the same series (same motion and eddy distortion) without noise.
-    ROIs get the clinical model's population baseline MDs, other GM :data:`BENCHMARK_GM_MD`.
+    ROIs (the participant's true regions) get the clinical model's population baseline MDs,
+    other GM :data:`BENCHMARK_GM_MD`.
     """
     from ketamine_dti.rois import ROI_NAMES
     from ketamine_dti.simulate.clinical import ROI_BASELINE_MD
@@ -465,41 +502,9 @@ def simulate_benchmark_session(
         raise ValueError(f"snr={snr}; give a positive signal-to-noise ratio")
     rng = np.random.default_rng([seed, 0])
     template = anatomy.load_template_anatomy()
-    atlas = load_roi_atlas(required=False)
+    boundary_rng = np.random.default_rng([seed, 0, regions.BOUNDARY_STREAM])
+    atlas, _ = regions.participant_regions(boundary_rng, ROI_NAMES)
     participant = anatomy.random_participant(rng, template)
     pose = anatomy.random_head_pose(rng, template.centre_mm)
     label_md = np.array([BENCHMARK_GM_MD] + [ROI_BASELINE_MD[r] for r in ROI_NAMES])
-    if atlas is None:
-        label_md = label_md[:1]
-    session = simulate_dwi(template, participant, pose, chosen, rng, label_md, atlas, snr)
-    return session
-
-
-def load_roi_atlas(required: bool = True) -> anatomy.RoiAtlas | None:
-    """The bundled 1 mm ketamine7 atlas (ketamine_dti.resources.get_atlas)."""
-    try:
-        from ketamine_dti.resources import get_atlas
-    except ImportError:
-        if required:
-            raise
-        LOGGER.warning("ROI atlas not available yet; simulating without ROIs")
-        return None
-    from ketamine_dti.rois import ROI_NAMES
-
-    return _atlas_from_file(str(_atlas_path(get_atlas)), len(ROI_NAMES))
-
-
-@functools.lru_cache(maxsize=1)
-def _atlas_path(get_atlas) -> str:
-    """Resolve the atlas file once per process (TemplateFlow indexing takes a while)."""
-    dseg_path, _ = get_atlas(resolution=1)
-    return str(dseg_path)
-
-
-@functools.lru_cache(maxsize=2)
-def _atlas_from_file(path: str, n_labels: int) -> anatomy.RoiAtlas:
-    """Read an atlas dseg once per process and derive its reach maps."""
-    import nibabel as nib
-
-    image = nib.load(path)
-    return anatomy.RoiAtlas.from_labels(np.asarray(image.dataobj), image.affine.copy(), n_labels)
+    return simulate_dwi(template, participant, pose, chosen, rng, label_md, atlas, snr)
