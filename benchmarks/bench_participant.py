@@ -16,7 +16,11 @@ time of every Nipype node (from the work directory). Then:
   and with two independent per-session template registrations (must be higher); the
   simulated null keeps 24-hour MD fluctuations, so the SD of the error is reported too;
 - ``retest``: as ``null`` with no true MD change at all (test-retest): the measured SD of
-  dMD/MD is the pipeline's own.
+  dMD/MD is the pipeline's own;
+- every scenario: per ROI, the Dice of the App's ROI on the DWI grid (``atlas_dseg``) with the
+  simulator's true region there (``desc-region_dseg``, drawn from other parcellations than the
+  App's atlas), and the share of the App's kept voxels (``atlas_gm``) that lie in the true
+  region; medians over sessions.
 
 Results go to OUT_DIR/bench_participant.json and .md. Timings are noisy on a shared machine.
 """
@@ -245,12 +249,91 @@ def null_consistency(bids_dir: Path, table: pd.DataFrame) -> dict:
     measured = delta(merged, "md_mean")["relative_delta"]
     planted = delta(merged, "md_true")["relative_delta"]
     error = (measured - planted).dropna()
-    return {
+    return slopes(measured, planted) | {
         "sd_relative_dmd": float(measured.std(ddof=1)),
         "sd_relative_dmd_true": float(planted.std(ddof=1)),
         "sd_relative_dmd_error": float(error.std(ddof=1)),
         "per_roi_sd_relative_dmd_error": error.groupby(level="roi").std(ddof=1).to_dict(),
         "n_pairs": int(len(measured)),
+    }
+
+
+def slopes(measured: pd.Series, planted: pd.Series) -> dict:
+    """Least-squares slope of measured on planted dMD/MD, pooled over ROIs and per ROI: 1 means
+    no attenuation (issue 13: voxels that leave an ROI as its MD rises flatten it)."""
+    joined = pd.concat({"measured": measured, "planted": planted}, axis=1).dropna()
+
+    def slope(frame: pd.DataFrame) -> float:
+        centred = frame - frame.mean()
+        return float((centred.measured * centred.planted).sum() / (centred.planted**2).sum())
+
+    return {
+        "slope_dmd": slope(joined),
+        "per_roi_slope_dmd": {roi: slope(g) for roi, g in joined.groupby(level="roi")},
+    }
+
+
+def csf_shift_effect(bids_dir: Path, table: pd.DataFrame) -> dict:
+    """``csf_shift`` (no tissue change, only the ROI's CSF fraction moves): per ROI, the mean
+    dMD/MD of plain and of free-water-corrected MD (should be ~0), and plain MD's slope on the
+    planted CSF change (its sensitivity)."""
+    truth = pd.read_csv(bids_dir / "sourcedata/ground_truth/roi_md.tsv", sep="\t")
+    merged = table.merge(truth, on=["participant_id", "session_id", "roi"])
+    plain = delta(merged, "md_mean")["relative_delta"]
+    corrected = delta(merged, "md_fwcorr_mean")["relative_delta"]
+    csf = delta(merged, "csf_fraction_change")["delta"]
+    joined = pd.concat({"plain": plain, "corrected": corrected, "csf": csf}, axis=1).dropna()
+
+    def per_unit(column: str) -> float:  # slope on the planted CSF change
+        return float(np.polyfit(joined.csf, joined[column], 1)[0]) if len(joined) > 1 else np.nan
+
+    return {
+        "per_roi_mean_relative_dmd": plain.groupby(level="roi").mean().to_dict(),
+        "per_roi_mean_relative_dmd_fwcorr": corrected.groupby(level="roi").mean().to_dict(),
+        "mean_abs_relative_dmd": float(plain.abs().mean()),
+        "mean_abs_relative_dmd_fwcorr": float(corrected.abs().mean()),
+        "plain_md_per_unit_csf_change": per_unit("plain"),
+        "fwcorr_md_per_unit_csf_change": per_unit("corrected"),
+        "n_pairs": int(len(plain)),
+    }
+
+
+def roi_dice(bids_dir: Path, out: Path, subjects: list[str]) -> dict:
+    """Per ROI, medians over sessions: Dice of the App's ROI (DWI grid) with the true region, and
+    the share of the App's kept voxels that lie in the true region (its precision)."""
+    import nibabel as nib
+    from nibabel.processing import resample_from_to
+
+    from ketamine_dti.anat.registration import dice
+    from ketamine_dti.derivatives import spec_path
+    from ketamine_dti.resources import ATLAS
+    from ketamine_dti.rois import ROI_NAMES
+
+    rows = []
+    for subject, session in itertools.product(subjects, SESSIONS):
+        path = spec_path(out, "atlas_dseg", subject, session, atlas=ATLAS)
+        kept_path = spec_path(out, "atlas_gm", subject, session, atlas=ATLAS)
+        stem = f"sub-{subject}/ses-{session}/sub-{subject}_ses-{session}"
+        truth_path = bids_dir / f"sourcedata/ground_truth/{stem}_space-dwi_desc-region_dseg.nii.gz"
+        if not (path.exists() and kept_path.exists() and truth_path.exists()):
+            continue
+        app = nib.load(path)
+        truth = resample_from_to(nib.load(truth_path), app, order=0)  # same grid: a no-op
+        labels, region = np.asarray(app.dataobj), np.asarray(truth.dataobj)
+        kept_labels = np.asarray(nib.load(kept_path).dataobj)
+        for index, roi in enumerate(ROI_NAMES, start=1):
+            kept_roi, true_roi = kept_labels == index, region == index
+            share = (kept_roi & true_roi).sum() / kept_roi.sum() if kept_roi.any() else np.nan
+            rows.append(
+                {"roi": roi, "dice": dice(labels == index, true_roi), "kept_in_region": share}
+            )
+    if not rows:
+        return {}
+    medians = pd.DataFrame(rows).groupby("roi", sort=False).median()
+    return {
+        "per_roi_median_dice": medians["dice"].to_dict(),
+        "per_roi_median_kept_in_region": medians["kept_in_region"].to_dict(),
+        "n_sessions": len(rows) // len(ROI_NAMES),
     }
 
 
@@ -260,7 +343,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="standard", choices=["standard", "tiny"])
     parser.add_argument("--n-participants", type=int, default=4)
     parser.add_argument(
-        "--scenarios", nargs="+", default=["paper", "null"], choices=["paper", "null", "retest"]
+        "--scenarios",
+        nargs="+",
+        default=["paper", "null"],
+        choices=["paper", "null", "retest", "csf_shift"],
+    )
+    parser.add_argument(
+        "--designs",
+        nargs="+",
+        default=["longitudinal", "independent"],
+        choices=["longitudinal", "independent"],
+        help="anatomy designs for null/retest (paper and csf_shift run longitudinal only)",
     )
     parser.add_argument("--nprocs", type=int, default=2)
     parser.add_argument("--omp-nthreads", type=int, default=1)
@@ -299,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
         "omp_nthreads": args.omp_nthreads,
         "seeds": {"held_out": [args.seed], "training": list(args.training_seeds)},
     }
-    designs = {"paper": [False], "null": [False, True], "retest": [False, True]}
+    both = [design == "independent" for design in args.designs]
+    designs = {"paper": [False], "csf_shift": [False], "null": both, "retest": both}
     for scenario in args.scenarios:
         bids_dir = simulate(
             out_dir / f"{scenario}_bids", args.preset, scenario, args.n_participants, args.seed
@@ -316,11 +410,9 @@ def main(argv: list[str] | None = None) -> int:
             entry = {"participants": rows}
             if subjects:
                 table = roi_tables(out, subjects)
-                entry |= (
-                    paper_accuracy(bids_dir, table)
-                    if scenario == "paper"
-                    else null_consistency(bids_dir, table)
-                )
+                analysis = {"paper": paper_accuracy, "csf_shift": csf_shift_effect}
+                entry |= analysis.get(scenario, null_consistency)(bids_dir, table)
+                entry["roi_vs_true_region"] = roi_dice(bids_dir, out, subjects)
             results[label] = entry
             (out_dir / "bench_participant.json").write_text(json.dumps(results, indent=2))
     (out_dir / "bench_participant.md").write_text(markdown(results))
@@ -359,6 +451,30 @@ def markdown(results: dict) -> str:
                 f"(planted: {planted:.3%}); SD of the error (measured - planted) = {error:.3%} "
                 f"(target <= {TARGET_NULL_SD:.0%})"
             )
+        if "slope_dmd" in entry:
+            per_roi = ", ".join(f"{k} {v:.2f}" for k, v in entry["per_roi_slope_dmd"].items())
+            lines.append(
+                f"- {scenario} ({design}): slope of measured on planted dMD/MD = "
+                f"{entry['slope_dmd']:.3f} pooled (target 1.00 +- 0.05); per ROI: {per_roi}"
+            )
+    shift = results.get("csf_shift_longitudinal", {})
+    if "per_roi_mean_relative_dmd" in shift:
+        lines += [
+            "",
+            "csf_shift (tissue MD unchanged; only the ROI's CSF fraction moves by 1-2%, either "
+            "sign): mean dMD/MD per ROI; per unit of planted CSF change, plain MD moves "
+            f"{shift['plain_md_per_unit_csf_change']:.2f}, free-water-corrected MD "
+            f"{shift['fwcorr_md_per_unit_csf_change']:.2f}; mean |dMD/MD| "
+            f"{shift['mean_abs_relative_dmd']:.2%} plain, "
+            f"{shift['mean_abs_relative_dmd_fwcorr']:.2%} corrected",
+            "",
+            "| ROI | plain MD | free-water-corrected MD (target abs <= 0.3%) |",
+            "|---|---|---|",
+        ]
+        for roi, value in shift["per_roi_mean_relative_dmd"].items():
+            corrected = shift["per_roi_mean_relative_dmd_fwcorr"].get(roi, float("nan"))
+            lines.append(f"| {roi} | {value:+.2%} | {corrected:+.2%} |")
+    lines += roi_dice_markdown(results)
     lines += [
         "",
         "| run | participant | status | wall (min) | peak PSS (GB) | peak RSS sum (GB) "
@@ -381,6 +497,27 @@ def markdown(results: dict) -> str:
         "participant. Timings are noisy on a shared machine.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def roi_dice_markdown(results: dict) -> list[str]:
+    """A table per run: the App's ROI vs the true region on the DWI grid (medians)."""
+    lines = []
+    for label, entry in results.items():
+        overlap = entry.get("roi_vs_true_region") if isinstance(entry, dict) else None
+        if not overlap:
+            continue
+        lines += [
+            "",
+            f"{label}: the App's ROI (DWI grid) vs the true region, median over "
+            f"{overlap['n_sessions']} sessions",
+            "",
+            "| ROI | Dice | kept voxels in the true region |",
+            "|---|---|---|",
+        ]
+        for roi, value in overlap["per_roi_median_dice"].items():
+            share = overlap["per_roi_median_kept_in_region"][roi]
+            lines.append(f"| {roi} | {value:.2f} | {share:.0%} |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -195,14 +195,14 @@ def _add_method_options(met) -> None:
         "--roi-min-fraction",
         type=float,
         default=ROI_MIN_FRACTION,
-        help="an ROI that keeps less than this fraction of its atlas voxels (brain mask and "
-        "gray-matter rule) is reported missing, its MD n/a",
+        help="an ROI that keeps less than this fraction of its atlas volume (brain mask and "
+        "gray-matter rule, in every session) is reported missing, its MD n/a",
     )
     met.add_argument(
         "--roi-min-voxels",
         type=int,
         default=ROI_MIN_VOXELS,
-        help="an ROI that keeps fewer voxels is reported missing, its MD n/a",
+        help="an ROI that keeps fewer DWI voxels is reported missing, its MD n/a",
     )
     met.add_argument(
         "--sdc",

@@ -172,14 +172,17 @@ def _gray_matter_rule(context: SidecarContext) -> dict:
     config = context.config
     return {
         "GrayMatterRule": (
-            f"keep atlas voxels inside the DWI brain mask with GM probability >= "
-            f"{rule.gm_prob_min} and CSF probability <= {rule.csf_prob_max} (T1w tissue "
-            "fractions on the DWI grid: anatomy alone, never MD or FA) whose tensor fit "
-            "succeeded"
+            "one set of subject-template points per ROI, read in every session at the DWI "
+            "voxel each point falls in: atlas points whose DWI voxel (wherever the grid "
+            f"falls) is expected to hold a GM fraction >= {rule.gm_prob_min} and a CSF "
+            f"fraction <= {rule.csf_prob_max} (the template's tissue labels: anatomy alone, "
+            "never MD or FA), inside every session's DWI brain mask with a successful tensor "
+            "fit in every session, so all sessions average the same tissue"
         ),
         "MissingROIRule": (
             f"an ROI that keeps less than {100 * config.roi_min_fraction:g}% of its atlas "
-            f"voxels (fraction_kept) or fewer than {config.roi_min_voxels} voxels is missing: "
+            f"volume (fraction_kept) or fewer than {config.roi_min_voxels} DWI voxels is "
+            "missing: "
             "status 'missing', statistics n/a, the reason given"
         ),
     }
@@ -302,13 +305,16 @@ SESSION_OUTPUTS: dict[str, OutputSpec] = {
     "atlas_dseg": OutputSpec(
         "dseg", {"space": "dwi", "atlas": ATLAS}, sources=("dwi_preproc",),
         reference="dwi_preproc",
-        metadata={"Description": "ROI atlas on the native DWI grid (MNI -> subject template -> "
-                  "T1w -> DWI, composed)."},
+        metadata={"Description": "ROI atlas on the native DWI grid: the atlas's subject-template "
+                  "points (MNI -> subject template) mapped into the DWI grid (subject template "
+                  "-> T1w -> DWI); a voxel takes the label of at least half of its volume."},
     ),
     "atlas_gm": OutputSpec(
         "dseg", {"space": "dwi", "atlas": ATLAS, "desc": "graymatter"}, sources=("dwi_preproc",),
         reference="dwi_preproc",
-        metadata={"Description": "ROI voxels kept by the gray-matter rule."},
+        metadata={"Description": "DWI voxels averaged for each ROI (they hold ROI points kept "
+                  "by the gray-matter rule and measured in every session), labelled by the "
+                  "majority of those points."},
     ),
     "roi_table": OutputSpec(
         "md", {"desc": "roi"}, ".tsv", sources=("md",), metadata=ROI_COLUMN_DESCRIPTIONS,

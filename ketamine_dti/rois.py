@@ -1,15 +1,16 @@
 """The seven gray-matter regions of Kopelman et al. (2023), and regional MD statistics.
 
-Statistics are computed in each session's native DWI grid on MD maps that were never
-resampled: only the atlas labels and tissue fractions move (``ketamine_dti.anat.transfer``).
-Inside each atlas ROI, voxels that are not gray matter are dropped by ``GrayMatterRule``
-(documented below). The rule reads anatomy alone (the T1w tissue fractions of the subject
-template moved onto the DWI grid), never the MD or FA being measured: a voxel whose MD rose at
-24 h must not leave the 24 h average (issue 13). MD and FA only count voxels for QC
-(``n_voxels_md_csf``, ``n_voxels_fa_wm``). An ROI that keeps too few of its atlas voxels
+Each ROI is one set of subject-template points, chosen once per participant from anatomy alone
+(the atlas in the subject template and the template's tissue fractions, ``GrayMatterRule``,
+documented below), and read in each session's native DWI grid at the voxel each point falls in
+(``ketamine_dti.anat.transfer``): MD maps are never resampled, and a voxel whose MD rose at
+24 h cannot leave the 24 h average (issue 13). A point is averaged in every session or in none
+(``longitudinal_statistics``): one lost in one session (brain mask, field of view, failed fit)
+leaves them all, so dMD compares the same tissue. MD and FA only count voxels for QC
+(``n_voxels_md_csf``, ``n_voxels_fa_wm``). An ROI that keeps too little of its atlas volume
 (``RetentionRule``) is reported missing, with the reason, instead of as a number. The
-free-water maps (free-water-corrected MD, free-water fraction; ``dwi.free_water``), fitted on the
-same grid, are averaged over the very voxels the MD mean uses.
+free-water maps (free-water-corrected MD, free-water fraction; ``dwi.free_water``), fitted on
+the same grid, are averaged over the very points the MD mean uses.
 """
 
 from __future__ import annotations
@@ -112,9 +113,10 @@ class GrayMatterRule:
     """Which voxels of an atlas ROI count as gray matter, from anatomy alone; ``None``
     switches a criterion off.
 
-    A voxel is kept if ``gm_prob >= gm_prob_min`` and ``csf_prob <= csf_prob_max`` (T1w
-    tissue fractions of the subject template, moved onto the DWI grid). A criterion whose map
-    is not supplied is skipped.
+    A sample is kept if ``gm_prob >= gm_prob_min`` and ``csf_prob <= csf_prob_max``: the T1w
+    tissue fractions of the subject template, averaged over the DWI voxel that holds the
+    point (``anat.transfer.containing_voxel_fraction``). A criterion whose map is not supplied
+    is skipped.
     """
 
     gm_prob_min: float | None = GM_PROB_MIN
@@ -129,14 +131,22 @@ class RetentionRule:
     min_fraction: float = ROI_MIN_FRACTION
     min_voxels: int = ROI_MIN_VOXELS
 
-    def missing_reason(self, n_kept: int, n_atlas: int) -> str | None:
-        """Why an ROI with `n_kept` of `n_atlas` atlas voxels is missing; None if it is not."""
+    def missing_reason(
+        self, n_kept: int, n_atlas: int, fraction: float | None = None
+    ) -> str | None:
+        """Why an ROI with `n_kept` of `n_atlas` atlas voxels is missing; None if it is not.
+
+        ``fraction``: the share of the ROI's volume kept, when the voxels are samples of
+        unequal weight (subject-template points in DWI voxels); default n_kept / n_atlas.
+        """
         if n_atlas == 0:
             return "no atlas voxel on the DWI grid"
-        fraction = n_kept / n_atlas
+        volume = fraction is not None
+        fraction = n_kept / n_atlas if fraction is None else fraction
         kept = f"kept {n_kept} of {n_atlas} atlas voxels"
         if fraction < self.min_fraction:
-            return f"{kept} ({100 * fraction:.1f}% < {100 * self.min_fraction:g}%)"
+            share = " of its volume" if volume else ""
+            return f"{kept} ({100 * fraction:.1f}%{share} < {100 * self.min_fraction:g}%)"
         if n_kept < max(self.min_voxels, 1):  # an empty ROI is missing whatever the rule
             return f"{kept} ({n_kept} < {max(self.min_voxels, 1)} voxels)"
         return None
@@ -178,22 +188,31 @@ def valid_fit(md: np.ndarray) -> np.ndarray:
 ROI_COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
     "roi": {"Description": "ROI name (atlas index order)"},
     "index": {"Description": "Atlas index"},
-    "md_mean": {"Description": "Mean MD over kept gray-matter voxels", "Units": "mm^2/s"},
-    "md_median": {"Description": "Median MD over kept voxels", "Units": "mm^2/s"},
+    "md_mean": {
+        "Description": "Mean MD over the ROI's kept subject-template points, each read at the "
+        "DWI voxel it falls in (a voxel holding k points weighs k times)",
+        "Units": "mm^2/s",
+    },
+    "md_median": {"Description": "Median MD over the kept points", "Units": "mm^2/s"},
     "md_std": {
-        "Description": "Standard deviation (ddof=1) of MD over kept voxels",
+        "Description": "Standard deviation (ddof=1) of MD over the kept points",
         "Units": "mm^2/s",
     },
     "n_voxels": {
-        "Description": "Voxels averaged: atlas voxels in the DWI brain mask kept by the "
-        "gray-matter rule (anatomy alone) whose tensor fit succeeded (native DWI grid)"
+        "Description": "DWI voxels averaged: those holding points kept by the gray-matter rule "
+        "(anatomy alone) that lie in every session's DWI brain mask with a successful tensor "
+        "fit in every session (the same points in every session)"
     },
-    "n_voxels_brain": {"Description": "Atlas voxels inside the DWI brain mask, before the rule"},
-    "n_voxels_atlas": {
-        "Description": "Atlas voxels of the ROI on the DWI grid, before the brain mask and rule"
+    "n_voxels_brain": {
+        "Description": "DWI voxels holding atlas points inside every session's DWI brain "
+        "mask, before the rule"
     },
-    "fraction_kept": {"Description": "n_voxels / n_voxels_atlas"},
-    "fa_mean": {"Description": "Mean FA over kept voxels"},
+    "n_voxels_atlas": {"Description": "DWI voxels holding the ROI's atlas points"},
+    "fraction_kept": {
+        "Description": "Share of the ROI's atlas points (its volume in the subject template) "
+        "that are averaged"
+    },
+    "fa_mean": {"Description": "Mean FA over the kept points"},
     "md_fwcorr_mean": {
         "Description": "Mean free-water-corrected MD (tissue compartment of the free-water "
         "model, model-fwdti_param-md) over the same kept voxels as md_mean, except those whose "
@@ -252,60 +271,69 @@ def regional_statistics(
     gm_prob: np.ndarray | None = None,
     csf_prob: np.ndarray | None = None,
     brain_mask: np.ndarray | None = None,
+    fw_usable: np.ndarray | None = None,
+    fitted: np.ndarray | None = None,
     displacement_mm: np.ndarray | None = None,
     jacobian: np.ndarray | None = None,
+    voxel: np.ndarray | None = None,
     rule: GrayMatterRule = GrayMatterRule(),
     retention: RetentionRule = RetentionRule(),
     roi_names: Sequence[str] = ROI_NAMES,
 ) -> pd.DataFrame:
-    """Per-ROI MD statistics on the native DWI grid, after the gray-matter rule.
+    """Per-ROI MD statistics after the gray-matter rule.
 
-    ``labels``: integer atlas indices (1..len(roi_names), 0 = background) on the MD grid.
-    Returns one row per ROI (``roi_names`` order) with ``STAT_COLUMNS``: md_mean, md_median,
-    md_std (ddof=1) in mm^2/s, ``n_voxels`` averaged, ``n_voxels_brain`` inside
-    ``brain_mask`` before the rule, ``n_voxels_atlas`` on the grid, ``fraction_kept``,
-    fa_mean, md_fwcorr_mean/fw_fraction_mean (of ``fw_md``/``fw_fraction``, the free-water
-    maps on the same grid; n/a when not given), the QC counts, the susceptibility
-    distortion over the atlas voxels (of ``displacement_mm``/``jacobian``, the corrected
-    displacement and its Jacobian; n/a when not given) and ``status``/``reason``.
-    Which voxels are averaged depends on the labels, the brain mask and the tissue maps only
-    (plus a successful tensor fit), never on the MD, FA or free-water values; the free-water
-    means use those same voxels, less any the free-water fit left without a value. An ROI that
+    Every array has one element per sample: a voxel of the MD grid, or (``voxel`` given) a
+    subject-template point with the flat index of the DWI voxel it falls in, so that a DWI
+    voxel holding k points weighs k times (``regions.py``). ``labels``: integer atlas
+    indices (1..len(roi_names), 0 = background). Returns one row per ROI (``roi_names`` order)
+    with ``STAT_COLUMNS``: md_mean, md_median, md_std (ddof=1) in mm^2/s over the kept samples,
+    ``n_voxels`` averaged, ``n_voxels_brain`` inside ``brain_mask`` before the rule,
+    ``n_voxels_atlas`` (distinct voxels, all three), ``fraction_kept`` (of the ROI's samples,
+    i.e. its volume), fa_mean, md_fwcorr_mean/fw_fraction_mean (of ``fw_md``/``fw_fraction``
+    over the kept samples that are also ``fw_usable``; n/a when not given), the QC counts,
+    ``n_voxels_fit_failed`` (kept by the rule but not ``fitted``, default: this MD's own
+    successful fits),
+    the susceptibility distortion over the atlas samples (of ``displacement_mm``/``jacobian``;
+    n/a when not given) and ``status``/``reason``.
+    Which samples are averaged depends on the labels, the brain mask and the tissue maps only
+    (plus a successful tensor fit), never on the MD, FA or free-water values. An ROI that
     fails ``retention`` is missing: NaN statistics and a warning naming the reason; it never
     raises.
     """
     md = np.asarray(md, dtype=float)
     labels = np.asarray(labels)
-    _check_shape("labels", labels, md.shape)
-    _check_shape("brain_mask", brain_mask, md.shape)
+    for name, array in (("labels", labels), ("brain_mask", brain_mask), ("voxel", voxel),
+                        ("fitted", fitted)):  # fmt: skip
+        _check_shape(name, array, md.shape)
     if not np.issubdtype(labels.dtype, np.integer):
         rounded = np.rint(labels)
         if not np.allclose(labels[np.isfinite(labels)], rounded[np.isfinite(labels)]):
             raise ValueError("labels must be integer atlas indices")
         labels = np.nan_to_num(rounded, nan=0).astype(np.int64)
     keep = gray_matter_mask(gm_prob, csf_prob, rule, md.shape)
-    _check_shape("fa", fa, md.shape)
-    _check_shape("fw_md", fw_md, md.shape)
-    _check_shape("fw_fraction", fw_fraction, md.shape)
-    _check_shape("displacement_mm", displacement_mm, md.shape)
-    _check_shape("jacobian", jacobian, md.shape)
+    for name, array in (("fa", fa), ("fw_md", fw_md), ("fw_fraction", fw_fraction),
+                        ("fw_usable", fw_usable), ("displacement_mm", displacement_mm),
+                        ("jacobian", jacobian)):  # fmt: skip
+        _check_shape(name, array, md.shape)
     free_water = {
         name: None if array is None else np.asarray(array, dtype=float)
         for name, array in (("md_fwcorr_mean", fw_md), ("fw_fraction_mean", fw_fraction))
     }
     in_brain = np.ones(md.shape, bool) if brain_mask is None else np.asarray(brain_mask, bool)
+    fw_ok = np.ones(md.shape, bool) if fw_usable is None else np.asarray(fw_usable, bool)
     fa_array = None if fa is None else np.asarray(fa, dtype=float)
-    fitted = valid_fit(md)
+    voxels = _VoxelCounter(voxel)
+    fitted = valid_fit(md) if fitted is None else np.asarray(fitted, bool) & valid_fit(md)
     rows = []
     for position, name in enumerate(roi_names):
         atlas_roi = labels == position + 1
         selected = atlas_roi & in_brain & keep
-        row = _roi_row(md, fa_array, atlas_roi, selected & fitted, retention)
+        row = _roi_row(md, fa_array, atlas_roi, selected & fitted, retention, voxels)
         if row["status"] == ROI_OK:
-            row |= _free_water_means(free_water, selected & fitted)
-        row["n_voxels_fit_failed"] = int((selected & ~fitted).sum())
-        in_mask = int((atlas_roi & in_brain).sum())
-        row |= {"roi": name, "index": position + 1, "n_voxels_brain": in_mask}
+            row |= _free_water_means(free_water, selected & fitted & fw_ok, voxels)
+        row["n_voxels_fit_failed"] = voxels.count(selected & ~fitted)
+        row |= {"roi": name, "index": position + 1,
+                "n_voxels_brain": voxels.count(atlas_roi & in_brain)}  # fmt: skip
         row |= _distortion(displacement_mm, jacobian, atlas_roi)
         if row["status"] == ROI_MISSING:
             LOGGER.warning("ROI %s is missing: %s; its statistics are n/a", name, row["reason"])
@@ -313,20 +341,93 @@ def regional_statistics(
     return pd.DataFrame(rows, columns=list(STAT_COLUMNS))
 
 
+class _VoxelCounter:
+    """Counts distinct voxels among selected samples (each sample its own voxel if no ids)."""
+
+    def __init__(self, voxel: np.ndarray | None):
+        self.voxel = None if voxel is None else np.asarray(voxel)
+
+    def count(self, selected: np.ndarray) -> int:
+        if self.voxel is None:
+            return int(np.count_nonzero(selected))
+        return int(np.unique(self.voxel[selected]).size)
+
+
 def _distortion(displacement_mm, jacobian, atlas_roi: np.ndarray) -> dict:
-    """How much susceptibility distortion the ROI's atlas voxels had (n/a if not corrected)."""
+    """How much susceptibility distortion the ROI's atlas samples had (n/a if not corrected)."""
     row = {}
-    if displacement_mm is not None and atlas_roi.any():
-        row["sdc_displacement_mm"] = float(np.median(np.abs(displacement_mm[atlas_roi])))
-    if jacobian is not None and atlas_roi.any():
-        severe = np.abs(np.asarray(jacobian, dtype=float)[atlas_roi] - 1.0) > SEVERE_JACOBIAN
-        row["sdc_severe_fraction"] = float(severe.mean())
+    if displacement_mm is not None:
+        values = np.abs(np.asarray(displacement_mm, dtype=float)[atlas_roi])
+        if np.isfinite(values).any():
+            row["sdc_displacement_mm"] = float(np.nanmedian(values))
+    if jacobian is not None:
+        values = np.asarray(jacobian, dtype=float)[atlas_roi]
+        values = values[np.isfinite(values)]
+        if values.size:
+            row["sdc_severe_fraction"] = float((np.abs(values - 1.0) > SEVERE_JACOBIAN).mean())
     return row
 
 
-def _free_water_means(maps: dict[str, np.ndarray | None], kept: np.ndarray) -> dict:
-    """Means of the free-water maps over an ROI's kept voxels (the MD mean's), ignoring the
-    voxels without a value, and how many kept voxels have no free-water-corrected MD."""
+def longitudinal_statistics(
+    samples: Sequence[dict[str, np.ndarray]],
+    retention: RetentionRule = RetentionRule(),
+    roi_names: Sequence[str] = ROI_NAMES,
+    rule: GrayMatterRule = GrayMatterRule(),
+) -> tuple[list[pd.DataFrame], list[np.ndarray]]:
+    """One participant's ROI tables, one per session, all over one voxel set.
+
+    Each entry of ``samples`` is one session's reading of the same subject-template points
+    (``label``; the ``gm``/``csf`` shares of the rule; the DWI ``voxel`` each falls in,
+    ``in_brain``; the maps' values ``md``, ``fa``, and when present ``fw_md``,
+    ``fw_fraction``, ``displacement``, ``jacobian``). A point is averaged in every session or
+    in none: it must lie in the DWI brain mask (with data) and have a successful tensor fit in
+    all of them, so a voxel lost at 24 h (field of view, mask) leaves the baseline mean too and
+    dMD compares the same tissue. Returns the tables and each session's averaged points.
+    """
+    if not samples:
+        raise ValueError("no session to measure")
+    labels = samples[0]["label"]
+    if any(not np.array_equal(session["label"], labels) for session in samples[1:]):
+        raise ValueError("the sessions sampled different ROI points (not one subject template)")
+    in_brain = np.logical_and.reduce([session["in_brain"] for session in samples])
+    fitted = np.logical_and.reduce([valid_fit(session["md"]) for session in samples])
+    fw_usable = None
+    if all("fw_fraction" in session for session in samples):
+        fw_usable = np.logical_and.reduce(
+            [np.isfinite(session["fw_fraction"]) for session in samples]
+        )
+    gray = gray_matter_mask(samples[0]["gm"], samples[0]["csf"], rule)
+    tables = [
+        regional_statistics(
+            session["md"],
+            labels,
+            fa=session.get("fa"),
+            fw_md=session.get("fw_md"),
+            fw_fraction=session.get("fw_fraction"),
+            gm_prob=session["gm"],
+            csf_prob=session["csf"],
+            brain_mask=in_brain,
+            fw_usable=fw_usable,
+            fitted=fitted,
+            displacement_mm=session.get("displacement"),
+            jacobian=session.get("jacobian"),
+            voxel=session["voxel"],
+            rule=rule,
+            retention=retention,
+            roi_names=roi_names,
+        )
+        for session in samples
+    ]
+    averaged = (labels > 0) & gray & in_brain & fitted
+    return tables, [averaged.copy() for _ in samples]
+
+
+def _free_water_means(
+    maps: dict[str, np.ndarray | None], kept: np.ndarray, voxels: _VoxelCounter
+) -> dict:
+    """Means of the free-water maps over an ROI's kept samples (the MD mean's, less those the
+    free-water fit left unusable), ignoring samples without a value, and how many kept
+    voxels have no free-water-corrected MD."""
     row = {}
     for column, values in maps.items():
         if values is not None:
@@ -334,7 +435,7 @@ def _free_water_means(maps: dict[str, np.ndarray | None], kept: np.ndarray) -> d
                 warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN ROI: n/a
                 row[column] = float(np.nanmean(values[kept]))
     if maps["md_fwcorr_mean"] is not None:
-        row["n_voxels_fw_no_tissue"] = int((~valid_fit(maps["md_fwcorr_mean"][kept])).sum())
+        row["n_voxels_fw_no_tissue"] = voxels.count(kept & ~valid_fit(maps["md_fwcorr_mean"]))
     return row
 
 
@@ -344,23 +445,28 @@ def _roi_row(
     atlas_roi: np.ndarray,
     kept: np.ndarray,
     retention: RetentionRule,
+    voxels: _VoxelCounter,
 ) -> dict:
-    """Statistics of one ROI's kept voxels, or n/a with the reason it is missing."""
-    n_kept, n_atlas = int(kept.sum()), int(atlas_roi.sum())
+    """Statistics of one ROI's kept samples, or n/a with the reason it is missing."""
+    n_kept, n_atlas = voxels.count(kept), voxels.count(atlas_roi)
+    n_samples = int(np.count_nonzero(atlas_roi))
+    fraction = np.count_nonzero(kept) / n_samples if n_samples else np.nan
     row = dict.fromkeys(ROI_STATISTICS, np.nan) | {
         "n_voxels": n_kept,
         "n_voxels_atlas": n_atlas,
-        "fraction_kept": n_kept / n_atlas if n_atlas else np.nan,
+        "fraction_kept": fraction,
         "status": ROI_OK,
         "reason": None,
     }
-    reason = retention.missing_reason(n_kept, n_atlas)
+    reason = retention.missing_reason(
+        n_kept, n_atlas, None if voxels.voxel is None or not n_samples else fraction
+    )
     if reason is not None:
         return row | {"status": ROI_MISSING, "reason": reason}
     values = md[kept]
-    row["n_voxels_md_csf"] = int((values >= MD_CSF_MAX).sum())
+    row["n_voxels_md_csf"] = voxels.count(kept & (md >= MD_CSF_MAX))
     if fa is not None:
-        row["n_voxels_fa_wm"] = int((np.nan_to_num(fa[kept], nan=0.0) >= FA_WM_MAX).sum())
+        row["n_voxels_fa_wm"] = voxels.count(kept & (np.nan_to_num(fa, nan=0.0) >= FA_WM_MAX))
     row["md_mean"] = float(values.mean())
     row["md_median"] = float(np.median(values))
     if n_kept >= MIN_VOXELS_FOR_STD:

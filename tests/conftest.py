@@ -74,3 +74,29 @@ def arrange_real_scan(out: Path) -> Path:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.arrange(out, REALDATA)
+
+
+def measure_rois(work: Path, sessions: list[dict[str, str]], roi_names: list[str]):
+    """The ROI statistics as the workflow runs them (SampleRegions per session, then
+    RegionalStatistics over all), on maps whose grid is also the subject template (identity
+    transforms). Each session's files: ``atlas``/``gm``/``csf`` (template) and the maps
+    (``md``, ``fa``, ``mask``, optional ``fw_md``, ``fw_fraction``). Returns the outputs."""
+    from ketamine_dti.ants_backend import identity_file
+    from ketamine_dti.interfaces.rois import RegionalStatistics, SampleRegions
+
+    identity = [identity_file(work / "identity")]
+    samples = []
+    for index, files in enumerate(sessions):
+        folder = work / f"sample_{index}"
+        folder.mkdir(parents=True, exist_ok=True)
+        inputs = {f"{name}_file": path for name, path in files.items()}
+        sampled = SampleRegions(
+            **inputs, from_template_to_session=identity, from_t1w_to_dwi=identity
+        ).run(cwd=str(folder))
+        samples.append(sampled.outputs.samples_file)
+    (work / "statistics").mkdir(exist_ok=True)
+    return (
+        RegionalStatistics(samples_files=samples, roi_names=roi_names)
+        .run(cwd=str(work / "statistics"))
+        .outputs
+    )

@@ -7,11 +7,9 @@ import numpy as np
 import pytest
 
 from ketamine_dti.anat.transfer import (
-    atlas_to_dwi,
+    atlas_to_grid,
     footprint_sigma_voxels,
     labels_from_fractions,
-    warp_probability,
-    warp_tissue_fraction,
 )
 from ketamine_dti.ants_backend import matrix_to_affine
 
@@ -44,12 +42,12 @@ def _block_atlas(tmp_path):
     return atlas
 
 
-def test_atlas_to_dwi_identity_is_block_majority(tmp_path):
+def test_atlas_to_grid_identity_is_block_majority(tmp_path):
     """Each 2 mm voxel takes the label covering most of its 8 atlas voxels (exact fractions
     0.5 are ties the Gaussian footprint may break either way: only other labels are wrong)."""
     atlas = _block_atlas(tmp_path)
     identity = matrix_to_affine(np.eye(4), tmp_path / "id.mat")
-    out = atlas_to_dwi(
+    out = atlas_to_grid(
         tmp_path / "atlas.nii.gz", tmp_path / "ref.nii.gz", [identity], tmp_path / "d.nii.gz"
     )
     labels = np.asarray(nib.load(out).dataobj)
@@ -62,7 +60,7 @@ def test_atlas_to_dwi_identity_is_block_majority(tmp_path):
         tie |= fraction == 0.5
     assert np.array_equal(labels[~tie], expected[~tie])
     assert tie.sum() > 0 and set(np.unique(labels[tie])) <= {0, 7}
-    nearest = atlas_to_dwi(
+    nearest = atlas_to_grid(
         tmp_path / "atlas.nii.gz",
         tmp_path / "ref.nii.gz",
         [identity],
@@ -79,12 +77,12 @@ def test_footprint_sigma():
     assert np.allclose(footprint_sigma_voxels((2, 2, 2), (1, 1, 1)), 0.0)
 
 
-def test_atlas_to_dwi_follows_a_translation(tmp_path):
+def test_atlas_to_grid_follows_a_translation(tmp_path):
     atlas = _block_atlas(tmp_path)
     shift = np.eye(4)
     shift[0, 3] = -4.0  # LPS x -4 mm = RAS x +4 mm: the output grid samples the atlas 4 mm right
     xfm = matrix_to_affine(shift, tmp_path / "shift.mat")
-    out = atlas_to_dwi(
+    out = atlas_to_grid(
         tmp_path / "atlas.nii.gz", tmp_path / "ref.nii.gz", [xfm], tmp_path / "d.nii.gz"
     )
     labels = np.asarray(nib.load(out).dataobj)
@@ -112,7 +110,7 @@ def test_atlas_crop_keeps_the_labels(tmp_path):
     xfm = matrix_to_affine(rotation, tmp_path / "rot.mat")
     out = {}
     for crop in (True, False):
-        path = atlas_to_dwi(
+        path = atlas_to_grid(
             tmp_path / "atlas.nii.gz", tmp_path / "ref.nii.gz", [xfm],
             tmp_path / f"crop_{crop}.nii.gz", crop=crop,
         )  # fmt: skip
@@ -121,39 +119,51 @@ def test_atlas_crop_keeps_the_labels(tmp_path):
     assert np.array_equal(out[True], out[False])
 
 
-def test_warp_probability_is_clipped(tmp_path):
-    prob = np.full((8, 8, 8), 1.2, np.float32)
-    prob[:4] = -0.1
-    nib.save(nib.Nifti1Image(prob, np.eye(4)), tmp_path / "p.nii.gz")
-    identity = matrix_to_affine(np.eye(4), tmp_path / "id.mat")
-    out = warp_probability(
-        tmp_path / "p.nii.gz", tmp_path / "p.nii.gz", [identity], tmp_path / "o.nii.gz"
-    )
-    data = nib.load(out).get_fdata()
-    assert data.min() == 0.0 and data.max() == 1.0
+def test_template_points_land_in_the_dwi_voxel_that_holds_them(tmp_path):
+    """A rigid map (an ANTs .mat) and a 2 mm DWI grid: ANTs itself, resampling an image of
+    template voxel numbers onto the DWI grid (nearest neighbour), names the template voxel
+    at each DWI voxel's centre; that template point must land in that DWI voxel."""
+    from ketamine_dti.anat.transfer import template_to_dwi_points
+    from ketamine_dti.ants_backend import apply_transforms, matrix_to_affine
+
+    angle = np.deg2rad(10.0)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0],
+                         [0, 0, 1]])  # fmt: skip
+    dwi_to_template_lps = np.eye(4)
+    dwi_to_template_lps[:3, :3] = rotation
+    dwi_to_template_lps[:3, 3] = [3.0, -2.0, 1.5]
+    xfm = matrix_to_affine(dwi_to_template_lps, tmp_path / "from_template_to_dwi.mat")
+    template_shape, dwi_shape = (40, 40, 30), (16, 16, 12)
+    template_affine = np.eye(4)
+    template_affine[:3, 3] = [-20, -20, -15]
+    dwi_affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    dwi_affine[:3, 3] = [-16, -16, -12]
+    numbers = np.arange(np.prod(template_shape), dtype=np.float32).reshape(template_shape)
+    nib.save(nib.Nifti1Image(numbers, template_affine), tmp_path / "numbers.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros(dwi_shape, np.float32), dwi_affine), tmp_path / "dwi.nii.gz")
+    apply_transforms(tmp_path / "numbers.nii.gz", tmp_path / "dwi.nii.gz", [xfm],
+                     tmp_path / "at_dwi.nii.gz", interpolation="nearestNeighbor")  # fmt: skip
+    at_centre = np.rint(nib.load(tmp_path / "at_dwi.nii.gz").get_fdata()).astype(np.int64)
+    sampled = at_centre > 0  # centres that map inside the template (voxel 0 is a corner)
+    assert sampled.mean() > 0.5
+    points = np.argwhere(np.ones(template_shape, bool))
+    flat = template_to_dwi_points(points, template_affine, [xfm], dwi_affine, dwi_shape)
+    dwi_voxels = np.flatnonzero(sampled.ravel())
+    assert np.array_equal(flat[at_centre.ravel()[dwi_voxels]], dwi_voxels)
+    assert (flat == -1).any()  # part of the template lies off the DWI grid
 
 
-def test_tissue_fraction_is_the_labelled_share_of_each_dwi_voxel(tmp_path):
-    """A 1 mm segmentation whose CSF fills one x-half of each 3 mm block: every 3 mm voxel on
-    the boundary gets ~1/3 or ~2/3 CSF, a pure voxel 0 or 1, whatever the posteriors were."""
-    dseg = np.full((30, 30, 30), 2, np.int16)  # GM
-    dseg[:14] = 1  # CSF below x = 14 (1 mm voxels 0..13)
-    dseg[0:2] = 0  # background
-    nib.save(nib.Nifti1Image(dseg, np.eye(4)), tmp_path / "dseg.nii.gz")
-    reference = nib.Nifti1Image(np.zeros((10, 10, 10), np.float32), np.diag([3.0, 3, 3, 1]))
-    nib.save(reference, tmp_path / "ref.nii.gz")
-    identity = matrix_to_affine(np.eye(4), tmp_path / "id.mat")
-    fractions = {}
-    for label in (1, 2):
-        out = warp_tissue_fraction(
-            tmp_path / "dseg.nii.gz", label, tmp_path / "ref.nii.gz", [identity],
-            tmp_path / f"f{label}.nii.gz",
-        )  # fmt: skip
-        fractions[label] = nib.load(out).get_fdata()[:, 5, 5]
-    # 3 mm voxel i is centred on 1 mm voxel 3i: i = 4 (x 12, 1 mm voxels 11-13) is CSF,
-    # i = 5 (x 15) is GM; their neighbours are pure
-    assert fractions[1][2] == pytest.approx(1.0, abs=0.02)
-    assert fractions[1][7] == pytest.approx(0.0, abs=0.02)
-    assert fractions[2][7] == pytest.approx(1.0, abs=0.02)
-    assert 0.5 < fractions[1][4] < 1.0 and 0.0 < fractions[1][5] < 0.5
-    assert np.allclose((fractions[1] + fractions[2])[2:], 1.0, atol=0.02)  # 0: background
+def test_majority_labels_and_containing_voxel_footprint():
+    from ketamine_dti.anat.transfer import containing_voxel_fraction, majority_labels
+
+    voxel = np.array([0, 0, 0, 1, 1, 2, -1])
+    labels = np.array([3, 3, 1, 2, 1, 1, 2])
+    assert majority_labels(voxel, labels, 4).tolist() == [3, 1, 1, 0]  # tie -> lowest label
+    assert majority_labels(voxel, labels, 4, min_count=2).tolist() == [3, 0, 0, 0]
+    # the containing voxel's footprint (box * box) is wider than a centred voxel's
+    assert np.allclose(footprint_sigma_voxels((1, 1, 1), (2, 2, 2), boxes=2), np.sqrt(7 / 12))
+    slab = np.zeros((30, 30, 30))
+    slab[:15] = 1.0
+    share = containing_voxel_fraction(slab, (1, 1, 1), (2, 2, 2))
+    assert share[14, 15, 15] == pytest.approx(0.5 + 0.5 * 0.5, abs=0.1)  # half a voxel away
+    assert share[5, 15, 15] == pytest.approx(1.0) and share[25, 15, 15] == pytest.approx(0.0)

@@ -120,8 +120,10 @@ def test_maps_are_published_under_bep016_names_with_model_sidecars(tmp_path):
 
 
 def test_roi_table_averages_free_water_over_the_md_voxels(tmp_path):
-    """ROIStats with the free-water maps: their means use exactly the voxels md_mean uses."""
-    from ketamine_dti.interfaces.rois import ROIStats
+    """The ROI statistics with the free-water maps: their means use exactly the voxels
+    md_mean uses; a map on another grid is refused."""
+    from conftest import measure_rois
+
     from ketamine_dti.rois import ROI_COLUMN_DESCRIPTIONS
 
     shape = (8, 8, 7)
@@ -139,14 +141,14 @@ def test_roi_table_averages_free_water_over_the_md_voxels(tmp_path):
     fwf[:4] = 0.9
     fwf[4, 0, :] = 1.0
     files = {}
-    for name, array in (("md", md), ("fa", np.full(shape, 0.1)), ("dseg", labels),
+    for name, array in (("md", md), ("fa", np.full(shape, 0.1)), ("atlas", labels),
                         ("gm", np.ones(shape)), ("csf", csf), ("mask", np.ones(shape, np.uint8)),
                         ("fw_md", fw_md), ("fw_fraction", fwf)):  # fmt: skip
-        files[f"{name}_file"] = str(tmp_path / f"{name}.nii.gz")
+        files[name] = str(tmp_path / f"{name}.nii.gz")
         image = nib.Nifti1Image(np.asarray(array, dtype=np.float32), AFFINE)
-        nib.save(image, files[f"{name}_file"])
-    roi = ROIStats(**files, roi_names=[f"r{i}" for i in range(7)]).run(cwd=str(tmp_path))
-    table = pd.read_csv(roi.outputs.out_file, sep="\t")
+        nib.save(image, files[name])
+    roi = measure_rois(tmp_path / "rois", [files], [f"r{i}" for i in range(7)])
+    table = pd.read_csv(roi.out_files[0], sep="\t")
     assert set(table.columns) == set(ROI_COLUMN_DESCRIPTIONS)
     for index in range(7):
         row = table.iloc[index]
@@ -160,6 +162,6 @@ def test_roi_table_averages_free_water_over_the_md_voxels(tmp_path):
         assert row.n_voxels_fw_no_tissue == 1
     moved = AFFINE.copy()
     moved[0, 3] = 2.0
-    nib.save(nib.Nifti1Image(fw_md.astype(np.float32), moved), files["fw_md_file"])
+    nib.save(nib.Nifti1Image(fw_md.astype(np.float32), moved), files["fw_md"])
     with pytest.raises(Exception, match="not on the MD map's grid"):
-        ROIStats(**files, roi_names=[f"r{i}" for i in range(7)]).run(cwd=str(tmp_path))
+        measure_rois(tmp_path / "again", [files], [f"r{i}" for i in range(7)])

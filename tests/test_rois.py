@@ -259,3 +259,63 @@ def test_free_water_means_follow_the_md_voxels_and_the_missing_rule():
     assert (table.n_voxels_fw_no_tissue.iloc[1:] == 0).all()
     with pytest.raises(ValueError, match="fw_md"):
         regional_statistics(md, labels, fw_md=fw_md[:5])
+
+
+def _session_samples(rng, n_points: int, md_scale: float = 1.0) -> dict[str, np.ndarray]:
+    """One session's reading of the same template points: 7 ROIs, 2 points per DWI voxel."""
+    label = np.repeat(np.arange(1, 8), n_points // 7)
+    return {
+        "label": label,
+        "gm": np.full(label.size, 0.9),
+        "csf": np.zeros(label.size),
+        "voxel": np.arange(label.size) // 2,
+        "in_brain": np.ones(label.size, bool),
+        "md": md_scale * rng.uniform(0.7e-3, 0.9e-3, label.size),
+        "fa": rng.uniform(0.05, 0.2, label.size),
+    }
+
+
+def test_one_voxel_set_for_every_session():
+    """Issue 13: a point lost in one session (outside its mask, failed fit) leaves every
+    session's mean, so both sessions average the same tissue; the GM rule is the template's."""
+    from ketamine_dti.rois import longitudinal_statistics
+
+    rng = np.random.default_rng(11)
+    baseline, later = _session_samples(rng, 700), _session_samples(rng, 700)
+    later["in_brain"][:20] = False  # ROI 1: the 24 h mask (or field of view) lost 20 points
+    baseline["md"][120] = np.nan  # ROI 2: one failed fit at baseline
+    baseline["csf"][300:310] = 0.5  # ROI 4: CSF-contaminated in the template
+    later["csf"] = baseline["csf"]
+    retention = RetentionRule(0.2, 5)
+    tables, kept = longitudinal_statistics([baseline, later], retention, ROI_NAMES)
+    assert np.array_equal(kept[0], kept[1])
+    assert kept[0].sum() == 700 - 20 - 1 - 10
+    first, second = tables
+    assert first.n_voxels.tolist() == second.n_voxels.tolist() == [40, 50, 50, 45, 50, 50, 50]
+    assert first.n_voxels_fit_failed.tolist()[1] == second.n_voxels_fit_failed.tolist()[1] == 1
+    for table, session in zip(tables, (baseline, later), strict=True):
+        roi_one = kept[0] & (session["label"] == 1)
+        assert table.md_mean[0] == pytest.approx(session["md"][roi_one].mean())
+    # the values never choose: tripling MD at 24 h changes the means, not the set
+    tripled = later | {"md": 3 * later["md"]}
+    again, kept_again = longitudinal_statistics([baseline, tripled], retention, ROI_NAMES)
+    assert np.array_equal(kept_again[1], kept[1])
+    assert again[1].n_voxels.tolist() == second.n_voxels.tolist()
+    assert (again[1].md_mean > second.md_mean).all()
+    with pytest.raises(ValueError, match="different ROI points"):
+        longitudinal_statistics([baseline, _session_samples(rng, 350)], retention, ROI_NAMES)
+
+
+def test_volume_fraction_decides_retention_with_weighted_samples():
+    """Samples that share DWI voxels: the retention rule reads the kept share of the ROI's
+    points (its volume), the minimum count reads distinct DWI voxels."""
+    labels = np.ones(40, int)
+    voxel = np.arange(40) // 4  # 10 DWI voxels of 4 points each
+    brain = np.ones(40, bool)
+    brain[:30] = False  # 25% of the volume kept, in 3 voxels (the last 10 points: voxels 7-9)
+    table = regional_statistics(
+        np.full(40, 0.8e-3), labels, brain_mask=brain, voxel=voxel, roi_names=("one",)
+    )
+    row = table.iloc[0]
+    assert (row.n_voxels, row.n_voxels_atlas, row.fraction_kept) == (3, 10, 0.25)
+    assert row.reason == "kept 3 of 10 atlas voxels (25.0% of its volume < 30%)"

@@ -1,12 +1,16 @@
-"""Atlas labels and tissue fractions moved onto a session's native DWI grid.
+"""The ROI atlas and tissue fractions moved into the subject template, and the template's
+ROI samples moved onto each session's native DWI grid.
 
-The MD map never moves: the template-space atlas and the subject-template tissue segmentation
-are resampled once onto the DWI grid, each smoothed first to the DWI voxel's footprint so that a
-DWI voxel gets the fraction of each label or tissue it contains (partial volume is what biases
-MD). Tissue fractions come from the hard segmentation (each T1w voxel counted as one tissue),
-not from averaged posterior probabilities: Atropos posteriors are not volume fractions, and on
-the real Prisma scan (2 mm T1w, 3 mm DWI) they leave a CSF floor of 0.03-0.1 everywhere, so no
-ROI voxel passed a 5% CSF rule (0-5% of each ROI kept, against 42-77% from the hard labels).
+The MD map never moves. Each ROI is one set of subject-template points (the atlas moved into
+the template once, ``atlas_to_grid``), chosen from the template's tissue fractions over the
+footprint of the DWI voxel that will hold each point (``containing_voxel_fraction``); every
+session maps the same points into its DWI grid (``template_to_dwi_points``) and reads the
+voxel each falls in, so every session averages the same tissue (issue 13).
+
+Tissue fractions come from the hard segmentation (each T1w voxel counted as one tissue), not
+from averaged posterior probabilities: Atropos posteriors are not volume fractions, and on the
+real Prisma scan (2 mm T1w, 3 mm DWI) they leave a CSF floor of 0.03-0.1 everywhere, so no ROI
+voxel passed a 5% CSF rule (0-5% of each ROI kept, against 42-77% from the hard labels).
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ def labels_from_fractions(
     return out.astype(np.int16)
 
 
-def atlas_to_dwi(
+def atlas_to_grid(
     atlas_file: str | os.PathLike,
     reference_file: str | os.PathLike,
     transforms: Sequence[str],
@@ -63,9 +67,9 @@ def atlas_to_dwi(
     crop: bool = True,
     n_threads: int | None = None,
 ) -> str:
-    """Bring a template-space dseg onto a session's DWI grid (``transforms``: from-MNI_to-DWI).
+    """Bring a template-space dseg onto a reference grid (``transforms``: from-MNI_to-grid).
 
-    ``fraction`` (default): every label's one-hot map is smoothed to the DWI voxel's footprint
+    ``fraction`` (default): every label's one-hot map is smoothed to the grid voxel's footprint
     (``footprint_sigma_voxels``; nothing if the atlas is as coarse) and resampled with linear
     interpolation (one 4-D call); ``labels_from_fractions`` then keeps a label where it covers
     at least ``min_fraction`` of the DWI voxel: partial-volume aware, and smoother than
@@ -81,8 +85,8 @@ def atlas_to_dwi(
     out_file.parent.mkdir(parents=True, exist_ok=True)
     atlas = load_image(atlas_file)
     if not Path(reference_file).exists():
-        raise InputError(f"{reference_file}: DWI reference not found; pass the mean b0")
-    reference = read_grid(reference_file)  # a DWI series: the grid of its first volume
+        raise InputError(f"{reference_file}: reference grid not found")
+    reference = read_grid(reference_file)  # a series: the grid of its first volume
     stem = out_file.parent / out_file.name.split(".")[0]
     reference_3d = f"{stem}_reference.nii.gz"
     ants.image_write(reference, reference_3d)
@@ -147,19 +151,87 @@ def _direction_4d(direction: np.ndarray) -> np.ndarray:
 
 
 def footprint_sigma_voxels(
-    source_spacing: Sequence[float], target_spacing: Sequence[float]
+    source_spacing: Sequence[float], target_spacing: Sequence[float], boxes: int = 1
 ) -> np.ndarray:
     """Gaussian sigma (in source voxels, per source axis) that turns point samples of a
     source-grid map into means over a target voxel.
 
     A box of width w has variance w^2/12; the target voxel is taken as an isotropic cube of
     its geometric-mean size (grids may be rotated against each other), so the added variance
-    is (w_target^2 - w_source^2) / 12, zero if the source is coarser.
+    is (w_target^2 - w_source^2) / 12, zero if the source is coarser. ``boxes=2``: the mean
+    over the target voxel that *contains* a point, wherever the grid falls (the voxel's centre
+    is uniform within a box around the point: box * box, variance 2 w^2/12).
     """
     source = np.asarray(source_spacing, dtype=float)
     width = float(np.prod(np.asarray(target_spacing, dtype=float)[:3]) ** (1.0 / 3.0))
-    variance = np.clip(width**2 - source[:3] ** 2, 0.0, None) / 12.0
+    variance = np.clip(boxes * width**2 - source[:3] ** 2, 0.0, None) / 12.0
     return np.sqrt(variance) / source[:3]
+
+
+def containing_voxel_fraction(
+    indicator: np.ndarray, spacing: Sequence[float], dwi_voxel_mm: Sequence[float]
+) -> np.ndarray:
+    """Expected share of a tissue in the DWI voxel that holds each point of a template grid.
+
+    ``indicator``: the tissue's hard labels (0/1) on the template grid (``spacing`` mm). The
+    DWI grid's placement differs between sessions, so the rule that keeps a point must not
+    depend on it: it reads the fraction averaged over every placement (``boxes=2``).
+    """
+    from scipy import ndimage
+
+    sigma = footprint_sigma_voxels(spacing, dwi_voxel_mm, boxes=2)
+    data = np.asarray(indicator, dtype=np.float32)
+    return np.clip(ndimage.gaussian_filter(data, sigma, mode="constant"), 0.0, 1.0)
+
+
+def linear_point_map(transforms: Sequence[str]) -> np.ndarray:
+    """A from-X_to-Y list of affine ``.mat`` files as one 4x4 RAS+ map of points Y -> X."""
+    from ketamine_dti.ants_backend import affine_to_matrix
+
+    lps = np.eye(4)
+    for transform in transforms:  # a Y point meets the list's first file first
+        if not str(transform).endswith(".mat"):
+            raise ValueError(f"{transform}: the ROI samples follow affine .mat steps only")
+        lps = affine_to_matrix(transform) @ lps
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    return flip @ lps @ flip
+
+
+def template_to_dwi_points(
+    indices: np.ndarray,
+    template_affine: np.ndarray,
+    from_template_to_dwi: Sequence[str],
+    dwi_affine: np.ndarray,
+    dwi_shape: Sequence[int],
+) -> np.ndarray:
+    """Flat index of the DWI voxel holding each template voxel centre (N x 3 ``indices``;
+    -1 outside the DWI grid). ``from_template_to_dwi``: the transform list that resamples a
+    template image onto the DWI grid (it maps DWI points to template points)."""
+    dwi_to_template = linear_point_map(from_template_to_dwi)
+    to_voxel = np.linalg.inv(dwi_affine) @ np.linalg.inv(dwi_to_template) @ template_affine
+    homogeneous = np.c_[np.asarray(indices, dtype=float), np.ones(len(indices))]
+    voxel = np.rint(homogeneous @ to_voxel.T)[:, :3].astype(np.int64)
+    shape = np.asarray(dwi_shape[:3])
+    inside = np.all((voxel >= 0) & (voxel < shape), axis=1)
+    flat = np.full(len(voxel), -1, dtype=np.int64)
+    flat[inside] = np.ravel_multi_index(tuple(voxel[inside].T), tuple(shape))
+    return flat
+
+
+def majority_labels(
+    voxel: np.ndarray, labels: np.ndarray, grid_size: int, min_count: float = 1.0
+) -> np.ndarray:
+    """Label of each voxel of a flat grid from the labelled points it holds: the most
+    frequent label if it has at least ``min_count`` points, else 0."""
+    voxel, labels = np.asarray(voxel), np.asarray(labels, dtype=np.int64)
+    hit = voxel >= 0
+    n_labels = int(labels.max(initial=0)) + 1
+    counts = np.bincount(
+        voxel[hit] * n_labels + labels[hit], minlength=grid_size * n_labels
+    ).reshape(grid_size, n_labels)
+    counts[:, 0] = 0
+    best = counts.argmax(axis=1)
+    return np.where(counts[np.arange(grid_size), best] >= min_count, best, 0)
 
 
 def _smooth_to_footprint(image, reference):
@@ -173,53 +245,3 @@ def _smooth_to_footprint(image, reference):
     full_sigma = (*sigma, 0.0) if data.ndim == 4 else tuple(sigma)
     smoothed = ndimage.gaussian_filter(data, full_sigma, mode="constant")
     return image.new_image_like(smoothed.astype(np.float32))
-
-
-def warp_tissue_fraction(
-    dseg_file: str | os.PathLike,
-    label: int,
-    reference_file: str | os.PathLike,
-    transforms: Sequence[str],
-    out_file: str | os.PathLike,
-    *,
-    n_threads: int | None = None,
-) -> str:
-    """Fraction of each DWI voxel that the T1w segmentation ``dseg_file`` labels ``label``:
-    the label's indicator map, averaged over the DWI voxel's footprint (``warp_probability``)."""
-    import ants
-
-    dseg = ants.image_read(str(dseg_file))
-    indicator_file = Path(out_file).parent / ("indicator_" + Path(out_file).name)
-    save_like(dseg, np.rint(dseg.numpy()) == label, indicator_file)
-    return warp_probability(
-        indicator_file, reference_file, transforms, out_file, n_threads=n_threads
-    )
-
-
-def warp_probability(
-    prob_file: str | os.PathLike,
-    reference_file: str | os.PathLike,
-    transforms: Sequence[str],
-    out_file: str | os.PathLike,
-    *,
-    footprint: bool = True,
-    n_threads: int | None = None,
-) -> str:
-    """Resample a tissue probability map onto the DWI grid, clipped to [0, 1].
-
-    With ``footprint`` the map is first smoothed to the DWI voxel's size
-    (``footprint_sigma_voxels``), so each DWI voxel gets the tissue *fraction* it contains,
-    not the probability at its centre: partial volume is what biases MD.
-    """
-    import ants
-
-    source_file = prob_file
-    if footprint:
-        image = ants.image_read(str(prob_file))
-        reference = ants.image_read(str(reference_file))
-        source_file = Path(out_file).parent / ("footprint_" + Path(out_file).name)
-        ants.image_write(_smooth_to_footprint(image, reference), str(source_file))
-    apply_transforms(source_file, reference_file, transforms, out_file, n_threads=n_threads)
-    image = ants.image_read(str(out_file))
-    ants.image_write(image.new_image_like(np.clip(image.numpy(), 0.0, 1.0)), str(out_file))
-    return str(Path(out_file).absolute())

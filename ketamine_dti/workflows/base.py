@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ketamine_dti import __version__, bids
@@ -21,13 +22,21 @@ from ketamine_dti.config import Config
 from ketamine_dti.derivatives import spec_path
 from ketamine_dti.errors import InputError
 from ketamine_dti.interfaces.inputs import PrepareT1w
+from ketamine_dti.interfaces.rois import RegionalStatistics, TemplateRegions
 from ketamine_dti.preflight import check_participant, run_preflight
 from ketamine_dti.qc import FAIL, WARN
 from ketamine_dti.rois import ROI_NAMES
 from ketamine_dti.workflows.anat import PUBLISHED_OUTPUTS, init_anat_wf
 from ketamine_dti.workflows.boilerplate import LiterateWorkflow, methods_text
+from ketamine_dti.workflows.nodes import threaded_node
 from ketamine_dti.workflows.outputs import init_anat_derivatives_wf
-from ketamine_dti.workflows.session import ANAT_FIELDS, init_session_wf
+from ketamine_dti.workflows.session import (
+    ANAT_FIELDS,
+    QC_FIELDS,
+    REGION_FIELDS,
+    init_session_measures_wf,
+    init_session_wf,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -77,7 +86,15 @@ def init_participant_wf(
         name or f"sub_{participant.subject}_wf", desc=INTRODUCTION, postdesc=CLOSING
     )
     atlas_file, roi_names = resolve_atlas(config)
-    if not independent_anatomy:
+    if independent_anatomy:
+        groups = []
+        for session in participant.sessions:
+            anat_wf = init_anat_wf(
+                omp_nthreads=config.omp_nthreads, name=f"anat_ses_{session.session}_wf"
+            )
+            _feed_t1w(workflow, anat_wf, [session.t1w], f"prepare_t1w_{session.session}")
+            groups.append((anat_wf, [session], f"_{session.session}"))
+    else:
         anat_wf = init_anat_wf(omp_nthreads=config.omp_nthreads)
         _feed_t1w(workflow, anat_wf, [session.t1w for session in participant.sessions])
         derivatives = init_anat_derivatives_wf(participant, config)
@@ -85,24 +102,64 @@ def init_participant_wf(
             (anat_wf, derivatives, [(f"outputnode.{field}", f"inputnode.{key}")
                                     for key, field in PUBLISHED_OUTPUTS.items()]),
         ])  # fmt: skip
-    for index, session in enumerate(participant.sessions):
-        if independent_anatomy:
-            anat_wf = init_anat_wf(
-                omp_nthreads=config.omp_nthreads, name=f"anat_ses_{session.session}_wf"
+        groups = [(anat_wf, list(participant.sessions), "")]
+    for anat_wf, sessions, suffix in groups:
+        regions = threaded_node(
+            TemplateRegions(
+                atlas_file=str(atlas_file),
+                dwi_files=[run[0] for session in sessions for run in session.dwi_runs],
+                n_threads=config.omp_nthreads,
+            ),
+            f"template_rois{suffix}",
+            config.omp_nthreads,
+        )
+        workflow.connect([
+            (anat_wf, regions, [("outputnode.tissue_dseg_file", "tissue_dseg_file"),
+                                ("outputnode.from_mni_to_template", "from_mni_to_template")]),
+        ])  # fmt: skip
+        session_wfs = []
+        for session in sessions:
+            session_wf = init_session_wf(
+                session,
+                session_index=0 if independent_anatomy else participant.sessions.index(session),
+                config=config,
             )
-            _feed_t1w(workflow, anat_wf, [session.t1w], f"prepare_t1w_{session.session}")
-        session_wf = init_session_wf(
-            session,
-            session_index=0 if independent_anatomy else index,
-            n_sessions=len(participant.sessions),
-            config=config,
-            atlas_file=atlas_file,
-            roi_names=roi_names,
-        )
-        workflow.connect(
-            [(anat_wf, session_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in ANAT_FIELDS])]
-        )
+            workflow.connect([
+                (anat_wf, session_wf, [(f"outputnode.{f}", f"inputnode.{f}")
+                                       for f in ANAT_FIELDS]),
+                (regions, session_wf, [(out, f"inputnode.{field}")
+                                       for field, out in REGION_FIELDS.items()]),
+            ])  # fmt: skip
+            session_wfs.append(session_wf)
+        _connect_measures(workflow, session_wfs, sessions, participant, config, roi_names, suffix)
     return workflow
+
+
+def _connect_measures(workflow, session_wfs, sessions, participant, config, roi_names, suffix):
+    """The ROI statistics over the points every session measured, then each session's QC."""
+    merge = pe.Node(niu.Merge(len(sessions)), name=f"merge_roi_samples{suffix}")
+    statistics = pe.Node(
+        RegionalStatistics(
+            roi_names=list(roi_names),
+            min_fraction=config.roi_min_fraction,
+            min_voxels=config.roi_min_voxels,
+        ),
+        name=f"roi_statistics{suffix}",
+    )
+    workflow.connect(merge, "out", statistics, "samples_files")
+    for position, (session, session_wf) in enumerate(zip(sessions, session_wfs, strict=True)):
+        measures = init_session_measures_wf(session, len(participant.sessions), config)
+        workflow.connect([
+            (session_wf, merge, [("outputnode.samples_file", f"in{position + 1}")]),
+            (session_wf, measures, [(f"outputnode.{f}", f"inputnode.{f}") for f in QC_FIELDS]),
+            (statistics, measures, [(("out_files", _item, position), "inputnode.roi_file"),
+                                    (("kept_dseg_files", _item, position),
+                                     "inputnode.kept_dseg_file")]),
+        ])  # fmt: skip
+
+
+def _item(items, index):
+    return items[index]
 
 
 def _feed_t1w(workflow, anat_wf, t1w_files: list[str], name: str = "prepare_t1w") -> None:

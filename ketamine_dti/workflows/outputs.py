@@ -56,12 +56,16 @@ def init_derivatives_wf(keys: tuple[str, ...], context: SidecarContext, name: st
 
 
 def init_session_derivatives_wf(
-    session: SessionInputs, config: Config, name: str = "ds_session_wf"
+    session: SessionInputs,
+    config: Config,
+    name: str = "ds_session_wf",
+    exclude: tuple[str, ...] = (),
 ) -> pe.Workflow:
-    """Publish one session's outputs (``derivatives.SESSION_OUTPUTS``) under sub-X/ses-Y/."""
+    """Publish one session's outputs (``derivatives.SESSION_OUTPUTS``, less ``exclude``,
+    published elsewhere) under sub-X/ses-Y/."""
     context = SidecarContext(config, session.subject, session=session)
     keys = session_output_keys(config.denoise, corrects(session_plan(session)))
-    return init_derivatives_wf(keys, context, name)
+    return init_derivatives_wf(tuple(k for k in keys if k not in exclude), context, name)
 
 
 def init_anat_derivatives_wf(
