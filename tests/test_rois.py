@@ -113,7 +113,7 @@ def test_empty_roi_gives_nan_and_a_warning(caplog):
     assert table.loc[1, ["md_mean", "md_median", "md_std", "fa_mean"]].isna().all()
     assert table.status.tolist() == [ROI_OK, ROI_MISSING, ROI_MISSING]
     assert table.reason.tolist()[1:] == [
-        "kept 0 of 50 atlas voxels (0.0% < 30%)",
+        "kept 0 of 50 atlas voxels (0.0% < 15%)",
         "no atlas voxel on the DWI grid",
     ]
     assert "ROI b is missing" in caplog.text and "ROI c is missing" in caplog.text
@@ -122,9 +122,9 @@ def test_empty_roi_gives_nan_and_a_warning(caplog):
 @pytest.mark.parametrize(
     ("n_kept", "n_atlas", "reason"),
     [
-        (1, 180, "kept 1 of 180 atlas voxels (0.6% < 30%)"),
-        (53, 180, "kept 53 of 180 atlas voxels (29.4% < 30%)"),
-        (54, 180, None),  # exactly 30%: kept
+        (1, 180, "kept 1 of 180 atlas voxels (0.6% < 15%)"),
+        (26, 180, "kept 26 of 180 atlas voxels (14.4% < 15%)"),
+        (27, 180, None),  # exactly 15%: kept
         (9, 20, "kept 9 of 20 atlas voxels (9 < 10 voxels)"),
         (10, 20, None),
         (0, 0, "no atlas voxel on the DWI grid"),
@@ -141,7 +141,7 @@ def test_an_roi_that_lost_most_voxels_is_missing_never_a_number():
     labels[:, :, 1] = 2  # 200 voxels
     md = np.full(labels.shape, 0.8e-3)
     csf_prob = np.zeros(labels.shape)
-    csf_prob[:15, :, 0] = 1.0  # ROI 1: 150 CSF voxels dropped, 50 kept (25%)
+    csf_prob[:18, :, 0] = 1.0  # ROI 1: 180 CSF voxels dropped, 20 kept (10%)
     brain = np.ones(labels.shape, bool)
     brain[:5, :, 1] = False  # ROI 2: 50 outside the brain, 150 kept (75%)
     table = regional_statistics(
@@ -150,11 +150,11 @@ def test_an_roi_that_lost_most_voxels_is_missing_never_a_number():
     one, two = table.itertuples(index=False)
     assert (one.status, one.n_voxels, one.n_voxels_brain, one.n_voxels_atlas) == (
         ROI_MISSING,
-        50,
+        20,
         200,
         200,
     )
-    assert one.reason == "kept 50 of 200 atlas voxels (25.0% < 30%)"
+    assert one.reason == "kept 20 of 200 atlas voxels (10.0% < 15%)"
     assert np.isnan([one.md_mean, one.md_median, one.md_std, one.fa_mean]).all()
     assert (two.status, two.n_voxels, two.n_voxels_brain, two.fraction_kept) == (
         ROI_OK,
@@ -168,7 +168,7 @@ def test_an_roi_that_lost_most_voxels_is_missing_never_a_number():
         labels,
         csf_prob=csf_prob,
         brain_mask=brain,
-        retention=RetentionRule(0.2, 10),
+        retention=RetentionRule(0.1, 10),
         roi_names=("a", "b"),
     )
     assert lenient.status.tolist() == [ROI_OK, ROI_OK]
@@ -312,10 +312,15 @@ def test_volume_fraction_decides_retention_with_weighted_samples():
     labels = np.ones(40, int)
     voxel = np.arange(40) // 4  # 10 DWI voxels of 4 points each
     brain = np.ones(40, bool)
-    brain[:30] = False  # 25% of the volume kept, in 3 voxels (the last 10 points: voxels 7-9)
+    brain[:36] = False  # 10% of the volume kept, in 1 voxel (the last 4 points: voxel 9)
     table = regional_statistics(
         np.full(40, 0.8e-3), labels, brain_mask=brain, voxel=voxel, roi_names=("one",)
     )
     row = table.iloc[0]
-    assert (row.n_voxels, row.n_voxels_atlas, row.fraction_kept) == (3, 10, 0.25)
-    assert row.reason == "kept 3 of 10 atlas voxels (25.0% of its volume < 30%)"
+    assert (row.n_voxels, row.n_voxels_atlas, row.fraction_kept) == (1, 10, 0.1)
+    assert row.reason == "kept 1 of 10 atlas voxels (10.0% of its volume < 15%)"
+    enough_volume = RetentionRule(min_fraction=0.05, min_voxels=2)
+    row = regional_statistics(
+        np.full(40, 0.8e-3), labels, brain_mask=brain, voxel=voxel, retention=enough_volume
+    ).iloc[0]
+    assert row.reason == "kept 1 of 10 atlas voxels (1 < 2 voxels)"
