@@ -233,6 +233,7 @@ def csf_shift_trial(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow  # simulates a 3-participant trial of its own
 def test_csf_shift_trial_records_its_change_and_plain_md_follows_it(csf_shift_trial):
     from dipy.core.gradients import gradient_table
     from dipy.reconst.dti import TensorModel
