@@ -20,7 +20,16 @@ time of every Nipype node (from the work directory). Then:
 - every scenario: per ROI, the Dice of the App's ROI on the DWI grid (``atlas_dseg``) with the
   simulator's true region there (``desc-region_dseg``, drawn from other parcellations than the
   App's atlas), and the share of the App's kept voxels (``atlas_gm``) that lie in the true
-  region; medians over sessions.
+  region; medians over sessions;
+- every scenario, against two truths side by side (``truth_over_true_region``,
+  ``truth_over_app_voxels``): the median |md_mean / truth - 1|, the slope of measured on planted
+  dMD/MD (pooled and per ROI) and r(dMD/MD). "Truth over the true region" is ``md_true`` of
+  roi_md.tsv, the tissue MD of the true region's GM: the App's error against it includes how
+  far the App's ROI is from the true region (Dice 0.3-0.5) and the CSF/WM its voxels hold.
+  "Truth over the App's voxels" is the simulator's per-voxel true apparent MD
+  (``desc-truth_md``, the noiseless signal's MD before motion and distortion) averaged over the
+  voxels the App kept (``atlas_gm``): its error is what the App's measurement adds (noise,
+  motion and distortion correction, interpolation) to the tissue it actually averaged.
 
 Results go to OUT_DIR/bench_participant.json and .md. Timings are noisy on a shared machine.
 """
@@ -265,7 +274,10 @@ def slopes(measured: pd.Series, planted: pd.Series) -> dict:
 
     def slope(frame: pd.DataFrame) -> float:
         centred = frame - frame.mean()
-        return float((centred.measured * centred.planted).sum() / (centred.planted**2).sum())
+        spread = (centred.planted**2).sum()
+        if spread == 0:  # no planted change (retest): no slope
+            return np.nan
+        return float((centred.measured * centred.planted).sum() / spread)
 
     return {
         "slope_dmd": slope(joined),
@@ -335,6 +347,112 @@ def roi_dice(bids_dir: Path, out: Path, subjects: list[str]) -> dict:
         "per_roi_median_kept_in_region": medians["kept_in_region"].to_dict(),
         "n_sessions": len(rows) // len(ROI_NAMES),
     }
+
+
+#: How the benchmark averages over the App's kept voxels (``truth_over_app_voxels``).
+OWN_VOXEL_WEIGHTING = (
+    "plain mean over the DWI voxels of atlas_gm (desc-graymatter_dseg) labelled with the ROI. "
+    "The App's md_mean weights each voxel by the number of its kept subject-template points, "
+    "which no output publishes (atlas_gm holds one majority label per voxel), so the truth "
+    "uses the plain mean; the App's MD map averaged the same way (md_map_voxel_mean) measures "
+    "what that difference costs"
+)
+
+
+def voxel_means(
+    values: np.ndarray, labels: np.ndarray, roi_names: tuple[str, ...] | list[str]
+) -> dict[str, float]:
+    """Plain mean of ``values`` over the voxels labelled k (k = 1.. in roi_names order), NaN for
+    an ROI without voxels; ``values`` and ``labels`` on the same grid."""
+    if values.shape != labels.shape:
+        raise ValueError(f"values {values.shape} and labels {labels.shape} differ in shape")
+    means = {}
+    for index, roi in enumerate(roi_names, start=1):
+        inside = labels == index
+        means[roi] = float(values[inside].mean()) if inside.any() else np.nan
+    return means
+
+
+def own_voxel_truth(bids_dir: Path, out: Path, subjects: list[str]) -> pd.DataFrame:
+    """Per participant, session and ROI: the simulator's true apparent MD (desc-truth_md)
+    averaged over the App's kept voxels (``md_true_own``, mm^2/s), and the App's MD map
+    averaged over the same voxels the same way (``md_map_voxel_mean``). Sessions without the
+    truth map (a trial simulated before it existed) are left out."""
+    import nibabel as nib
+    from nibabel.processing import resample_from_to
+
+    from ketamine_dti.derivatives import spec_path
+    from ketamine_dti.resources import ATLAS
+    from ketamine_dti.rois import ROI_NAMES
+
+    rows = []
+    for subject, session in itertools.product(subjects, SESSIONS):
+        kept_path = spec_path(out, "atlas_gm", subject, session, atlas=ATLAS)
+        md_path = spec_path(out, "md", subject, session)
+        stem = f"sub-{subject}/ses-{session}/sub-{subject}_ses-{session}"
+        truth_path = bids_dir / f"sourcedata/ground_truth/{stem}_space-dwi_desc-truth_md.nii.gz"
+        if not (kept_path.exists() and md_path.exists() and truth_path.exists()):
+            continue
+        kept = nib.load(kept_path)
+        labels = np.asarray(kept.dataobj)
+        truth = resample_from_to(nib.load(truth_path), kept, order=0)  # same grid: a no-op
+        measured = resample_from_to(nib.load(md_path), kept, order=0)  # idem
+        own = voxel_means(np.asarray(truth.dataobj, dtype=float), labels, ROI_NAMES)
+        app = voxel_means(np.asarray(measured.dataobj, dtype=float), labels, ROI_NAMES)
+        rows += [
+            {
+                "participant_id": f"sub-{subject}",
+                "session_id": f"ses-{session}",
+                "roi": roi,
+                "md_true_own": own[roi],
+                "md_map_voxel_mean": app[roi],
+            }
+            for roi in ROI_NAMES
+        ]
+    return pd.DataFrame(
+        rows, columns=["participant_id", "session_id", "roi", "md_true_own", "md_map_voxel_mean"]
+    )
+
+
+def truth_comparison(merged: pd.DataFrame, measured: str, truth: str) -> dict:
+    """The App's ``measured`` column against one ``truth`` column: median |measured/truth - 1|
+    (pooled and per ROI), the slope of measured on true dMD/MD (``slopes``) and their r."""
+    relative_error = (merged[measured] / merged[truth] - 1).abs()
+    measured_change = delta(merged, measured)["relative_delta"]
+    true_change = delta(merged, truth)["relative_delta"]
+    joined = pd.concat({"measured": measured_change, "true": true_change}, axis=1).dropna()
+    r = np.nan
+    if len(joined) > 2 and joined.std().min() > 0:
+        r = float(np.corrcoef(joined.measured, joined.true)[0, 1])
+    return slopes(measured_change, true_change) | {
+        "median_abs_rel_error": float(relative_error.median()),
+        "per_roi_median_abs_rel_error": relative_error.groupby(merged.roi).median().to_dict(),
+        "relative_dmd_correlation": r,
+        "n_pairs": int(len(joined)),
+    }
+
+
+def two_truths(bids_dir: Path, out: Path, table: pd.DataFrame, subjects: list[str]) -> dict:
+    """The App's md_mean against the truth over the true region (roi_md.tsv) and against the
+    truth over its own kept voxels (``own_voxel_truth``), with the same figures for both."""
+    truth = pd.read_csv(bids_dir / "sourcedata/ground_truth/roi_md.tsv", sep="\t")
+    merged = table.merge(truth, on=["participant_id", "session_id", "roi"])
+    result = {"truth_over_true_region": truth_comparison(merged, "md_mean", "md_true")}
+    own = own_voxel_truth(bids_dir, out, subjects)
+    if own.empty:
+        return result
+    merged = merged.merge(own, on=["participant_id", "session_id", "roi"])
+    weighting_gap = (merged.md_mean / merged.md_map_voxel_mean - 1).abs()
+    same_weighting = truth_comparison(merged, "md_map_voxel_mean", "md_true_own")
+    result["truth_over_app_voxels"] = truth_comparison(merged, "md_mean", "md_true_own") | {
+        "weighting": OWN_VOXEL_WEIGHTING,
+        "median_abs_rel_diff_md_mean_vs_voxel_mean": float(weighting_gap.median()),
+        "md_map_voxel_mean": {
+            key: same_weighting[key]
+            for key in ("median_abs_rel_error", "slope_dmd", "relative_dmd_correlation")
+        },
+    }
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -413,6 +531,7 @@ def main(argv: list[str] | None = None) -> int:
                 analysis = {"paper": paper_accuracy, "csf_shift": csf_shift_effect}
                 entry |= analysis.get(scenario, null_consistency)(bids_dir, table)
                 entry["roi_vs_true_region"] = roi_dice(bids_dir, out, subjects)
+                entry |= two_truths(bids_dir, out, table, subjects)
             results[label] = entry
             (out_dir / "bench_participant.json").write_text(json.dumps(results, indent=2))
     (out_dir / "bench_participant.md").write_text(markdown(results))
@@ -475,6 +594,7 @@ def markdown(results: dict) -> str:
             corrected = shift["per_roi_mean_relative_dmd_fwcorr"].get(roi, float("nan"))
             lines.append(f"| {roi} | {value:+.2%} | {corrected:+.2%} |")
     lines += roi_dice_markdown(results)
+    lines += two_truths_markdown(results)
     lines += [
         "",
         "| run | participant | status | wall (min) | peak PSS (GB) | peak RSS sum (GB) "
@@ -517,6 +637,63 @@ def roi_dice_markdown(results: dict) -> list[str]:
         for roi, value in overlap["per_roi_median_dice"].items():
             share = overlap["per_roi_median_kept_in_region"][roi]
             lines.append(f"| {roi} | {value:.2f} | {share:.0%} |")
+    return lines
+
+
+def two_truths_markdown(results: dict) -> list[str]:
+    """A table per run: the App against the truth over the true region and over its own voxels."""
+    lines = []
+    labels = {
+        "truth_over_true_region": "truth over the true region (roi_md.tsv md_true)",
+        "truth_over_app_voxels": "truth over the App's voxels (desc-truth_md, mean over atlas_gm)",
+    }
+    for label, entry in results.items():
+        if not isinstance(entry, dict) or "truth_over_true_region" not in entry:
+            continue
+        present = {key: entry[key] for key in labels if key in entry}
+        lines += [
+            "",
+            f"{label}: the App's md_mean against two truths (slope and r of dMD/MD; slope "
+            "target 1.00 +- 0.05)",
+            "",
+            "| truth | median abs MD error | slope pooled | r | pairs |",
+            "|---|---|---|---|---|",
+        ]
+        for key, figures in present.items():
+            lines.append(
+                f"| {labels[key]} | {figures['median_abs_rel_error']:.2%} | "
+                f"{figures['slope_dmd']:.3f} | {figures['relative_dmd_correlation']:.3f} | "
+                f"{figures['n_pairs']} |"
+            )
+        own = present.get("truth_over_app_voxels")
+        if own:
+            same = own["md_map_voxel_mean"]
+            lines += [
+                "",
+                f"Own voxels: the truth is a plain voxel mean; md_mean weights voxels by their "
+                f"kept points (median |md_mean / MD-map voxel mean - 1| = "
+                f"{own['median_abs_rel_diff_md_mean_vs_voxel_mean']:.2%}). The App's MD map "
+                f"averaged like the truth: error {same['median_abs_rel_error']:.2%}, slope "
+                f"{same['slope_dmd']:.3f}, r {same['relative_dmd_correlation']:.3f}.",
+            ]
+        lines += [
+            "",
+            "| ROI | "
+            + " | ".join(f"slope, {labels[k].split(' (')[0]}" for k in present)
+            + " | "
+            + " | ".join(f"error, {labels[k].split(' (')[0]}" for k in present)
+            + " |",
+            "|---|" + "---|" * (2 * len(present)),
+        ]
+        for roi in entry["truth_over_true_region"]["per_roi_slope_dmd"]:
+            slope_cells = [
+                f"{f['per_roi_slope_dmd'].get(roi, np.nan):.2f}" for f in present.values()
+            ]
+            error_cells = [
+                f"{f['per_roi_median_abs_rel_error'].get(roi, np.nan):.2%}"
+                for f in present.values()
+            ]
+            lines.append(f"| {roi} | " + " | ".join(slope_cells + error_cells) + " |")
     return lines
 
 

@@ -37,6 +37,18 @@ IMAGE_MODULES = sorted(p for p in SIMULATOR.glob("*.py") if p.name != "validatio
 ALLOWED_IMPORTS = {"ketamine_dti", "ketamine_dti.rois"}
 #: 1% CSF raises GM MD by ~2.4% at b = 1000 (session.BIAS_PER_FRACTION); measured within 30%.
 CSF_MD_TOLERANCE = 0.3
+#: The true apparent MD (desc-truth_md) of a pure-GM truth voxel vs its ROI's md_true, per voxel.
+#: Noise-free reasoning: such a voxel is >= TRUTH_MIN_ROI_GM of the ROI's GM and <= TRUTH_MAX_CSF
+#: CSF, so CSF moves its MD by <= 2.4 x 0.002 and the rest (WM or other GM, MD within ~20% of
+#: the ROI's, S0 no higher) by <= 0.05 x 0.2; the 12-direction scheme's mean g g^T is within
+#: 0.001 of I/3, which moves GM's weakly anisotropic ADC mean by < 0.1%. Sum: ~1.6%.
+TRUTH_MD_VOXEL_TOLERANCE = (
+    session.BIAS_PER_FRACTION["csf"] * session.TRUTH_MAX_CSF
+    + (1.0 - session.TRUTH_MIN_ROI_GM) * 0.2
+    + 0.001
+)
+#: Most pure voxels are far purer than the rule's limit: the ROI's median voxel within 0.5%.
+TRUTH_MD_MEDIAN_TOLERANCE = 0.005
 
 
 def _truth(root: Path, participant: str, ses: str, desc: str) -> np.ndarray:
@@ -165,6 +177,47 @@ def test_true_regions_hold_the_pure_gray_matter_truth_masks(tiny_trial):
             for index, name in enumerate(ROI_NAMES, start=1):
                 if rules[participant][ses][name] == "pure":
                     assert np.all(region[pure == index] == index), (participant, ses, name)
+
+
+def test_truth_md_map_is_the_roi_md_in_pure_gray_matter(tiny_trial):
+    """desc-truth_md: on the truth masks' grid, finite, a plausible MD in every true region, and
+    md_true (roi_md.tsv) in each ROI's pure-GM voxels (TRUTH_MD_*_TOLERANCE)."""
+    truth = tiny_trial / "sourcedata" / "ground_truth"
+    planted = json.loads((truth / "planted_effects.json").read_text())
+    rules = planted["imaging"]["truth_mask_rule_used"]
+    md_true = pd.read_csv(truth / "roi_md.tsv", sep="\t").set_index(
+        ["participant_id", "session_id", "roi"]
+    )["md_true"]
+    checked = 0
+    for participant in sorted(p.name for p in truth.glob("sub-*")):
+        for ses in SESSIONS:
+            folder = truth / participant / ses
+            stem = f"{participant}_{ses}_space-dwi_desc-truth"
+            image, dseg = (
+                nib.load(folder / f"{stem}_md.nii.gz"),
+                nib.load(folder / f"{stem}_dseg.nii.gz"),
+            )
+            assert image.shape == dseg.shape
+            np.testing.assert_allclose(image.affine, dseg.affine)
+            sidecar = json.loads((folder / f"{stem}_md.json").read_text())
+            assert sidecar["Units"] == "mm^2/s"
+            md = np.asarray(image.dataobj, dtype=float)
+            pure = np.asarray(dseg.dataobj)
+            region = _truth(tiny_trial, participant, ses, "region")
+            assert np.isfinite(md).all()
+            assert np.all((md[region > 0] > 0.5e-3) & (md[region > 0] < 3.1e-3)), (
+                participant,
+                ses,
+            )
+            for index, name in enumerate(ROI_NAMES, start=1):
+                if rules[participant][ses][name] != "pure":
+                    continue
+                relative = md[pure == index] / md_true[(participant, ses, name)] - 1.0
+                where = (participant, ses, name)
+                assert np.abs(relative).max() <= TRUTH_MD_VOXEL_TOLERANCE, where
+                assert abs(np.median(relative)) <= TRUTH_MD_MEDIAN_TOLERANCE, where
+                checked += 1
+    assert checked >= len(ROI_NAMES) * len(SESSIONS)
 
 
 def test_csf_shift_changes_only_the_csf_and_shares_retests_draws():

@@ -11,6 +11,7 @@ Layout (``<s>`` = session label, default ``baseline`` and ``24h``)::
     sourcedata/ground_truth/roi_md.tsv, planted_effects.json, desc-truth_dseg.tsv,
         sub-<l>/ses-<s>/sub-<l>_ses-<s>_space-dwi_desc-truth_dseg.nii.gz
         sub-<l>/ses-<s>/sub-<l>_ses-<s>_space-dwi_desc-region_dseg.nii.gz
+        sub-<l>/ses-<s>/sub-<l>_ses-<s>_space-dwi_desc-truth_md.nii.gz/.json
         sub-<l>/ses-<s>/sub-<l>_ses-<s>_space-T1w_desc-brain_mask.nii.gz
         sub-<l>/ses-<s>/sub-<l>_ses-<s>_space-dwi_desc-truth_fieldmap.nii.gz/.json  (--distortion)
         sub-<l>/ses-<s>/sub-<l>_ses-<s>_space-dwi_desc-truth_displacement.nii.gz/.json  (idem)
@@ -460,6 +461,8 @@ def simulate_participant(
         _save_nifti(
             dwi.region_dseg, dwi.affine, truth_dir / f"{stem}_space-dwi_desc-region_dseg.nii.gz"
         )
+        _save_nifti(dwi.truth_md, dwi.affine, truth_dir / f"{stem}_space-dwi_desc-truth_md.nii.gz")
+        _write_json(truth_dir / f"{stem}_space-dwi_desc-truth_md.json", TRUTH_MD_JSON)
         t1w = session.simulate_t1w(
             template, participant, pose, options.preset, rng, head_shape, scaling
         )
@@ -950,11 +953,28 @@ to compare with the App's ROIs on the DWI grid (Dice).
 sub-*/ses-*/*_space-dwi_desc-truth_dseg.nii.gz: ROI indices (desc-truth_dseg.tsv) of the voxels
 that are essentially pure gray matter of that true region, on the same grid (see
 truth_mask_rule in planted_effects.json).
+sub-*/ses-*/*_space-dwi_desc-truth_md.nii.gz: the apparent MD (mm^2/s) of every voxel on the
+same grid, from the noiseless signal before motion and distortion: what a perfect pipeline would
+measure there (partial volume and free water included; its .json says how it is computed).
+Averaged over the voxels a pipeline kept, it is the truth of the tissue that pipeline averaged,
+apart from how well its voxels match the true region.
 sub-*/ses-*/*_space-T1w_desc-brain_mask.nii.gz: the true brain (tissue + CSF >= 50% of the
 voxel) on the grid of that session's T1w, for brain-extraction Dice (planted_effects.json "head"
 says how the head around it was made and how each participant's T1w is scaled and stored).
 """
 
+TRUTH_MD_JSON = {
+    "Units": "mm^2/s",
+    "Description": "True apparent mean diffusivity of each voxel of the session's DWI grid at "
+    "the head position of its first volume: the mean over the diffusion-weighted volumes of "
+    "ln(S0 / S_v) / b_v of the simulator's noiseless signal before motion, eddy and "
+    "susceptibility resampling (S0: mean of the b=0 volumes). What a perfect DTI pipeline "
+    "would measure in that voxel: the tissue mixture as imaged (partial volume with WM, CSF "
+    "and other GM, any free water added in this session), not the tissue MD of roi_md.tsv. "
+    "0 where the voxel has no signal.",
+    "ComputedFrom": "ketamine_dti.simulate.signal.apparent_md (the simulator's own signal "
+    "model; no pipeline code)",
+}
 ROI_MD_JSON = {
     "participant_id": {"Description": "Participant label"},
     "session_id": {"Description": "Session label"},

@@ -15,6 +15,10 @@ space):
   the true one: GM-of-ROI-k fraction >= :data:`TRUTH_MIN_ROI_GM` and CSF fraction <=
   :data:`TRUTH_MAX_CSF`.
 
+A third truth, ``truth_md``, is the apparent MD of every voxel there (:func:`signal.apparent_md`):
+averaged over the voxels a pipeline kept, it separates the pipeline's measurement from how well
+its voxels match the true regions.
+
 Why: to first order a fraction f of a compartment c with relative S0 r and diffusivity D_c
 shifts the apparent MD of GM (MD D) by ``f r (1 - exp(-b (D_c - D))) / (b D)``: about +2.4 per
 unit CSF fraction (+2.4% MD per 1% free water), about -0.1 per unit WM fraction (measured
@@ -140,7 +144,10 @@ class DwiSession:
     added, see simulate_dwi); motion: the per-volume motion and eddy parameters. With
     susceptibility distortion (issue 11): field, the true off-resonance at the reference position
     (undistorted, like the truth masks), and reverse_pe (X, Y, Z, n) float32, the reverse
-    phase-encoded b=0 volumes (noise as ``data``).
+    phase-encoded b=0 volumes (noise as ``data``). truth_md (X, Y, Z) float32: the apparent MD
+    (mm^2/s) of every voxel at the reference position, from the noiseless signal before motion,
+    eddy and susceptibility resampling (signal.apparent_md): what a perfect pipeline would
+    measure there, free water and partial volume included.
     """
 
     data: np.ndarray
@@ -158,6 +165,7 @@ class DwiSession:
     motion: signal.Motion
     field: susceptibility.SessionField | None = None
     reverse_pe: np.ndarray | None = None
+    truth_md: np.ndarray | None = None
 
 
 def truth_masks(
@@ -305,6 +313,7 @@ def simulate_dwi(
     if head_shape is not None:
         grid = (template, participant, pose, affine)
         add_extracerebral_signal(reference, tissue.brain, s0_field, bvals, head_shape, grid)
+    truth_md = signal.apparent_md(reference, bvals)
     clean = signal.apply_motion(reference, preset.dwi_voxel_mm, motion, bvals, bvecs)
     field = reverse_pe = None
     if level is not None:
@@ -348,6 +357,7 @@ def simulate_dwi(
         motion=motion,
         field=field,
         reverse_pe=reverse_pe,
+        truth_md=truth_md,
     )
 
 

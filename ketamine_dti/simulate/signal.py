@@ -183,6 +183,47 @@ def tissue_signal(
     return out
 
 
+def apparent_md(series: np.ndarray, bvals: np.ndarray) -> np.ndarray:
+    """The MD (mm^2/s) a perfect DTI pipeline would measure in each voxel of a noiseless series.
+
+    series (X, Y, Z, n_vol): the noiseless signal at the reference head position before any
+    motion, eddy or susceptibility resampling (each volume's gradient is the one the tissue
+    saw); bvals (n_vol,) s/mm^2. Returns float32 (X, Y, Z): the mean over the diffusion-weighted
+    volumes of the apparent diffusion coefficient ``ln(S0 / S_v) / b_v``, S0 the mean of the
+    b=0 volumes; 0 where a voxel has no signal (outside the head).
+
+    Why this quantity: it is the partial-volume-mixed, apparent MD of the voxel as imaged, not
+    the tissue's MD. A DTI fit is log-linear, so for any voxel (a tissue mixture included) its
+    MD, the trace of the fitted tensor / 3, is the mean of the directions' ADCs when the
+    directions cover the sphere evenly (mean g g^T = I/3; the repulsion scheme is close: for
+    the weakly anisotropic GM tensor the error is below 0.1%). For a single tensor it is
+    exactly the compartment's MD. The log of the direction-averaged signal would be lower by
+    about b var(ADC) / 2 (the spherical-mean ADC, another model); a volume-weighted mean of the
+    compartments' MDs would ignore that CSF, with its high S0 and diffusivity, moves the
+    measured MD by ~2.4x its volume fraction (session.BIAS_PER_FRACTION), which a pipeline that
+    averages a voxel with CSF in it rightly reports. Noise, motion, distortion, interpolation
+    and the choice of voxels are what a pipeline adds to this.
+    """
+    bvals = np.asarray(bvals, dtype=float)
+    weighted = np.flatnonzero(bvals > 0)
+    unweighted = np.flatnonzero(bvals <= 0)
+    if len(weighted) == 0 or len(unweighted) == 0:
+        raise ValueError("apparent_md needs b=0 and diffusion-weighted volumes")
+    s0 = np.zeros(series.shape[:3], dtype=np.float64)
+    for volume in unweighted:
+        s0 += series[..., volume]
+    s0 /= len(unweighted)
+    valid = s0 > 0
+    adc_sum = np.zeros_like(s0)
+    for volume in weighted:
+        weighted_signal = series[..., volume].astype(np.float64)
+        valid &= weighted_signal > 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            adc_sum += np.log(s0 / weighted_signal) / bvals[volume]
+    md = np.where(valid, adc_sum / len(weighted), 0.0)
+    return md.astype(np.float32)
+
+
 @dataclass(frozen=True)
 class Motion:
     """Per-volume rigid motion in the image frame (mm, degrees) and eddy coefficients.

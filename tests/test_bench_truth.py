@@ -1,0 +1,115 @@
+"""The participant benchmark's second truth: the planted MD over the App's own kept voxels.
+
+``benchmarks/bench_participant.py`` averages the simulator's per-voxel true apparent MD
+(``desc-truth_md``) over the voxels the App kept (``atlas_gm``), so that the App's measurement
+is judged apart from how far its ROIs are from the true regions. Synthetic arrays and a
+synthetic output tree: nothing is simulated or run here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from ketamine_dti.derivatives import spec_path
+from ketamine_dti.resources import ATLAS
+from ketamine_dti.rois import ROI_NAMES
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_participant.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_participant", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_voxel_means_average_each_label_plainly_and_leave_absent_rois_nan(bench):
+    labels = np.zeros((4, 4, 3), dtype=np.int16)
+    labels[0, :2, 0] = 1  # two voxels of ROI 1
+    labels[1:3, 0, 1] = 3  # two voxels of ROI 3; ROI 2 has none
+    values = np.arange(labels.size, dtype=float).reshape(labels.shape)
+    means = bench.voxel_means(values, labels, ROI_NAMES[:3])
+    assert means[ROI_NAMES[0]] == pytest.approx(values[0, :2, 0].mean())
+    assert np.isnan(means[ROI_NAMES[1]])
+    assert means[ROI_NAMES[2]] == pytest.approx((values[1, 0, 1] + values[2, 0, 1]) / 2)
+    with pytest.raises(ValueError, match="shape"):
+        bench.voxel_means(values[..., :2], labels, ROI_NAMES[:3])
+
+
+def _save(data: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0])), path)
+
+
+def test_own_voxel_truth_separates_the_measurement_from_the_atlas(tmp_path, bench):
+    """The App measures its own voxels 1% high, exactly tracking their planted change, while
+    they lie half outside the true region (whose tissue MD changes differently): against its
+    own voxels the slope is 1 and the error 1%; against the true region it is neither."""
+    rng = np.random.default_rng(0)
+    bids, out = tmp_path / "bids", tmp_path / "out"
+    subjects, shape = ["001", "002", "003", "004"], (8, 8, 8)
+    labels = np.zeros(shape, dtype=np.int16)
+    for index in range(1, len(ROI_NAMES) + 1):
+        labels[index - 1, :4, :4] = index  # 16 kept voxels per ROI
+    truth_rows, table_rows = [], []
+    for subject, session in itertools.product(subjects, bench.SESSIONS):
+        stem = f"sub-{subject}/ses-{session}/sub-{subject}_ses-{session}"
+        truth = rng.uniform(0.7e-3, 1.0e-3, shape)  # apparent MD: every voxel differs
+        _save(
+            truth.astype(np.float32),
+            bids / f"sourcedata/ground_truth/{stem}_space-dwi_desc-truth_md.nii.gz",
+        )
+        measured = truth * 1.01
+        _save(measured.astype(np.float32), spec_path(out, "md", subject, session))
+        _save(labels, spec_path(out, "atlas_gm", subject, session, atlas=ATLAS))
+        for index, roi in enumerate(ROI_NAMES, start=1):
+            keys = {"participant_id": f"sub-{subject}", "session_id": f"ses-{session}", "roi": roi}
+            table_rows.append(keys | {"md_mean": float(measured[labels == index].mean())})
+            truth_rows.append(keys | {"md_true": rng.uniform(0.75e-3, 0.95e-3)})
+    truth_dir = bids / "sourcedata/ground_truth"
+    pd.DataFrame(truth_rows).to_csv(truth_dir / "roi_md.tsv", sep="\t", index=False)
+
+    own = bench.own_voxel_truth(bids, out, subjects)
+    assert len(own) == len(subjects) * len(bench.SESSIONS) * len(ROI_NAMES)
+    np.testing.assert_allclose(own.md_map_voxel_mean, own.md_true_own * 1.01, rtol=1e-6)
+
+    result = bench.two_truths(bids, out, pd.DataFrame(table_rows), subjects)
+    mine, region = result["truth_over_app_voxels"], result["truth_over_true_region"]
+    assert mine["median_abs_rel_error"] == pytest.approx(0.01, abs=1e-5)
+    assert mine["slope_dmd"] == pytest.approx(1.0, abs=1e-4)
+    assert mine["relative_dmd_correlation"] == pytest.approx(1.0, abs=1e-6)
+    assert all(v == pytest.approx(1.0, abs=1e-3) for v in mine["per_roi_slope_dmd"].values())
+    assert mine["n_pairs"] == len(subjects) * len(ROI_NAMES)
+    assert mine["median_abs_rel_diff_md_mean_vs_voxel_mean"] < 1e-6  # one point per voxel here
+    assert abs(region["slope_dmd"] - 1.0) > 0.1  # the true region's tissue changed otherwise
+    assert region["median_abs_rel_error"] > 0.02
+
+    text = "\n".join(bench.two_truths_markdown({"null_longitudinal": result}))
+    assert "truth over the App's voxels" in text and "truth over the true region" in text
+    for roi in ROI_NAMES:
+        assert f"| {roi} |" in text
+
+
+def test_two_truths_keeps_the_region_truth_when_no_truth_map_was_written(tmp_path, bench):
+    """A trial simulated before desc-truth_md existed: only the true-region figures."""
+    bids = tmp_path / "bids"
+    rows = [
+        {"participant_id": "sub-001", "session_id": f"ses-{s}", "roi": roi, "md_true": 0.8e-3}
+        for s in bench.SESSIONS
+        for roi in ROI_NAMES
+    ]
+    (bids / "sourcedata/ground_truth").mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(bids / "sourcedata/ground_truth/roi_md.tsv", sep="\t", index=False)
+    table = pd.DataFrame(rows).drop(columns="md_true").assign(md_mean=0.81e-3)
+    result = bench.two_truths(bids, tmp_path / "out", table, ["001"])
+    assert set(result) == {"truth_over_true_region"}
+    assert result["truth_over_true_region"]["median_abs_rel_error"] == pytest.approx(0.0125)
