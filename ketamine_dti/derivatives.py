@@ -421,8 +421,11 @@ def spec_path(
     return bids.derivative_path(output_dir, spec.datatype, spec.suffix, spec.extension, **entities)
 
 
-def find_outputs(output_dir: str | Path, key: str) -> dict[tuple[str, str], Path]:
-    """(subject label, session label) -> file of every session that has output `key`."""
+def find_outputs(
+    output_dir: str | Path, key: str, atlas: str = ""
+) -> dict[tuple[str, str], Path]:
+    """(subject label, session label) -> file of every session that has output `key` (an
+    output named after the atlas needs ``atlas``, as in ``spec_path``)."""
     spec = OUTPUTS[key]
     pattern = f"sub-*/ses-*/{spec.datatype}/sub-*_ses-*_*{spec.suffix}{spec.extension}"
     found = {}
@@ -430,7 +433,7 @@ def find_outputs(output_dir: str | Path, key: str) -> dict[tuple[str, str], Path
         subject = bids.strip_prefix(path.parts[-4], "sub-")
         session = bids.strip_prefix(path.parts[-3], "ses-")
         # only the exact name this session's output has (not another desc or a stray file)
-        if path.name == spec_path(output_dir, key, subject, session, atlas="x").name:
+        if path.name == spec_path(output_dir, key, subject, session, atlas).name:
             found[(subject, session)] = path
     return found
 

@@ -129,6 +129,18 @@ def test_find_outputs_takes_only_the_exact_names(tmp_path):
     assert find_outputs(tmp_path, "roi_table") == {("02", "baseline"): wanted}
 
 
+def test_find_outputs_finds_outputs_named_after_the_atlas(tmp_path):
+    wanted = spec_path(tmp_path, "atlas_dseg", "02", "24h", atlas="ketamine7")
+    wanted.parent.mkdir(parents=True)
+    wanted.write_bytes(b"")
+    other = spec_path(tmp_path, "atlas_dseg", "02", "baseline", atlas="other")
+    other.parent.mkdir(parents=True)
+    other.write_bytes(b"")
+    assert find_outputs(tmp_path, "atlas_dseg", atlas="ketamine7") == {("02", "24h"): wanted}
+    with pytest.raises(ValueError, match="give atlas"):
+        find_outputs(tmp_path, "atlas_dseg")
+
+
 def test_dwi_sidecar_records_the_steps_and_raw_metadata(tmp_path):
     raw = tmp_path / "bids" / "sub-01" / "ses-24h" / "dwi" / "sub-01_ses-24h_dwi.nii.gz"
     metadata = {"PhaseEncodingDirection": "j-", "SeriesDescription": "not carried"}

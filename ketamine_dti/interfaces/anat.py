@@ -331,3 +331,49 @@ class CollapseLinear(SimpleInterface):
             Path(runtime.cwd) / "collapsed_xfm.mat",
         )
         return runtime
+
+
+class _VentricleCoverageInputSpec(BaseInterfaceInputSpec):
+    md_file = File(exists=True, mandatory=True, desc="MD, native DWI grid")
+    mask_file = File(exists=True, mandatory=True, desc="DWI brain mask")
+    tissue_dseg_file = File(exists=True, mandatory=True, desc="subject template tissue labels")
+    template_mask = File(exists=True, mandatory=True, desc="subject template brain mask")
+    from_dwi_to_template = File(exists=True, mandatory=True, desc="one affine .mat")
+
+
+class _VentricleCoverageOutputSpec(TraitedSpec):
+    qc = traits.Dict(desc="ventricle_coverage (NaN when n/a) and ventricle_volume_ml")
+
+
+class VentricleCoverage(SimpleInterface):
+    """Share of the DWI's ventricles on the T1w's deep CSF (``anat.ventricles``): the check
+    that the T1w is this person's, which the brain-mask Dice cannot make."""
+
+    input_spec = _VentricleCoverageInputSpec
+    output_spec = _VentricleCoverageOutputSpec
+
+    def _run_interface(self, runtime):
+        import nibabel as nib
+        import numpy as np
+
+        from ketamine_dti.anat import ventricles
+        from ketamine_dti.anat.transfer import linear_point_map
+
+        md, mask = nib.load(self.inputs.md_file), nib.load(self.inputs.mask_file)
+        dseg, brain = nib.load(self.inputs.tissue_dseg_file), nib.load(self.inputs.template_mask)
+        if not np.allclose(dseg.affine, brain.affine, atol=1e-4) or dseg.shape != brain.shape:
+            raise ValueError(f"{self.inputs.tissue_dseg_file}: not on the brain mask's grid")
+        found = ventricles.dwi_ventricles(
+            np.asanyarray(md.dataobj), np.asanyarray(mask.dataobj) > 0, md.header.get_zooms()
+        )
+        csf = ventricles.deep_csf_fraction(
+            np.asanyarray(dseg.dataobj), np.asanyarray(brain.dataobj),
+            dseg.header.get_zooms()[:3], md.header.get_zooms()[:3],
+        )  # fmt: skip
+        # a from-DWI_to-template .mat maps template points to DWI points
+        to_template = np.linalg.inv(linear_point_map([self.inputs.from_dwi_to_template]))
+        coverage, volume = ventricles.ventricle_coverage(
+            found, md.affine, csf, dseg.affine, to_template
+        )
+        self._results["qc"] = {"ventricle_coverage": coverage, "ventricle_volume_ml": volume}
+        return runtime

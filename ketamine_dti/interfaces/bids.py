@@ -135,6 +135,7 @@ class _QCInputSpec(BaseInterfaceInputSpec):
     residual_median = traits.Float(mandatory=True)
     roi_file = File(exists=True, mandatory=True)
     dwi_t1w_qc = traits.Dict()
+    ventricle_qc = traits.Dict(desc="VentricleCoverage QC")
     template_qc = traits.Dict(desc="subject-template (halfway) QC")
     mni_qc = traits.Dict(desc="template -> MNI registration QC")
     n_nonfinite_voxels = traits.Int(0, usedefault=True, desc="raw voxels with NaN/Inf (zeroed)")
@@ -177,6 +178,16 @@ QC_COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
     "dwi_fov_fraction": {
         "Description": "Fraction of the T1w brain mask inside the DWI's field of view (a slab "
         "that misses the cerebellum or the vertex covers less than 1)"
+    },
+    "reg_ventricle_coverage": {
+        "Description": "Share of the DWI's ventricles (deep voxels with MD above twice the "
+        "brain median, clusters of 1 ml or more) that fall on the T1w's deep CSF after "
+        "coregistration: low when the T1w is not this person's or the registration is off; "
+        "n/a when the DWI shows less than 2 ml of ventricles"
+    },
+    "dwi_ventricle_volume_ml": {
+        "Description": "Volume of the DWI's ventricles used by reg_ventricle_coverage",
+        "Units": "ml",
     },
     "reg_session_halfway_ncc": {"Description": "NCC of the sessions' T1w in halfway space"},
     "reg_t1w_mni_ncc": {"Description": "NCC of the subject template and MNI brain"},
@@ -286,6 +297,8 @@ class SessionQC(SimpleInterface):
             "reg_dwi_t1w_mi": get(self.inputs.dwi_t1w_qc, "mutual_information"),
             "reg_dwi_t1w_dice": get(self.inputs.dwi_t1w_qc, "dice_mask"),
             "dwi_fov_fraction": get(self.inputs.dwi_t1w_qc, "dwi_fov_fraction"),
+            "reg_ventricle_coverage": get(self.inputs.ventricle_qc, "ventricle_coverage"),
+            "dwi_ventricle_volume_ml": get(self.inputs.ventricle_qc, "ventricle_volume_ml"),
             "reg_session_halfway_ncc": get(self.inputs.template_qc, "ncc_halfway"),
             "reg_t1w_mni_ncc": get(self.inputs.mni_qc, "ncc"),
             "reg_t1w_mni_dice": get(self.inputs.mni_qc, "dice_mask"),

@@ -12,7 +12,12 @@ from ketamine_dti.config import Config
 from ketamine_dti.derivatives import SidecarContext, input_fields, session_output_keys
 from ketamine_dti.dwi.motion import pe_axis_from_metadata
 from ketamine_dti.fieldmaps import corrects, session_plan
-from ketamine_dti.interfaces.anat import CollapseLinear, DWIToT1w, SessionBrain
+from ketamine_dti.interfaces.anat import (
+    CollapseLinear,
+    DWIToT1w,
+    SessionBrain,
+    VentricleCoverage,
+)
 from ketamine_dti.interfaces.bids import SessionQC
 from ketamine_dti.interfaces.inputs import ExcludeVoxels, PrepareDWI
 from ketamine_dti.interfaces.rois import SampleRegions
@@ -54,6 +59,7 @@ QC_FIELDS = (
     "mni_qc",
     "t1w_mask_file",
     "dwi_t1w_qc",
+    "ventricle_qc",
 )
 OUTPUT_FIELDS = ("samples_file", "md_file", "dseg_file", "b0_reference", *QC_FIELDS)
 #: Outputs published after the participant's ROI statistics (they need every session).
@@ -188,6 +194,15 @@ def init_session_wf(
         (inputnode, outputnode, [("template_qc", "template_qc"), ("mni_qc", "mni_qc"),
                                  ("template_mask", "t1w_mask_file")]),
         (dwi_to_t1w, outputnode, [("qc", "dwi_t1w_qc")]),
+    ])  # fmt: skip
+    ventricles = pe.Node(VentricleCoverage(), name="ventricle_coverage")
+    workflow.connect([
+        (preproc, ventricles, [("outputnode.md_file", "md_file"),
+                               ("outputnode.mask_file", "mask_file")]),
+        (inputnode, ventricles, [("tissue_dseg_file", "tissue_dseg_file"),
+                                 ("template_mask", "template_mask")]),
+        (dwi_to_template, ventricles, [("out_file", "from_dwi_to_template")]),
+        (ventricles, outputnode, [("qc", "ventricle_qc")]),
     ])  # fmt: skip
     derivatives = init_session_derivatives_wf(session, config, exclude=MEASURE_OUTPUTS)
     fields = input_fields(session_output_keys(config.denoise, sdc))
