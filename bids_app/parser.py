@@ -173,7 +173,13 @@ def _add_method_options(met) -> None:
         help="Gibbs-ringing removal (Kellner et al. 2016); off by default, as in QSIPrep, "
         "because it adds minutes per session and 24-hour MD change is a within-scan contrast",
     )
-    met.add_argument("--tensor-fit", choices=["wls", "ols", "nlls"], default="wls")
+    met.add_argument(
+        "--tensor-fit",
+        choices=["wls", "ols", "nlls", "restore"],
+        default="wls",
+        help="tensor estimator; restore (Chang et al. 2005) leaves out samples beyond 3 noise "
+        "SDs of a robust fit, using the MP-PCA noise map when --denoise mppca",
+    )
     met.add_argument(
         "--b0-threshold",
         type=float,

@@ -36,6 +36,20 @@ def test_dwi_preproc_options(denoise, gibbs, present, absent):
     assert not (absent & names)
 
 
+@pytest.mark.parametrize(("denoise", "wired"), [("mppca", True), ("none", False)])
+def test_restore_reads_the_mppca_noise_map_when_there_is_one(denoise, wired):
+    workflow = init_dwi_preproc_wf(denoise=denoise, tensor_fit="restore")
+    tensor = workflow.get_node("tensor_fit")
+    sources = {
+        (source.name, edge["connect"][0][0])
+        for source, _, edge in workflow._graph.in_edges(tensor, data=True)
+    }
+    assert (("denoise", "noise_file") in sources) is wired
+    assert tensor.inputs.method == "restore"
+    assert "RESTORE [restore]" in workflow.desc
+    assert ("MP-PCA noise map" in workflow.desc) is wired
+
+
 def test_dwi_preproc_rejects_unknown_denoiser():
     with pytest.raises(ValueError, match="denoise"):
         init_dwi_preproc_wf(denoise="nlmeans")

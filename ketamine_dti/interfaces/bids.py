@@ -128,6 +128,7 @@ class _QCInputSpec(BaseInterfaceInputSpec):
     n_sessions = traits.Int(mandatory=True, desc="sessions of this participant (1: flagged)")
     dwi_file = File(exists=True, mandatory=True, desc="preprocessed DWI")
     bval_file = File(exists=True, mandatory=True)
+    bvec_file = File(exists=True, desc="b-vectors of dwi_file (for neighbor_correlation)")
     mask_file = File(exists=True, mandatory=True)
     t1w_mask_file = File(exists=True, desc="brain mask of the subject template (T1w)")
     confounds_file = File(exists=True, mandatory=True)
@@ -164,6 +165,11 @@ QC_COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "series has fewer than 2 b0 volumes (an SD across one volume is undefined)"
     },
     "tensor_residual": {"Description": "Median RMS tensor-fit residual / S0 in the brain"},
+    "neighbor_correlation": {
+        "Description": "Mean over diffusion-weighted volumes of the correlation in the brain "
+        "with the nearest volume in q-space (QSIPrep's NDC, Yeh et al. 2019); artefacts, "
+        "dropouts and residual misalignment lower it; n/a without b-vectors"
+    },
     "brain_volume_ml": {"Description": "Volume of the DWI brain mask", "Units": "ml"},
     "t1w_brain_volume_ml": {
         "Description": "Volume of the subject template's (T1w) brain mask",
@@ -233,6 +239,17 @@ def _column_max(table: pd.DataFrame, column: str) -> float:
     return float(values.max()) if values.notna().any() else float("nan")
 
 
+def _mean_neighbor_correlation(data, bvals, bvec_file, mask) -> float:
+    """The session's NDC (NaN without b-vectors or with fewer than 2 diffusion volumes)."""
+    from ketamine_dti.dwi.gradients import read_bvecs
+    from ketamine_dti.dwi.qc import neighbor_correlation
+
+    if not isdefined(bvec_file):
+        return float("nan")
+    values = neighbor_correlation(data, bvals, read_bvecs(bvec_file), mask)
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+
 class SessionQC(SimpleInterface):
     """One-row QC table of a session (motion, tSNR, fit residual, registration quality, ROI
     retention) with its verdict from ``ketamine_dti.qc``."""
@@ -281,6 +298,9 @@ class SessionQC(SimpleInterface):
             "outlier_fraction": qc.outlier_fraction(self.inputs.outlier_volumes, len(bvals)),
             "tsnr": b0_tsnr(data, bvals <= B0_THRESHOLD, mask),
             "tensor_residual": self.inputs.residual_median,
+            "neighbor_correlation": _mean_neighbor_correlation(
+                data, bvals, self.inputs.bvec_file, mask
+            ),
             "brain_volume_ml": _volume_ml(self.inputs.mask_file),
             "t1w_brain_volume_ml": _volume_ml(t1w_mask) if isdefined(t1w_mask) else np.nan,
             "reg_dwi_t1w_mi": get(self.inputs.dwi_t1w_qc, "mutual_information"),

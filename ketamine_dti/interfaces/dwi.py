@@ -289,7 +289,8 @@ class _TensorInputSpec(BaseInterfaceInputSpec):
     bval_file = File(exists=True, mandatory=True)
     bvec_file = File(exists=True, mandatory=True)
     mask_file = File(exists=True, mandatory=True)
-    method = traits.Enum("wls", "ols", "nlls", usedefault=True)
+    method = traits.Enum("wls", "ols", "nlls", "restore", usedefault=True)
+    noise_file = File(exists=True, desc="noise SD map (MP-PCA) for RESTORE's outlier test")
     n_threads = traits.Int(1, usedefault=True)
 
 
@@ -321,6 +322,9 @@ class TensorFit(SimpleInterface):
 
         image, data, gtab, mask = _load_masked_dwi(self.inputs)
         bvals, bvecs = gtab.bvals, gtab.bvecs
+        noise = None
+        if isdefined(self.inputs.noise_file):
+            noise = nib.load(self.inputs.noise_file).get_fdata(dtype=np.float32)
         fit = fit_tensor(
             data,
             bvals,
@@ -328,6 +332,7 @@ class TensorFit(SimpleInterface):
             mask=mask,
             method=self.inputs.method,
             n_threads=self.inputs.n_threads,
+            noise=noise,
         )
         residual_map, residual_median = tensor_residual(
             data, fit.evals, fit.evecs, fit.s0, bvals, bvecs, mask

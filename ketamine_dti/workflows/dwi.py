@@ -11,6 +11,7 @@ from ketamine_dti.dwi import free_water
 from ketamine_dti.dwi.gre_fieldmap import SMOOTHING_FWHM_MM as GRE_SMOOTHING_MM
 from ketamine_dti.dwi.motion import FD_HEAD_RADIUS_MM, FD_OUTLIER_MM, SHELL_PASS_LEVELS
 from ketamine_dti.dwi.susceptibility import knot_spacings
+from ketamine_dti.dwi.tensor import RESTORE_OUTLIER_SD
 from ketamine_dti.fieldmaps import FieldmapInputs, corrects
 from ketamine_dti.interfaces.dwi import (
     BrainMask,
@@ -124,8 +125,19 @@ diffusion-weighted volumes, were taken from the b0 volumes. Six motion parameter
 displacement (FD, {FD_HEAD_RADIUS_MM:g} mm head radius) [fd] were saved; volumes with FD >
 {FD_OUTLIER_MM} mm were counted as outliers. {_sdc_sentence(fieldmap)}A brain mask was
 computed from the b0 reference (median filter and Otsu threshold). A diffusion tensor was
-fitted ({tensor_fit.upper()} [wls]), giving MD, FA, AD and RD (mm^2/s) and the RMS fit
-residual. {_FREE_WATER_SENTENCE}"""
+fitted ({_tensor_sentence(tensor_fit, denoise)}), giving MD, FA, AD and RD (mm^2/s) and the RMS
+fit residual. {_FREE_WATER_SENTENCE}"""
+
+
+def _tensor_sentence(tensor_fit: str, denoise: str) -> str:
+    """The estimator as the methods name it (RESTORE's noise comes from MP-PCA when it ran)."""
+    if tensor_fit != "restore":
+        return f"{tensor_fit.upper()} [wls]"
+    noise = "the MP-PCA noise map" if denoise == "mppca" else "each voxel's median residual"
+    return (
+        f"RESTORE [restore]: samples more than {RESTORE_OUTLIER_SD:g} noise SDs ({noise}) from a "
+        "Geman-McClure robust fit were left out of a weighted least-squares fit [wls]"
+    )
 
 
 def init_dwi_preproc_wf(
@@ -209,6 +221,8 @@ def init_dwi_preproc_wf(
     _connect_restoration(
         workflow, check, (motion, resample), outputnode, denoise, gibbs, omp_nthreads
     )
+    if tensor_fit == "restore" and denoise == "mppca":
+        workflow.connect(workflow.get_node("denoise"), "noise_file", tensor, "noise_file")
     if corrects(fieldmap):
         estimate = (
             _pepolar_node(fieldmap, b0_threshold)
