@@ -181,6 +181,14 @@ def _add_method_options(met) -> None:
         "SDs of a robust fit, using the MP-PCA noise map when --denoise mppca",
     )
     met.add_argument(
+        "--slice-outliers",
+        choices=["replace", "none"],
+        default="replace",
+        help="slice dropouts (a slice's brain signal > 4 SD below the tensor prediction from "
+        "the other volumes): replace them by the prediction before the fits, as eddy --repol "
+        "does, or only count them in the confounds and QC tables",
+    )
+    met.add_argument(
         "--b0-threshold",
         type=float,
         default=50.0,
@@ -419,6 +427,7 @@ def to_config(args: argparse.Namespace) -> Config:
         denoise=args.denoise,
         gibbs=args.gibbs,
         tensor_fit=args.tensor_fit,
+        slice_outliers=args.slice_outliers,
         b0_threshold=args.b0_threshold,
         roi_atlas=args.roi_atlas.absolute() if args.roi_atlas else None,
         roi_atlas_label=args.roi_atlas_label,

@@ -41,6 +41,8 @@ MIN_SHELL_VOLUMES = 6
 N_ROUNDS = 4
 #: The slice axis when the sidecar does not say (BIDS: the third voxel axis).
 DEFAULT_SLICE_AXIS = 2
+#: Columns SliceOutliers.confounds adds to the confounds table.
+CONFOUND_COLUMNS = ("outlier_slices", "replaced_slices", "tested_slices")
 
 
 @dataclass(frozen=True)
@@ -54,10 +56,15 @@ class SliceOutliers:
     tested: np.ndarray
     zscores: np.ndarray
 
-    @property
-    def per_volume(self) -> np.ndarray:
-        """Outlier slices of each volume."""
-        return self.outliers.sum(axis=1)
+    def confounds(self, replaced: bool) -> dict[str, np.ndarray]:
+        """Per-volume columns of the confounds table (CONFOUND_COLUMNS): outlier slices found,
+        replaced (0 when ``replaced`` is False) and tested."""
+        found = self.outliers.sum(axis=1)
+        return {
+            "outlier_slices": found,
+            "replaced_slices": found if replaced else np.zeros_like(found),
+            "tested_slices": self.tested.sum(axis=1),
+        }
 
 
 def slice_axis_from_metadata(metadata: dict) -> int:
@@ -185,9 +192,10 @@ def _predict_shell(data, bvals, bvecs, mask, used, volumes, noise, n_threads) ->
         noise=noise,
     )
     predicted = np.full(data.shape[:3] + (volumes.size,), np.nan, dtype=np.float32)
-    predicted[mask] = predict_signal(
-        fit.evals[mask], fit.evecs[mask], fit.s0[mask], bvals[volumes], bvecs[volumes]
-    )
+    with np.errstate(invalid="ignore", over="ignore"):  # failed fits: not finite, not used
+        predicted[mask] = predict_signal(
+            fit.evals[mask], fit.evecs[mask], fit.s0[mask], bvals[volumes], bvecs[volumes]
+        )
     return predicted
 
 

@@ -160,6 +160,17 @@ QC_COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "Description": f"Volumes with framewise displacement > {FD_OUTLIER_MM} mm"
     },
     "outlier_fraction": {"Description": "n_outlier_volumes / n_volumes"},
+    "n_outlier_slices": {
+        "Description": "Slice dropouts found in the diffusion-weighted volumes (outlier_slices "
+        "of the confounds table); n/a when not run"
+    },
+    "outlier_slice_fraction": {
+        "Description": "n_outlier_slices / slices tested (tested_slices of the confounds table)"
+    },
+    "n_replaced_slices": {
+        "Description": "Outlier slices replaced by the tensor prediction before the fits (0 "
+        "with --slice-outliers none)"
+    },
     "tsnr": {
         "Description": "Median over the brain of mean/SD across b0 volumes; n/a when the "
         "series has fewer than 2 b0 volumes (an SD across one volume is undefined)"
@@ -239,6 +250,13 @@ def _column_max(table: pd.DataFrame, column: str) -> float:
     return float(values.max()) if values.notna().any() else float("nan")
 
 
+def _column_sum(table: pd.DataFrame, column: str) -> float:
+    """Sum of a column (NaN when absent)."""
+    if column not in table:
+        return float("nan")
+    return float(pd.to_numeric(table[column], errors="coerce").sum())
+
+
 def _mean_neighbor_correlation(data, bvals, bvec_file, mask) -> float:
     """The session's NDC (NaN without b-vectors or with fewer than 2 diffusion volumes)."""
     from ketamine_dti.dwi.gradients import read_bvecs
@@ -296,6 +314,11 @@ class SessionQC(SimpleInterface):
             "max_fd": float(np.max(fd)),
             "n_outlier_volumes": self.inputs.outlier_volumes,
             "outlier_fraction": qc.outlier_fraction(self.inputs.outlier_volumes, len(bvals)),
+            "n_outlier_slices": _column_sum(confounds, "outlier_slices"),
+            "outlier_slice_fraction": qc.outlier_fraction(
+                _column_sum(confounds, "outlier_slices"), _column_sum(confounds, "tested_slices")
+            ),
+            "n_replaced_slices": _column_sum(confounds, "replaced_slices"),
             "tsnr": b0_tsnr(data, bvals <= B0_THRESHOLD, mask),
             "tensor_residual": self.inputs.residual_median,
             "neighbor_correlation": _mean_neighbor_correlation(

@@ -11,6 +11,7 @@ from ketamine_dti.bids import SessionInputs
 from ketamine_dti.config import Config
 from ketamine_dti.derivatives import SidecarContext, input_fields, session_output_keys
 from ketamine_dti.dwi.motion import pe_axis_from_metadata
+from ketamine_dti.dwi.slice_outliers import slice_axis_from_metadata
 from ketamine_dti.fieldmaps import corrects, session_plan
 from ketamine_dti.interfaces.anat import CollapseLinear, DWIToT1w, SessionBrain
 from ketamine_dti.interfaces.bids import SessionQC
@@ -260,8 +261,10 @@ def _init_preproc(workflow, session: SessionInputs, config: Config):
         denoise=config.denoise,
         gibbs=config.gibbs,
         tensor_fit=config.tensor_fit,
+        slice_outliers=config.slice_outliers,
         omp_nthreads=config.omp_nthreads,
         pe_axis=pe_axis_from_metadata(session.dwi_metadata),
+        slice_axis=slice_axis_from_metadata(session.dwi_metadata),
         fieldmap=session_plan(session),
         b0_threshold=config.b0_threshold,
     )
