@@ -139,7 +139,9 @@ squares (inverse-compositional Gauss-Newton [ic_gn]); diffusion-weighted volumes
 {len(SHELL_PASS_LEVELS)} least-squares passes, then refined at full resolution with Mattes mutual
 information (ANTs). Each shell mean was brought to the b0 reference by one rigid
 registration with Mattes mutual information (ANTs). Each volume was
-interpolated once; b-vectors were rotated by the rotation part of each affine [bvec_rotation].
+interpolated once and multiplied by the Jacobian determinant of its affine (restoring the signal
+an eddy-current stretch spreads thinner); b-vectors were rotated by the rotation part of each
+affine [bvec_rotation].
 Translations along phase encoding, which the eddy-current field offset confounds in
 diffusion-weighted volumes, were taken from the b0 volumes. Six motion parameters and the framewise
 displacement (FD, {FD_HEAD_RADIUS_MM:g} mm head radius) [fd] were saved; volumes with FD >
