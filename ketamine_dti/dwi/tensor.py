@@ -11,7 +11,8 @@ derived map (MD, AD, RD, eigenvalues) come out in mm^2/s.
   spike): WLS first; where a residual exceeds ``RESTORE_OUTLIER_SD`` noise SDs, a Geman-McClure
   M-estimate (iteratively reweighted, scale ``ROBUST_SD`` x the MAD of the residuals) finds the
   outliers, which are then left out of a final WLS fit. The noise SD is the MP-PCA map when
-  given, else the voxel's own ``ROBUST_SD`` x median |WLS residual|.
+  given, else the voxel's own ``ROBUST_SD`` x median |WLS residual| (corrected for the
+  degrees of freedom the fit used).
 
 All three run voxel by voxel in one numba kernel, parallel over voxels: per voxel the 7x7
 normal equations are accumulated in float64 from the 28 unique design products, solved by
@@ -465,8 +466,8 @@ def _restore_refine(
     _predict(design_t, beta, prediction)
     for i in range(n_vol):
         residual[i] = abs(measured[i] - prediction[i])
-    if not noise > 0.0:
-        noise = ROBUST_SD * np.median(residual)
+    if not noise > 0.0:  # residuals of a 7-parameter fit are shrunk by sqrt((n - 7) / n)
+        noise = ROBUST_SD * np.median(residual) * np.sqrt(n_vol / max(n_vol - n_params, 1))
         if not noise > 0.0:
             return 0
     limit = RESTORE_OUTLIER_SD * noise
