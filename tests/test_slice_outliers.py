@@ -157,3 +157,19 @@ def test_replacement_removes_the_md_bias_of_dropouts():
     before, after = bias(dropped), bias(replaced)
     print(f"median MD bias in dropped slices: {before:.2%} without, {after:.2%} with replacement")
     assert before > 0.015 and abs(after) < 0.003  # 2.2% and 0.01%
+
+
+def test_shells_that_cannot_be_predicted_are_left_untested():
+    """Six directions (too few for a median and MAD, and for a fit without one of them), or
+    twelve volumes along three axes (no tensor): nothing tested, data unchanged, no error."""
+    data, _, mask, bvals, bvecs = phantom(0)
+    few = np.r_[np.arange(N_B0), N_B0 + np.arange(6)]
+    result = replace_slice_outliers(data[..., few], bvals[few], bvecs[few], mask)
+    assert not result.tested.any()
+    axes = np.tile(np.eye(3), (4, 1))
+    degenerate = np.vstack([np.zeros((N_B0, 3)), axes])
+    shell = np.r_[np.zeros(N_B0), np.full(12, SHELLS[0])]
+    series = data[..., : N_B0 + 12]
+    result = replace_slice_outliers(series, shell, degenerate, mask)
+    assert not result.tested.any()
+    np.testing.assert_array_equal(result.data, series)

@@ -19,6 +19,7 @@ it), and ``slice_axis`` is the voxel axis of ``SliceEncodingDirection``.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 
@@ -27,7 +28,15 @@ import numpy as np
 from ketamine_dti.dwi.gradients import B0_THRESHOLD, cluster_shells
 from ketamine_dti.dwi.motion import PE_AXES
 from ketamine_dti.dwi.qc import predict_signal
-from ketamine_dti.dwi.tensor import ROBUST_SD, fit_tensor
+from ketamine_dti.dwi.tensor import (
+    DESIGN_RANK_TOLERANCE,
+    N_TENSOR_PARAMS,
+    ROBUST_SD,
+    design_matrix,
+    fit_tensor,
+)
+
+LOGGER = logging.getLogger(__name__)
 
 #: A slice is an outlier when its mean signal lies this many robust SDs below the prediction
 #: (eddy's default ``--ol_nstd``).
@@ -35,8 +44,9 @@ OUTLIER_SD = 4.0
 #: Slices with fewer brain voxels are not tested: their mean is too noisy to judge.
 MIN_SLICE_VOXELS = 20
 #: Shells with fewer diffusion-weighted volumes are not tested: a median and MAD across fewer
-#: volumes cannot tell one dropout from the spread.
-MIN_SHELL_VOLUMES = 6
+#: volumes cannot tell one dropout from the spread (a 6-direction test series flagged a clean
+#: slice), and a fit leaving one volume out needs 6 directions.
+MIN_SHELL_VOLUMES = 10
 #: Detect-replace-refit rounds at most (eddy iterates its outlier replacement likewise).
 N_ROUNDS = 4
 #: The slice axis when the sidecar does not say (BIDS: the third voxel axis).
@@ -156,6 +166,10 @@ def replace_slice_outliers(
         if volumes.size < MIN_SHELL_VOLUMES or not mask.any():
             continue
         used = np.r_[b0s, volumes]
+        if not b0s.size or not _determines_tensor_without_any(bvals[volumes], bvecs[volumes]):
+            LOGGER.warning("slice outliers: shell b=%g cannot be predicted without one of its "
+                           "volumes (no b0 or too few directions); not tested", shell)  # fmt: skip
+            continue
         observed, counts = slice_means(original[..., volumes], mask, slice_axis)
         for _ in range(N_ROUNDS):
             predicted = _predict_shell(data, bvals, bvecs, mask, used, volumes, noise, n_threads)
@@ -177,6 +191,18 @@ def replace_slice_outliers(
         tested=tested,
         zscores=zscores,
     )
+
+
+def _determines_tensor_without_any(bvals: np.ndarray, bvecs: np.ndarray) -> bool:
+    """Whether a b0 plus the shell's volumes, less any one of them, determine the 7 log-linear
+    tensor parameters (the fits that replace a volume's slices leave that volume out)."""
+    for left_out in range(len(bvals)):
+        keep = np.arange(len(bvals)) != left_out
+        design = design_matrix(np.r_[0.0, bvals[keep]], np.vstack([np.zeros(3), bvecs[keep]]))
+        singular_values = np.linalg.svd(design, compute_uv=False)
+        if np.sum(singular_values > DESIGN_RANK_TOLERANCE * singular_values[0]) < N_TENSOR_PARAMS:
+            return False
+    return True
 
 
 def _predict_shell(data, bvals, bvecs, mask, used, volumes, noise, n_threads) -> np.ndarray:
