@@ -173,7 +173,21 @@ def _add_method_options(met) -> None:
         help="Gibbs-ringing removal (Kellner et al. 2016); off by default, as in QSIPrep, "
         "because it adds minutes per session and 24-hour MD change is a within-scan contrast",
     )
-    met.add_argument("--tensor-fit", choices=["wls", "ols", "nlls"], default="wls")
+    met.add_argument(
+        "--tensor-fit",
+        choices=["wls", "ols", "nlls", "restore"],
+        default="wls",
+        help="tensor estimator; restore (Chang et al. 2005) leaves out samples beyond 3 noise "
+        "SDs of a robust fit, using the MP-PCA noise map when --denoise mppca",
+    )
+    met.add_argument(
+        "--slice-outliers",
+        choices=["replace", "none"],
+        default="replace",
+        help="slice dropouts (a slice's brain signal > 4 SD below the tensor prediction from "
+        "the other volumes): replace them by the prediction before the fits, as eddy --repol "
+        "does, or only count them in the confounds and QC tables",
+    )
     met.add_argument(
         "--b0-threshold",
         type=float,
@@ -413,6 +427,7 @@ def to_config(args: argparse.Namespace) -> Config:
         denoise=args.denoise,
         gibbs=args.gibbs,
         tensor_fit=args.tensor_fit,
+        slice_outliers=args.slice_outliers,
         b0_threshold=args.b0_threshold,
         roi_atlas=args.roi_atlas.absolute() if args.roi_atlas else None,
         roi_atlas_label=args.roi_atlas_label,

@@ -18,6 +18,7 @@ from ketamine_dti.anat.registration import MNI_RESOLUTION
 from ketamine_dti.config import Config
 from ketamine_dti.dwi import free_water
 from ketamine_dti.dwi.motion import FD_OUTLIER_MM
+from ketamine_dti.dwi.slice_outliers import OUTLIER_SD as SLICE_OUTLIER_SD
 from ketamine_dti.resources import TEMPLATE as MNI_SPACE
 from ketamine_dti.rois import ROI_COLUMN_DESCRIPTIONS, GrayMatterRule
 
@@ -50,6 +51,17 @@ CONFOUNDS_COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "Units": "mm",
     },
     "motion_outlier": {"Description": f"1 if framewise displacement > {FD_OUTLIER_MM} mm"},
+    "outlier_slices": {
+        "Description": f"Slices of this diffusion-weighted volume whose mean brain signal lay "
+        f"more than {SLICE_OUTLIER_SD:g} robust SDs below the tensor prediction (dropouts)"
+    },
+    "replaced_slices": {
+        "Description": "Outlier slices replaced by the prediction (0 with --slice-outliers none)"
+    },
+    "tested_slices": {
+        "Description": "Slices tested (enough brain voxels; b0 volumes and small shells are "
+        "not tested)"
+    },
 }
 
 

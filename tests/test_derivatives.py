@@ -63,15 +63,15 @@ def _described(metadata: dict) -> set[str]:
 
 
 def test_tsv_sidecars_describe_exactly_the_columns_written(tmp_path):
-    """Confounds (MotionCorrect), ROI table (RegionalStatistics) and QC (SessionQC), run for
-    real."""
+    """Confounds (MotionCorrect, then SliceOutliers), ROI table (RegionalStatistics) and QC
+    (SessionQC), run for real."""
     from conftest import measure_rois
 
     from ketamine_dti.interfaces.bids import SessionQC
-    from ketamine_dti.interfaces.dwi import MotionCorrect, ResampleDWI
+    from ketamine_dti.interfaces.dwi import MotionCorrect, ResampleDWI, SliceOutliers
 
     work = tmp_path / "work"
-    for step in ("motion", "resample", "rois", "qc"):
+    for step in ("motion", "resample", "repol", "rois", "qc"):
         (work / step).mkdir(parents=True)
     files = _session_files(work)
     gradients = {"bval_file": files["bval"], "bvec_file": files["bvec"]}
@@ -79,12 +79,17 @@ def test_tsv_sidecars_describe_exactly_the_columns_written(tmp_path):
     moved = motion.run(cwd=str(work / "motion")).outputs
     resampled = ResampleDWI(in_file=files["dwi"], affines_file=moved.affines_file, **gradients)
     resampled = resampled.run(cwd=str(work / "resample")).outputs
+    repol = SliceOutliers(
+        in_file=resampled.out_file, bval_file=moved.out_bval, bvec_file=moved.out_bvec,
+        mask_file=files["mask"], confounds_file=moved.confounds_file,
+    ).run(cwd=str(work / "repol")).outputs  # fmt: skip
     maps = {name: files[name] for name in ("md", "fa", "gm", "csf", "mask")}
     rois = measure_rois(work / "rois", [maps | {"atlas": files["dseg"]}], list("abcdefg"))
     roi_file = rois.out_files[0]
     qc = SessionQC(
-        participant_id="01", session_id="24h", n_sessions=2, dwi_file=resampled.out_file,
-        bval_file=moved.out_bval, mask_file=files["mask"], confounds_file=moved.confounds_file,
+        participant_id="01", session_id="24h", n_sessions=2, dwi_file=repol.out_file,
+        bval_file=moved.out_bval, bvec_file=moved.out_bvec, mask_file=files["mask"],
+        confounds_file=repol.confounds_file,
         outlier_volumes=0, residual_median=0.01, roi_file=roi_file,
     ).run(cwd=str(work / "qc")).outputs  # fmt: skip
 
@@ -92,7 +97,7 @@ def test_tsv_sidecars_describe_exactly_the_columns_written(tmp_path):
     session = SessionInputs("01", "24h", str(raw), "", "", str(raw), {})
     config = Config(tmp_path / "bids", tmp_path / "out", "participant")
     context = SidecarContext(config, "01", session=session)
-    written = {"confounds": moved.confounds_file, "roi_table": roi_file,
+    written = {"confounds": repol.confounds_file, "roi_table": roi_file,
                "qc_table": qc.out_file}  # fmt: skip
     tsv_outputs = {k for k, spec in derivatives.OUTPUTS.items() if spec.extension == ".tsv"}
     assert set(written) == tsv_outputs, "every TSV output is checked"

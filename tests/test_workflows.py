@@ -36,6 +36,49 @@ def test_dwi_preproc_options(denoise, gibbs, present, absent):
     assert not (absent & names)
 
 
+@pytest.mark.parametrize(("denoise", "wired"), [("mppca", True), ("none", False)])
+def test_restore_reads_the_mppca_noise_map_when_there_is_one(denoise, wired):
+    workflow = init_dwi_preproc_wf(denoise=denoise, tensor_fit="restore")
+    tensor = workflow.get_node("tensor_fit")
+    sources = {
+        (source.name, edge["connect"][0][0])
+        for source, _, edge in workflow._graph.in_edges(tensor, data=True)
+    }
+    assert (("denoise", "noise_file") in sources) is wired
+    assert tensor.inputs.method == "restore"
+    assert "RESTORE [restore]" in workflow.desc
+    assert ("MP-PCA noise map" in workflow.desc) is wired
+
+
+def _sources(workflow, node):
+    """(source node, source field, target field) of every connection into ``node``."""
+    return {
+        (source.name, out_field, in_field)
+        for source, _, edge in workflow._graph.in_edges(node, data=True)
+        for out_field, in_field in edge["connect"]
+    }
+
+
+@pytest.mark.parametrize("mode", ["replace", "none"])
+def test_the_fits_read_the_series_after_slice_outlier_replacement(mode):
+    workflow = init_dwi_preproc_wf(slice_outliers=mode, slice_axis=1)
+    repol = workflow.get_node("slice_outliers")
+    assert repol.inputs.replace is (mode == "replace") and repol.inputs.slice_axis == 1
+    for name in ("tensor_fit", "free_water"):
+        assert ("slice_outliers", "out_file", "in_file") in _sources(
+            workflow, workflow.get_node(name)
+        )
+    into_repol = _sources(workflow, repol)
+    assert ("resample_dwi", "out_file", "in_file") in into_repol
+    assert ("denoise", "noise_file", "noise_file") in into_repol
+    outputs = _sources(workflow, workflow.get_node("outputnode"))
+    assert ("slice_outliers", "confounds_file", "confounds_file") in outputs
+    assert ("slice_outliers", "out_file", "dwi_file") in outputs
+    assert ("replaced by the prediction" in workflow.desc) is (mode == "replace")
+    with pytest.raises(ValueError, match="slice_outliers"):
+        init_dwi_preproc_wf(slice_outliers="drop")
+
+
 def test_dwi_preproc_rejects_unknown_denoiser():
     with pytest.raises(ValueError, match="denoise"):
         init_dwi_preproc_wf(denoise="nlmeans")

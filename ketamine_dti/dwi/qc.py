@@ -1,8 +1,11 @@
-"""Quality measures of a preprocessed DWI session: temporal SNR and tensor-fit residual."""
+"""Quality measures of a preprocessed DWI session: temporal SNR, tensor-fit residual and the
+neighbouring-DWI correlation."""
 
 from __future__ import annotations
 
 import numpy as np
+
+from ketamine_dti.dwi.gradients import B0_THRESHOLD
 
 
 def b0_tsnr(data: np.ndarray, b0_mask: np.ndarray, brain: np.ndarray) -> float:
@@ -51,3 +54,38 @@ def tensor_residual(
     rms = np.sqrt(np.mean((np.asarray(data)[brain] - predicted) ** 2, axis=1)) / s0[brain]
     residual_map[brain] = rms
     return residual_map, float(np.nanmedian(rms))
+
+
+def neighbor_correlation(
+    data: np.ndarray,
+    bvals: np.ndarray,
+    bvecs: np.ndarray,
+    brain: np.ndarray,
+    b0_threshold: float = B0_THRESHOLD,
+) -> np.ndarray:
+    """(N,) correlation in the brain of each diffusion-weighted volume with its nearest
+    neighbour in q-space (NaN for b0s), as QSIPrep reports it (Yeh et al. 2019).
+
+    Neighbours share nearly the same contrast, so a low correlation means an artefact (dropout,
+    motion, misregistration) in one of them; the session's mean is the NDC. q = sqrt(b / b_max)
+    g, and g and -g are the same measurement.
+    """
+    bvals = np.asarray(bvals, dtype=float)
+    weighted = np.flatnonzero(bvals > b0_threshold)
+    correlation = np.full(bvals.size, np.nan)
+    if weighted.size < 2:
+        return correlation
+    q = np.asarray(bvecs, float)[weighted] * np.sqrt(bvals[weighted] / bvals.max())[:, None]
+    distance = np.minimum(
+        np.linalg.norm(q[:, None] - q[None], axis=-1),
+        np.linalg.norm(q[:, None] + q[None], axis=-1),
+    )
+    np.fill_diagonal(distance, np.inf)
+    samples = np.asarray(data)[np.asarray(brain, dtype=bool)][:, weighted].astype(np.float64)
+    samples -= samples.mean(axis=0)
+    norms = np.linalg.norm(samples, axis=0)
+    for row, neighbour in enumerate(np.argmin(distance, axis=1)):
+        denominator = norms[row] * norms[neighbour]
+        if denominator > 0:
+            correlation[weighted[row]] = samples[:, row] @ samples[:, neighbour] / denominator
+    return correlation

@@ -8,6 +8,11 @@ is evaluated at the reference point (the field moves with the head, as the simul
 assumes; the change of the field with sub-degree rotations within a series is a few Hz). Reading
 raw volume i at ``M_i p + shift(p) e_pe`` and multiplying by the Jacobian ``J(p)`` corrects both
 in one interpolation, as FSL eddy with a TOPUP field does.
+
+The motion/eddy map carries a Jacobian too: an eddy-current field that stretches a volume along
+phase encoding by a factor s spreads its signal over s times as many voxels, so the raw
+intensity is 1/s of the true one; reading at ``M_i p`` and multiplying by ``det M_i`` (the
+map's volume change, 1 for pure head motion) restores it, as eddy's Jacobian modulation does.
 """
 
 from __future__ import annotations
@@ -40,8 +45,9 @@ def resample_series(
     displacement: Displacement | None = None,
 ) -> np.ndarray:
     """(X, Y, Z, N) float32: each volume of ``data`` resampled onto the reference grid through
-    its reference -> raw map ``affines[i]`` (RAS+, mm), displaced and Jacobian-weighted by
-    ``displacement`` if given; negative values (interpolation, Jacobian) clipped to 0."""
+    its reference -> raw map ``affines[i]`` (RAS+, mm) and multiplied by that map's Jacobian
+    determinant, displaced and Jacobian-weighted by ``displacement`` if given; negative values
+    (interpolation, Jacobian) clipped to 0."""
     data = np.asarray(data)
     affines = np.asarray(affines, dtype=float)
     if affines.shape != (data.shape[-1], 4, 4):
@@ -56,11 +62,17 @@ def resample_series(
         volume = series_registration.resample(
             data[..., index], affines[index], affine, shift=shift, axis=1 if axis is None else axis
         )
+        volume *= np.float32(affine_jacobian(affines[index]))
         if jacobian is not None:
             volume *= jacobian
         corrected[..., index] = volume
     np.clip(corrected, 0.0, None, out=corrected)
     return corrected
+
+
+def affine_jacobian(world_map: np.ndarray) -> float:
+    """Volume change |det| of a reference -> raw map (> 1 where the raw volume is stretched)."""
+    return float(abs(np.linalg.det(np.asarray(world_map, dtype=float)[:3, :3])))
 
 
 def outside_field_of_view(

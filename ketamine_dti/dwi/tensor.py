@@ -1,4 +1,4 @@
-"""Diffusion tensor fitting (OLS, WLS, NLLS) over a 4-D DWI array.
+"""Diffusion tensor fitting (OLS, WLS, NLLS, RESTORE) over a 4-D DWI array.
 
 Model: ``S_i = S0 * exp(-b_i g_i^T D g_i)`` with b in s/mm^2, so the tensor ``D`` and every
 derived map (MD, AD, RD, eigenvalues) come out in mm^2/s.
@@ -7,6 +7,12 @@ derived map (MD, AD, RD, eigenvalues) come out in mm^2/s.
 - ``wls``: the two-pass weighted fit of Chung et al. (2006), the estimator DIPY calls ``WLS``:
   an OLS pass predicts the signal, whose square weights the log-linear fit.
 - ``nlls``: nonlinear least squares on ``S`` itself (Levenberg-Marquardt), started from WLS.
+- ``restore``: RESTORE (Chang et al. 2005), robust to artefactual samples (a dropped slice, a
+  spike): WLS first; where a residual exceeds ``RESTORE_OUTLIER_SD`` noise SDs, a Geman-McClure
+  M-estimate (iteratively reweighted, scale ``ROBUST_SD`` x the MAD of the residuals) finds the
+  outliers, which are then left out of a final WLS fit. The noise SD is the MP-PCA map when
+  given, else the voxel's own ``ROBUST_SD`` x median |WLS residual| (corrected for the
+  degrees of freedom the fit used).
 
 All three run voxel by voxel in one numba kernel, parallel over voxels: per voxel the 7x7
 normal equations are accumulated in float64 from the 28 unique design products, solved by
@@ -50,7 +56,17 @@ DESIGN_RANK_TOLERANCE = 1e-8
 #: Jacobi rotations, so eigenvectors stay accurate to ~1e-13 while most voxels take the fast path.
 CLOSED_FORM_MIN_GAP = 1e-2
 
-_METHODS = {"ols": 0, "wls": 1, "nlls": 2}
+#: RESTORE: a sample whose residual exceeds this many noise SDs is an outlier (Chang et al.
+#: 2005; ~3e-3 of Gaussian samples lie beyond, a few per voxel of a 100-volume series at most).
+RESTORE_OUTLIER_SD = 3.0
+#: SD of a Gaussian per median absolute deviation (1 / Phi^-1(3/4)).
+ROBUST_SD = 1.4826
+#: Geman-McClure reweighting passes at most; the weights settle in a handful.
+RESTORE_MAX_ITER = 20
+#: ... and stop when no log-signal parameter moves by more than this.
+RESTORE_TOLERANCE = 1e-6
+
+_METHODS = {"ols": 0, "wls": 1, "nlls": 2, "restore": 3}
 #: Let LLVM reorder sums so the per-voxel dot products vectorise (no NaN/inf assumptions).
 _REDUCTION_MATH = {"reassoc", "contract"}
 
@@ -61,7 +77,8 @@ class TensorFit:
 
     ``md``, ``ad``, ``rd`` and ``evals`` (descending, shape (..., 3)) are in mm^2/s; ``fa`` is
     unitless; ``evecs[..., :, j]`` is the unit eigenvector of ``evals[..., j]`` in the b-vector
-    frame; ``s0`` is the fitted non-weighted signal in the data's units.
+    frame; ``s0`` is the fitted non-weighted signal in the data's units; ``n_rejected``: samples
+    RESTORE left out of each voxel's fit (0 for the other methods).
     """
 
     md: np.ndarray
@@ -71,6 +88,7 @@ class TensorFit:
     evals: np.ndarray
     evecs: np.ndarray
     s0: np.ndarray
+    n_rejected: np.ndarray
 
 
 def design_matrix(bvals: np.ndarray, bvecs: np.ndarray, b_scale: float = 1.0) -> np.ndarray:
@@ -417,6 +435,80 @@ def _wls_weights(design_t, beta, weights):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, fastmath=_REDUCTION_MATH)
+def _predict(design_t, beta, prediction):  # pragma: no cover - compiled
+    """Model signal exp(design . beta) of every volume."""
+    n_params, n_vol = design_t.shape
+    for i in range(n_vol):
+        value = 0.0
+        for a in range(n_params):
+            value += design_t[a, i] * beta[a]
+        prediction[i] = np.exp(value)
+
+
+@njit(cache=True, nogil=True)
+def _restore_refine(
+    design_t,
+    pair_products,
+    measured,
+    log_signal,
+    noise,
+    beta,
+    prediction,
+    residual,
+    weights,
+    normal,
+    rhs,
+    trial,
+):  # pragma: no cover - compiled
+    """RESTORE from the WLS estimate ``beta`` (refined in place); ``noise`` is the voxel's noise
+    SD (<= 0 or NaN: estimated from the residuals). Returns the number of samples rejected."""
+    n_params, n_vol = design_t.shape
+    _predict(design_t, beta, prediction)
+    for i in range(n_vol):
+        residual[i] = abs(measured[i] - prediction[i])
+    if not noise > 0.0:  # residuals of a 7-parameter fit are shrunk by sqrt((n - 7) / n)
+        noise = ROBUST_SD * np.median(residual) * np.sqrt(n_vol / max(n_vol - n_params, 1))
+        if not noise > 0.0:
+            return 0
+    limit = RESTORE_OUTLIER_SD * noise
+    if np.max(residual) <= limit:
+        return 0
+    for _ in range(RESTORE_MAX_ITER):  # Geman-McClure M-estimate by reweighted WLS
+        for i in range(n_vol):
+            residual[i] = measured[i] - prediction[i]
+        centre = np.median(residual)
+        for i in range(n_vol):
+            weights[i] = abs(residual[i] - centre)
+        scale = ROBUST_SD * np.median(weights)
+        if not scale > 0.0:
+            break
+        for i in range(n_vol):
+            # psi(r)/r of rho = r^2 / (r^2 + C^2), times the squared signal of the log-linear fit
+            spread = residual[i] * residual[i] + scale * scale
+            weights[i] = prediction[i] * prediction[i] * scale * scale / (spread * spread)
+        if not _weighted_solve(design_t, pair_products, log_signal, weights, normal, rhs, trial):
+            break
+        change = 0.0
+        for a in range(n_params):
+            change = max(change, abs(trial[a] - beta[a]))
+            beta[a] = trial[a]
+        _predict(design_t, beta, prediction)
+        if change < RESTORE_TOLERANCE:
+            break
+    n_rejected = 0
+    for i in range(n_vol):
+        if abs(measured[i] - prediction[i]) > limit:
+            weights[i] = 0.0
+            n_rejected += 1
+        else:
+            weights[i] = prediction[i] * prediction[i]
+    if _weighted_solve(design_t, pair_products, log_signal, weights, normal, rhs, trial):
+        for a in range(n_params):  # else too few samples remain: keep the M-estimate
+            beta[a] = trial[a]
+    return n_rejected
+
+
+@njit(cache=True, nogil=True, fastmath=_REDUCTION_MATH)
 def _all_finite(values):  # pragma: no cover - compiled
     for a in range(values.shape[0]):
         if not np.isfinite(values[a]):
@@ -465,13 +557,17 @@ def _fit_kernel(
     pair_products,
     ols_pinv,
     method,
+    noise,
     min_signal,
     min_eval,
     out_evals,
     out_evecs,
     out_s0,
+    out_rejected,
 ):  # pragma: no cover - compiled
-    """Fit every voxel listed in ``voxels`` (rows of the 2-D ``signal``); NaN when unfittable."""
+    """Fit every voxel listed in ``voxels`` (rows of the 2-D ``signal``); NaN when unfittable.
+    ``noise[k]``: noise SD of voxel k (RESTORE only); ``out_rejected[k]``: samples RESTORE left
+    out."""
     n_fit = voxels.shape[0]
     n_vol, n_params = design.shape
     n_chunks = (n_fit + VOXELS_PER_CHUNK - 1) // VOXELS_PER_CHUNK
@@ -485,12 +581,15 @@ def _fit_kernel(
         step = np.empty(n_params)
         trial = np.empty(n_params)
         beta = np.empty(n_params)
+        prediction = np.empty(n_vol)
+        residual = np.empty(n_vol)
         tensor = np.empty((3, 3))
         evals = np.empty(3)
         evecs = np.empty((3, 3))
         stop = min(n_fit, (chunk + 1) * VOXELS_PER_CHUNK)
         for k in range(chunk * VOXELS_PER_CHUNK, stop):
             fittable = _load_voxel(signal, voxels[k], min_signal, measured, log_signal)
+            out_rejected[k] = 0
             if fittable:
                 _ols(ols_pinv, log_signal, beta)
                 if method >= 1:  # WLS: weights = squared OLS-predicted signal
@@ -500,6 +599,11 @@ def _fit_kernel(
                     )
                 if fittable and method == 2:
                     _nlls_refine(design, measured, beta, weights, normal, damped, rhs, step, trial)
+                if fittable and method == 3:
+                    out_rejected[k] = _restore_refine(
+                        design_t, pair_products, measured, log_signal, noise[k], beta,
+                        prediction, residual, weights, normal, rhs, trial,
+                    )  # fmt: skip
                 fittable = fittable and _all_finite(beta)
             if fittable:
                 _store_tensor(
@@ -516,11 +620,14 @@ def fit_tensor(
     mask: np.ndarray | None = None,
     method: str = "wls",
     n_threads: int | None = None,
+    noise: float | np.ndarray | None = None,
 ) -> TensorFit:
     """Fit a diffusion tensor in every voxel of ``data`` (x, y, z, volumes).
 
     ``bvals`` in s/mm^2 (N,), ``bvecs`` (N, 3) or (3, N); ``mask`` limits the fit (outside: NaN);
-    ``method`` is ``ols``, ``wls`` (default) or ``nlls``; ``n_threads`` caps the cores used
+    ``method`` is ``ols``, ``wls`` (default), ``nlls`` or ``restore``; ``noise``: the noise SD
+    in the data's units (scalar or (x, y, z) map, e.g. MP-PCA's sigma; NaN or <= 0 where
+    unknown) that RESTORE's outlier test uses; ``n_threads`` caps the cores used
     (None: all numba may use). Voxels with any non-finite sample, or no sample above 0, or an
     unsolvable fit, get NaN. Raises ValueError for fewer volumes than the 7 model parameters or a
     gradient table that cannot determine a tensor.
@@ -547,6 +654,10 @@ def fit_tensor(
     out_evals = np.empty((n_fit, 3))
     out_evecs = np.empty((n_fit, 3, 3))
     out_s0 = np.empty(n_fit)
+    out_rejected = np.zeros(n_fit, dtype=np.int64)
+    noise_sd = np.full(n_fit, np.nan)
+    if noise is not None:
+        noise_sd = np.broadcast_to(np.asarray(noise, dtype=float), spatial_shape).ravel()[voxels]
     if n_fit:
         with limit_threads(n_threads, blas=False):  # the kernel calls no BLAS/LAPACK
             _fit_kernel(
@@ -557,11 +668,13 @@ def fit_tensor(
                 pair_products,
                 ols_pinv,
                 _METHODS[method],
+                np.ascontiguousarray(noise_sd),
                 MIN_SIGNAL,
                 MIN_EIGENVALUE_B_PRODUCT,  # in the kernel's b/b_scale units
                 out_evals,
                 out_evecs,
                 out_s0,
+                out_rejected,
             )
     else:
         LOGGER.warning("fit_tensor: the mask excludes every voxel; all maps are NaN")
@@ -569,7 +682,7 @@ def fit_tensor(
     n_failed = int(np.count_nonzero(np.isnan(out_s0)))
     if n_failed:
         LOGGER.debug("fit_tensor: %d of %d voxels could not be fitted (NaN)", n_failed, n_fit)
-    return _assemble(out_evals, out_evecs, out_s0, voxels, spatial_shape, data.dtype)
+    return _assemble(out_evals, out_evecs, out_s0, out_rejected, voxels, spatial_shape, data.dtype)
 
 
 def md_fa(evals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -585,7 +698,7 @@ def md_fa(evals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return md, fa
 
 
-def _assemble(evals, evecs, s0, voxels, spatial_shape, dtype) -> TensorFit:
+def _assemble(evals, evecs, s0, rejected, voxels, spatial_shape, dtype) -> TensorFit:
     """Scatter the fitted voxels into NaN-filled maps on the input grid and derive MD/FA/AD/RD."""
     n_total = int(np.prod(spatial_shape))
 
@@ -603,4 +716,5 @@ def _assemble(evals, evecs, s0, voxels, spatial_shape, dtype) -> TensorFit:
         evals=scatter(evals),
         evecs=scatter(evecs),
         s0=scatter(s0),
+        n_rejected=scatter(rejected.astype(dtype)),
     )

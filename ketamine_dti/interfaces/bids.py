@@ -128,6 +128,7 @@ class _QCInputSpec(BaseInterfaceInputSpec):
     n_sessions = traits.Int(mandatory=True, desc="sessions of this participant (1: flagged)")
     dwi_file = File(exists=True, mandatory=True, desc="preprocessed DWI")
     bval_file = File(exists=True, mandatory=True)
+    bvec_file = File(exists=True, desc="b-vectors of dwi_file (for neighbor_correlation)")
     mask_file = File(exists=True, mandatory=True)
     t1w_mask_file = File(exists=True, desc="brain mask of the subject template (T1w)")
     confounds_file = File(exists=True, mandatory=True)
@@ -160,11 +161,27 @@ QC_COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "Description": f"Volumes with framewise displacement > {FD_OUTLIER_MM} mm"
     },
     "outlier_fraction": {"Description": "n_outlier_volumes / n_volumes"},
+    "n_outlier_slices": {
+        "Description": "Slice dropouts found in the diffusion-weighted volumes (outlier_slices "
+        "of the confounds table); n/a when not run"
+    },
+    "outlier_slice_fraction": {
+        "Description": "n_outlier_slices / slices tested (tested_slices of the confounds table)"
+    },
+    "n_replaced_slices": {
+        "Description": "Outlier slices replaced by the tensor prediction before the fits (0 "
+        "with --slice-outliers none)"
+    },
     "tsnr": {
         "Description": "Median over the brain of mean/SD across b0 volumes; n/a when the "
         "series has fewer than 2 b0 volumes (an SD across one volume is undefined)"
     },
     "tensor_residual": {"Description": "Median RMS tensor-fit residual / S0 in the brain"},
+    "neighbor_correlation": {
+        "Description": "Mean over diffusion-weighted volumes of the correlation in the brain "
+        "with the nearest volume in q-space (QSIPrep's NDC, Yeh et al. 2019); artefacts, "
+        "dropouts and residual misalignment lower it; n/a without b-vectors"
+    },
     "brain_volume_ml": {"Description": "Volume of the DWI brain mask", "Units": "ml"},
     "t1w_brain_volume_ml": {
         "Description": "Volume of the subject template's (T1w) brain mask",
@@ -244,6 +261,24 @@ def _column_max(table: pd.DataFrame, column: str) -> float:
     return float(values.max()) if values.notna().any() else float("nan")
 
 
+def _column_sum(table: pd.DataFrame, column: str) -> float:
+    """Sum of a column (NaN when absent)."""
+    if column not in table:
+        return float("nan")
+    return float(pd.to_numeric(table[column], errors="coerce").sum())
+
+
+def _mean_neighbor_correlation(data, bvals, bvec_file, mask) -> float:
+    """The session's NDC (NaN without b-vectors or with fewer than 2 diffusion volumes)."""
+    from ketamine_dti.dwi.gradients import read_bvecs
+    from ketamine_dti.dwi.qc import neighbor_correlation
+
+    if not isdefined(bvec_file):
+        return float("nan")
+    values = neighbor_correlation(data, bvals, read_bvecs(bvec_file), mask)
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+
 class SessionQC(SimpleInterface):
     """One-row QC table of a session (motion, tSNR, fit residual, registration quality, ROI
     retention) with its verdict from ``ketamine_dti.qc``."""
@@ -290,8 +325,16 @@ class SessionQC(SimpleInterface):
             "max_fd": float(np.max(fd)),
             "n_outlier_volumes": self.inputs.outlier_volumes,
             "outlier_fraction": qc.outlier_fraction(self.inputs.outlier_volumes, len(bvals)),
+            "n_outlier_slices": _column_sum(confounds, "outlier_slices"),
+            "outlier_slice_fraction": qc.outlier_fraction(
+                _column_sum(confounds, "outlier_slices"), _column_sum(confounds, "tested_slices")
+            ),
+            "n_replaced_slices": _column_sum(confounds, "replaced_slices"),
             "tsnr": b0_tsnr(data, bvals <= B0_THRESHOLD, mask),
             "tensor_residual": self.inputs.residual_median,
+            "neighbor_correlation": _mean_neighbor_correlation(
+                data, bvals, self.inputs.bvec_file, mask
+            ),
             "brain_volume_ml": _volume_ml(self.inputs.mask_file),
             "t1w_brain_volume_ml": _volume_ml(t1w_mask) if isdefined(t1w_mask) else np.nan,
             "reg_dwi_t1w_mi": get(self.inputs.dwi_t1w_qc, "mutual_information"),

@@ -289,7 +289,8 @@ class _TensorInputSpec(BaseInterfaceInputSpec):
     bval_file = File(exists=True, mandatory=True)
     bvec_file = File(exists=True, mandatory=True)
     mask_file = File(exists=True, mandatory=True)
-    method = traits.Enum("wls", "ols", "nlls", usedefault=True)
+    method = traits.Enum("wls", "ols", "nlls", "restore", usedefault=True)
+    noise_file = File(exists=True, desc="noise SD map (MP-PCA) for RESTORE's outlier test")
     n_threads = traits.Int(1, usedefault=True)
 
 
@@ -321,6 +322,9 @@ class TensorFit(SimpleInterface):
 
         image, data, gtab, mask = _load_masked_dwi(self.inputs)
         bvals, bvecs = gtab.bvals, gtab.bvecs
+        noise = None
+        if isdefined(self.inputs.noise_file):
+            noise = nib.load(self.inputs.noise_file).get_fdata(dtype=np.float32)
         fit = fit_tensor(
             data,
             bvals,
@@ -328,6 +332,7 @@ class TensorFit(SimpleInterface):
             mask=mask,
             method=self.inputs.method,
             n_threads=self.inputs.n_threads,
+            noise=noise,
         )
         residual_map, residual_median = tensor_residual(
             data, fit.evals, fit.evecs, fit.s0, bvals, bvecs, mask
@@ -339,6 +344,60 @@ class TensorFit(SimpleInterface):
             )
         self._results["residual_file"] = _save(residual_map, image, str(cwd / "residual.nii.gz"))
         self._results["residual_median"] = residual_median
+        return runtime
+
+
+class _SliceOutliersInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="corrected DWI, still on the raw slice grid")
+    bval_file = File(exists=True, mandatory=True)
+    bvec_file = File(exists=True, mandatory=True)
+    mask_file = File(exists=True, mandatory=True)
+    confounds_file = File(exists=True, mandatory=True, desc="MotionCorrect's confounds TSV")
+    noise_file = File(exists=True, desc="noise SD map (MP-PCA) for the RESTORE predictions")
+    slice_axis = traits.Enum(2, 0, 1, usedefault=True, desc="voxel axis of the slices")
+    replace = traits.Bool(True, usedefault=True, desc="False: detect and count only")
+    n_threads = traits.Int(1, usedefault=True)
+
+
+class _SliceOutliersOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="DWI with outlier slices replaced by the prediction")
+    confounds_file = File(exists=True, desc="the confounds TSV plus per-volume slice counts")
+    n_replaced_slices = traits.Int()
+
+
+class SliceOutliers(SimpleInterface):
+    """Slice-dropout detection and replacement (``dwi.slice_outliers``), counted per volume in
+    the confounds table."""
+
+    input_spec = _SliceOutliersInputSpec
+    output_spec = _SliceOutliersOutputSpec
+
+    @limited_by_n_threads
+    def _run_interface(self, runtime):
+        import pandas as pd
+
+        from ketamine_dti.dwi.slice_outliers import replace_slice_outliers
+
+        image, data, gtab, mask = _load_masked_dwi(self.inputs)
+        noise = None
+        if isdefined(self.inputs.noise_file):
+            noise = nib.load(self.inputs.noise_file).get_fdata(dtype=np.float32)
+        result = replace_slice_outliers(
+            data, gtab.bvals, gtab.bvecs, mask, slice_axis=self.inputs.slice_axis,
+            replace=self.inputs.replace, noise=noise, n_threads=self.inputs.n_threads,
+        )  # fmt: skip
+        cwd = Path(runtime.cwd)
+        confounds = pd.read_csv(self.inputs.confounds_file, sep="\t")
+        columns = result.confounds(self.inputs.replace)
+        for name, values in columns.items():
+            confounds[name] = values
+        confounds.to_csv(cwd / "confounds.tsv", sep="\t", index=False, float_format="%.6g")
+        self._results["confounds_file"] = str(cwd / "confounds.tsv")
+        self._results["n_replaced_slices"] = int(columns["replaced_slices"].sum())
+        if self.inputs.replace:
+            self._results["out_file"] = _save(result.data, image, str(cwd / "dwi_repol.nii"))
+        else:
+            self._results["out_file"] = self.inputs.in_file
         return runtime
 
 

@@ -38,6 +38,11 @@ REFERENCES = {
     "connectivity MRI networks arise from subject motion. NeuroImage 59:2142-54.",
     "wls": "Chung S. et al. (2006) Comparison of bootstrap approaches for estimation of "
     "uncertainties of DTI parameters. NeuroImage 33:531-41.",
+    "repol": "Andersson J.L.R. et al. (2016) Incorporating outlier detection and replacement "
+    "into a non-parametric framework for movement and distortion correction of diffusion MR "
+    "images. NeuroImage 141:556-72.",
+    "restore": "Chang L.-C., Jones D.K., Pierpaoli C. (2005) RESTORE: robust estimation of "
+    "tensors by outlier rejection. Magn Reson Med 53:1088-95.",
     "free_water": "Pasternak O. et al. (2009) Free water elimination and mapping from "
     "diffusion MRI. Magn Reson Med 62:717-30.",
     "free_water_multishell": "Hoy A.R. et al. (2014) Optimization of a free water elimination "

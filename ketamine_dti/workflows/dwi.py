@@ -10,7 +10,10 @@ from ketamine_dti.config import Config
 from ketamine_dti.dwi import free_water
 from ketamine_dti.dwi.gre_fieldmap import SMOOTHING_FWHM_MM as GRE_SMOOTHING_MM
 from ketamine_dti.dwi.motion import FD_HEAD_RADIUS_MM, FD_OUTLIER_MM, SHELL_PASS_LEVELS
+from ketamine_dti.dwi.slice_outliers import DEFAULT_SLICE_AXIS
+from ketamine_dti.dwi.slice_outliers import OUTLIER_SD as SLICE_OUTLIER_SD
 from ketamine_dti.dwi.susceptibility import knot_spacings
+from ketamine_dti.dwi.tensor import RESTORE_OUTLIER_SD
 from ketamine_dti.fieldmaps import FieldmapInputs, corrects
 from ketamine_dti.interfaces.dwi import (
     BrainMask,
@@ -19,6 +22,7 @@ from ketamine_dti.interfaces.dwi import (
     FreeWaterElimination,
     MotionCorrect,
     ResampleDWI,
+    SliceOutliers,
     TensorFit,
     Unring,
 )
@@ -101,8 +105,24 @@ _GRE_CONVERSION = {
 }
 
 
+def _slice_outlier_sentence(slice_outliers: str) -> str:
+    """What the methods say of slice dropouts (replaced, or only counted)."""
+    found = f"""Slice dropouts were detected as FSL eddy does [repol]: per shell, a RESTORE tensor
+[restore] predicted every diffusion-weighted volume, and a slice whose mean signal in the brain
+lay more than {SLICE_OUTLIER_SD:g} robust SDs below the prediction was an outlier"""
+    if slice_outliers == "replace":
+        return f"""{found}; its brain voxels were replaced by the prediction of a fit to the
+other volumes, and detection and replacement were repeated until the outliers no longer
+changed. """
+    return f"{found}; outliers were counted, not replaced. "
+
+
 def _description(
-    denoise: str, gibbs: bool, tensor_fit: str, fieldmap: FieldmapInputs | None = None
+    denoise: str,
+    gibbs: bool,
+    tensor_fit: str,
+    fieldmap: FieldmapInputs | None = None,
+    slice_outliers: str = Config.slice_outliers,
 ) -> str:
     steps = []
     if denoise == "mppca":
@@ -110,6 +130,7 @@ def _description(
     if gibbs:
         steps.append("corrected for Gibbs ringing by local subvoxel shifts [gibbs]")
     done = "; ".join(steps) + ("; " if steps else "")
+    dropouts = _slice_outlier_sentence(slice_outliers)
     return f"""**Diffusion.** Each session's DWI series was {done}head motion and eddy-current
 distortion were corrected by registering each volume to a target of its own contrast, as FSL
 eddy and SHORELine do: b0 volumes rigidly to the first b0 (their mean is the reference), by least
@@ -118,22 +139,37 @@ squares (inverse-compositional Gauss-Newton [ic_gn]); diffusion-weighted volumes
 {len(SHELL_PASS_LEVELS)} least-squares passes, then refined at full resolution with Mattes mutual
 information (ANTs). Each shell mean was brought to the b0 reference by one rigid
 registration with Mattes mutual information (ANTs). Each volume was
-interpolated once; b-vectors were rotated by the rotation part of each affine [bvec_rotation].
+interpolated once and multiplied by the Jacobian determinant of its affine (restoring the signal
+an eddy-current stretch spreads thinner); b-vectors were rotated by the rotation part of each
+affine [bvec_rotation].
 Translations along phase encoding, which the eddy-current field offset confounds in
 diffusion-weighted volumes, were taken from the b0 volumes. Six motion parameters and the framewise
 displacement (FD, {FD_HEAD_RADIUS_MM:g} mm head radius) [fd] were saved; volumes with FD >
 {FD_OUTLIER_MM} mm were counted as outliers. {_sdc_sentence(fieldmap)}A brain mask was
-computed from the b0 reference (median filter and Otsu threshold). A diffusion tensor was
-fitted ({tensor_fit.upper()} [wls]), giving MD, FA, AD and RD (mm^2/s) and the RMS fit
-residual. {_FREE_WATER_SENTENCE}"""
+computed from the b0 reference (median filter and Otsu threshold). {dropouts}A diffusion tensor was
+fitted ({_tensor_sentence(tensor_fit, denoise)}), giving MD, FA, AD and RD (mm^2/s) and the RMS
+fit residual. {_FREE_WATER_SENTENCE}"""
+
+
+def _tensor_sentence(tensor_fit: str, denoise: str) -> str:
+    """The estimator as the methods name it (RESTORE's noise comes from MP-PCA when it ran)."""
+    if tensor_fit != "restore":
+        return f"{tensor_fit.upper()} [wls]"
+    noise = "the MP-PCA noise map" if denoise == "mppca" else "each voxel's median residual"
+    return (
+        f"RESTORE [restore]: samples more than {RESTORE_OUTLIER_SD:g} noise SDs ({noise}) from a "
+        "Geman-McClure robust fit were left out of a weighted least-squares fit [wls]"
+    )
 
 
 def init_dwi_preproc_wf(
     denoise: str = Config.denoise,
     gibbs: bool = Config.gibbs,
     tensor_fit: str = Config.tensor_fit,
+    slice_outliers: str = Config.slice_outliers,
     omp_nthreads: int = 1,
     pe_axis: int | None = None,
+    slice_axis: int = DEFAULT_SLICE_AXIS,
     fieldmap: FieldmapInputs | None = None,
     b0_threshold: float = Config.b0_threshold,
     name: str = "dwi_preproc_wf",
@@ -156,11 +192,18 @@ def init_dwi_preproc_wf(
     and, with a pepolar ``fieldmap`` (``fieldmaps.FieldmapInputs``), undoes the
     susceptibility distortion estimated from the motion-aligned b0 reference. ``pe_axis``
     (the phase-encode voxel axis, from the sidecar) keeps eddy-current shear and field offsets
-    out of the head-motion estimates.
+    out of the head-motion estimates. Slice dropouts are found on the resampled series, still on
+    the raw slice grid (``slice_axis``, from SliceEncodingDirection), and with
+    ``slice_outliers="replace"`` replaced before the tensor and free-water fits; their counts
+    join ``confounds_file``.
     """
     if denoise not in ("mppca", "none"):
         raise ValueError(f"denoise must be 'mppca' or 'none', got {denoise!r}")
-    workflow = LiterateWorkflow(name, desc=_description(denoise, gibbs, tensor_fit, fieldmap))
+    if slice_outliers not in ("replace", "none"):
+        raise ValueError(f"slice_outliers must be 'replace' or 'none', got {slice_outliers!r}")
+    workflow = LiterateWorkflow(
+        name, desc=_description(denoise, gibbs, tensor_fit, fieldmap, slice_outliers)
+    )
     inputnode = pe.Node(
         niu.IdentityInterface(fields=["dwi_file", "bval_file", "bvec_file"]), name="inputnode"
     )
@@ -172,6 +215,12 @@ def init_dwi_preproc_wf(
     )  # fmt: skip
     resample = pe.Node(ResampleDWI(), name="resample_dwi", mem_gb=DWI_STEP_MEM_GB)
     mask = pe.Node(BrainMask(), name="brain_mask")
+    repol = threaded_node(
+        SliceOutliers(
+            slice_axis=slice_axis, replace=slice_outliers == "replace", n_threads=omp_nthreads
+        ),
+        "slice_outliers", omp_nthreads, DWI_STEP_MEM_GB,
+    )  # fmt: skip
     tensor = threaded_node(
         TensorFit(method=tensor_fit, n_threads=omp_nthreads), "tensor_fit", omp_nthreads,
         DWI_STEP_MEM_GB,
@@ -187,18 +236,22 @@ def init_dwi_preproc_wf(
         (check, resample, [("out_bval", "bval_file"), ("out_bvec", "bvec_file")]),
         (motion, resample, [("affines_file", "affines_file")]),
         (resample, mask, [("b0_reference", "in_file")]),
-        (resample, tensor, [("out_file", "in_file")]),
+        (resample, repol, [("out_file", "in_file")]),
+        (motion, repol, [("out_bval", "bval_file"), ("out_bvec", "bvec_file"),
+                         ("confounds_file", "confounds_file")]),
+        (mask, repol, [("out_file", "mask_file")]),
+        (repol, tensor, [("out_file", "in_file")]),
         (motion, tensor, [("out_bval", "bval_file"), ("out_bvec", "bvec_file")]),
         (mask, tensor, [("out_file", "mask_file")]),
-        (resample, fw, [("out_file", "in_file")]),
+        (repol, fw, [("out_file", "in_file")]),
         (motion, fw, [("out_bval", "bval_file"), ("out_bvec", "bvec_file")]),
         (mask, fw, [("out_file", "mask_file")]),
         (fw, outputnode, [("md_file", "fw_md_file"), ("fwf_file", "fw_fraction_file"),
                           ("metadata_file", "fw_metadata_file")]),
-        (resample, outputnode, [("out_file", "dwi_file"), ("b0_reference", "b0_reference"),
+        (resample, outputnode, [("b0_reference", "b0_reference"),
                                 ("outside_file", "outside_file")]),
+        (repol, outputnode, [("out_file", "dwi_file"), ("confounds_file", "confounds_file")]),
         (motion, outputnode, [("out_bval", "bval_file"), ("out_bvec", "bvec_file"),
-                              ("confounds_file", "confounds_file"),
                               ("n_outlier_volumes", "n_outlier_volumes")]),
         (mask, outputnode, [("out_file", "mask_file")]),
         (tensor, outputnode, [("md_file", "md_file"), ("fa_file", "fa_file"),
@@ -209,6 +262,10 @@ def init_dwi_preproc_wf(
     _connect_restoration(
         workflow, check, (motion, resample), outputnode, denoise, gibbs, omp_nthreads
     )
+    if denoise == "mppca":
+        workflow.connect(workflow.get_node("denoise"), "noise_file", repol, "noise_file")
+        if tensor_fit == "restore":
+            workflow.connect(workflow.get_node("denoise"), "noise_file", tensor, "noise_file")
     if corrects(fieldmap):
         estimate = (
             _pepolar_node(fieldmap, b0_threshold)

@@ -11,6 +11,7 @@ from ketamine_dti.bids import SessionInputs
 from ketamine_dti.config import Config
 from ketamine_dti.derivatives import SidecarContext, input_fields, session_output_keys
 from ketamine_dti.dwi.motion import pe_axis_from_metadata
+from ketamine_dti.dwi.slice_outliers import slice_axis_from_metadata
 from ketamine_dti.fieldmaps import corrects, session_plan
 from ketamine_dti.interfaces.anat import (
     CollapseLinear,
@@ -49,6 +50,7 @@ REGION_FIELDS = {"roi_atlas_file": "atlas_file", "roi_gm_file": "gm_file",
 QC_FIELDS = (
     "dwi_file",
     "bval_file",
+    "bvec_file",
     "mask_file",
     "confounds_file",
     "outlier_volumes",
@@ -183,6 +185,7 @@ def init_session_wf(
         (sample, outputnode, [("samples_file", "samples_file"), ("dseg_file", "dseg_file")]),
         (preproc, outputnode, [("outputnode.dwi_file", "dwi_file"),
                                ("outputnode.bval_file", "bval_file"),
+                               ("outputnode.bvec_file", "bvec_file"),
                                ("outputnode.mask_file", "mask_file"),
                                ("outputnode.confounds_file", "confounds_file"),
                                ("outputnode.n_outlier_volumes", "outlier_volumes"),
@@ -273,8 +276,10 @@ def _init_preproc(workflow, session: SessionInputs, config: Config):
         denoise=config.denoise,
         gibbs=config.gibbs,
         tensor_fit=config.tensor_fit,
+        slice_outliers=config.slice_outliers,
         omp_nthreads=config.omp_nthreads,
         pe_axis=pe_axis_from_metadata(session.dwi_metadata),
+        slice_axis=slice_axis_from_metadata(session.dwi_metadata),
         fieldmap=session_plan(session),
         b0_threshold=config.b0_threshold,
     )
