@@ -480,7 +480,7 @@ def register_along_axis(
         ]  # fmt: skip
         if fixed_mask is not None:
             mask_file = write(np.asarray(fixed_mask, dtype=np.float32), "mask.nii.gz")
-            args += ["--masks", f"[{mask_file},NULL]"]
+            args += ["--masks", f"[{mask_file}]"]
         prefix = os.path.join(tmp, "syn_")
         args += ["--collapse-output-transforms", "1", "--output", prefix]
         run_registration(args, seed, n_threads)

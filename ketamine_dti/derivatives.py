@@ -114,6 +114,11 @@ def _sdc_metadata(context: SidecarContext) -> dict:
         "fieldmap": "fieldmap: the GRE fieldmap in Hz (a phasediff unwrapped and divided by "
         "2 pi (TE2 - TE1)), moved onto the b0 grid by a rigid mutual-information registration "
         "of its magnitude, continued smoothly beyond the head and smoothed",
+        "syn": "syn: fieldmap-less (SyN-SDC, as sdcflows): the displacement along phase "
+        "encoding of an ANTs SyN registration, restricted to that axis, of the b0 reference to "
+        "the session's T1w brain (rigidly aligned first; local cross-correlation with the T1w "
+        "inverted inside the brain plus mutual information with the T1w), divided by the "
+        "readout time, smoothed inside the brain and continued smoothly beyond it",
     }
     return {
         "PhaseEncodingDirection": plan.phase_encoding.direction,

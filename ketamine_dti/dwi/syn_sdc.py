@@ -59,6 +59,10 @@ FINAL_FWHM_MM = 4.0
 #: for its normalised average to count; below it (far out of the brain) the field is
 #: extrapolated instead.
 MIN_INSIDE_WEIGHT = 0.05
+#: voxels by which the brain mask is dilated to limit where the metrics are computed (the
+#: displaced signal at the brain's edge carries the distortion; the scalp, absent from the
+#: T1w brain, must not); None: the whole field of view.
+METRIC_MASK_DILATION: int | None = 2
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,12 @@ def regularise(field_hz: np.ndarray, brain_mask: np.ndarray, zooms) -> np.ndarra
     return final.astype(np.float32)
 
 
+def _metric_mask(mask: np.ndarray) -> np.ndarray | None:
+    if METRIC_MASK_DILATION is None:
+        return None
+    return ndimage.binary_dilation(mask, iterations=METRIC_MASK_DILATION)
+
+
 def estimate_syn_field(
     b0: np.ndarray,
     t1w_brain: np.ndarray,
@@ -129,11 +139,12 @@ def estimate_syn_field(
     inverted = b0_like(t1w_brain, mask)
     t1w = np.where(mask, np.nan_to_num(np.asarray(t1w_brain, dtype=np.float32)), 0.0)
     zooms = tuple(float(z) for z in zooms)
+    fixed = {"cc": inverted, "mattes": t1w}  # the image each metric compares with the b0
     displacement_mm = register_along_axis(
-        [inverted, t1w], [b0, b0], zooms, axis,
+        [fixed[metric] for metric, _ in METRICS], [b0] * len(METRICS), zooms, axis,
         metrics=METRICS, syn_parameters=SYN_PARAMETERS, iterations=SYN_ITERATIONS,
-        shrink_factors=SYN_SHRINK, smoothing_sigmas=SYN_SMOOTHING, seed=seed,
-        n_threads=n_threads,
+        shrink_factors=SYN_SHRINK, smoothing_sigmas=SYN_SMOOTHING,
+        fixed_mask=_metric_mask(mask), seed=seed, n_threads=n_threads,
     )  # fmt: skip
     # the b0 holds the signal of x at x + u: u = field * readout * sign voxels
     raw = displacement_mm / zooms[axis] / (readout * sign)
