@@ -32,7 +32,7 @@ def distorted_tiny(tmp_path_factory) -> Path:
     return out
 
 
-def _session_inputs(root: Path, work: Path, subject="001", session="baseline"):
+def session_inputs(root: Path, work: Path, subject="001", session="baseline"):
     """The mean raw b0 and its mask, the T1w brain (the true T1w brain mask) and the rigid
     b0 -> T1w map of the App; the true field (Hz) on the DWI grid."""
     from ketamine_dti.anat.registration import register_dwi_to_t1w
@@ -79,7 +79,7 @@ def test_the_field_of_a_simulated_session_is_recovered(distorted_tiny, tmp_path)
     12.1%), 90th percentile 30% (no correction: 48%); the field has the sign of the truth."""
     from ketamine_dti.interfaces.fieldmap import EstimateSynField
 
-    inputs, truth = _session_inputs(distorted_tiny, tmp_path)
+    inputs, truth = session_inputs(distorted_tiny, tmp_path)
     result = EstimateSynField(**inputs).run(cwd=str(tmp_path))
     field = nib.load(result.outputs.field_file).get_fdata()
     inside = nib.load(tmp_path / "t1w_mask_on_b0.nii.gz").get_fdata() > 0

@@ -193,7 +193,7 @@ class EstimateSynField(SimpleInterface):
         t1w = on_b0(self.inputs.t1w_brain_file, "t1w_brain_on_b0.nii.gz", "linear")
         mask = on_b0(self.inputs.t1w_mask_file, "t1w_mask_on_b0.nii.gz", "nearestNeighbor") > 0
         result = syn_sdc.estimate_syn_field(
-            image.get_fdata(dtype=np.float32), t1w, mask, image.header.get_zooms()[:3],
+            image.get_fdata(dtype=np.float32), t1w, mask, image.affine,
             self.inputs.pe_direction, self.inputs.readout, n_threads=n_threads,
         )  # fmt: skip
         self._results["field_file"] = _save(result.field_hz, image, str(cwd / "field_hz.nii.gz"))

@@ -12,7 +12,7 @@ from ketamine_dti.dwi.gre_fieldmap import SMOOTHING_FWHM_MM as GRE_SMOOTHING_MM
 from ketamine_dti.dwi.motion import FD_HEAD_RADIUS_MM, FD_OUTLIER_MM, SHELL_PASS_LEVELS
 from ketamine_dti.dwi.susceptibility import knot_spacings
 from ketamine_dti.dwi.syn_sdc import FINAL_FWHM_MM as SYN_FINAL_FWHM_MM
-from ketamine_dti.dwi.syn_sdc import INSIDE_FWHM_MM as SYN_INSIDE_FWHM_MM
+from ketamine_dti.dwi.syn_sdc import HARMONIC_DEGREE as SYN_HARMONIC_DEGREE
 from ketamine_dti.fieldmaps import FieldmapInputs, corrects
 from ketamine_dti.interfaces.anat import DWIToT1w
 from ketamine_dti.interfaces.dwi import (
@@ -89,8 +89,9 @@ def _sdc_sentence(fieldmap: FieldmapInputs | None) -> str:
 was registered to the T1w brain with ANTs SyN [ants] restricted to the phase-encoding axis,
 driven by local cross-correlation with the T1w intensities inverted inside the brain (a b0-like
 contrast) and by mutual information with the T1w. The displacement along phase encoding,
-divided by the readout time, gave the field in Hz, which was smoothed inside the brain (FWHM
-{SYN_INSIDE_FWHM_MM:g} mm), continued smoothly beyond it and smoothed again (FWHM
+divided by the readout time, gave the field in Hz; inside the brain, where the field has no
+sources, it was replaced by its least-squares fit with solid harmonics up to degree
+{SYN_HARMONIC_DEGREE}, continued smoothly beyond the brain and smoothed (FWHM
 {SYN_FINAL_FWHM_MM:g} mm). The displacement and its Jacobian entered the same single
 interpolation as the motion and eddy-current maps. """
     if fieldmap.method == "fieldmap":
