@@ -148,8 +148,9 @@ def estimate_syn_field(
 ) -> SynEstimate:
     """Field (Hz) of a DWI series from its distorted ``b0`` reference and the T1w brain
     (``t1w_brain`` and its ``brain_mask``) brought onto the b0 grid rigidly, so undistorted.
-    ``affine``: voxel -> world (mm) of the b0 grid; ``pe_direction``: BIDS PhaseEncodingDirection in the b0's
-    voxel axes; ``total_readout_time``: BIDS TotalReadoutTime (s)."""
+    ``affine``: voxel -> world (mm) of the b0 grid; ``pe_direction``: BIDS
+    PhaseEncodingDirection in the b0's voxel axes; ``total_readout_time``: BIDS
+    TotalReadoutTime (s)."""
     started = time.perf_counter()
     axis, sign = phase_encoding(pe_direction)
     readout = check_readout(total_readout_time)
