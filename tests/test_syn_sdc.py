@@ -15,9 +15,9 @@ import pytest
 #: Median |estimated - true| field inside the brain, as a fraction of the true field's 99th
 #: percentile there, that the estimate must reach on the tiny session (measured: see
 #: test_the_field_of_a_simulated_session_is_recovered); pepolar reaches 2.4-4.1%.
-MEDIAN_ERROR_FRACTION = 0.12
+MEDIAN_ERROR_FRACTION = 0.10
 #: The estimate's 90th-percentile error must be this fraction of no correction's or less.
-P90_ERROR_RATIO = 0.75
+P90_ERROR_RATIO = 0.6
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +75,9 @@ def field_errors(estimate_hz, truth_hz, inside):
 
 
 def test_the_field_of_a_simulated_session_is_recovered(distorted_tiny, tmp_path):
-    """sub-001 ses-baseline (seed 7): median error 9.9% of the true p99 (no correction:
-    12.1%), 90th percentile 30% (no correction: 48%); the field has the sign of the truth."""
+    """sub-001 ses-baseline (seed 7; p99 of the true field 51 Hz, 0.8 voxel): median error
+    8.8% of the true p99 (no correction: 12.1%), 90th percentile 24.9% (no correction:
+    48.1%), correlation with the truth 0.80 (so the sign is right)."""
     from ketamine_dti.interfaces.fieldmap import EstimateSynField
 
     inputs, truth = session_inputs(distorted_tiny, tmp_path)
@@ -88,7 +89,7 @@ def test_the_field_of_a_simulated_session_is_recovered(distorted_tiny, tmp_path)
     assert median <= MEDIAN_ERROR_FRACTION
     assert median < median_zero
     assert p90 <= P90_ERROR_RATIO * p90_zero
-    assert np.corrcoef(field[inside], truth[inside])[0, 1] > 0.6
+    assert np.corrcoef(field[inside], truth[inside])[0, 1] > 0.7
 
 
 def _workflow(root: Path, tmp_path: Path, use_syn_sdc: bool):
