@@ -84,7 +84,7 @@ def _sdc_sentence(fieldmap: FieldmapInputs | None) -> str:
     if fieldmap is None or fieldmap.method == "none":
         return "Susceptibility distortion was not corrected (no fieldmap was used). "
     if fieldmap.method == "syn":
-        return f"""No fieldmap was acquired, so susceptibility distortion was corrected without one
+        return f"""No fieldmap was found, so susceptibility distortion was corrected without one
 (SyN-SDC, as sdcflows [syn_sdc]): the b0 reference, rigidly registered to the session's T1w,
 was registered to the T1w brain with ANTs SyN [ants] restricted to the phase-encoding axis,
 driven by local cross-correlation with the T1w intensities inverted inside the brain (a b0-like
