@@ -233,9 +233,12 @@ def _add_method_options(met) -> None:
     met.add_argument(
         "--use-syn-sdc",
         action="store_true",
-        help="fieldmap-less distortion correction (SyN-SDC: b0 to T1w along the phase-encode "
-        "axis) for DWI series where --sdc auto finds no fieldmap (planned and logged; not yet "
-        "applied in this version)",
+        help="fieldmap-less distortion correction for DWI series where --sdc auto finds no "
+        "fieldmap (SyN-SDC, as sdcflows): the b0 is registered rigidly, then with ANTs SyN "
+        "restricted to the phase-encode axis, to the session's T1w (inverted inside the brain "
+        "for a b0-like contrast); the displacement gives a smoothed field in Hz, applied in the "
+        "same single interpolation as motion. Less accurate than a fieldmap; a series with a "
+        "fieldmap never uses it",
     )
 
 

@@ -412,3 +412,77 @@ def register_arrays(
             aff_smoothing_sigmas=smoothing_sigmas,
         )
         return ants.read_transform(result["fwdtransforms"][0])
+
+
+def register_along_axis(
+    fixed: Sequence[np.ndarray],
+    moving: Sequence[np.ndarray],
+    zooms: Sequence[float],
+    axis: int,
+    *,
+    metrics: Sequence[tuple[str, float]],
+    syn_parameters: tuple[float, float, float],
+    iterations: Sequence[int],
+    shrink_factors: Sequence[int],
+    smoothing_sigmas: Sequence[float],
+    fixed_mask: np.ndarray | None = None,
+    seed: int = REGISTRATION_SEED,
+    n_threads: int | None = None,
+) -> np.ndarray:
+    """SyN of images that share one voxel grid, the deformation restricted to voxel ``axis``
+    (antsRegistration ``--restrict-deformation``); returns the displacement (mm, along
+    ``axis``, positive towards higher voxel index) on that grid, such that
+    ``moving[k](x + u(x) e_axis)`` matches ``fixed[k](x)``.
+
+    The arrays are written with an identity direction and zero origin (voxel axes are the
+    world axes, as sdcflows deobliques before its SyN), so that a restriction to one world axis
+    is one to the voxel axis, whatever the real orientation. ``metrics`` pairs each
+    fixed/moving image with its metric (``cc``: cross-correlation, radius CC_RADIUS;
+    ``mattes``: MI, MI_BINS bins) and weight; ``syn_parameters`` = (gradient step, update and
+    total field smoothing, as variances in voxels, ANTs' SyN[...]). No linear stage runs: the
+    images must already be aligned.
+    """
+    import ants
+
+    if not len(fixed) == len(moving) == len(metrics):
+        raise ValueError("one fixed image, one moving image and one metric per pair")
+    restrict = "x".join("1" if a == axis else "0" for a in range(3))
+    with tempfile.TemporaryDirectory(prefix="ketamine_dti_syn_") as tmp:
+
+        def write(volume, name):
+            image = ants.from_numpy(
+                np.ascontiguousarray(volume, dtype=np.float32),
+                origin=(0.0, 0.0, 0.0), spacing=tuple(float(z) for z in zooms),
+            )  # fmt: skip
+            path = os.path.join(tmp, name)
+            ants.image_write(image, path)
+            return path
+
+        args = []
+        for index, (fixed_image, moving_image, (metric, weight)) in enumerate(
+            zip(fixed, moving, metrics, strict=True)
+        ):
+            pair = f"{write(fixed_image, f'fixed{index}.nii.gz')},"
+            pair += f"{write(moving_image, f'moving{index}.nii.gz')},{weight:g}"
+            if metric == "cc":
+                args += ["--metric", f"CC[{pair},{CC_RADIUS}]"]
+            elif metric == "mattes":
+                args += ["--metric", f"MI[{pair},{MI_BINS}]"]
+            else:
+                raise ValueError(f"unknown metric {metric!r}; use 'cc' or 'mattes'")
+        step, update, total = syn_parameters
+        args = ["--transform", f"SyN[{step:g},{update:g},{total:g}]", *args]
+        args += [
+            "--convergence", f"[{'x'.join(str(int(i)) for i in iterations)},1e-6,10]",
+            "--shrink-factors", "x".join(str(int(s)) for s in shrink_factors),
+            "--smoothing-sigmas", "x".join(f"{s:g}" for s in smoothing_sigmas) + "vox",
+            "--restrict-deformation", restrict,
+        ]  # fmt: skip
+        if fixed_mask is not None:
+            mask_file = write(np.asarray(fixed_mask, dtype=np.float32), "mask.nii.gz")
+            args += ["--masks", f"[{mask_file}]"]
+        prefix = os.path.join(tmp, "syn_")
+        args += ["--collapse-output-transforms", "1", "--output", prefix]
+        run_registration(args, seed, n_threads)
+        warp = ants.image_read(f"{prefix}0Warp.nii.gz").numpy()
+    return np.asarray(warp[..., axis], dtype=np.float32)

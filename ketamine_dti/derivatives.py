@@ -126,6 +126,12 @@ def _sdc_metadata(context: SidecarContext) -> dict:
         "fieldmap": "fieldmap: the GRE fieldmap in Hz (a phasediff unwrapped and divided by "
         "2 pi (TE2 - TE1)), moved onto the b0 grid by a rigid mutual-information registration "
         "of its magnitude, continued smoothly beyond the head and smoothed",
+        "syn": "syn: fieldmap-less (SyN-SDC, as sdcflows): the displacement along phase "
+        "encoding of an ANTs SyN registration, restricted to that axis, of the b0 reference to "
+        "the session's T1w brain (rigidly aligned first; local cross-correlation with the T1w "
+        "inverted inside the brain plus mutual information with the T1w), divided by the "
+        "readout time, fitted inside the brain with solid harmonics (the field has no sources "
+        "there), continued smoothly beyond it and smoothed",
     }
     return {
         "PhaseEncodingDirection": plan.phase_encoding.direction,
@@ -268,9 +274,9 @@ SESSION_OUTPUTS: dict[str, OutputSpec] = {
         "fieldmap", {"space": "dwi", "desc": "sdc"}, datatype="fmap",
         sources=("raw:dwi", "raw:fmap"), reference="dwi_preproc", extra=_sdc_metadata,
         metadata={"Units": "Hz", "SkullStripped": False,
-                  "Description": "Off-resonance field (from reverse phase-encoded b0 images or "
-                  "a GRE fieldmap: see EstimationMethod), at the undistorted positions of the "
-                  "DWI grid."},
+                  "Description": "Off-resonance field (from reverse phase-encoded b0 images, "
+                  "a GRE fieldmap or, fieldmap-less, the T1w: see EstimationMethod), at the "
+                  "undistorted positions of the DWI grid."},
     ),
     "b0_uncorrected": OutputSpec(
         "magnitude", {"space": "dwi", "desc": "sdc"}, datatype="fmap", sources=("raw:dwi",),

@@ -46,9 +46,9 @@ LOGGER = logging.getLogger(__name__)
 
 #: ``--sdc`` choices.
 SDC_METHODS = ("auto", "pepolar", "fieldmap", "none")
-#: Methods this version applies to the DWI; the others (SyN-SDC) are found and checked, then
-#: logged as not applied.
-CORRECTED_METHODS = ("pepolar", "fieldmap")
+#: Methods this version applies to the DWI (every method but "none"; "syn" also needs the
+#: session's T1w brain, which the session workflow passes to the DWI workflow).
+CORRECTED_METHODS = ("pepolar", "fieldmap", "syn")
 #: BIDS PhaseEncodingDirection: the voxel axis (i, j, k), with '-' for the reversed direction.
 PE_AXES = {"i": 0, "j": 1, "k": 2}
 PE_DIRECTIONS = ("i", "i-", "j", "j-", "k", "k-")

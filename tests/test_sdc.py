@@ -185,10 +185,34 @@ def test_a_pepolar_plan_feeds_the_field_into_the_one_resampling(tmp_path):
     edges = with_sdc._graph.get_edge_data(estimate, resample)["connect"]
     assert ("field_file", "field_file") in edges
     assert "reverse phase-encoded" in " ".join(with_sdc.desc.split())
-    for plan in (None, _plan(tmp_path, "none"), replace(_plan(tmp_path), method="syn")):
+    for plan in (None, _plan(tmp_path, "none")):
         workflow = init_dwi_preproc_wf(fieldmap=plan)
         assert "estimate_susceptibility" not in _names(workflow)
         assert "was not corrected" in " ".join(workflow.desc.split())
+
+
+def test_a_syn_plan_registers_the_b0_to_the_t1w_and_feeds_the_one_resampling(tmp_path):
+    """SyN-SDC needs the session's T1w brain (inputnode), registers the uncorrected b0 to it
+    rigidly, then estimates the field that goes into the one resampling."""
+    from ketamine_dti.interfaces.fieldmap import EstimateSynField
+    from ketamine_dti.workflows.dwi import SYN_T1W_FIELDS, init_dwi_preproc_wf
+
+    workflow = init_dwi_preproc_wf(fieldmap=replace(_plan(tmp_path), method="syn", epi=()))
+    estimate = workflow.get_node("estimate_susceptibility")
+    assert isinstance(estimate.interface, EstimateSynField)
+    assert (estimate.inputs.pe_direction, estimate.inputs.readout) == ("j-", 0.05)
+    resample = workflow.get_node("resample_dwi")
+    assert ("field_file", "field_file") in workflow._graph.get_edge_data(estimate, resample)[
+        "connect"
+    ]
+    assert resample.inputs.pe_direction == "j-" and resample.inputs.readout == 0.05
+    inputnode, rigid = workflow.get_node("inputnode"), workflow.get_node("syn_dwi_to_t1w")
+    assert set(SYN_T1W_FIELDS) <= set(inputnode.inputs.copyable_trait_names())
+    edges = workflow._graph.get_edge_data(rigid, estimate)["connect"]
+    assert ("from_t1w_to_dwi", "from_t1w_to_dwi") in edges
+    methods = " ".join(workflow.desc.split())
+    assert "SyN-SDC" in methods and "restricted to the phase-encoding axis" in methods
+    assert "was not corrected" not in methods
 
 
 def test_a_gre_plan_feeds_its_field_into_the_one_resampling(tmp_path):

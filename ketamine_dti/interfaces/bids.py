@@ -220,6 +220,8 @@ QC_COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "Levels": {
             "pepolar": "field estimated from reverse phase-encoded b0 images",
             "fieldmap": "field from a GRE fieldmap (phasediff or fieldmap), registered to the b0",
+            "syn": "fieldmap-less: field from SyN of the b0 to the T1w along phase encoding "
+            "(--use-syn-sdc)",
             "none": "not corrected (no usable fieldmap, or --sdc none)",
         },
     },

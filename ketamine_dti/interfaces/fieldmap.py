@@ -1,6 +1,6 @@
 """Thin Nipype interfaces that give the susceptibility field (Hz) on the DWI b0 grid, ready
-for ``ResampleDWI``: from reverse phase-encoded b0 images (``dwi.pepolar``) or from a GRE
-fieldmap (``dwi.gre_fieldmap``)."""
+for ``ResampleDWI``: from reverse phase-encoded b0 images (``dwi.pepolar``), from a GRE
+fieldmap (``dwi.gre_fieldmap``) or, with no fieldmap, from the T1w (``dwi.syn_sdc``)."""
 
 from __future__ import annotations
 
@@ -26,10 +26,16 @@ from ketamine_dti.threads import limited_by_n_threads
 SAME_GRID_TOLERANCE_MM = 1e-3
 
 
-class _EstimateFieldInputSpec(BaseInterfaceInputSpec):
+class _DistortedB0InputSpec(BaseInterfaceInputSpec):
+    """The distorted b0 whose field is estimated, and how it was read out."""
+
     b0_file = File(exists=True, mandatory=True, desc="the DWI's b0 reference (distorted)")
     pe_direction = traits.Str(mandatory=True, desc="the DWI's BIDS PhaseEncodingDirection")
     readout = traits.Float(mandatory=True, desc="the DWI's TotalReadoutTime (s)")
+    n_threads = traits.Int(1, usedefault=True)
+
+
+class _EstimateFieldInputSpec(_DistortedB0InputSpec):
     reverse_files = traits.List(File(exists=True), mandatory=True, desc="reverse-PE images")
     reverse_bvals = traits.List(
         traits.Str, mandatory=True, desc="per reverse image: its .bval (a DWI series: its b0 "
@@ -38,7 +44,6 @@ class _EstimateFieldInputSpec(BaseInterfaceInputSpec):
     reverse_pe_direction = traits.Str(mandatory=True)
     reverse_readout = traits.Float(mandatory=True, desc="s")
     b0_threshold = traits.Float(mandatory=True, desc="s/mm^2; b <= this is a b0")
-    n_threads = traits.Int(1, usedefault=True)
 
 
 class _EstimateFieldOutputSpec(TraitedSpec):
@@ -147,4 +152,50 @@ class GreFieldToB0(SimpleInterface):
         self._results["field_file"] = _save(on_grid, b0, str(cwd / "field_hz.nii.gz"))
         np.savetxt(cwd / "to_fieldmap.txt", to_fieldmap)
         self._results["to_fieldmap_file"] = str((cwd / "to_fieldmap.txt").resolve())
+        return runtime
+
+
+class _EstimateSynFieldInputSpec(_DistortedB0InputSpec):
+    t1w_brain_file = File(exists=True, mandatory=True, desc="the session's T1w brain")
+    t1w_mask_file = File(exists=True, mandatory=True, desc="the session's T1w brain mask")
+    from_t1w_to_dwi = traits.List(
+        traits.Str, mandatory=True, desc="rigid T1w -> b0 map (ANTs files, from-X_to-Y)"
+    )
+
+
+class _EstimateSynFieldOutputSpec(TraitedSpec):
+    field_file = File(exists=True, desc="off-resonance field (Hz) on the b0 reference grid")
+    b0_like_file = File(exists=True, desc="the inverted T1w brain on the b0 grid")
+
+
+class EstimateSynField(SimpleInterface):
+    """Fieldmap-less field (``dwi.syn_sdc``): the T1w brain moved rigidly onto the b0 grid,
+    then SyN restricted to phase encoding."""
+
+    input_spec = _EstimateSynFieldInputSpec
+    output_spec = _EstimateSynFieldOutputSpec
+
+    @limited_by_n_threads
+    def _run_interface(self, runtime):
+        from ketamine_dti.ants_backend import apply_transforms
+        from ketamine_dti.dwi import syn_sdc
+
+        cwd = Path(runtime.cwd)
+        image = nib.load(self.inputs.b0_file)
+        transforms = list(self.inputs.from_t1w_to_dwi)
+        n_threads = self.inputs.n_threads
+
+        def on_b0(in_file, name, interpolation):
+            path = apply_transforms(in_file, self.inputs.b0_file, transforms, cwd / name,
+                                    interpolation=interpolation, n_threads=n_threads)  # fmt: skip
+            return nib.load(path).get_fdata(dtype=np.float32)
+
+        t1w = on_b0(self.inputs.t1w_brain_file, "t1w_brain_on_b0.nii.gz", "linear")
+        mask = on_b0(self.inputs.t1w_mask_file, "t1w_mask_on_b0.nii.gz", "nearestNeighbor") > 0
+        result = syn_sdc.estimate_syn_field(
+            image.get_fdata(dtype=np.float32), t1w, mask, image.affine,
+            self.inputs.pe_direction, self.inputs.readout, n_threads=n_threads,
+        )  # fmt: skip
+        self._results["field_file"] = _save(result.field_hz, image, str(cwd / "field_hz.nii.gz"))
+        self._results["b0_like_file"] = _save(result.b0_like, image, str(cwd / "b0_like.nii.gz"))
         return runtime

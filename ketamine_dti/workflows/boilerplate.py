@@ -54,6 +54,10 @@ REFERENCES = {
     "NeuroImage 20:870-88",
     "hysco": "Ruthotto L. et al. (2012) Diffeomorphic susceptibility artifact correction of "
     "diffusion-weighted magnetic resonance images. Phys Med Biol 57:5715-31",
+    "syn_sdc": "Treiber J.M. et al. (2016) Characterization and correction of geometric "
+    "distortions in 814 diffusion weighted images. PLoS ONE 11:e0152472; as implemented in "
+    "sdcflows (Esteban O. et al., SDCFlows: susceptibility distortion correction workflows, "
+    "https://www.nipreps.org/sdcflows)",
     "halfway": "Reuter M. et al. (2012) Within-subject template estimation for unbiased "
     "longitudinal image analysis. NeuroImage 61:1402-18.",
     "mni": "Evans A.C. et al. (2012) Brain templates and atlases. NeuroImage 62:911-22 "

@@ -13,8 +13,11 @@ from ketamine_dti.dwi.motion import FD_HEAD_RADIUS_MM, FD_OUTLIER_MM, SHELL_PASS
 from ketamine_dti.dwi.slice_outliers import DEFAULT_SLICE_AXIS
 from ketamine_dti.dwi.slice_outliers import OUTLIER_SD as SLICE_OUTLIER_SD
 from ketamine_dti.dwi.susceptibility import knot_spacings
+from ketamine_dti.dwi.syn_sdc import FINAL_FWHM_MM as SYN_FINAL_FWHM_MM
+from ketamine_dti.dwi.syn_sdc import HARMONIC_DEGREE as SYN_HARMONIC_DEGREE
 from ketamine_dti.dwi.tensor import RESTORE_OUTLIER_SD
 from ketamine_dti.fieldmaps import FieldmapInputs, corrects
+from ketamine_dti.interfaces.anat import DWIToT1w
 from ketamine_dti.interfaces.dwi import (
     BrainMask,
     CheckDWI,
@@ -26,7 +29,11 @@ from ketamine_dti.interfaces.dwi import (
     TensorFit,
     Unring,
 )
-from ketamine_dti.interfaces.fieldmap import EstimateSusceptibilityField, GreFieldToB0
+from ketamine_dti.interfaces.fieldmap import (
+    EstimateSusceptibilityField,
+    EstimateSynField,
+    GreFieldToB0,
+)
 from ketamine_dti.workflows.boilerplate import LiterateWorkflow
 from ketamine_dti.workflows.nodes import threaded_node
 
@@ -60,6 +67,10 @@ OUTPUT_FIELDS = (
     "outside_file",
 )
 
+#: Inputs of a workflow with a ``syn`` plan: the session's T1w brain and its mask, which the
+#: fieldmap-less estimate registers the b0 to.
+SYN_T1W_FIELDS = ("t1w_brain_file", "t1w_mask_file")
+
 
 _FREE_WATER_SENTENCE = f"""In the same mask, free water was eliminated by fitting a tissue
 tensor plus an isotropic compartment of diffusivity {free_water.FREE_WATER_DIFFUSIVITY:g} mm^2/s
@@ -76,12 +87,17 @@ def _sdc_sentence(fieldmap: FieldmapInputs | None) -> str:
     """What the methods say of susceptibility distortion (the method that actually ran)."""
     if fieldmap is None or fieldmap.method == "none":
         return "Susceptibility distortion was not corrected (no fieldmap was used). "
-    if not corrects(fieldmap):
-        return (
-            "Susceptibility distortion was not corrected: this version corrects it from "
-            "reverse phase-encoded images or a GRE fieldmap, and fieldmap-less SyN-SDC was "
-            "asked for. "
-        )
+    if fieldmap.method == "syn":
+        return f"""No fieldmap was found, so susceptibility distortion was corrected without one
+(SyN-SDC, as sdcflows [syn_sdc]): the b0 reference, rigidly registered to the session's T1w,
+was registered to the T1w brain with ANTs SyN [ants] restricted to the phase-encoding axis,
+driven by local cross-correlation with the T1w intensities inverted inside the brain (a b0-like
+contrast) and by mutual information with the T1w. The displacement along phase encoding,
+divided by the readout time, gave the field in Hz; inside the brain, where the field has no
+sources, it was replaced by its least-squares fit with solid harmonics up to degree
+{SYN_HARMONIC_DEGREE}, continued smoothly beyond the brain and smoothed (FWHM
+{SYN_FINAL_FWHM_MM:g} mm). The displacement and its Jacobian entered the same single
+interpolation as the motion and eddy-current maps. """
     if fieldmap.method == "fieldmap":
         return f"""Susceptibility distortion was corrected with the GRE fieldmap
 ({fieldmap.gre.kind}): the field in Hz ({_GRE_CONVERSION[fieldmap.gre.kind]}) was carried onto
@@ -176,20 +192,22 @@ def init_dwi_preproc_wf(
 ) -> pe.Workflow:
     """Preprocess one DWI series and fit the tensor (defaults: those of Config).
 
-    Inputs (inputnode): ``dwi_file``, ``bval_file``, ``bvec_file`` (raw BIDS files).
+    Inputs (inputnode): ``dwi_file``, ``bval_file``, ``bvec_file`` (raw BIDS files); with a
+    ``syn`` ``fieldmap`` also SYN_T1W_FIELDS, the session's T1w brain and mask.
     Outputs (outputnode, OUTPUT_FIELDS): ``dwi_file``/``bval_file``/``bvec_file``
     (preprocessed, rotated b-vectors), ``b0_reference``, ``mask_file``, ``noise_file`` (MP-PCA
     sigma; only with ``denoise="mppca"``), ``confounds_file``, ``n_outlier_volumes``,
     ``md_file``, ``fa_file``, ``ad_file``, ``rd_file``, ``residual_file``, ``residual_median``,
     ``fw_md_file``/``fw_fraction_file`` (free-water-corrected MD, free-water fraction) and
-    ``fw_metadata_file`` (the free-water fit as run, for the sidecars); with a pepolar
-    ``fieldmap`` also ``b0_uncorrected`` (the motion-aligned b0 before SDC), ``field_file``
-    (Hz), ``displacement_file`` (mm along PE) and ``jacobian_file``; ``outside_file``: voxels
-    the resampling read outside some volume's field of view.
+    ``fw_metadata_file`` (the free-water fit as run, for the sidecars); with a ``fieldmap``
+    that corrects (``fieldmaps.corrects``) also ``b0_uncorrected`` (the motion-aligned b0
+    before SDC), ``field_file`` (Hz), ``displacement_file`` (mm along PE) and
+    ``jacobian_file``; ``outside_file``: voxels the resampling read outside some volume's
+    field of view.
 
     Denoising comes first (it needs the untouched noise), unringing second (it needs the
     original slice grid), then a single interpolation aligns every volume to the b0 reference
-    and, with a pepolar ``fieldmap`` (``fieldmaps.FieldmapInputs``), undoes the
+    and, with a ``fieldmap`` plan (``fieldmaps.FieldmapInputs``), undoes the
     susceptibility distortion estimated from the motion-aligned b0 reference. ``pe_axis``
     (the phase-encode voxel axis, from the sidecar) keeps eddy-current shear and field offsets
     out of the head-motion estimates. Slice dropouts are found on the resampled series, still on
@@ -204,9 +222,9 @@ def init_dwi_preproc_wf(
     workflow = LiterateWorkflow(
         name, desc=_description(denoise, gibbs, tensor_fit, fieldmap, slice_outliers)
     )
-    inputnode = pe.Node(
-        niu.IdentityInterface(fields=["dwi_file", "bval_file", "bvec_file"]), name="inputnode"
-    )
+    syn = corrects(fieldmap) and fieldmap.method == "syn"
+    inputs = ["dwi_file", "bval_file", "bvec_file"] + (list(SYN_T1W_FIELDS) if syn else [])
+    inputnode = pe.Node(niu.IdentityInterface(fields=inputs), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=list(OUTPUT_FIELDS)), name="outputnode")
     check = pe.Node(CheckDWI(), name="check_dwi")
     motion = threaded_node(
@@ -267,15 +285,18 @@ def init_dwi_preproc_wf(
         if tensor_fit == "restore":
             workflow.connect(workflow.get_node("denoise"), "noise_file", tensor, "noise_file")
     if corrects(fieldmap):
-        estimate = (
-            _pepolar_node(fieldmap, b0_threshold)
-            if fieldmap.method == "pepolar"
-            else _gre_node(fieldmap)
-        )
+        if syn:
+            estimate = _syn_estimate(workflow, inputnode, motion, fieldmap, omp_nthreads)
+        else:
+            estimate = (
+                _pepolar_node(fieldmap, b0_threshold)
+                if fieldmap.method == "pepolar"
+                else _gre_node(fieldmap)
+            )
+            workflow.connect(motion, "b0_reference", estimate, "b0_file")
         resample.inputs.pe_direction = fieldmap.phase_encoding.direction
         resample.inputs.readout = fieldmap.phase_encoding.total_readout_time
         workflow.connect([
-            (motion, estimate, [("b0_reference", "b0_file")]),
             (estimate, resample, [("field_file", "field_file")]),
             (motion, outputnode, [("b0_reference", "b0_uncorrected")]),
             (estimate, outputnode, [("field_file", "field_file")]),
@@ -283,6 +304,37 @@ def init_dwi_preproc_wf(
                                     ("jacobian_file", "jacobian_file")]),
         ])  # fmt: skip
     return workflow
+
+
+def _syn_estimate(workflow, inputnode, motion, fieldmap: FieldmapInputs, omp_nthreads: int):
+    """Fieldmap-less SyN-SDC (``dwi.syn_sdc``): the motion-aligned, still distorted b0 is
+    registered rigidly to the session's T1w brain (``DWIToT1w``, the step that later aligns
+    the corrected b0), then SyN along phase encoding gives the field. Returns the node whose
+    ``field_file`` is the field."""
+    uncorrected_mask = pe.Node(BrainMask(), name="syn_b0_mask")
+    rigid = threaded_node(DWIToT1w(n_threads=omp_nthreads), "syn_dwi_to_t1w", omp_nthreads)
+    estimate = threaded_node(
+        EstimateSynField(
+            pe_direction=fieldmap.phase_encoding.direction,
+            readout=fieldmap.phase_encoding.total_readout_time,
+            n_threads=omp_nthreads,
+        ),
+        "estimate_susceptibility",
+        omp_nthreads,
+        DWI_STEP_MEM_GB,
+    )
+    workflow.connect([
+        (motion, uncorrected_mask, [("b0_reference", "in_file")]),
+        (motion, rigid, [("b0_reference", "b0_file")]),
+        (uncorrected_mask, rigid, [("out_file", "dwi_mask_file")]),
+        (inputnode, rigid, [("t1w_brain_file", "t1w_brain_file"),
+                            ("t1w_mask_file", "t1w_mask_file")]),
+        (motion, estimate, [("b0_reference", "b0_file")]),
+        (inputnode, estimate, [("t1w_brain_file", "t1w_brain_file"),
+                               ("t1w_mask_file", "t1w_mask_file")]),
+        (rigid, estimate, [("from_t1w_to_dwi", "from_t1w_to_dwi")]),
+    ])  # fmt: skip
+    return estimate
 
 
 def _gre_node(fieldmap: FieldmapInputs) -> pe.Node:

@@ -162,7 +162,13 @@ def init_session_wf(
     session_brain, dwi_to_t1w, dwi_to_template = _connect_registration(
         workflow, inputnode, preproc, session_index, threads
     )
-    sdc = corrects(session_plan(session))
+    plan = session_plan(session)
+    sdc = corrects(plan)
+    if sdc and plan.method == "syn":  # fieldmap-less: the DWI workflow needs the T1w brain
+        workflow.connect([
+            (session_brain, preproc, [("brain_file", "inputnode.t1w_brain_file"),
+                                      ("mask_file", "inputnode.t1w_mask_file")]),
+        ])  # fmt: skip
     sample = pe.Node(SampleRegions(), name="sample_rois")
     if sdc:
         workflow.connect([
