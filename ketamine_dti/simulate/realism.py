@@ -475,19 +475,21 @@ def random_t1w_contrast(rng: np.random.Generator, gm: float, csf: float) -> T1wC
 def polynomial_log_field(
     rng: np.random.Generator, shape: tuple[int, int, int], voxel_mm: float, order: int, sd: float
 ) -> np.ndarray:
-    """exp of a random polynomial of position (over T1W_BIAS_LENGTH_MM) up to ``order``."""
-    axes = [(np.arange(s) - (s - 1) / 2.0) * voxel_mm / T1W_BIAS_LENGTH_MM for s in shape]
-    x, y, z = np.meshgrid(*axes, indexing="ij", sparse=True)
+    """exp of a random polynomial of position (over T1W_BIAS_LENGTH_MM) up to ``order``.
+
+    Each coefficient of x^a y^b z^c (0 < a + b + c <= order) is N(0, sd); evaluated as
+    sum_c P_c(x, y) z^c, one plane polynomial per power of z.
+    """
+    x, y, z = [(np.arange(s) - (s - 1) / 2.0) * voxel_mm / T1W_BIAS_LENGTH_MM for s in shape]
     log_field = np.zeros(shape, dtype=np.float32)
-    for a in range(order + 1):
-        for b in range(order + 1 - a):
-            for c in range(order + 1 - a - b):
-                if a + b + c == 0:
-                    continue
-                log_field += np.float32(rng.normal(0.0, sd)) * (x**a * y**b * z**c).astype(
-                    np.float32
-                )
-    return np.exp(log_field)
+    for c in range(order + 1):
+        plane = np.zeros(shape[:2])
+        for a in range(order + 1 - c):
+            for b in range(order + 1 - a - c):
+                if a + b + c > 0:
+                    plane += rng.normal(0.0, sd) * np.outer(x**a, y**b)
+        log_field += plane.astype(np.float32)[:, :, None] * (z**c).astype(np.float32)
+    return np.exp(log_field, out=log_field)
 
 
 def correlate_noise(noise: np.ndarray) -> np.ndarray:
