@@ -11,9 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ketamine_dti.simulate import anatomy, realism, session, signal
+from ketamine_dti.simulate import anatomy, bids_writer, realism, session, signal
 from ketamine_dti.simulate.bids_writer import make_options, participant_realism
 from ketamine_dti.simulate.cli import main as simulate
+from ketamine_dti.simulate.clinical import simulate_clinical
 from ketamine_dti.simulate.presets import PRESETS, get_preset
 
 DWI_ITEMS = ("eddy", "slice_motion", "dropouts", "gibbs")
@@ -235,9 +236,14 @@ def test_t1w_noise_is_correlated_and_keeps_its_sd():
 
 @pytest.fixture(scope="module")
 def typical_trial(tmp_path_factory) -> Path:
+    """The first participant of a tiny ``typical`` trial, written as the CLI writes it."""
     out = tmp_path_factory.mktemp("realism") / "bids"
-    args = ["--n-participants", "3", "--seed", str(SEED), "--realism", "typical"]
-    assert simulate([str(out), *args]) == 0
+    options = make_options(out, n_participants=3, seed=SEED, realism_level="typical")
+    trial = simulate_clinical(3, seed=SEED, sessions=options.sessions)
+    out.mkdir(parents=True)
+    bids_writer.write_top_level(options, trial)
+    result = bids_writer.simulate_participant(options, trial, 0)
+    bids_writer.write_ground_truth(options, trial, [result])
     return out
 
 
@@ -293,7 +299,9 @@ def test_dropouts_are_recorded_and_visible(typical_trial):
     assert found > 0
     planted = json.loads((truth / "planted_effects.json").read_text())
     assert planted["realism"]["items"] == list(realism.REALISM_ITEMS)
-    assert set(planted["realism"]["per_participant"]) == {"sub-001", "sub-002", "sub-003"}
+    assert set(planted["realism"]["per_participant"]) == {"sub-001"}
+    record = planted["realism"]["per_participant"]["sub-001"]
+    assert set(record) == {"sessions", "local_anatomy", "t1w_contrast"}
     assert "realism=typical" in (typical_trial / "dataset_description.json").read_text()
 
 
