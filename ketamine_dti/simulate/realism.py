@@ -231,30 +231,25 @@ def _resample_volume(
     ``jacobian`` the value is multiplied by 1 - dd/dy. volume is (1, X, Y, Z).
     """
     nx, ny, nz = out.shape
+    c = eddy
     for k in range(nz):
         matrix = slice_matrices[k]
         z = (k - centre[2]) * voxel_mm
-        for i in range(nx):
-            x = (i - centre[0]) * voxel_mm
-            for j in range(ny):
-                y = (j - centre[1]) * voxel_mm
-                d = (
-                    eddy[0]
-                    + eddy[1] * x
-                    + eddy[2] * y
-                    + eddy[3] * z
-                    + eddy[4] * x * x
-                    + eddy[5] * y * y
-                    + eddy[6] * z * z
-                    + eddy[7] * x * y
-                    + eddy[8] * x * z
-                    + eddy[9] * y * z
-                )
+        for j in range(ny):
+            y = (j - centre[1]) * voxel_mm
+            # Along the row (y, z fixed): d = constant + slope x + c[4] x^2, and the Jacobian
+            # 1 - dd/dy = jacobian_constant - c[7] x.
+            constant = c[0] + c[2] * y + c[3] * z + c[5] * y * y + c[6] * z * z + c[9] * y * z
+            slope = c[1] + c[7] * y + c[8] * z
+            jacobian_constant = 1.0 - (c[2] + 2.0 * c[5] * y + c[9] * z)
+            for i in range(nx):
+                x = (i - centre[0]) * voxel_mm
+                d = constant + (slope + c[4] * x) * x
                 p0, p1, p2 = apply_affine(matrix, i, j - d / voxel_mm, k)
                 touches, cell = floor_cell(volume, p0, p1, p2)
                 value = trilinear(volume, 0, cell) if touches else 0.0
                 if jacobian:
-                    value *= 1.0 - (eddy[2] + 2.0 * eddy[5] * y + eddy[7] * x + eddy[9] * z)
+                    value *= jacobian_constant - c[7] * x
                 out[i, j, k] = value
 
 
@@ -267,10 +262,10 @@ def resample_volume(
 ) -> np.ndarray:
     """One volume (X, Y, Z) as the scanner shows it: eddy displacement along j, then each
     slice's rigid map (slice_matrices (Z, 4, 4), output index -> reference index)."""
-    out = np.empty(volume.shape, dtype=np.float32)
+    out = np.empty(volume.shape, dtype=np.float32, order="F")
     centre = (np.array(volume.shape, dtype=np.float64) - 1) / 2.0
     _resample_volume(
-        np.ascontiguousarray(volume, dtype=np.float32)[None],
+        np.asfortranarray(volume, dtype=np.float32)[None],
         np.ascontiguousarray(slice_matrices, dtype=np.float64),
         np.ascontiguousarray(eddy_coefficients, dtype=np.float64),
         centre,
