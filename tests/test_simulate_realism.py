@@ -165,6 +165,14 @@ def test_ideal_equals_realism_with_every_item_off(grid, monkeypatch):
     np.testing.assert_array_equal(_t1w(grid, ()), t1w.data)
 
 
+def test_benchmark_session_takes_the_dwi_items():
+    from ketamine_dti.simulate import simulate_benchmark_session
+
+    typical = simulate_benchmark_session("tiny", seed=1, realism="typical")
+    assert typical.artefacts.dropouts is not None and typical.artefacts.eddy_jacobian
+    assert simulate_benchmark_session("tiny", seed=1).artefacts is None
+
+
 def test_new_resampling_equals_the_affine_one_without_new_terms():
     """No quadratic eddy, no Jacobian, no slice motion: the realism resampling is the old one."""
     rng = np.random.default_rng(4)
