@@ -37,7 +37,7 @@ import pandas as pd
 
 from ketamine_dti import __version__
 from ketamine_dti.rois import ROI_NAMES
-from ketamine_dti.simulate import anatomy, head, regions, session, signal, susceptibility
+from ketamine_dti.simulate import anatomy, head, realism, regions, session, signal, susceptibility
 from ketamine_dti.simulate.clinical import (
     MIN_PARTICIPANTS,
     ROI_BASELINE_MD,
@@ -145,6 +145,8 @@ class TrialOptions:
     n_procs: int = 1
     head: str = "full"
     distortion: str = "none"  # susceptibility.DISTORTION_CHOICES
+    realism_level: str = "ideal"  # realism.REALISM_LEVELS
+    realism: frozenset[str] = frozenset()  # the realism items switched on
 
 
 def make_options(
@@ -159,10 +161,13 @@ def make_options(
     n_procs: int = 1,
     head: str = "full",
     distortion: str | None = None,
+    realism_level: str | None = None,
+    realism_off: tuple[str, ...] = (),
 ) -> TrialOptions:
     """Check every option; ValueError carries a one-line message that says what to do.
 
-    ``distortion=None`` takes the preset's default (``none`` for every preset for now).
+    ``distortion=None`` takes the preset's default; ``realism_level=None`` the preset's
+    (``ideal`` with ``noiseless``), less the items in ``realism_off``.
     """
     if preset not in PRESETS:
         raise ValueError(f"--preset {preset!r} is unknown; use one of {', '.join(PRESETS)}")
@@ -199,6 +204,13 @@ def make_options(
             f"--distortion {distortion} needs --head full (the head's air and bone make the "
             "field); use --distortion none with --head brain"
         )
+    if realism_level is None:
+        realism_level = "ideal" if noiseless else chosen.default_realism
+    elif noiseless and realism_level != "ideal":
+        raise ValueError(
+            f"--noiseless and --realism {realism_level} contradict each other; give one of them"
+        )
+    items = realism.resolve_realism(realism_level, tuple(realism_off))
     return TrialOptions(
         out_dir=Path(out_dir),
         n_participants=n,
@@ -210,6 +222,8 @@ def make_options(
         n_procs=int(n_procs),
         head=head,
         distortion=distortion,
+        realism_level=realism_level,
+        realism=items,
     )
 
 
@@ -279,7 +293,7 @@ def _to_int16(data: np.ndarray) -> np.ndarray:
 
 def slice_timing(n_slices: int, repetition_time: float) -> list[float]:
     """Interleaved ascending slice order (odd then even), times in s within one TR."""
-    order = list(range(0, n_slices, 2)) + list(range(1, n_slices, 2))
+    order = realism.interleaved_order(n_slices)
     step = repetition_time / n_slices
     times = np.empty(n_slices)
     for position, slice_index in enumerate(order):
@@ -396,6 +410,7 @@ class ParticipantResult:
     t1w_scaling: dict | None = None  # scale, offset, storage (full head only)
     head_shape: dict | None = None  # the head's per-participant parameters (full head only)
     field: dict | None = None  # session_id -> field figures (with --distortion only)
+    realism: dict | None = None  # what the realism items did (with any item on)
 
 
 def simulate_participant(
@@ -409,6 +424,8 @@ def simulate_participant(
     atlas, boundaries = regions.participant_regions(boundary_rng, ROI_NAMES)
     participant = anatomy.random_participant(rng, template)
     head_shape, scaling = participant_head(options, index)
+    items = realism.Realism(options.realism, (options.seed, index + 1))
+    template, contrast, realism_record = participant_realism(items, template)
     level = susceptibility.get_level(options.distortion)
     if level is not None:  # the field needs the ear canals; without it the head is as before
         head_shape = dataclasses.replace(head_shape, ear_canals=True)
@@ -441,6 +458,7 @@ def simulate_participant(
                 [options.seed, index + 1, FIELDMAP_STREAM, position]
             ),
             free_water=added,
+            realism=items.for_session(position),
         )
         dwi_dir = root / participant_id / session_id / "dwi"
         _save_nifti(
@@ -455,6 +473,8 @@ def simulate_participant(
         if dwi.field is not None:
             fields[session_id] = write_distortion(dwi, options, root, truth_root, stem)
         truth_dir = truth_root / participant_id / session_id
+        if items.enabled:
+            realism_record["sessions"][session_id] = write_realism_truth(dwi, truth_dir, stem)
         _save_nifti(
             dwi.truth_dseg, dwi.affine, truth_dir / f"{stem}_space-dwi_desc-truth_dseg.nii.gz"
         )
@@ -464,7 +484,15 @@ def simulate_participant(
         _save_nifti(dwi.truth_md, dwi.affine, truth_dir / f"{stem}_space-dwi_desc-truth_md.nii.gz")
         _write_json(truth_dir / f"{stem}_space-dwi_desc-truth_md.json", TRUTH_MD_JSON)
         t1w = session.simulate_t1w(
-            template, participant, pose, options.preset, rng, head_shape, scaling
+            template,
+            participant,
+            pose,
+            options.preset,
+            rng,
+            head_shape,
+            scaling,
+            contrast=contrast,
+            realism=items.for_session(position),
         )
         write_t1w(t1w, root / participant_id / session_id / "anat", truth_root, stem)
         del t1w
@@ -500,7 +528,97 @@ def simulate_participant(
         t1w_scaling=None if scaling is None else dataclasses.asdict(scaling),
         head_shape=None if head_shape is None else head.shape_summary(head_shape),
         field=fields or None,
+        realism=realism_record if items.enabled else None,
     )
+
+
+def participant_realism(
+    items: realism.Realism, template: anatomy.TemplateAnatomy
+) -> tuple[anatomy.TemplateAnatomy, realism.T1wContrast | None, dict]:
+    """The participant's own anatomy and T1w contrast (realism items); the truth record."""
+    record: dict = {"sessions": {}}
+    if "local_anatomy" in items:
+        template, record["local_anatomy"] = realism.local_anatomy(
+            template, items.rng("local_anatomy")
+        )
+    contrast = None
+    if "t1w_contrast" in items:
+        contrast = realism.random_t1w_contrast(
+            items.rng("t1w_contrast"), session.T1W_RELATIVE["gm"], session.T1W_RELATIVE["csf"]
+        )
+        record["t1w_contrast"] = dataclasses.asdict(contrast)
+    return template, contrast, record
+
+
+def write_realism_truth(dwi: session.DwiSession, truth_dir: Path, stem: str) -> dict:
+    """The session's per-volume motion and eddy coefficients, dropped slices and jerked
+    slices (TSV) and what the DWI realism items did (JSON); returns a short summary."""
+    prefix = truth_dir / f"{stem}_desc-truth"
+    motion = dwi.motion
+    table = pd.DataFrame({"volume": np.arange(len(dwi.bvals)), "bval": dwi.bvals})
+    for axis, name in enumerate("xyz"):
+        table[f"trans_{name}_mm"] = motion.translations_mm[:, axis].round(5)
+    for axis, name in enumerate("xyz"):
+        table[f"rot_{name}_deg"] = motion.rotations_deg[:, axis].round(5)
+    artefacts = dwi.artefacts
+    summary: dict = {}
+    content: dict = {"realism_items": []}
+    if artefacts is not None:
+        coefficients = artefacts.volume_eddy(dwi.bvals, dwi.bvecs)
+        for term, column in zip(realism.EDDY_TERMS, coefficients.T, strict=True):
+            table[f"eddy_{term}"] = column
+        content["eddy"] = {
+            "terms": list(realism.EDDY_TERMS),
+            "units": "mm of displacement along the image's j axis; position in mm from the "
+            "grid centre (image axes, voxel size x (index - (n - 1) / 2))",
+            "coefficients_per_gradient_axis": artefacts.eddy.tolist(),
+            "reference_bval": signal.EDDY_REFERENCE_BVAL,
+            "second_order": bool(artefacts.eddy_jacobian),
+            "jacobian_intensity": bool(artefacts.eddy_jacobian),
+            "per_volume": "eddy_* columns of desc-truth_motion.tsv",
+        }
+        if artefacts.dropouts is not None:
+            dropped = pd.DataFrame(
+                artefacts.dropouts.slices, columns=["volume", "slice", "signal_factor"]
+            )
+            write_tsv(Path(f"{prefix}_dropouts.tsv"), dropped)
+            content["dropouts"] = {
+                "file": f"{stem}_desc-truth_dropouts.tsv",
+                "volumes": sorted(set(dropped.volume.tolist())),
+                "n_slices": len(dropped),
+            }
+            summary["dropout_volumes"] = content["dropouts"]["volumes"]
+        if artefacts.slice_motion is not None:
+            n_slices = dwi.data.shape[2]
+            jerked = pd.DataFrame(artefacts.slice_motion.table(n_slices))
+            write_tsv(Path(f"{prefix}_slicemotion.tsv"), jerked)
+            content["slice_motion"] = {
+                "file": f"{stem}_desc-truth_slicemotion.tsv",
+                "volumes": sorted(artefacts.slice_motion.offsets),
+            }
+            summary["slice_motion_volumes"] = content["slice_motion"]["volumes"]
+        if artefacts.phases is not None:
+            content["gibbs"] = {
+                "partial_fourier": realism.PARTIAL_FOURIER,
+                "omitted_k_space_lines": "highest ky" if artefacts.omit_high else "lowest ky",
+                "phase_per_volume": {
+                    "columns": ["k_shift_x_lines", "k_shift_y_lines", "quadratic_rad"],
+                    "values": artefacts.phases.round(5).tolist(),
+                },
+            }
+        content["realism_items"] = sorted(
+            name
+            for name, present in {
+                "eddy": artefacts.eddy_jacobian,
+                "slice_motion": artefacts.slice_motion is not None,
+                "dropouts": artefacts.dropouts is not None,
+                "gibbs": artefacts.phases is not None,
+            }.items()
+            if present
+        )
+    write_tsv(Path(f"{prefix}_motion.tsv"), table)
+    _write_json(Path(f"{prefix}_artefacts.json"), content)
+    return summary
 
 
 def write_distortion(
@@ -644,6 +762,7 @@ def write_top_level(options: TrialOptions, trial: ClinicalTrial) -> None:
                             if options.distortion == "none"
                             else f" distortion={options.distortion}"
                         )
+                        + realism_description(options)
                     ),
                 }
             ],
@@ -752,8 +871,24 @@ def write_ground_truth(
     if options.distortion != "none":
         planted["distortion"] = distortion_truth(options, results)
         readme += GROUND_TRUTH_DISTORTION_README
+    if options.realism:
+        planted["realism"] = realism_truth(options, results)
+        readme += GROUND_TRUTH_REALISM_README
     _write_json(truth / "planted_effects.json", planted)
     (truth / "README").write_text(readme)
+
+
+def realism_truth(options: TrialOptions, results: list[ParticipantResult]) -> dict:
+    """The realism items switched on, their models and what they did per participant."""
+    return {
+        "level": options.realism_level,
+        "items": [name for name in realism.REALISM_ITEMS if name in options.realism],
+        "off": [name for name in realism.REALISM_ITEMS if name not in options.realism],
+        "models": {
+            name: text for name, text in realism.MODEL_SUMMARY.items() if name in options.realism
+        },
+        "per_participant": {r.participant_id: r.realism for r in results},
+    }
 
 
 def true_regions_truth(results: list[ParticipantResult]) -> dict:
@@ -906,7 +1041,9 @@ seed {options.seed}).
         if options.head == "full"
         else "; the brain in a thin synthetic skull and scalp shell"
     }.
-{fieldmap_readme(options)}- `phenotype/`: MADRS and QIDS-SR totals per session.
+{fieldmap_readme(options)}{
+        realism_readme(options)
+    }- `phenotype/`: MADRS and QIDS-SR totals per session.
 - `sourcedata/ground_truth/`: the true gray-matter MD per ROI and session, the planted effects
   and per-session ROI masks on the DWI grid. Pipelines must not read it. The ROIs are true
   regions drawn from parcellations other than the App's atlas (AAL, Brodmann on Colin27) and
@@ -923,6 +1060,25 @@ Remaining warnings: JSON_KEY_RECOMMENDED (HEDVersion, SourceDatasets in
 dataset_description.json: no HED annotations, raw data) and TOO_FEW_AUTHORS (the authors are
 the software, not people).
 """
+
+
+def realism_description(options: TrialOptions) -> str:
+    """The realism part of GeneratedBy's description (empty for ideal)."""
+    if not options.realism:
+        return ""
+    off = [name for name in realism.REALISM_ITEMS if name not in options.realism]
+    return f" realism={options.realism_level}" + (f" realism_off={','.join(off)}" if off else "")
+
+
+def realism_readme(options: TrialOptions) -> str:
+    """The README's line on the realism items (none for ideal)."""
+    if not options.realism:
+        return ""
+    items = ", ".join(name for name in realism.REALISM_ITEMS if name in options.realism)
+    return (
+        f"- Realism (`{options.realism_level}`): {items}; what each did is in\n"
+        '  `sourcedata/ground_truth` (planted_effects.json "realism", desc-truth_* files).\n'
+    )
 
 
 def fieldmap_readme(options: TrialOptions) -> str:
@@ -1055,6 +1211,16 @@ PHENOTYPE_JSON = {
         "QIDS-SR",
     ),
 }
+
+GROUND_TRUTH_REALISM_README = """
+Realism (planted_effects.json "realism": the items on, their models and per-participant draws):
+sub-*/ses-*/*_desc-truth_motion.tsv: each DWI volume's rigid position (relative to the first)
+and, with DWI items, its eddy displacement coefficients (terms in *_desc-truth_artefacts.json);
+*_desc-truth_dropouts.tsv: volume, slice and signal factor of each dropped slice;
+*_desc-truth_slicemotion.tsv: the per-slice offsets of the volumes with motion within them;
+*_desc-truth_artefacts.json: the session's eddy coefficients per gradient axis, k-space model
+and the lists of hit volumes.
+"""
 
 GROUND_TRUTH_DISTORTION_README = """
 Susceptibility distortion (planted_effects.json "distortion"):

@@ -19,6 +19,7 @@ from ketamine_dti import __version__
 from ketamine_dti.simulate.bids_writer import HEAD_MODES, make_options, simulate_trial
 from ketamine_dti.simulate.clinical import SCENARIOS
 from ketamine_dti.simulate.presets import PRESETS
+from ketamine_dti.simulate.realism import REALISM_ITEMS, REALISM_LEVELS
 from ketamine_dti.simulate.susceptibility import DISTORTION_CHOICES
 
 LOGGER = logging.getLogger(__name__)
@@ -99,6 +100,29 @@ def build_parser() -> argparse.ArgumentParser:
         "temporal bone; strong: linear shim, no GRAPPA, over twice that; none: no distortion, "
         "no fieldmaps (default: typical for standard, none for tiny; --head brain: none)",
     )
+    parser.add_argument(
+        "--realism",
+        choices=sorted(REALISM_LEVELS),
+        default=None,
+        help="what real scans do that the pipeline's models do not assume (issue 12), each "
+        "recorded in sourcedata/ground_truth. typical: all items: second-order eddy currents "
+        "with the Jacobian intensity change (eddy), motion within a few volumes, slice by "
+        "slice (slice_motion), whole-slice signal loss in ~10%% of the diffusion volumes, "
+        "inferior slices most (dropouts), Gibbs ringing from k-space truncation with 6/8 "
+        "partial Fourier (gibbs), per-participant T1w GM/WM contrast with a non-linear "
+        "partial-volume mix (t1w_contrast), a stronger T1w bias field (t1w_bias), "
+        "correlated T1w noise (t1w_noise), locally enlarged ventricles and sulci "
+        "(local_anatomy); ideal: none of them (default: typical for standard, ideal for tiny "
+        "and with --noiseless)",
+    )
+    parser.add_argument(
+        "--realism-off",
+        nargs="+",
+        default=(),
+        choices=REALISM_ITEMS,
+        metavar="ITEM",
+        help=f"switch these realism items off (any of: {' '.join(REALISM_ITEMS)})",
+    )
     parser.add_argument("--n-procs", type=int, default=1, help="participants in parallel")
     parser.add_argument(
         "--overwrite",
@@ -126,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             n_procs=args.n_procs,
             head=args.head,
             distortion=args.distortion,
+            realism_level=args.realism,
+            realism_off=tuple(args.realism_off),
         )
     except (UsageError, ValueError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)

@@ -46,6 +46,10 @@ class Preset:
     #: protocol, whose data the App now corrects from the reverse-PE fieldmaps; "none" for
     #: tiny, whose 4 mm test data check the rest of the pipeline.
     default_distortion: str = "none"
+    #: ``--realism`` when not given (simulate.realism, issue 12): "typical" for the standard
+    #: protocol; "ideal" for tiny, whose small test trials check the pipeline's plumbing with
+    #: tolerances set on artefact-free data.
+    default_realism: str = "ideal"
 
     @property
     def dwi_shape(self) -> tuple[int, int, int]:
@@ -82,6 +86,7 @@ PRESETS: dict[str, Preset] = {
         dwi_echo_time_s=0.089,
         dwi_repetition_time_s=8.4,
         default_distortion="typical",
+        default_realism="typical",
     ),
     "tiny": Preset(
         name="tiny",

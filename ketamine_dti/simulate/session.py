@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ketamine_dti.simulate import anatomy, head, regions, signal, susceptibility
+from ketamine_dti.simulate import realism as realism_models
 from ketamine_dti.simulate.presets import (
     PHASE_ENCODING_DIRECTION,
     T1W_HEAD_CENTRE_OFFSET_MM,
@@ -148,6 +149,7 @@ class DwiSession:
     (mm^2/s) of every voxel at the reference position, from the noiseless signal before motion,
     eddy and susceptibility resampling (signal.apparent_md): what a perfect pipeline would
     measure there, free water and partial volume included.
+    With DWI realism items (issue 12, :mod:`realism`): artefacts, what they did.
     """
 
     data: np.ndarray
@@ -166,6 +168,7 @@ class DwiSession:
     field: susceptibility.SessionField | None = None
     reverse_pe: np.ndarray | None = None
     truth_md: np.ndarray | None = None
+    artefacts: realism_models.SessionArtefacts | None = None
 
 
 def truth_masks(
@@ -259,6 +262,7 @@ def simulate_dwi(
     distortion: str = "none",
     fieldmap_rng: np.random.Generator | None = None,
     free_water: np.ndarray | None = None,
+    realism: realism_models.Realism = realism_models.IDEAL,
 ) -> DwiSession:
     """One DWI series of one session; ``snr=None`` gives the ideal (noiseless, still) series.
 
@@ -269,7 +273,10 @@ def simulate_dwi(
     ``head_shape`` adds the head outside the brain (isotropic, head.TISSUES); the brain is as is.
     ``distortion`` (susceptibility.DISTORTION_CHOICES, needs the head) plants the head's
     susceptibility field in every volume and makes the reverse phase-encoded b0s, whose noise
-    comes from ``fieldmap_rng`` (``rng`` is used exactly as without distortion).
+    comes from ``fieldmap_rng`` (``rng`` is used exactly as without distortion). ``realism``
+    (its DWI items) adds second-order eddy currents with their Jacobian, within-volume motion,
+    k-space truncation and slice dropouts from its own random streams (``rng`` is used exactly
+    as without them).
     """
     level = susceptibility.get_level(distortion)
     if level is not None and head_shape is None:
@@ -314,7 +321,21 @@ def simulate_dwi(
         grid = (template, participant, pose, affine)
         add_extracerebral_signal(reference, tissue.brain, s0_field, bvals, head_shape, grid)
     truth_md = signal.apparent_md(reference, bvals)
-    clean = signal.apply_motion(reference, preset.dwi_voxel_mm, motion, bvals, bvecs)
+    artefacts = None
+    if realism.any_dwi:
+        artefacts = draw_artefacts(realism, motion, bvals, tissue.brain, preset)
+        clean = realism_models.move_series(
+            reference,
+            preset.dwi_voxel_mm,
+            motion,
+            bvals,
+            bvecs,
+            artefacts.eddy,
+            artefacts.eddy_jacobian,
+            artefacts.slice_motion,
+        )
+    else:
+        clean = signal.apply_motion(reference, preset.dwi_voxel_mm, motion, bvals, bvecs)
     field = reverse_pe = None
     if level is not None:
         grid = (template, participant, pose, affine)
@@ -322,6 +343,8 @@ def simulate_dwi(
             clean, reference[..., 0], grid, head_shape, preset, level, motion
         )
     del reference
+    if artefacts is not None:
+        apply_acquisition_artefacts(artefacts, clean, reverse_pe, realism)
     if noiseless:
         data, sigma = clean, 0.0
     else:
@@ -358,7 +381,61 @@ def simulate_dwi(
         field=field,
         reverse_pe=reverse_pe,
         truth_md=truth_md,
+        artefacts=artefacts,
     )
+
+
+def draw_artefacts(
+    realism: realism_models.Realism,
+    motion: signal.Motion,
+    bvals: np.ndarray,
+    brain: np.ndarray,
+    preset: Preset,
+) -> realism_models.SessionArtefacts:
+    """The session's DWI realism draws, each item from its own stream (realism.Realism.rng)."""
+    quadratic = None
+    if "eddy" in realism:
+        quadratic = realism_models.random_eddy_quadratic(realism.rng("eddy"))
+    slice_motion = dropouts = phases = None
+    if "slice_motion" in realism:
+        slice_motion = realism_models.random_slice_motion(
+            realism.rng("slice_motion"), len(bvals), preset.dwi_shape[2]
+        )
+    if "dropouts" in realism:
+        brain_slices = (brain >= BRAIN_MASK_FRACTION).any(axis=(0, 1))
+        dropouts = realism_models.random_dropouts(realism.rng("dropouts"), bvals, brain_slices)
+    if "gibbs" in realism:
+        phases = realism_models.random_phases(realism.rng("gibbs"), bvals)
+    return realism_models.SessionArtefacts(
+        eddy=realism_models.full_eddy(motion, quadratic),
+        eddy_jacobian=quadratic is not None,
+        slice_motion=slice_motion,
+        dropouts=dropouts,
+        phases=phases,
+        omit_high=PHASE_ENCODING_DIRECTION.endswith("-"),
+    )
+
+
+def apply_acquisition_artefacts(
+    artefacts: realism_models.SessionArtefacts,
+    clean: np.ndarray,
+    reverse_pe: np.ndarray | None,
+    realism: realism_models.Realism,
+) -> None:
+    """k-space truncation (then dropouts) of the moved, distorted series, in place.
+
+    The reverse phase-encoded b0s traverse k-space the other way: partial Fourier omits the
+    opposite lines; their phases come after the series' in the ``gibbs`` stream.
+    """
+    if artefacts.phases is not None:
+        realism_models.truncate_series(clean, artefacts.phases, artefacts.omit_high)
+        if reverse_pe is not None:
+            stream = realism.rng("gibbs")
+            realism_models.random_phases(stream, np.zeros(clean.shape[3]))
+            phases = realism_models.random_phases(stream, np.zeros(reverse_pe.shape[3]))
+            realism_models.truncate_series(reverse_pe, phases, not artefacts.omit_high)
+    if artefacts.dropouts is not None:
+        artefacts.dropouts.apply(clean)
 
 
 def plant_distortion(
@@ -437,12 +514,17 @@ def simulate_t1w(
     rng: np.random.Generator,
     head_shape: head.HeadShape | None = None,
     scaling: T1wScaling | None = None,
+    contrast: realism_models.T1wContrast | None = None,
+    realism: realism_models.Realism = realism_models.IDEAL,
 ) -> T1wSession:
     """A T1w of the head (brain, then either the whole head or a thin shell), bias and noise.
 
     ``head_shape=None`` gives the brain-only T1w (a synthetic CSF/skull/scalp shell, int16); a
     ``head_shape`` gives the whole head down to the neck (:mod:`head`) stored with ``scaling``.
     The true brain mask holds the voxels at least half brain tissue or CSF (as on the DWI).
+    Realism (issue 12): a participant's ``contrast`` replaces the fixed linear tissue mix;
+    ``realism``'s ``t1w_bias`` adds a cubic bias field and ``t1w_noise`` correlates the noise
+    and varies its level (``rng`` is used exactly as without them).
     """
     affine, shape = t1w_grid(pose, preset, head_shape is not None)
     tissue = anatomy.voxel_tissue(
@@ -459,15 +541,33 @@ def simulate_t1w(
         )
         outside = values[0]
         gain = head.coil_gain(depth, head_shape.coil_amplitude, head_shape.coil_length_mm)
-    intensity = (
-        relative["gm"] * tissue.gm
-        + relative["wm"] * tissue.wm
-        + relative["csf"] * tissue.csf
-        + np.clip(1.0 - brain, 0.0, 1.0) * outside
-    )
-    clean = T1W_WM_SIGNAL * intensity * signal.bias_field(rng, shape, preset.t1w_voxel_mm)
+    if contrast is None:
+        intensity = (
+            relative["gm"] * tissue.gm
+            + relative["wm"] * tissue.wm
+            + relative["csf"] * tissue.csf
+            + np.clip(1.0 - brain, 0.0, 1.0) * outside
+        )
+    else:
+        intensity = contrast.intensity(tissue.gm, tissue.wm, tissue.csf)
+        intensity += np.clip(1.0 - brain, 0.0, 1.0) * outside
+    voxel_mm = preset.t1w_voxel_mm
+    clean = T1W_WM_SIGNAL * intensity * signal.bias_field(rng, shape, voxel_mm)
     clean *= gain
-    noisy = signal.add_rician_noise(clean.astype(np.float32), T1W_WM_SIGNAL / T1W_SNR, rng)
+    if "t1w_bias" in realism:
+        clean *= realism_models.polynomial_log_field(
+            realism.rng("t1w_bias"), shape, voxel_mm, 3, realism_models.T1W_BIAS_LOG_SD
+        )
+    sigma = T1W_WM_SIGNAL / T1W_SNR
+    if "t1w_noise" in realism:
+        level = realism_models.polynomial_log_field(
+            realism.rng("t1w_noise"), shape, voxel_mm, 2, realism_models.T1W_NOISE_LEVEL_LOG_SD
+        )
+        noisy = realism_models.correlated_rician_noise(
+            clean.astype(np.float32), sigma * level, rng
+        )
+    else:
+        noisy = signal.add_rician_noise(clean.astype(np.float32), sigma, rng)
     if scaling is None:
         data = np.clip(np.rint(noisy), 0, np.iinfo(np.int16).max).astype(np.int16)
         storage = "int16"
@@ -494,14 +594,16 @@ def brain_only_shell(shell_distance_mm: np.ndarray) -> np.ndarray:
 
 
 def simulate_benchmark_session(
-    preset: str = "standard", seed: int = 0, snr: float | None = None
+    preset: str = "standard", seed: int = 0, snr: float | None = None, realism: str = "ideal"
 ) -> DwiSession:
     """A realistic single DWI session for kernel benchmarks (no clinical model, no files).
 
     ``data`` has Rician noise at ``snr`` (default: the preset's, see :mod:`signal` for the
     definition); ``clean`` is the same series (same motion and eddy distortion) without noise.
     ROIs (the participant's true regions) get the clinical model's population baseline MDs,
-    other GM :data:`BENCHMARK_GM_MD`.
+    other GM :data:`BENCHMARK_GM_MD`. ``realism`` (realism.REALISM_LEVELS) adds its DWI items
+    (eddy, slice_motion, dropouts, gibbs; the anatomy and T1w items do not apply here), whose
+    draws are in ``artefacts``.
     """
     from ketamine_dti.rois import ROI_NAMES
     from ketamine_dti.simulate.clinical import ROI_BASELINE_MD
@@ -517,4 +619,8 @@ def simulate_benchmark_session(
     participant = anatomy.random_participant(rng, template)
     pose = anatomy.random_head_pose(rng, template.centre_mm)
     label_md = np.array([BENCHMARK_GM_MD] + [ROI_BASELINE_MD[r] for r in ROI_NAMES])
-    return simulate_dwi(template, participant, pose, chosen, rng, label_md, atlas, snr)
+    items = realism_models.resolve_realism(realism)
+    session_realism = realism_models.Realism(items, (seed, 0)).for_session(0)
+    return simulate_dwi(
+        template, participant, pose, chosen, rng, label_md, atlas, snr, realism=session_realism
+    )
