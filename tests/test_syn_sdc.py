@@ -74,6 +74,7 @@ def field_errors(estimate_hz, truth_hz, inside):
     return float(np.median(error) / p99), float(np.percentile(error, 90) / p99)
 
 
+@pytest.mark.slow  # 65 s: simulates a participant and runs antsRegistration SyN
 def test_the_field_of_a_simulated_session_is_recovered(distorted_tiny, tmp_path):
     """sub-001 ses-baseline (seed 7; p99 of the true field 51 Hz, 0.8 voxel): median error
     8.8% of the true p99 (no correction: 12.1%), 90th percentile 24.9% (no correction:
