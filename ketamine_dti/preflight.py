@@ -70,21 +70,12 @@ def check_participant(config: Config, layout, subject: str, notes: list[str]):
     )  # fmt: skip
 
 
-#: Said with a plan whose method this version does not apply (``fieldmaps.CORRECTED_METHODS``).
-SDC_NOT_APPLIED = (
-    "found and checked, but this version corrects distortion only from reverse phase-encoded "
-    "images or a GRE fieldmap: this series is NOT corrected"
-)
-
-
 def log_sdc_plan(participant: bids.ParticipantInputs, sdc: str) -> None:
     """Which distortion correction each DWI series of each session would get, in the log."""
     for session in participant.sessions:
         for plan in session.fieldmaps or ():
             found = " (no fieldmap found)" if plan.method == "none" and sdc != "none" else ""
-            pending = ""
-            if plan.method != "none":
-                pending = "; applied" if fieldmaps.corrects(plan) else f"; {SDC_NOT_APPLIED}"
+            pending = "; applied" if fieldmaps.corrects(plan) else ""
             LOGGER.info(
                 "sub-%s ses-%s: distortion correction (--sdc %s): %s%s%s",
                 participant.subject, session.session, sdc, plan.describe(), found, pending,
