@@ -74,6 +74,7 @@ def two_sessions(tmp_path_factory):
     return folder / "a.nii.gz", folder / "b.nii.gz", truth, center
 
 
+@pytest.mark.slow  # 11-17 s of the fast tier (session 9)
 def test_subject_template_is_halfway_and_unbiased(tmp_path, two_sessions):
     a_file, b_file, truth, center = two_sessions
     tpl = build_subject_template([a_file, b_file], tmp_path, n_threads=1)

@@ -75,6 +75,7 @@ TISSUE_MDS = (0.6e-3, 0.75e-3, 0.9e-3)
 VOXELS_PER_CASE = 300
 
 
+@pytest.mark.slow  # 11-17 s of the fast tier (session 9)
 def test_single_shell_recovers_fraction_and_tissue_md():
     bvals, bvecs = gradient_table()
     cases = [(f, md) for f in FRACTIONS for md in TISSUE_MDS]

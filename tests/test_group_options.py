@@ -203,6 +203,7 @@ def test_bad_covariates_are_errors(trial, capsys, edit, options, message) -> Non
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 11-17 s of the fast tier (session 9)
 def test_md_measure_selects_the_free_water_corrected_column(trial: Config, capsys) -> None:
     rng = np.random.default_rng(8)
     tables = sorted(trial.output_dir.glob("sub-*/ses-*/dwi/*_desc-roi_md.tsv"))

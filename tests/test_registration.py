@@ -244,6 +244,7 @@ def _register_moved_b0(tmp_path, t1w_file, b0, mask, truth: np.ndarray):
     )
 
 
+@pytest.mark.slow  # 11-17 s of the fast tier (session 9)
 def test_dwi_to_t1w_registers_the_masked_b0_and_reports_mask_dice(tmp_path, icbm):
     import ants
 
@@ -257,6 +258,7 @@ def test_dwi_to_t1w_registers_the_masked_b0_and_reports_mask_dice(tmp_path, icbm
     assert (tmp_path / "reg" / "b0_brain.nii.gz").exists()
 
 
+@pytest.mark.slow  # 11-17 s of the fast tier (session 9)
 def test_dwi_to_t1w_recovers_a_large_offset_with_b0_contrast(tmp_path, icbm):
     """A b0-like image (CSF bright, WM dark) 20 degrees and 12 mm off: the coarse rotation
     search plus rigid MI brings it back within 1 mm and 1 degree."""
