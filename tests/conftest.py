@@ -61,8 +61,14 @@ def read_tsv(path: Path):
     return pd.read_csv(path, sep="\t", keep_default_na=False, na_values=["n/a"])
 
 
-#: The shared real scan (../shared/realdata), never copied into the repository.
-REALDATA = Path(__file__).parents[2] / "shared" / "realdata" / "siemens_prisma_xa30_subM31"
+#: The shared real scan (../shared/realdata), never copied into the repository;
+#: KETAMINE_DTI_REAL_SCAN points to it from a checkout elsewhere (e.g. a fresh clone in /tmp).
+REALDATA = Path(
+    os.environ.get(
+        "KETAMINE_DTI_REAL_SCAN",
+        Path(__file__).resolve().parents[2] / "shared" / "realdata" / "siemens_prisma_xa30_subM31",
+    )
+)
 
 
 def arrange_real_scan(out: Path) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -16,6 +15,9 @@ import pytest
 from ketamine_dti import qc
 from ketamine_dti.derivatives import spec_path
 from ketamine_dti.qc import FAIL, PASS, THRESHOLDS, WARN, Threshold, session_verdict
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import REALDATA  # noqa: E402
 
 #: QC of a tiny simulated participant (sub-001, seed 7, ses-24h), as written by the App.
 SIMULATED_TINY = {
@@ -132,13 +134,8 @@ def test_derived_metrics():
 
 
 # ------------------------------------------------------------------ a T1w of another person
-#: The real scan (shared/realdata): its whole-head MPRAGE is the "other person" of the test.
-REAL_SCAN = Path(
-    os.environ.get(
-        "KETAMINE_DTI_REAL_SCAN",
-        Path(__file__).resolve().parents[2] / "shared/realdata/siemens_prisma_xa30_subM31",
-    )
-)
+#: The real scan (conftest.REALDATA): its whole-head MPRAGE is the "other person" of the test.
+REAL_SCAN = REALDATA
 MISMATCHED = "001"
 
 
