@@ -51,6 +51,8 @@ MIN_SHELL_VOLUMES = 10
 N_ROUNDS = 4
 #: The slice axis when the sidecar does not say (BIDS: the third voxel axis).
 DEFAULT_SLICE_AXIS = 2
+#: Brain voxels predicted at a time (the prediction's temporaries are ~50 float64 per volume).
+PREDICTION_CHUNK = 16384
 #: Columns SliceOutliers.confounds adds to the confounds table.
 CONFOUND_COLUMNS = ("outlier_slices", "replaced_slices", "tested_slices")
 
@@ -81,18 +83,6 @@ def slice_axis_from_metadata(metadata: dict) -> int:
     """Voxel axis of the BIDS SliceEncodingDirection ('k-' -> 2), the third when absent."""
     direction = str(metadata.get("SliceEncodingDirection", ""))[:1]
     return PE_AXES.get(direction, DEFAULT_SLICE_AXIS)  # the same letters as phase encoding
-
-
-def slice_means(data: np.ndarray, mask: np.ndarray, slice_axis: int) -> tuple[np.ndarray, ...]:
-    """(volumes, slices) mean of ``data`` over each slice's brain voxels, and (slices,) counts
-    of those voxels."""
-    moved = np.moveaxis(np.asarray(data), slice_axis, 2)
-    inside = np.moveaxis(np.asarray(mask, dtype=bool), slice_axis, 2)
-    counts = inside.sum(axis=(0, 1))
-    means = np.full((moved.shape[-1], moved.shape[2]), np.nan)
-    for index in np.flatnonzero(counts):
-        means[:, index] = moved[:, :, index][inside[:, :, index]].mean(axis=0, dtype=np.float64)
-    return means, counts
 
 
 def slice_deviations(observed: np.ndarray, expected: np.ndarray, tested: np.ndarray):
@@ -149,9 +139,12 @@ def replace_slice_outliers(
     fits that predict. Each round compares the original slices with the prediction from the
     data whose outliers (as the last round found them) hold the prediction, so a slice flagged
     only because a dropout elsewhere in its voxels misled the first fit is cleared again.
+
+    The fits are voxelwise, so a round refits only the slices whose data the last round's
+    replacement changed, and a replacement fits only the voxels it replaces: one full RESTORE
+    fit per shell, whatever the number of rounds and outliers.
     """
-    original = np.asarray(data, dtype=np.float32)
-    data = original.copy()
+    data = np.asarray(data, dtype=np.float32)
     mask = np.asarray(mask, dtype=bool)
     bvals = np.asarray(bvals, dtype=float)
     bvecs = np.asarray(bvecs, dtype=float)
@@ -159,38 +152,136 @@ def replace_slice_outliers(
     outliers = np.zeros((n_volumes, n_slices), dtype=bool)
     tested = np.zeros_like(outliers)
     zscores = np.full(outliers.shape, np.nan)
+    brain = _BrainRows(data, mask, slice_axis, noise)
     shells = cluster_shells(bvals, b0_threshold)
     b0s = np.flatnonzero(shells == 0)
     for shell in np.unique(shells[shells > 0]):
         volumes = np.flatnonzero(shells == shell)
         if volumes.size < MIN_SHELL_VOLUMES or not mask.any():
             continue
-        used = np.r_[b0s, volumes]
         if not b0s.size or not _determines_tensor_without_any(bvals[volumes], bvecs[volumes]):
             LOGGER.warning("slice outliers: shell b=%g cannot be predicted without one of its "
                            "volumes (no b0 or too few directions); not tested", shell)  # fmt: skip
             continue
-        observed, counts = slice_means(original[..., volumes], mask, slice_axis)
+        shell_model = _ShellModel(brain, bvals, bvecs, b0s, volumes, n_threads)
+        observed = brain.slice_means(brain.original[:, volumes])
+        predicted = np.full((brain.n_rows, volumes.size), np.nan, dtype=np.float32)
+        expected = np.full_like(observed, np.nan)
+        refit = np.ones(n_slices, dtype=bool)
+        shell_tested = np.broadcast_to(brain.counts >= MIN_SLICE_VOXELS, observed.shape)
         for _ in range(N_ROUNDS):
-            predicted = _predict_shell(data, bvals, bvecs, mask, used, volumes, noise, n_threads)
-            expected, _ = slice_means(predicted, mask, slice_axis)
-            shell_tested = np.broadcast_to(counts >= MIN_SLICE_VOXELS, observed.shape)
-            shell_tested = shell_tested & np.isfinite(expected) & np.isfinite(observed)
-            deviations = slice_deviations(observed, expected, shell_tested)
-            z = robust_zscores(deviations, shell_tested, counts)
+            rows = brain.rows_in(refit)
+            predicted[rows] = shell_model.predict(rows, volumes)
+            expected[:, refit] = brain.slice_means(predicted, refit)
+            found_tested = shell_tested & np.isfinite(expected) & np.isfinite(observed)
+            deviations = slice_deviations(observed, expected, found_tested)
+            z = robust_zscores(deviations, found_tested, brain.counts)
             found = np.nan_to_num(z, nan=0.0) < -OUTLIER_SD
-            settled = np.array_equal(found, outliers[volumes])
-            outliers[volumes], tested[volumes], zscores[volumes] = found, shell_tested, z
-            data[..., volumes] = original[..., volumes]
-            _fill(data, bvals, bvecs, mask, used, volumes, found, slice_axis, noise, n_threads)
-            if settled:
+            changed = found != outliers[volumes]
+            outliers[volumes], tested[volumes], zscores[volumes] = found, found_tested, z
+            if not changed.any():
                 break
-    return SliceOutliers(
-        data=data if replace else original.copy(),
-        outliers=outliers,
-        tested=tested,
-        zscores=zscores,
-    )
+            # Slices that change state revert to the original, then every flag is refilled
+            # in order (a fill reads the fills before it): refit where any flag changed.
+            refit = changed.any(axis=0)
+            rows = brain.rows_in(refit)
+            brain.values[np.ix_(rows, volumes)] = brain.original[np.ix_(rows, volumes)]
+            shell_model.fill(rows, found[:, refit], np.flatnonzero(refit))
+    if not replace:
+        return SliceOutliers(data=data.copy(), outliers=outliers, tested=tested, zscores=zscores)
+    replaced = data.copy()
+    replaced[mask] = brain.values[np.argsort(brain.order)]
+    return SliceOutliers(data=replaced, outliers=outliers, tested=tested, zscores=zscores)
+
+
+class _BrainRows:
+    """The brain voxels of a series as rows (voxels, volumes), with the slice of each row:
+    fits and slice means on the brain alone, without copying the whole 4-D array per fit."""
+
+    def __init__(self, data, mask, slice_axis, noise):
+        slice_of = np.nonzero(mask)[slice_axis]
+        self.order = np.argsort(slice_of, kind="stable")  # rows sorted by slice
+        self.slice_of = slice_of[self.order]
+        self.original = data[mask][self.order]  # (rows, volumes), a copy
+        self.values = self.original.copy()  # what the fits read; replacements go here
+        self.n_rows = self.slice_of.size
+        self.counts = np.bincount(self.slice_of, minlength=data.shape[slice_axis])
+        self.starts = np.r_[0, np.cumsum(self.counts)[:-1]]
+        self.noise = None
+        if noise is not None:
+            noise = np.broadcast_to(np.asarray(noise, dtype=float), mask.shape)
+            self.noise = noise[mask][self.order]
+
+    def rows_in(self, slices: np.ndarray) -> np.ndarray:
+        """Row indices of the brain voxels in the flagged ``slices`` (a boolean per slice)."""
+        return np.flatnonzero(slices[self.slice_of])
+
+    def slice_means(self, values: np.ndarray, slices: np.ndarray | None = None) -> np.ndarray:
+        """(columns, slices) mean over each slice's rows of ``values`` (rows, columns), for all
+        slices or the flagged ``slices`` only; NaN for a slice without brain."""
+        chosen = np.ones(self.counts.size, bool) if slices is None else np.asarray(slices)
+        means = np.full((values.shape[1], self.counts.size), np.nan)
+        for index in np.flatnonzero(chosen & (self.counts > 0)):
+            block = values[self.starts[index] : self.starts[index] + self.counts[index]]
+            means[:, index] = block.mean(axis=0, dtype=np.float64)
+        return means[:, chosen]
+
+    def fit(self, rows: np.ndarray, columns: np.ndarray, bvals, bvecs, n_threads):
+        """RESTORE fit to ``columns`` of the given rows; (evals, evecs, s0) per row."""
+        signal = np.ascontiguousarray(self.values[np.ix_(rows, columns)])[:, None, None, :]
+        noise = None if self.noise is None else self.noise[rows][:, None, None]
+        fit = fit_tensor(
+            signal, bvals[columns], bvecs[columns], method="restore", n_threads=n_threads,
+            noise=noise,
+        )  # fmt: skip
+        return fit.evals[:, 0, 0], fit.evecs[:, 0, 0], fit.s0[:, 0, 0]
+
+
+@dataclass
+class _ShellModel:
+    """The tensor predictions of one shell from its b0s and diffusion-weighted volumes."""
+
+    brain: _BrainRows
+    bvals: np.ndarray
+    bvecs: np.ndarray
+    b0s: np.ndarray
+    volumes: np.ndarray
+    n_threads: int | None
+
+    @property
+    def used(self) -> np.ndarray:
+        return np.r_[self.b0s, self.volumes]
+
+    def predict(self, rows: np.ndarray, targets: np.ndarray, used=None) -> np.ndarray:
+        """(rows, targets) prediction of the ``targets`` volumes from a fit to ``used``
+        (default: the b0s and the whole shell); NaN where the fit failed."""
+        used = self.used if used is None else used
+        predicted = np.full((rows.size, targets.size), np.nan, dtype=np.float32)
+        if not rows.size:
+            return predicted
+        evals, evecs, s0 = self.brain.fit(rows, used, self.bvals, self.bvecs, self.n_threads)
+        for start in range(0, rows.size, PREDICTION_CHUNK):  # bounds the float64 temporaries
+            chunk = slice(start, start + PREDICTION_CHUNK)
+            with np.errstate(invalid="ignore", over="ignore"):  # failed fits: not finite
+                predicted[chunk] = predict_signal(
+                    evals[chunk], evecs[chunk], s0[chunk], self.bvals[targets],
+                    self.bvecs[targets],
+                )  # fmt: skip
+        return predicted
+
+    def fill(self, rows: np.ndarray, flags: np.ndarray, slices: np.ndarray) -> None:
+        """Replace the values of every flagged (volume, slice) among ``rows`` (the brain rows of
+        ``slices``; ``flags``: (shell volumes, len(slices))) by the prediction of a fit to the
+        shell without that volume (in-sample, the replaced values would pull the next fit
+        towards themselves and a dropout would linger)."""
+        row_slices = self.brain.slice_of[rows]
+        for index in np.flatnonzero(flags.any(axis=1)):
+            volume = self.volumes[index]
+            region = rows[np.isin(row_slices, slices[flags[index]])]
+            used = self.used
+            values = self.predict(region, np.array([volume]), used[used != volume])[:, 0]
+            current = self.brain.values[region, volume]
+            self.brain.values[region, volume] = np.where(np.isfinite(values), values, current)
 
 
 def _determines_tensor_without_any(bvals: np.ndarray, bvecs: np.ndarray) -> bool:
@@ -203,47 +294,3 @@ def _determines_tensor_without_any(bvals: np.ndarray, bvecs: np.ndarray) -> bool
         if np.sum(singular_values > DESIGN_RANK_TOLERANCE * singular_values[0]) < N_TENSOR_PARAMS:
             return False
     return True
-
-
-def _predict_shell(data, bvals, bvecs, mask, used, volumes, noise, n_threads) -> np.ndarray:
-    """(x, y, z, len(volumes)) RESTORE-tensor prediction of ``volumes`` from the fit to ``used``;
-    NaN outside the mask and where the fit failed."""
-    fit = fit_tensor(
-        data[..., used],
-        bvals[used],
-        bvecs[used],
-        mask=mask,
-        method="restore",
-        n_threads=n_threads,
-        noise=noise,
-    )
-    predicted = np.full(data.shape[:3] + (volumes.size,), np.nan, dtype=np.float32)
-    with np.errstate(invalid="ignore", over="ignore"):  # failed fits: not finite, not used
-        predicted[mask] = predict_signal(
-            fit.evals[mask], fit.evecs[mask], fit.s0[mask], bvals[volumes], bvecs[volumes]
-        )
-    return predicted
-
-
-def _fill(data, bvals, bvecs, mask, used, volumes, flags, slice_axis, noise, n_threads) -> None:
-    """Write into the brain voxels of every flagged (volume, slice) the prediction of a fit to
-    the shell without that volume (in-sample, the replaced values would pull the next fit
-    towards themselves and a dropout would linger)."""
-    for row in np.flatnonzero(flags.any(axis=1)):
-        volume = volumes[row]
-        in_slices = np.zeros(data.shape[:3], dtype=bool)
-        where = [slice(None)] * 3
-        where[slice_axis] = np.flatnonzero(flags[row])
-        in_slices[tuple(where)] = True
-        region = mask & in_slices
-        others = used[used != volume]
-        fit = fit_tensor(
-            data[..., others], bvals[others], bvecs[others], mask=region, method="restore",
-            n_threads=n_threads, noise=noise,
-        )  # fmt: skip
-        values = predict_signal(
-            fit.evals[region], fit.evecs[region], fit.s0[region], bvals[[volume]],
-            bvecs[[volume]],
-        )[:, 0]  # fmt: skip
-        target = data[..., volume]  # a view
-        target[region] = np.where(np.isfinite(values), values, target[region])

@@ -64,7 +64,7 @@ ROBUST_SD = 1.4826
 #: Geman-McClure reweighting passes at most; the weights settle in a handful.
 RESTORE_MAX_ITER = 20
 #: ... and stop when no log-signal parameter moves by more than this.
-RESTORE_TOLERANCE = 1e-6
+RESTORE_TOLERANCE = 1e-4
 
 _METHODS = {"ols": 0, "wls": 1, "nlls": 2, "restore": 3}
 #: Let LLVM reorder sums so the per-voxel dot products vectorise (no NaN/inf assumptions).
