@@ -390,9 +390,10 @@ def register_arrays(
     shrink_factors: Sequence[int],
     smoothing_sigmas: Sequence[float],
     seed: int = MOTION_SEED,
+    sampling: float = METRIC_SAMPLING_FRACTION,
 ):
-    """Linear antspyx registration of two in-memory images (Mattes MI, identity start);
-    returns the fixed -> moving ANTs transform."""
+    """Linear antspyx registration of two in-memory images (Mattes MI on a random ``sampling``
+    fraction of the voxels, identity start); returns the fixed -> moving ANTs transform."""
     import ants
 
     ants.config.set_ants_deterministic(True, seed)
@@ -406,7 +407,7 @@ def register_arrays(
             mask=mask,
             aff_metric="mattes",
             aff_sampling=MI_BINS,
-            aff_random_sampling_rate=METRIC_SAMPLING_FRACTION,
+            aff_random_sampling_rate=sampling,
             aff_iterations=iterations,
             aff_shrink_factors=shrink_factors,
             aff_smoothing_sigmas=smoothing_sigmas,

@@ -32,7 +32,12 @@ import pandas as pd
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from ketamine_dti.ants_backend import image_from_array, register_arrays, transform_to_ras
+from ketamine_dti.ants_backend import (
+    METRIC_SAMPLING_FRACTION,
+    image_from_array,
+    register_arrays,
+    transform_to_ras,
+)
 from ketamine_dti.dwi import gradients, series_registration
 from ketamine_dti.dwi.gradients import (
     GradientTable,
@@ -61,6 +66,10 @@ SHELL_PASS_LEVELS = (slice(0, -1), slice(-2, None), slice(-1, None))
 #: (the least-squares passes leave each volume within ~0.1 mm, so a few steps suffice: 8 and
 #: 15 gave the same error on training seed 3; its cost is mostly ANTs' fixed set-up).
 FINAL_MI_ITERATIONS = 8
+#: share of the voxels the final refinement's metric samples: its cost is per sample, and from
+#: ANTs' 0.25 to 0.1 cut correct_series' CPU by 35-41% (seeds 1 and 4) for +0.002 mm of median
+#: voxel error (benchmarks/results/motion_session10.md).
+FINAL_MI_SAMPLING = 0.1
 #: voxel dilation of the reference brain mask used to focus the metric on the head.
 MASK_DILATION_VOXELS = 2
 #: voxels kept around the (dilated) brain mask when cropping for registration: room for a few
@@ -130,8 +139,10 @@ def register_mutual_information(
     zooms = tuple(np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
     levels = series_registration.pyramid(zooms)
     iterations = ITERATIONS_PER_LEVEL[: len(levels)]
+    sampling = METRIC_SAMPLING_FRACTION
     if finest_only:
         levels, iterations = levels[-1:], (FINAL_MI_ITERATIONS,)
+        sampling = FINAL_MI_SAMPLING
     mask_img = (
         None if fixed_mask is None else image_from_array(fixed_mask.astype(np.float32), affine)
     )
@@ -143,6 +154,7 @@ def register_mutual_information(
         iterations=iterations,
         shrink_factors=tuple(level.stride for level in levels),
         smoothing_sigmas=tuple(level.sigma for level in levels),
+        sampling=sampling,
     )
     return transform_to_ras(transform)
 

@@ -594,7 +594,11 @@ def brain_only_shell(shell_distance_mm: np.ndarray) -> np.ndarray:
 
 
 def simulate_benchmark_session(
-    preset: str = "standard", seed: int = 0, snr: float | None = None, realism: str = "ideal"
+    preset: str = "standard",
+    seed: int = 0,
+    snr: float | None = None,
+    realism: str = "ideal",
+    realism_off: tuple[str, ...] = (),
 ) -> DwiSession:
     """A realistic single DWI session for kernel benchmarks (no clinical model, no files).
 
@@ -603,7 +607,8 @@ def simulate_benchmark_session(
     ROIs (the participant's true regions) get the clinical model's population baseline MDs,
     other GM :data:`BENCHMARK_GM_MD`. ``realism`` (realism.REALISM_LEVELS) adds its DWI items
     (eddy, slice_motion, dropouts, gibbs; the anatomy and T1w items do not apply here), whose
-    draws are in ``artefacts``.
+    draws are in ``artefacts``; ``realism_off`` switches items off (each item draws from its
+    own stream, so the rest of the session is the same).
     """
     from ketamine_dti.rois import ROI_NAMES
     from ketamine_dti.simulate.clinical import ROI_BASELINE_MD
@@ -619,7 +624,7 @@ def simulate_benchmark_session(
     participant = anatomy.random_participant(rng, template)
     pose = anatomy.random_head_pose(rng, template.centre_mm)
     label_md = np.array([BENCHMARK_GM_MD] + [ROI_BASELINE_MD[r] for r in ROI_NAMES])
-    items = realism_models.resolve_realism(realism)
+    items = realism_models.resolve_realism(realism, realism_off)
     session_realism = realism_models.Realism(items, (seed, 0)).for_session(0)
     return simulate_dwi(
         template, participant, pose, chosen, rng, label_md, atlas, snr, realism=session_realism
