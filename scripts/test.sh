@@ -8,4 +8,6 @@ if [ "$(id -u)" = 0 ]; then
   bash scripts/start_slurm.sh || echo "SLURM could not start: its test will be skipped" >&2
 fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-exec .venv/bin/python -m pytest -ra --durations=25 "$@"
+# Two pytest-xdist workers, one test file each at a time (a module's fixtures are built once);
+# the session fixture tiny_trial is built once for both (tests/conftest.py). "-n 0" turns it off.
+exec .venv/bin/python -m pytest -ra --durations=25 -n 2 --dist loadfile "$@"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,17 +16,40 @@ os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
 TINY_PARTICIPANTS = 12  # the tiny default: 8:4, enough for every group model after one failure
 
 
+def built_once_per_run(tmp_path_factory, name: str, build) -> Path:
+    """``build(folder)`` run once for the whole test run and its folder returned.
+
+    Without pytest-xdist this is a fresh ``mktemp(name)``. Under xdist (``-n 2``) every worker
+    is a separate session, so the folder lives in the run's shared base temp directory and
+    the first worker to ask builds it under a file lock; the others wait and reuse it
+    (read-only, as every user of a session fixture already must)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    from filelock import FileLock  # a dependency of nipype
+
+    shared = tmp_path_factory.getbasetemp().parent
+    folder, done = shared / name, shared / f"{name}.done"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a worker that failed mid-build
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_trial(tmp_path_factory) -> Path:
     """A `tiny` preset, `paper` scenario trial written by the real simulator CLI."""
     from ketamine_dti.simulate.cli import main as simulate
 
-    out = tmp_path_factory.mktemp("trial") / "bids"
-    code = simulate(
-        [str(out), "--preset", "tiny", "--n-participants", str(TINY_PARTICIPANTS), "--seed", "7"]
-    )
-    assert code == 0
-    return out
+    def build(folder: Path) -> None:
+        args = ["--preset", "tiny", "--n-participants", str(TINY_PARTICIPANTS), "--seed", "7"]
+        assert simulate([str(folder / "bids"), *args]) == 0
+
+    return built_once_per_run(tmp_path_factory, "trial", build) / "bids"
 
 
 def tree_checksum(root: Path) -> str:
