@@ -3,7 +3,6 @@ draw, calibration under no effect, monotone power, solve-for-n, and the CLI."""
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 
 import numpy as np
@@ -234,10 +233,9 @@ def test_cli_says_when_the_target_is_out_of_reach(tmp_path, capsys) -> None:
 
 
 @pytest.mark.slow
-def test_the_papers_design_is_answered_within_a_minute(tmp_path) -> None:
-    """n = 98, 2:1, realistic effect, default replicates, as the README example runs it."""
-    start = time.perf_counter()
+def test_the_papers_design_is_answered(tmp_path) -> None:
+    """n = 98, 2:1, realistic effect, default replicates, as the README example runs it (its
+    one-minute target is timed by benchmarks/bench_power.py, not here: tests run under load)."""
     assert main([str(tmp_path), "--n", "98", "--allocation", "2:1", "--partial-r", "0.2"]) == 0
-    assert time.perf_counter() - start <= 60.0
     table = pd.read_csv(tmp_path / "power.tsv", sep="\t")
     assert 0.1 < table["power"].iloc[0] < 0.6
