@@ -536,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         bids_dir = simulate(
             out_dir / f"{scenario}_bids", args.preset, scenario, args.n_participants, args.seed,
             realism,
-        )
+        )  # fmt: skip
         for independent in designs[scenario]:
             label = f"{scenario}_{'independent' if independent else 'longitudinal'}"
             out, work = out_dir / f"{label}_out", out_dir / f"{label}_work"
