@@ -139,13 +139,20 @@ def main(argv: list[str] | None = None) -> int:
         default=[1],
         help="seeds the method was tuned on (the others are held out)",
     )
+    parser.add_argument(
+        "--final-mi-sampling",
+        type=float,
+        default=None,
+        help="override motion.FINAL_MI_SAMPLING (the refinement's sampled share of voxels)",
+    )
     args = parser.parse_args(argv)
-    from ketamine_dti.dwi import motion, series_registration
+    from ketamine_dti.dwi import motion
 
+    if args.final_mi_sampling is not None:
+        motion.FINAL_MI_SAMPLING = args.final_mi_sampling
     results = {
         "label": args.label,
-        "prediction_rounds": motion.PREDICTION_ROUNDS,
-        "finest_level_sampling": series_registration.FINEST_LEVEL_SAMPLING,
+        "final_mi_sampling": motion.FINAL_MI_SAMPLING,
         "training_seeds": sorted(set(args.seeds) & set(args.training_seeds)),
         "held_out_seeds": sorted(set(args.seeds) - set(args.training_seeds)),
         "simulated": [],

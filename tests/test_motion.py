@@ -110,25 +110,6 @@ def test_correct_motion_series():
     )
 
 
-def test_leave_one_out_prediction_of_a_shell():
-    """Each DW volume's registration target: exact for a signal in the model's span (here a
-    quadratic form of the direction, as a tensor's), blind to the volume itself, and the mean
-    of the others when a shell has too few directions for any anisotropic model."""
-    rng = np.random.default_rng(3)
-    bvecs = rng.normal(size=(40, 3))
-    bvecs /= np.linalg.norm(bvecs, axis=1, keepdims=True)
-    form = rng.normal(size=(3, 3))
-    signal = np.einsum("ni,ij,nj->n", bvecs, form @ form.T, bvecs) + 2.0
-    weights = motion.leave_one_out_weights(bvecs)
-    np.testing.assert_allclose(np.diag(weights), 0.0, atol=1e-9)
-    np.testing.assert_allclose(weights @ signal, signal, rtol=1e-6)
-    spiked = signal.copy()
-    spiked[7] += 100.0
-    assert abs((weights @ spiked)[7] - signal[7]) < 1e-6 * signal[7]
-    few = motion.leave_one_out_weights(bvecs[:5])
-    np.testing.assert_allclose(few, (np.ones((5, 5)) - np.eye(5)) / 4, atol=1e-9)
-
-
 def test_framewise_displacement_known_answer():
     params = np.zeros((3, 6))
     params[1, :3] = [0.1, -0.2, 0.3]  # 0.6 mm of translation

@@ -35,10 +35,6 @@ DAMPING = 1e-6
 MIN_POINTS = 64
 #: seed of the sub-voxel jitter of the metric's points (fixed: registrations are repeatable).
 JITTER_SEED = 20231
-#: share of the mask's points the native-resolution level keeps (a fixed random subset, as
-#: ANTs samples its metric): the coarser levels already thin the points by their stride, and
-#: at full resolution the cost is per point while 12 parameters need far fewer.
-FINEST_LEVEL_SAMPLING = 0.25
 #: voxels of the moving volume kept around the mask's bounding box: room for the largest
 #: motion between volumes of a series (this many voxels, e.g. 12 mm at 2 mm).
 MOVING_MARGIN_VOXELS = 6
@@ -142,9 +138,6 @@ def prepare(
         # depends on the sub-voxel offset and drags the least-squares optimum towards
         # half-voxel shifts; a fixed random jitter (as ANTs' random sampling) averages it out
         rng = np.random.default_rng(JITTER_SEED)
-        if level.stride == 1 and FINEST_LEVEL_SAMPLING < 1.0:
-            keep = max(MIN_POINTS, int(round(FINEST_LEVEL_SAMPLING * len(points))))
-            points = points[np.sort(rng.permutation(len(points))[:keep])]
         points = points + rng.uniform(-0.5, 0.5, size=points.shape) * level.stride
         points = np.clip(points, 0, np.asarray(mask.shape) - 1)
         coords = points.T
