@@ -521,6 +521,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", str(args.omp_nthreads))
     out_dir = args.out_dir.absolute()
     realism = args.realism or PRESETS[args.preset].default_realism
+    # the App as installed (scripts/install.sh, the container) has its kernels compiled: a
+    # fresh checkout would time numba's compilation in the first participant's steps
+    from ketamine_dti import warmup
+
+    warmup.main()
     results: dict = {
         "realism": realism,
         "gibbs": args.gibbs,

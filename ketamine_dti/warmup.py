@@ -9,9 +9,11 @@ import numpy as np
 
 
 def main() -> None:
-    from ketamine_dti.dwi import series_registration
+    from ketamine_dti.dwi import series_registration, susceptibility
     from ketamine_dti.dwi.denoise import mppca
     from ketamine_dti.dwi.free_water import fit_free_water
+    from ketamine_dti.dwi.gre_fieldmap import unwrap_phase
+    from ketamine_dti.dwi.slice_outliers import replace_slice_outliers
     from ketamine_dti.dwi.tensor import fit_tensor
 
     rng = np.random.default_rng(0)
@@ -21,8 +23,9 @@ def main() -> None:
     bvecs[0] = 0
     for dtype in (np.float32, np.float64):
         data = (100 + rng.normal(size=(6, 6, 6, 13))).astype(dtype)
-        for method in ("ols", "wls", "nlls"):
-            fit_tensor(data, bvals, bvecs, method=method, n_threads=1)
+        for method in ("ols", "wls", "nlls", "restore"):
+            fit_tensor(data, bvals, bvecs, method=method, n_threads=1, noise=1.0)
+        replace_slice_outliers(data, bvals, bvecs, np.ones(data.shape[:3], bool), noise=1.0)
         mppca(data, patch_radius=1, n_threads=1)
         # one shell: the b0-prior fit (references given: the noise data has no CSF)
         fit_free_water(data, bvals, bvecs, n_threads=1, s0_tissue=90.0, s0_water=200.0)
@@ -35,6 +38,12 @@ def main() -> None:
     series_registration.register(
         target, series_registration.resample(volume, np.eye(4), np.eye(4))
     )
+    series_registration.resample(volume, np.eye(4), np.eye(4), shift=np.zeros_like(volume))
+    up = 100 + rng.normal(size=(16, 16, 16)).astype(np.float32)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    field = susceptibility.estimate_field(up, up.copy(), affine, "j", "j-", 0.05, 0.05).field_hz
+    susceptibility.unwarp(up, field, affine, 0.05, "j")
+    unwrap_phase(rng.uniform(-np.pi, np.pi, size=(8, 8, 8)), np.ones((8, 8, 8), bool))
     print("ketamine-dti kernels compiled")
 
 

@@ -13,3 +13,6 @@ fi
 spec="."
 [ -n "$extras" ] && spec=".[$extras]"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$spec"
+# compile the JIT kernels once into numba's cache, as the container build does: otherwise
+# every first process of a run (each Nipype worker) compiles the ones it needs (~15-40 s a step)
+.venv/bin/python -m ketamine_dti.warmup

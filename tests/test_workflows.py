@@ -262,3 +262,66 @@ def test_custom_atlas_is_published_under_its_own_label(tmp_path):
     unnamed = tmp_path / "my_dseg.nii.gz"
     with pytest.raises(InputError, match="--roi-atlas-label"):
         replace(config, roi_atlas=unnamed).atlas_label  # noqa: B018
+
+
+def test_chain_seconds_is_each_nodes_longest_chain_to_the_end():
+    import networkx as nx
+
+    from ketamine_dti.workflows.scheduling import chain_seconds
+
+    graph = nx.DiGraph([("a", "b"), ("b", "d"), ("a", "c"), ("c", "d"), ("e", "d")])
+    order = ["e", "a", "c", "b", "d"]
+    seconds = {"a": 1, "b": 5, "c": 2, "d": 10, "e": 3}.get
+    assert chain_seconds(graph, order, seconds) == [13, 16, 12, 15, 10]
+
+
+def test_every_expected_step_is_a_node_of_the_participant_workflow(tmp_path):
+    """The scheduler ranks by node name: a renamed step must not silently lose its rank."""
+    from ketamine_dti.fieldmaps import EpiImage, FieldmapInputs, PhaseEncoding
+    from ketamine_dti.workflows.scheduling import STEP_SECONDS
+
+    config = Config(bids_dir=tmp_path, output_dir=tmp_path / "out", analysis_level="participant")
+    names = _flat_names(init_participant_wf(_participant(tmp_path), config))
+    (tmp_path / "epi.nii.gz").write_text("x")
+    reverse = EpiImage(str(tmp_path / "epi.nii.gz"), PhaseEncoding("j", 0.05))
+    pepolar = FieldmapInputs("dwi.nii.gz", "pepolar", PhaseEncoding("j-", 0.05), epi=(reverse,))
+    names |= _flat_names(init_dwi_preproc_wf(fieldmap=pepolar))
+    assert set(STEP_SECONDS) <= names, set(STEP_SECONDS) - names
+
+
+def _record(name, log, after=None):
+    with open(log, "a") as handle:
+        handle.write(name + "\n")
+    return name
+
+
+def test_the_scheduler_starts_the_longest_chain_first(tmp_path):
+    """One process and, ready at the start, a short job first in the graph's order and the
+    head of a long chain (declared seconds): the long chain runs first, and a MapNode's jobs
+    keep their MapNode's rank."""
+    from nipype.interfaces.utility import Function
+    from nipype.pipeline import engine as pe
+
+    from ketamine_dti.workflows.scheduling import CriticalPathPlugin
+
+    log = tmp_path / "order.txt"
+
+    def node(name, mapped=False):
+        interface = Function(input_names=["name", "log", "after"], function=_record)
+        made = (
+            pe.MapNode(interface, iterfield=["name"], name=name)
+            if mapped
+            else pe.Node(interface, name=name)
+        )
+        made.inputs.name = [f"{name}{i}" for i in range(2)] if mapped else name
+        made.inputs.log = str(log)
+        return made
+
+    workflow = pe.Workflow(name="order", base_dir=str(tmp_path))
+    workflow.add_nodes([node("short")])
+    workflow.connect(node("long_a", mapped=True), "out", node("long_b"), "after")
+    seconds = {"short": 1, "long_a": 100, "long_b": 100}
+    workflow.run(plugin=CriticalPathPlugin(plugin_args={"n_procs": 1, "step_seconds": seconds}))
+    # first runs only: a MapNode's own job runs its subnodes again when it collects them
+    started = list(dict.fromkeys(log.read_text().split()))
+    assert started == ["long_a0", "long_a1", "long_b", "short"]

@@ -30,6 +30,7 @@ from ketamine_dti.workflows.anat import PUBLISHED_OUTPUTS, init_anat_wf
 from ketamine_dti.workflows.boilerplate import LiterateWorkflow, methods_text
 from ketamine_dti.workflows.nodes import threaded_node
 from ketamine_dti.workflows.outputs import init_anat_derivatives_wf
+from ketamine_dti.workflows.scheduling import CriticalPathPlugin
 from ketamine_dti.workflows.session import (
     ANAT_FIELDS,
     QC_FIELDS,
@@ -181,6 +182,14 @@ def _plugin_args(config: Config) -> dict:
     return args
 
 
+def _plugin(config: Config):
+    """MultiProc runs as ``CriticalPathPlugin`` (the long anatomy chain starts first); other
+    plugins by name."""
+    if config.plugin == "MultiProc":
+        return CriticalPathPlugin(plugin_args=_plugin_args(config))
+    return config.plugin
+
+
 def _crash_reason(log_dir: Path, since: float) -> str | None:
     """The last exception line of the newest crash file written after `since`."""
     crashes = sorted(
@@ -285,7 +294,7 @@ def run_participant(
             LOGGER.warning("sub-%s: could not write the workflow graph (%s)", subject, exc)
     bids.discard_staged(config.output_dir, subject)
     try:
-        workflow.run(plugin=config.plugin, plugin_args=_plugin_args(config))
+        workflow.run(plugin=_plugin(config), plugin_args=_plugin_args(config))
     except Exception as exc:
         bids.discard_staged(config.output_dir, subject)
         reason = _crash_reason(log_dir, started) or f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,86 @@
+"""Nipype's MultiProc, starting the ready job with the longest expected chain ahead of it.
+
+MultiProc starts ready jobs in the flattened graph's order, and a MapNode's jobs join at the
+end of that order. On a standard participant both DWI sessions then took both cores for their
+first ~390 s, and the anatomy chain (N4, subject template, brain extraction, MNI SyN,
+segmentation: ~480 s, one step after another) started only after them, with the second core
+mostly idle: 907 s of wall for 1,391 s of steps (session-10 benchmark, sub-001). Ranking the
+ready jobs by the longest chain of expected seconds from them to the end of the graph
+(critical-path list scheduling) starts the anatomy first and keeps it running beside the DWI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+from nipype.pipeline.engine import MapNode
+from nipype.pipeline.plugins.multiproc import MultiProcPlugin
+
+#: Expected seconds of the long steps (node names) of a standard participant, as measured in
+#: the session-10 participant benchmark (sub-001, seed 11); only their ratios matter. Every
+#: other node counts DEFAULT_STEP_SECONDS.
+STEP_SECONDS: dict[str, float] = {
+    "prepare_dwi": 9,
+    "denoise": 51,
+    "motion_correct": 134,
+    "estimate_susceptibility": 22,
+    "resample_dwi": 9,
+    "brain_mask": 7,
+    "slice_outliers": 74,
+    "tensor_fit": 11,
+    "free_water": 50,
+    "dwi_to_t1w": 51,
+    "bias_correct": 17,
+    "subject_template": 92,
+    "extract_brain": 160,
+    "register_to_mni": 77,
+    "segment_tissues": 130,
+    "template_rois": 27,
+}
+DEFAULT_STEP_SECONDS: float = 1.0
+
+
+def chain_seconds(graph, order: Sequence, seconds: Callable[[object], float]) -> list[float]:
+    """For each node of ``order`` (a topological order of the DiGraph ``graph``): its own
+    expected ``seconds`` plus those of the longest chain of its successors."""
+    position = {node: index for index, node in enumerate(order)}
+    chain = [0.0] * len(order)
+    for node in reversed(order):
+        after = max((chain[position[s]] for s in graph.successors(node)), default=0.0)
+        chain[position[node]] = seconds(node) + after
+    return chain
+
+
+class CriticalPathPlugin(MultiProcPlugin):
+    """MultiProc whose ready jobs start in decreasing order of ``chain_seconds`` (ties: graph
+    order). ``plugin_args["step_seconds"]`` overrides STEP_SECONDS (node name -> seconds)."""
+
+    def _generate_dependency_list(self, graph):
+        super()._generate_dependency_list(graph)
+        table: Mapping[str, float] = self.plugin_args.get("step_seconds", STEP_SECONDS)
+        self._chain = chain_seconds(
+            graph, self.procs, lambda node: table.get(node.name, DEFAULT_STEP_SECONDS)
+        )
+
+    def _send_procs_to_workers(self, updatehash=False, graph=None):
+        # MultiProc expands a ready MapNode into its jobs in the same pass that submits jobs,
+        # which then go on to the next ready job: expand first, so they compete by rank now
+        ready = np.flatnonzero(~self.proc_done & (self.depidx.sum(axis=0) == 0).__array__())
+        for jobid in ready:
+            node = self.procs[jobid]
+            if isinstance(node, MapNode) and jobid not in self.mapnodes:
+                try:
+                    if node.num_subnodes() > 1:
+                        self._submit_mapnode(jobid)
+                except Exception:  # MultiProc reports the failure below
+                    continue
+        super()._send_procs_to_workers(updatehash=updatehash, graph=graph)
+
+    def _sort_jobs(self, jobids, scheduler="tsort"):
+        return sorted(jobids, key=lambda jobid: (-self._rank(jobid), jobid))
+
+    def _rank(self, jobid: int) -> float:
+        while jobid >= len(self._chain):  # a MapNode's job ranks as its MapNode
+            jobid = self.mapnodesubids[jobid]
+        return self._chain[jobid]
