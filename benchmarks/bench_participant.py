@@ -522,10 +522,10 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.out_dir.absolute()
     realism = args.realism or PRESETS[args.preset].default_realism
     # the App as installed (scripts/install.sh, the container) has its kernels compiled: a
-    # fresh checkout would time numba's compilation in the first participant's steps
-    from ketamine_dti import warmup
-
-    warmup.main()
+    # fresh checkout would time numba's compilation in the first participant's steps. In a
+    # child process: Nipype forks its workers from this one, and GNU OpenMP aborts a fork
+    # from a process that has used it
+    subprocess.run([sys.executable, "-m", "ketamine_dti.warmup"], check=True)
     results: dict = {
         "realism": realism,
         "gibbs": args.gibbs,
