@@ -182,11 +182,11 @@ def _plugin_args(config: Config) -> dict:
     return args
 
 
-def _plugin(config: Config):
+def _plugin(config: Config, plugin_args: dict):
     """MultiProc runs as ``CriticalPathPlugin`` (the long anatomy chain starts first); other
     plugins by name."""
     if config.plugin == "MultiProc":
-        return CriticalPathPlugin(plugin_args=_plugin_args(config))
+        return CriticalPathPlugin(plugin_args=plugin_args)
     return config.plugin
 
 
@@ -294,7 +294,8 @@ def run_participant(
             LOGGER.warning("sub-%s: could not write the workflow graph (%s)", subject, exc)
     bids.discard_staged(config.output_dir, subject)
     try:
-        workflow.run(plugin=_plugin(config), plugin_args=_plugin_args(config))
+        plugin_args = _plugin_args(config)
+        workflow.run(plugin=_plugin(config, plugin_args), plugin_args=plugin_args)
     except Exception as exc:
         bids.discard_staged(config.output_dir, subject)
         reason = _crash_reason(log_dir, started) or f"{type(exc).__name__}: {exc}"
