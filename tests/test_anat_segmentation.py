@@ -108,7 +108,9 @@ def test_template_priors_bring_the_segmentation_closer_to_an_independent_referen
     for prior in priors:
         values = nib.load(prior).get_fdata()
         assert values.min() >= 0.0 and values.max() <= 1.0 + 1e-6
-    with_priors = segment_tissues(brain, folder / "mask.nii.gz", tmp_path / "out", priors=priors)
+    with_priors = segment_tissues(
+        brain, folder / "mask.nii.gz", tmp_path / "out", priors=get_tissue_priors()
+    )
     atlas_file = apply_transforms(
         get_atlas(1)[0], brain, [], tmp_path / "atlas.nii.gz", interpolation="genericLabel"
     )

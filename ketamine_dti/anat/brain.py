@@ -19,6 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from ketamine_dti.anat.longitudinal import head_mask
+from ketamine_dti.anat.morphology import dilate_mm, erode_mm, largest_component
 from ketamine_dti.anat.registration import normalized_cross_correlation, register_syn
 from ketamine_dti.ants_backend import (
     REGISTRATION_SEED,
@@ -174,27 +175,6 @@ def bundled_head_template() -> tuple[str, str]:
         str(get_template(desc=None, suffix="T1w", **query)),
         str(get_template(desc="brain", suffix="mask", **query)),
     )
-
-
-def dilate_mm(mask: np.ndarray, radius_mm: float, spacing: Sequence[float]) -> np.ndarray:
-    """Dilation by a ball of ``radius_mm`` (world mm, so thick slices dilate less in voxels)."""
-    if not mask.any():
-        return mask.copy()
-    return ndimage.distance_transform_edt(~mask, sampling=spacing) <= radius_mm
-
-
-def erode_mm(mask: np.ndarray, radius_mm: float, spacing: Sequence[float]) -> np.ndarray:
-    """Erosion by a ball of ``radius_mm`` (world mm)."""
-    return ndimage.distance_transform_edt(mask, sampling=spacing) > radius_mm
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 6-connected component of a binary mask (empty stays empty)."""
-    labels, n_components = ndimage.label(mask)
-    if n_components <= 1:
-        return labels > 0
-    sizes = ndimage.sum(mask, labels, index=range(1, n_components + 1))
-    return labels == (int(np.argmax(sizes)) + 1)
 
 
 def dilate_mask_file(mask_file: PathLike, radius_mm: float, out_file: PathLike) -> str:

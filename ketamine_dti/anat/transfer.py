@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ketamine_dti.anat.morphology import bounding_box
 from ketamine_dti.ants_backend import apply_transforms, load_image, read_grid, save_like
 from ketamine_dti.errors import InputError
 
@@ -134,14 +135,11 @@ def _crop_to_labels(atlas, labels: np.ndarray, reference):
     linear interpolation cannot see past (zeros outside stay zeros)."""
     import ants
 
-    inside = np.argwhere(labels != 0)
-    if inside.size == 0:
-        return atlas
     sigma = footprint_sigma_voxels(atlas.spacing, reference.spacing)
-    margin = int(np.ceil(4.0 * float(np.max(sigma)))) + 2
-    lower = np.maximum(inside.min(axis=0) - margin, 0)
-    upper = np.minimum(inside.max(axis=0) + margin + 1, labels.shape)
-    return ants.crop_indices(atlas, lower.tolist(), upper.tolist())
+    box = bounding_box(labels != 0, int(np.ceil(4.0 * float(np.max(sigma)))) + 2)
+    if box is None:
+        return atlas
+    return ants.crop_indices(atlas, [b.start for b in box], [b.stop for b in box])
 
 
 def _direction_4d(direction: np.ndarray) -> np.ndarray:

@@ -137,22 +137,16 @@ class SegmentTissues(SimpleInterface):
 
     @limited_by_n_threads
     def _run_interface(self, runtime):
-        from ketamine_dti.anat.segmentation import segment_tissues, warp_priors
+        from ketamine_dti.anat.segmentation import segment_tissues
 
-        priors = None
-        if isdefined(self.inputs.prior_files):
-            priors = warp_priors(
-                self.inputs.prior_files,
-                self.inputs.brain_file,
-                self.inputs.from_mni_to_t1w if isdefined(self.inputs.from_mni_to_t1w) else [],
-                Path(runtime.cwd) / "priors",
-                n_threads=self.inputs.n_threads,
-            )
         result = segment_tissues(
             self.inputs.brain_file,
             self.inputs.mask_file,
             runtime.cwd,
-            priors=priors,
+            priors=self.inputs.prior_files if isdefined(self.inputs.prior_files) else None,
+            prior_transforms=(
+                self.inputs.from_mni_to_t1w if isdefined(self.inputs.from_mni_to_t1w) else ()
+            ),
             n_threads=self.inputs.n_threads,
         )
         for name in ("csf", "gm", "wm", "dseg"):
