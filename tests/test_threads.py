@@ -82,3 +82,47 @@ def test_ants_calls_leave_numba_threads_unlaunched(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+_FORKED_ITK = """
+import multiprocessing as mp, sys
+import ants
+from ketamine_dti.anat.registration import bundled_template
+from ketamine_dti.threads import limit_threads, pin_itk_threads
+image = str(bundled_template(2)[0])
+def threads():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("Threads")).split()[1])
+def worker(queue):  # a Nipype node: limit_threads(1) around its ANTs calls
+    with limit_threads(1, blas=False, numba_pool=False):
+        ants.smooth_image(ants.image_read(image), 2.0)
+        queue.put(threads())
+if sys.argv[1] == "pin":
+    pin_itk_threads(1)
+if sys.argv[1] != "clean":
+    ants.image_read(image)  # the parent touches ITK before it forks
+context = mp.get_context("fork")
+queue = context.Queue()
+process = context.Process(target=worker, args=(queue,))
+process.start()
+print(queue.get())
+process.join()
+"""
+
+
+def test_pinned_parent_forks_workers_with_the_pinned_itk_pool(tmp_path):
+    """A worker forked after its parent's first ANTs call keeps the parent's ITK pool; pinning
+    first gives it the pool of a worker whose parent never touched ITK."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != ITK_THREADS_VARIABLE}
+    counts = {}
+    for mode in ("clean", "pin", "late"):
+        run = subprocess.run(
+            [sys.executable, "-c", _FORKED_ITK, mode],
+            env=env, capture_output=True, text=True, check=True, timeout=120,
+        )  # fmt: skip
+        counts[mode] = int(run.stdout.split()[-1])
+    assert counts["pin"] == counts["clean"]
+    if os.cpu_count() > 1:  # the default pool (one thread per core) is larger
+        assert counts["late"] > counts["clean"]

@@ -37,6 +37,11 @@ RIGID_TOLERANCE: float = 1e-4
 HEAD_FRACTION: float = 0.1
 #: Upper percentile used for the head threshold (robust to a few hot voxels).
 HEAD_PERCENTILE: float = 99.0
+#: Fraction of the voxels in the session-to-session Mattes MI. Two T1w of one head are the
+#: easiest registration there is: on a standard participant (seed 11 sub-001) 0.10 instead of
+#: the default 0.25 moved the halfway map by at most 0.006 mm over the brain and cut the
+#: template from 45 to 30 s; 0.05 moved it 0.015 mm for 4 s more.
+SESSION_SAMPLING_FRACTION: float = 0.10
 
 
 def is_rigid(matrix: np.ndarray, tol: float = RIGID_TOLERANCE) -> bool:
@@ -145,6 +150,8 @@ def build_subject_template(
         metric="mattes",
         fixed_mask_file=fixed_mask,
         moving_mask_file=moving_mask,
+        sampling_fraction=SESSION_SAMPLING_FRACTION,
+        with_qc=False,  # ncc_halfway below scores the result
         seed=seed,
         n_threads=n_threads,
     )

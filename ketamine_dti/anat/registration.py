@@ -125,8 +125,9 @@ def _linear_stage(
     iterations: Sequence[int] = LINEAR_ITERATIONS,
     shrink: Sequence[int] = LINEAR_SHRINK,
     smoothing: Sequence[float] | str = LINEAR_SMOOTHING,
+    sampling_fraction: float = METRIC_SAMPLING_FRACTION,
 ) -> list[str]:
-    sampling = f"Regular,{METRIC_SAMPLING_FRACTION}"
+    sampling = f"Regular,{sampling_fraction}"
     if metric == "mattes":
         metric_str = f"MI[{fixed},{moving},1,{MI_BINS},{sampling}]"
     elif metric == "gc":
@@ -314,6 +315,8 @@ def register_linear(
     iterations: Sequence[int] = LINEAR_ITERATIONS,
     shrink_factors: Sequence[int] | None = None,
     smoothing_sigmas: Sequence[float] | None = None,
+    sampling_fraction: float = METRIC_SAMPLING_FRACTION,
+    with_qc: bool = True,
     seed: int = REGISTRATION_SEED,
     n_threads: int | None = None,
 ) -> Registration:
@@ -321,7 +324,9 @@ def register_linear(
 
     Writes ``<prefix>0GenericAffine.mat`` (from-moving_to-fixed), ``<prefix>inverse.mat``
     (from-fixed_to-moving) and ``<prefix>warped.nii.gz`` in ``out_dir``. ``metric``:
-    ``mattes`` (mutual information, across contrasts: b0 -> T1w), ``gc``/``meansquares``.
+    ``mattes`` (mutual information, across contrasts: b0 -> T1w), ``gc``/``meansquares``;
+    ``sampling_fraction`` of the voxels enter it. ``with_qc=False`` skips ``registration_qc``
+    (two full-size reads and two metrics) for a caller that scores the result itself.
     """
     if transform not in ("Rigid", "Affine", "Similarity", "Translation"):
         raise ValueError(f"transform must be Rigid/Affine/Similarity/Translation, not {transform}")
@@ -334,12 +339,22 @@ def register_linear(
     else:
         smoothing = _schedule(smoothing_sigmas or LINEAR_SMOOTHING[-len(shrink_factors) :], "vox")
     stages = _linear_stage(
-        transform, metric, job.fixed, job.moving, job.masks, iterations, shrink_factors, smoothing
+        transform,
+        metric,
+        job.fixed,
+        job.moving,
+        job.masks,
+        iterations,
+        shrink_factors,
+        smoothing,
+        sampling_fraction,
     )
     _run(job, stages, initial_transform, seed, n_threads)
     forward = f"{job.out_prefix}0GenericAffine.mat"
     inverse = invert_affine_file(forward, f"{job.out_prefix}inverse.mat")
-    qc = registration_qc(job.fixed, job.warped, fixed_mask_file=fixed_mask_file)
+    qc = {}
+    if with_qc:
+        qc = registration_qc(job.fixed, job.warped, fixed_mask_file=fixed_mask_file)
     return Registration((forward,), (inverse,), job.warped, qc)
 
 

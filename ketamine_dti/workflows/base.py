@@ -26,6 +26,7 @@ from ketamine_dti.interfaces.rois import RegionalStatistics, TemplateRegions
 from ketamine_dti.preflight import check_participant, run_preflight
 from ketamine_dti.qc import FAIL, WARN
 from ketamine_dti.rois import ROI_NAMES
+from ketamine_dti.threads import pin_itk_threads
 from ketamine_dti.workflows.anat import PUBLISHED_OUTPUTS, init_anat_wf
 from ketamine_dti.workflows.boilerplate import LiterateWorkflow, methods_text
 from ketamine_dti.workflows.nodes import threaded_node
@@ -327,6 +328,7 @@ def run_participant_level(config: Config) -> list[tuple[str, str]]:
     runs. BIDS_DIR is only read (pybids keeps its index in memory). With
     ``config.check_only`` nothing runs after the checks.
     """
+    pin_itk_threads(config.omp_nthreads)
     subjects = bids.select_participants(
         bids.participant_folders(config.bids_dir), config.participant_labels, config.bids_dir
     )
