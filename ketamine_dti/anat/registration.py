@@ -411,8 +411,8 @@ def register_syn(
     warp = f"{job.out_prefix}1Warp.nii.gz"
     inverse_warp = f"{job.out_prefix}1InverseWarp.nii.gz"
     inverse_affine = invert_affine_file(affine, f"{job.out_prefix}inverse.mat")
-    qc = registration_qc(job.fixed, job.warped, fixed_mask_file=fixed_mask_file)
-    return Registration((warp, affine), (inverse_affine, inverse_warp), job.warped, qc)
+    # no QC here: each caller scores its own result (brain extraction, MNI with masks)
+    return Registration((warp, affine), (inverse_affine, inverse_warp), job.warped)
 
 
 def register_dwi_to_t1w(
@@ -477,8 +477,7 @@ def register_dwi_to_t1w(
     fov_file = save_like(grid, np.ones(grid.shape), out_dir / "dwi_fov.nii.gz", "unsigned char")
     fov = to_t1w(fov_file, "dwi_fov_in_t1w.nii.gz") > 0
     t1w_mask = ants.image_read(str(t1w_mask_file)).numpy() > 0
-    qc = dict(result.qc)
-    qc.update(registration_qc(t1w_brain_file, result.warped_file, fixed_mask_file=t1w_mask_file))
+    qc = dict(result.qc)  # register_linear's registration_qc: T1w brain vs warped b0, in mask
     qc["dice_mask"] = dice(t1w_mask & fov, warped_mask)
     qc["dwi_fov_fraction"] = float((t1w_mask & fov).sum() / max(int(t1w_mask.sum()), 1))
     return Registration(
