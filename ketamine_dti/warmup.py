@@ -9,7 +9,7 @@ import numpy as np
 
 
 def main() -> None:
-    from ketamine_dti.dwi import series_registration, susceptibility
+    from ketamine_dti.dwi import mutual_information, series_registration, susceptibility
     from ketamine_dti.dwi.denoise import mppca
     from ketamine_dti.dwi.free_water import fit_free_water
     from ketamine_dti.dwi.gre_fieldmap import unwrap_phase
@@ -39,6 +39,8 @@ def main() -> None:
         target, series_registration.resample(volume, np.eye(4), np.eye(4))
     )
     series_registration.resample(volume, np.eye(4), np.eye(4), shift=np.zeros_like(volume))
+    sampled = mutual_information.prepare(volume, np.eye(4), mask, 0.5)
+    mutual_information.register(sampled, volume, 2)
     up = 100 + rng.normal(size=(16, 16, 16)).astype(np.float32)
     affine = np.diag([2.0, 2.0, 2.0, 1.0])
     field = susceptibility.estimate_field(up, up.copy(), affine, "j", "j-", 0.05, 0.05).field_hz

@@ -11,8 +11,9 @@ b0 -> DW relation is a single transform shared by the shell rather than one nois
 volume. b0 volumes are aligned rigidly to the first b0; their mean is the reference.
 
 Volumes are brought together by least squares (``series_registration``: seconds per series);
-mutual information (ANTs) then refines each DW volume at full resolution only, where its own
-gradient direction's contrast would bias least squares, and makes the one b0 -> shell link.
+mutual information then refines each DW volume at full resolution only, where its own gradient
+direction's contrast would bias least squares (``mutual_information``, our own), and makes the
+one b0 -> shell link (ANTs).
 
 DW affines keep the eddy-current part (12 parameters); b-vectors are rotated by each volume's
 rotation (without the eddy-current shear), their translation along phase encoding is taken from
@@ -38,7 +39,7 @@ from ketamine_dti.ants_backend import (
     register_arrays,
     transform_to_ras,
 )
-from ketamine_dti.dwi import gradients, series_registration
+from ketamine_dti.dwi import gradients, mutual_information, series_registration
 from ketamine_dti.dwi.gradients import (
     GradientTable,
     rotate_bvecs,
@@ -62,14 +63,17 @@ ITERATIONS_PER_LEVEL = (100, 50, 25)
 #: pass stops one level short of full resolution (its target, the raw mean, is blurred by
 #: motion anyway); warm-started later passes need only the finer levels.
 SHELL_PASS_LEVELS = (slice(0, -1), slice(-2, None), slice(-1, None))
-#: iterations of the final per-volume mutual-information refinement, at full resolution only
-#: (the least-squares passes leave each volume within ~0.1 mm, so a few steps suffice: 8 and
-#: 15 gave the same error on training seed 3; its cost is mostly ANTs' fixed set-up).
+#: steps of the final per-volume mutual-information refinement, at full resolution only (the
+#: least-squares passes leave each volume within ~0.1 mm, so a few steps suffice: 8 and 15 gave
+#: the same error on training seed 3). Our own Mattes MI (``mutual_information``) since session
+#: 12: one antsRegistration per volume cost ~0.3 s of set-up plus ~0.2 s per step.
 FINAL_MI_ITERATIONS = 8
-#: share of the voxels the final refinement's metric samples: its cost is per sample, and from
-#: ANTs' 0.25 to 0.1 cut correct_series' CPU by 35-41% (seeds 1 and 4) for +0.002 mm of median
-#: voxel error (benchmarks/results/motion_session10.md).
-FINAL_MI_SAMPLING = 0.1
+#: share of the mask's voxels the final refinement's metric samples. 0.1 (session 10) only
+#: saved ANTs' per-sample cost; ours costs milliseconds, so ANTs' default 0.25 is back. On the
+#: training seeds 0.25 and 0.1 tie (median voxel error 0.2613/0.2676 against 0.2578/0.2708 mm,
+#: seeds 1/3); on the real Prisma scan 0.1 flagged 3 and 3 volumes, 0.25 3 and 1
+#: (benchmarks/results/motion_session12.md).
+FINAL_MI_SAMPLING = 0.25
 #: voxel dilation of the reference brain mask used to focus the metric on the head.
 MASK_DILATION_VOXELS = 2
 #: voxels kept around the (dilated) brain mask when cropping for registration: room for a few
@@ -127,22 +131,17 @@ def register_mutual_information(
     affine: np.ndarray,
     fixed_mask: np.ndarray | None = None,
     rigid: bool = True,
-    finest_only: bool = False,
 ) -> np.ndarray:
     """Rigid (or affine) registration of `moving` to `fixed` (same grid) with Mattes mutual
     information; the RAS+ fixed -> moving matrix, from the identity (volumes of one series are
-    already close). For different contrasts (a DW shell mean to the b0 reference), and for the
-    final refinement of each DW volume (``finest_only``: FINAL_MI_ITERATIONS at full
-    resolution), where a gradient direction's own contrast would bias least squares."""
+    already close), on the full pyramid. For different contrasts: a DW shell mean to the b0
+    reference, a GRE magnitude to the b0."""
     if fixed_mask is not None:
         fixed, moving, affine, fixed_mask = _crop_to_mask(fixed, moving, affine, fixed_mask)
     zooms = tuple(np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
     levels = series_registration.pyramid(zooms)
     iterations = ITERATIONS_PER_LEVEL[: len(levels)]
     sampling = METRIC_SAMPLING_FRACTION
-    if finest_only:
-        levels, iterations = levels[-1:], (FINAL_MI_ITERATIONS,)
-        sampling = FINAL_MI_SAMPLING
     mask_img = (
         None if fixed_mask is None else image_from_array(fixed_mask.astype(np.float32), affine)
     )
@@ -292,15 +291,12 @@ def align_shell(
                 prepared, volumes[..., index], initial=affines[index]
             )
         affines, target = _shell_frame(volumes, affines, affine)
+    fixed, _, cropped_affine, cropped_mask = _crop_to_mask(target, target, affine, mask)
+    prepared = mutual_information.prepare(fixed, cropped_affine, cropped_mask, FINAL_MI_SAMPLING)
     for index in range(n):
-        residual = register_mutual_information(
-            target,
-            resample(volumes[..., index], affines[index], affine),
-            affine,
-            fixed_mask=mask,
-            rigid=False,
-            finest_only=True,
-        )
+        moved = resample(volumes[..., index], affines[index], affine)
+        _, moved, _, _ = _crop_to_mask(target, moved, affine, mask)
+        residual = mutual_information.register(prepared, moved, FINAL_MI_ITERATIONS)
         affines[index] = affines[index] @ residual
     return _shell_frame(volumes, affines, affine)
 

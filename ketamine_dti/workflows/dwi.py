@@ -9,7 +9,12 @@ from nipype.pipeline import engine as pe
 from ketamine_dti.config import Config
 from ketamine_dti.dwi import free_water
 from ketamine_dti.dwi.gre_fieldmap import SMOOTHING_FWHM_MM as GRE_SMOOTHING_MM
-from ketamine_dti.dwi.motion import FD_HEAD_RADIUS_MM, FD_OUTLIER_MM, SHELL_PASS_LEVELS
+from ketamine_dti.dwi.motion import (
+    FD_HEAD_RADIUS_MM,
+    FD_OUTLIER_MM,
+    FINAL_MI_ITERATIONS,
+    SHELL_PASS_LEVELS,
+)
 from ketamine_dti.dwi.slice_outliers import DEFAULT_SLICE_AXIS
 from ketamine_dti.dwi.slice_outliers import OUTLIER_SD as SLICE_OUTLIER_SD
 from ketamine_dti.dwi.susceptibility import knot_spacings
@@ -152,8 +157,9 @@ distortion were corrected by registering each volume to a target of its own cont
 eddy and SHORELine do: b0 volumes rigidly to the first b0 (their mean is the reference), by least
 squares (inverse-compositional Gauss-Newton [ic_gn]); diffusion-weighted volumes with a
 12-parameter affine to the mean image of their shell, recomputed from the aligned volumes over
-{len(SHELL_PASS_LEVELS)} least-squares passes, then refined at full resolution with Mattes mutual
-information (ANTs). Each shell mean was brought to the b0 reference by one rigid
+{len(SHELL_PASS_LEVELS)} least-squares passes, then refined at full resolution by
+{FINAL_MI_ITERATIONS} steps of gradient ascent on Mattes mutual information [mattes] (each step
+must raise the metric). Each shell mean was brought to the b0 reference by one rigid
 registration with Mattes mutual information (ANTs). Each volume was
 interpolated once and multiplied by the Jacobian determinant of its affine (restoring the signal
 an eddy-current stretch spreads thinner); b-vectors were rotated by the rotation part of each

@@ -1,0 +1,246 @@
+"""Mattes mutual information between two volumes of one grid, and its affine maximisation.
+
+Why our own: motion correction refines every DW volume against its shell mean with a few
+full-resolution steps of mutual information, and one antsRegistration call per volume cost
+~0.3 s of set-up plus ~0.2 s per iteration: about two thirds of a standard session's motion
+correction. The metric itself, over a few ten thousand sampled points, takes milliseconds.
+
+The metric is Mattes et al. (2003), as ITK computes it: fixed intensities are binned, moving
+intensities enter the joint histogram through a cubic B-spline Parzen window, and the
+derivative is analytic. The optimiser starts as antsRegistration's: gradient ascent on
+physically scaled parameters, with the learning rate set once, so that the first step moves no
+sampled point by more than ``STEP_MM``; unlike it, a step must raise the metric, else the rate
+is halved.
+
+Maps are 4x4 world (RAS+, mm) matrices from fixed points to moving points.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+from scipy import ndimage
+
+from ketamine_dti.ants_backend import MI_BINS
+
+#: mm; largest move of a sampled point in the first step (antsRegistration's gradient step for
+#: linear transforms in antspyx, 0.2); later steps scale with the gradient.
+STEP_MM: float = 0.2
+#: Halvings of the learning rate tried before a registration stops (a step must raise the metric).
+MAX_HALVINGS: int = 4
+#: Histogram bins left empty at each end, so the cubic window of an extreme value stays inside.
+PADDING_BINS: int = 2
+#: Seed of the point sampling and its sub-voxel jitter (registrations are repeatable).
+SAMPLING_SEED: int = 20231
+#: Smallest number of sampled points a registration accepts.
+MIN_POINTS: int = 64
+
+
+@dataclass(frozen=True)
+class Target:
+    """A fixed volume prepared once for every volume registered to it: the sampled points
+    (voxel coordinates, jittered off the grid as ANTs' random sampling), their fixed-image
+    bins, and their world positions relative to the centre the linear part acts about."""
+
+    affine: np.ndarray
+    points: np.ndarray  # (n, 3) voxel coordinates
+    fixed_bins: np.ndarray  # (n,) int64
+    centred: np.ndarray  # (n, 3) world mm relative to ``centre``
+    centre: np.ndarray  # (3,) world mm: the mask's centroid
+
+
+def prepare(fixed: np.ndarray, affine: np.ndarray, mask: np.ndarray, sampling: float) -> Target:
+    """Sample ``sampling`` of the mask's voxels (with a fixed seed) and bin the fixed image
+    there (MI_BINS bins over the sampled range)."""
+    affine = np.asarray(affine, dtype=float)
+    voxels = np.argwhere(np.asarray(mask, bool))
+    rng = np.random.default_rng(SAMPLING_SEED)
+    n_points = max(int(round(sampling * len(voxels))), min(MIN_POINTS, len(voxels)))
+    if n_points < MIN_POINTS:
+        raise ValueError(f"registration mask has fewer than {MIN_POINTS} voxels")
+    chosen = np.sort(rng.choice(len(voxels), size=n_points, replace=False))
+    points = voxels[chosen] + rng.uniform(-0.5, 0.5, size=(n_points, 3))
+    points = np.clip(points, 0, np.asarray(mask.shape) - 1)
+    values = ndimage.map_coordinates(np.asarray(fixed, np.float32), points.T, order=1)
+    low, delta = _bin_scale(values)
+    bins = np.floor((values - low) / delta + PADDING_BINS).astype(np.int64)
+    world = points @ affine[:3, :3].T + affine[:3, 3]
+    centre = world.mean(axis=0)
+    return Target(
+        affine=affine,
+        points=points,
+        fixed_bins=np.clip(bins, PADDING_BINS, MI_BINS - PADDING_BINS - 1),
+        centred=world - centre,
+        centre=centre,
+    )
+
+
+def _bin_scale(values: np.ndarray) -> tuple[float, float]:
+    """Lowest value and bin width mapping ``values`` onto the unpadded bins."""
+    low, high = float(np.min(values)), float(np.max(values))
+    return low, max(high - low, 1e-12) / (MI_BINS - 2 * PADDING_BINS)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _cubic(u):  # pragma: no cover - JIT
+    """Cubic B-spline and its derivative at ``u``."""
+    a = abs(u)
+    if a < 1.0:
+        return (4.0 - 6.0 * a * a + 3.0 * a * a * a) / 6.0, -2.0 * u + 1.5 * u * a
+    if a < 2.0:
+        b = 2.0 - a
+        return b * b * b / 6.0, -0.5 * b * b * np.sign(u)
+    return 0.0, 0.0
+
+
+@njit(cache=True, nogil=True)
+def _metric_and_gradient(
+    moving, gradients, voxel_map, world_gradient, points, fixed_bins, centred, low, delta, n_bins
+):  # pragma: no cover - JIT
+    """Mutual information and its derivative w.r.t. the 12 affine parameters (linear part
+    row-major, then translation) at the current map. ``voxel_map``: fixed voxel -> moving
+    voxel; ``world_gradient``: moving voxel gradient -> world gradient."""
+    n_points = points.shape[0]
+    nx, ny, nz = moving.shape
+    position = np.empty(n_points)  # moving value in bin units; NaN: outside the volume
+    grad = np.zeros((n_points, 3))
+    joint = np.zeros((n_bins, n_bins))
+    n_valid = 0
+    for k in range(n_points):
+        px, py, pz = points[k, 0], points[k, 1], points[k, 2]
+        x = voxel_map[0, 0] * px + voxel_map[0, 1] * py + voxel_map[0, 2] * pz + voxel_map[0, 3]
+        y = voxel_map[1, 0] * px + voxel_map[1, 1] * py + voxel_map[1, 2] * pz + voxel_map[1, 3]
+        z = voxel_map[2, 0] * px + voxel_map[2, 1] * py + voxel_map[2, 2] * pz + voxel_map[2, 3]
+        if x < 0.0 or y < 0.0 or z < 0.0 or x > nx - 1 or y > ny - 1 or z > nz - 1:
+            position[k] = np.nan
+            continue
+        i, j, m = min(int(x), nx - 2), min(int(y), ny - 2), min(int(z), nz - 2)
+        fx, fy, fz = x - i, y - j, z - m
+        value = 0.0
+        g0 = g1 = g2 = 0.0
+        for di in range(2):
+            wx = fx if di else 1.0 - fx
+            for dj in range(2):
+                wy = fy if dj else 1.0 - fy
+                for dk in range(2):
+                    weight = wx * wy * (fz if dk else 1.0 - fz)
+                    value += weight * moving[i + di, j + dj, m + dk]
+                    g0 += weight * gradients[0, i + di, j + dj, m + dk]
+                    g1 += weight * gradients[1, i + di, j + dj, m + dk]
+                    g2 += weight * gradients[2, i + di, j + dj, m + dk]
+        for a in range(3):
+            grad[k, a] = (
+                world_gradient[a, 0] * g0 + world_gradient[a, 1] * g1 + world_gradient[a, 2] * g2
+            )
+        u = (value - low) / delta + PADDING_BINS
+        u = min(max(u, PADDING_BINS), n_bins - PADDING_BINS - 1e-9)
+        position[k] = u
+        n_valid += 1
+        first = int(u) - 1
+        for b in range(first, first + 4):
+            weight, _ = _cubic(b - u)
+            joint[fixed_bins[k], b] += weight
+    out = np.zeros(12)
+    if n_valid == 0:
+        return 0.0, out, 0
+    joint /= n_valid
+    fixed_marginal = joint.sum(axis=1)
+    moving_marginal = joint.sum(axis=0)
+    log_ratio = np.zeros((n_bins, n_bins))
+    value = 0.0
+    for f in range(n_bins):
+        for b in range(n_bins):
+            p = joint[f, b]
+            if p > 1e-16 and moving_marginal[b] > 1e-16:
+                log_ratio[f, b] = np.log(p / moving_marginal[b])
+                value += p * np.log(p / (moving_marginal[b] * fixed_marginal[f]))
+    scale = -1.0 / (n_valid * delta)
+    for k in range(n_points):
+        u = position[k]
+        if np.isnan(u):
+            continue
+        first = int(u) - 1
+        weight = 0.0
+        for b in range(first, first + 4):
+            _, slope = _cubic(b - u)
+            weight += slope * log_ratio[fixed_bins[k], b]
+        weight *= scale
+        for a in range(3):
+            d = weight * grad[k, a]
+            for c in range(3):
+                out[3 * a + c] += d * centred[k, c]
+            out[9 + a] += d
+    return value, out, n_valid
+
+
+def _as_map(params: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """x -> centre + (I + A)(x - centre) + t as a 4x4 world matrix."""
+    linear = np.eye(3) + params[:9].reshape(3, 3)
+    matrix = np.eye(4)
+    matrix[:3, :3] = linear
+    matrix[:3, 3] = centre - linear @ centre + params[9:]
+    return matrix
+
+
+def register(target: Target, moving: np.ndarray, n_steps: int) -> np.ndarray:
+    """The affine fixed -> moving map (both on ``target``'s grid) after ``n_steps`` of
+    scaled gradient ascent on the mutual information, from the identity.
+
+    A step that would lower the metric is not taken: the learning rate is halved (up to
+    MAX_HALVINGS times) and the step tried again. With a fixed rate (antsRegistration's
+    rule) a first step of 0.2 mm made 8 steps wander: median voxel error 0.51 mm on training
+    seed 1 against 0.26 mm without any refinement.
+    """
+    affine = target.affine
+    moving = np.asarray(moving, dtype=np.float32)
+    gradients = np.stack(np.gradient(moving)).astype(np.float32)
+    world_gradient = np.linalg.inv(affine[:3, :3]).T
+    low, delta = _bin_scale(moving)
+    reach_sq = np.max(target.centred**2, axis=0)
+    scales = np.concatenate([np.tile(np.maximum(reach_sq, 1e-6), 3), np.ones(3)])
+    to_voxel = np.linalg.inv(affine)
+
+    def evaluate(params):
+        voxel_map = to_voxel @ _as_map(params, target.centre) @ affine
+        return _metric_and_gradient(
+            moving, gradients, voxel_map, world_gradient, target.points, target.fixed_bins,
+            target.centred, low, delta, MI_BINS,
+        )  # fmt: skip
+
+    params = np.zeros(12)
+    value, derivative, n_valid = evaluate(params)
+    rate = None
+    for _ in range(n_steps):
+        if n_valid < MIN_POINTS:
+            break
+        direction = derivative / scales
+        if rate is None:
+            shift = target.centred @ direction[:9].reshape(3, 3).T + direction[9:]
+            largest = float(np.sqrt((shift**2).sum(axis=1)).max())
+            if largest == 0.0:
+                break
+            rate = STEP_MM / largest
+        for _ in range(MAX_HALVINGS + 1):
+            trial = params + rate * direction
+            trial_value, trial_derivative, trial_valid = evaluate(trial)
+            if trial_value > value and trial_valid >= MIN_POINTS:
+                break
+            rate /= 2.0
+        else:
+            break  # no step up the metric: converged at this scale
+        params, value, derivative, n_valid = trial, trial_value, trial_derivative, trial_valid
+    return _as_map(params, target.centre)
+
+
+def mutual_information(target: Target, moving: np.ndarray, matrix: np.ndarray) -> float:
+    """The metric at a given fixed -> moving world map (for tests and diagnostics)."""
+    moving = np.asarray(moving, dtype=np.float32)
+    affine = target.affine
+    low, delta = _bin_scale(moving)
+    value, _, _ = _metric_and_gradient(
+        moving, np.zeros((3, *moving.shape), np.float32), np.linalg.inv(affine) @ matrix @ affine,
+        np.eye(3), target.points, target.fixed_bins, target.centred, low, delta, MI_BINS,
+    )  # fmt: skip
+    return float(value)
