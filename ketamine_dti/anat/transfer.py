@@ -105,13 +105,36 @@ def atlas_to_grid(
             atlas = _crop_to_labels(atlas, atlas_labels, reference)
             atlas_labels = np.rint(atlas.numpy()).astype(np.int64)
         stack_file = _write_footprint_stack(atlas, atlas_labels, label_values, reference, stem)
+        box = _reached_box(atlas, stem, resample) if crop else None
+        if box is not None:  # the stack is resampled onto the reference voxels it can reach
+            resample["reference_file"] = f"{stem}_reference_box.nii.gz"
+            ants.image_write(
+                ants.crop_indices(reference, [b.start for b in box], [b.stop for b in box]),
+                resample["reference_file"],
+            )
         warped_file = f"{stem}_fractions.nii.gz"
         apply_transforms(
             stack_file, out_file=warped_file, interpolation="linear", image_type=3, **resample
         )
         fractions = ants.image_read(warped_file).numpy()
-        labels = labels_from_fractions(fractions, label_values, min_fraction)
+        labels = np.zeros(reference.shape, np.int16)
+        inside = box if box is not None else ...
+        labels[inside] = labels_from_fractions(fractions, label_values, min_fraction)
     return save_like(reference, labels, out_file, dtype)
+
+
+def _reached_box(atlas, stem: Path, resample: dict) -> tuple[slice, ...] | None:
+    """The reference voxels (bounding box, one voxel of margin) that the cropped atlas grid
+    maps onto: beyond them every fraction is 0, so the 4-D stack need not be resampled there.
+    On a 1 mm subject template the full-grid stack made the step peak at 2.75 GB."""
+    import ants
+
+    support = atlas.new_image_like(np.ones(atlas.shape, np.float32))
+    support_file = f"{stem}_atlas_support.nii.gz"
+    ants.image_write(support, support_file)
+    reached_file = f"{stem}_atlas_support_reached.nii.gz"
+    apply_transforms(support_file, out_file=reached_file, interpolation="linear", **resample)
+    return bounding_box(ants.image_read(reached_file).numpy() > 0, 1)
 
 
 def _write_footprint_stack(atlas, atlas_labels, label_values, reference, stem: Path) -> str:
