@@ -17,26 +17,26 @@ import numpy as np
 from nipype.pipeline.engine import MapNode
 from nipype.pipeline.plugins.multiproc import MultiProcPlugin
 
-#: Expected seconds of the long steps (node names) of a standard participant, as measured in
-#: the session-10 participant benchmark (sub-001, seed 11); only their ratios matter. Every
-#: other node counts DEFAULT_STEP_SECONDS.
+#: Expected seconds of the long steps (node names) of a standard participant: the mean over the
+#: 4 participants of the session-12 benchmark (seed 11; session nodes per session, template_rois
+#: after its crop); only their ratios matter. Every other node counts DEFAULT_STEP_SECONDS.
 STEP_SECONDS: dict[str, float] = {
-    "prepare_dwi": 9,
-    "denoise": 51,
-    "motion_correct": 134,
-    "estimate_susceptibility": 22,
-    "resample_dwi": 9,
-    "brain_mask": 7,
-    "slice_outliers": 74,
-    "tensor_fit": 11,
-    "free_water": 50,
-    "dwi_to_t1w": 51,
-    "bias_correct": 17,
-    "subject_template": 92,
-    "extract_brain": 160,
-    "register_to_mni": 77,
-    "segment_tissues": 130,
-    "template_rois": 27,
+    "prepare_dwi": 5,
+    "denoise": 18,
+    "motion_correct": 39,
+    "estimate_susceptibility": 14,
+    "resample_dwi": 6,
+    "brain_mask": 6,
+    "slice_outliers": 27,
+    "tensor_fit": 7,
+    "free_water": 17,
+    "dwi_to_t1w": 33,
+    "bias_correct": 14,
+    "subject_template": 46,
+    "extract_brain": 114,
+    "register_to_mni": 63,
+    "segment_tissues": 77,
+    "template_rois": 10,
 }
 DEFAULT_STEP_SECONDS: float = 1.0
 
