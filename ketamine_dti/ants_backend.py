@@ -238,7 +238,9 @@ def write_composite_transform(transforms: Sequence[str], out_file: PathLike) -> 
 
     A published transform must be one file that ``antsApplyTransforms -t`` (or nitransforms)
     takes as is, as fMRIPrep's ``_xfm.h5``. Affines and warps are stored as they are (not
-    resampled into one field), so the file moves images exactly as the list does.
+    resampled into one field), so the file moves images exactly as the list does. ITK writes
+    the warp in double precision although it holds float32 values (ANTs' fields are float):
+    ``_compact_copy`` stores it as float32, compressed (43 -> 16 MB for a participant's two).
     """
     import ants
 
@@ -253,25 +255,43 @@ def write_composite_transform(transforms: Sequence[str], out_file: PathLike) -> 
     ]
     itk_file = out_file.with_name(out_file.stem + "_itk.h5")
     ants.write_transform(ants.compose_ants_transforms(steps), str(itk_file))
-    _copy_without_timestamps(itk_file, out_file)
+    _compact_copy(itk_file, out_file)
     itk_file.unlink()
     return str(out_file)
 
 
-def _copy_without_timestamps(source: Path, target: Path) -> None:
-    """Copy an HDF5 file without object modification times (ITK stamps every dataset), so a
-    rerun or a resumed run writes a byte-identical transform."""
+#: Parameter arrays at least this long (a displacement field's, not an affine's 12) are stored
+#: gzip-compressed with HDF5's byte shuffle; ITK's HDF5 reads the filters transparently.
+COMPRESS_MIN_VALUES = 1000
+
+
+def _compact_copy(source: Path, target: Path) -> None:
+    """Copy an ITK HDF5 transform file, storing each displacement field as float32 when that
+    loses nothing (its type string then says ``_float_``; ITK's reader converts the precision
+    on reading) and compressed, and without object modification times (ITK stamps every
+    dataset), so a rerun or a resumed run writes a byte-identical transform."""
     import h5py
 
     with h5py.File(source, "r") as src, h5py.File(target, "w") as dst:
-
-        def copy(name, item):
-            if isinstance(item, h5py.Group):
-                dst.require_group(name)
-            else:
-                dst.create_dataset(name, data=item[()], dtype=item.dtype, track_times=False)
-
-        src.visititems(copy)
+        narrowed = set()
+        names: list[str] = []
+        src.visititems(
+            lambda name, item: names.append(name) if isinstance(item, h5py.Dataset) else None
+        )
+        for name in names:  # h5py makes the groups on the way
+            data = src[name][()]
+            options = {}
+            if data.dtype == np.float64 and data.size >= COMPRESS_MIN_VALUES:
+                single = data.astype(np.float32)
+                if np.array_equal(single, data):
+                    data = single
+                    narrowed.add(name.rsplit("/", 1)[0])
+                options = {"compression": "gzip", "shuffle": True}
+            dst.create_dataset(name, data=data, dtype=data.dtype, track_times=False, **options)
+        for group in narrowed:
+            kind = dst[f"{group}/TransformType"]
+            name = kind[0].decode() if isinstance(kind[0], bytes) else kind[0]
+            kind[0] = name.replace("_double_", "_float_")
 
 
 # --- resampling and registration -------------------------------------------------------------

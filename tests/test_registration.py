@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import h5py
 import nibabel as nib
 import numpy as np
 import pytest
@@ -145,6 +146,11 @@ def test_composite_transform_file_resamples_like_its_list(tmp_path, icbm):
     assert np.abs(by_h5 - by_list).max() <= 1e-4 * np.abs(by_list).max()
     again = backend.write_composite_transform(syn.from_moving_to_fixed, tmp_path / "again.h5")
     assert Path(h5).read_bytes() == Path(again).read_bytes()  # no timestamps inside
+    with h5py.File(h5) as stored:  # the warp in float32 (as ANTs computed it), compressed
+        kinds = {stored[f"TransformGroup/{i}/TransformType"][0].decode() for i in (1, 2)}
+        assert kinds == {"AffineTransform_double_3_3", "DisplacementFieldTransform_float_3_3"}
+        field = stored["TransformGroup/2/TransformParameters"]
+        assert field.dtype == np.float32 and field.compression == "gzip"
     inverse = backend.write_composite_transform(syn.from_fixed_to_moving, tmp_path / "inv.h5")
     back = backend.apply_transforms(icbm, moving, [inverse], tmp_path / "inv_h5.nii.gz")
     back_list = backend.apply_transforms(
