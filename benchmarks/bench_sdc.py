@@ -38,6 +38,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_participant import SESSIONS, TreeMemorySampler, delta, roi_tables  # noqa: E402
 
+from ketamine_dti.workflows.base import RUN_WORKFLOW  # noqa: E402
+
 TARGET_MEDIAN_REL_ERROR = 0.03
 TARGET_RETEST_SD = 0.006
 TARGET_FIELD_ERROR = 0.10
@@ -109,7 +111,7 @@ def field_recovery(bids_dir: Path, work: Path, subjects: list[str]) -> dict:
         for session in SESSIONS:
             truth_dir = bids_dir / f"sourcedata/ground_truth/sub-{subject}/ses-{session}"
             stem = truth_dir / f"sub-{subject}_ses-{session}_space-dwi_desc-truth_"
-            wf = work / f"sub_{subject}_wf/ses_{session}_wf/dwi_preproc_wf"
+            wf = work / RUN_WORKFLOW / f"sub_{subject}_wf/ses_{session}_wf/dwi_preproc_wf"
             estimate_file = wf / "estimate_susceptibility/field_hz.nii.gz"
             if not estimate_file.exists():
                 continue

@@ -26,6 +26,8 @@ import pandas as pd
 import pytest
 from conftest import tree_checksum
 
+from ketamine_dti.workflows.base import RUN_WORKFLOW
+
 pytestmark = pytest.mark.slow
 
 ROI_COLUMNS = [
@@ -101,8 +103,14 @@ def run(tiny_trial, tmp_path_factory):
     broken = ketamine[0]
     calm = [s for s in ketamine[1:] if max(fd[f"sub-{s}"].values()) < 0.5]
     good = calm[:N_PROCESSED]
-    subjects = [broken, *good]
+    # one more passes every input check but crashes a step (blank T1ws): it runs in the same
+    # graph as the good one, which must finish as if alone
+    crashed = next(s for s in ketamine[1:] if s not in good)
+    subjects = [broken, crashed, *good]
     (bids_dir / f"sub-{broken}/ses-baseline/dwi/sub-{broken}_ses-baseline_dwi.bval").unlink()
+    for t1w in (bids_dir / f"sub-{crashed}").glob("ses-*/anat/*_T1w.nii.gz"):
+        image = nib.load(t1w)
+        nib.save(nib.Nifti1Image(np.zeros(image.shape, np.int16), image.affine), t1w)
     checksum = tree_checksum(bids_dir)
     out, work = root / "out", root / "work"
     args = [
@@ -131,6 +139,7 @@ def run(tiny_trial, tmp_path_factory):
         work=work,
         good=good,
         broken=broken,
+        crashed=crashed,
         checksum=checksum,
         first=first,
         second=second,
@@ -149,6 +158,20 @@ def test_broken_participant_fails_alone_with_a_clear_message(run):
     assert "no .bval file found" in run.first.stderr
     for subject in run.good:
         assert f"sub-{subject}: failed" not in run.first.stderr + run.first.stdout
+
+
+def test_a_participant_that_crashes_a_step_fails_alone(run):
+    """Run in one graph with the good participant: it is listed as failed with its step's
+    error, keeps its crash file in its own log folder and gets no derivatives; the good
+    participant's outputs are complete (test_output_tree) and identical on the rerun."""
+    listed = [line for line in run.first.stderr.splitlines() if f"sub-{run.crashed}:" in line]
+    assert any("image is empty" in line or "node " in line for line in listed), listed
+    folder = run.out / f"sub-{run.crashed}"
+    assert [p.name for p in folder.iterdir()] == ["log"]
+    crashes = list((folder / "log").glob("crash-*"))
+    assert crashes and all(f"sub_{run.crashed}_wf" in c.read_text() for c in crashes)
+    for subject in run.good:
+        assert not list((run.out / f"sub-{subject}" / "log").glob("crash-*"))
 
 
 def test_output_tree(run):
@@ -344,7 +367,7 @@ def test_sigkill_at_random_points_leaves_nothing_or_everything(run):
     uninterrupted run's; the final run's outputs are byte-identical to it."""
     subject = run.good[0]
     reference = run.digests[subject]
-    n_nodes = _result_count(run.work / f"sub_{subject}_wf")
+    n_nodes = _result_count(run.work / RUN_WORKFLOW / f"sub_{subject}_wf")
     draws = np.random.default_rng(10).choice(np.arange(1, n_nodes), N_KILLS - 1, replace=False)
     kill_points = [*sorted(int(k) for k in draws), n_nodes]
     out, work = run.root / "out_killed", run.root / "work_killed"
@@ -385,7 +408,7 @@ def _complete_the_cohort(run) -> list[str]:
     truth = pd.read_csv(run.bids_dir / "sourcedata/ground_truth/roi_md.tsv", sep="\t")
     labels = sorted(p.name[4:] for p in run.bids_dir.glob("sub-*") if p.is_dir())
     template = run.good[0]
-    for subject in (s for s in labels if s not in (run.broken, *run.good)):
+    for subject in (s for s in labels if s not in (run.broken, run.crashed, *run.good)):
         for session in ("baseline", "24h"):
             table = pd.read_csv(spec_path(run.out, "roi_table", template, session), sep="\t")
             true = truth[(truth.participant_id == f"sub-{subject}")
@@ -399,7 +422,7 @@ def _complete_the_cohort(run) -> list[str]:
                 path = spec_path(run.out, key, subject, session)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 frame.to_csv(path, sep="\t", index=False, na_rep="n/a")
-    return [s for s in labels if s != run.broken]
+    return [s for s in labels if s not in (run.broken, run.crashed)]
 
 
 def test_group_level_end_to_end(run):
@@ -457,7 +480,7 @@ def test_slurm_plugin_gives_the_same_outputs(run):
             pytest.fail("CI needs the SLURM cluster: scripts/start_slurm.sh did not bring it up")
         pytest.skip("no SLURM cluster here (run scripts/start_slurm.sh as root)")
     subject = run.good[0]
-    session_dir = run.work / f"sub_{subject}_wf" / "ses_24h_wf"
+    session_dir = run.work / RUN_WORKFLOW / f"sub_{subject}_wf" / "ses_24h_wf"
     deleted = {path for path in _node_results(run.work) if session_dir in path.parents}
     assert len(deleted) > 5
     shutil.rmtree(session_dir)

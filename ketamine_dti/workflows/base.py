@@ -1,8 +1,8 @@
-"""Participant level: build one Nipype workflow per participant and run it.
+"""Participant level: build one Nipype workflow per participant and run them all as one graph.
 
-``run_participant_level(config)`` is the entry point called by the CLI. Each participant runs
-in its own workflow (base_dir = config.work_dir, so a rerun resumes from Nipype's cache); a
-failing participant is recorded and the others go on.
+``run_participant_level(config)`` is the entry point called by the CLI. Every participant's
+workflow is a sub-workflow of ``RUN_WORKFLOW`` (base_dir = config.work_dir, so a rerun resumes
+from Nipype's cache); a failing participant is recorded and the others go on.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from ketamine_dti.workflows.anat import PUBLISHED_OUTPUTS, init_anat_wf
 from ketamine_dti.workflows.boilerplate import LiterateWorkflow, methods_text
 from ketamine_dti.workflows.nodes import threaded_node
 from ketamine_dti.workflows.outputs import init_anat_derivatives_wf
-from ketamine_dti.workflows.scheduling import CriticalPathPlugin
+from ketamine_dti.workflows.scheduling import POLL_SECONDS, CriticalPathPlugin
 from ketamine_dti.workflows.session import (
     ANAT_FIELDS,
     QC_FIELDS,
@@ -258,10 +258,87 @@ def _configure_nipype(config: Config, log_dir: Path) -> dict:
             "crashfile_format": "txt",
             "stop_on_first_crash": config.stop_on_first_crash,
             "remove_unnecessary_outputs": False,
-            "poll_sleep_duration": 0.5,
+            "poll_sleep_duration": POLL_SECONDS if config.plugin == "MultiProc" else 0.5,
         },
         "logging": {"workflow_level": level, "interface_level": level},
     }
+
+
+#: The workflow that holds every participant of a run (work dir: WORK_DIR/<name>/sub_<label>_wf).
+RUN_WORKFLOW = "ketamine_dti_wf"
+
+
+def participant_work_dir(config: Config, subject: str) -> Path:
+    """Where Nipype keeps a participant's nodes (its cache, for resuming and for benchmarks)."""
+    return Path(config.work_dir).absolute() / RUN_WORKFLOW / f"sub_{subject}_wf"
+
+
+def run_participants(
+    config: Config,
+    participants: dict[str, bids.ParticipantInputs],
+    independent_anatomy: bool = False,
+) -> list[tuple[str, str]]:
+    """Build every participant's workflow and run them as one graph; return (label, reason)
+    for each that failed.
+
+    One graph, as fMRIPrep runs its participants: a participant's serial anatomy chain leaves a
+    core idle that another participant's steps fill (a 12-participant tiny trial took 102 s a
+    participant one after another, with a core idle much of it). Each participant keeps its own
+    crash folder (``sub-<label>/log``); its derivatives are staged and moved into place only if
+    none of its nodes failed, so a failure leaves no final derivatives, and the others' go on
+    unless ``config.stop_on_first_crash``.
+    """
+    started = time.time()
+    run = LiterateWorkflow(RUN_WORKFLOW)
+    run.base_dir = str(Path(config.work_dir).absolute())
+    run.config.update(_configure_nipype(config, Path(config.output_dir) / "logs"))
+    for subject, participant in participants.items():
+        workflow = init_participant_wf(
+            participant, config, independent_anatomy=independent_anatomy
+        )
+        # the methods of the steps that run (the same text for every participant of a run)
+        bids.atomic_write_text(
+            Path(config.output_dir) / "logs" / "CITATION.md", methods_text(workflow)
+        )
+        log_dir = _log_dir(config, subject)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        for node in workflow._get_all_nodes():  # a participant's crashes go to its own log
+            node.config = {"execution": {"crashdump_dir": str(log_dir)}}
+        bids.discard_staged(config.output_dir, subject)
+        run.add_nodes([workflow])
+    if config.write_graph:
+        try:
+            run.write_graph(graph2use="colored", format="svg", simple_form=True)
+        except Exception as exc:  # graphviz may be missing; the graph is optional
+            LOGGER.warning("could not write the workflow graph (%s)", exc)
+    error = None
+    try:
+        plugin_args = _plugin_args(config)
+        run.run(plugin=_plugin(config, plugin_args), plugin_args=plugin_args)
+    except Exception as exc:  # which participants failed is read from their crash files
+        error = f"{type(exc).__name__}: {exc}"
+    failures = []
+    for subject, participant in participants.items():
+        reason = _crash_reason(_log_dir(config, subject), started)
+        if reason is None and error is not None and not _finished(config, subject, participant):
+            reason = error  # stopped before it finished (e.g. another participant crashed)
+        if reason is not None:
+            bids.discard_staged(config.output_dir, subject)
+            LOGGER.error("sub-%s: failed: %s", subject, reason)
+            failures.append((subject, reason))
+            continue
+        bids.promote_staged(config.output_dir, subject)
+        for session in participant.sessions:
+            seconds = compute_seconds(
+                participant_work_dir(config, subject) / f"ses_{session.session}_wf"
+            )
+            LOGGER.info(session_summary(config, subject, session.session, seconds))
+        _write_report(config, participant)
+    LOGGER.info(
+        "%d participant(s) finished in %.0f s", len(participants) - len(failures),
+        time.time() - started,
+    )  # fmt: skip
+    return failures
 
 
 def run_participant(
@@ -271,43 +348,29 @@ def run_participant(
     independent_anatomy: bool = False,
     participant: bids.ParticipantInputs | None = None,
 ) -> None:
-    """Check (unless ``participant`` is given, already checked), build and run one participant.
-
-    Derivatives are written to the staging folder and moved into place only after every node
-    succeeded, so a failure leaves no final derivatives (the log and crash files stay).
-    """
-    started = time.time()
+    """Check (unless ``participant`` is given, already checked) and run one participant;
+    raise RuntimeError with the reason when it fails (benchmarks and tests)."""
     if participant is None:
         participant = check_participant(config, layout, subject, [])
-    log_dir = Path(config.output_dir) / f"sub-{subject}" / "log"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    workflow = init_participant_wf(participant, config, independent_anatomy=independent_anatomy)
-    # the methods of the steps that run (the same text for every participant of a run)
-    bids.atomic_write_text(
-        Path(config.output_dir) / "logs" / "CITATION.md", methods_text(workflow)
+    failures = run_participants(config, {subject: participant}, independent_anatomy)
+    if failures:
+        raise RuntimeError(failures[0][1])
+
+
+def _log_dir(config: Config, subject: str) -> Path:
+    return Path(config.output_dir) / f"sub-{subject}" / "log"
+
+
+def _finished(config: Config, subject: str, participant: bids.ParticipantInputs) -> bool:
+    """Whether every session of a participant has its staged QC table (written last)."""
+    output_dir = Path(config.output_dir)
+    return all(
+        (
+            bids.staging_root(output_dir)
+            / spec_path(output_dir, "qc_table", subject, s.session).relative_to(output_dir)
+        ).exists()
+        for s in participant.sessions
     )
-    workflow.base_dir = str(Path(config.work_dir).absolute())
-    workflow.config.update(_configure_nipype(config, log_dir))
-    if config.write_graph:
-        try:
-            workflow.write_graph(graph2use="colored", format="svg", simple_form=True)
-        except Exception as exc:  # graphviz may be missing; the graph is optional
-            LOGGER.warning("sub-%s: could not write the workflow graph (%s)", subject, exc)
-    bids.discard_staged(config.output_dir, subject)
-    try:
-        plugin_args = _plugin_args(config)
-        workflow.run(plugin=_plugin(config, plugin_args), plugin_args=plugin_args)
-    except Exception as exc:
-        bids.discard_staged(config.output_dir, subject)
-        reason = _crash_reason(log_dir, started) or f"{type(exc).__name__}: {exc}"
-        raise RuntimeError(reason) from exc
-    bids.promote_staged(config.output_dir, subject)
-    workflow_dir = Path(workflow.base_dir) / workflow.name
-    for session in participant.sessions:
-        seconds = compute_seconds(workflow_dir / f"ses_{session.session}_wf")
-        LOGGER.info(session_summary(config, subject, session.session, seconds))
-    LOGGER.info("sub-%s: finished in %.0f s", subject, time.time() - started)
-    _write_report(config, participant)
 
 
 def _write_report(config: Config, participant: bids.ParticipantInputs) -> None:
@@ -340,18 +403,11 @@ def run_participant_level(config: Config) -> list[tuple[str, str]]:
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     bids.init_derivatives(output_dir, config.bids_dir)
-    for position, (subject, participant) in enumerate(checked.ready.items(), start=1):
-        LOGGER.info("sub-%s (%d/%d): starting", subject, position, len(checked.ready))
-        try:
-            run_participant(config, layout, subject, participant=participant)
-        except InputError as exc:
-            LOGGER.error("sub-%s: bad input: %s", subject, exc)
-            failures.append((subject, str(exc)))
-        except Exception as exc:  # one participant must not stop the others
-            LOGGER.error("sub-%s: failed: %s", subject, exc)
-            failures.append((subject, str(exc)))
-            if config.stop_on_first_crash:
-                break
+    LOGGER.info(
+        "running %d participant(s) as one graph: %s", len(checked.ready),
+        ", ".join(f"sub-{label}" for label in checked.ready),
+    )  # fmt: skip
+    failures += run_participants(config, checked.ready)
     if failures:
         LOGGER.error(
             "%d of %d participants failed: %s",

@@ -11,6 +11,7 @@ ready jobs by the longest chain of expected seconds from them to the end of the 
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -52,9 +53,31 @@ def chain_seconds(graph, order: Sequence, seconds: Callable[[object], float]) ->
     return chain
 
 
+#: s between two passes of the scheduler's loop (Nipype's poll_sleep_duration) under MultiProc:
+#: a step can start only at the pass after its inputs finished, and a participant is a chain of
+#: ~60 steps deep, many of them sub-second (sinks, QC, tables); at 0.5 s a tiny participant
+#: spent ~30 of its ~100 s waiting for passes. Batch plugins (SLURM) keep Nipype's pace, as each
+#: of their passes queries the queue.
+POLL_SECONDS: float = 0.05
+
+
 class CriticalPathPlugin(MultiProcPlugin):
     """MultiProc whose ready jobs start in decreasing order of ``chain_seconds`` (ties: graph
-    order). ``plugin_args["step_seconds"]`` overrides STEP_SECONDS (node name -> seconds)."""
+    order). ``plugin_args["step_seconds"]`` overrides STEP_SECONDS (node name -> seconds).
+
+    The objects that exist when the run starts (the graph, the BIDS index) are frozen out of
+    the garbage collector for the run: MultiProc collects before every pass and after every
+    step it runs itself (the sinks), and each full collection walked them (0.12 s each, 22 s
+    of a tiny participant's main process).
+    """
+
+    def run(self, graph, config, updatehash=False):
+        gc.collect()
+        gc.freeze()
+        try:
+            return super().run(graph, config, updatehash=updatehash)
+        finally:
+            gc.unfreeze()
 
     def _generate_dependency_list(self, graph):
         super()._generate_dependency_list(graph)
