@@ -154,6 +154,16 @@ class TreeMemorySampler:
         self._thread.join()
 
 
+def machine() -> dict:
+    """The CPU the timings were taken on (hosts differ between sessions)."""
+    models = [
+        line.split(":", 1)[1].strip()
+        for line in Path("/proc/cpuinfo").read_text().splitlines()
+        if line.startswith("model name")
+    ]
+    return {"cpu": models[0] if models else "unknown", "cores": os.cpu_count()}
+
+
 def derivative_megabytes(folder: Path) -> dict:
     """Size (MB) of a participant's derivatives: in all, and the five largest files."""
     sizes = {p.name: p.stat().st_size / 1e6 for p in folder.rglob("*") if p.is_file()}
@@ -644,6 +654,7 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": {"held_out": [args.seed], "training": list(args.training_seeds)},
         "together": args.together,
         "single_wall_s": args.single_wall_s,
+        "machine": machine(),
     }
     both = [design == "independent" for design in args.designs]
     designs = {"paper": [False], "csf_shift": [False], "null": both, "retest": both}
@@ -687,6 +698,11 @@ def markdown(results: dict) -> str:
         f"Simulator realism: {results.get('realism', 'ideal (before session 9)')}.",
         "",
     ]
+    if results.get("machine"):
+        lines += [
+            f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores.",
+            "",
+        ]
     seeds = results.get("seeds")
     if seeds:
         lines += [

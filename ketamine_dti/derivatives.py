@@ -13,6 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
+
 from ketamine_dti import bids
 from ketamine_dti.anat.registration import MNI_RESOLUTION
 from ketamine_dti.config import Config
@@ -100,6 +103,9 @@ class OutputSpec:
     extra: Callable[[SidecarContext], dict] | None = None
     companions: tuple[str, ...] = ()  # inputs written beside the file (bval_file, bvec_file)
     runtime_metadata: str | None = None
+    #: "int16": stored as int16 with a scale factor (``storage_quantum``), for the large
+    #: images whose float32 copy is mostly noise bits; None: as the step computed it
+    storage: str | None = None
 
 
 def _preproc_dwi(context: SidecarContext) -> dict:
@@ -108,7 +114,16 @@ def _preproc_dwi(context: SidecarContext) -> dict:
     steps += ["per-volume affine motion/eddy-current correction to a b0 reference"]
     metadata = context.session.dwi_metadata
     kept = {key: metadata[key] for key in DWI_METADATA_KEYS if key in metadata}
-    return kept | {"Description": "Preprocessed DWI: " + ", ".join(steps) + "; b-vectors rotated."}
+    quantum = storage_quantum("dwi_preproc", context)
+    stored = (
+        f"int16 in steps of {quantum:g} (the raw series' own)"
+        if quantum
+        else "int16 in steps of max |value| / 32767"
+    )
+    return kept | {
+        "Description": "Preprocessed DWI: " + ", ".join(steps) + "; b-vectors rotated. "
+        f"Stored as {stored}; the fits ran on the unrounded series."
+    }
 
 
 def _sdc_metadata(context: SidecarContext) -> dict:
@@ -258,7 +273,7 @@ SESSION_OUTPUTS: dict[str, OutputSpec] = {
     "dwi_preproc": OutputSpec(
         "dwi", {"space": "dwi", "desc": "preproc"}, sources=("raw:dwi",),
         reference="dwi_preproc", metadata={"SkullStripped": False}, extra=_preproc_dwi,
-        companions=("bval_file", "bvec_file"),
+        companions=("bval_file", "bvec_file"), storage="int16",
     ),
     "dwi_mask": OutputSpec(
         "mask", {"space": "dwi", "desc": "brain"}, sources=("dwi_preproc",),
@@ -364,6 +379,7 @@ ANAT_OUTPUTS: dict[str, OutputSpec] = {
         metadata={"SkullStripped": False,
                   "Description": "Subject template: the sessions' N4-corrected T1w averaged in "
                   "their rigid halfway space (a copy of the T1w for a single session)."},
+        storage="int16",
     ),
     "t1w_mask": OutputSpec(
         "mask", {"desc": "brain"}, datatype="anat", level="participant",
@@ -392,6 +408,24 @@ OUTPUTS: dict[str, OutputSpec] = SESSION_OUTPUTS | ANAT_OUTPUTS
 
 #: Session outputs that exist only when susceptibility distortion was corrected.
 SDC_OUTPUTS = ("b0_uncorrected", "sdc_field", "sdc_displacement")
+
+
+def storage_quantum(key: str, context: SidecarContext) -> float:
+    """The int16 step of an output stored as int16 (``OutputSpec.storage``): the raw DWI's own
+    step (its scale factor, 1 when unscaled) when every run of the series is integer-typed, as
+    scanners write it, so the stored series is as fine as the data that were acquired; 0 (the
+    sink then spreads the image's range over int16, a step of max|value|/32767) for a float
+    raw and for the T1w template, whose N4 correction and averaging rescale its values."""
+    if OUTPUTS[key].storage != "int16" or key != "dwi_preproc" or context.session is None:
+        return 0.0
+    steps = []
+    for run in context.session.dwi_runs:
+        image = nib.load(run[0])
+        if not np.issubdtype(image.get_data_dtype(), np.integer):
+            return 0.0
+        slope = float(image.dataobj.slope)  # nibabel moves scl_slope here (1 when unset)
+        steps.append(slope if np.isfinite(slope) and slope != 0 else 1.0)
+    return min(steps) if steps else 0.0
 
 
 def session_output_keys(denoise: str, sdc: bool = False) -> tuple[str, ...]:
@@ -439,9 +473,7 @@ def spec_path(
     return bids.derivative_path(output_dir, spec.datatype, spec.suffix, spec.extension, **entities)
 
 
-def find_outputs(
-    output_dir: str | Path, key: str, atlas: str = ""
-) -> dict[tuple[str, str], Path]:
+def find_outputs(output_dir: str | Path, key: str, atlas: str = "") -> dict[tuple[str, str], Path]:
     """(subject label, session label) -> file of every session that has output `key` (an
     output named after the atlas needs ``atlas``, as in ``spec_path``)."""
     spec = OUTPUTS[key]

@@ -148,6 +148,8 @@ def test_find_outputs_finds_outputs_named_after_the_atlas(tmp_path):
 
 def test_dwi_sidecar_records_the_steps_and_raw_metadata(tmp_path):
     raw = tmp_path / "bids" / "sub-01" / "ses-24h" / "dwi" / "sub-01_ses-24h_dwi.nii.gz"
+    raw.parent.mkdir(parents=True)
+    _save(np.zeros((4, 4, 4, 3), np.int16), raw)  # as scanners store it: int16, unscaled
     metadata = {"PhaseEncodingDirection": "j-", "SeriesDescription": "not carried"}
     session = SessionInputs("01", "24h", str(raw), "", "", str(raw), metadata)
     config = Config(tmp_path / "bids", tmp_path / "out", "participant", denoise="none")
@@ -157,4 +159,48 @@ def test_dwi_sidecar_records_the_steps_and_raw_metadata(tmp_path):
     assert "MP-PCA" not in dwi["Description"]
     assert dwi["Sources"] == ["bids:raw:sub-01/ses-24h/dwi/sub-01_ses-24h_dwi.nii.gz"]
     assert dwi["SpatialReference"].endswith("_space-dwi_desc-preproc_dwi.nii.gz")
+    assert "int16 in steps of 1 (the raw series' own)" in dwi["Description"]
     assert json.dumps(dwi)  # JSON-serialisable
+
+
+def test_large_images_are_stored_as_int16_at_the_raw_step(tmp_path):
+    """A float DWI is published as int16 in the raw series' steps (0.5 here): within half a
+    step of the computed values; a range too wide for that step widens it; NaN becomes 0."""
+    from ketamine_dti.interfaces.bids import DerivativesSink
+
+    rng = np.random.default_rng(0)
+    data = rng.normal(500, 30, (6, 6, 4, 3)).astype(np.float32)
+    data[0, 0, 0, 0] = np.nan
+    source = _save(data, tmp_path / "dwi.nii")
+    raw = tmp_path / "raw.nii.gz"
+    scaled = nib.Nifti1Image(np.zeros((2, 2, 2), np.int16), AFFINE)
+    scaled.header.set_slope_inter(0.5, 0)
+    nib.save(scaled, raw)
+    session = SessionInputs("01", "24h", str(raw), "", "", str(raw), {})
+    context = SidecarContext(Config(tmp_path, tmp_path / "out", "participant"), "01", session)
+    assert derivatives.storage_quantum("dwi_preproc", context) == 0.5
+    assert derivatives.storage_quantum("md", context) == 0.0  # not stored as int16
+    sink = DerivativesSink(
+        output_dir=str(tmp_path / "out"), in_file=source, suffix="dwi", datatype="dwi",
+        entities={"sub": "01", "ses": "24h", "desc": "preproc"}, storage="int16", quantum=0.5,
+    )  # fmt: skip
+    written = nib.load(sink.run().outputs.out_file)
+    assert written.get_data_dtype() == np.int16
+    assert np.asarray(written.dataobj).dtype.kind == "f"  # read back scaled
+    values = written.get_fdata()
+    assert values[0, 0, 0, 0] == 0
+    finite = np.isfinite(data)
+    assert np.abs(values[finite] - data[finite]).max() <= 0.25 + 1e-6
+    assert set(np.unique(np.round(values / 0.5, 6) % 1)) == {0.0}  # multiples of the step
+    wide = _save(np.array([0.0, 40000.0, -1.0, 3.0]).reshape(1, 1, 1, 4), tmp_path / "w.nii")
+    step = 40000.0 / 32767
+    stored = derivatives_int16(wide, 0.5)
+    assert stored.dataobj.slope == pytest.approx(step, rel=1e-6)
+    assert stored.get_fdata().max() == pytest.approx(40000.0, rel=1e-4)
+
+
+def derivatives_int16(path: str, quantum: float):
+    """The sink's conversion, read back from bytes (as a user would read the file)."""
+    from ketamine_dti.interfaces.bids import as_int16
+
+    return nib.Nifti1Image.from_bytes(as_int16(path, quantum).to_bytes())

@@ -48,6 +48,10 @@ class _SinkInputSpec(BaseInterfaceInputSpec):
     )
     bval_file = File(exists=True, desc="written next to the main file as .bval")
     bvec_file = File(exists=True, desc="written next to the main file as .bvec")
+    storage = traits.Enum("", "int16", usedefault=True, desc="'': as given; 'int16': scaled")
+    quantum = traits.Float(
+        0.0, usedefault=True, desc="int16 step (0: the image's max |value| / 32767)"
+    )
 
 
 class _SinkOutputSpec(TraitedSpec):
@@ -81,8 +85,11 @@ class DerivativesSink(SimpleInterface):
             extension,
             **self.inputs.entities,
         )
-        content = Path(self.inputs.in_file).read_bytes()
-        if str(target).endswith(".nii.gz") and not self.inputs.in_file.endswith(".gz"):
+        if self.inputs.storage == "int16":
+            content = as_int16(self.inputs.in_file, self.inputs.quantum).to_bytes()
+        else:
+            content = Path(self.inputs.in_file).read_bytes()
+        if str(target).endswith(".nii.gz") and not content.startswith(b"\x1f\x8b"):
             # work files are uncompressed for speed; mtime=0 keeps reruns byte-identical, and no
             # file name goes into the gzip header (the validator warns about one)
             buffer = io.BytesIO()
@@ -108,6 +115,22 @@ class DerivativesSink(SimpleInterface):
             )
         self._results["out_file"] = str(target)
         return runtime
+
+
+def as_int16(path: str, quantum: float = 0.0) -> nib.Nifti1Image:
+    """An image stored as int16 times a scale factor: the step ``quantum``, widened when the
+    image's range needs it (never coarser than max |value| / 32767); non-finite values -> 0.
+    A float32 copy of noisy data spends most of its 4 bytes on noise bits that gzip cannot
+    shrink: a standard session's preprocessed DWI took 150 MB as float32."""
+    image = nib.load(path)
+    data = np.nan_to_num(np.asarray(image.dataobj, dtype=np.float64), nan=0, posinf=0, neginf=0)
+    top = float(np.abs(data).max(initial=0.0)) / np.iinfo(np.int16).max
+    step = max(quantum, top) or 1.0
+    header = image.header.copy()
+    header.set_data_dtype(np.int16)
+    stored = nib.Nifti1Image(np.round(data / step).astype(np.int16), image.affine, header)
+    stored.header.set_slope_inter(step, 0.0)
+    return stored
 
 
 def merge_metadata(static: dict, runtime: dict) -> dict:

@@ -19,6 +19,7 @@ from ketamine_dti.derivatives import (
     session_output_keys,
     sidecar,
     spec_entities,
+    storage_quantum,
 )
 from ketamine_dti.fieldmaps import corrects, session_plan
 from ketamine_dti.interfaces.anat import CompositeTransform
@@ -28,7 +29,8 @@ from ketamine_dti.interfaces.bids import DerivativesSink
 def init_derivatives_wf(keys: tuple[str, ...], context: SidecarContext, name: str) -> pe.Workflow:
     """Sinks for `keys`; its inputnode has one field per key (and companions, e.g. bval/bvec).
 
-    The sinks run in the main process (a file copy).
+    The sinks run in the main process (a file copy), except those that convert a large image
+    (``OutputSpec.storage``, seconds each), which would hold up the scheduler meanwhile.
     """
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=list(input_fields(keys))), name="inputnode")
@@ -43,9 +45,11 @@ def init_derivatives_wf(keys: tuple[str, ...], context: SidecarContext, name: st
                 suffix=spec.suffix,
                 extension=spec.extension,
                 metadata=sidecar(key, context),
+                storage=spec.storage or "",
+                quantum=storage_quantum(key, context),
             ),
             name=f"ds_{key}",
-            run_without_submitting=True,
+            run_without_submitting=spec.storage is None,
         )
         workflow.connect(inputnode, key, sink, "in_file")
         for field in spec.companions:
