@@ -103,7 +103,7 @@ class OutputSpec:
     extra: Callable[[SidecarContext], dict] | None = None
     companions: tuple[str, ...] = ()  # inputs written beside the file (bval_file, bvec_file)
     runtime_metadata: str | None = None
-    #: "int16": stored as int16 with a scale factor (``storage_quantum``), for the large
+    #: "int16": stored as int16 with a scale factor (``raw_step``), for the large
     #: images whose float32 copy is mostly noise bits; None: as the step computed it
     storage: str | None = None
 
@@ -114,11 +114,9 @@ def _preproc_dwi(context: SidecarContext) -> dict:
     steps += ["per-volume affine motion/eddy-current correction to a b0 reference"]
     metadata = context.session.dwi_metadata
     kept = {key: metadata[key] for key in DWI_METADATA_KEYS if key in metadata}
-    quantum = storage_quantum("dwi_preproc", context)
     stored = (
-        f"int16 in steps of {quantum:g} (the raw series' own)"
-        if quantum
-        else "int16 in steps of max |value| / 32767"
+        "int16 in the raw series' own steps (its scl_slope, 1 when unscaled), or in steps of "
+        "max |value| / 32767 when the raw is float"
     )
     return kept | {
         "Description": "Preprocessed DWI: " + ", ".join(steps) + "; b-vectors rotated. "
@@ -410,17 +408,22 @@ OUTPUTS: dict[str, OutputSpec] = SESSION_OUTPUTS | ANAT_OUTPUTS
 SDC_OUTPUTS = ("b0_uncorrected", "sdc_field", "sdc_displacement")
 
 
-def storage_quantum(key: str, context: SidecarContext) -> float:
-    """The int16 step of an output stored as int16 (``OutputSpec.storage``): the raw DWI's own
-    step (its scale factor, 1 when unscaled) when every run of the series is integer-typed, as
-    scanners write it, so the stored series is as fine as the data that were acquired; 0 (the
-    sink then spreads the image's range over int16, a step of max|value|/32767) for a float
-    raw and for the T1w template, whose N4 correction and averaging rescale its values."""
+def storage_sources(key: str, context: SidecarContext) -> list[str]:
+    """The raw images whose step an int16 output keeps (``raw_step``): the DWI runs of the
+    preprocessed series; none for the T1w template, whose N4 correction and averaging rescale
+    its values. Read by the sink when it runs, not when the workflow is built."""
     if OUTPUTS[key].storage != "int16" or key != "dwi_preproc" or context.session is None:
-        return 0.0
+        return []
+    return [run[0] for run in context.session.dwi_runs]
+
+
+def raw_step(paths: list[str]) -> float:
+    """The raw series' own step (its scale factor, 1 when unscaled) when every run is
+    integer-typed, as scanners write it, so the stored series is as fine as the data acquired;
+    0 (the sink then uses max |value| / 32767) for a float raw or no raw at all."""
     steps = []
-    for run in context.session.dwi_runs:
-        image = nib.load(run[0])
+    for path in paths:
+        image = nib.load(path)
         if not np.issubdtype(image.get_data_dtype(), np.integer):
             return 0.0
         slope = float(image.dataobj.slope)  # nibabel moves scl_slope here (1 when unset)

@@ -159,7 +159,8 @@ def test_dwi_sidecar_records_the_steps_and_raw_metadata(tmp_path):
     assert "MP-PCA" not in dwi["Description"]
     assert dwi["Sources"] == ["bids:raw:sub-01/ses-24h/dwi/sub-01_ses-24h_dwi.nii.gz"]
     assert dwi["SpatialReference"].endswith("_space-dwi_desc-preproc_dwi.nii.gz")
-    assert "int16 in steps of 1 (the raw series' own)" in dwi["Description"]
+    assert "int16 in the raw series' own steps" in dwi["Description"]
+    assert derivatives.raw_step(derivatives.storage_sources("dwi_preproc", context)) == 1.0
     assert json.dumps(dwi)  # JSON-serialisable
 
 
@@ -178,11 +179,12 @@ def test_large_images_are_stored_as_int16_at_the_raw_step(tmp_path):
     nib.save(scaled, raw)
     session = SessionInputs("01", "24h", str(raw), "", "", str(raw), {})
     context = SidecarContext(Config(tmp_path, tmp_path / "out", "participant"), "01", session)
-    assert derivatives.storage_quantum("dwi_preproc", context) == 0.5
-    assert derivatives.storage_quantum("md", context) == 0.0  # not stored as int16
+    assert derivatives.raw_step(derivatives.storage_sources("dwi_preproc", context)) == 0.5
+    assert derivatives.storage_sources("md", context) == []  # not stored as int16
     sink = DerivativesSink(
         output_dir=str(tmp_path / "out"), in_file=source, suffix="dwi", datatype="dwi",
-        entities={"sub": "01", "ses": "24h", "desc": "preproc"}, storage="int16", quantum=0.5,
+        entities={"sub": "01", "ses": "24h", "desc": "preproc"}, storage="int16",
+        quantum_from=[str(raw)],
     )  # fmt: skip
     written = nib.load(sink.run().outputs.out_file)
     assert written.get_data_dtype() == np.int16

@@ -49,8 +49,8 @@ class _SinkInputSpec(BaseInterfaceInputSpec):
     bval_file = File(exists=True, desc="written next to the main file as .bval")
     bvec_file = File(exists=True, desc="written next to the main file as .bvec")
     storage = traits.Enum("", "int16", usedefault=True, desc="'': as given; 'int16': scaled")
-    quantum = traits.Float(
-        0.0, usedefault=True, desc="int16 step (0: the image's max |value| / 32767)"
+    quantum_from = traits.List(
+        File(exists=True), desc="raw images whose step int16 storage keeps (derivatives.raw_step)"
     )
 
 
@@ -86,7 +86,10 @@ class DerivativesSink(SimpleInterface):
             **self.inputs.entities,
         )
         if self.inputs.storage == "int16":
-            content = as_int16(self.inputs.in_file, self.inputs.quantum).to_bytes()
+            from ketamine_dti.derivatives import raw_step
+
+            sources = self.inputs.quantum_from if isdefined(self.inputs.quantum_from) else []
+            content = as_int16(self.inputs.in_file, raw_step(sources)).to_bytes()
         else:
             content = Path(self.inputs.in_file).read_bytes()
         if str(target).endswith(".nii.gz") and not content.startswith(b"\x1f\x8b"):

@@ -19,7 +19,7 @@ from ketamine_dti.derivatives import (
     session_output_keys,
     sidecar,
     spec_entities,
-    storage_quantum,
+    storage_sources,
 )
 from ketamine_dti.fieldmaps import corrects, session_plan
 from ketamine_dti.interfaces.anat import CompositeTransform
@@ -46,7 +46,7 @@ def init_derivatives_wf(keys: tuple[str, ...], context: SidecarContext, name: st
                 extension=spec.extension,
                 metadata=sidecar(key, context),
                 storage=spec.storage or "",
-                quantum=storage_quantum(key, context),
+                quantum_from=storage_sources(key, context),
             ),
             name=f"ds_{key}",
             run_without_submitting=spec.storage is None,
