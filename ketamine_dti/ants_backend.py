@@ -378,6 +378,20 @@ def coarse_copy(image, spacing_mm: float):
     return ants.resample_image(smoothed, (spacing_mm,) * 3, use_voxels=False, interp_type=0)
 
 
+def coarse_copy_file(in_file: PathLike, spacing_mm: float, out_file: PathLike) -> str:
+    """``coarse_copy`` of an image file, written to ``out_file``; ``in_file`` itself if it is
+    already that coarse. For registrations whose finest level is ``spacing_mm`` or coarser:
+    ANTs smooths each image at its own resolution at every level, so a 1 mm image costs
+    several times its 2 mm copy for the same transform (world mm, valid on either grid)."""
+    import ants
+
+    image = ants.image_read(str(in_file))
+    if min(image.spacing) >= spacing_mm:
+        return str(in_file)
+    ants.image_write(coarse_copy(image, spacing_mm), str(out_file))
+    return str(Path(out_file).absolute())
+
+
 def nearest_rigid(matrix: np.ndarray, centre: np.ndarray) -> np.ndarray:
     """The rotation (polar factor) of a 4x4 affine's linear part, with the translation that
     maps ``centre`` where ``matrix`` maps it."""
