@@ -14,7 +14,7 @@ Roles of the images (issue 10: the template cannot also be the test):
 Usage::
 
     python benchmarks/bench_brain_extraction.py --real ../shared/realdata/.../sub-M31_T1w.nii.gz \
-        [--variants original thick lps_scaled] [--simulated BIDS_DIR] [--label after]
+        [--variants original thick lps_scaled] [--simulated BIDS_DIR ...] [--label after]
 
 Writes ``benchmarks/results/brain_extraction[_label].json`` and ``.md``.
 """
@@ -106,6 +106,18 @@ def run_case(name: str, t1w_file: Path, work: Path, truth_file: Path | None = No
     return row
 
 
+def simulated_seed(bids: Path) -> int | None:
+    """The simulator's seed, from the dataset's GeneratedBy description (``seed=N``)."""
+    import re
+
+    description = json.loads((bids / "dataset_description.json").read_text())
+    for entry in description.get("GeneratedBy", []):
+        found = re.search(r"\bseed=(\d+)", entry.get("Description", ""))
+        if found:
+            return int(found.group(1))
+    return None
+
+
 def simulated_cases(bids: Path) -> list[tuple[str, Path, Path]]:
     """(name, T1w, true brain mask) of every simulated session with a ground-truth mask."""
     truth_root = bids / "sourcedata" / "ground_truth"
@@ -123,7 +135,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--real", type=Path, default=REAL_DEFAULT)
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--simulated", type=Path, help="BIDS folder with whole simulated heads")
+    parser.add_argument(
+        "--simulated", type=Path, nargs="*", default=[],
+        help="BIDS folders with whole simulated heads (their seeds are recorded)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--training-seeds", type=int, nargs="*", default=[7],
+        help="seeds the extraction's settings were tuned on: their rows say 'training'",
+    )  # fmt: skip
     parser.add_argument("--max-simulated", type=int, default=2)
     parser.add_argument("--label", default="")
     args = parser.parse_args(argv)
@@ -136,9 +155,12 @@ def main(argv: list[str] | None = None) -> int:
                 path = work / f"real_{variant}.nii.gz"
                 nib.save(VARIANTS[variant](real), path)
                 rows.append(run_case(f"real_{variant}", path, work))
-        if args.simulated:
-            for name, t1w, truth in simulated_cases(args.simulated)[: args.max_simulated]:
-                rows.append(run_case(name, t1w, work, truth))
+        for bids in args.simulated:
+            seed = simulated_seed(bids)
+            role = "training" if seed in args.training_seeds else "held-out"
+            for name, t1w, truth in simulated_cases(bids)[: args.max_simulated]:
+                row = run_case(f"seed{seed}_{name}", t1w, work, truth)
+                rows.append({**row, "seed": seed, "seed_role": role})
     write_results(rows, args.label)
     return 0
 
