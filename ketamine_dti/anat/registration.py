@@ -361,7 +361,7 @@ def register_linear(
             job.fixed, job.moving, fixed_mask_file, Path(job.out_prefix)
         )
         job = _prepare(fixed_file, moving_file, out_dir, prefix, fixed_mask_file, moving_mask_file)
-    if shrink_factors is None:  # the coarsest levels are dropped if fewer iterations are given
+        # the coarsest levels are dropped if fewer iterations are given
         n_levels = len(iterations)
         levels_mm = LINEAR_LEVELS_MM[-n_levels:]
         shrink_factors = shrink_for_levels(levels_mm, job.fixed_spacing)
