@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install everything into .venv and run the whole test suite (slow tests included).
 # As root it also installs apt packages: a one-node SLURM cluster (started, for the --plugin SLURM
-# test) and mricron-data (for the test that rebuilds the truth regions).
+# test), mricron-data (for the test that rebuilds the truth regions) and chromium (browser tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh test
@@ -11,6 +11,11 @@ if [ "$(id -u)" = 0 ]; then
   if [ ! -e /usr/share/mricron/templates/aal.nii.gz ]; then
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mricron-data >/dev/null; } \
       || echo "mricron-data could not be installed: its test will be skipped" >&2
+  fi
+  # Debian's headless Chromium opens the HTML reports in the browser tests.
+  if ! command -v chromium >/dev/null; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+      || echo "chromium could not be installed: the browser tests will be skipped" >&2
   fi
 fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}

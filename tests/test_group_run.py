@@ -101,7 +101,9 @@ def test_outputs_schema_sidecars_figures_and_report(trial: Config) -> None:
 
     html = (group_dir / "group_report.html").read_text()
     assert html.count("data:image/png;base64,") == len(figures)
-    assert not re.search(r"""(src|href)=["'](?!data:)""", html), "report must be self-contained"
+    # self-contained: images embedded; links only within the page or to participants' reports
+    assert not re.search(r"""src=["'](?!data:)""", html), "report must embed its images"
+    assert not re.search(r"""href=["'](?!#|\.\./sub-[^/"']+\.html)""", html)
     summary = (group_dir / "summary.md").read_text()
     for text in (summary, html):
         assert "Models:" in text and "hippocampus_left" in text and "Clinical effect" in text

@@ -178,7 +178,7 @@ def test_a_t1w_of_another_person_fails_qc_loudly(mismatched_run, caplog):
     assert (rows.reg_ventricle_coverage < 0.55).all(), rows.reg_ventricle_coverage.tolist()
     assert all("reg_ventricle_coverage" in reasons for reasons in rows.qc_reasons)
     report = (out / f"sub-{MISMATCHED}.html").read_text()
-    assert "verdict-fail" in report and "QC FAIL" in report
+    assert "verdict-failed" in report and "do not use this participant's MD" in report
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """Group figures (PNG, matplotlib's Agg renderer, no pyplot state).
 
-- per scale x ROI: dScore vs dMD, points and the fitted simple slope per arm;
+- per scale x ROI: dScore vs dMD, points and the fitted slope per arm with its 95% band;
 - a forest plot of ``group:delta_md`` over ROIs and scales;
 - a box plot of dMD per arm and ROI.
 """
@@ -36,10 +36,31 @@ def _save(figure: Figure, path: Path) -> Path:
     return path
 
 
+def slope_band(
+    x: np.ndarray, y: np.ndarray, slope: float, slope_se: float, grid: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The arm's fitted line through (mean dMD, mean dScore) with the arm model's slope, and
+    the half-width of its 95% confidence band on ``grid``: the line's level is uncertain by
+    the residual SD about it over sqrt(n), its slope by the model's standard error, so
+    se(g)^2 = s^2/n + (g - mean x)^2 se_slope^2 (the simple-regression band, with the slope's
+    SE taken from the covariate-adjusted arm model); t quantile on n - 2 df."""
+    from scipy import stats
+
+    n = len(x)
+    line = y.mean() + slope * (grid - x.mean())
+    if n < 3 or not np.isfinite(slope_se):
+        return line, np.zeros_like(grid)
+    residuals = y - y.mean() - slope * (x - x.mean())
+    level_variance = residuals @ residuals / (n - 2) / n
+    se = np.sqrt(level_variance + (grid - x.mean()) ** 2 * slope_se**2)
+    return line, stats.t.ppf(0.5 + (1 - ALPHA) / 2, n - 2) * se
+
+
 def scatter_figure(
     table: pd.DataFrame, stats: pd.DataFrame, config: Config, scale: str, roi: str
 ) -> Figure:
-    """dScore vs dMD for one scale x ROI; each arm's line has its arm-model slope."""
+    """dScore vs dMD for one scale x ROI; each arm's line has its arm-model slope, with its
+    95% confidence band (``slope_band``)."""
     unit = delta_md_unit(config.delta_md)
     figure = Figure(figsize=(4.2, 3.6), layout="constrained")
     axes = figure.add_subplot()
@@ -58,8 +79,12 @@ def scatter_figure(
             & (stats.term == "delta_md")
         ]
         if not slope.empty:
-            grid = np.linspace(x.min(), x.max(), 2)
-            axes.plot(grid, y.mean() + slope.estimate.iloc[0] * (grid - x.mean()), color=colour)
+            grid = np.linspace(x.min(), x.max(), 50)
+            row = slope.iloc[0]
+            line, half_width = slope_band(x, y, row.estimate, row.std_error, grid)
+            axes.plot(grid, line, color=colour)
+            axes.fill_between(grid, line - half_width, line + half_width, color=colour,
+                              alpha=0.18, linewidth=0)  # fmt: skip
     inter = stats[
         (stats.scale == scale)
         & (stats.roi == roi)
@@ -178,6 +203,8 @@ def write_figures(
         for roi in rois:
             figure = scatter_figure(table, stats, config, scale, roi)
             path = _save(figure, folder / f"scatter_scale-{scale}_roi-{roi}.png")
-            figures.append((path, f"d{scale} vs dMD in {roi} (lines: arm-model slopes)"))
+            figures.append(
+                (path, f"d{scale} vs dMD in {roi} (lines: arm-model slopes, bands: 95% CI)")
+            )
     LOGGER.info("wrote %d figures to %s", len(figures), folder)
     return figures

@@ -84,10 +84,12 @@ def run_group_level(config: Config, *, make_figures: bool = True) -> Path:
         write_report(
             staging / "group_report.html",
             tables,
+            stats,
             intro,
             models_line(config),
-            len(exclusions),
+            exclusions,
             figures,
+            config,
         )
         staging.chmod(0o755)  # mkdtemp makes it owner-only
         destination = replace_directory(staging, output_dir / GROUP_DIR)

@@ -6,6 +6,7 @@ import base64
 import io
 import logging
 import tempfile
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -14,7 +15,19 @@ import pandas as pd
 
 from ketamine_dti import __version__, bids
 from ketamine_dti.config import Config
+from ketamine_dti.crashes import read_crash_files
 from ketamine_dti.derivatives import spec_path
+from ketamine_dti.reports.render import (
+    FAILED,
+    FROM_QC_VERDICT,
+    Section,
+    Verdict,
+    anchor,
+    methods_html,
+    render,
+    table_html,
+    worst,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -65,16 +78,19 @@ def md_montage(md: np.ndarray, labels: np.ndarray) -> str:
     return _png(figure)
 
 
-def contour_montage(background: np.ndarray, outline: np.ndarray) -> str:
+def contour_montage(
+    background: np.ndarray, outline: np.ndarray, like: np.ndarray | None = None
+) -> str:
     """Axial slices of one image with the edge of a mask from the other space drawn in red:
-    registration QC at a glance (as fMRIPrep/QSIPrep reportlets); a base64 PNG."""
+    registration QC at a glance (as fMRIPrep/QSIPrep reportlets); a base64 PNG. The slices
+    span the outline's extent, or that of ``like`` (the other panel of a before/after pair)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     background = np.nan_to_num(background)
-    rows = np.flatnonzero(outline.any(axis=(0, 1)))
+    rows = np.flatnonzero((outline if like is None else like).any(axis=(0, 1)))
     if rows.size == 0:
         rows = np.arange(background.shape[2])
     margin = max(1, (rows.max() - rows.min()) // 8)
@@ -92,20 +108,29 @@ def contour_montage(background: np.ndarray, outline: np.ndarray) -> str:
     return _png(figure)
 
 
-def _moved_into(in_file: Path, reference: Path, transform: Path, invert: bool) -> np.ndarray:
-    """`in_file` resampled onto `reference` through one published transform (or its inverse)."""
+def _moved_into(
+    in_file: Path, reference: Path, transform: Path | None, invert: bool = False
+) -> np.ndarray:
+    """`in_file` resampled onto `reference` through one published transform (or its inverse);
+    with no transform, by the headers alone (where the image lay before registration)."""
     from ketamine_dti.anat.registration import apply_transforms, invert_affine_file
+    from ketamine_dti.ants_backend import identity_file
 
     with tempfile.TemporaryDirectory() as tmp:
-        if invert:
+        if transform is None:
+            transform = identity_file(tmp)
+        elif invert:
             transform = invert_affine_file(transform, Path(tmp) / "inverse.mat")
         moved = apply_transforms(in_file, reference, [str(transform)], Path(tmp) / "moved.nii")
         return nib.load(moved).get_fdata()
 
 
 def registration_figures(out: Path, participant: bids.ParticipantInputs) -> dict[str, str]:
-    """Template brain in MNI with the MNI brain outline; each session's b0 with the T1w white
-    matter outline. Built from the published files alone; empty if they are missing."""
+    """Before/after panels from the published files alone (empty if they are missing): the
+    template brain in MNI with the MNI brain outline, as registered and by its header alone;
+    each session's b0 with the T1w white-matter outline, after the b0 to T1w registration and
+    before it (headers alone), and before distortion correction when there was one. Each pair
+    shows the same slices, so the panels switch in place."""
     from ketamine_dti.anat.registration import MNI_RESOLUTION
     from ketamine_dti.resources import get_template
 
@@ -115,16 +140,23 @@ def registration_figures(out: Path, participant: bids.ParticipantInputs) -> dict
     if not (mni_t1w.exists() and wm.exists()):
         return {}
     mni_mask = get_template(resolution=MNI_RESOLUTION, desc="brain", suffix="mask")
+    mni_outline = nib.load(mni_mask).get_fdata() > 0
+    unregistered = _moved_into(spec_path(out, "t1w_preproc", subject), mni_t1w, None)
+    unregistered *= _moved_into(spec_path(out, "t1w_mask", subject), mni_t1w, None) > 0.5
     figures = {
-        "mni": contour_montage(nib.load(mni_t1w).get_fdata(), nib.load(mni_mask).get_fdata() > 0)
+        "mni": contour_montage(nib.load(mni_t1w).get_fdata(), mni_outline),
+        "mni:before": contour_montage(unregistered, mni_outline, like=mni_outline),
     }
     for session in participant.sessions:
-        b0 = spec_path(out, "b0_reference", subject, session.session)
+        b0_file = spec_path(out, "b0_reference", subject, session.session)
         xfm = spec_path(out, "xfm_dwi_t1w", subject, session.session)
-        wm_in_dwi = _moved_into(wm, b0, xfm, invert=True) > WM_OUTLINE_PROBABILITY
-        figures[session.session] = contour_montage(nib.load(b0).get_fdata(), wm_in_dwi)
+        b0 = nib.load(b0_file).get_fdata()
+        wm_in_dwi = _moved_into(wm, b0_file, xfm, invert=True) > WM_OUTLINE_PROBABILITY
+        figures[session.session] = contour_montage(b0, wm_in_dwi)
+        by_header = _moved_into(wm, b0_file, None) > WM_OUTLINE_PROBABILITY
+        figures[f"{session.session}:before"] = contour_montage(b0, by_header, like=wm_in_dwi)
         uncorrected = spec_path(out, "b0_uncorrected", subject, session.session)
-        if uncorrected.exists():  # the same slices and outline: the panels flicker in place
+        if uncorrected.exists():
             before = contour_montage(nib.load(uncorrected).get_fdata(), wm_in_dwi)
             figures[f"{session.session}:sdc_before"] = before
     return figures
@@ -161,49 +193,99 @@ def split_reasons(cell) -> list[str]:
     return cell.split(REASON_SEPARATOR)
 
 
-def write_participant_report(config: Config, participant: bids.ParticipantInputs) -> Path:
-    """Render sub-<label>.html from the participant's derivatives."""
-    from jinja2 import Environment, FileSystemLoader, select_autoescape
+def crash_links(out: Path, subject: str) -> list[dict]:
+    """The participant's crash files, newest first: name, link relative to the report, and
+    the failed step's error."""
+    return [
+        {
+            "name": crash.path.name,
+            "href": crash.path.relative_to(out).as_posix(),
+            "error": crash.error or f"step {crash.node} failed (no error line in the file)",
+        }
+        for crash in read_crash_files(out / f"sub-{subject}" / "log")
+    ]
 
+
+def _figure(value) -> str:
+    return "n/a" if pd.isna(value) else f"{value:.3g}"
+
+
+def _session_context(config: Config, participant, session, registration) -> dict:
+    """What the report shows of one finished session."""
     out = Path(config.output_dir)
-    registration = registration_figures(out, participant)
-    sessions = []
-    for session in participant.sessions:
 
-        def path(key, ses=session.session):
-            return spec_path(out, key, participant.subject, ses, atlas=config.atlas_label)
+    def path(key, ses=session.session):
+        return spec_path(out, key, participant.subject, ses, atlas=config.atlas_label)
 
-        md = nib.load(path("md"))
-        kept = nib.load(path("atlas_gm"))
-        confounds = pd.read_csv(path("confounds"), sep="\t")
-        qc = pd.read_csv(path("qc_table"), sep="\t")
-        rois = pd.read_csv(path("roi_table"), sep="\t")
-        verdict = qc["qc_verdict"].iloc[0]
-        sessions.append(
-            {
-                "name": session.session,
-                "verdict": verdict,
-                "reasons": split_reasons(qc["qc_reasons"].iloc[0]),
-                "qc_table": qc.T.to_html(header=False, float_format=lambda v: f"{v:.4g}"),
-                "montage": md_montage(md.get_fdata(), np.asanyarray(kept.dataobj)),
-                "motion": motion_plot(confounds),
-                "coregistration": registration.get(session.session),
-                "sdc_before": registration.get(f"{session.session}:sdc_before"),
-                "sdc_method": qc["sdc_method"].iloc[0] if "sdc_method" in qc else "none",
-                "roi_table": rois.to_html(index=False, float_format=lambda v: f"{v:.4g}"),
-            }
+    qc = pd.read_csv(path("qc_table"), sep="\t")
+    rois = pd.read_csv(path("roi_table"), sep="\t")
+    row = qc.iloc[0]
+    missing = rois[rois["status"] != "ok"] if "status" in rois else rois.iloc[:0]
+    return {
+        "name": session.session,
+        "verdict": row["qc_verdict"],
+        "verdict_word": FROM_QC_VERDICT.get(row["qc_verdict"], FAILED),
+        "reasons": split_reasons(row["qc_reasons"]),
+        "mean_fd": _figure(row.get("mean_fd")),
+        "n_outliers": _figure(row.get("n_outlier_volumes")),
+        "dice": _figure(row.get("reg_dwi_t1w_dice")),
+        "sdc_method": row["sdc_method"] if "sdc_method" in qc else "none",
+        "rois_ok": len(rois) - len(missing),
+        "rois_missing": len(missing),
+        "missing": [(r["roi"], r.get("reason", "n/a")) for _, r in missing.iterrows()],
+        "qc_table": table_html(qc.T, header=False, float_format=lambda v: f"{v:.4g}"),
+        "montage": md_montage(
+            nib.load(path("md")).get_fdata(), np.asanyarray(nib.load(path("atlas_gm")).dataobj)
+        ),
+        "motion": motion_plot(pd.read_csv(path("confounds"), sep="\t")),
+        "coregistration": registration.get(session.session),
+        "coregistration_before": registration.get(f"{session.session}:before"),
+        "sdc_before": registration.get(f"{session.session}:sdc_before"),
+        "roi_table": table_html(rois, index=False, float_format=lambda v: f"{v:.4g}"),
+    }
+
+
+def write_participant_report(
+    config: Config, participant: bids.ParticipantInputs, failure: str | None = None
+) -> Path:
+    """Render sub-<label>.html: from the participant's derivatives, or, when it failed
+    (``failure``: why), its verdict and crash files alone."""
+    out = Path(config.output_dir)
+    subject = participant.subject
+    sessions, mni = [], None
+    if failure is None:
+        registration = registration_figures(out, participant)
+        sessions = [
+            _session_context(config, participant, session, registration)
+            for session in participant.sessions
+        ]
+        if "mni" in registration:
+            mni = {"after": registration["mni"], "before": registration["mni:before"]}
+    if failure is not None:
+        verdict = Verdict(FAILED, [failure])
+    else:
+        verdict = Verdict(
+            worst(s["verdict_word"] for s in sessions),
+            [f"ses-{s['name']}: {reason}" for s in sessions for reason in s["reasons"]],
         )
-    environment = Environment(
-        loader=FileSystemLoader(Path(__file__).parent / "templates"),
-        autoescape=select_autoescape(enabled_extensions=()),
-    )
-    html = environment.get_template("participant.html").render(
-        subject=participant.subject,
+    sections = [Section("summary", "Summary"), Section("errors", "Errors")]
+    sections += [Section("anatomy", "Anatomy")] if mni else []
+    sections += [Section(f"ses-{anchor(s['name'])}", f"ses-{s['name']}") for s in sessions]
+    sections += [Section("methods", "Methods"), Section("software", "Software")]
+    citation = out / "logs" / "CITATION.md"
+    html = render(
+        "participant.html",
+        subject=subject,
         version=__version__,
+        generated=time.strftime("%Y-%m-%d %H:%M"),
+        verdict=verdict,
+        sections=sections,
+        failure=failure,
+        crashes=crash_links(out, subject),
         sessions=sessions,
-        mni_registration=registration.get("mni"),
+        session_names=[f"ses-{s.session}" for s in participant.sessions],
+        mni=mni,
         single_session=participant.single_session,
+        methods=methods_html(citation.read_text()) if citation.exists() else None,
     )
-    report = out / f"sub-{participant.subject}.html"
-    report.write_text(html)
-    return report
+    return bids.atomic_write_text(out / f"sub-{subject}.html", html)
