@@ -1,6 +1,9 @@
 """Write bids_app/descriptor.json, the Boutiques descriptor, from the CLI's own argument parser.
 
 Run after changing bids_app/parser.py; tests/test_boutiques.py fails while the two disagree.
+The descriptor follows Boutiques' BIDS-app template, so ``bosh validate --bids`` accepts it: the
+command creates OUTPUT_DIR first, and OUTPUT_DIR is either a new folder's name (participant
+level) or an existing folder of participant outputs (group level).
 """
 
 from __future__ import annotations
@@ -23,21 +26,36 @@ def _input_type(action: argparse.Action) -> str:
         return "Flag"
     if action.type in (int, float):
         return "Number"
-    if action.dest in ("bids_dir", "output_dir", "work_dir", "bids_filter_file", "plugin_config"):
+    if action.type is Path:
         return "File"
     return "String"
+
+
+def _output_dir_inputs(action: argparse.Action) -> list[dict]:
+    """OUTPUT_DIR as the BIDS-app template has it: a name (String) or a folder (File)."""
+    common = {"value-key": "[OUTPUT_DIR]", "optional": True}
+    return [
+        {"id": "output_dir_name", "name": "output dir name", "type": "String", **common,
+         "description": f"{action.help} (participant level: created if missing)"},
+        {"id": "participant_level_analysis_dir", "name": "participant level analysis dir",
+         "type": "File", **common,
+         "description": f"{action.help} (group level: holds the participant level's outputs)"},
+    ]  # fmt: skip
 
 
 def build_descriptor() -> dict:
     parser = build_parser()
     inputs = []
-    template = ["ketamine-dti"]
+    template = ["mkdir -p [OUTPUT_DIR];", "ketamine-dti"]
     for action in parser._actions:
         if isinstance(action, argparse._HelpAction | argparse._VersionAction):
             continue
         ident = action.dest
         key = f"[{ident.upper()}]"
         template.append(key)
+        if ident == "output_dir":
+            inputs += _output_dir_inputs(action)
+            continue
         entry = {
             "id": ident,
             "name": ident.replace("_", " "),
@@ -52,6 +70,9 @@ def build_descriptor() -> dict:
             entry["value-choices"] = list(action.choices)
         if action.nargs in ("+", "*"):
             entry["list"] = True
+        elif isinstance(action.nargs, int) and action.nargs > 1:  # e.g. --sessions A B
+            entry.update({"list": True, "min-list-entries": action.nargs,
+                          "max-list-entries": action.nargs})  # fmt: skip
         if action.type is int:
             entry["integer"] = True
         if isinstance(action, argparse.BooleanOptionalAction):
@@ -67,9 +88,19 @@ def build_descriptor() -> dict:
         "command-line": " ".join(template),
         "container-image": {"type": "docker", "image": f"ketamine-dti:{__version__}"},
         "inputs": inputs,
+        "groups": [
+            {
+                "id": "output_directory",
+                "name": "output directory",
+                "description": "OUTPUT_DIR: a folder name to create, or an existing folder",
+                "members": ["output_dir_name", "participant_level_analysis_dir"],
+                "mutually-exclusive": True,
+                "one-is-required": True,
+            }
+        ],
         "output-files": [
             {
-                "id": "output_dir_out",
+                "id": "output_dir",
                 "name": "BIDS-Derivatives output",
                 "path-template": "[OUTPUT_DIR]",
                 "optional": False,

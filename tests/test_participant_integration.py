@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -333,6 +334,19 @@ def test_coarse_accuracy_against_ground_truth(run):
     # ROIs reported missing are not numbers; with TINY_ROI_RULE at most one may be missing
     assert len(errors) >= 6 * 2 * len(run.good)
     assert np.median(errors) < TINY_MEDIAN_REL_ERROR_MAX
+
+
+def test_progress_is_plain_log_lines_when_not_on_a_terminal(run):
+    """Captured stderr is no terminal: a line per started long step and per participant that
+    finished (k/n steps) or failed, and no carriage returns."""
+    log = run.first.stderr
+    assert "\r" not in log
+    for subject in run.good:
+        assert re.search(rf"sub-{subject}: anatomy: extract_brain started \(\d+/\d+ steps", log)
+        assert re.search(rf"sub-{subject}: ses-24h: motion_correct started \(\d+/\d+ steps", log)
+        assert re.search(rf"sub-{subject}: all \d+ steps done", log)
+        assert re.search(rf"sub-{subject}: all \d+ steps done", run.second.stderr)  # cached
+    assert re.search(rf"sub-{run.crashed}: .+ failed \(\d+/\d+ steps done\)", log)
 
 
 def test_bids_dir_unchanged(run):

@@ -31,6 +31,7 @@ from ketamine_dti.workflows.anat import PUBLISHED_OUTPUTS, init_anat_wf
 from ketamine_dti.workflows.boilerplate import LiterateWorkflow, methods_text
 from ketamine_dti.workflows.nodes import threaded_node
 from ketamine_dti.workflows.outputs import init_anat_derivatives_wf
+from ketamine_dti.workflows.progress import progress_reporter, reports_status
 from ketamine_dti.workflows.scheduling import POLL_SECONDS, CriticalPathPlugin
 from ketamine_dti.workflows.session import (
     ANAT_FIELDS,
@@ -292,6 +293,7 @@ def run_participants(
     run = LiterateWorkflow(RUN_WORKFLOW)
     run.base_dir = str(Path(config.work_dir).absolute())
     run.config.update(_configure_nipype(config, Path(config.output_dir) / "logs"))
+    workflows = {}
     for subject, participant in participants.items():
         workflow = init_participant_wf(
             participant, config, independent_anatomy=independent_anatomy
@@ -306,17 +308,21 @@ def run_participants(
             node.config = {"execution": {"crashdump_dir": str(log_dir)}}
         bids.discard_staged(config.output_dir, subject)
         run.add_nodes([workflow])
+        workflows[f"sub-{subject}"] = workflow
     if config.write_graph:
         try:
             run.write_graph(graph2use="colored", format="svg", simple_form=True)
         except Exception as exc:  # graphviz may be missing; the graph is optional
             LOGGER.warning("could not write the workflow graph (%s)", exc)
     error = None
-    try:
-        plugin_args = _plugin_args(config)
-        run.run(plugin=_plugin(config, plugin_args), plugin_args=plugin_args)
-    except Exception as exc:  # which participants failed is read from their crash files
-        error = f"{type(exc).__name__}: {exc}"
+    with progress_reporter(workflows) as progress:
+        try:
+            plugin_args = _plugin_args(config)
+            if reports_status(config.plugin):
+                plugin_args["status_callback"] = progress
+            run.run(plugin=_plugin(config, plugin_args), plugin_args=plugin_args)
+        except Exception as exc:  # which participants failed is read from their crash files
+            error = f"{type(exc).__name__}: {exc}"
     failures, finished = [], []
     for subject, participant in participants.items():
         reason = _crash_reason(_log_dir(config, subject), started)
