@@ -184,8 +184,8 @@ def test_output_tree(run):
     assert "Veraart" in (out / "logs" / "CITATION.md").read_text()
     for subject in run.good:
         report = (out / f"sub-{subject}.html").read_text()
-        assert report.count('alt="T1w to MNI registration"') == 1
-        assert report.count('alt="DWI to T1w registration"') == 2
+        assert report.count('alt="T1w to MNI registration: ') == 2  # before and after
+        assert report.count('alt="DWI to T1w registration: ') == 2 * 2
         for session in ("baseline", "24h"):
             dwi = out / f"sub-{subject}" / f"ses-{session}" / "dwi"
             prefix = f"sub-{subject}_ses-{session}"
@@ -443,8 +443,9 @@ def _complete_the_cohort(run) -> list[str]:
     return [s for s in labels if s not in (run.broken, run.crashed)]
 
 
-def test_group_level_end_to_end(run):
-    """participant then group on the same trial: the schema and files of issue 4."""
+@pytest.fixture(scope="module")
+def group_run(run):
+    """The group level on the participant run's outputs (the cohort completed first)."""
     analysed = _complete_the_cohort(run)
     group = subprocess.run(
         _cli(str(run.bids_dir), str(run.out), "group", "--skip-bids-validation"),
@@ -452,6 +453,12 @@ def test_group_level_end_to_end(run):
         text=True,
         env=run.env,
     )
+    return SimpleNamespace(analysed=analysed, result=group)
+
+
+def test_group_level_end_to_end(run, group_run):
+    """participant then group on the same trial: the schema and files of issue 4."""
+    analysed, group = group_run.analysed, group_run.result
     assert group.returncode == 0, group.stderr[-3000:]
     out = run.out / "group"
     stats = pd.read_csv(out / "stats.tsv", sep="\t")
@@ -472,6 +479,63 @@ def test_group_level_end_to_end(run):
     assert (out / "summary.md").read_text().count("|") > 20
     assert len(list((out / "figures").glob("*.png"))) >= 7 * 2 + 2
     assert "<img" in (out / "group_report.html").read_text()
+
+
+#: Where the browser test also saves its screenshots (docs/ holds the committed ones).
+SCREENSHOT_DIR = os.environ.get("KETAMINE_DTI_SCREENSHOT_DIR")
+
+
+def test_every_report_opens_in_a_browser(run, group_run, tmp_path):
+    """Headless Chromium opens every report of the run (the good participant's, the crashed
+    one's and the group's): no console error, every image decodes, every internal link
+    resolves (the crashed participant's crash files, the group's links to reports), the
+    before/after panels switch on a click, and a screenshot is taken."""
+    from browser import Browser, chromium
+
+    if chromium() is None:
+        pytest.skip("Chromium is not installed (scripts/test.sh installs it as root)")
+    assert group_run.result.returncode == 0, group_run.result.stderr[-3000:]
+    good = run.good[0]
+    reports = {
+        "participant": run.out / f"sub-{good}.html",
+        "failed": run.out / f"sub-{run.crashed}.html",
+        "group": run.out / "group" / "group_report.html",
+    }
+    toggle = (
+        "(() => { const box = document.querySelector('.compare input'); const shown = () =>"
+        " getComputedStyle(box.nextElementSibling.querySelector('.before')).display;"
+        " const before = shown(); box.click(); return [before, shown()]; })()"
+    )
+    with Browser(chromium()) as browser:
+        checks = {
+            name: browser.inspect_page(path, {"toggle": toggle} if name == "participant" else None)
+            for name, path in reports.items()
+        }
+    for name, check in checks.items():
+        assert check.problems == [], name
+        assert check.screenshot[:8] == b"\x89PNG\r\n\x1a\n", name
+        for word in ("Summary", "Methods", "Software", "nipype"):
+            assert word in check.text, (name, word)
+    participant, failed, group = checks["participant"], checks["failed"], checks["group"]
+    # MNI and two sessions' registration, before and after; MD montage and motion x 2
+    assert participant.n_images == 2 + 2 * 2 + 2 * 2
+    assert participant.evaluated["toggle"] == ["none", "block"]
+    assert "Veraart" in participant.text  # the methods boilerplate with its references
+    assert "Failed" in failed.text and "crash-" in failed.text
+    assert any(
+        link.startswith(f"sub-{run.crashed}/log/crash-") for link in _links(reports["failed"])
+    )
+    assert group.n_images == len(list((reports["group"].parent / "figures").glob("*.png")))
+    assert f"sub-{run.broken}" in group.text  # its exclusion, with the reason
+    if SCREENSHOT_DIR:
+        for name in ("participant", "group"):
+            Path(SCREENSHOT_DIR, f"report_{name}.png").write_bytes(checks[name].screenshot)
+
+
+def _links(page: Path) -> list[str]:
+    import re
+
+    return re.findall(r'href="([^"#][^"]*)"', page.read_text())
 
 
 def _slurm_available() -> bool:

@@ -194,18 +194,11 @@ def _plugin(config: Config, plugin_args: dict):
 
 def _crash_reason(log_dir: Path, since: float) -> str | None:
     """The last exception line of the newest crash file written after `since`."""
-    crashes = sorted(
-        (p for p in log_dir.glob("crash-*") if p.stat().st_mtime >= since),
-        key=lambda p: p.stat().st_mtime,
-    )
-    for crash in reversed(crashes):
-        lines = [line.strip() for line in crash.read_text(errors="replace").splitlines()]
-        errors = [line for line in lines if "Error:" in line or "Exception:" in line]
-        if errors:
-            # crash-<date>-<time>-<user>-<node>-<uuid with 4 dashes>.txt
-            parts = crash.name.split("-")
-            node = "-".join(parts[4:-5]) or crash.name
-            return f"{errors[-1]} (node {node}; see {crash})"
+    from ketamine_dti.crashes import read_crash_files
+
+    for crash in read_crash_files(log_dir, since):
+        if crash.error:
+            return f"{crash.error} (node {crash.node}; see {crash.path})"
     return None
 
 
@@ -323,7 +316,7 @@ def run_participants(
             run.run(plugin=_plugin(config, plugin_args), plugin_args=plugin_args)
         except Exception as exc:  # which participants failed is read from their crash files
             error = f"{type(exc).__name__}: {exc}"
-    failures, finished = [], []
+    failures, reports = [], []
     for subject, participant in participants.items():
         reason = _crash_reason(_log_dir(config, subject), started)
         if reason is None and error is not None and not _finished(config, subject, participant):
@@ -332,6 +325,7 @@ def run_participants(
             bids.discard_staged(config.output_dir, subject)
             LOGGER.error("sub-%s: failed: %s", subject, reason)
             failures.append((subject, reason))
+            reports.append((participant, reason))
             continue
         bids.promote_staged(config.output_dir, subject)
         for session in participant.sessions:
@@ -339,8 +333,8 @@ def run_participants(
                 participant_work_dir(config, subject) / f"ses_{session.session}_wf"
             )
             LOGGER.info(session_summary(config, subject, session.session, seconds))
-        finished.append(participant)
-    _write_reports(config, finished)
+        reports.append((participant, None))
+    _write_reports(config, reports)
     LOGGER.info(
         "%d participant(s) finished in %.0f s", len(participants) - len(failures),
         time.time() - started,
@@ -380,32 +374,41 @@ def _finished(config: Config, subject: str, participant: bids.ParticipantInputs)
     )
 
 
-def _write_reports(config: Config, participants: list[bids.ParticipantInputs]) -> None:
-    """Per-participant HTML reports, ``config.nprocs`` at a time once the graph is done (~5 s
-    each, which one after another left a core idle at the end of a run). Spawned, not forked:
-    this process has run ITK and OpenMP threads. A report that fails never fails the
-    participant; why it failed is logged here."""
+def _write_reports(
+    config: Config, reports: list[tuple[bids.ParticipantInputs, str | None]]
+) -> None:
+    """Per-participant HTML reports (participant, why it failed or None), ``config.nprocs`` at
+    a time once the graph is done (~5 s each, which one after another left a core idle at the
+    end of a run). A failed participant's report gives its verdict and crash files. Spawned,
+    not forked: this process has run ITK and OpenMP threads. A report that fails never fails
+    the participant; why it failed is logged here."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    if len(participants) < 2 or config.nprocs < 2:
-        problems = [_write_report(config, participant) for participant in participants]
+    participants = [participant for participant, _ in reports]
+    failures = [failure for _, failure in reports]
+    if sum(failure is None for failure in failures) < 2 or config.nprocs < 2:
+        problems = list(map(_write_report, [config] * len(reports), participants, failures))
     else:
         context = multiprocessing.get_context("spawn")
-        workers = min(config.nprocs, len(participants))
+        workers = min(config.nprocs, len(reports))
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            problems = list(pool.map(_write_report, [config] * len(participants), participants))
+            problems = list(
+                pool.map(_write_report, [config] * len(reports), participants, failures)
+            )
     for participant, problem in zip(participants, problems, strict=True):
         if problem:
             LOGGER.warning("sub-%s: report not written (%s)", participant.subject, problem)
 
 
-def _write_report(config: Config, participant: bids.ParticipantInputs) -> str | None:
+def _write_report(
+    config: Config, participant: bids.ParticipantInputs, failure: str | None = None
+) -> str | None:
     """One participant's HTML report; None, or why there is none."""
     from ketamine_dti.reports.participant import write_participant_report
 
     try:
-        write_participant_report(config, participant)
+        write_participant_report(config, participant, failure)
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
