@@ -1,7 +1,8 @@
 # ketamine-dti BIDS App image.
 #   docker build -t ketamine-dti .
 #   docker run --rm -v /data/bids:/data:ro -v /data/out:/out ketamine-dti /data /out participant
-# Without Docker Hub, build on a local Debian base: scripts/build_image.sh (buildah).
+# Without Docker Hub, build on a local Debian base: scripts/build_image.sh (buildah), or
+# scripts/container_ci.sh (Docker: builds, sizes and runs the image as CI does).
 # Behind a TLS-intercepting proxy, mount the host CA bundle and pass --build-arg PIP_CERT=<path>.
 ARG BASE_IMAGE=debian:bookworm-slim
 
@@ -55,12 +56,17 @@ ENV PATH=/usr/local/bin:/opt/ketamine-dti/bin:/usr/local/sbin:/usr/sbin:/usr/bin
     NIPYPE_NO_ET=1 \
     KETAMINE_DTI_IMAGE=${IMAGE_TAG} \
     HOME=/home/ketamine
+# Metadata and small layers come before the venv: a builder that snapshots every step (Docker's
+# vfs storage on the CI machines) copies the whole image for each step after it (WORKDIR and
+# ENTRYPOINT placed last took 106 s there; scripts/container_ci.sh).
+WORKDIR /tmp
+ENTRYPOINT ["/usr/local/bin/ketamine-dti"]
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 libgomp1 \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt /var/log/dpkg.log
-COPY --from=build /opt/ketamine-dti /opt/ketamine-dti
 COPY scripts/container_entrypoint.sh /usr/local/bin/ketamine-dti-entrypoint
+COPY --from=build /opt/ketamine-dti /opt/ketamine-dti
 RUN chmod 755 /usr/local/bin/ketamine-dti-entrypoint \
  && ln -s ketamine-dti-entrypoint /usr/local/bin/ketamine-dti \
  && ln -s ketamine-dti-entrypoint /usr/local/bin/ketamine-dti-simulate \
@@ -69,6 +75,3 @@ RUN chmod 755 /usr/local/bin/ketamine-dti-entrypoint \
  && date -u +%Y%m%dT%H%M%SZ > "$NUMBA_CACHE_DIR/.build-id" \
  && rm -rf "$HOME"/.cache "$HOME"/.config /tmp/* \
  && chmod -R a+rwX "$HOME" "$NUMBA_CACHE_DIR"
-
-WORKDIR /tmp
-ENTRYPOINT ["/usr/local/bin/ketamine-dti"]

@@ -44,38 +44,11 @@ scratch=()
 trap 'rm -rf "${scratch[@]}"' EXIT
 
 make_base() {
-    # Debian's slim images, made locally: minbase, no apt lists or .deb caches, no docs, man
-    # pages or translations (dpkg path excludes keep later apt installs slim too).
-    local mirror rootfs
-    mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-    mirror=${mirror:-http://deb.debian.org/debian}
+    # the slim Debian root filesystem (scripts/make_base_rootfs.sh), imported as BASE_IMAGE
+    local rootfs
     rootfs=$(mktemp -d /var/tmp/ketamine-dti-base.XXXXXX)
-    scratch+=("$rootfs" "$rootfs.log")
-    echo "== debootstrap $SUITE from $mirror"
-    debootstrap --variant=minbase "$SUITE" "$rootfs" "$mirror" > "$rootfs.log" 2>&1 || {
-        tail -20 "$rootfs.log" >&2
-        exit 1
-    }
-    cat > "$rootfs/etc/dpkg/dpkg.cfg.d/slim" << 'EOF'
-path-exclude /usr/share/doc/*
-path-include /usr/share/doc/*/copyright
-path-exclude /usr/share/man/*
-path-exclude /usr/share/info/*
-path-exclude /usr/share/groff/*
-path-exclude /usr/share/lintian/*
-path-exclude /usr/share/locale/*
-EOF
-    cat > "$rootfs/etc/apt/apt.conf.d/docker-clean" << 'EOF'
-DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
-APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
-Dir::Cache::pkgcache "";
-Dir::Cache::srcpkgcache "";
-EOF
-    find "$rootfs/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete
-    find "$rootfs/usr/share/doc" -mindepth 1 -type d -empty -delete
-    rm -rf "$rootfs"/usr/share/{man,info,groff,lintian,locale}/* \
-        "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/cache/apt/*.bin \
-        "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/log/*.log "$rootfs"/var/log/apt/*
+    scratch+=("$rootfs")
+    bash "$repo/scripts/make_base_rootfs.sh" "$rootfs" "$SUITE"
     echo "== import $BASE_IMAGE"
     if command -v podman > /dev/null; then
         tar -C "$rootfs" -c . | podman import - "$BASE_IMAGE" > /dev/null
