@@ -6,7 +6,6 @@ import base64
 import io
 import logging
 import tempfile
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -277,7 +276,6 @@ def write_participant_report(
         "participant.html",
         subject=subject,
         version=__version__,
-        generated=time.strftime("%Y-%m-%d %H:%M"),
         verdict=verdict,
         sections=sections,
         failure=failure,
