@@ -426,6 +426,14 @@ check_outputs() {
     [ "$absent" = 0 ]
 }
 
+check_reports() {  # every report the container wrote, opened in the host's headless Chromium
+    if ! command -v chromium > /dev/null; then
+        echo "chromium is not installed (scripts/test.sh installs it): reports not opened"
+        return 0
+    fi
+    python3 "$repo/scripts/check_reports.py" "$ci_dir/out"
+}
+
 # ---- the run ----------------------------------------------------------------------------------
 echo "container_ci.sh: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)," \
     "code $(git -C "$repo" rev-parse --short HEAD 2> /dev/null || echo unknown), work folder $ci_dir"
@@ -463,6 +471,7 @@ timed "docker run: participant level, the other $((N_PARTICIPANTS - 1))" partici
     "${others[@]}"
 timed "docker run: group level" group_level
 timed "check BIDS_DIR and outputs" check_outputs
+timed "reports in a browser" check_reports
 
 say "summary"
 printf '  %-62s %6s\n' stage "wall s"
