@@ -144,7 +144,7 @@ def registration_figures(out: Path, participant: bids.ParticipantInputs) -> dict
     unregistered *= _moved_into(spec_path(out, "t1w_mask", subject), mni_t1w, None) > 0.5
     figures = {
         "mni": contour_montage(nib.load(mni_t1w).get_fdata(), mni_outline),
-        "mni:before": contour_montage(unregistered, mni_outline, like=mni_outline),
+        "mni:before": contour_montage(unregistered, mni_outline),
     }
     for session in participant.sessions:
         b0_file = spec_path(out, "b0_reference", subject, session.session)
@@ -252,7 +252,9 @@ def write_participant_report(
     out = Path(config.output_dir)
     subject = participant.subject
     sessions, mni = [], None
-    if failure is None:
+    if failure is not None:
+        verdict = Verdict(FAILED, [failure])
+    else:
         registration = registration_figures(out, participant)
         sessions = [
             _session_context(config, participant, session, registration)
@@ -260,9 +262,6 @@ def write_participant_report(
         ]
         if "mni" in registration:
             mni = {"after": registration["mni"], "before": registration["mni:before"]}
-    if failure is not None:
-        verdict = Verdict(FAILED, [failure])
-    else:
         verdict = Verdict(
             worst(s["verdict_word"] for s in sessions),
             [f"ses-{s['name']}: {reason}" for s in sessions for reason in s["reasons"]],
