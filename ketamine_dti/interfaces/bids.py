@@ -55,7 +55,9 @@ class _SinkInputSpec(BaseInterfaceInputSpec):
 
 
 class _SinkOutputSpec(TraitedSpec):
-    out_file = File(exists=True)
+    # No exists=True: the staged file is moved into OUTPUT_DIR when the participant succeeds,
+    # and Nipype re-validates this path whenever it reads the result back (timing, resume).
+    out_file = File(desc="the written file, under the participant's staging folder")
 
 
 class DerivativesSink(SimpleInterface):
