@@ -36,7 +36,13 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_participant import SESSIONS, TreeMemorySampler, delta, roi_tables  # noqa: E402
+from bench_participant import (  # noqa: E402
+    SESSIONS,
+    TreeMemorySampler,
+    delta,
+    own_voxel_truth,
+    roi_tables,
+)
 
 from ketamine_dti.workflows.base import RUN_WORKFLOW  # noqa: E402
 
@@ -87,12 +93,24 @@ def run(bids_dir: Path, out: Path, work: Path, sdc: str, nprocs: int) -> list[di
 
 
 def accuracy(bids_dir: Path, out: Path, subjects: list[str]) -> dict:
+    """ROI MD error against the true region, and the retest SD of dMD/MD split in two: the
+    truth averaged over the App's own voxels in each session (what the sampling alone moves)
+    and the measurement's error against that truth."""
     truth = pd.read_csv(bids_dir / "sourcedata/ground_truth/roi_md.tsv", sep="\t")
-    merged = roi_tables(out, subjects).merge(truth, on=["participant_id", "session_id", "roi"])
+    keys = ["participant_id", "session_id", "roi"]
+    merged = roi_tables(out, subjects).merge(truth, on=keys)
     error = (merged.md_mean / merged.md_true - 1).abs()
     relative = delta(merged, "md_mean")["relative_delta"]
     planted = delta(merged, "md_true")["relative_delta"]
+    own = merged.merge(own_voxel_truth(bids_dir, out, subjects), on=keys)
+    own_change = delta(own, "md_true_own")["relative_delta"]
+    own_error = (delta(own, "md_mean")["relative_delta"] - own_change).dropna()
     return {
+        "sd_relative_dmd_truth_over_app_voxels": float(own_change.std(ddof=1)),
+        "sd_relative_dmd_error_vs_app_voxels": float(own_error.std(ddof=1)),
+        "per_roi_sd_relative_dmd_error_vs_app_voxels": own_error.groupby(level="roi")
+        .std(ddof=1)
+        .to_dict(),
         "median_abs_rel_error": float(error.median()),
         "per_roi_median_abs_rel_error": error.groupby(merged.roi).median().to_dict(),
         "n_measured": int(error.notna().sum()),
@@ -153,6 +171,10 @@ def _node_seconds(node_dir: Path) -> float:
     return float("nan")
 
 
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
 def markdown(results: dict) -> str:
     runs = {mode: results[f"sdc_{mode}"] for mode in MODES if f"sdc_{mode}" in results}
     lines = [
@@ -180,6 +202,14 @@ def markdown(results: dict) -> str:
         lambda r: f"{100 * r['median_abs_rel_error']:.2f}%",
     )
     row("SD of dMD/MD (target with SDC <= 0.6%)", lambda r: f"{100 * r['sd_relative_dmd']:.2f}%")
+    row(
+        "SD of dMD/MD of the truth over the App's voxels (sampling alone)",
+        lambda r: _percent(r.get("sd_relative_dmd_truth_over_app_voxels")),
+    )
+    row(
+        "SD of the measured minus that truth (the measurement's own error)",
+        lambda r: _percent(r.get("sd_relative_dmd_error_vs_app_voxels")),
+    )
     row("ROI-session values measured", lambda r: str(r["n_measured"]))
     row(
         "median wall per participant (min)",
@@ -236,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     bids_dir = simulate(out_dir / "bids", args.n_participants, args.seed, args.distortion)
     work = out_dir / "work"
     results = {
-        "command": "python benchmarks/bench_sdc.py " + " ".join(argv or sys.argv[1:]),
+        "command": "python benchmarks/bench_sdc.py "
+        + " ".join(arg for arg in (argv or sys.argv[1:]) if arg != "--analyse-only"),
         "n_participants": args.n_participants,
         "distortion": args.distortion,
         "seeds": {"held_out": [args.seed], "training": list(args.training_seeds)},
