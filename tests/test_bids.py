@@ -300,6 +300,37 @@ def test_sink_writes_bids_name_sidecar_and_compresses(tmp_path):
     assert not bids.staging_root(tmp_path / "out").exists()
 
 
+def test_a_sink_result_reads_back_after_its_file_was_promoted(tmp_path):
+    """Nipype reads a node's result back (resume, the run's compute-time summary) after the
+    participant's staging folder has moved into OUTPUT_DIR: the staged path must not be
+    validated as an existing file then (it made 50 of 97 result files unreadable)."""
+    from nipype.pipeline import engine as pe
+    from nipype.pipeline.engine.utils import load_resultfile
+
+    from ketamine_dti.interfaces.bids import DerivativesSink
+
+    work = tmp_path / "work"
+    work.mkdir()
+    nib.save(nib.Nifti1Image(np.ones((2, 3, 4), np.float32), np.eye(4)), work / "md.nii")
+    node = pe.Node(
+        DerivativesSink(
+            output_dir=str(tmp_path / "out"),
+            in_file=str(work / "md.nii"),
+            entities={"sub": "01", "ses": "24h", "space": "dwi", "param": "md"},
+            datatype="dwi",
+            suffix="dwimap",
+        ),
+        name="ds_md",
+        base_dir=str(work),
+    )
+    staged = Path(node.run().outputs.out_file)
+    bids.promote_staged(tmp_path / "out", "01")
+    assert not staged.exists()
+    result = load_resultfile(str(work / "ds_md" / "result_ds_md.pklz"))
+    assert result.outputs.out_file == str(staged)
+    assert result.runtime.duration >= 0
+
+
 def test_promotion_replaces_previous_outputs_and_keeps_the_log(tmp_path):
     """Staged outputs replace the previous run's by folder renames; the log goes with them."""
     out = tmp_path / "out"
