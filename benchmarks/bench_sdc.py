@@ -53,12 +53,15 @@ TARGET_ESTIMATION_S = 60.0
 MODES = ("auto", "none")
 
 
-def simulate(out: Path, n_participants: int, seed: int, distortion: str) -> Path:
+def simulate(
+    out: Path, n_participants: int, seed: int, distortion: str, realism_off: list[str]
+) -> Path:
     if not (out / "dataset_description.json").exists():
+        off = ["--realism-off", *realism_off] if realism_off else []
         subprocess.run(
             [sys.executable, "-m", "ketamine_dti.simulate.cli", str(out), "--preset", "standard",
              "--scenario", "retest", "--n-participants", str(n_participants), "--seed",
-             str(seed), "--distortion", distortion],
+             str(seed), "--distortion", distortion, "--n-procs", "2", *off],
             check=True,
         )  # fmt: skip
     return out
@@ -183,7 +186,8 @@ def markdown(results: dict) -> str:
         f"Command: `{results['command']}`",
         "",
         f"- Trial: standard preset, `retest` scenario (no true MD change), "
-        f"{results['n_participants']} participants, distortion `{results['distortion']}`.",
+        f"{results['n_participants']} participants, distortion `{results['distortion']}`, "
+        f"realism `typical` with {results.get('realism_off') or 'no item'} switched off.",
         f"- Held-out seed {results['seeds']['held_out']}; training seeds "
         f"{results['seeds']['training']} (the estimator's schedule was tuned on the "
         "susceptibility benchmark's training seeds and the real Prisma pair).",
@@ -255,6 +259,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--training-seeds", type=int, nargs="*", default=[1, 2, 7])
     parser.add_argument("--distortion", default="typical", choices=["typical", "strong"])
     parser.add_argument("--nprocs", type=int, default=2)
+    parser.add_argument(
+        "--realism-off",
+        nargs="+",
+        default=[],
+        metavar="ITEM",
+        help="simulator realism items to switch off (simulate.cli --realism-off), e.g. gibbs: "
+        "each item has its own random stream, so the rest of the trial is the same",
+    )
     parser.add_argument("--analyse-only", action="store_true")
     args = parser.parse_args(argv)
     if args.seed in args.training_seeds:
@@ -263,13 +275,16 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
     out_dir = args.out_dir.absolute()
-    bids_dir = simulate(out_dir / "bids", args.n_participants, args.seed, args.distortion)
+    bids_dir = simulate(
+        out_dir / "bids", args.n_participants, args.seed, args.distortion, args.realism_off
+    )
     work = out_dir / "work"
     results = {
         "command": "python benchmarks/bench_sdc.py "
         + " ".join(arg for arg in (argv or sys.argv[1:]) if arg != "--analyse-only"),
         "n_participants": args.n_participants,
         "distortion": args.distortion,
+        "realism_off": list(args.realism_off),
         "seeds": {"held_out": [args.seed], "training": list(args.training_seeds)},
     }
     for mode in MODES:
