@@ -12,9 +12,9 @@ mixes two things: the atlases' disagreement, which no pipeline can remove, and t
 error. This script measures the first on the template grid, with no registration at all:
 
 - the Dice of each ``ketamine7`` label with the bundled true region (1 mm, nearest neighbour);
-- the share of the label's voxels (and of its gray-matter voxels, GM probability > 0.5, the App's
-  majority rule) that lie inside the true region: the slope of measured on true dMD that a
-  perfect pipeline would get, if the planted change stops at the region's border;
+- the share of the label's voxels (and of its gray-matter voxels: GM probability >= the App's
+  majority rule ``rois.GM_PROB_MIN``) that lie inside the true region: the slope of measured on
+  true dMD that a perfect pipeline would get, if the planted change stops at the region's border;
 - the distance between the two centroids;
 
 and, with ``--participant-json`` (a ``bench_participant.py`` result), the pipeline's median Dice
@@ -25,26 +25,15 @@ from __future__ import annotations
 
 import argparse
 import json
-from importlib import resources
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from nibabel.processing import resample_from_to
 
-from ketamine_dti.rois import ROI_NAMES
-from ketamine_dti.simulate.regions import REGIONS_FILE
-
-TEMPLATE = "tpl-MNI152NLin6Asym"
-ATLAS = f"{TEMPLATE}_res-01_atlas-ketamine7_dseg.nii.gz"
-GM = f"{TEMPLATE}_res-02_label-GM_probseg.nii.gz"
-GM_MAJORITY = 0.5
-
-
-def _bundled(*parts: str) -> nib.Nifti1Image:
-    with resources.as_file(resources.files("ketamine_dti").joinpath("data", *parts)) as path:
-        image = nib.load(path)
-        return nib.Nifti1Image(np.asanyarray(image.dataobj), image.affine, image.header)
+from ketamine_dti.resources import get_atlas, get_tissue_priors
+from ketamine_dti.rois import GM_PROB_MIN, ROI_NAMES
+from ketamine_dti.simulate.regions import load_regions
 
 
 def _centroid_mm(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -53,22 +42,20 @@ def _centroid_mm(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
 
 def agreement() -> dict[str, dict[str, float]]:
     """Per ROI: Dice, shares of the atlas label inside the true region, centroid distance."""
-    atlas = _bundled("templateflow", TEMPLATE, ATLAS)
+    atlas = nib.load(get_atlas(resolution=1)[0])
     labels = np.asarray(atlas.dataobj)
-    truth = np.asarray(
-        resample_from_to(_bundled("simulator", REGIONS_FILE), atlas, order=0).dataobj
-    )
-    gm = np.asarray(
-        resample_from_to(_bundled("templateflow", TEMPLATE, GM), atlas, order=1).dataobj
-    )
+    voxel_ml = float(np.prod(atlas.header.get_zooms()[:3])) / 1000
+    truth = np.asarray(resample_from_to(nib.Nifti1Image(*load_regions()), atlas, order=0).dataobj)
+    _, gm_prior, _ = get_tissue_priors(resolution=2)  # CSF, GM, WM
+    gm = np.asarray(resample_from_to(nib.load(gm_prior), atlas, order=1).dataobj)
     rows = {}
     for index, name in enumerate(ROI_NAMES, start=1):
         mine, true = labels == index, truth == index
-        mine_gm = mine & (gm > GM_MAJORITY)
+        mine_gm = mine & (gm >= GM_PROB_MIN)
         both = mine & true
         rows[name] = {
-            "atlas_ml": mine.sum() / 1000,
-            "true_ml": true.sum() / 1000,
+            "atlas_ml": mine.sum() * voxel_ml,
+            "true_ml": true.sum() * voxel_ml,
             "dice": 2 * both.sum() / (mine.sum() + true.sum()),
             "atlas_in_true": both.sum() / mine.sum(),
             "atlas_gm_in_true": (mine_gm & true).sum() / max(mine_gm.sum(), 1),

@@ -54,14 +54,14 @@ MODES = ("auto", "none")
 
 
 def simulate(
-    out: Path, n_participants: int, seed: int, distortion: str, realism_off: list[str]
+    out: Path, n_participants: int, seed: int, distortion: str, realism_off: list[str], nprocs: int
 ) -> Path:
     if not (out / "dataset_description.json").exists():
         off = ["--realism-off", *realism_off] if realism_off else []
         subprocess.run(
             [sys.executable, "-m", "ketamine_dti.simulate.cli", str(out), "--preset", "standard",
              "--scenario", "retest", "--n-participants", str(n_participants), "--seed",
-             str(seed), "--distortion", distortion, "--n-procs", "2", *off],
+             str(seed), "--distortion", distortion, "--n-procs", str(nprocs), *off],
             check=True,
         )  # fmt: skip
     return out
@@ -276,8 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
     out_dir = args.out_dir.absolute()
     bids_dir = simulate(
-        out_dir / "bids", args.n_participants, args.seed, args.distortion, args.realism_off
-    )
+        out_dir / "bids", args.n_participants, args.seed, args.distortion, args.realism_off,
+        args.nprocs,
+    )  # fmt: skip
     work = out_dir / "work"
     results = {
         "command": "python benchmarks/bench_sdc.py "
