@@ -34,7 +34,12 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from ketamine_dti.config import Config
+
 REPO = Path(__file__).resolve().parents[1]
+#: The ROI-table column the group level analyses by default; the other summary beside it.
+MEASURED = f"{Config.md_measure}_{Config.roi_statistic}"
+ALTERNATIVE = "md_median" if MEASURED == "md_mean" else "md_mean"
 SUBJECT = "M31"
 SESSIONS = {"baseline": "PA", "24h": "AP"}
 #: ROIs over the frontal sinus and beside the temporal bone: where distortion is worst.
@@ -49,6 +54,11 @@ TARGETS = {
 
 def _derivative(out: Path, session: str, suffix: str) -> Path:
     return out / f"sub-{SUBJECT}/ses-{session}/dwi/sub-{SUBJECT}_ses-{session}_{suffix}"
+
+
+def _disagreement(pa: pd.DataFrame, ap: pd.DataFrame, column: str) -> pd.Series:
+    """Per ROI |MD(AP) - MD(PA)| / their mean (NaN where either is missing)."""
+    return (ap[column] - pa[column]).abs() / ((ap[column] + pa[column]) / 2)
 
 
 def figures(out: Path) -> dict:
@@ -78,7 +88,10 @@ def figures(out: Path) -> dict:
             )
         }
     pa, ap = rois["baseline"], rois["24h"]
-    disagreement = (ap["md_mean"] - pa["md_mean"]).abs() / ((ap["md_mean"] + pa["md_mean"]) / 2)
+    result["column"] = MEASURED
+    disagreement = _disagreement(pa, ap, MEASURED)
+    result["alternative"] = ALTERNATIVE
+    result["median_disagreement_alternative"] = float(_disagreement(pa, ap, ALTERNATIVE).median())
     result["rois"] = {
         roi: {
             "n_voxels_pa": int(pa.loc[roi, "n_voxels"]),
@@ -197,13 +210,16 @@ def markdown(after: dict, before: dict | None, before_label: str) -> str:
         ventral = result.get("median_ventral_disagreement")
         dice = result.get("dwi_mask_dice_pa_ap_in_t1w")
         lines.append(
-            f"\n{label}: median PA vs AP disagreement over measured ROIs = "
+            f"\n{label}: median PA vs AP disagreement of {result.get('column', 'md_mean')} over "
+            "measured ROIs = "
             + ("n/a (no ROI measured in both)" if median is None else f"{median:.1%}")
             + "; over the measured ventral ROIs (BA10, vACC, amygdala) = "
             + ("n/a" if ventral is None else f"{ventral:.1%}")
             + "; PA/AP DWI brain-mask Dice in the subject template = "
             + ("n/a" if dice is None else f"{dice:.3f}")
-        )
+            + (f"; {result['alternative']}: {result['median_disagreement_alternative']:.1%}"
+               if "median_disagreement_alternative" in result else "")
+        )  # fmt: skip
     lines += ["", "QC reasons (after):"]
     lines += [f"- {s}: {after['sessions'][s].get('qc_reasons')}" for s in SESSIONS]
     return "\n".join(lines) + "\n"

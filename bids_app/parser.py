@@ -19,6 +19,7 @@ from ketamine_dti.config import (
     DEFAULT_QC_COVARIATES,
     FWER_METHODS,
     MD_MEASURES,
+    ROI_SUMMARY_STATISTICS,
     Config,
 )
 from ketamine_dti.errors import InputError
@@ -276,8 +277,14 @@ def _add_group_options(grp) -> None:
         "--md-measure",
         choices=MD_MEASURES,
         default="md",
-        help="the ROI-table MD analysed: md (md_mean, tensor MD) or md_fwcorr (md_fwcorr_mean, "
-        "free-water-corrected MD)",
+        help="the ROI-table MD analysed: md (tensor MD) or md_fwcorr (free-water-corrected MD)",
+    )
+    grp.add_argument(
+        "--roi-statistic",
+        choices=ROI_SUMMARY_STATISTICS,
+        default=Config.roi_statistic,
+        help="how each ROI's voxels are summarised: the column <md-measure>_<statistic> of the "
+        "ROI tables is analysed (default: %(default)s)",
     )
     grp.add_argument(
         "--scales", nargs="+", default=["madrs", "qids_sr"], help="phenotype/<scale>.tsv files"
@@ -443,6 +450,7 @@ def to_config(args: argparse.Namespace) -> Config:
         covariates=tuple(args.covariates),
         qc_covariates=tuple(dict.fromkeys(qc_covariates or ())),
         md_measure=args.md_measure,
+        roi_statistic=args.roi_statistic,
         scales=tuple(args.scales),
         delta_md=args.delta_md,
         robust_se=args.robust_se,

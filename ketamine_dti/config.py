@@ -21,9 +21,12 @@ DEFAULT_PERMUTATIONS = 5000
 DEFAULT_PERMUTATION_SEED = 0
 #: ``--fwer`` choices: no family-wise correction, or max-T across the ROIs of a family.
 FWER_METHODS = ("none", "maxt")
-#: ``--md-measure`` choices: the ROI-table column ``<measure>_mean`` the group level analyses
-#: (tensor MD, or free-water-corrected MD, which removes CSF partial volume).
+#: ``--md-measure`` choices: the ROI-table column ``<measure>_<statistic>`` the group level
+#: analyses (tensor MD, or free-water-corrected MD, which removes CSF partial volume).
 MD_MEASURES = ("md", "md_fwcorr")
+#: ``--roi-statistic`` choices: how an ROI's kept voxels are summarised
+#: (``<measure>_<statistic>``).
+ROI_SUMMARY_STATISTICS = ("mean", "median")
 #: QC-table columns whose change between sessions ``--qc-covariates`` adds when given bare: head
 #: motion and b0 temporal SNR, the two QC measures that bias MD when they differ by session.
 DEFAULT_QC_COVARIATES = ("mean_fd", "tsnr")
@@ -77,7 +80,8 @@ class Config:
     contrast: tuple[tuple[str, tuple[str, ...]], ...] = DEFAULT_CONTRAST
     covariates: tuple[str, ...] = ()
     qc_covariates: tuple[str, ...] = ()  # QC-table columns: their session change is a covariate
-    md_measure: str = "md"  # analyse the ROI-table column <md_measure>_mean
+    md_measure: str = "md"  # analyse the ROI-table column <md_measure>_<roi_statistic>
+    roi_statistic: str = "mean"
     scales: tuple[str, ...] = ("madrs", "qids_sr")
     delta_md: str = "absolute"  # "absolute" (mm^2/s) or "percent"
     robust_se: bool = False  # HC3 standard errors
@@ -112,8 +116,8 @@ class Config:
 
     @property
     def md_column(self) -> str:
-        """The ROI-table column analysed (``--md-measure``)."""
-        return f"{self.md_measure}_mean"
+        """The ROI-table column analysed (``--md-measure``, ``--roi-statistic``)."""
+        return f"{self.md_measure}_{self.roi_statistic}"
 
     @property
     def atlas_label(self) -> str:

@@ -50,6 +50,7 @@ STAT_COLUMNS: tuple[str, ...] = (
     "fraction_kept",
     "fa_mean",
     "md_fwcorr_mean",
+    "md_fwcorr_median",
     "fw_fraction_mean",
     "n_voxels_fit_failed",
     "n_voxels_md_csf",
@@ -72,6 +73,7 @@ ROI_STATISTICS: tuple[str, ...] = (
     "md_std",
     "fa_mean",
     "md_fwcorr_mean",
+    "md_fwcorr_median",
     "fw_fraction_mean",
     "n_voxels_md_csf",
     "n_voxels_fa_wm",
@@ -196,7 +198,12 @@ ROI_COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "DWI voxel it falls in (a voxel holding k points weighs k times)",
         "Units": "mm^2/s",
     },
-    "md_median": {"Description": "Median MD over the kept points", "Units": "mm^2/s"},
+    "md_median": {
+        "Description": "Median MD over the kept points (a point weighs as md_mean's): robust to "
+        "the few voxels whose partial volume with CSF the tissue maps missed, which skew the "
+        "mean upward by different amounts in different sessions",
+        "Units": "mm^2/s",
+    },
     "md_std": {
         "Description": "Standard deviation (ddof=1) of MD over the kept points",
         "Units": "mm^2/s",
@@ -220,6 +227,10 @@ ROI_COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "Description": "Mean free-water-corrected MD (tissue compartment of the free-water "
         "model, model-fwdti_param-md) over the same kept voxels as md_mean, except those whose "
         "free-water fit left no tissue (n_voxels_fw_no_tissue)",
+        "Units": "mm^2/s",
+    },
+    "md_fwcorr_median": {
+        "Description": "Median free-water-corrected MD over the same voxels as md_fwcorr_mean",
         "Units": "mm^2/s",
     },
     "fw_fraction_mean": {
@@ -292,7 +303,8 @@ def regional_statistics(
     with ``STAT_COLUMNS``: md_mean, md_median, md_std (ddof=1) in mm^2/s over the kept samples,
     ``n_voxels`` averaged, ``n_voxels_brain`` inside ``brain_mask`` before the rule,
     ``n_voxels_atlas`` (distinct voxels, all three), ``fraction_kept`` (of the ROI's samples,
-    i.e. its volume), fa_mean, md_fwcorr_mean/fw_fraction_mean (of ``fw_md``/``fw_fraction``
+    i.e. its volume), fa_mean, md_fwcorr_mean/md_fwcorr_median/fw_fraction_mean (of
+    ``fw_md``/``fw_fraction``
     over the kept samples that are also ``fw_usable``; n/a when not given), the QC counts,
     ``n_voxels_fit_failed`` (kept by the rule but not ``fitted``, default: this MD's own
     successful fits),
@@ -428,15 +440,17 @@ def longitudinal_statistics(
 def _free_water_means(
     maps: dict[str, np.ndarray | None], kept: np.ndarray, voxels: _VoxelCounter
 ) -> dict:
-    """Means of the free-water maps over an ROI's kept samples (the MD mean's, less those the
-    free-water fit left unusable), ignoring samples without a value, and how many kept
-    voxels have no free-water-corrected MD."""
+    """Means of the free-water maps (and the corrected MD's median) over an ROI's kept samples
+    (the MD mean's, less those the free-water fit left unusable), ignoring samples without a
+    value, and how many kept voxels have no free-water-corrected MD."""
     row = {}
     for column, values in maps.items():
         if values is not None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN ROI: n/a
                 row[column] = float(np.nanmean(values[kept]))
+                if column == "md_fwcorr_mean":
+                    row["md_fwcorr_median"] = float(np.nanmedian(values[kept]))
     if maps["md_fwcorr_mean"] is not None:
         row["n_voxels_fw_no_tissue"] = voxels.count(kept & ~valid_fit(maps["md_fwcorr_mean"]))
     return row

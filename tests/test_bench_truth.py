@@ -82,7 +82,7 @@ def test_own_voxel_truth_separates_the_measurement_from_the_atlas(tmp_path, benc
     assert len(own) == len(subjects) * len(bench.SESSIONS) * len(ROI_NAMES)
     np.testing.assert_allclose(own.md_map_voxel_mean, own.md_true_own * 1.01, rtol=1e-6)
 
-    result = bench.two_truths(bids, out, pd.DataFrame(table_rows), subjects)
+    result = bench.two_truths(bids, out, pd.DataFrame(table_rows), subjects, "md_mean")
     mine, region = result["truth_over_app_voxels"], result["truth_over_true_region"]
     assert mine["median_abs_rel_error"] == pytest.approx(0.01, abs=1e-5)
     assert mine["slope_dmd"] == pytest.approx(1.0, abs=1e-4)
@@ -110,6 +110,6 @@ def test_two_truths_keeps_the_region_truth_when_no_truth_map_was_written(tmp_pat
     (bids / "sourcedata/ground_truth").mkdir(parents=True)
     pd.DataFrame(rows).to_csv(bids / "sourcedata/ground_truth/roi_md.tsv", sep="\t", index=False)
     table = pd.DataFrame(rows).drop(columns="md_true").assign(md_mean=0.81e-3)
-    result = bench.two_truths(bids, tmp_path / "out", table, ["001"])
+    result = bench.two_truths(bids, tmp_path / "out", table, ["001"], "md_mean")
     assert set(result) == {"truth_over_true_region"}
     assert result["truth_over_true_region"]["median_abs_rel_error"] == pytest.approx(0.0125)

@@ -158,6 +158,9 @@ def test_roi_table_averages_free_water_over_the_md_voxels(tmp_path):
         assert row.md_fwcorr_mean == pytest.approx(
             np.nanmean(fw_md[kept].astype(np.float32)), rel=1e-5
         )
+        assert row.md_fwcorr_median == pytest.approx(
+            np.nanmedian(fw_md[kept].astype(np.float32)), rel=1e-5
+        )
         assert row.fw_fraction_mean == pytest.approx(fwf[kept].astype(np.float32).mean(), rel=1e-5)
         assert row.n_voxels_fw_no_tissue == 1
     moved = AFFINE.copy()

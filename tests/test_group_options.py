@@ -138,12 +138,13 @@ def test_arm_with_fewer_than_three_participants_has_its_own_exit_code(trial, cap
         (["--contrast", "ketamine=ketamine", "ketamine=saline"], "different names"),
         (["--contrast", "ketamine=ketamine,saline", "saline=saline"], "no arm label on both"),
         (["--md-measure", "fa"], "invalid choice"),
+        (["--roi-statistic", "mode"], "invalid choice"),
     ],
 )
 def test_bad_contrast_syntax_is_a_usage_error(trial, capsys, options, message) -> None:
     with (
         pytest.raises(SystemExit)
-        if options[0] == "--md-measure" or "=" not in options[1]
+        if options[0] in ("--md-measure", "--roi-statistic") or "=" not in options[1]
         else _null()
     ):
         assert _cli(trial, *options) == ec.EX_USAGE
@@ -224,10 +225,18 @@ def test_md_measure_selects_the_free_water_corrected_column(trial: Config, capsy
     assert "md_fwcorr_mean" in json.loads((group_dir / "analysis_table.json").read_text())[
         f"md_{ROI_NAMES[0]}_{session}"]["Description"]  # fmt: skip
 
+    # --roi-statistic median analyses md_median
+    assert _cli(trial, "--roi-statistic", "median") == ec.EX_OK
+    analysed = _read(group_dir / "analysis_table.tsv").set_index("participant_id")
+    for roi in ROI_NAMES:
+        assert analysed.loc[pid, f"md_{roi}_{session}"] == first.loc[roi, "md_median"]
+    median = json.loads((group_dir / "stats.json").read_text())
+    assert median["model"]["MDMeasure"].startswith("md_median: tensor MD, median over")
+
     # default: md_mean; a table without the column is an input error naming the file
     assert _cli(trial) == ec.EX_OK
     default = json.loads((group_dir / "stats.json").read_text())
-    assert default["model"]["MDMeasure"].startswith("md_mean")
+    assert default["model"]["MDMeasure"].startswith(f"md_{Config.roi_statistic}: tensor MD")
     table = _read(tables[3]).drop(columns="md_fwcorr_mean")
     _write(table, tables[3])
     capsys.readouterr()

@@ -163,8 +163,6 @@ def _qc_rows(out: Path) -> pd.DataFrame:
     return pd.concat([pd.read_csv(path, sep="\t") for path in tables], ignore_index=True)
 
 
-
-
 @pytest.mark.slow
 def test_a_t1w_of_another_person_fails_qc_loudly(mismatched_run, caplog):
     code, out = mismatched_run

@@ -244,7 +244,9 @@ def test_free_water_means_follow_the_md_voxels_and_the_missing_rule():
     brain = np.ones(shape, bool)
     brain[:, :, 0] = False  # ROI 1 has no voxel in the brain: missing
     plain = regional_statistics(md, labels, brain_mask=brain, rule=GrayMatterRule(None, None))
-    free_water_columns = ["md_fwcorr_mean", "fw_fraction_mean", "n_voxels_fw_no_tissue"]
+    free_water_columns = [
+        "md_fwcorr_mean", "md_fwcorr_median", "fw_fraction_mean", "n_voxels_fw_no_tissue"
+    ]  # fmt: skip
     assert plain[free_water_columns].isna().all().all()
     fw_md, fwf = np.full(shape, 0.7e-3), np.full(shape, 0.1)
     md[5, 5, 1] = np.nan  # failed tensor fit: left out of md_mean and of the free-water means
@@ -255,6 +257,8 @@ def test_free_water_means_follow_the_md_voxels_and_the_missing_rule():
     )  # fmt: skip
     assert table.status.iloc[0] == ROI_MISSING and np.isnan(table.md_fwcorr_mean.iloc[0])
     assert np.allclose(table.md_fwcorr_mean.iloc[1:], 0.7e-3)
+    assert np.allclose(table.md_fwcorr_median.iloc[1:], 0.7e-3)
+    assert np.isnan(table.md_fwcorr_median.iloc[0])
     assert np.allclose(table.fw_fraction_mean.iloc[1:], 0.1)
     assert (table.n_voxels_fw_no_tissue.iloc[1:] == 0).all()
     with pytest.raises(ValueError, match="fw_md"):

@@ -250,6 +250,8 @@ def test_restore_leaves_out_a_dropped_volume_that_biases_wls():
     # without a noise map the voxel's own residuals set the scale: still robust
     unknown = fit_tensor(as_volume(corrupted), bvals, bvecs, method="restore", n_threads=1)
     assert md_error(unknown) < 0.6 * md_error(wls)
-    print(f"median |MD error|: WLS {md_error(wls):.2%}, RESTORE {md_error(restore):.2%} "
-          f"(noise given) {md_error(unknown):.2%} (estimated); clean WLS "
-          f"{md_error(clean_wls):.2%}, RESTORE {md_error(clean_restore):.2%}")
+    print(
+        f"median |MD error|: WLS {md_error(wls):.2%}, RESTORE {md_error(restore):.2%} "
+        f"(noise given) {md_error(unknown):.2%} (estimated); clean WLS "
+        f"{md_error(clean_wls):.2%}, RESTORE {md_error(clean_restore):.2%}"
+    )

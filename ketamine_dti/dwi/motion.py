@@ -79,8 +79,6 @@ MASK_DILATION_VOXELS = 2
 #: voxels kept around the (dilated) brain mask when cropping for registration: room for a few
 #: mm of motion; the background outside only costs time.
 CROP_MARGIN_VOXELS = 4
-#: spline order for resampling volumes onto the reference grid (1: linear, no overshoot).
-RESAMPLING_ORDER = 1
 #: BIDS PhaseEncodingDirection -> voxel axis.
 PE_AXES = {"i": 0, "j": 1, "k": 2}
 #: mm; voxel size of the quick brain mask that focuses the registrations (it is dilated anyway;

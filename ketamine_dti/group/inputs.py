@@ -446,7 +446,7 @@ def read_roi_table(path: Path, column: str = "md_mean") -> tuple[dict[str, float
     the participant level reported missing (``status`` column; tables without it have none)."""
     table = read_tsv(path)
     hint = "rerun the participant level"
-    if column != "md_mean":
+    if column not in ("md_mean", "md_median"):
         hint += " with a version that writes it, or use --md-measure md"
     table.require(["roi", column], hint)
     rois = table.column("roi")

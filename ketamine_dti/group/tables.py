@@ -49,12 +49,21 @@ STATS_COLUMNS = (
 #: columns above keep their positions.
 PERMUTATION_COLUMNS = (P_PERM, P_PERM_FDR, P_PERM_FWER)
 EXCLUSION_COLUMNS = ("participant_id", "session_id", "scale", "roi", "models", "reason")
-#: What each --md-measure analyses, for the sidecar and the summary.
+#: What each --md-measure analyses and how --roi-statistic summarises it, for the sidecar and
+#: the summary.
 MD_MEASURE_DESCRIPTIONS = {
-    "md": "md_mean: tensor MD averaged over the ROI's kept gray-matter voxels",
-    "md_fwcorr": "md_fwcorr_mean: free-water-corrected MD (tissue compartment of a two-"
-    "compartment fit) averaged over the ROI's kept gray-matter voxels",
+    "md": "tensor MD",
+    "md_fwcorr": "free-water-corrected MD (tissue compartment of a two-compartment fit)",
 }
+
+
+def md_measure_description(config: Config) -> str:
+    """``md_median: tensor MD, median over the ROI's kept gray-matter voxels`` and the like."""
+    how = "averaged over" if config.roi_statistic == "mean" else "median over"
+    measure = MD_MEASURE_DESCRIPTIONS[config.md_measure]
+    return f"{config.md_column}: {measure}, {how} the ROI's kept gray-matter voxels"
+
+
 #: The mixed model's MD terms, for the sidecar (changes.within_between computes them).
 WITHIN_BETWEEN = (
     "MD split by person-mean centring over the rows a model uses: md_within = a session's MD "
@@ -123,7 +132,7 @@ def stats_sidecar(config: Config) -> dict:
                 MIXED: f"{mixed_formula(config)} + (1 | participant); session 0 = baseline, "
                 "1 = follow-up",
             },
-            "MDMeasure": MD_MEASURE_DESCRIPTIONS[config.md_measure],
+            "MDMeasure": md_measure_description(config),
             "MixedModelMD": WITHIN_BETWEEN,
             "Contrast": _contrast_description(config),
             "Covariates": _covariates_description(config),
@@ -286,7 +295,7 @@ def analysis_table_sidecar(table: pd.DataFrame, config: Config, rois: tuple[str,
     for roi in rois:
         for session in sessions:
             sidecar[f"md_{roi}_{session}"] = {
-                "Description": f"Mean MD ({config.md_column}) of {roi} at ses-{session}",
+                "Description": f"Regional MD ({config.md_column}) of {roi} at ses-{session}",
                 "Units": "mm^2/s",
             }
         sidecar[f"delta_md_{roi}"] = {
@@ -472,7 +481,7 @@ def models_line(config: Config) -> str:
     )
     return (
         f"Models: {_models_description(config)}. MD measure: "
-        f"{MD_MEASURE_DESCRIPTIONS[config.md_measure]}. dScore = follow-up - baseline (points, "
+        f"{md_measure_description(config)}. dScore = follow-up - baseline (points, "
         f"negative = improvement); dMD in {delta_md_unit(config.delta_md)}; covariates: "
         f"{_covariates_description(config)}; group = {contrast}"
         + (f", with arm indicators {', '.join(arm_terms(config))}" if arm_terms(config) else "")

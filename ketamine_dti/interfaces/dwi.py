@@ -24,6 +24,7 @@ from nipype.interfaces.base import (
 
 from ketamine_dti.dwi import gradients
 from ketamine_dti.dwi.denoise import mppca
+from ketamine_dti.dwi.resampling import INTERPOLATION_ORDER
 from ketamine_dti.dwi.tensor import fit_tensor
 from ketamine_dti.threads import limited_by_n_threads
 
@@ -203,6 +204,10 @@ class _ResampleInputSpec(BaseInterfaceInputSpec):
     field_file = File(exists=True, desc="susceptibility field (Hz) on the reference grid")
     pe_direction = traits.Str(desc="BIDS PhaseEncodingDirection (with field_file)")
     readout = traits.Float(desc="TotalReadoutTime, s (with field_file)")
+    order = traits.Enum(
+        INTERPOLATION_ORDER, 1, 3, usedefault=True,
+        desc="spline order: 3 cubic B-spline, 1 trilinear (dwi.resampling)",
+    )  # fmt: skip
 
 
 class _ResampleOutputSpec(TraitedSpec):
@@ -249,7 +254,9 @@ class ResampleDWI(SimpleInterface):
                 displacement.jacobian, image, str(cwd / "jacobian.nii.gz")
             )
         affines = np.load(self.inputs.affines_file)
-        corrected = resampling.resample_series(data, affines, image.affine, displacement)
+        corrected = resampling.resample_series(
+            data, affines, image.affine, displacement, order=self.inputs.order
+        )
         outside = resampling.outside_field_of_view(affines, image.affine, data.shape, displacement)
         self._results["outside_file"] = _save(
             outside, image, str(cwd / "outside_fov.nii.gz"), np.uint8
