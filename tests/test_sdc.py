@@ -118,7 +118,7 @@ def test_the_one_interpolation_is_scipys_cubic_b_spline_and_blurs_less_than_tril
         [[0.999, -0.03, 0.01], [0.03, 0.999, 0.0], [-0.01, 0.0, 1.0]]
     ) @ np.linalg.inv(_affine()[:3, :3])  # fmt: skip
     shift = rng.uniform(-0.8, 0.8, volume.shape).astype(np.float32)
-    cubic = resampling.resample_cubic(volume, world_map, _affine(), shift=shift, axis=1)
+    cubic = series_registration.resample(volume, world_map, _affine(), shift, axis=1, order=3)
     voxel_map = np.linalg.inv(_affine()) @ world_map @ _affine()
     points = voxel_map[:3, :3] @ np.indices(volume.shape).reshape(3, -1) + voxel_map[:3, 3:]
     points[1] += shift.ravel()

@@ -25,8 +25,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
-from scipy import ndimage
 
 from ketamine_dti.dwi import series_registration
 
@@ -68,116 +66,18 @@ def resample_series(
     if displacement is not None:
         shift, axis = displacement.shift, displacement.axis
         jacobian = np.asarray(displacement.jacobian, dtype=np.float32)
-    if order not in (1, 3):
-        raise ValueError(f"order must be 1 or 3, got {order!r}")
-    interpolate = series_registration.resample if order == 1 else resample_cubic
     corrected = np.empty(data.shape, dtype=np.float32)
     for index in range(data.shape[-1]):
-        volume = interpolate(
-            data[..., index], affines[index], affine, shift=shift, axis=1 if axis is None else axis
-        )
+        volume = series_registration.resample(
+            data[..., index], affines[index], affine, shift=shift,
+            axis=1 if axis is None else axis, order=order,
+        )  # fmt: skip
         volume *= np.float32(affine_jacobian(affines[index]))
         if jacobian is not None:
             volume *= jacobian
         corrected[..., index] = volume
     np.clip(corrected, 0.0, None, out=corrected)
     return corrected
-
-
-def resample_cubic(
-    volume: np.ndarray,
-    world_map: np.ndarray,
-    affine: np.ndarray,
-    shift: np.ndarray | None = None,
-    axis: int = 1,
-) -> np.ndarray:
-    """``series_registration.resample`` with a cubic B-spline instead of trilinear weights
-    (the volume is prefiltered to spline coefficients, mirror boundary, as scipy's
-    ``map_coordinates(order=3, mode="mirror")``); points outside the volume give 0."""
-    volume = np.asarray(volume)
-    if min(volume.shape) < 2:
-        raise ValueError(f"cannot interpolate a volume of shape {volume.shape}")
-    if axis not in (0, 1, 2):
-        raise ValueError(f"axis must be 0, 1 or 2, got {axis!r}")
-    if shift is None:
-        shift = np.zeros((1, 1, 1), dtype=np.float32)
-    elif np.shape(shift) != volume.shape:
-        raise ValueError(f"shift of shape {np.shape(shift)} is not on the grid {volume.shape}")
-    affine = np.asarray(affine, dtype=float)
-    voxel_map = np.linalg.inv(affine) @ np.asarray(world_map, dtype=float) @ affine
-    coefficients = ndimage.spline_filter(
-        np.asarray(volume, dtype=np.float32), order=3, mode="mirror", output=np.float32
-    )
-    out = np.empty(volume.shape, dtype=np.float32)
-    _cubic_grid(coefficients, voxel_map, np.ascontiguousarray(shift, dtype=np.float32),
-                int(axis), out)  # fmt: skip
-    return out
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _mirror(index, size):  # pragma: no cover - JIT
-    """Whole-sample mirror of an index just outside 0..size-1 (scipy's "mirror")."""
-    if index < 0:
-        return -index
-    if index > size - 1:
-        return 2 * (size - 1) - index
-    return index
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _cubic_weights(t, weights):  # pragma: no cover - JIT
-    """Cubic B-spline weights of samples floor(x) - 1 .. floor(x) + 2 at fraction t."""
-    u = 1.0 - t
-    weights[0] = u * u * u / 6.0
-    weights[1] = (3.0 * t * t * t - 6.0 * t * t + 4.0) / 6.0
-    weights[2] = (-3.0 * t * t * t + 3.0 * t * t + 3.0 * t + 1.0) / 6.0
-    weights[3] = t * t * t / 6.0
-
-
-@njit(cache=True, nogil=True)
-def _cubic_grid(coefficients, voxel_map, shift, axis, out):  # pragma: no cover - JIT
-    """out[p] = cubic B-spline of ``coefficients`` at voxel_map @ p + shift[p] e_axis (0 outside
-    the volume) for every grid p; ``shift`` of shape (1, 1, 1) means none."""
-    nx, ny, nz = coefficients.shape
-    ox, oy, oz = out.shape
-    shifted = shift.shape == out.shape
-    wx, wy, wz = np.empty(4), np.empty(4), np.empty(4)
-    ix, iy, iz = np.empty(4, np.int64), np.empty(4, np.int64), np.empty(4, np.int64)
-    for a in range(ox):
-        for b in range(oy):
-            x0 = voxel_map[0, 0] * a + voxel_map[0, 1] * b + voxel_map[0, 3]
-            y0 = voxel_map[1, 0] * a + voxel_map[1, 1] * b + voxel_map[1, 3]
-            z0 = voxel_map[2, 0] * a + voxel_map[2, 1] * b + voxel_map[2, 3]
-            for c in range(oz):
-                x = x0 + voxel_map[0, 2] * c
-                y = y0 + voxel_map[1, 2] * c
-                z = z0 + voxel_map[2, 2] * c
-                if shifted:
-                    if axis == 0:
-                        x += shift[a, b, c]
-                    elif axis == 1:
-                        y += shift[a, b, c]
-                    else:
-                        z += shift[a, b, c]
-                if x < 0.0 or y < 0.0 or z < 0.0 or x > nx - 1 or y > ny - 1 or z > nz - 1:
-                    out[a, b, c] = 0.0
-                    continue
-                i, j, k = int(np.floor(x)), int(np.floor(y)), int(np.floor(z))
-                _cubic_weights(x - i, wx)
-                _cubic_weights(y - j, wy)
-                _cubic_weights(z - k, wz)
-                for n in range(4):
-                    ix[n] = _mirror(i - 1 + n, nx)
-                    iy[n] = _mirror(j - 1 + n, ny)
-                    iz[n] = _mirror(k - 1 + n, nz)
-                total = 0.0
-                for p in range(4):
-                    for q in range(4):
-                        row = 0.0
-                        for r in range(4):
-                            row += wz[r] * coefficients[ix[p], iy[q], iz[r]]
-                        total += wx[p] * wy[q] * row
-                out[a, b, c] = total
 
 
 def affine_jacobian(world_map: np.ndarray) -> float:

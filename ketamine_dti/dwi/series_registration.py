@@ -240,12 +240,58 @@ def register(target: Target, moving: np.ndarray, initial: np.ndarray | None = No
     return current
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _mirror(index, size):  # pragma: no cover - JIT
+    """Whole-sample mirror of an index just outside 0..size-1 (scipy's "mirror")."""
+    if index < 0:
+        return -index
+    if index > size - 1:
+        return 2 * (size - 1) - index
+    return index
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _cubic_weights(t, weights):  # pragma: no cover - JIT
+    """Cubic B-spline weights of samples floor(x) - 1 .. floor(x) + 2 at fraction t."""
+    u = 1.0 - t
+    weights[0] = u * u * u / 6.0
+    weights[1] = (3.0 * t * t * t - 6.0 * t * t + 4.0) / 6.0
+    weights[2] = (-3.0 * t * t * t + 3.0 * t * t + 3.0 * t + 1.0) / 6.0
+    weights[3] = t * t * t / 6.0
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _cubic(coefficients, x, y, z, weights, indices):  # pragma: no cover - JIT
+    """Cubic B-spline value at voxel point (x, y, z) of prefiltered ``coefficients`` (mirror
+    boundary); NaN outside the volume. ``weights``/``indices``: (3, 4) scratch arrays."""
+    nx, ny, nz = coefficients.shape
+    if x < 0.0 or y < 0.0 or z < 0.0 or x > nx - 1 or y > ny - 1 or z > nz - 1:
+        return np.nan
+    point = (x, y, z)
+    for axis in range(3):
+        start = int(np.floor(point[axis]))
+        _cubic_weights(point[axis] - start, weights[axis])
+        for n in range(4):
+            indices[axis, n] = _mirror(start - 1 + n, coefficients.shape[axis])
+    total = 0.0
+    for p in range(4):
+        for q in range(4):
+            row = 0.0
+            for r in range(4):
+                row += weights[2, r] * coefficients[indices[0, p], indices[1, q], indices[2, r]]
+            total += weights[0, p] * weights[1, q] * row
+    return total
+
+
 @njit(cache=True, nogil=True)
-def _trilinear_grid(volume, voxel_map, shift, axis, out):  # pragma: no cover - JIT
-    """out[p] = volume at voxel_map @ p + shift[p] e_axis (trilinear; 0 outside the volume)
-    for every grid p; ``shift`` of shape (1, 1, 1) means none."""
+def _sample_grid(volume, voxel_map, shift, axis, cubic, out):  # pragma: no cover - JIT
+    """out[p] = volume at voxel_map @ p + shift[p] e_axis (trilinear, or cubic B-spline of
+    prefiltered coefficients; 0 outside the volume) for every grid p; ``shift`` of shape
+    (1, 1, 1) means none."""
     ox, oy, oz = out.shape
     shifted = shift.shape == out.shape
+    weights = np.empty((3, 4))
+    indices = np.empty((3, 4), np.int64)
     for a in range(ox):
         for b in range(oy):
             x = voxel_map[0, 0] * a + voxel_map[0, 1] * b + voxel_map[0, 3]
@@ -262,7 +308,10 @@ def _trilinear_grid(volume, voxel_map, shift, axis, out):  # pragma: no cover - 
                         py += shift[a, b, c]
                     else:
                         pz += shift[a, b, c]
-                value = _trilinear(volume, px, py, pz)
+                if cubic:
+                    value = _cubic(volume, px, py, pz, weights, indices)
+                else:
+                    value = _trilinear(volume, px, py, pz)
                 out[a, b, c] = 0.0 if np.isnan(value) else value
 
 
@@ -272,9 +321,11 @@ def resample(
     affine: np.ndarray,
     shift: np.ndarray | None = None,
     axis: int = 1,
+    order: int = 1,
 ) -> np.ndarray:
     """A volume resampled onto its own grid through a RAS+ grid -> volume map: trilinear
-    (no overshoot), zero outside the volume, float32.
+    (``order`` 1, no overshoot) or cubic B-spline (3: prefiltered with a mirror boundary, as
+    scipy's ``map_coordinates(order=3, mode="mirror")``), zero outside the volume, float32.
 
     ``shift`` (voxels, on the grid) moves each grid point's sample along the volume's voxel
     ``axis`` after the map: the susceptibility displacement along phase encoding, which is fixed
@@ -291,8 +342,13 @@ def resample(
         raise ValueError(f"shift of shape {np.shape(shift)} is not on the grid {out.shape}")
     if axis not in (0, 1, 2):
         raise ValueError(f"axis must be 0, 1 or 2, got {axis!r}")
-    _trilinear_grid(
-        np.ascontiguousarray(volume, dtype=np.float32), voxel_map,
-        np.ascontiguousarray(shift, dtype=np.float32), int(axis), out,
+    if order not in (1, 3):
+        raise ValueError(f"order must be 1 or 3, got {order!r}")
+    samples = np.ascontiguousarray(volume, dtype=np.float32)
+    if order == 3:
+        samples = ndimage.spline_filter(samples, order=3, mode="mirror", output=np.float32)
+    _sample_grid(
+        samples, voxel_map, np.ascontiguousarray(shift, dtype=np.float32), int(axis),
+        order == 3, out,
     )  # fmt: skip
     return out
