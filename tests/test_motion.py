@@ -110,6 +110,50 @@ def test_correct_motion_series():
     )
 
 
+def test_the_shell_means_own_eddy_map_is_recovered_from_the_volumes():
+    """Eddy fields linear in the gradient (PE row of each voxel map: scale, shears, shift) on a
+    half sphere of directions, each volume also rotated by head motion: the shell frame (mean
+    map = identity) hides the mean direction's field; shell_mean_eddy gives it back, keeping
+    the brain's centre in place. With directions on the whole sphere there is none."""
+    rng = np.random.default_rng(4)
+    affine, pe_axis, n = _affine(), 1, 40
+    bvecs = rng.normal(size=(n, 3))
+    bvecs /= np.linalg.norm(bvecs, axis=1, keepdims=True)
+    bvecs[bvecs[:, 2] < 0] *= -1  # half sphere, as most single-shell schemes: mean ~0.5 long
+    per_gradient = np.array(
+        [[0.004, 0.012, -0.003], [0.002, -0.006, 0.010], [-0.003, 0.004, 0.008], [0.9, -0.6, 0.4]]
+    )  # a, b, c, t per g
+    centre = np.array([14.0, 17.0, 13.0])
+
+    def voxel_map(g):
+        matrix = np.eye(4)
+        matrix[pe_axis] += g @ per_gradient.T
+        return matrix
+
+    expected = voxel_map(bvecs.mean(axis=0))
+    eddy_maps = np.stack([affine @ voxel_map(g) @ np.linalg.inv(affine) for g in bvecs])
+    for head_sd in (0.0, 0.4):  # degrees of rotation (and 0.75 x that in mm) per volume
+        maps = np.stack([m @ _rigid(rng.normal(0, head_sd, 3), rng.normal(0, 0.75 * head_sd, 3),
+                                    affine) for m in eddy_maps])  # fmt: skip
+        to_shell = maps @ np.linalg.inv(maps.mean(axis=0))
+        eddy = motion.shell_mean_eddy(to_shell, bvecs, affine, pe_axis, centre)
+        found = np.linalg.inv(affine) @ eddy @ affine
+        # still head: exact; moving head: the stretch exactly, shears within the motion noise
+        np.testing.assert_allclose(found[pe_axis, pe_axis], expected[pe_axis, pe_axis],
+                                   atol=1e-4)  # fmt: skip
+        tolerance = 1e-4 if head_sd == 0 else 5e-3
+        np.testing.assert_allclose(found[pe_axis, :3], expected[pe_axis, :3], atol=tolerance)
+        np.testing.assert_allclose((found @ np.r_[centre, 1])[:3], centre, atol=1e-9)
+        other_rows = [axis for axis in range(3) if axis != pe_axis]
+        np.testing.assert_allclose(found[other_rows], np.eye(4)[other_rows], atol=1e-12)
+    assert abs(expected[pe_axis, pe_axis] - 1) > 0.004  # a stretch the rigid link cannot remove
+    balanced = np.concatenate([bvecs, -bvecs])  # whole sphere: mean direction 0
+    maps = np.stack([affine @ voxel_map(g) @ np.linalg.inv(affine) for g in balanced])
+    to_shell = maps @ np.linalg.inv(maps.mean(axis=0))
+    eddy = motion.shell_mean_eddy(to_shell, balanced, affine, pe_axis, centre)
+    np.testing.assert_allclose(eddy, np.eye(4), atol=1e-9)
+
+
 def test_framewise_displacement_known_answer():
     params = np.zeros((3, 6))
     params[1, :3] = [0.1, -0.2, 0.3]  # 0.6 mm of translation
