@@ -159,10 +159,13 @@ squares (inverse-compositional Gauss-Newton [ic_gn]); diffusion-weighted volumes
 12-parameter affine to the mean image of their shell, recomputed from the aligned volumes over
 {len(SHELL_PASS_LEVELS)} least-squares passes, then refined at full resolution by
 {FINAL_MI_ITERATIONS} steps of gradient ascent on Mattes mutual information [mattes] (each step
-must raise the metric). Each shell mean was brought to the b0 reference by one rigid
-registration with Mattes mutual information (ANTs). Each volume was
-interpolated once and multiplied by the Jacobian determinant of its affine (restoring the signal
-an eddy-current stretch spreads thinner); b-vectors were rotated by the rotation part of each
+must raise the metric). The shell mean carries the eddy-current distortion of the shell's mean
+gradient direction; with the phase-encoding axis known, it was estimated by fitting each
+volume's phase-encoding row of its affine linearly on its gradient direction (the linear model
+of FSL eddy) and removed before the shell mean was brought to the b0 reference by one rigid
+registration with Mattes mutual information (ANTs). Each volume was interpolated once (cubic
+B-spline) and multiplied by the Jacobian determinant of its affine (restoring the signal an
+eddy-current stretch spreads thinner); b-vectors were rotated by the rotation part of each
 affine [bvec_rotation].
 Translations along phase encoding, which the eddy-current field offset confounds in
 diffusion-weighted volumes, were taken from the b0 volumes. Six motion parameters and the framewise
