@@ -163,8 +163,8 @@ must raise the metric). The shell mean carries the eddy-current distortion of th
 gradient direction; with the phase-encoding axis known, it was estimated by fitting each
 volume's phase-encoding row of its affine linearly on its gradient direction (the linear model
 of FSL eddy) and removed before the shell mean was brought to the b0 reference by one rigid
-registration with Mattes mutual information (ANTs). Each volume was interpolated once (cubic
-B-spline) and multiplied by the Jacobian determinant of its affine (restoring the signal an
+registration with Mattes mutual information (ANTs). Each volume was interpolated once
+(trilinear) and multiplied by the Jacobian determinant of its affine (restoring the signal an
 eddy-current stretch spreads thinner); b-vectors were rotated by the rotation part of each
 affine [bvec_rotation].
 Translations along phase encoding, which the eddy-current field offset confounds in
