@@ -34,12 +34,10 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from ketamine_dti.config import Config
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_participant import ALTERNATIVE, MEASURED  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-#: The ROI-table column the group level analyses by default; the other summary beside it.
-MEASURED = f"{Config.md_measure}_{Config.roi_statistic}"
-ALTERNATIVE = "md_median" if MEASURED == "md_mean" else "md_mean"
 SUBJECT = "M31"
 SESSIONS = {"baseline": "PA", "24h": "AP"}
 #: ROIs over the frontal sinus and beside the temporal bone: where distortion is worst.

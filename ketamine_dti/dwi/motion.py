@@ -355,15 +355,17 @@ def estimate_affines(
     for index, matrix in b0_affines.items():
         affines[index] = matrix
     shells = gradients.cluster_shells(gtab.bvals, gtab.b0_threshold)
+    # the brain's centroid (voxels), which shell_mean_eddy keeps in place
+    centre = (
+        np.argwhere(mask).mean(axis=0)
+        if mask is not None and mask.any()
+        else (np.asarray(data.shape[:3], float) - 1) / 2
+    )
     for shell in np.unique(shells[~gtab.b0_mask]):
         members = np.flatnonzero((shells == shell) & ~gtab.b0_mask)
         to_shell, shell_mean = align_shell(data[..., members], affine, mask)
         eddy = np.eye(4)
         if pe_axis is not None and len(members) >= MIN_VOLUMES_FOR_EDDY_MEAN:
-            centre = (
-                np.argwhere(mask).mean(axis=0) if mask is not None and mask.any()
-                else (np.asarray(data.shape[:3], float) - 1) / 2
-            )  # fmt: skip
             eddy = shell_mean_eddy(to_shell, gtab.bvecs[members], affine, pe_axis, centre)
             shell_mean = resample(shell_mean, eddy, affine)
         shell_from_reference = register_mutual_information(

@@ -205,7 +205,7 @@ class _ResampleInputSpec(BaseInterfaceInputSpec):
     pe_direction = traits.Str(desc="BIDS PhaseEncodingDirection (with field_file)")
     readout = traits.Float(desc="TotalReadoutTime, s (with field_file)")
     order = traits.Enum(
-        INTERPOLATION_ORDER, 1, 3, usedefault=True,
+        INTERPOLATION_ORDER, *({1, 3} - {INTERPOLATION_ORDER}), usedefault=True,
         desc="spline order: 3 cubic B-spline, 1 trilinear (dwi.resampling)",
     )  # fmt: skip
 
