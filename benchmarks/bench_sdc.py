@@ -3,6 +3,7 @@
 Usage:
 
     python benchmarks/bench_sdc.py OUT_DIR [--n-participants 4] [--seed 11] [--distortion typical]
+        [--run auto none] [--analyse-only]
 
 Simulates a ``retest`` trial of the standard preset (no true MD change between sessions) with
 planted EPI susceptibility distortion (the simulator's dipole model, which shares no code with
@@ -279,6 +280,11 @@ def main(argv: list[str] | None = None) -> int:
         "each item has its own random stream, so the rest of the trial is the same",
     )
     parser.add_argument("--analyse-only", action="store_true")
+    parser.add_argument(
+        "--run", nargs="+", choices=MODES, default=list(MODES), metavar="MODE",
+        help="the --sdc modes to run; the others are read back from an earlier run in OUT_DIR "
+        "(e.g. --run auto after a change that --sdc none does not reach)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.seed in args.training_seeds:
         parser.error(f"--seed {args.seed} is a training seed; report on a held-out seed")
@@ -302,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     for mode in MODES:
         out = out_dir / f"out_sdc_{mode}"
         partial = out.parent / f"{out.name}_partial.json"
-        if args.analyse_only:
+        if args.analyse_only or mode not in args.run:
             rows = json.loads(partial.read_text())
         else:
             rows = run(bids_dir, out, work, mode, args.nprocs)

@@ -189,6 +189,39 @@ def test_reverse_image_on_another_grid_and_head_position_gives_the_field():
     assert result.estimate.data_cost_after < 0.3 * result.estimate.data_cost_before
 
 
+def test_the_field_comes_from_the_series_first_b0(tmp_path):
+    """Given the DWI series and its b-values, the interface estimates from the first b0 (the
+    one that defines the reference frame): a second b0 of a head moved by 2 voxels along PE and
+    a diffusion-weighted volume in between change nothing."""
+    import nibabel as nib
+
+    from ketamine_dti.interfaces.fieldmap import EstimateSusceptibilityField
+
+    image, inside = head(SHAPE, VOXEL_MM, seed=3)
+    field = GaussianField(SHAPE, VOXEL_MM, seed=5)
+    up = noisy(distort(image, field, READOUT_S, 1, 1), 40.0, 1.0, 1)
+    moved = distort(_moved(image, (0, 2, 0)), _MovedField(field, (0, 2, 0)), READOUT_S, 1, 1)
+    series = np.stack([up, 0.3 * up, moved], axis=-1).astype(np.float32)
+    down = noisy(distort(image, field, READOUT_S, 1, -1), 40.0, 0.7, 2)
+    nib.save(nib.Nifti1Image(series, _affine()), tmp_path / "dwi.nii.gz")
+    nib.save(nib.Nifti1Image(down.astype(np.float32), _affine()), tmp_path / "epi.nii.gz")
+    (tmp_path / "dwi.bval").write_text("0 1000 0\n")
+    node = EstimateSusceptibilityField(
+        b0_file=str(tmp_path / "dwi.nii.gz"), bval_file=str(tmp_path / "dwi.bval"),
+        pe_direction="j", readout=READOUT_S, reverse_files=[str(tmp_path / "epi.nii.gz")],
+        reverse_bvals=[""], reverse_pe_direction="j-", reverse_readout=READOUT_S,
+        b0_threshold=50.0,
+    )  # fmt: skip
+    estimated = nib.load(node.run(cwd=str(tmp_path)).outputs.field_file).get_fdata()
+    direct = pepolar.estimate_pepolar(
+        up, _affine(), "j", READOUT_S, [(down, _affine())], "j-", READOUT_S
+    ).field_hz
+    np.testing.assert_allclose(estimated, direct, atol=1e-3)
+    truth = field.on_grid()
+    p99 = np.percentile(np.abs(truth[inside]), 99)
+    assert np.median(np.abs(estimated - truth)[inside]) <= 0.05 * p99
+
+
 def test_a_reverse_image_read_out_the_same_way_is_refused():
     image, _ = head(SHAPE, VOXEL_MM)
     with pytest.raises(ValueError, match="same phase-encoding direction"):
@@ -223,6 +256,14 @@ def test_a_pepolar_plan_feeds_the_field_into_the_one_resampling(tmp_path):
     assert resample.inputs.pe_direction == "j-" and resample.inputs.readout == 0.05
     edges = with_sdc._graph.get_edge_data(estimate, resample)["connect"]
     assert ("field_file", "field_file") in edges
+    # the field comes from the restored series (the one motion is estimated on), first b0,
+    # not from the resampled b0 reference
+    graph, motion = with_sdc._graph, with_sdc.get_node("motion_correct")
+    (restored,) = [n for n in graph.predecessors(motion) if n.name in ("denoise", "unring")]
+    assert graph.get_edge_data(restored, estimate)["connect"] == [("out_file", "b0_file")]
+    feeds = with_sdc._graph.get_edge_data(with_sdc.get_node("check_dwi"), estimate)["connect"]
+    assert feeds == [("out_bval", "bval_file")]
+    assert with_sdc._graph.get_edge_data(with_sdc.get_node("motion_correct"), estimate) is None
     assert "reverse phase-encoded" in " ".join(with_sdc.desc.split())
     for plan in (None, _plan(tmp_path, "none")):
         workflow = init_dwi_preproc_wf(fieldmap=plan)

@@ -36,6 +36,10 @@ class _DistortedB0InputSpec(BaseInterfaceInputSpec):
 
 
 class _EstimateFieldInputSpec(_DistortedB0InputSpec):
+    bval_file = File(
+        exists=True, desc="with it, b0_file is the acquired DWI series and its first b0 volume "
+        "(the one that defines the reference frame) is used",
+    )  # fmt: skip
     reverse_files = traits.List(File(exists=True), mandatory=True, desc="reverse-PE images")
     reverse_bvals = traits.List(
         traits.Str, mandatory=True, desc="per reverse image: its .bval (a DWI series: its b0 "
@@ -62,11 +66,13 @@ class EstimateSusceptibilityField(SimpleInterface):
         from ketamine_dti.dwi import pepolar
 
         image = nib.load(self.inputs.b0_file)
+        bval_file = self.inputs.bval_file if isdefined(self.inputs.bval_file) else ""
+        b0 = _b0_volumes(self.inputs.b0_file, bval_file, self.inputs.b0_threshold)[0][..., 0]
         reverse = []
         for path, bval in zip(self.inputs.reverse_files, self.inputs.reverse_bvals, strict=True):
             reverse.append(_mean_b0(path, bval, self.inputs.b0_threshold))
         result = pepolar.estimate_pepolar(
-            image.get_fdata(dtype=np.float32), image.affine, self.inputs.pe_direction,
+            b0, image.affine, self.inputs.pe_direction,
             self.inputs.readout, reverse, self.inputs.reverse_pe_direction,
             self.inputs.reverse_readout,
         )  # fmt: skip
@@ -78,17 +84,21 @@ class EstimateSusceptibilityField(SimpleInterface):
         return runtime
 
 
-def _mean_b0(path: str, bval_file: str, b0_threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """(mean b0 volume, affine) of a reverse-PE image: its b0 volumes by ``bval_file``, or every
-    volume of an fmap EPI image (no ``bval_file``)."""
+def _b0_volumes(path: str, bval_file: str, b0_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """((X, Y, Z, n) b0 volumes, affine) of an image: its b0 volumes by ``bval_file``, or every
+    volume (no ``bval_file``: an fmap EPI image, or one b0)."""
     image = nib.load(path)
     data = np.nan_to_num(image.get_fdata(dtype=np.float32))
-    if data.ndim == 3:
-        return data, image.affine
+    data = data.reshape(*data.shape[:3], -1)
     if bval_file:
-        volumes = np.flatnonzero(gradients.read_bvals(bval_file) <= b0_threshold)
-        data = data[..., volumes]
-    return data.reshape(*data.shape[:3], -1).mean(axis=-1), image.affine
+        data = data[..., np.flatnonzero(gradients.read_bvals(bval_file) <= b0_threshold)]
+    return data, image.affine
+
+
+def _mean_b0(path: str, bval_file: str, b0_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(mean b0 volume, affine) of a reverse-PE image (``_b0_volumes``)."""
+    data, affine = _b0_volumes(path, bval_file, b0_threshold)
+    return data.mean(axis=-1), affine
 
 
 class _GreFieldToB0InputSpec(BaseInterfaceInputSpec):

@@ -112,11 +112,11 @@ displacement along phase encoding and its Jacobian entered the same single inter
 motion and eddy-current maps. """
     return f"""Susceptibility distortion was corrected from reverse phase-encoded b0 images, as
 TOPUP [topup] and HySCO [hysco] do: the off-resonance field was a cubic B-spline (knots
-{knot_spacings()}) fitted by least squares with a bending-energy penalty to make the b0
-reference and the reverse image agree after displacement along phase encoding and Jacobian
-intensity modulation, after a rigid least-squares alignment of the reverse image to the b0
-reference. The displacement and its Jacobian entered the same single interpolation as the
-motion and eddy-current maps. """
+{knot_spacings()}) fitted by least squares with a bending-energy penalty to make the series'
+first b0 (which defines the reference frame; restored as above, not resampled) and the reverse
+image agree after displacement along phase encoding and Jacobian intensity modulation, after a
+rigid least-squares alignment of the reverse image to that b0. The displacement and its
+Jacobian entered the same single interpolation as the motion and eddy-current maps. """
 
 
 _GRE_CONVERSION = {
@@ -217,7 +217,8 @@ def init_dwi_preproc_wf(
     Denoising comes first (it needs the untouched noise), unringing second (it needs the
     original slice grid), then a single interpolation aligns every volume to the b0 reference
     and, with a ``fieldmap`` plan (``fieldmaps.FieldmapInputs``), undoes the
-    susceptibility distortion estimated from the motion-aligned b0 reference. ``pe_axis``
+    susceptibility distortion (reverse-PE images: estimated from the first restored b0;
+    SyN-SDC and GRE fieldmaps: through the motion-aligned b0 reference). ``pe_axis``
     (the phase-encode voxel axis, from the sidecar) keeps eddy-current shear and field offsets
     out of the head-motion estimates. Slice dropouts are found on the resampled series, still on
     the raw slice grid (``slice_axis``, from SliceEncodingDirection), and with
@@ -286,7 +287,7 @@ def init_dwi_preproc_wf(
                               ("residual_file", "residual_file"),
                               ("residual_median", "residual_median")]),
     ])  # fmt: skip
-    _connect_restoration(
+    restored = _connect_restoration(
         workflow, check, (motion, resample), outputnode, denoise, gibbs, omp_nthreads
     )
     if denoise == "mppca":
@@ -296,12 +297,12 @@ def init_dwi_preproc_wf(
     if corrects(fieldmap):
         if syn:
             estimate = _syn_estimate(workflow, inputnode, motion, fieldmap, omp_nthreads)
+        elif fieldmap.method == "pepolar":
+            estimate = _pepolar_node(fieldmap, b0_threshold)
+            workflow.connect(*restored, estimate, "b0_file")
+            workflow.connect(check, "out_bval", estimate, "bval_file")
         else:
-            estimate = (
-                _pepolar_node(fieldmap, b0_threshold)
-                if fieldmap.method == "pepolar"
-                else _gre_node(fieldmap)
-            )
+            estimate = _gre_node(fieldmap)
             workflow.connect(motion, "b0_reference", estimate, "b0_file")
         resample.inputs.pe_direction = fieldmap.phase_encoding.direction
         resample.inputs.readout = fieldmap.phase_encoding.total_readout_time
@@ -358,7 +359,13 @@ def _gre_node(fieldmap: FieldmapInputs) -> pe.Node:
 
 
 def _pepolar_node(fieldmap: FieldmapInputs, b0_threshold: float) -> pe.Node:
-    """The field from the motion-aligned b0 reference and the reverse-PE images."""
+    """The field from the series' first b0 (denoised and unringed) and the reverse-PE images.
+
+    The first b0 defines the reference frame, so it needs no resampling. The b0 reference, a
+    mean of trilinearly resampled b0s, is smoother than the reverse image, and the pair's
+    mismatch in sharpness reads as displacement at sharp edges (the frontal pole above the
+    sinus). The raw first b0 did as well on the simulator but not on the real Prisma pair,
+    whose AP field then strayed by up to 60 Hz at the brain's edge."""
     reverse = fieldmap.reverse_pe
     # one estimate takes one readout: images read out like the first reverse image
     used = [image for image in reverse if image.phase_encoding == reverse[0].phase_encoding]
@@ -380,7 +387,7 @@ def _pepolar_node(fieldmap: FieldmapInputs, b0_threshold: float) -> pe.Node:
 
 def _connect_restoration(workflow, check, targets, outputnode, denoise, gibbs, omp_nthreads):
     """check -> [MP-PCA] -> [Gibbs unringing] -> motion estimation and the resampling, as the
-    options ask."""
+    options ask. Returns (node, output field) of the restored series."""
     last, last_field = check, "out_file"
     if denoise == "mppca":
         mppca = threaded_node(Denoise(n_threads=omp_nthreads), "denoise", omp_nthreads,
@@ -396,3 +403,4 @@ def _connect_restoration(workflow, check, targets, outputnode, denoise, gibbs, o
         last, last_field = unring, "out_file"
     for target in targets:
         workflow.connect(last, last_field, target, "in_file")
+    return last, last_field
