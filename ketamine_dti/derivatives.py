@@ -133,7 +133,8 @@ def _sdc_metadata(context: SidecarContext) -> dict:
     method = {
         "pepolar": "pepolar: cubic B-spline field (knot spacing "
         f"{knot_spacings()}, coarse to fine) fitted by least squares with a bending-energy "
-        "penalty to the b0 reference and the rigidly aligned reverse phase-encoded b0 "
+        "penalty to the series' first b0 (restored, defining the reference frame) and the "
+        "rigidly aligned reverse phase-encoded b0 "
         "(TOPUP/HySCO model: "
         "displacement along phase encoding with Jacobian intensity modulation)",
         "fieldmap": "fieldmap: the GRE fieldmap in Hz (a phasediff unwrapped and divided by "
