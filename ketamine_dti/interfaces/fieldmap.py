@@ -67,7 +67,7 @@ class EstimateSusceptibilityField(SimpleInterface):
 
         image = nib.load(self.inputs.b0_file)
         bval_file = self.inputs.bval_file if isdefined(self.inputs.bval_file) else ""
-        b0 = _b0_volumes(self.inputs.b0_file, bval_file, self.inputs.b0_threshold)[0][..., 0]
+        b0 = _volume(image, _b0_indices(image, bval_file, self.inputs.b0_threshold)[0])
         reverse = []
         for path, bval in zip(self.inputs.reverse_files, self.inputs.reverse_bvals, strict=True):
             reverse.append(_mean_b0(path, bval, self.inputs.b0_threshold))
@@ -84,21 +84,26 @@ class EstimateSusceptibilityField(SimpleInterface):
         return runtime
 
 
-def _b0_volumes(path: str, bval_file: str, b0_threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """((X, Y, Z, n) b0 volumes, affine) of an image: its b0 volumes by ``bval_file``, or every
-    volume (no ``bval_file``: an fmap EPI image, or one b0)."""
-    image = nib.load(path)
-    data = np.nan_to_num(image.get_fdata(dtype=np.float32))
-    data = data.reshape(*data.shape[:3], -1)
-    if bval_file:
-        data = data[..., np.flatnonzero(gradients.read_bvals(bval_file) <= b0_threshold)]
-    return data, image.affine
+def _b0_indices(image: nib.Nifti1Image, bval_file: str, b0_threshold: float) -> np.ndarray:
+    """Indices of an image's b0 volumes by ``bval_file``; without one every volume is a b0 (an
+    fmap EPI image, or a single b0)."""
+    n_volumes = image.shape[3] if len(image.shape) == 4 else 1
+    if not bval_file:
+        return np.arange(n_volumes)
+    return np.flatnonzero(gradients.read_bvals(bval_file) <= b0_threshold)
+
+
+def _volume(image: nib.Nifti1Image, index: int) -> np.ndarray:
+    """One volume (float32, non-finite -> 0), read alone from the file."""
+    data = image.dataobj[..., int(index)] if len(image.shape) == 4 else image.dataobj[...]
+    return np.nan_to_num(np.asarray(data, dtype=np.float32))
 
 
 def _mean_b0(path: str, bval_file: str, b0_threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """(mean b0 volume, affine) of a reverse-PE image (``_b0_volumes``)."""
-    data, affine = _b0_volumes(path, bval_file, b0_threshold)
-    return data.mean(axis=-1), affine
+    """(mean b0 volume, affine) of a reverse-PE image (``_b0_indices``)."""
+    image = nib.load(path)
+    volumes = [_volume(image, index) for index in _b0_indices(image, bval_file, b0_threshold)]
+    return np.mean(volumes, axis=0), image.affine
 
 
 class _GreFieldToB0InputSpec(BaseInterfaceInputSpec):

@@ -359,7 +359,7 @@ def _gre_node(fieldmap: FieldmapInputs) -> pe.Node:
 
 
 def _pepolar_node(fieldmap: FieldmapInputs, b0_threshold: float) -> pe.Node:
-    """The field from the series' first b0 (denoised and unringed) and the reverse-PE images.
+    """The field from the restored series' first b0 and the reverse-PE images.
 
     The first b0 defines the reference frame, so it needs no resampling. The b0 reference, a
     mean of trilinearly resampled b0s, is smoother than the reverse image, and the pair's
