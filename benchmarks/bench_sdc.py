@@ -3,7 +3,7 @@
 Usage:
 
     python benchmarks/bench_sdc.py OUT_DIR [--n-participants 4] [--seed 11] [--distortion typical]
-        [--run auto none] [--analyse-only]
+        [--run auto none undistorted] [--earlier RESULTS.json] [--analyse-only]
 
 Simulates a ``retest`` trial of the standard preset (no true MD change between sessions) with
 planted EPI susceptibility distortion (the simulator's dipole model, which shares no code with
@@ -17,6 +17,12 @@ the cached anatomy and motion estimation. Reports, each with and without SDC:
 - the field's recovery: median |estimated - true| (Hz) inside the DWI brain mask and inside each
   true ROI, relative to the true field's 99th percentile of |field| in the brain (target
   <= 10%), and the estimation time per session.
+
+With ``--run undistorted`` it also simulates the same trial without distortion (same seed: the
+simulator draws the field from its own random stream, so anatomy, motion and noise are the same)
+and runs the App on it: the error any correction could reach at best, per ROI, beside the two
+runs on the distorted trial. ``--earlier`` reads the distorted runs from an earlier results file
+when their outputs are gone.
 
 Results go to OUT_DIR/bench_sdc.json and .md, with the held-out and training seeds.
 """
@@ -54,6 +60,8 @@ TARGET_RETEST_SD = 0.006
 TARGET_FIELD_ERROR = 0.10
 TARGET_ESTIMATION_S = 60.0
 MODES = ("auto", "none")
+#: The same trial simulated without distortion, run with --sdc none (the floor of the error).
+UNDISTORTED = "undistorted"
 
 
 def simulate(
@@ -183,7 +191,9 @@ def _percent(value: float | None) -> str:
 
 
 def markdown(results: dict) -> str:
-    runs = {mode: results[f"sdc_{mode}"] for mode in MODES if f"sdc_{mode}" in results}
+    runs = {f"--sdc {mode}": results[f"sdc_{mode}"] for mode in MODES if f"sdc_{mode}" in results}
+    if UNDISTORTED in results:
+        runs["undistorted trial"] = results[UNDISTORTED]
     lines = [
         "# Susceptibility distortion correction on simulated trials",
         "",
@@ -198,7 +208,7 @@ def markdown(results: dict) -> str:
         "",
         "## ROI MD and test-retest",
         "",
-        "| | " + " | ".join(f"--sdc {m}" for m in runs) + " |",
+        "| | " + " | ".join(runs) + " |",
         "|---|" + "---|" * len(runs),
     ]
 
@@ -232,8 +242,8 @@ def markdown(results: dict) -> str:
         lambda r: f"{np.median([p['wall_s'] for p in r['participants']]) / 60:.1f}",
     )
     lines += ["", f"Per ROI (median \\|{column}/md_true - 1\\|; SD of dMD/MD):", "",
-              "| ROI | " + " | ".join(f"error, --sdc {m}" for m in runs)
-              + " | " + " | ".join(f"retest SD, --sdc {m}" for m in runs) + " |",
+              "| ROI | " + " | ".join(f"error, {m}" for m in runs)
+              + " | " + " | ".join(f"retest SD, {m}" for m in runs) + " |",
               "|---|" + "---|" * (2 * len(runs))]  # fmt: skip
     first = next(iter(runs.values()))
     for roi in first["per_roi_median_abs_rel_error"]:
@@ -244,6 +254,10 @@ def markdown(results: dict) -> str:
         lines.append(f"| {roi} | " + " | ".join(errors + sds) + " |")
     if "worse_with_sdc" in results:
         lines += ["", f"ROIs whose error is worse with SDC: {results['worse_with_sdc'] or 'none'}"]
+    if UNDISTORTED in results:
+        lines += ["", "The undistorted trial is the same seed simulated with `--distortion none` "
+                  "(same anatomy, motion and noise; no fieldmap, so the App ran without SDC): "
+                  "the error no distortion correction can go below."]  # fmt: skip
     field = results.get("field")
     if field:
         lines += [
@@ -261,6 +275,26 @@ def markdown(results: dict) -> str:
             f"(target <= {TARGET_ESTIMATION_S:g}).",
         ]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def undistorted_run(args: argparse.Namespace, out_dir: Path) -> dict:
+    """The same seed simulated with ``--distortion none`` and run through the App (its own
+    work directory: nothing is shared with the distorted runs)."""
+    bids_dir = simulate(
+        out_dir / f"bids_{UNDISTORTED}", args.n_participants, args.seed, "none",
+        args.realism_off, args.nprocs,
+    )  # fmt: skip
+    out = out_dir / f"out_{UNDISTORTED}"
+    partial = out.parent / f"{out.name}_partial.json"
+    if args.analyse_only or UNDISTORTED not in args.run:
+        rows = json.loads(partial.read_text())
+    else:
+        rows = run(bids_dir, out, out_dir / f"work_{UNDISTORTED}", "none", args.nprocs)
+    subjects = [row["subject"] for row in rows if row["status"] == "ok"]
+    result = {"participants": rows} | (accuracy(bids_dir, out, subjects) if subjects else {})
+    if subjects:
+        result[ALTERNATIVE] = accuracy(bids_dir, out, subjects, ALTERNATIVE)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -281,9 +315,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--analyse-only", action="store_true")
     parser.add_argument(
-        "--run", nargs="+", choices=MODES, default=list(MODES), metavar="MODE",
+        "--run", nargs="+", choices=[*MODES, UNDISTORTED], default=list(MODES), metavar="MODE",
         help="the --sdc modes to run; the others are read back from an earlier run in OUT_DIR "
-        "(e.g. --run auto after a change that --sdc none does not reach)",
+        "(e.g. --run auto after a change that --sdc none does not reach); 'undistorted' adds "
+        "the same trial simulated without distortion",
+    )  # fmt: skip
+    parser.add_argument(
+        "--earlier", type=Path, metavar="RESULTS_JSON",
+        help="take the --sdc modes not run from this results file (e.g. a committed "
+        "bench_sdc.json) instead of their outputs in OUT_DIR",
     )  # fmt: skip
     args = parser.parse_args(argv)
     if args.seed in args.training_seeds:
@@ -292,10 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
     out_dir = args.out_dir.absolute()
-    bids_dir = simulate(
-        out_dir / "bids", args.n_participants, args.seed, args.distortion, args.realism_off,
-        args.nprocs,
-    )  # fmt: skip
+    bids_dir = out_dir / "bids"
+    if not args.earlier or set(MODES) & set(args.run):
+        simulate(bids_dir, args.n_participants, args.seed, args.distortion, args.realism_off,
+                 args.nprocs)  # fmt: skip
     work = out_dir / "work"
     results = {
         "command": "python benchmarks/bench_sdc.py "
@@ -305,9 +345,17 @@ def main(argv: list[str] | None = None) -> int:
         "realism_off": list(args.realism_off),
         "seeds": {"held_out": [args.seed], "training": list(args.training_seeds)},
     }
+    earlier = json.loads(args.earlier.read_text()) if args.earlier else None
+    if earlier:
+        results["earlier"] = {"file": str(args.earlier), "command": earlier["command"]}
     for mode in MODES:
         out = out_dir / f"out_sdc_{mode}"
         partial = out.parent / f"{out.name}_partial.json"
+        if earlier and mode not in args.run:
+            results[f"sdc_{mode}"] = earlier[f"sdc_{mode}"]
+            if mode == "auto" and "field" in earlier:
+                results["field"] = earlier["field"]
+            continue
         if args.analyse_only or mode not in args.run:
             rows = json.loads(partial.read_text())
         else:
@@ -325,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
             field["estimation_s_max"] = float(np.max(seconds))
             results["field"] = field
         (out_dir / "bench_sdc.json").write_text(json.dumps(results, indent=2))
+    if UNDISTORTED in args.run or (out_dir / f"out_{UNDISTORTED}_partial.json").exists():
+        results[UNDISTORTED] = undistorted_run(args, out_dir)
     with_sdc = results["sdc_auto"].get("per_roi_median_abs_rel_error", {})
     without = results["sdc_none"].get("per_roi_median_abs_rel_error", {})
     results["worse_with_sdc"] = [roi for roi in with_sdc if with_sdc[roi] > without.get(roi, 1)]
