@@ -147,7 +147,7 @@ def _add_execution_options(exe) -> None:
         "--work-dir",
         type=Path,
         default=Path("work"),
-        help="Nipype work dir; reuse to resume",
+        help="Nipype work dir; reuse to resume (a cache made by other code is removed)",
     )
     exe.add_argument("--nprocs", "--n-cpus", dest="nprocs", type=int, default=os.cpu_count() or 1)
     exe.add_argument("--omp-nthreads", type=int, default=1, help="threads per process")

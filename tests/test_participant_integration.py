@@ -27,6 +27,7 @@ import pandas as pd
 import pytest
 from conftest import tree_checksum
 
+from ketamine_dti.work_cache import STAMP_SUFFIX, code_fingerprint
 from ketamine_dti.workflows.base import RUN_WORKFLOW
 
 pytestmark = pytest.mark.slow
@@ -364,6 +365,9 @@ def test_rerun_resumes_and_gives_identical_outputs(run):
     }  # fmt: skip
     assert {_interface_name(d) for d in rerun} <= {"DerivativesSink"}, sorted(rerun)
     assert len(rerun) < len(run.results_after)  # the computing nodes were all served cached
+    # the cache is stamped with this code's fingerprint (ketamine_dti.work_cache)
+    stamp = run.work / f"{RUN_WORKFLOW}{STAMP_SUFFIX}"
+    assert json.loads(stamp.read_text())["fingerprint"] == code_fingerprint()
     for subject in run.good:
         assert _outputs_digest(run.out, subject) == run.digests[subject]
 

@@ -27,6 +27,7 @@ from ketamine_dti.preflight import check_participant, run_preflight
 from ketamine_dti.qc import FAIL, WARN
 from ketamine_dti.rois import ROI_NAMES
 from ketamine_dti.threads import pin_itk_threads
+from ketamine_dti.work_cache import claim_cache
 from ketamine_dti.workflows.anat import PUBLISHED_OUTPUTS, init_anat_wf
 from ketamine_dti.workflows.boilerplate import LiterateWorkflow, methods_text
 from ketamine_dti.workflows.nodes import threaded_node
@@ -285,6 +286,7 @@ def run_participants(
     started = time.time()
     run = LiterateWorkflow(RUN_WORKFLOW)
     run.base_dir = str(Path(config.work_dir).absolute())
+    claim_cache(Path(run.base_dir) / RUN_WORKFLOW)  # no step reused from other code
     run.config.update(_configure_nipype(config, Path(config.output_dir) / "logs"))
     workflows = {}
     for subject, participant in participants.items():
