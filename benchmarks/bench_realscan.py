@@ -3,6 +3,7 @@
 Usage:
 
     python benchmarks/bench_realscan.py OUT_DIR [--source DIR] [--nprocs 2] [--sdc auto]
+        [--interpolation trilinear]
         [--work-dir DIR] [--compare-to OLD_OUT_DIR --compare-label LABEL]
 
 Arranges ``../shared/realdata/siemens_prisma_xa30_subM31`` with ``scripts/arrange_realdata.py``
@@ -141,7 +142,14 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def run(out_dir: Path, source: Path | None, nprocs: int, sdc: str, work: Path | None) -> dict:
+def run(
+    out_dir: Path,
+    source: Path | None,
+    nprocs: int,
+    sdc: str,
+    work: Path | None,
+    interpolation: str = "trilinear",
+) -> dict:
     bids, out, work = out_dir / "bids", out_dir / "out", work or out_dir / "work"
     if not bids.exists():
         command = [sys.executable, str(REPO / "scripts/arrange_realdata.py"), str(bids)]
@@ -149,6 +157,7 @@ def run(out_dir: Path, source: Path | None, nprocs: int, sdc: str, work: Path | 
     started = time.time()
     app = [sys.executable, "-m", "bids_app.run", str(bids), str(out), "participant"]
     app += ["-w", str(work), "--nprocs", str(nprocs), "--skip-bids-validation", "--sdc", sdc]
+    app += ["--interpolation", interpolation]
     proc = subprocess.run(app, capture_output=True, text=True)
     (out_dir / "app.log").write_text(proc.stdout + proc.stderr)
     return {"exit_code": proc.returncode, "wall_s": time.time() - started}
@@ -167,7 +176,8 @@ def markdown(after: dict, before: dict | None, before_label: str) -> str:
     lines = [
         "# The real Prisma scan through the App (issue 10 figures)",
         "",
-        f"Command: `python benchmarks/bench_realscan.py OUT --sdc {after.get('sdc', 'auto')}` "
+        f"Command: `python benchmarks/bench_realscan.py OUT --sdc {after.get('sdc', 'auto')} "
+        f"--interpolation {after.get('interpolation', 'trilinear')}` "
         f"(exit code {after['exit_code']}, {after['wall_s'] / 60:.1f} min wall). "
         "ses-baseline = PA, ses-24h = AP.",
         "",
@@ -229,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", type=Path, default=None)
     parser.add_argument("--nprocs", type=int, default=2)
     parser.add_argument("--sdc", default="auto", choices=["auto", "pepolar", "none"])
+    parser.add_argument("--interpolation", default="trilinear", choices=["trilinear", "cubic"])
     parser.add_argument("--work-dir", type=Path, default=None, help="default OUT_DIR/work")
     parser.add_argument("--compare-to", type=Path, default=None, help="an earlier run's OUT")
     parser.add_argument("--compare-label", default="before")
@@ -240,8 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.analyse_only:
         status = json.loads(status_file.read_text())
     else:
-        status = run(out_dir, args.source, args.nprocs, args.sdc, args.work_dir)
-        status["sdc"] = args.sdc
+        status = run(
+            out_dir, args.source, args.nprocs, args.sdc, args.work_dir, args.interpolation
+        )
+        status["sdc"], status["interpolation"] = args.sdc, args.interpolation
         status_file.write_text(json.dumps(status))
     after = status | figures(out_dir / "out")
     before = figures(args.compare_to) if args.compare_to else None

@@ -74,7 +74,12 @@ def bench_tiny_trial(out: Path, n_participants: int, noiseless: bool, n_procs: i
 
 
 def bench_standard_participant(out: Path, noiseless: bool, head: str = "full") -> dict:
-    """One standard participant, two sessions, written as the CLI writes it (incl. loading)."""
+    """One standard participant, two sessions, written as the CLI writes it (incl. loading).
+
+    Noiseless runs check the signal model against the truth masks of the undistorted grid, so
+    they plant no susceptibility distortion (the standard preset's default is ``typical``,
+    which displaces the amygdalae by millimetres: +4.7% MD error in those masks)."""
+    distortion = "none" if noiseless else None
     return run_child(
         f"""
         from pathlib import Path
@@ -82,7 +87,7 @@ def bench_standard_participant(out: Path, noiseless: bool, head: str = "full") -
         from ketamine_dti.simulate.clinical import simulate_clinical
         options = bids_writer.make_options(
             {str(out)!r}, n_participants=3, preset="standard", noiseless={noiseless},
-            head={head!r},
+            head={head!r}, distortion={distortion!r},
         )
         trial = simulate_clinical(3, seed=options.seed, sessions=options.sessions)
         Path({str(out)!r}).mkdir(parents=True, exist_ok=True)

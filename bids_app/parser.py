@@ -22,6 +22,7 @@ from ketamine_dti.config import (
     ROI_SUMMARY_STATISTICS,
     Config,
 )
+from ketamine_dti.dwi.resampling import INTERPOLATION_ORDERS
 from ketamine_dti.errors import InputError
 from ketamine_dti.fieldmaps import SDC_METHODS
 from ketamine_dti.resources import ATLAS as BUNDLED_ATLAS
@@ -180,6 +181,14 @@ def _add_method_options(met) -> None:
         default="wls",
         help="tensor estimator; restore (Chang et al. 2005) leaves out samples beyond 3 noise "
         "SDs of a robust fit, using the MP-PCA noise map when --denoise mppca",
+    )
+    met.add_argument(
+        "--interpolation",
+        choices=list(INTERPOLATION_ORDERS),
+        default="trilinear",
+        help="the one interpolation of the DWI (motion, eddy currents and distortion at once): "
+        "trilinear, or a cubic B-spline as FSL eddy's (sharper, but see "
+        "benchmarks/results/sdc_session17_cubic.md for what it did to a real pair)",
     )
     met.add_argument(
         "--slice-outliers",
@@ -438,6 +447,7 @@ def to_config(args: argparse.Namespace) -> Config:
         gibbs=args.gibbs,
         tensor_fit=args.tensor_fit,
         slice_outliers=args.slice_outliers,
+        interpolation=args.interpolation,
         b0_threshold=args.b0_threshold,
         roi_atlas=args.roi_atlas.absolute() if args.roi_atlas else None,
         roi_atlas_label=args.roi_atlas_label,

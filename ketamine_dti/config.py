@@ -66,6 +66,7 @@ class Config:
     gibbs: bool = False  # Gibbs unringing costs minutes per session; QSIPrep's default is off too
     tensor_fit: str = "wls"  # "wls", "ols", "nlls" or "restore" (robust to outlier samples)
     slice_outliers: str = "replace"  # slice dropouts: "replace" (eddy --repol) or "none" (count)
+    interpolation: str = "trilinear"  # the one DWI interpolation: dwi.resampling's choices
     b0_threshold: float = 50.0  # s/mm^2; scanners label b=5..50 "b0" (gradients.B0_THRESHOLD)
     roi_atlas: Path | None = None  # None: the bundled atlas; else a dseg NIfTI (+ .tsv)
     roi_atlas_label: str | None = None  # atlas-<label> of published dseg names; see atlas_label

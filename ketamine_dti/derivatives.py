@@ -111,7 +111,10 @@ class OutputSpec:
 def _preproc_dwi(context: SidecarContext) -> dict:
     steps = ["MP-PCA denoising"] if context.config.denoise == "mppca" else []
     steps += ["Gibbs unringing"] if context.config.gibbs else []
-    steps += ["per-volume affine motion/eddy-current correction to a b0 reference"]
+    steps += [
+        "per-volume affine motion/eddy-current correction to a b0 reference (one "
+        f"{context.config.interpolation} interpolation)"
+    ]
     metadata = context.session.dwi_metadata
     kept = {key: metadata[key] for key in DWI_METADATA_KEYS if key in metadata}
     stored = (

@@ -163,3 +163,24 @@ def test_session_pair_runs_and_b0_threshold_options(tmp_path):
 
     with pytest.raises(UsageError, match="must differ"):
         to_config(parser.parse_args([*base, "--sessions", "pre", "pre"]))
+
+
+def test_interpolation_option_reaches_the_resampling_node(tmp_path):
+    from ketamine_dti.workflows.dwi import init_dwi_preproc_wf
+
+    parser = build_parser()
+    base = [str(tmp_path), str(tmp_path / "o"), "participant"]
+    assert to_config(parser.parse_args(base)).interpolation == "trilinear"
+    config = to_config(parser.parse_args([*base, "--interpolation", "cubic"]))
+    assert config.interpolation == "cubic"
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--interpolation", "sinc"])
+    for choice, order, named in (
+        ("trilinear", 1, "(trilinear)"),
+        ("cubic", 3, "(cubic B-spline)"),
+    ):
+        workflow = init_dwi_preproc_wf(interpolation=choice)
+        assert workflow.get_node("resample_dwi").inputs.order == order
+        assert named in workflow.desc
+    with pytest.raises(ValueError, match="interpolation"):
+        init_dwi_preproc_wf(interpolation="sinc")

@@ -31,6 +31,8 @@ from ketamine_dti.dwi import series_registration
 
 #: Spline order of the one interpolation: 1 (trilinear) or 3 (cubic B-spline; see above).
 INTERPOLATION_ORDER: int = 1
+#: ``--interpolation`` choices and their spline orders.
+INTERPOLATION_ORDERS: dict[str, int] = {"trilinear": 1, "cubic": 3}
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from ketamine_dti.dwi.motion import (
     FINAL_MI_ITERATIONS,
     SHELL_PASS_LEVELS,
 )
+from ketamine_dti.dwi.resampling import INTERPOLATION_ORDERS
 from ketamine_dti.dwi.slice_outliers import DEFAULT_SLICE_AXIS
 from ketamine_dti.dwi.slice_outliers import OUTLIER_SD as SLICE_OUTLIER_SD
 from ketamine_dti.dwi.susceptibility import knot_spacings
@@ -138,12 +139,17 @@ changed. """
     return f"{found}; outliers were counted, not replaced. "
 
 
+#: How the methods text names each --interpolation choice.
+_KERNEL_NAMES = {"trilinear": "trilinear", "cubic": "cubic B-spline"}
+
+
 def _description(
     denoise: str,
     gibbs: bool,
     tensor_fit: str,
     fieldmap: FieldmapInputs | None = None,
     slice_outliers: str = Config.slice_outliers,
+    interpolation: str = Config.interpolation,
 ) -> str:
     steps = []
     if denoise == "mppca":
@@ -164,9 +170,9 @@ gradient direction; with the phase-encoding axis known, it was estimated by fitt
 volume's phase-encoding row of its affine linearly on its gradient direction (the linear model
 of FSL eddy) and removed before the shell mean was brought to the b0 reference by one rigid
 registration with Mattes mutual information (ANTs). Each volume was interpolated once
-(trilinear) and multiplied by the Jacobian determinant of its affine (restoring the signal an
-eddy-current stretch spreads thinner); b-vectors were rotated by the rotation part of each
-affine [bvec_rotation].
+({_KERNEL_NAMES[interpolation]}) and multiplied by the Jacobian determinant of its affine
+(restoring the signal an eddy-current stretch spreads thinner); b-vectors were rotated by the
+rotation part of each affine [bvec_rotation].
 Translations along phase encoding, which the eddy-current field offset confounds in
 diffusion-weighted volumes, were taken from the b0 volumes. Six motion parameters and the framewise
 displacement (FD, {FD_HEAD_RADIUS_MM:g} mm head radius) [fd] were saved; volumes with FD >
@@ -192,6 +198,7 @@ def init_dwi_preproc_wf(
     gibbs: bool = Config.gibbs,
     tensor_fit: str = Config.tensor_fit,
     slice_outliers: str = Config.slice_outliers,
+    interpolation: str = Config.interpolation,
     omp_nthreads: int = 1,
     pe_axis: int | None = None,
     slice_axis: int = DEFAULT_SLICE_AXIS,
@@ -229,8 +236,13 @@ def init_dwi_preproc_wf(
         raise ValueError(f"denoise must be 'mppca' or 'none', got {denoise!r}")
     if slice_outliers not in ("replace", "none"):
         raise ValueError(f"slice_outliers must be 'replace' or 'none', got {slice_outliers!r}")
+    if interpolation not in INTERPOLATION_ORDERS:
+        raise ValueError(
+            f"interpolation must be one of {sorted(INTERPOLATION_ORDERS)}, got {interpolation!r}"
+        )
     workflow = LiterateWorkflow(
-        name, desc=_description(denoise, gibbs, tensor_fit, fieldmap, slice_outliers)
+        name,
+        desc=_description(denoise, gibbs, tensor_fit, fieldmap, slice_outliers, interpolation),
     )
     syn = corrects(fieldmap) and fieldmap.method == "syn"
     inputs = ["dwi_file", "bval_file", "bvec_file"] + (list(SYN_T1W_FIELDS) if syn else [])
@@ -241,7 +253,10 @@ def init_dwi_preproc_wf(
         MotionCorrect(n_threads=omp_nthreads, pe_axis=pe_axis), "motion_correct", omp_nthreads,
         DWI_STEP_MEM_GB,
     )  # fmt: skip
-    resample = pe.Node(ResampleDWI(), name="resample_dwi", mem_gb=DWI_STEP_MEM_GB)
+    resample = pe.Node(
+        ResampleDWI(order=INTERPOLATION_ORDERS[interpolation]), name="resample_dwi",
+        mem_gb=DWI_STEP_MEM_GB,
+    )  # fmt: skip
     mask = pe.Node(BrainMask(), name="brain_mask")
     repol = threaded_node(
         SliceOutliers(

@@ -283,6 +283,7 @@ def _init_preproc(workflow, session: SessionInputs, config: Config):
         gibbs=config.gibbs,
         tensor_fit=config.tensor_fit,
         slice_outliers=config.slice_outliers,
+        interpolation=config.interpolation,
         omp_nthreads=config.omp_nthreads,
         pe_axis=pe_axis_from_metadata(session.dwi_metadata),
         slice_axis=slice_axis_from_metadata(session.dwi_metadata),
