@@ -38,6 +38,9 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_participant import ALTERNATIVE, MEASURED  # noqa: E402
 
+from ketamine_dti.config import Config  # noqa: E402
+from ketamine_dti.dwi.resampling import INTERPOLATION_ORDERS  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 SUBJECT = "M31"
 SESSIONS = {"baseline": "PA", "24h": "AP"}
@@ -148,7 +151,7 @@ def run(
     nprocs: int,
     sdc: str,
     work: Path | None,
-    interpolation: str = "trilinear",
+    interpolation: str = Config.interpolation,
 ) -> dict:
     bids, out, work = out_dir / "bids", out_dir / "out", work or out_dir / "work"
     if not bids.exists():
@@ -239,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", type=Path, default=None)
     parser.add_argument("--nprocs", type=int, default=2)
     parser.add_argument("--sdc", default="auto", choices=["auto", "pepolar", "none"])
-    parser.add_argument("--interpolation", default="trilinear", choices=["trilinear", "cubic"])
+    parser.add_argument(
+        "--interpolation", default=Config.interpolation, choices=list(INTERPOLATION_ORDERS)
+    )
     parser.add_argument("--work-dir", type=Path, default=None, help="default OUT_DIR/work")
     parser.add_argument("--compare-to", type=Path, default=None, help="an earlier run's OUT")
     parser.add_argument("--compare-label", default="before")

@@ -277,6 +277,19 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_or_read(bids_dir: Path, out: Path, work: Path, sdc: str, nprocs: int, rerun: bool):
+    """Run the App (``rerun``) or read back an earlier run's rows; returns the rows, the ok
+    subjects and the accuracy summary (the default column and the other one beside it)."""
+    partial = out.parent / f"{out.name}_partial.json"
+    rows = run(bids_dir, out, work, sdc, nprocs) if rerun else json.loads(partial.read_text())
+    subjects = [row["subject"] for row in rows if row["status"] == "ok"]
+    result = {"participants": rows}
+    if subjects:
+        result |= accuracy(bids_dir, out, subjects)
+        result[ALTERNATIVE] = accuracy(bids_dir, out, subjects, ALTERNATIVE)
+    return subjects, result
+
+
 def undistorted_run(args: argparse.Namespace, out_dir: Path) -> dict:
     """The same seed simulated with ``--distortion none`` and run through the App (its own
     work directory: nothing is shared with the distorted runs)."""
@@ -284,17 +297,11 @@ def undistorted_run(args: argparse.Namespace, out_dir: Path) -> dict:
         out_dir / f"bids_{UNDISTORTED}", args.n_participants, args.seed, "none",
         args.realism_off, args.nprocs,
     )  # fmt: skip
-    out = out_dir / f"out_{UNDISTORTED}"
-    partial = out.parent / f"{out.name}_partial.json"
-    if args.analyse_only or UNDISTORTED not in args.run:
-        rows = json.loads(partial.read_text())
-    else:
-        rows = run(bids_dir, out, out_dir / f"work_{UNDISTORTED}", "none", args.nprocs)
-    subjects = [row["subject"] for row in rows if row["status"] == "ok"]
-    result = {"participants": rows} | (accuracy(bids_dir, out, subjects) if subjects else {})
-    if subjects:
-        result[ALTERNATIVE] = accuracy(bids_dir, out, subjects, ALTERNATIVE)
-    return result
+    rerun = UNDISTORTED in args.run and not args.analyse_only
+    return run_or_read(
+        bids_dir, out_dir / f"out_{UNDISTORTED}", out_dir / f"work_{UNDISTORTED}", "none",
+        args.nprocs, rerun,
+    )[1]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -349,23 +356,15 @@ def main(argv: list[str] | None = None) -> int:
     if earlier:
         results["earlier"] = {"file": str(args.earlier), "command": earlier["command"]}
     for mode in MODES:
-        out = out_dir / f"out_sdc_{mode}"
-        partial = out.parent / f"{out.name}_partial.json"
         if earlier and mode not in args.run:
             results[f"sdc_{mode}"] = earlier[f"sdc_{mode}"]
             if mode == "auto" and "field" in earlier:
                 results["field"] = earlier["field"]
             continue
-        if args.analyse_only or mode not in args.run:
-            rows = json.loads(partial.read_text())
-        else:
-            rows = run(bids_dir, out, work, mode, args.nprocs)
-        subjects = [row["subject"] for row in rows if row["status"] == "ok"]
-        results[f"sdc_{mode}"] = {"participants": rows} | (
-            accuracy(bids_dir, out, subjects) if subjects else {}
+        rerun = mode in args.run and not args.analyse_only
+        subjects, results[f"sdc_{mode}"] = run_or_read(
+            bids_dir, out_dir / f"out_sdc_{mode}", work, mode, args.nprocs, rerun
         )
-        if subjects:  # the other summary of the same voxels, beside it
-            results[f"sdc_{mode}"][ALTERNATIVE] = accuracy(bids_dir, out, subjects, ALTERNATIVE)
         if mode == "auto" and subjects:
             field = field_recovery(bids_dir, work, subjects)
             seconds = [r["estimation_s"] for r in field["per_session"]]
