@@ -155,9 +155,12 @@ def segment_tissues(
     for name, prob in zip(TISSUE_NAMES, probabilities, strict=True):
         full = np.zeros(mask.shape, np.float32)
         full[full_box] = prob / total * inside
-        maps.append(full)
+        maps.append(full[full_box])
         files[name] = save_like(image, full, out_dir / f"tissue_{name}_probseg.nii.gz")
-    dseg = (np.argmax(np.stack(maps), axis=0) + 1) * mask
+    # labelled inside the box only: the mask lies within it, and outside it every map is 0
+    dseg = np.zeros(mask.shape, np.uint8)
+    dseg[full_box] = np.argmax(np.stack(maps), axis=0) + 1
+    dseg *= mask
     dseg_file = save_like(image, dseg, out_dir / "tissue_dseg.nii.gz", "unsigned char")
     volumes = {n: float((dseg == i + 1).sum()) for i, n in enumerate(TISSUE_NAMES)}
     LOGGER.info("tissue voxels: %s", volumes)

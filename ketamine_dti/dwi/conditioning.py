@@ -29,7 +29,7 @@ class ConditionedDWI:
 def zero_volumes(data: np.ndarray) -> np.ndarray:
     """True for each volume of a 4-D series that is zero everywhere (no signal at all)."""
     data = np.asanyarray(data)
-    return ~np.any(data.reshape(-1, data.shape[-1]) != 0, axis=0)
+    return np.array([not data[..., k].any() for k in range(data.shape[-1])], dtype=bool)
 
 
 def condition_dwi(
@@ -41,18 +41,21 @@ def condition_dwi(
     all-zero volumes are excluded; b-values at or below ``b0_threshold`` become 0 so every
     later step agrees on which volumes are b0s.
     """
-    data = np.concatenate([np.asarray(d, dtype=np.float32) for d, _, _ in runs], axis=3)
+    arrays = [np.asarray(d, dtype=np.float32) for d, _, _ in runs]
+    # one run (the usual case) is used as it is: each copy of a standard series is 175 MB
+    data = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=3)
     bvals = np.concatenate([np.asarray(b, dtype=float).ravel() for _, b, _ in runs])
     bvecs = np.concatenate([np.asarray(v, dtype=float) for _, _, v in runs], axis=0)
     nonfinite = ~np.isfinite(data).all(axis=3)
-    data[nonfinite] = 0.0
+    if nonfinite.any():  # a copy, so a caller's array is never changed
+        data = np.where(nonfinite[..., None], np.float32(0.0), data)
     keep = ~zero_volumes(data)
     gtab = check_gradient_table(
         bvals[keep], bvecs[keep], int(keep.sum()), b0_threshold=b0_threshold
     )
     clean_bvals = np.where(gtab.b0_mask, 0.0, gtab.bvals)
     return ConditionedDWI(
-        data=np.ascontiguousarray(data[..., keep]),
+        data=data if keep.all() else data[..., keep],
         bvals=clean_bvals,
         bvecs=gtab.bvecs,
         nonfinite_mask=nonfinite,

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from ketamine_dti import __version__
+from ketamine_dti.allocator import keep_freed_memory
 from ketamine_dti.simulate.bids_writer import HEAD_MODES, make_options, simulate_trial
 from ketamine_dti.simulate.clinical import SCENARIOS
 from ketamine_dti.simulate.presets import PRESETS
@@ -160,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s: %(message)s",
     )
+    keep_freed_memory()  # its participants' worker processes are forked from here
     start = time.perf_counter()
     try:
         results = simulate_trial(options, overwrite=args.overwrite)

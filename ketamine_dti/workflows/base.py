@@ -18,6 +18,7 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ketamine_dti import __version__, bids
+from ketamine_dti.allocator import keep_freed_memory
 from ketamine_dti.config import Config
 from ketamine_dti.derivatives import spec_path
 from ketamine_dti.errors import InputError
@@ -425,6 +426,7 @@ def run_participant_level(config: Config) -> list[tuple[str, str]]:
     ``config.check_only`` nothing runs after the checks.
     """
     pin_itk_threads(config.omp_nthreads)
+    keep_freed_memory()  # before MultiProc forks its workers, which inherit it
     subjects = bids.select_participants(
         bids.participant_folders(config.bids_dir), config.participant_labels, config.bids_dir
     )

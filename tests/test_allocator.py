@@ -1,0 +1,42 @@
+"""The allocator setting keeps a freed large array's pages in the process (glibc only)."""
+
+import platform
+import subprocess
+import sys
+
+import pytest
+
+PROBE = """
+import os, sys
+import numpy as np
+from ketamine_dti.allocator import keep_freed_memory
+taken = keep_freed_memory() if sys.argv[1] == "keep" else None
+page = os.sysconf("SC_PAGE_SIZE")
+def resident_mb():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * page / 1e6
+before = resident_mb()
+block = np.ones(50_000_000)  # 400 MB, above glibc's largest default mmap threshold
+del block
+print(taken, resident_mb() - before)
+"""
+
+pytestmark = pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only"
+)
+
+
+def _held_mb(mode: str) -> tuple[str, float]:
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True
+    ).stdout.split()
+    return out[0], float(out[1])
+
+
+def test_freed_memory_is_kept_for_the_next_step_only_when_asked():
+    taken, kept = _held_mb("keep")
+    assert taken == "True"
+    assert kept > 350  # the 400 MB stay resident, ready for reuse
+    default, released = _held_mb("default")
+    assert default == "None"
+    assert released < 50  # glibc's default returns them to the kernel
