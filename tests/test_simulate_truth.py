@@ -33,8 +33,9 @@ SESSIONS = ("ses-baseline", "ses-24h")
 #: Modules of the simulator that make images and truth (validation.py is the group-level
 #: Monte-Carlo harness, which runs the App's group stage by design).
 IMAGE_MODULES = sorted(p for p in SIMULATOR.glob("*.py") if p.name != "validation.py")
-#: What those modules may import from the package outside ``simulate``: names and the version.
-ALLOWED_IMPORTS = {"ketamine_dti", "ketamine_dti.rois"}
+#: What those modules may import from the package outside ``simulate``: names and the version,
+#: and the C allocator's setting (``allocator``: how memory is reused, no model of any data).
+ALLOWED_IMPORTS = {"ketamine_dti", "ketamine_dti.rois", "ketamine_dti.allocator"}
 #: 1% CSF raises GM MD by ~2.4% at b = 1000 (session.BIAS_PER_FRACTION); measured within 30%.
 CSF_MD_TOLERANCE = 0.3
 #: The true apparent MD (desc-truth_md) of a pure-GM truth voxel vs its ROI's md_true, per voxel.
