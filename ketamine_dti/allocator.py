@@ -5,8 +5,9 @@ and returns them to the kernel on free. A standard DWI series is 175 MB as float
 step makes several such arrays, so each step pays the kernel's first-touch page faults again:
 on this project's 2-core virtual machine that was 103 s of system time in one standard
 participant's 514 s of CPU (unused guest pages go back to the host and are slow to touch again).
-With large blocks taken from the heap and freed memory kept, the same run took 25 s of system
-time and ~70 s less CPU in all, with the same outputs (the allocator changes no value).
+With large blocks taken from the heap and freed memory kept (and three copy-free conversions),
+the same run took 21 s of system time and 107 s less CPU in all, with byte-identical outputs
+(benchmarks/results/speed_session20.md; the allocator changes no value).
 
 The cost is memory held between steps: a Nipype worker keeps up to ``KEEP_FREE_BYTES`` of
 freed memory at the top of its heap, ready for its next node. Other C libraries (musl, macOS)
