@@ -97,6 +97,16 @@ def read_grid(path: PathLike):
     return image
 
 
+#: Work files of the anatomy chain are uncompressed: ITK writes a 1 mm float T1w in 0.19 s as
+#: .nii and in 1.24 s as .nii.gz, and reads it back faster. Only the sinks compress.
+WORK_EXTENSION = ".nii"
+
+
+def nifti_extension(path: PathLike) -> str:
+    """ ".nii.gz" or ".nii", as ``path`` is compressed or not (a copy keeps its format)."""
+    return ".nii.gz" if str(path).endswith(".gz") else ".nii"
+
+
 def save_like(reference, array: np.ndarray, out_file: PathLike, pixel_type: str = "float") -> str:
     """Write ``array`` on ``reference``'s grid (``pixel_type``: ANTs name, e.g. 'unsigned
     char'); returns the absolute path."""

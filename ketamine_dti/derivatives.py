@@ -13,10 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
-
-from ketamine_dti import bids
+from ketamine_dti import bids, storage
 from ketamine_dti.anat.registration import MNI_RESOLUTION
 from ketamine_dti.config import Config
 from ketamine_dti.dwi import free_water
@@ -103,8 +100,8 @@ class OutputSpec:
     extra: Callable[[SidecarContext], dict] | None = None
     companions: tuple[str, ...] = ()  # inputs written beside the file (bval_file, bvec_file)
     runtime_metadata: str | None = None
-    #: "int16": stored as int16 with a scale factor (``raw_step``), for the large
-    #: images whose float32 copy is mostly noise bits; None: as the step computed it
+    #: a rule of ``storage.RULES`` (integers in steps finer than the data resolve), for images
+    #: whose float32 copy is mostly noise bits; None: as the step computed it (NaN kept)
     storage: str | None = None
 
 
@@ -117,13 +114,9 @@ def _preproc_dwi(context: SidecarContext) -> dict:
     ]
     metadata = context.session.dwi_metadata
     kept = {key: metadata[key] for key in DWI_METADATA_KEYS if key in metadata}
-    stored = (
-        "int16 in the raw series' own steps (its scl_slope, 1 when unscaled), or in steps of "
-        "max |value| / 32767 when the raw is float"
-    )
     return kept | {
         "Description": "Preprocessed DWI: " + ", ".join(steps) + "; b-vectors rotated. "
-        f"Stored as {stored}; the fits ran on the unrounded series."
+        "The fits ran on the unrounded series (Storage)."
     }
 
 
@@ -255,7 +248,7 @@ def _free_water_map(param: str, description: str, units: str) -> OutputSpec:
 def _probseg(label: str) -> OutputSpec:
     return OutputSpec(
         "probseg", {"label": label}, datatype="anat", level="participant",
-        sources=("t1w_preproc", "t1w_mask"),
+        sources=("t1w_preproc", "t1w_mask"), storage="probability",
     )  # fmt: skip
 
 
@@ -275,7 +268,7 @@ SESSION_OUTPUTS: dict[str, OutputSpec] = {
     "dwi_preproc": OutputSpec(
         "dwi", {"space": "dwi", "desc": "preproc"}, sources=("raw:dwi",),
         reference="dwi_preproc", metadata={"SkullStripped": False}, extra=_preproc_dwi,
-        companions=("bval_file", "bvec_file"), storage="int16",
+        companions=("bval_file", "bvec_file"), storage="noise",
     ),
     "dwi_mask": OutputSpec(
         "mask", {"space": "dwi", "desc": "brain"}, sources=("dwi_preproc",),
@@ -285,7 +278,7 @@ SESSION_OUTPUTS: dict[str, OutputSpec] = {
     "b0_reference": OutputSpec(
         "dwiref", {"space": "dwi", "desc": "b0"}, sources=("raw:dwi",), reference="dwi_preproc",
         metadata={"Description": "Mean of the corrected b0 volumes (motion reference; "
-                  "distortion-corrected when a fieldmap was used)."},
+                  "distortion-corrected when a fieldmap was used)."}, storage="range",
     ),
     "sdc_field": OutputSpec(
         "fieldmap", {"space": "dwi", "desc": "sdc"}, datatype="fmap",
@@ -293,7 +286,7 @@ SESSION_OUTPUTS: dict[str, OutputSpec] = {
         metadata={"Units": "Hz", "SkullStripped": False,
                   "Description": "Off-resonance field (from reverse phase-encoded b0 images, "
                   "a GRE fieldmap or, fieldmap-less, the T1w: see EstimationMethod), at the "
-                  "undistorted positions of the DWI grid."},
+                  "undistorted positions of the DWI grid."}, storage="range",
     ),
     "b0_uncorrected": OutputSpec(
         "magnitude", {"space": "dwi", "desc": "sdc"}, datatype="fmap", sources=("raw:dwi",),
@@ -301,7 +294,7 @@ SESSION_OUTPUTS: dict[str, OutputSpec] = {
         metadata={"SkullStripped": False,
                   "Description": "The field's magnitude: mean of the motion-aligned b0 volumes "
                   "before susceptibility distortion correction (the image the field was "
-                  "estimated for; the corrected one is desc-b0_dwiref)."},
+                  "estimated for; the corrected one is desc-b0_dwiref)."}, storage="range",
     ),
     "sdc_displacement": OutputSpec(
         "dwimap", {"space": "dwi", "model": "sdc", "param": "displacement"},
@@ -309,7 +302,7 @@ SESSION_OUTPUTS: dict[str, OutputSpec] = {
         metadata={"Units": "mm", "Description": "Voxel displacement map in mm: how far the "
                   "DWI's signal at each undistorted point was displaced along the phase-encoding "
                   "axis (signed along the image's PE voxel axis: field x TotalReadoutTime x "
-                  "voxel size, negated for a '-' direction), as corrected."},
+                  "voxel size, negated for a '-' direction), as corrected."}, storage="range",
     ),
     "md": _tensor_map("md", "Mean diffusivity", MD_UNITS),
     "fa": _tensor_map("fa", "Fractional anisotropy", "arbitrary"),
@@ -332,6 +325,7 @@ SESSION_OUTPUTS: dict[str, OutputSpec] = {
         "dwimap", {"space": "dwi", "model": "mppca", "param": "sigma"}, sources=("raw:dwi",),
         metadata={"Units": "arbitrary",
                   "Description": "MP-PCA noise standard deviation (signal units)."},
+        storage="range",
     ),
     "confounds": OutputSpec(
         "timeseries", {"desc": "confounds"}, ".tsv", sources=("raw:dwi",),
@@ -381,7 +375,7 @@ ANAT_OUTPUTS: dict[str, OutputSpec] = {
         metadata={"SkullStripped": False,
                   "Description": "Subject template: the sessions' N4-corrected T1w averaged in "
                   "their rigid halfway space (a copy of the T1w for a single session)."},
-        storage="int16",
+        storage="noise",
     ),
     "t1w_mask": OutputSpec(
         "mask", {"desc": "brain"}, datatype="anat", level="participant",
@@ -413,26 +407,13 @@ SDC_OUTPUTS = ("b0_uncorrected", "sdc_field", "sdc_displacement")
 
 
 def storage_sources(key: str, context: SidecarContext) -> list[str]:
-    """The raw images whose step an int16 output keeps (``raw_step``): the DWI runs of the
-    preprocessed series; none for the T1w template, whose N4 correction and averaging rescale
-    its values. Read by the sink when it runs, not when the workflow is built."""
-    if OUTPUTS[key].storage != "int16" or key != "dwi_preproc" or context.session is None:
+    """The raw images whose step bounds an output's ("noise" rule, ``storage.raw_step``): the
+    DWI runs of the preprocessed series; none for the T1w template, whose N4 correction and
+    averaging rescale its values. Read by the sink when it runs, not when the workflow is
+    built."""
+    if key != "dwi_preproc" or context.session is None:
         return []
     return [run[0] for run in context.session.dwi_runs]
-
-
-def raw_step(paths: list[str]) -> float:
-    """The raw series' own step (its scale factor, 1 when unscaled) when every run is
-    integer-typed, as scanners write it, so the stored series is as fine as the data acquired;
-    0 (the sink then uses max |value| / 32767) for a float raw or no raw at all."""
-    steps = []
-    for path in paths:
-        image = nib.load(path)
-        if not np.issubdtype(image.get_data_dtype(), np.integer):
-            return 0.0
-        slope = float(image.dataobj.slope)  # nibabel moves scl_slope here (1 when unset)
-        steps.append(slope if np.isfinite(slope) and slope != 0 else 1.0)
-    return min(steps) if steps else 0.0
 
 
 def session_output_keys(denoise: str, sdc: bool = False) -> tuple[str, ...]:
@@ -531,4 +512,6 @@ def sidecar(key: str, context: SidecarContext) -> dict:
         metadata["SpatialReference"] = _uri(context, spec.reference)[0]
     if spec.extra is not None:
         metadata.update(spec.extra(context))
+    if spec.storage is not None:
+        metadata["Storage"] = storage.DESCRIPTIONS[spec.storage]
     return metadata

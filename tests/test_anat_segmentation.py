@@ -69,7 +69,7 @@ def test_segmentation_is_repeatable_and_leaves_no_temporary_files(
     second = segment_tissues(folder / "brain.nii.gz", folder / "mask.nii.gz", tmp_path / "out")
     assert list(system_tmp.iterdir()) == []
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
-        f"tissue_{name}.nii.gz" for name in ("csf_probseg", "gm_probseg", "wm_probseg", "dseg")
+        [f"tissue_{name}_probseg.nii" for name in ("csf", "gm", "wm")] + ["tissue_dseg.nii.gz"]
     )
     assert np.array_equal(
         nib.load(first.gm_file).get_fdata(), nib.load(second.gm_file).get_fdata()

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ketamine_dti import derivatives
+from ketamine_dti import derivatives, storage
 from ketamine_dti.bids import SessionInputs
 from ketamine_dti.config import Config
 from ketamine_dti.derivatives import SidecarContext, find_outputs, sidecar, spec_path
@@ -159,18 +159,19 @@ def test_dwi_sidecar_records_the_steps_and_raw_metadata(tmp_path):
     assert "MP-PCA" not in dwi["Description"]
     assert dwi["Sources"] == ["bids:raw:sub-01/ses-24h/dwi/sub-01_ses-24h_dwi.nii.gz"]
     assert dwi["SpatialReference"].endswith("_space-dwi_desc-preproc_dwi.nii.gz")
-    assert "int16 in the raw series' own steps" in dwi["Description"]
-    assert derivatives.raw_step(derivatives.storage_sources("dwi_preproc", context)) == 1.0
+    assert dwi["Storage"] == storage.DESCRIPTIONS["noise"]
+    assert storage.raw_step(derivatives.storage_sources("dwi_preproc", context)) == 1.0
     assert json.dumps(dwi)  # JSON-serialisable
 
 
 def test_large_images_are_stored_as_int16_at_the_raw_step(tmp_path):
-    """A float DWI is published as int16 in the raw series' steps (0.5 here): within half a
-    step of the computed values; a range too wide for that step widens it; NaN becomes 0."""
+    """A float DWI whose noise is finer than the raw series' step (0.5 here) is published as
+    int16 in that step: within half a step of the computed values; a range too wide for that
+    step widens it; NaN becomes 0."""
     from ketamine_dti.interfaces.bids import DerivativesSink
 
     rng = np.random.default_rng(0)
-    data = rng.normal(500, 30, (6, 6, 4, 3)).astype(np.float32)
+    data = rng.normal(500, 0.3, (6, 6, 4, 3)).astype(np.float32)
     data[0, 0, 0, 0] = np.nan
     source = _save(data, tmp_path / "dwi.nii")
     raw = tmp_path / "raw.nii.gz"
@@ -179,11 +180,12 @@ def test_large_images_are_stored_as_int16_at_the_raw_step(tmp_path):
     nib.save(scaled, raw)
     session = SessionInputs("01", "24h", str(raw), "", "", str(raw), {})
     context = SidecarContext(Config(tmp_path, tmp_path / "out", "participant"), "01", session)
-    assert derivatives.raw_step(derivatives.storage_sources("dwi_preproc", context)) == 0.5
-    assert derivatives.storage_sources("md", context) == []  # not stored as int16
+    assert storage.raw_step(derivatives.storage_sources("dwi_preproc", context)) == 0.5
+    assert derivatives.storage_sources("md", context) == []  # no raw step bounds it
+    assert derivatives.OUTPUTS["md"].storage is None  # NaN marks voxels without a fit
     sink = DerivativesSink(
         output_dir=str(tmp_path / "out"), in_file=source, suffix="dwi", datatype="dwi",
-        entities={"sub": "01", "ses": "24h", "desc": "preproc"}, storage="int16",
+        entities={"sub": "01", "ses": "24h", "desc": "preproc"}, storage="noise",
         quantum_from=[str(raw)],
     )  # fmt: skip
     written = nib.load(sink.run().outputs.out_file)
@@ -196,13 +198,51 @@ def test_large_images_are_stored_as_int16_at_the_raw_step(tmp_path):
     assert set(np.unique(np.round(values / 0.5, 6) % 1)) == {0.0}  # multiples of the step
     wide = _save(np.array([0.0, 40000.0, -1.0, 3.0]).reshape(1, 1, 1, 4), tmp_path / "w.nii")
     step = 40000.0 / 32767
-    stored = derivatives_int16(wide, 0.5)
+    stored = _read_back(storage.as_int16(wide, 0.5))
     assert stored.dataobj.slope == pytest.approx(step, rel=1e-6)
     assert stored.get_fdata().max() == pytest.approx(40000.0, rel=1e-4)
 
 
-def derivatives_int16(path: str, quantum: float):
-    """The sink's conversion, read back from bytes (as a user would read the file)."""
-    from ketamine_dti.interfaces.bids import as_int16
+def test_noise_storage_steps_by_a_quarter_of_the_images_own_noise(tmp_path):
+    """On a smooth image plus white noise of SD 20, the "noise" rule's step is a quarter of
+    that SD (the edges of the structure barely move the estimate); the rounding error is
+    uniform within half a step, 0.5% of the noise variance, far finer than the raw step 1."""
+    rng = np.random.default_rng(3)
+    x = np.linspace(0, 2 * np.pi, 40)
+    structure = 1000 + 400 * np.sin(x)[:, None, None] * np.cos(x)[None, :, None]
+    structure = np.broadcast_to(structure, (40, 40, 20))[..., None] * np.ones(5)
+    structure[10:20, 10:20] += 800  # a sharp-edged block
+    data = (structure + rng.normal(0, 20, structure.shape)).astype(np.float32)
+    path = _save(data, tmp_path / "series.nii")
+    step = float(_read_back(storage.as_int16(path, 1.0, storage.NOISE_FRACTION)).dataobj.slope)
+    assert step == pytest.approx(0.25 * 20, rel=0.05)
+    error = _read_back(storage.stored(path, "noise", 1.0)).get_fdata() - data
+    assert np.abs(error).max() <= step / 2 + 1e-3
+    assert error.var() / 20**2 == pytest.approx(storage.NOISE_FRACTION**2 / 12, rel=0.05)
+    # noise finer than the raw step: the raw step wins
+    quiet = _save(structure.astype(np.float32), tmp_path / "quiet.nii")
+    assert _read_back(storage.as_int16(quiet, 1.0, storage.NOISE_FRACTION)).dataobj.slope == 1.0
 
-    return nib.Nifti1Image.from_bytes(as_int16(path, quantum).to_bytes())
+
+def test_probabilities_and_ranges_are_stored_within_their_steps(tmp_path):
+    """Probability maps become uint8 in steps of 1/255; NaN-free maps int16 in steps of
+    max |value| / 32767; both read back within half a step."""
+    rng = np.random.default_rng(4)
+    probability = rng.uniform(0, 1, (8, 8, 8)).astype(np.float32)
+    probability[0, 0, 0] = 0.0
+    back = _read_back(storage.stored(_save(probability, tmp_path / "p.nii"), "probability"))
+    assert back.get_data_dtype() == np.uint8
+    assert np.abs(back.get_fdata() - probability).max() <= 0.5 / 255 + 1e-7
+    assert back.get_fdata()[0, 0, 0] == 0
+    field = rng.normal(0, 50, (8, 8, 8)).astype(np.float32)
+    back = _read_back(storage.stored(_save(field, tmp_path / "f.nii"), "range"))
+    step = np.abs(field).max() / 32767
+    assert back.get_data_dtype() == np.int16
+    assert np.abs(back.get_fdata() - field).max() <= step / 2 * (1 + 1e-4)
+    with pytest.raises(ValueError, match="unknown storage rule"):
+        storage.stored(str(tmp_path / "f.nii"), "float16")
+
+
+def _read_back(image):
+    """The stored image read back from bytes (as a user would read the file)."""
+    return nib.Nifti1Image.from_bytes(image.to_bytes())

@@ -23,6 +23,7 @@ from ketamine_dti.anat.morphology import dilate_mm, erode_mm, largest_component
 from ketamine_dti.anat.registration import normalized_cross_correlation, register_syn
 from ketamine_dti.ants_backend import (
     REGISTRATION_SEED,
+    WORK_EXTENSION,
     PathLike,
     apply_mask,
     apply_transforms,
@@ -121,7 +122,7 @@ def bias_correct(
     out_dir: PathLike,
     *,
     mask_file: PathLike | None = None,
-    out_name: str = "t1w_n4.nii.gz",
+    out_name: str = f"t1w_n4{WORK_EXTENSION}",
     shrink: int | None = None,
     iterations: Sequence[int] = N4_ITERATIONS,
     spline_distance_mm: float | None = None,
@@ -244,7 +245,7 @@ def extract_brain(
 ) -> BrainExtraction:
     """Brain mask of a bias-corrected head T1w (any orientation, FOV, scaling, 1-5 mm).
 
-    Writes ``t1w_brain.nii.gz`` and ``t1w_brainmask.nii.gz`` (uint8) in ``out_dir`` on the
+    Writes ``t1w_brain.nii`` and ``t1w_brainmask.nii.gz`` (uint8) in ``out_dir`` on the
     input grid. ``template_file``/``template_mask_file``: a whole-head template and its brain
     mask (default: the bundled Colin27). The transforms map T1w <-> that template.
     QC: ``brain_volume_ml``, ``prior_volume_ml`` (before refinement) and ``ncc_template``.
@@ -295,7 +296,7 @@ def extract_brain(
     mask, flat_file = _refine(t1w_file, t1w, prior, out_dir, n_threads)
     mask_file = save_like(t1w, mask, out_dir / "t1w_brainmask.nii.gz", "unsigned char")
     # the brain image is the brain-corrected one: segmentation needs its flat WM
-    brain_file = apply_mask(flat_file, mask_file, out_dir / "t1w_brain.nii.gz")
+    brain_file = apply_mask(flat_file, mask_file, out_dir / f"t1w_brain{WORK_EXTENSION}")
     qc = _extraction_qc(t1w, mask, template_file, template_mask_file, reg.warped_file)
     qc["prior_volume_ml"] = float(prior.sum() * np.prod(t1w.spacing) * ML_PER_MM3)
     affine = tuple(f for f in reg.from_moving_to_fixed if f.endswith(".mat"))
@@ -323,7 +324,7 @@ def _refine(
         t1w_file,
         out_dir,
         mask_file=band_file,
-        out_name="t1w_band_n4.nii.gz",
+        out_name=f"t1w_band_n4{WORK_EXTENSION}",
         shrink=working_shrink(t1w.spacing, BRAIN_N4_GRID_MM),
         iterations=BRAIN_N4_ITERATIONS,
         spline_distance_mm=BRAIN_N4_SPLINE_MM,

@@ -20,12 +20,14 @@ from scipy.spatial.transform import Rotation
 from ketamine_dti.anat.registration import normalized_cross_correlation, register_linear
 from ketamine_dti.ants_backend import (
     REGISTRATION_SEED,
+    WORK_EXTENSION,
     PathLike,
     affine_to_matrix,
     apply_transforms,
     identity_file,
     load_image,
     matrix_to_affine,
+    nifti_extension,
     save_like,
 )
 
@@ -133,8 +135,9 @@ def build_subject_template(
         raise ValueError(f"expected 1 or 2 T1w files, got {len(files)}")
     for path in files:
         load_image(path)
-    template_file = out_dir / "subject_template.nii.gz"
+    template_file = out_dir / f"subject_template{WORK_EXTENSION}"
     if len(files) == 1:
+        template_file = out_dir / f"subject_template{nifti_extension(files[0])}"
         shutil.copyfile(files[0], template_file)
         identity = identity_file(out_dir)
         return SubjectTemplate(str(template_file), ((identity,),), ((identity,),), {})
@@ -166,7 +169,7 @@ def build_subject_template(
 
     resampled = []
     for index, (path, xfm) in enumerate(zip(files, (a_to_tpl, b_to_tpl), strict=True)):
-        out = out_dir / f"ses{index + 1}_halfway.nii.gz"
+        out = out_dir / f"ses{index + 1}_halfway{WORK_EXTENSION}"
         apply_transforms(path, files[0], [xfm], out, interpolation="linear")
         resampled.append(ants.image_read(str(out)))
     arrays = [normalize_intensity(img.numpy()) for img in resampled]

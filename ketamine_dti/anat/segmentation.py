@@ -21,6 +21,7 @@ import numpy as np
 
 from ketamine_dti.anat.morphology import bounding_box
 from ketamine_dti.ants_backend import (
+    WORK_EXTENSION,
     PathLike,
     apply_transforms,
     itk_threads,
@@ -95,7 +96,7 @@ def segment_tissues(
     (ANTs order; empty if they are on the T1w's grid) with ``warp_priors``, used as Atropos'
     initialisation and prior (``prior_weight``); without them, k-means initialisation and
     intensity alone (the template's own priors are made that way). Writes
-    ``tissue_{csf,gm,wm}_probseg.nii.gz`` and ``tissue_dseg.nii.gz`` in ``out_dir`` on the
+    ``tissue_{csf,gm,wm}_probseg.nii`` and ``tissue_dseg.nii.gz`` in ``out_dir`` on the
     T1w's grid. Atropos runs with a constant internal seed (``use-random-seed 0``), so it is
     repeatable.
     """
@@ -118,7 +119,8 @@ def segment_tissues(
     wide_image = _crop(image, wide)
     initialisation = f"Kmeans[{len(TISSUE_NAMES)}]"
     if priors is not None:
-        wide_file = save_like(wide_image, wide_image.numpy(), out_dir / "brain_box.nii.gz")
+        box_file = out_dir / f"brain_box{WORK_EXTENSION}"
+        wide_file = save_like(wide_image, wide_image.numpy(), box_file)
         moved = warp_priors(
             priors, wide_file, prior_transforms, out_dir / "priors", n_threads=n_threads
         )
@@ -156,7 +158,7 @@ def segment_tissues(
         full = np.zeros(mask.shape, np.float32)
         full[full_box] = prob / total * inside
         maps.append(full[full_box])
-        files[name] = save_like(image, full, out_dir / f"tissue_{name}_probseg.nii.gz")
+        files[name] = save_like(image, full, out_dir / f"tissue_{name}_probseg{WORK_EXTENSION}")
     # labelled inside the box only: the mask lies within it, and outside it every map is 0
     dseg = np.zeros(mask.shape, np.uint8)
     dseg[full_box] = np.argmax(np.stack(maps), axis=0) + 1
@@ -185,7 +187,7 @@ def warp_priors(
 ) -> list[str]:
     """Template tissue priors (CSF, GM, WM) moved onto the T1w grid, smoothed and renormalised.
 
-    Returns ``prior_{csf,gm,wm}.nii.gz`` in ``out_dir``: each voxel's priors sum to 1 where
+    Returns ``prior_{csf,gm,wm}.nii`` in ``out_dir``: each voxel's priors sum to 1 where
     any is positive (0 outside the template's brain).
     """
     import ants
@@ -194,7 +196,7 @@ def warp_priors(
     out_dir.mkdir(parents=True, exist_ok=True)
     maps = []
     for name, prior_file in zip(TISSUE_NAMES, prior_files, strict=True):
-        out_file = out_dir / f"prior_{name}.nii.gz"
+        out_file = out_dir / f"prior_{name}{WORK_EXTENSION}"
         apply_transforms(prior_file, reference_file, transforms, out_file, n_threads=n_threads)
         image = ants.image_read(str(out_file))
         if smoothing_mm > 0:
@@ -205,5 +207,5 @@ def warp_priors(
     data = np.divide(data, total, out=np.zeros_like(data), where=total > 1e-6)
     files = []
     for name, image, prior in zip(TISSUE_NAMES, maps, data, strict=True):
-        files.append(save_like(image, prior, out_dir / f"prior_{name}.nii.gz"))
+        files.append(save_like(image, prior, out_dir / f"prior_{name}{WORK_EXTENSION}"))
     return files

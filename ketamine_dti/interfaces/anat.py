@@ -217,7 +217,7 @@ class SessionBrain(SimpleInterface):
 
     def _run_interface(self, runtime):
         from ketamine_dti.anat.brain import mask_in_session
-        from ketamine_dti.ants_backend import apply_mask
+        from ketamine_dti.ants_backend import WORK_EXTENSION, apply_mask
 
         index = self.inputs.session_index
         transforms = list(self.inputs.all_template_to_session[index])
@@ -231,7 +231,8 @@ class SessionBrain(SimpleInterface):
         )
         self._results["mask_file"] = mask
         self._results["t1w_file"] = t1w_file
-        self._results["brain_file"] = apply_mask(t1w_file, mask, cwd / "t1w_brain.nii.gz")
+        brain_file = cwd / f"t1w_brain{WORK_EXTENSION}"
+        self._results["brain_file"] = apply_mask(t1w_file, mask, brain_file)
         self._results["from_template_to_session"] = transforms
         self._results["from_session_to_template"] = list(
             self.inputs.all_session_to_template[index]

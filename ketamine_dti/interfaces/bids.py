@@ -19,7 +19,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from ketamine_dti import bids
+from ketamine_dti import bids, storage
 from ketamine_dti.dwi.motion import FD_OUTLIER_MM
 
 #: gzip level of NIfTI outputs: 6 is within a few % of 9's size at a fraction of its time.
@@ -48,9 +48,11 @@ class _SinkInputSpec(BaseInterfaceInputSpec):
     )
     bval_file = File(exists=True, desc="written next to the main file as .bval")
     bvec_file = File(exists=True, desc="written next to the main file as .bvec")
-    storage = traits.Enum("", "int16", usedefault=True, desc="'': as given; 'int16': scaled")
+    storage = traits.Enum(
+        "", *storage.RULES, usedefault=True, desc="'': as given; else a rule of storage.py"
+    )
     quantum_from = traits.List(
-        File(exists=True), desc="raw images whose step int16 storage keeps (derivatives.raw_step)"
+        File(exists=True), desc="raw images whose step 'noise' storage keeps (storage.raw_step)"
     )
 
 
@@ -87,11 +89,10 @@ class DerivativesSink(SimpleInterface):
             extension,
             **self.inputs.entities,
         )
-        if self.inputs.storage == "int16":
-            from ketamine_dti.derivatives import raw_step
-
+        if self.inputs.storage:
             sources = self.inputs.quantum_from if isdefined(self.inputs.quantum_from) else []
-            content = as_int16(self.inputs.in_file, raw_step(sources)).to_bytes()
+            floor = storage.raw_step(sources)
+            content = storage.stored(self.inputs.in_file, self.inputs.storage, floor).to_bytes()
         else:
             content = Path(self.inputs.in_file).read_bytes()
         if str(target).endswith(".nii.gz") and not content.startswith(b"\x1f\x8b"):
@@ -120,35 +121,6 @@ class DerivativesSink(SimpleInterface):
             )
         self._results["out_file"] = str(target)
         return runtime
-
-
-def as_int16(path: str, quantum: float = 0.0) -> nib.Nifti1Image:
-    """An image stored as int16 times a scale factor: the step ``quantum``, widened when the
-    image's range needs it (never coarser than max |value| / 32767); non-finite values -> 0.
-    A float32 copy of noisy data spends most of its 4 bytes on noise bits that gzip cannot
-    shrink: a standard session's preprocessed DWI took 150 MB as float32.
-
-    Volume by volume, with the same float64 arithmetic: whole-series float64 copies (700 MB
-    each for a standard session) cost the sink 7 s, mostly in first-touch page faults."""
-    image = nib.load(path)
-    source = np.asanyarray(image.dataobj)
-    volumes = source.reshape(*source.shape[:3], -1)
-
-    def clean(k: int) -> np.ndarray:
-        volume = np.asarray(volumes[..., k], dtype=np.float64)
-        return np.nan_to_num(volume, nan=0, posinf=0, neginf=0)
-
-    n_volumes = volumes.shape[3]
-    peak = max((float(np.abs(clean(k)).max(initial=0.0)) for k in range(n_volumes)), default=0.0)
-    step = max(quantum, peak / np.iinfo(np.int16).max) or 1.0
-    stored = np.empty(volumes.shape, np.int16)
-    for k in range(n_volumes):
-        stored[..., k] = np.round(clean(k) / step)
-    header = image.header.copy()
-    header.set_data_dtype(np.int16)
-    out = nib.Nifti1Image(stored.reshape(source.shape), image.affine, header)
-    out.header.set_slope_inter(step, 0.0)
-    return out
 
 
 def merge_metadata(static: dict, runtime: dict) -> dict:

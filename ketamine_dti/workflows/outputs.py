@@ -29,8 +29,9 @@ from ketamine_dti.interfaces.bids import DerivativesSink
 def init_derivatives_wf(keys: tuple[str, ...], context: SidecarContext, name: str) -> pe.Workflow:
     """Sinks for `keys`; its inputnode has one field per key (and companions, e.g. bval/bvec).
 
-    The sinks run in the main process (a file copy), except those that convert a large image
-    (``OutputSpec.storage``, seconds each), which would hold up the scheduler meanwhile.
+    The sinks run in the main process (a file copy, or a conversion taking a fraction of a
+    second), except those storing a series by its noise (seconds each), which would hold up
+    the scheduler meanwhile.
     """
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=list(input_fields(keys))), name="inputnode")
@@ -49,7 +50,7 @@ def init_derivatives_wf(keys: tuple[str, ...], context: SidecarContext, name: st
                 quantum_from=storage_sources(key, context),
             ),
             name=f"ds_{key}",
-            run_without_submitting=spec.storage is None,
+            run_without_submitting=spec.storage != "noise",
         )
         workflow.connect(inputnode, key, sink, "in_file")
         for field in spec.companions:
