@@ -572,6 +572,9 @@ def two_truths(
     weighting_gap = (merged.md_mean / merged.md_map_voxel_mean - 1).abs()
     same_weighting = truth_comparison(merged, "md_map_voxel_mean", "md_true_own")
     result["truth_over_app_voxels"] = truth_comparison(merged, column, "md_true_own") | {
+        # what a perfect DTI fit on the App's voxels would score against the true region: the
+        # part of the gap between the two truths that no processing on those voxels can close
+        "ceiling_vs_true_region": truth_comparison(merged, "md_true_own", "md_true"),
         "weighting": OWN_VOXEL_WEIGHTING,
         "median_abs_rel_diff_md_mean_vs_voxel_mean": float(weighting_gap.median()),
         "md_map_voxel_mean": {
@@ -891,6 +894,15 @@ def two_truths_markdown(results: dict) -> list[str]:
         own = present.get("truth_over_app_voxels")
         if own:
             same = own["md_map_voxel_mean"]
+            if "ceiling_vs_true_region" in own:
+                ceiling = own["ceiling_vs_true_region"]
+                lines += [
+                    "",
+                    "Ceiling: the noiseless truth over the App's voxels (what a perfect DTI fit "
+                    "on them would measure) against the true region: error "
+                    f"{ceiling['median_abs_rel_error']:.2%}, slope {ceiling['slope_dmd']:.3f}, "
+                    f"r {ceiling['relative_dmd_correlation']:.3f}.",
+                ]
             lines += [
                 "",
                 f"Own voxels: the truth is a plain voxel mean; md_mean weights voxels by their "
