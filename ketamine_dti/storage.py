@@ -33,6 +33,10 @@ DESCRIPTIONS = {
 }
 RULES = tuple(DESCRIPTIONS)
 
+#: Voxels a noise estimate reads at most (a 1 mm T1w has 11.5 million: 2.4 s in all, 0.2 s
+#: on every 11th line; a standard DWI volume's 0.6 million are all read).
+NOISE_SAMPLE = 2**20
+
 _INT16_MAX = float(np.iinfo(np.int16).max)
 _MAD_TO_SD = 1.4826
 
@@ -58,8 +62,10 @@ def noise_sd(volume: np.ndarray) -> float:
     smooth by denoising or interpolation lowers the estimate, so the step only gets finer.
     0 when no triple qualifies."""
     estimates = []
+    # every stride-th line across the next axis: about NOISE_SAMPLE voxels, neighbours intact
+    stride = max(1, int(np.ceil(volume.size / NOISE_SAMPLE)))
     for axis in range(volume.ndim):
-        moved = np.moveaxis(volume, axis, 0)
+        moved = np.moveaxis(volume, axis, 0)[:, ::stride]
         ahead, centre, behind = moved[2:], moved[1:-1], moved[:-2]
         triples = (ahead != 0) & (centre != 0) & (behind != 0)
         triples &= np.isfinite(ahead) & np.isfinite(centre) & np.isfinite(behind)

@@ -219,6 +219,10 @@ def test_noise_storage_steps_by_a_quarter_of_the_images_own_noise(tmp_path):
     error = _read_back(storage.stored(path, "noise", 1.0)).get_fdata() - data
     assert np.abs(error).max() <= step / 2 + 1e-3
     assert error.var() / 20**2 == pytest.approx(storage.NOISE_FRACTION**2 / 12, rel=0.05)
+    # a volume larger than NOISE_SAMPLE is read on every stride-th line: the same estimate
+    large = 1000 + rng.normal(0, 20, (160, 160, 64))
+    assert large.size > storage.NOISE_SAMPLE
+    assert storage.noise_sd(large) == pytest.approx(20, rel=0.03)
     # noise finer than the raw step: the raw step wins
     quiet = _save(structure.astype(np.float32), tmp_path / "quiet.nii")
     assert _read_back(storage.as_int16(quiet, 1.0, storage.NOISE_FRACTION)).dataobj.slope == 1.0
