@@ -9,6 +9,8 @@ use the unrounded values; only the published copy is rounded.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import nibabel as nib
 import numpy as np
 
@@ -127,10 +129,11 @@ def _scaled(image: nib.Nifti1Image, stored: np.ndarray, step: float) -> nib.Nift
     return out
 
 
-def stored(path: str, rule: str, floor: float = 0.0) -> nib.Nifti1Image:
-    """The image at ``path`` as ``rule`` stores it (``floor``: the raw step, for "noise")."""
+def stored(path: str, rule: str, raw_files: Sequence[str] = ()) -> nib.Nifti1Image:
+    """The image at ``path`` as ``rule`` stores it (``raw_files``: the raw images whose step
+    bounds the "noise" rule, ``raw_step``)."""
     if rule == "noise":
-        return as_int16(path, floor, NOISE_FRACTION)
+        return as_int16(path, raw_step(list(raw_files)), NOISE_FRACTION)
     if rule == "range":
         return as_int16(path)
     if rule == "probability":

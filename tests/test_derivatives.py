@@ -216,7 +216,8 @@ def test_noise_storage_steps_by_a_quarter_of_the_images_own_noise(tmp_path):
     path = _save(data, tmp_path / "series.nii")
     step = float(_read_back(storage.as_int16(path, 1.0, storage.NOISE_FRACTION)).dataobj.slope)
     assert step == pytest.approx(0.25 * 20, rel=0.05)
-    error = _read_back(storage.stored(path, "noise", 1.0)).get_fdata() - data
+    raw = _save(np.zeros((2, 2, 2), np.int16), tmp_path / "raw.nii")  # unscaled: step 1
+    error = _read_back(storage.stored(path, "noise", [raw])).get_fdata() - data
     assert np.abs(error).max() <= step / 2 + 1e-3
     assert error.var() / 20**2 == pytest.approx(storage.NOISE_FRACTION**2 / 12, rel=0.05)
     # a volume larger than NOISE_SAMPLE is read on every stride-th line: the same estimate

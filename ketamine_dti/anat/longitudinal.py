@@ -135,9 +135,10 @@ def build_subject_template(
         raise ValueError(f"expected 1 or 2 T1w files, got {len(files)}")
     for path in files:
         load_image(path)
-    template_file = out_dir / f"subject_template{WORK_EXTENSION}"
+    # a single session's template is a copy, so it keeps that file's format
+    extension = nifti_extension(files[0]) if len(files) == 1 else WORK_EXTENSION
+    template_file = out_dir / f"subject_template{extension}"
     if len(files) == 1:
-        template_file = out_dir / f"subject_template{nifti_extension(files[0])}"
         shutil.copyfile(files[0], template_file)
         identity = identity_file(out_dir)
         return SubjectTemplate(str(template_file), ((identity,),), ((identity,),), {})

@@ -91,8 +91,7 @@ class DerivativesSink(SimpleInterface):
         )
         if self.inputs.storage:
             sources = self.inputs.quantum_from if isdefined(self.inputs.quantum_from) else []
-            floor = storage.raw_step(sources)
-            content = storage.stored(self.inputs.in_file, self.inputs.storage, floor).to_bytes()
+            content = storage.stored(self.inputs.in_file, self.inputs.storage, sources).to_bytes()
         else:
             content = Path(self.inputs.in_file).read_bytes()
         if str(target).endswith(".nii.gz") and not content.startswith(b"\x1f\x8b"):
