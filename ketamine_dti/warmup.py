@@ -13,7 +13,7 @@ import numpy as np
 
 
 def main() -> None:
-    from ketamine_dti.dwi import mutual_information, series_registration, susceptibility
+    from ketamine_dti.dwi import layout, mutual_information, series_registration, susceptibility
     from ketamine_dti.dwi.denoise import mppca
     from ketamine_dti.dwi.free_water import fit_free_water
     from ketamine_dti.dwi.gre_fieldmap import unwrap_phase
@@ -30,6 +30,7 @@ def main() -> None:
         for method in ("ols", "wls", "nlls", "restore"):
             fit_tensor(data, bvals, bvecs, method=method, n_threads=1, noise=1.0)
         replace_slice_outliers(data, bvals, bvecs, np.ones(data.shape[:3], bool), noise=1.0)
+        layout.f_ordered(layout.c_ordered(np.asfortranarray(data)))  # a file's order and back
         mppca(data, patch_radius=1, n_threads=1)
         # one shell: the b0-prior fit (references given: the noise data has no CSF)
         fit_free_water(data, bvals, bvecs, n_threads=1, s0_tissue=90.0, s0_water=200.0)

@@ -27,6 +27,7 @@ import logging
 import numpy as np
 from numba import njit, prange
 
+from ketamine_dti.dwi.layout import c_ordered
 from ketamine_dti.threads import limit_threads
 
 LOGGER = logging.getLogger(__name__)
@@ -224,7 +225,7 @@ def mppca(
         LOGGER.warning("mppca: the mask excludes every voxel; data returned unchanged")
         return data.astype(out_dtype, copy=True), sigma
 
-    work = np.ascontiguousarray(data, dtype=np.float32)
+    work = c_ordered(np.asarray(data, dtype=np.float32))
     finite = np.isfinite(work)
     all_finite = bool(finite.all())
     if not all_finite:  # a NaN would poison every patch it falls in; treat it as zero signal

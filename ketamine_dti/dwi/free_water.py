@@ -54,6 +54,7 @@ import numpy as np
 from numba import njit, prange
 
 from ketamine_dti.dwi.gradients import B0_THRESHOLD, cluster_shells, tensor_determinable
+from ketamine_dti.dwi.layout import masked_rows
 from ketamine_dti.dwi.tensor import (
     MIN_EIGENVALUE_B_PRODUCT,
     MIN_SIGNAL,
@@ -119,7 +120,8 @@ class FreeWaterFit:
     ``md``, ``tissue_evals`` (descending, (..., 3)) in mm^2/s, of the tissue compartment;
     ``fa`` unitless; ``f_water`` the free-water signal fraction (0..1); ``s0`` the fitted
     non-weighted signal; ``failed`` True where a voxel in the mask could not be fitted;
-    ``single_shell`` whether the regularised single-shell fit was used.
+    ``single_shell`` whether the regularised single-shell fit was used, and ``prior`` the
+    priors it used (None for a multi-shell fit).
     """
 
     md: np.ndarray
@@ -130,6 +132,7 @@ class FreeWaterFit:
     s0: np.ndarray
     failed: np.ndarray
     single_shell: bool
+    prior: SingleShellPrior | None = None
 
 
 @dataclass(frozen=True)
@@ -512,14 +515,12 @@ def count_shells(bvals: np.ndarray, b0_threshold: float = B0_THRESHOLD) -> int:
     return int(np.unique(centres[centres > 0]).size)
 
 
-def noise_sd(
-    data: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, mask: np.ndarray, b0_volumes
-) -> float:
-    """Signal noise SD: pooled SD of the repeated b0s, or of the tensor residuals with one b0.
+def noise_sd(rows: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, b0_volumes) -> float:
+    """Signal noise SD of ``rows`` (voxels, volumes): pooled SD of the repeated b0s, or of the
+    tensor residuals with one b0.
 
     Used only to weigh the single-shell priors against the data.
     """
-    rows = data[mask]
     if len(b0_volumes) >= 2:
         return float(np.sqrt(np.mean(np.var(rows[:, b0_volumes], axis=1, ddof=1))))
     rng = np.random.default_rng(0)
@@ -543,6 +544,8 @@ def fit_free_water(
     *,
     s0_tissue: float | None = None,
     s0_water: float | None = None,
+    dti_md: np.ndarray | None = None,
+    dti_fa: np.ndarray | None = None,
     b0_threshold: float = B0_THRESHOLD,
 ) -> FreeWaterFit:
     """Fit the free-water + tissue-tensor model in every voxel of ``data`` (x, y, z, volumes).
@@ -550,8 +553,9 @@ def fit_free_water(
     ``bvals`` s/mm^2 (N,), ``bvecs`` (N, 3) or (3, N). Two or more non-zero shells: the Hoy et al.
     2014 fit; one shell: the regularised fit of the module docstring, with b0 references
     ``s0_tissue``/``s0_water`` (data units) or, when None, :func:`estimate_b0_references` over the
-    mask. ``n_threads`` caps the cores. Raises ValueError for mismatched shapes, no b0 volume,
-    or directions that cannot determine a tensor.
+    mask, from ``dti_md``/``dti_fa`` (maps of a tensor fit of the same data, mm^2/s) if given,
+    else from a WLS tensor fit made here. ``n_threads`` caps the cores. Raises ValueError for
+    mismatched shapes, no b0 volume, or directions that cannot determine a tensor.
     """
     data, bvals, bvecs, mask = check_inputs(data, bvals, bvecs, mask)
     b0_mask = bvals <= b0_threshold
@@ -579,13 +583,17 @@ def fit_free_water(
     water = np.exp(-bvals * FREE_WATER_DIFFUSIVITY)
     b0_volumes = np.flatnonzero(b0_mask).astype(np.int64)
     spatial_shape = data.shape[:3]
-    signal = data.reshape(-1, data.shape[-1])
-    voxels = np.flatnonzero(mask.ravel()).astype(np.int64)
+    signal, voxels = masked_rows(data, mask)
     n_fit = voxels.size
 
     prior = SingleShellPrior(np.nan, np.nan, 0.0)
     if single_shell and n_fit:
-        prior = single_shell_prior(data, bvals, bvecs, mask, b0_volumes, s0_tissue, s0_water)
+        if s0_tissue is None and dti_md is not None:
+            dti_md = np.asarray(dti_md).ravel()[voxels]
+            dti_fa = None if dti_fa is None else np.asarray(dti_fa).ravel()[voxels]
+        prior = single_shell_prior(
+            signal, bvals, bvecs, b0_volumes, s0_tissue, s0_water, dti_md=dti_md, dti_fa=dti_fa
+        )
         LOGGER.info(
             "fit_free_water: single shell; b0 references tissue %.4g, water %.4g; noise SD %.4g",
             prior.s0_tissue, prior.s0_water, prior.noise_sd,
@@ -610,7 +618,7 @@ def fit_free_water(
         with limit_threads(n_threads, blas=False):
             _free_water_kernel(
                 signal,
-                voxels,
+                np.arange(n_fit, dtype=np.int64),
                 design,
                 b0_volumes,
                 ~b0_mask,
@@ -632,36 +640,45 @@ def fit_free_water(
     if n_failed:
         LOGGER.debug("fit_free_water: %d of %d voxels could not be fitted", n_failed, n_fit)
     return _assemble(
-        out_evals, out_evecs, out_s0, out_f, out_status, voxels, spatial_shape, single_shell
-    )
+        out_evals, out_evecs, out_s0, out_f, out_status, voxels, spatial_shape, single_shell,
+        prior if single_shell and n_fit else None,
+    )  # fmt: skip
 
 
 def single_shell_prior(
-    data: np.ndarray,
+    rows: np.ndarray,
     bvals: np.ndarray,
     bvecs: np.ndarray,
-    mask: np.ndarray,
     b0_volumes: np.ndarray,
     s0_tissue: float | None = None,
     s0_water: float | None = None,
+    *,
+    dti_md: np.ndarray | None = None,
+    dti_fa: np.ndarray | None = None,
 ) -> SingleShellPrior:
-    """The single-shell priors for this dataset: b0 references (given, or estimated over the
-    mask from a plain tensor fit) and the noise SD that weighs the priors against the data."""
+    """The single-shell priors for the brain's ``rows`` (voxels, volumes): b0 references
+    (given, or estimated from the rows' tensor MD and FA: ``dti_md``/``dti_fa`` per row when
+    a fit of the same data exists, else a WLS fit here) and the noise SD that weighs the
+    priors against the data."""
     if s0_tissue is None:
-        tensor = fit_tensor(data, bvals, bvecs, mask=mask, method="wls")
-        b0_mean = data[mask][:, b0_volumes].mean(axis=1)
-        s0_tissue, s0_water = estimate_b0_references(b0_mean, tensor.md[mask], tensor.fa[mask])
+        if dti_md is None:
+            tensor = fit_tensor(rows[:, None, None, :], bvals, bvecs, method="wls")
+            dti_md, dti_fa = tensor.md[:, 0, 0], tensor.fa[:, 0, 0]
+        b0_mean = rows[:, b0_volumes].mean(axis=1)
+        s0_tissue, s0_water = estimate_b0_references(b0_mean, dti_md, dti_fa)
         if np.isnan(s0_tissue):
             LOGGER.warning(
                 "fit_free_water: no tissue/CSF b0 references in the mask; single-shell free "
                 "water rests on the tissue-MD prior alone"
             )
     return SingleShellPrior(
-        float(s0_tissue), float(s0_water), noise_sd(data, bvals, bvecs, mask, b0_volumes)
+        float(s0_tissue), float(s0_water), noise_sd(rows, bvals, bvecs, b0_volumes)
     )
 
 
-def _assemble(evals, evecs, s0, f, status, voxels, spatial_shape, single_shell) -> FreeWaterFit:
+def _assemble(
+    evals, evecs, s0, f, status, voxels, spatial_shape, single_shell, prior
+) -> FreeWaterFit:
     """Scatter the fitted voxels into NaN-filled maps and derive MD and FA of the tissue."""
     n_total = int(np.prod(spatial_shape))
 
@@ -680,4 +697,5 @@ def _assemble(evals, evecs, s0, f, status, voxels, spatial_shape, single_shell) 
         s0=scatter(s0),
         failed=scatter(status == _FIT_FAILED, fill=False, dtype=bool),
         single_shell=single_shell,
+        prior=prior,
     )

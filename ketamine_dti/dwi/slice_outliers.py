@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ketamine_dti.dwi.gradients import B0_THRESHOLD, cluster_shells
+from ketamine_dti.dwi.layout import masked_rows
 from ketamine_dti.dwi.motion import PE_AXES
 from ketamine_dti.dwi.qc import predict_signal
 from ketamine_dti.dwi.tensor import (
@@ -202,7 +203,7 @@ class _BrainRows:
         slice_of = np.nonzero(mask)[slice_axis]
         self.order = np.argsort(slice_of, kind="stable")  # rows sorted by slice
         self.slice_of = slice_of[self.order]
-        self.original = data[mask][self.order]  # (rows, volumes), a copy
+        self.original = masked_rows(data, mask)[0][self.order]  # (rows, volumes), a copy
         self.values = self.original.copy()  # what the fits read; replacements go here
         self.n_rows = self.slice_of.size
         self.counts = np.bincount(self.slice_of, minlength=data.shape[slice_axis])

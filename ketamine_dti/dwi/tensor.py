@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
+from ketamine_dti.dwi.layout import masked_rows
 from ketamine_dti.threads import limit_threads
 
 LOGGER = logging.getLogger(__name__)
@@ -648,8 +649,7 @@ def fit_tensor(
     rows, cols = np.tril_indices(N_TENSOR_PARAMS)  # row-major lower triangle, as the kernel
     pair_products = np.ascontiguousarray((design[:, rows] * design[:, cols]).T)
     spatial_shape = data.shape[:3]
-    signal = data.reshape(-1, data.shape[-1])  # a view when data is contiguous
-    voxels = np.flatnonzero(mask.ravel()).astype(np.int64)
+    signal, voxels = masked_rows(data, mask)
     n_fit = voxels.size
     out_evals = np.empty((n_fit, 3))
     out_evecs = np.empty((n_fit, 3, 3))
@@ -662,7 +662,7 @@ def fit_tensor(
         with limit_threads(n_threads, blas=False):  # the kernel calls no BLAS/LAPACK
             _fit_kernel(
                 signal,
-                voxels,
+                np.arange(n_fit, dtype=np.int64),
                 design,
                 np.ascontiguousarray(design.T),
                 pair_products,

@@ -24,6 +24,7 @@ from nipype.interfaces.base import (
 
 from ketamine_dti.dwi import gradients
 from ketamine_dti.dwi.denoise import mppca
+from ketamine_dti.dwi.layout import f_ordered
 from ketamine_dti.dwi.resampling import INTERPOLATION_ORDER
 from ketamine_dti.dwi.tensor import fit_tensor
 from ketamine_dti.threads import limited_by_n_threads
@@ -35,7 +36,7 @@ def _save(data: np.ndarray, reference: nib.Nifti1Image, path: str, dtype=np.floa
     """Write `data` on the grid of `reference` (same affine, header units kept)."""
     header = reference.header.copy()
     header.set_data_dtype(dtype)
-    image = nib.Nifti1Image(np.asarray(data, dtype=dtype), reference.affine, header)
+    image = nib.Nifti1Image(f_ordered(np.asarray(data, dtype=dtype)), reference.affine, header)
     image.header.set_xyzt_units("mm", "sec")
     nib.save(image, path)
     return str(Path(path).resolve())
@@ -413,6 +414,8 @@ class _FreeWaterInputSpec(BaseInterfaceInputSpec):
     bval_file = File(exists=True, mandatory=True)
     bvec_file = File(exists=True, mandatory=True)
     mask_file = File(exists=True, mandatory=True, desc="the tensor fit's brain mask")
+    md_file = File(exists=True, desc="the tensor fit's MD (single shell: b0 references)")
+    fa_file = File(exists=True, desc="the tensor fit's FA (single shell: b0 references)")
     n_threads = traits.Int(1, usedefault=True)
 
 
@@ -426,8 +429,9 @@ class _FreeWaterOutputSpec(TraitedSpec):
 class FreeWaterElimination(SimpleInterface):
     """Free-water elimination (``dwi.free_water``): tissue MD and free-water fraction maps.
 
-    The single-shell b0 references are estimated here (with the core's own function) so the
-    sidecar can record the prior the fit used.
+    The single-shell b0 references come from the session's tensor fit when its maps are given
+    (a second WLS fit of the same data cost ~3 s per standard session); the sidecar records
+    the prior the fit used.
     """
 
     input_spec = _FreeWaterInputSpec
@@ -438,29 +442,28 @@ class FreeWaterElimination(SimpleInterface):
         from ketamine_dti.dwi import free_water
 
         image, data, gtab, mask = _load_masked_dwi(self.inputs)
-        bvals, bvecs = gtab.bvals, gtab.bvecs
         shells = np.unique(gtab.shells[gtab.shells > 0])
-        prior, references = None, {}
-        if shells.size == 1 and mask.any():
-            b0_volumes = np.flatnonzero(gtab.b0_mask)
-            prior = free_water.single_shell_prior(data, bvals, bvecs, mask, b0_volumes)
-            if np.isfinite(prior.s0_tissue):
-                references = {"s0_tissue": prior.s0_tissue, "s0_water": prior.s0_water}
+        tensor = {
+            f"dti_{name}": nib.load(getattr(self.inputs, f"{name}_file")).get_fdata()
+            for name in ("md", "fa")
+            if isdefined(getattr(self.inputs, f"{name}_file"))
+        }
         fit = free_water.fit_free_water(
-            data, bvals, bvecs, mask=mask, n_threads=self.inputs.n_threads, **references
+            data, gtab.bvals, gtab.bvecs, mask=mask, n_threads=self.inputs.n_threads, **tensor
         )
         cwd = Path(runtime.cwd)
         self._results["md_file"] = _save(fit.md, image, str(cwd / "fw_md.nii.gz"))
         self._results["fwf_file"] = _save(fit.f_water, image, str(cwd / "fw_fraction.nii.gz"))
-        metadata = {"Model": _free_water_record(fit, shells, prior)}
+        metadata = {"Model": _free_water_record(fit, shells)}
         (cwd / "fwdti.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
         self._results["metadata_file"] = str(cwd / "fwdti.json")
         self._results["single_shell"] = fit.single_shell
         return runtime
 
 
-def _free_water_record(fit, shells: np.ndarray, prior) -> dict:
+def _free_water_record(fit, shells: np.ndarray) -> dict:
     """What the sidecar records of one fit: method, shells (s/mm^2), prior values, failures."""
+    prior = fit.prior
     record = {
         "FitMethod": "single-shell" if fit.single_shell else "multi-shell",
         "Shells": [round(float(b), 1) for b in shells],

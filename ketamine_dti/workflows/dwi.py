@@ -289,6 +289,7 @@ def init_dwi_preproc_wf(
         (repol, fw, [("out_file", "in_file")]),
         (motion, fw, [("out_bval", "bval_file"), ("out_bvec", "bvec_file")]),
         (mask, fw, [("out_file", "mask_file")]),
+        (tensor, fw, [("md_file", "md_file"), ("fa_file", "fa_file")]),
         (fw, outputnode, [("md_file", "fw_md_file"), ("fwf_file", "fw_fraction_file"),
                           ("metadata_file", "fw_metadata_file")]),
         (resample, outputnode, [("b0_reference", "b0_reference"),
