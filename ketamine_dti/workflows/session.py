@@ -109,7 +109,10 @@ def _regions_description(config: Config) -> str:
     atlas = config.roi_atlas or (
         f"the bundled {BUNDLED_ATLAS} atlas ({MNI_SPACE}) [harvard_oxford, talairach]"
     )
-    return f"""The b0 reference was rigidly coregistered to its session's T1w (mutual information).
+    return f"""The b0 reference was rigidly coregistered to its session's T1w (Mattes mutual
+information, both brain-masked) from two starts, the scanner's alignment of the two images
+and the best of a coarse rotation search about the brains' aligned centres of mass; the
+result with the higher final mutual information was kept.
 
 **Regions.** Each ROI was defined once per participant as a set of points of the subject
 template: the ROI atlas ({atlas}) was brought into the subject template (one interpolation,
