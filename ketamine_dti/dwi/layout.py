@@ -49,7 +49,9 @@ def f_ordered(data: np.ndarray) -> np.ndarray:
 
 def masked_rows(data: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The ``mask`` voxels of 4-D ``data`` as C-contiguous rows (voxels, volumes), in the order
-    of their flat C-order indices, which are returned too."""
+    of their flat C-order indices, which are returned too. A mask of every voxel (a fit of
+    rows already gathered, as the slice-outlier fits pass) gives a view, not a copy."""
     voxels = np.flatnonzero(np.asarray(mask).ravel()).astype(np.int64)
     series = c_ordered(data)
-    return series.reshape(-1, series.shape[-1])[voxels], voxels
+    rows = series.reshape(-1, series.shape[-1])
+    return (rows if voxels.size == rows.shape[0] else rows[voxels]), voxels
