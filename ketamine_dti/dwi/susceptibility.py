@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
-from scipy import ndimage, optimize, sparse
+from scipy import ndimage, optimize
 
 LOGGER = logging.getLogger(__name__)
 
@@ -388,24 +388,36 @@ def _project(field: np.ndarray, basis: _Basis) -> np.ndarray:
     return _apply(field, *(np.linalg.pinv(matrix) for matrix in basis.value))
 
 
-def _bending_energy(basis: _Basis, zooms: np.ndarray) -> sparse.csr_matrix:
+@dataclass(frozen=True)
+class _BendingEnergy:
     """A with c^T A c = mean over the field of view of sum_ab (d2 u / dx_a dx_b)^2 (u the
-    B-spline with coefficients c, x in mm): a sum of Kronecker products of banded 1-D Gram
-    matrices of the basis and its derivatives."""
+    B-spline with coefficients c, x in mm): a weighted sum of Kronecker products of 1-D Gram
+    matrices of the basis and its derivatives. ``A @ c`` applies each product axis by axis;
+    the assembled sparse matrix took 0.8 s per level to build and 10 ms per product."""
+
+    terms: tuple[tuple[float, tuple[np.ndarray, np.ndarray, np.ndarray]], ...]
+    shape: tuple[int, int, int]
+
+    def __matmul__(self, flat: np.ndarray) -> np.ndarray:
+        coefficients = flat.reshape(self.shape)
+        total = sum(weight * _apply(coefficients, *factors) for weight, factors in self.terms)
+        return total.ravel()
+
+
+def _bending_energy(basis: _Basis, zooms: np.ndarray) -> _BendingEnergy:
+    """The bending-energy operator of ``basis`` on voxels of ``zooms`` mm."""
     pairs = zip(basis.value, basis.first, basis.second, zooms, strict=True)
     grams = [
         (zoom * b0.T @ b0, b1.T @ b1 / zoom, b2.T @ b2 / zoom**3) for b0, b1, b2, zoom in pairs
     ]
     volume = float(np.prod([b.shape[0] * z for b, z in zip(basis.value, zooms, strict=True)]))
     mass, slope, curve = (list(kind) for kind in zip(*grams, strict=True))
-    total = None
+    terms = []
     for axis in range(3):
         pure = mass[:axis] + [curve[axis]] + mass[axis + 1 :]  # d2/dx_a^2
         mixed = slope[:axis] + [mass[axis]] + slope[axis + 1 :]  # the two other axes
-        for weight, factors in ((1.0, pure), (2.0, mixed)):
-            term = sparse.kron(sparse.kron(factors[0], factors[1]), factors[2], format="csr")
-            total = weight * term if total is None else total + weight * term
-    return (total / volume).tocsr()
+        terms += [(1.0 / volume, tuple(pure)), (2.0 / volume, tuple(mixed))]
+    return _BendingEnergy(tuple(terms), basis.shape)
 
 
 # ---------------------------------------------------------------- estimation
@@ -444,7 +456,7 @@ class _Problem:
     rows: tuple[np.ndarray, np.ndarray, np.ndarray]  # voxel indices of the points per axis
     weights: np.ndarray
     basis: _Basis
-    bending: sparse.csr_matrix
+    bending: _BendingEnergy
     bending_weight: float
 
     def __post_init__(self):
