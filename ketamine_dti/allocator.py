@@ -9,9 +9,11 @@ With large blocks taken from the heap and freed memory kept (and three copy-free
 the same run took 21 s of system time and 107 s less CPU in all, with byte-identical outputs
 (benchmarks/results/speed_session20.md; the allocator changes no value).
 
-The cost is memory held between steps: a Nipype worker keeps up to ``KEEP_FREE_BYTES`` of
-freed memory at the top of its heap, ready for its next node. Other C libraries (musl, macOS)
-are left as they are.
+Within a step, freed memory is kept (up to ``KEEP_FREE_BYTES``) for the step's next arrays.
+Between steps a worker gives back all but ``KEEP_BETWEEN_STEPS_BYTES`` (``release_freed_memory``):
+kept for the next node, the freed memory of a worker's largest step so far counted in the
+participant's peak memory whatever ran next. Other C libraries (musl, macOS) are left as they
+are.
 """
 
 from __future__ import annotations
@@ -31,19 +33,28 @@ HEAP_ALL_BYTES = 2**31 - 1
 #: Freed memory kept at the top of a process's heap: more than one step's largest working set
 #: (two float64 copies of a standard series, ~700 MB), far less than a worker's budget.
 KEEP_FREE_BYTES = 1 << 30
+#: Freed memory a worker keeps between two steps.
+KEEP_BETWEEN_STEPS_BYTES = 1 << 28
+
+
+def _glibc():
+    """The C library when it is glibc (whose malloc this module tunes), else None."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:  # pragma: no cover - a Linux without a usable libc
+        return None
 
 
 def keep_freed_memory(keep_bytes: int = KEEP_FREE_BYTES) -> bool:
     """Tune glibc's malloc in this process (and the processes it forks from now on): large
     blocks from the heap, up to ``keep_bytes`` of freed memory kept for reuse. Returns whether
     the C library took both settings (False elsewhere than glibc)."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    libc = _glibc()
+    if libc is None:
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # pragma: no cover - a Linux without a usable libc
-        return False
+    mallopt = libc.mallopt
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
     taken = bool(mallopt(M_MMAP_THRESHOLD, HEAP_ALL_BYTES)) and bool(
@@ -51,3 +62,15 @@ def keep_freed_memory(keep_bytes: int = KEEP_FREE_BYTES) -> bool:
     )
     LOGGER.debug("malloc keeps freed memory (up to %d bytes): %s", keep_bytes, taken)
     return taken
+
+
+def release_freed_memory(keep_bytes: int = KEEP_BETWEEN_STEPS_BYTES) -> bool:
+    """Give the kernel back the freed memory of this process's heaps but ``keep_bytes`` at
+    the top (glibc's malloc_trim); returns whether any memory went back."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    trim = libc.malloc_trim
+    trim.argtypes = (ctypes.c_size_t,)
+    trim.restype = ctypes.c_int
+    return bool(trim(int(keep_bytes)))

@@ -23,6 +23,8 @@ from functools import wraps
 
 import numba
 
+from ketamine_dti.allocator import release_freed_memory
+
 LOGGER = logging.getLogger(__name__)
 
 #: The variable ITK reads for its default thread count.
@@ -117,11 +119,15 @@ def limit_threads(
 
 
 def limited_by_n_threads(run: Callable) -> Callable:
-    """Decorate a Nipype ``_run_interface`` to run under ``limit_threads(inputs.n_threads)``."""
+    """Decorate a Nipype ``_run_interface`` to run under ``limit_threads(inputs.n_threads)``;
+    afterwards the process gives back the memory the step freed (``allocator``)."""
 
     @wraps(run)
     def wrapper(self, runtime):
-        with limit_threads(self.inputs.n_threads):
-            return run(self, runtime)
+        try:
+            with limit_threads(self.inputs.n_threads):
+                return run(self, runtime)
+        finally:
+            release_freed_memory()
 
     return wrapper

@@ -9,8 +9,8 @@ import pytest
 PROBE = """
 import os, sys
 import numpy as np
-from ketamine_dti.allocator import keep_freed_memory
-taken = keep_freed_memory() if sys.argv[1] == "keep" else None
+from ketamine_dti.allocator import keep_freed_memory, release_freed_memory
+taken = keep_freed_memory() if sys.argv[1] != "default" else None
 page = os.sysconf("SC_PAGE_SIZE")
 def resident_mb():
     with open("/proc/self/statm") as statm:
@@ -18,6 +18,8 @@ def resident_mb():
 before = resident_mb()
 block = np.ones(50_000_000)  # 400 MB, above glibc's largest default mmap threshold
 del block
+if sys.argv[1] == "release":  # what a worker does between two steps
+    taken = release_freed_memory(keep_bytes=int(sys.argv[2]) << 20)
 print(taken, resident_mb() - before)
 """
 
@@ -26,9 +28,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _held_mb(mode: str) -> tuple[str, float]:
+def _held_mb(mode: str, keep_mb: int = 0) -> tuple[str, float]:
     out = subprocess.run(
-        [sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True
+        [sys.executable, "-c", PROBE, mode, str(keep_mb)],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     return out[0], float(out[1])
 
@@ -40,3 +45,10 @@ def test_freed_memory_is_kept_for_the_next_step_only_when_asked():
     default, released = _held_mb("default")
     assert default == "None"
     assert released < 50  # glibc's default returns them to the kernel
+
+
+@pytest.mark.parametrize("keep_mb", [0, 100])
+def test_between_steps_a_worker_gives_back_what_it_keeps_beyond_the_limit(keep_mb):
+    released, held = _held_mb("release", keep_mb)
+    assert released == "True"
+    assert keep_mb - 10 < held < keep_mb + 50  # of the 400 MB the step freed
