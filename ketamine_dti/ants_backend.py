@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ketamine_dti.dwi.mutual_information import MI_BINS, search_rotations
 from ketamine_dti.errors import InputError
 from ketamine_dti.threads import limit_threads
 
@@ -42,8 +43,6 @@ MOTION_SEED: int = 20231
 DEFAULT_N_THREADS: int = 1
 
 # --- metric defaults, shared by every registration --------------------------------------------
-#: Mattes mutual-information histogram bins (ANTs' default; enough for T1w/b0 contrast).
-MI_BINS: int = 32
 #: Fraction of voxels the linear metrics sample, regularly and seeded (ANTs' default; 0.15 was
 #: faster but less accurate on small phantoms).
 METRIC_SAMPLING_FRACTION: float = 0.25
@@ -366,8 +365,6 @@ def search_rigid_start(
     centres are aligned) on copies of both images at ``spacing_mm``, written as a ``.mat``
     (fixed -> moving points)."""
     import ants
-
-    from ketamine_dti.dwi.mutual_information import search_rotations  # it imports this module
 
     with itk_threads(n_threads):
         fixed = coarse_copy(ants.image_read(str(fixed_file)), spacing_mm)

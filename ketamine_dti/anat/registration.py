@@ -16,7 +16,6 @@ import numpy as np
 from ketamine_dti.ants_backend import (
     CC_RADIUS,
     METRIC_SAMPLING_FRACTION,
-    MI_BINS,
     REGISTRATION_SEED,
     PathLike,
     apply_mask,
@@ -31,6 +30,7 @@ from ketamine_dti.ants_backend import (
     save_like,
     search_rigid_start,
 )
+from ketamine_dti.dwi.mutual_information import MI_BINS
 
 LOGGER = logging.getLogger(__name__)
 

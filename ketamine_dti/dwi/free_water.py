@@ -329,7 +329,6 @@ def _levenberg_marquardt(
 @njit(cache=True, parallel=True)
 def _free_water_kernel(
     signal,
-    voxels,
     design,
     b0_volumes,
     weighted,
@@ -344,13 +343,13 @@ def _free_water_kernel(
     out_f,
     out_status,
 ):  # pragma: no cover - compiled
-    """Fit every voxel listed in ``voxels`` (rows of the 2-D ``signal``).
+    """Fit every row (voxel) of the 2-D ``signal``.
 
     ``prior_settings`` = (md_mean, md_weight, s0_tissue, s0_water, f_weight) in scaled units;
     f_weight 0 or NaN references switch the b0 prior off. ``out_status``: 0 fitted, 1 failed,
     2 pure water.
     """
-    n_fit = voxels.shape[0]
+    n_fit = signal.shape[0]
     n_vol = design.shape[0]
     n_b0 = b0_volumes.shape[0]
     n_chunks = (n_fit + VOXELS_PER_CHUNK - 1) // VOXELS_PER_CHUNK
@@ -377,7 +376,7 @@ def _free_water_kernel(
             status = _FIT_OK
             s0 = 0.0
             for i in range(n_vol):
-                value = np.float64(signal[voxels[k], i])
+                value = np.float64(signal[k, i])
                 if not np.isfinite(value):
                     status = _FIT_FAILED
                 measured[i] = max(value, MIN_SIGNAL)
@@ -588,11 +587,12 @@ def fit_free_water(
 
     prior = SingleShellPrior(np.nan, np.nan, 0.0)
     if single_shell and n_fit:
+        row_md = row_fa = None  # the tensor fit's maps at the fitted voxels
         if s0_tissue is None and dti_md is not None:
-            dti_md = np.asarray(dti_md).ravel()[voxels]
-            dti_fa = None if dti_fa is None else np.asarray(dti_fa).ravel()[voxels]
+            row_md = np.asarray(dti_md).ravel()[voxels]
+            row_fa = None if dti_fa is None else np.asarray(dti_fa).ravel()[voxels]
         prior = single_shell_prior(
-            signal, bvals, bvecs, b0_volumes, s0_tissue, s0_water, dti_md=dti_md, dti_fa=dti_fa
+            signal, bvals, bvecs, b0_volumes, s0_tissue, s0_water, dti_md=row_md, dti_fa=row_fa
         )
         LOGGER.info(
             "fit_free_water: single shell; b0 references tissue %.4g, water %.4g; noise SD %.4g",
@@ -618,7 +618,6 @@ def fit_free_water(
         with limit_threads(n_threads, blas=False):
             _free_water_kernel(
                 signal,
-                np.arange(n_fit, dtype=np.int64),
                 design,
                 b0_volumes,
                 ~b0_mask,

@@ -26,8 +26,9 @@ from numba import njit
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from ketamine_dti.ants_backend import MI_BINS
-
+#: Mattes mutual-information histogram bins, here and in every ANTs registration of the App
+#: (ANTs' default; enough for T1w/b0 contrast).
+MI_BINS: int = 32
 #: mm; largest move of a sampled point in the first step (antsRegistration's gradient step for
 #: linear transforms in antspyx, 0.2); later steps scale with the gradient.
 STEP_MM: float = 0.2

@@ -552,7 +552,6 @@ def _store_tensor(
 @njit(cache=True, parallel=True, fastmath=_REDUCTION_MATH)
 def _fit_kernel(
     signal,
-    voxels,
     design,
     design_t,
     pair_products,
@@ -566,10 +565,10 @@ def _fit_kernel(
     out_s0,
     out_rejected,
 ):  # pragma: no cover - compiled
-    """Fit every voxel listed in ``voxels`` (rows of the 2-D ``signal``); NaN when unfittable.
+    """Fit every row (voxel) of the 2-D ``signal``; NaN when unfittable.
     ``noise[k]``: noise SD of voxel k (RESTORE only); ``out_rejected[k]``: samples RESTORE left
     out."""
-    n_fit = voxels.shape[0]
+    n_fit = signal.shape[0]
     n_vol, n_params = design.shape
     n_chunks = (n_fit + VOXELS_PER_CHUNK - 1) // VOXELS_PER_CHUNK
     for chunk in prange(n_chunks):
@@ -589,7 +588,7 @@ def _fit_kernel(
         evecs = np.empty((3, 3))
         stop = min(n_fit, (chunk + 1) * VOXELS_PER_CHUNK)
         for k in range(chunk * VOXELS_PER_CHUNK, stop):
-            fittable = _load_voxel(signal, voxels[k], min_signal, measured, log_signal)
+            fittable = _load_voxel(signal, k, min_signal, measured, log_signal)
             out_rejected[k] = 0
             if fittable:
                 _ols(ols_pinv, log_signal, beta)
@@ -662,7 +661,6 @@ def fit_tensor(
         with limit_threads(n_threads, blas=False):  # the kernel calls no BLAS/LAPACK
             _fit_kernel(
                 signal,
-                np.arange(n_fit, dtype=np.int64),
                 design,
                 np.ascontiguousarray(design.T),
                 pair_products,
