@@ -9,8 +9,9 @@ from ketamine_dti.dwi.gradients import B0_THRESHOLD
 from ketamine_dti.dwi.layout import masked_rows
 
 #: Brain voxels whose residual is computed at a time. The prediction's float64 temporaries
-#: take ~500 bytes per volume and voxel: for a standard session's brain (~250,000 voxels, 70
-#: volumes) at once, the tensor step's peak memory was 1.33 GB.
+#: (projections, their squares, exponent, difference) grow with voxels x volumes: with a
+#: standard session's whole brain at once the tensor step's peak RSS was 1.33 GB, in chunks
+#: 0.66 GB.
 RESIDUAL_CHUNK = 16384
 
 
