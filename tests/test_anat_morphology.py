@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from ketamine_dti.anat.morphology import bounding_box, dilate_mm, erode_mm
+from ketamine_dti.anat.morphology import (
+    bounding_box,
+    depth_mm,
+    dilate_mm,
+    erode_mm,
+    largest_component,
+)
 
 
 def _masks(n: int):
@@ -24,6 +30,22 @@ def test_box_morphology_equals_the_whole_volume_transform(case):
     whole_erosion = ndimage.distance_transform_edt(mask, sampling=spacing) > radius
     np.testing.assert_array_equal(dilate_mm(mask, radius, spacing), whole_dilation)
     np.testing.assert_array_equal(erode_mm(mask, radius, spacing), whole_erosion)
+    # depth: the array's edge counts as outside (the whole volume padded by one layer)
+    whole_depth = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=spacing)
+    np.testing.assert_array_equal(depth_mm(mask, spacing), whole_depth[1:-1, 1:-1, 1:-1])
+
+
+@pytest.mark.parametrize("case", list(_masks(8)), ids=lambda c: f"r{c[2]:.1f}")
+def test_bounding_box_and_largest_component_match_their_definitions(case):
+    mask = case[0] & (np.random.default_rng(1).random(case[0].shape) < 0.7)  # many components
+    inside = np.argwhere(mask)
+    lower = np.maximum(inside.min(axis=0) - 2, 0)
+    upper = np.minimum(inside.max(axis=0) + 3, mask.shape)
+    expected = tuple(slice(lo, hi) for lo, hi in zip(lower, upper, strict=True))
+    assert bounding_box(mask, 2) == expected
+    labels, n = ndimage.label(mask)
+    sizes = [(labels == i).sum() for i in range(1, n + 1)]
+    np.testing.assert_array_equal(largest_component(mask), labels == 1 + int(np.argmax(sizes)))
 
 
 def test_bounding_box_grows_by_the_margin_and_stops_at_the_edge():
@@ -35,3 +57,4 @@ def test_bounding_box_grows_by_the_margin_and_stops_at_the_edge():
     empty = np.zeros((5, 5, 5), bool)
     assert not dilate_mm(empty, 3.0, (1, 1, 1)).any()
     assert not erode_mm(empty, 3.0, (1, 1, 1)).any()
+    assert not depth_mm(empty, (1, 1, 1)).any()

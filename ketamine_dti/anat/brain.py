@@ -198,20 +198,28 @@ def refine_mask(probability: np.ndarray, threshold: float = MASK_THRESHOLD) -> n
 
 
 def refine_with_tissue(
-    prior: np.ndarray, tissue: np.ndarray, spacing: Sequence[float]
+    prior: np.ndarray,
+    tissue: np.ndarray,
+    spacing: Sequence[float],
+    band: np.ndarray | None = None,
+    core: np.ndarray | None = None,
 ) -> np.ndarray:
     """The brain as the T1w's own GM/WM near the template prior (antsBrainExtraction's step).
 
     ``prior``: the warped template mask (binary); ``tissue``: GM or WM by the T1w's intensity
     classes in a band around it. An opening cuts bridges to the scalp, the largest component
     is kept, a closing and hole filling put sulcal and ventricular CSF back. The prior's core
-    (deeper than the band) stays brain whatever its intensity.
+    (deeper than the band) stays brain whatever its intensity. ``band``/``core``: the prior
+    dilated/eroded by REFINE_BAND_MM, if the caller has them (each is a distance transform).
     """
-    band = dilate_mm(prior, REFINE_BAND_MM, spacing)
+    if band is None:
+        band = dilate_mm(prior, REFINE_BAND_MM, spacing)
+    if core is None:
+        core = erode_mm(prior, REFINE_BAND_MM, spacing)
     brain = tissue & band
     brain = erode_mm(brain, REFINE_OPENING_MM, spacing)
     brain = dilate_mm(largest_component(brain), REFINE_OPENING_MM, spacing) & band
-    brain |= erode_mm(prior, REFINE_BAND_MM, spacing)
+    brain |= core
     brain = erode_mm(dilate_mm(brain, REFINE_CLOSING_MM, spacing), REFINE_CLOSING_MM, spacing)
     return ndimage.binary_fill_holes(largest_component(brain))
 
@@ -334,7 +342,7 @@ def _refine(
     core = erode_mm(prior, REFINE_BAND_MM, t1w.spacing)
     reference = float(np.median(data[core if core.any() else prior]))
     tissue = (data >= TISSUE_MIN_FRACTION * reference) & (data <= TISSUE_MAX_FRACTION * reference)
-    return refine_with_tissue(prior, tissue, t1w.spacing), flat
+    return refine_with_tissue(prior, tissue, t1w.spacing, band=band, core=core), flat
 
 
 def _extraction_qc(

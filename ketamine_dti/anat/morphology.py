@@ -18,12 +18,17 @@ from scipy import ndimage
 def bounding_box(mask: np.ndarray, margin: int | Sequence[int] = 0) -> tuple[slice, ...] | None:
     """Slices of the smallest box holding ``mask``'s nonzero voxels, grown by ``margin``
     voxels (per axis or one for all) and clipped to the array; None for an empty mask."""
-    inside = np.argwhere(mask)
-    if inside.size == 0:
-        return None
+    mask = np.asarray(mask)
+    # one projection per axis: argwhere would list every voxel (48 MB for a 1 mm brain)
+    spans = []
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(np.any(mask, axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hits.size == 0:
+            return None
+        spans.append((hits[0], hits[-1]))
     margin = np.broadcast_to(np.asarray(margin, dtype=int), (mask.ndim,))
-    lower = np.maximum(inside.min(axis=0) - margin, 0)
-    upper = np.minimum(inside.max(axis=0) + margin + 1, mask.shape)
+    lower = np.maximum(np.array([lo for lo, _ in spans]) - margin, 0)
+    upper = np.minimum(np.array([hi for _, hi in spans]) + margin + 1, mask.shape)
     return tuple(slice(int(lo), int(hi)) for lo, hi in zip(lower, upper, strict=True))
 
 
@@ -53,10 +58,24 @@ def erode_mm(mask: np.ndarray, radius_mm: float, spacing: Sequence[float]) -> np
     return out
 
 
+def depth_mm(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """Distance (world mm) of each mask voxel to the nearest voxel outside it, the array's
+    edge counting as outside; 0 outside the mask. Computed on the mask's box plus one layer,
+    the same values as on the whole (padded) volume."""
+    mask = np.asarray(mask, bool)
+    depth = np.zeros(mask.shape)
+    box = bounding_box(mask)
+    if box is not None:
+        depth[box] = ndimage.distance_transform_edt(np.pad(mask[box], 1), sampling=spacing)[
+            (slice(1, -1),) * mask.ndim
+        ]
+    return depth
+
+
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """The largest 6-connected component of a binary mask (empty stays empty)."""
     labels, n_components = ndimage.label(mask)
     if n_components <= 1:
         return labels > 0
-    sizes = ndimage.sum(mask, labels, index=range(1, n_components + 1))
+    sizes = np.bincount(labels.ravel(), minlength=n_components + 1)[1:]
     return labels == (int(np.argmax(sizes)) + 1)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from ketamine_dti.anat.morphology import depth_mm
 from ketamine_dti.anat.transfer import footprint_sigma_voxels
 
 #: A DWI voxel is ventricle-like when its MD exceeds this multiple of the brain's median MD
@@ -47,7 +48,7 @@ def dwi_ventricles(md: np.ndarray, mask: np.ndarray, zooms: Sequence[float]) -> 
         return np.zeros(md.shape, dtype=bool)
     zooms = tuple(float(z) for z in zooms[:3])
     median = float(np.median(md[mask & (md > 0)])) if np.any(mask & (md > 0)) else np.inf
-    depth = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=zooms)[1:-1, 1:-1, 1:-1]
+    depth = depth_mm(mask, zooms)
     candidates = mask & (depth >= DWI_DEPTH_MM) & (md > MD_RATIO * median)
     labels, n = ndimage.label(candidates)
     if n == 0:
@@ -67,8 +68,7 @@ def deep_csf_fraction(
     """Share of deep CSF (hard label ``csf_label`` at least ``T1W_DEPTH_MM`` inside the brain
     mask) over a DWI voxel's footprint, on the T1w grid (``spacing`` mm)."""
     mask = np.asarray(brain_mask) > 0
-    depth = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=tuple(spacing[:3]))
-    deep = (np.asarray(dseg) == csf_label) & (depth[1:-1, 1:-1, 1:-1] >= T1W_DEPTH_MM)
+    deep = (np.asarray(dseg) == csf_label) & (depth_mm(mask, tuple(spacing[:3])) >= T1W_DEPTH_MM)
     sigma = footprint_sigma_voxels(spacing, dwi_voxel_mm)
     return ndimage.gaussian_filter(deep.astype(np.float32), sigma, mode="constant")
 
