@@ -289,6 +289,27 @@ def test_every_expected_step_is_a_node_of_the_participant_workflow(tmp_path):
     assert set(STEP_SECONDS) <= names, set(STEP_SECONDS) - names
 
 
+@pytest.mark.parametrize("gibbs", [True, False])
+def test_with_gibbs_the_reverse_pe_images_are_unrung_too(tmp_path, gibbs):
+    """The pepolar pair must ring alike: the DWI's b0 is unrung, so the reverse images are."""
+    from ketamine_dti.fieldmaps import EpiImage, FieldmapInputs, PhaseEncoding
+
+    (tmp_path / "epi.nii.gz").write_text("x")
+    reverse = EpiImage(str(tmp_path / "epi.nii.gz"), PhaseEncoding("j", 0.05))
+    pepolar = FieldmapInputs("dwi.nii.gz", "pepolar", PhaseEncoding("j-", 0.05), epi=(reverse,))
+    workflow = init_dwi_preproc_wf(gibbs=gibbs, fieldmap=pepolar)
+    estimate = workflow.get_node("estimate_susceptibility")
+    feeds = {
+        (u.name, link[0]) for u, _, data in workflow._graph.in_edges(estimate, data=True)
+        for link in data["connect"]
+    }  # fmt: skip
+    assert (("unring_reverse", "out_file") in feeds) is gibbs
+    assert ("unring", "out_file") in feeds if gibbs else ("denoise", "out_file") in feeds
+    if gibbs:
+        unring = workflow.get_node("unring_reverse")
+        assert unring.inputs.in_file == [str(tmp_path / "epi.nii.gz")]
+
+
 def _record(name, log, after=None):
     with open(log, "a") as handle:
         handle.write(name + "\n")

@@ -155,7 +155,11 @@ def _description(
     if denoise == "mppca":
         steps.append("denoised with Marchenko-Pastur PCA [mppca] (the noise map is saved)")
     if gibbs:
-        steps.append("corrected for Gibbs ringing by local subvoxel shifts [gibbs]")
+        pair = fieldmap is not None and fieldmap.method == "pepolar"
+        steps.append(
+            "corrected for Gibbs ringing by local subvoxel shifts [gibbs]"
+            + (" (so were the reverse phase-encoded images)" if pair else "")
+        )
     done = "; ".join(steps) + ("; " if steps else "")
     dropouts = _slice_outlier_sentence(slice_outliers)
     return f"""**Diffusion.** Each session's DWI series was {done}head motion and eddy-current
@@ -317,6 +321,13 @@ def init_dwi_preproc_wf(
             estimate = _pepolar_node(fieldmap, b0_threshold)
             workflow.connect(*restored, estimate, "b0_file")
             workflow.connect(check, "out_bval", estimate, "bval_file")
+            if gibbs:  # the pair must ring alike, or the field fits the DWI's ringing away
+                unring_reverse = pe.MapNode(
+                    Unring(n_threads=omp_nthreads), iterfield=["in_file"],
+                    name="unring_reverse", n_procs=omp_nthreads,
+                )  # fmt: skip
+                unring_reverse.inputs.in_file = list(estimate.inputs.reverse_files)
+                workflow.connect(unring_reverse, "out_file", estimate, "reverse_files")
         else:
             estimate = _gre_node(fieldmap)
             workflow.connect(motion, "b0_reference", estimate, "b0_file")
