@@ -85,7 +85,7 @@ def run_case(name: str, t1w_file: Path, work: Path, truth_file: Path | None = No
     """N4 + extraction of one T1w; volume, CPU and wall seconds, Dice if a truth is given."""
     cpu = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
-    n4 = bias_correct(t1w_file, work / name, n_threads=1)
+    n4 = bias_correct(t1w_file, work / name)
     result = extract_brain(n4, work / name / "bex", n_threads=1)
     after = resource.getrusage(resource.RUSAGE_SELF)
     row = {

@@ -52,7 +52,7 @@ def extract(root: Path, out: Path) -> dict:
         / f"{stem}_space-T1w_desc-brain_mask.nii.gz"
     )  # fmt: skip
     start = time.perf_counter()
-    corrected = brain.bias_correct(t1w, out, n_threads=1)
+    corrected = brain.bias_correct(t1w, out)
     extraction = brain.extract_brain(corrected, out, n_threads=1)
     found = np.asarray(nib.load(extraction.mask_file).dataobj) > 0
     true = np.asarray(nib.load(truth).dataobj) > 0

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from ketamine_dti.anat.bias_field import estimate_log_field
 from ketamine_dti.anat.longitudinal import head_mask
 from ketamine_dti.anat.morphology import dilate_mm, erode_mm, largest_component
 from ketamine_dti.anat.registration import normalized_cross_correlation, register_syn
@@ -28,7 +29,6 @@ from ketamine_dti.ants_backend import (
     apply_mask,
     apply_transforms,
     coarse_copy_file,
-    itk_threads,
     load_image,
     matrix_to_affine,
     save_like,
@@ -126,34 +126,30 @@ def bias_correct(
     shrink: int | None = None,
     iterations: Sequence[int] = N4_ITERATIONS,
     spline_distance_mm: float | None = None,
-    n_threads: int | None = None,
 ) -> str:
     """N4 bias-field correction of a 3-D T1w; writes ``<out_dir>/<out_name>`` (same grid).
     ``shrink`` (None: a working grid of N4_GRID_MM); ``spline_distance_mm``: B-spline mesh
-    spacing (None: ANTs' default)."""
+    spacing (None: one span over the image, ANTs' default). As ANTs' N4, voxels outside the
+    mask (default: the head) are left as they are; ``bias_field`` computes ANTs' field (within
+    float32 rounding on an axis-aligned grid) 15-30x faster."""
     import ants
 
     image = load_image(in_file)
+    data = image.numpy()
     if shrink is None:
         shrink = working_shrink(image.spacing, N4_GRID_MM)
-    if mask_file is not None:
-        mask = load_image(mask_file)
-    else:
-        mask = image.new_image_like(head_mask(image.numpy()).astype(np.float32))
-    if mask.numpy().sum() == 0:
+    mask = load_image(mask_file).numpy() > 0 if mask_file is not None else head_mask(data)
+    if not mask.any():
         raise InputError(f"{in_file}: image is empty (no head voxels); check the T1w")
-    with itk_threads(n_threads):
-        corrected = ants.n4_bias_field_correction(
-            image,
-            mask=mask,
-            shrink_factor=shrink,
-            convergence={"iters": list(iterations), "tol": N4_TOLERANCE},
-            spline_param=spline_distance_mm,
-        )
+    log_field = estimate_log_field(
+        data, mask, image.spacing, shrink=shrink, iterations=iterations,
+        spline_distance_mm=spline_distance_mm, tolerance=N4_TOLERANCE,
+    )  # fmt: skip
+    corrected = np.where(mask, data / np.exp(log_field), data).astype(np.float32)
     out_dir = Path(out_dir).absolute()
     out_dir.mkdir(parents=True, exist_ok=True)
     out_file = out_dir / out_name
-    ants.image_write(corrected, str(out_file))
+    ants.image_write(image.new_image_like(corrected), str(out_file))
     return str(out_file)
 
 
@@ -301,7 +297,7 @@ def extract_brain(
         raise InputError(
             f"{t1w_file}: brain extraction found no brain; check that the image is a T1w head"
         )
-    mask, flat_file = _refine(t1w_file, t1w, prior, out_dir, n_threads)
+    mask, flat_file = _refine(t1w_file, t1w, prior, out_dir)
     mask_file = save_like(t1w, mask, out_dir / "t1w_brainmask.nii.gz", "unsigned char")
     # the brain image is the brain-corrected one: segmentation needs its flat WM
     brain_file = apply_mask(flat_file, mask_file, out_dir / f"t1w_brain{WORK_EXTENSION}")
@@ -318,9 +314,7 @@ def extract_brain(
     )
 
 
-def _refine(
-    t1w_file: PathLike, t1w, prior: np.ndarray, out_dir: Path, n_threads: int | None
-) -> tuple[np.ndarray, str]:
+def _refine(t1w_file: PathLike, t1w, prior: np.ndarray, out_dir: Path) -> tuple[np.ndarray, str]:
     """N4 again inside a band around the prior (the head-wide fit leaves the brain's own bias
     to the scalp), tissue by intensity relative to the prior's core, ``refine_with_tissue``.
     Returns the mask and the brain-corrected T1w file."""
@@ -336,7 +330,6 @@ def _refine(
         shrink=working_shrink(t1w.spacing, BRAIN_N4_GRID_MM),
         iterations=BRAIN_N4_ITERATIONS,
         spline_distance_mm=BRAIN_N4_SPLINE_MM,
-        n_threads=n_threads,
     )
     data = ants.image_read(flat).numpy()
     core = erode_mm(prior, REFINE_BAND_MM, t1w.spacing)

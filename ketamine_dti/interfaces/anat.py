@@ -39,9 +39,7 @@ class BiasCorrect(SimpleInterface):
     def _run_interface(self, runtime):
         from ketamine_dti.anat.brain import bias_correct
 
-        self._results["out_file"] = bias_correct(
-            self.inputs.in_file, runtime.cwd, n_threads=self.inputs.n_threads
-        )
+        self._results["out_file"] = bias_correct(self.inputs.in_file, runtime.cwd)
         return runtime
 
 
