@@ -51,15 +51,16 @@ PUBLISHED_OUTPUTS = {
     "xfm_mni_t1w": "from_mni_to_template",
 }
 
-DESCRIPTION = f"""**Anatomy.** Each session's T1w was bias corrected (N4) [n4]. The sessions of a
-participant were averaged in a rigid halfway space, an unbiased within-subject template [halfway];
-brain extraction, one SyN registration to {MNI_SPACE} [mni] and three-class tissue segmentation
-(Atropos, with the template's tissue priors moved into the subject, weight {PRIOR_WEIGHT})
-[atropos] were computed once on that template, so every session sees the same anatomy
-through the same template mapping. The brain was extracted as in antsBrainExtraction: the head
-was registered (from an alignment of the upper head, then affine and SyN) to the whole-head
-Colin27 template [colin27], whose brain mask, pulled back, was refined by the T1w's own tissue
-intensities after a second N4 inside the brain."""
+DESCRIPTION = f"""**Anatomy.** Each session's T1w was bias corrected with N4 [n4] (ketamine-dti's
+implementation of ANTs' N4BiasFieldCorrection, same algorithm and settings; median field difference
+below 0.1%). The sessions of a participant were averaged in a rigid halfway space, an unbiased
+within-subject template [halfway]; brain extraction, one SyN registration to {MNI_SPACE} [mni] and
+three-class tissue segmentation (Atropos, with the template's tissue priors moved into the subject,
+weight {PRIOR_WEIGHT}) [atropos] were computed once on that template, so every session sees the
+same anatomy through the same template mapping. The brain was extracted as in antsBrainExtraction:
+the head was registered (from an alignment of the upper head, then affine and SyN) to the
+whole-head Colin27 template [colin27], whose brain mask, pulled back, was refined by the T1w's own
+tissue intensities after a second N4 inside the brain."""
 
 
 def init_anat_wf(omp_nthreads: int = 1, name: str = "anat_wf") -> pe.Workflow:
