@@ -8,8 +8,8 @@
 #      copied into the build context for the build only);
 #   4. the image's size as Docker reports it, which must not exceed 1.29 GB, and what takes it;
 #   5. the image run as users run it: --rm --network none -u 1000:1000, BIDS_DIR read-only:
-#      --version, the simulator (a 10-participant tiny trial), the participant level of sub-001,
-#      of the other 9, then the group level; BIDS_DIR must come out unchanged;
+#      --version, the simulator (a 15-participant tiny trial), the participant level of sub-001,
+#      of the other 14, then the group level; BIDS_DIR must come out unchanged;
 #   6. a Singularity-style run of sub-001 from the image's exported root filesystem (read-only
 #      root, unprivileged uid/gid with no passwd entry and no writable home, a cleaned
 #      environment, binds for data/out/work), whose outputs must be byte-identical to the
@@ -38,10 +38,12 @@ MAX_IMAGE_REPORTED=1.29GB
 # An unprivileged uid:gid that has no passwd entry in the image (checked below).
 RUN_UID=1000
 RUN_GID=1000
-# The smallest trial the group level fits: an arm's simple-slope model (delta_score ~ delta_md +
-# baseline_score) has 3 coefficients, so each arm needs 4 participants. 2:1 permuted blocks give
-# 9 -> 6:3 (too few saline); with 10 participants seed 3 puts the 10th in saline (6:4).
-N_PARTICIPANTS=10
+# An arm's simple-slope model (delta_score ~ delta_md + baseline_score) has 3 coefficients, so
+# each arm needs 4 participants with every ROI measured. 15 participants in 2:1 permuted blocks
+# are 10:5, one to spare: the former 10 (6:4) failed the group level in session 25 when a
+# last-bit change left one saline participant's BA10 at 14.6% of its atlas volume (< 15%:
+# missing).
+N_PARTICIPANTS=15
 SEED=3
 PARTICIPANT=001
 NPROCS=2
