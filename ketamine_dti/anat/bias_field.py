@@ -64,22 +64,36 @@ def evaluate(lattice: np.ndarray, bases: Sequence[np.ndarray]) -> np.ndarray:
     return _contract(lattice, [basis.T for basis in bases])
 
 
+class _Approximation:
+    """Lee's one-level B-spline approximation on a fixed grid and point weights. Each point
+    spreads w_k^2 / sum(w^2) of its value to its 4x4x4 control points, which average what
+    they receive (weights w_k^2); both the weights and their per-point sums factor over axes.
+    What depends only on the grid and the weights is computed once per fitting level."""
+
+    def __init__(self, weights: np.ndarray, bases: Sequence[np.ndarray]) -> None:
+        self.weights = weights
+        self.norms = []  # sum_k B_k(u)^2 per axis, shaped to divide along that axis
+        for axis, basis in enumerate(bases):
+            shape = [1] * weights.ndim
+            shape[axis] = -1
+            self.norms.append(np.sum(basis**2, axis=1).reshape(shape))
+        self.cubes = [basis**3 for basis in bases]
+        self.denominator = _contract(weights.astype(float), [basis**2 for basis in bases])
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        scale = self.weights * values
+        for norm in self.norms:
+            scale = scale / norm
+        numerator = _contract(scale, self.cubes)
+        lattice = np.zeros_like(numerator)
+        np.divide(numerator, self.denominator, out=lattice, where=self.denominator > 0)
+        return lattice
+
+
 def fit(values: np.ndarray, weights: np.ndarray, bases: Sequence[np.ndarray]) -> np.ndarray:
     """One level of Lee's multilevel B-spline approximation of ``values`` on a grid (points
-    weighted by ``weights``, 0 outside). Each point spreads w_k^2 / sum(w^2) of its value to
-    its 4x4x4 control points, which average what they receive (weights w_k^2); both the
-    weights and their per-point sums factor over axes."""
-    norms = [np.sum(basis**2, axis=1) for basis in bases]  # sum_k B_k(u)^2, per axis
-    scale = weights * values
-    for axis, norm in enumerate(norms):
-        shape = [1] * values.ndim
-        shape[axis] = -1
-        scale = scale / norm.reshape(shape)
-    numerator = _contract(scale, [basis**3 for basis in bases])
-    denominator = _contract(weights.astype(float), [basis**2 for basis in bases])
-    lattice = np.zeros_like(numerator)
-    np.divide(numerator, denominator, out=lattice, where=denominator > 0)
-    return lattice
+    weighted by ``weights``, 0 outside); see ``_Approximation``."""
+    return _Approximation(weights, bases)(values)
 
 
 def refinement_matrix(spans: int) -> np.ndarray:
@@ -182,11 +196,12 @@ def estimate_log_field(
             lattice = _contract(lattice, [r.T for r in refine])
             spans = spans * 2
         bases = [basis_matrix(u * s, int(s)) for u, s in zip(small_u, spans, strict=True)]
+        approximate = _Approximation(weights, bases)
         for _ in range(n_iterations):
             corrected = log_image[inside] - field[inside]
             residual = np.zeros(small.shape)
             residual[inside] = corrected - sharpen(corrected)
-            lattice = lattice + fit(residual, weights, bases)
+            lattice = lattice + approximate(residual)
             new_field = evaluate(lattice, bases)
             change = np.exp(new_field[inside] - field[inside])
             field = new_field
@@ -194,3 +209,10 @@ def estimate_log_field(
                 break
     bases = [basis_matrix(u * s, int(s)) for u, s in zip(full_u, spans, strict=True)]
     return evaluate(lattice, bases)
+
+
+def correct(image: np.ndarray, mask: np.ndarray, spacing: Sequence[float], **n4) -> np.ndarray:
+    """``image`` divided by its N4 bias field inside ``mask`` (float32); voxels outside the
+    mask keep their value, as in ANTs' N4. ``n4``: ``estimate_log_field``'s keywords."""
+    log_field = estimate_log_field(image, mask, spacing, **n4)
+    return np.where(mask, image / np.exp(log_field), image).astype(np.float32)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ketamine_dti.anat.bias_field import estimate_log_field
+from ketamine_dti.anat.bias_field import correct
 from ketamine_dti.anat.longitudinal import head_mask
 from ketamine_dti.anat.morphology import dilate_mm, erode_mm, largest_component
 from ketamine_dti.anat.registration import normalized_cross_correlation, register_syn
@@ -141,11 +141,10 @@ def bias_correct(
     mask = load_image(mask_file).numpy() > 0 if mask_file is not None else head_mask(data)
     if not mask.any():
         raise InputError(f"{in_file}: image is empty (no head voxels); check the T1w")
-    log_field = estimate_log_field(
+    corrected = correct(
         data, mask, image.spacing, shrink=shrink, iterations=iterations,
         spline_distance_mm=spline_distance_mm, tolerance=N4_TOLERANCE,
     )  # fmt: skip
-    corrected = np.where(mask, data / np.exp(log_field), data).astype(np.float32)
     out_dir = Path(out_dir).absolute()
     out_dir.mkdir(parents=True, exist_ok=True)
     out_file = out_dir / out_name
@@ -297,7 +296,7 @@ def extract_brain(
         raise InputError(
             f"{t1w_file}: brain extraction found no brain; check that the image is a T1w head"
         )
-    mask, flat_file = _refine(t1w_file, t1w, prior, out_dir)
+    mask, flat_file = _refine(t1w, prior, out_dir)
     mask_file = save_like(t1w, mask, out_dir / "t1w_brainmask.nii.gz", "unsigned char")
     # the brain image is the brain-corrected one: segmentation needs its flat WM
     brain_file = apply_mask(flat_file, mask_file, out_dir / f"t1w_brain{WORK_EXTENSION}")
@@ -314,24 +313,20 @@ def extract_brain(
     )
 
 
-def _refine(t1w_file: PathLike, t1w, prior: np.ndarray, out_dir: Path) -> tuple[np.ndarray, str]:
+def _refine(t1w, prior: np.ndarray, out_dir: Path) -> tuple[np.ndarray, str]:
     """N4 again inside a band around the prior (the head-wide fit leaves the brain's own bias
     to the scalp), tissue by intensity relative to the prior's core, ``refine_with_tissue``.
     Returns the mask and the brain-corrected T1w file."""
     import ants
 
     band = dilate_mm(prior, REFINE_BAND_MM, t1w.spacing)
-    band_file = save_like(t1w, band, out_dir / "refine_band.nii.gz", "unsigned char")
-    flat = bias_correct(
-        t1w_file,
-        out_dir,
-        mask_file=band_file,
-        out_name=f"t1w_band_n4{WORK_EXTENSION}",
-        shrink=working_shrink(t1w.spacing, BRAIN_N4_GRID_MM),
-        iterations=BRAIN_N4_ITERATIONS,
-        spline_distance_mm=BRAIN_N4_SPLINE_MM,
-    )
-    data = ants.image_read(flat).numpy()
+    data = correct(
+        t1w.numpy(), band, t1w.spacing, shrink=working_shrink(t1w.spacing, BRAIN_N4_GRID_MM),
+        iterations=BRAIN_N4_ITERATIONS, spline_distance_mm=BRAIN_N4_SPLINE_MM,
+        tolerance=N4_TOLERANCE,
+    )  # fmt: skip
+    flat = str(out_dir / f"t1w_band_n4{WORK_EXTENSION}")
+    ants.image_write(t1w.new_image_like(data), flat)
     core = erode_mm(prior, REFINE_BAND_MM, t1w.spacing)
     reference = float(np.median(data[core if core.any() else prior]))
     tissue = (data >= TISSUE_MIN_FRACTION * reference) & (data <= TISSUE_MAX_FRACTION * reference)
