@@ -263,3 +263,50 @@ def test_unknown_qc_verdict_is_an_input_error(trial: Config) -> None:
     _add_columns(path, {"qc_verdict": "maybe", "qc_reasons": "n/a"})
     with pytest.raises(InputError, match=r"column qc_verdict: 'maybe' is not one of pass"):
         run_group_level(trial, make_figures=False)
+
+
+def test_an_roi_too_few_participants_have_leaves_only_its_fits_na(trial: Config) -> None:
+    """The container CI's failure: one arm's model has too few participants in one ROI. That
+    fit is n/a (with n), listed in summary.md and the report's verdict; every other fit stands,
+    and its FDR and max-T families hold the remaining ROIs."""
+    out = trial.output_dir
+    participants = _read(trial.bids_dir / "participants.tsv")
+    saline = participants.loc[participants.group == "saline", "participant_id"].tolist()
+    for participant in saline[3:]:  # 3 saline participants keep vACC; arm_saline needs 4
+        table = next((out / participant / "ses-baseline" / "dwi").glob("*_desc-roi_md.tsv"))
+        _set_cell(table, "vacc", "md_mean", "n/a")
+    for participant in participants.participant_id:  # nobody keeps hippocampus_left
+        table = next((out / participant / "ses-24h" / "dwi").glob("*_desc-roi_md.tsv"))
+        _set_cell(table, "hippocampus_left", "md_mean", "n/a")
+    config = replace(trial, permutations=199, fwer="maxt")
+
+    group_dir = run_group_level(config)
+    stats = _read(group_dir / "stats.tsv")
+    empty = stats.roi == "hippocampus_left"
+    saline_vacc = (stats.model == "arm_saline") & (stats.roi == "vacc")
+    na = stats.estimate.isna()
+    assert (na == (empty | saline_vacc)).all(), "exactly those fits are n/a"
+    assert (stats.loc[saline_vacc, "n"] == 3).all() and (stats.loc[empty, "n"] == 0).all()
+    assert set(stats.loc[empty, "model"]) == {
+        "interaction", "pooled", "arm_ketamine", "arm_saline", "treatment_md"
+    }  # fmt: skip
+    for column in ("p_value", "p_fdr", "ci_low", "p_perm", "p_perm_fdr", "p_perm_fwer"):
+        assert (stats[column].isna() == na).all(), column
+    interaction = stats[(stats.model == "interaction") & (stats.roi == "vacc")]
+    assert (interaction.n == N_PARTICIPANTS - (len(saline) - 3)).all()
+    # the saline slopes' FDR family: the 5 ROIs left
+    from ketamine_dti.group.multiple_comparisons import benjamini_hochberg
+
+    family = stats[(stats.model == "arm_saline") & (stats.term == "delta_md")]
+    family = family[(family.scale == "madrs") & family.p_value.notna()]
+    assert len(family) == len(ROI_NAMES) - 2
+    np.testing.assert_allclose(family.p_fdr, benjamini_hochberg(family.p_value.to_numpy()))
+
+    summary = (group_dir / "summary.md").read_text()
+    assert "## Fits not estimable (n/a in stats.tsv)" in summary
+    assert "| arm_saline | madrs | vacc | 3 |" in summary
+    assert "| interaction | qids_sr | hippocampus_left | 0 |" in summary
+    html = (group_dir / "group_report.html").read_text()
+    n_missing = 2 * 4 + 1 + 2  # per scale: 4 models of the empty ROI, arm_saline of vACC
+    assert f"{n_missing} fit(s) not estimable" in html
+    assert len(list((group_dir / "figures").glob("*.png"))) == 2 + 2 * len(ROI_NAMES)

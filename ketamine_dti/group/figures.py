@@ -78,7 +78,7 @@ def scatter_figure(
             & (stats.model == f"arm_{arm}")
             & (stats.term == "delta_md")
         ]
-        if not slope.empty:
+        if not slope.empty and np.isfinite(slope.iloc[0].estimate):  # n/a: no line
             grid = np.linspace(x.min(), x.max(), 50)
             row = slope.iloc[0]
             line, half_width = slope_band(x, y, row.estimate, row.std_error, grid)
@@ -94,13 +94,18 @@ def scatter_figure(
     title = f"{roi}, {scale}"
     if not inter.empty:
         row = inter.iloc[0]
-        title += f"\ngroup x dMD {row.estimate:.3g}, p={row.p_value:.3g} (FDR {row.p_fdr:.3g})"
+        title += (
+            "\ngroup x dMD not estimable"
+            if np.isnan(row.estimate)
+            else f"\ngroup x dMD {row.estimate:.3g}, p={row.p_value:.3g} (FDR {row.p_fdr:.3g})"
+        )
     axes.set_title(title, fontsize=9)
     axes.axhline(0, color="0.8", lw=0.8, zorder=0)
     axes.axvline(0, color="0.8", lw=0.8, zorder=0)
     axes.set_xlabel(f"dMD ({unit})")
     axes.set_ylabel(f"d{scale} (points)")
-    axes.legend(fontsize=7, frameon=False)
+    if axes.get_legend_handles_labels()[0]:  # none when no participant has this ROI
+        axes.legend(fontsize=7, frameon=False)
     return figure
 
 

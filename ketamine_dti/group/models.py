@@ -181,20 +181,27 @@ def _tidy_frame(
     return frame
 
 
-def _check_design(exog: np.ndarray, where: str) -> None:
-    """Enough participants and a full-rank design, else an InputError saying what to do."""
+def inestimable_reason(exog: np.ndarray) -> str | None:
+    """Why OLS cannot fit this design (too few participants for a residual degree of freedom,
+    or a rank-deficient design), or None if it can."""
     n, p = exog.shape
     if n < p + 1:
-        raise InputError(
-            f"{where}: {n} participants with complete data, but its {p} coefficients need at "
-            "least " + f"{p + 1}; add participants or drop covariates (--covariates)"
+        return (
+            f"{n} participants with complete data, but its {p} coefficients need at least {p + 1}"
         )
     if np.linalg.matrix_rank(exog) < p:
-        raise InputError(
-            f"{where}: the design is singular for the {n} participants with complete data (a "
-            "covariate constant or collinear, or an arm without data); drop that covariate or "
-            "check the inputs"
+        return (
+            f"the design is singular for the {n} participants with complete data (a covariate "
+            "constant or collinear, or an arm without data)"
         )
+    return None
+
+
+def _missing_arrays(keep: np.ndarray, n: int) -> dict[str, np.ndarray]:
+    """The per-term arrays of a fit that could not be made: n/a everywhere but ``n``."""
+    size = int(keep.sum())
+    columns = ("estimate", "std_error", "statistic", "p_value", "ci_low", "ci_high")
+    return {column: np.full(size, np.nan) for column in columns} | {"n": np.full(size, n)}
 
 
 def _level_rows(data: pd.DataFrame, by: tuple[str, ...]) -> dict[tuple, np.ndarray]:
@@ -225,19 +232,34 @@ def fit_ols(
     """Fit ``formula`` by OLS separately within each level of the ``by`` columns.
 
     ``data`` must be complete for the formula's variables. Returns tidy rows with the ``by``
-    columns first. ``describe(level)`` names a fit in error messages.
+    columns first. A level the data cannot fit (``inestimable_reason``; e.g. one ROI missing
+    in enough participants of one arm) keeps its rows, n/a but for ``n``, with a warning, so
+    the other ROIs are still reported; if no level can be fitted the model as asked is not
+    estimable and an InputError says why. ``describe(level)`` names a fit in messages.
     """
     design = _formula_design(formula, data, describe)
     names = list(design.exog_names)
     keep = np.array([name != INTERCEPT for name in names])
     groups = _level_rows(data, by)
     fit_kwargs = {"cov_type": "HC3", "use_t": True} if robust_se else {}
-    parts = []
+    parts, reasons = [], []
     for level, rows in groups.items():
         exog = design.exog[rows]
-        _check_design(exog, describe(dict(zip(by, level, strict=True))))
-        result = sm.OLS(design.endog[rows], exog).fit(**fit_kwargs)
-        parts.append(_tidy_arrays(result, keep, len(rows)))
+        reason = inestimable_reason(exog)
+        if reason is None:
+            result = sm.OLS(design.endog[rows], exog).fit(**fit_kwargs)
+            parts.append(_tidy_arrays(result, keep, len(rows)))
+            continue
+        where = describe(dict(zip(by, level, strict=True)))
+        LOGGER.warning("%s: not estimable, %s; its stats.tsv rows are n/a", where, reason)
+        reasons.append(f"{where}: {reason}")
+        parts.append(_missing_arrays(keep, len(rows)))
+    if len(reasons) == len(groups):
+        raise InputError(
+            f"{reasons[0]}"
+            + (f" (and {len(reasons) - 1} more fits of this model)" if len(reasons) > 1 else "")
+            + "; add participants or drop covariates (--covariates)"
+        )
     return _tidy_frame(names, parts, list(groups), by)
 
 
@@ -321,13 +343,16 @@ def _model_data(
 
 
 def ols_designs(table: pd.DataFrame, config: Config, rois: tuple[str, ...]) -> list[OlsDesign]:
-    """Every OLS fit of :func:`fit_group_models` as arrays, in the same order of levels."""
+    """Every OLS fit of :func:`fit_group_models` as arrays, in the same order of levels; the
+    fits it leaves n/a are left out."""
     designs = []
     for spec, data, describe in _model_data(table, config, rois):
         design = _formula_design(spec.formula, data, describe)
         terms = tuple(term_name(name) for name in design.exog_names)
         participant_ids = data["participant_id"].to_numpy()
         for level, rows in _level_rows(data, spec.by).items():
+            if inestimable_reason(design.exog[rows]) is not None:
+                continue  # n/a in stats.tsv (fit_ols)
             named = dict(zip(spec.by, level, strict=True))
             designs.append(
                 OlsDesign(
@@ -350,12 +375,14 @@ def fit_group_models(table: pd.DataFrame, config: Config, rois: tuple[str, ...])
     for spec, data, describe in _model_data(table, config, rois):
         fitted = fit_ols(spec.formula, data, config.robust_se, spec.by, describe)
         found = set(fitted[list(spec.by)].itertuples(index=False, name=None))
-        for level in itertools.product(*(expected_levels[column] for column in spec.by)):
-            if level not in found:
-                raise InputError(
-                    f"{describe(dict(zip(spec.by, level, strict=True)))}: no participant has "
-                    "complete data; check the ROI tables and scores"
-                )
+        absent = [
+            level
+            for level in itertools.product(*(expected_levels[column] for column in spec.by))
+            if level not in found
+        ]
+        if absent:
+            fitted = pd.concat([fitted, _absent_rows(fitted, spec.by, absent, describe)])
+            fitted["n"] = fitted["n"].astype(int)
         fitted.insert(0, "model", spec.name)
         for column in ("scale", "roi"):
             if column not in fitted:
@@ -366,6 +393,22 @@ def fit_group_models(table: pd.DataFrame, config: Config, rois: tuple[str, ...])
             parts.extend(_fit_mixed_models(table, config, rois, scale))
     stats = pd.concat(parts, ignore_index=True)
     return order_stats(stats[["scale", "roi", "model", *FIT_COLUMNS]], config, rois)
+
+
+def _absent_rows(
+    fitted: pd.DataFrame, by: tuple[str, ...], levels: list[tuple], describe: Callable
+) -> pd.DataFrame:
+    """n/a rows (n = 0), with a warning, for the levels where no participant has complete
+    data (every participant lost that ROI), so each scale x ROI keeps its rows."""
+    terms = list(dict.fromkeys(fitted["term"]))
+    rows = []
+    for level in levels:
+        LOGGER.warning(
+            "%s: no participant has complete data; its stats.tsv rows are n/a",
+            describe(dict(zip(by, level, strict=True))),
+        )
+        rows += [dict(zip(by, level, strict=True)) | {"term": term, "n": 0} for term in terms]
+    return pd.DataFrame(rows, columns=fitted.columns)
 
 
 def _fit_mixed_models(

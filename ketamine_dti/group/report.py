@@ -12,7 +12,12 @@ import pandas as pd
 from ketamine_dti import __version__
 from ketamine_dti.config import Config
 from ketamine_dti.group.models import ALPHA, INTERACTION
-from ketamine_dti.group.tables import SummaryTable, format_p
+from ketamine_dti.group.tables import (
+    INESTIMABLE_TITLE,
+    SummaryTable,
+    format_p,
+    inestimable_fits,
+)
 from ketamine_dti.reports.render import (
     PASSED,
     WARNINGS,
@@ -52,6 +57,7 @@ def references(config: Config) -> list[str]:
 def interaction_findings(stats: pd.DataFrame) -> tuple[list[str], int]:
     """The group x dMD interactions significant after FDR, as text, and how many were tested."""
     rows = stats[(stats.model == INTERACTION) & (stats.term == "group:delta_md")]
+    rows = rows[rows.p_value.notna()]  # fits left n/a were not tests
     found = rows[rows.p_fdr < ALPHA].sort_values("p_fdr")
     return [
         f"{r.roi}, {r.scale}: {r.estimate:.3g} [{r.ci_low:.3g}, {r.ci_high:.3g}], "
@@ -60,12 +66,10 @@ def interaction_findings(stats: pd.DataFrame) -> tuple[list[str], int]:
     ], len(rows)
 
 
-def group_verdict(exclusions: pd.DataFrame) -> Verdict:
-    """Passed when every participant entered every model; warnings (with counts per reason)
-    when some were left out. A group run that cannot fit its models stops with an error and
-    writes no report."""
-    if exclusions.empty:
-        return Verdict(PASSED)
+def group_verdict(exclusions: pd.DataFrame, stats: pd.DataFrame) -> Verdict:
+    """Passed when every participant entered every model and every fit could be made;
+    warnings (with counts per reason) when some participants were left out or some fits are
+    n/a. A group run that cannot fit a model at all stops with an error and writes no report."""
     reasons = []
     whole = exclusions[exclusions["roi"].fillna("").eq("") & exclusions["scale"].fillna("").eq("")]
     if not whole.empty:
@@ -79,7 +83,10 @@ def group_verdict(exclusions: pd.DataFrame) -> Verdict:
             f"{len(partial)} exclusion(s) from single ROIs or scales in "
             f"{partial['participant_id'].nunique()} participant(s) (see Exclusions)"
         )
-    return Verdict(WARNINGS, reasons)
+    missing = inestimable_fits(stats)
+    if not missing.empty:
+        reasons.append(f"{len(missing)} fit(s) not estimable (see {INESTIMABLE_TITLE})")
+    return Verdict(WARNINGS, reasons) if reasons else Verdict(PASSED)
 
 
 def _exclusion_rows(exclusions: pd.DataFrame, output_dir: Path) -> list[dict]:
@@ -125,7 +132,7 @@ def write_report(
         findings=findings,
         n_tests=n_tests,
         alpha=ALPHA,
-        verdict=group_verdict(exclusions),
+        verdict=group_verdict(exclusions, stats),
         sections=sections,
         tables=tables,
         intro=intro,

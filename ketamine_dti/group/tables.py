@@ -352,7 +352,27 @@ def format_p(p: float) -> str:
 
 
 def format_estimate(row: pd.Series) -> str:
+    if math.isnan(row.estimate):
+        return "n/a"
     return f"{row.estimate:.3g} [{row.ci_low:.3g}, {row.ci_high:.3g}]"
+
+
+def _slope_cell(row) -> str:
+    if row is None or math.isnan(row.estimate):
+        return "n/a"
+    return f"{row.estimate:.3g} ({format_p(row.p_value)})"
+
+
+def inestimable_fits(stats: pd.DataFrame) -> pd.DataFrame:
+    """The OLS fits left n/a (too few participants with complete data, a singular design, or
+    no data at all): one row each, with its scale, ROI, model and n."""
+    rows = stats[stats["estimate"].isna() & (stats["model"] != MIXED)]
+    fits = rows.drop_duplicates(["scale", "roi", "model"])
+    return fits[["model", "scale", "roi", "n"]].reset_index(drop=True)
+
+
+#: Title of the table listing the fits left n/a (summary.md, the report's verdict).
+INESTIMABLE_TITLE = "Fits not estimable (n/a in stats.tsv)"
 
 
 def _lookup(stats: pd.DataFrame) -> dict[tuple, pd.Series]:
@@ -400,10 +420,7 @@ def summary_tables(
                 continue
             cells = [roi, format_estimate(inter), format_p(inter.p_value), format_p(inter.p_fdr)]
             for model in (f"arm_{treatment}", f"arm_{control}", POOLED):
-                slope = rows.get((scale, roi, model, "delta_md"))
-                cells.append(
-                    "n/a" if slope is None else f"{slope.estimate:.3g} ({format_p(slope.p_value)})"
-                )
+                cells.append(_slope_cell(rows.get((scale, roi, model, "delta_md"))))
             cells.append(str(inter.n))
             table.rows.append(cells)
         if config.mixed_model:
@@ -423,6 +440,20 @@ def summary_tables(
                 [roi, format_estimate(row), format_p(row.p_value), format_p(row.p_fdr), str(row.n)]
             )
     tables.append(md_table)
+    missing = inestimable_fits(stats)
+    if not missing.empty:
+        tables.append(
+            SummaryTable(
+                INESTIMABLE_TITLE,
+                ["model", "scale", "ROI", "n"],
+                [[r.model, r.scale, r.roi, str(r.n)] for r in missing.itertuples()],
+                [
+                    "Too few participants with complete data for the model's coefficients, or a "
+                    "singular design, in this scale x ROI only; the other fits stand (the log "
+                    "says why for each). Their FDR and max-T families hold the remaining ROIs."
+                ],
+            )
+        )
     return tables
 
 
@@ -456,6 +487,8 @@ def _corrected_table(
 
 
 def _corrected_cell(row) -> str:
+    if math.isnan(row.estimate):
+        return "n/a"
     corrected = getattr(row, ESTIMATE_RC)
     if corrected is None or math.isnan(corrected):
         return f"{row.estimate:.3g} -> n/a"
