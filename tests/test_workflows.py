@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+import scipy.sparse
 
 from ketamine_dti.bids import ParticipantInputs, SessionInputs
 from ketamine_dti.config import Config
@@ -342,7 +344,18 @@ def test_the_scheduler_starts_the_longest_chain_first(tmp_path):
     workflow.add_nodes([node("short")])
     workflow.connect(node("long_a", mapped=True), "out", node("long_b"), "after")
     seconds = {"short": 1, "long_a": 100, "long_b": 100}
-    workflow.run(plugin=CriticalPathPlugin(plugin_args={"n_procs": 1, "step_seconds": seconds}))
+    passes = []
+
+    class Checked(CriticalPathPlugin):
+        """Every pass: the cached unfinished-input counts equal a fresh sum of the matrix."""
+
+        def _send_procs_to_workers(self, updatehash=False, graph=None):
+            fresh = scipy.sparse.lil_matrix(self.depidx).tocsr().sum(axis=0)
+            passes.append(np.array_equal(self.depidx.sum(0), fresh))
+            super()._send_procs_to_workers(updatehash=updatehash, graph=graph)
+
+    workflow.run(plugin=Checked(plugin_args={"n_procs": 1, "step_seconds": seconds}))
     # first runs only: a MapNode's own job runs its subnodes again when it collects them
     started = list(dict.fromkeys(log.read_text().split()))
     assert started == ["long_a0", "long_a1", "long_b", "short"]
+    assert len(passes) > 4 and all(passes)

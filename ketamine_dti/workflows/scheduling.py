@@ -15,6 +15,7 @@ import gc
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
+import scipy.sparse as ssp
 from nipype.pipeline.engine import MapNode
 from nipype.pipeline.plugins.multiproc import MultiProcPlugin
 
@@ -61,6 +62,30 @@ def chain_seconds(graph, order: Sequence, seconds: Callable[[object], float]) ->
 POLL_SECONDS: float = 0.05
 
 
+class Dependencies(ssp.lil_matrix):
+    """Nipype's job dependency matrix (row: a job; column: the jobs waiting on it), whose column
+    sums (each job's unfinished inputs) are kept until the plugin changes the matrix.
+
+    MultiProc's loop sums every column three times per pass (20 passes a second at
+    POLL_SECONDS), each sum converting the whole lil matrix: 2.2 ms at the 1,800 jobs of the
+    12-participant demo, about 13% of a core taken from the workers for the whole run. The
+    matrix changes only when a job finishes or a MapNode is expanded, and the plugin calls
+    ``changed`` then.
+    """
+
+    _column_sums = None
+
+    def sum(self, axis=None, dtype=None, out=None):
+        if axis != 0 or dtype is not None or out is not None:
+            return super().sum(axis=axis, dtype=dtype, out=out)
+        if self._column_sums is None:
+            self._column_sums = super().sum(axis=0)
+        return self._column_sums
+
+    def changed(self) -> None:
+        self._column_sums = None
+
+
 class CriticalPathPlugin(MultiProcPlugin):
     """MultiProc whose ready jobs start in decreasing order of ``chain_seconds`` (ties: graph
     order). ``plugin_args["step_seconds"]`` overrides STEP_SECONDS (node name -> seconds).
@@ -81,10 +106,20 @@ class CriticalPathPlugin(MultiProcPlugin):
 
     def _generate_dependency_list(self, graph):
         super()._generate_dependency_list(graph)
+        self.depidx = Dependencies(self.depidx)  # shares its rows: no copy
         table: Mapping[str, float] = self.plugin_args.get("step_seconds", STEP_SECONDS)
         self._chain = chain_seconds(
             graph, self.procs, lambda node: table.get(node.name, DEFAULT_STEP_SECONDS)
         )
+
+    def _submit_mapnode(self, jobid):
+        submitted = super()._submit_mapnode(jobid)
+        self.depidx = Dependencies(self.depidx)  # expanding stacks a new matrix
+        return submitted
+
+    def _task_finished_cb(self, jobid, cached=False):
+        super()._task_finished_cb(jobid, cached=cached)
+        self.depidx.changed()  # the job's row was cleared through a row view
 
     def _send_procs_to_workers(self, updatehash=False, graph=None):
         # MultiProc expands a ready MapNode into its jobs in the same pass that submits jobs,
