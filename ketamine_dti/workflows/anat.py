@@ -20,6 +20,11 @@ from ketamine_dti.workflows.nodes import threaded_node
 
 #: GB held by a T1w registration step (1 mm T1w + 2 mm template + warps).
 ANAT_STEP_MEM_GB = 1.5
+#: GB held by the tissue segmentation: Atropos keeps ~180 bytes per voxel of the brain's box
+#: (max RSS 1.55 GB on a 1 mm standard participant, 0.9 GB of it inside Atropos). Undeclared
+#: (Nipype's 0.2 GB), two segmentations ran together in a 4 GB budget and the run peaked at
+#: 3.25 GB PSS (session 25).
+SEGMENT_MEM_GB = 1.6
 
 OUTPUT_FIELDS = (
     "t1w_n4_files",
@@ -100,6 +105,7 @@ def init_anat_wf(omp_nthreads: int = 1, name: str = "anat_wf") -> pe.Workflow:
         ),
         "segment_tissues",
         omp_nthreads,
+        SEGMENT_MEM_GB,
     )
     to_mni = threaded_node(
         RegisterToMNI(n_threads=omp_nthreads), "register_to_mni", omp_nthreads, ANAT_STEP_MEM_GB
