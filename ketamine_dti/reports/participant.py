@@ -36,6 +36,10 @@ N_SLICES = 8
 MD_DISPLAY_MAX = 2.0e-3
 #: The outline drawn on the b0: white matter (T1w tissue probability above this) moved into DWI.
 WM_OUTLINE_PROBABILITY = 0.5
+#: Slice titles sit at the top of their (axis-less) panel. Given explicitly, matplotlib skips
+#: placing each title above tick labels there are none of, which measured every axis at both
+#: draws of a tight-bbox save (2 of a report's 3.6 s of PNG writing); the pixels are the same.
+TITLE_Y = 1.0
 
 
 def _png(figure) -> str:
@@ -72,7 +76,7 @@ def md_montage(md: np.ndarray, labels: np.ndarray) -> str:
             alpha=0.6,
             interpolation="nearest",
         )
-        axis.set_title(f"z={z}", fontsize=8)
+        axis.set_title(f"z={z}", fontsize=8, y=TITLE_Y)
         axis.axis("off")
     return _png(figure)
 
@@ -102,7 +106,7 @@ def contour_montage(
         if outline[:, :, z].any():
             axis.contour(outline[:, :, z].T.astype(float), levels=[0.5], colors="red",
                          linewidths=0.8)  # fmt: skip
-        axis.set_title(f"z={z}", fontsize=8)
+        axis.set_title(f"z={z}", fontsize=8, y=TITLE_Y)
         axis.axis("off")
     return _png(figure)
 
