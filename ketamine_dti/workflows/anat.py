@@ -20,10 +20,10 @@ from ketamine_dti.workflows.nodes import threaded_node
 
 #: GB held by a T1w registration step (1 mm T1w + 2 mm template + warps).
 ANAT_STEP_MEM_GB = 1.5
-#: GB held by the tissue segmentation: Atropos keeps ~180 bytes per voxel of the brain's box
-#: (max RSS 1.55 GB on a 1 mm standard participant, 0.9 GB of it inside Atropos). Undeclared
-#: (Nipype's 0.2 GB), two segmentations ran together in a 4 GB budget and the run peaked at
-#: 3.25 GB PSS (session 25).
+#: GB held by the tissue segmentation: Atropos keeps ~170 bytes per voxel of the brain's box
+#: (5.4 M voxels; max RSS 1.55 GB on a 1 mm standard participant, 0.9 GB inside Atropos).
+#: Undeclared (Nipype's 0.2 GB), two segmentations ran together in a 4 GB budget and the run
+#: peaked at 3.25 GB PSS (session 25).
 SEGMENT_MEM_GB = 1.6
 
 OUTPUT_FIELDS = (
