@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -49,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     bindir = Path(sys.executable).parent
     bids, derivatives = out / "bids", out / "derivatives" / "ketamine-dti"
     extra = ["--nprocs", str(args.nprocs)] if args.nprocs else []
+    # as scripts/demo.sh: the simulator's participants on every core (`nproc`)
     simulate = [str(bindir / "ketamine-dti-simulate"), str(bids), "--preset", "tiny",
-                "--scenario", "paper", "--seed", str(args.seed), "--overwrite"]  # fmt: skip
+                "--scenario", "paper", "--seed", str(args.seed), "--overwrite",
+                "--n-procs", str(args.nprocs or len(os.sched_getaffinity(0)))]  # fmt: skip
     app = [str(bindir / "ketamine-dti"), str(bids), str(derivatives)]
     rows = [stage("simulate", simulate, out / "simulate.log")]
     rows.append(stage("participant", app + ["participant", "-w", str(out / "work")] + extra,

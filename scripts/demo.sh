@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh
 bin=.venv/bin
 out=demo
-"$bin/ketamine-dti-simulate" "$out/bids" --preset tiny --scenario paper --seed 1 --overwrite
+"$bin/ketamine-dti-simulate" "$out/bids" --preset tiny --scenario paper --seed 1 --overwrite \
+    --n-procs "$(nproc)"
 "$bin/ketamine-dti" "$out/bids" "$out/derivatives/ketamine-dti" participant -w "$out/work" "$@"
 "$bin/ketamine-dti" "$out/bids" "$out/derivatives/ketamine-dti" group "$@"
 echo "Done: open $out/derivatives/ketamine-dti/group/group_report.html"

@@ -19,11 +19,14 @@ from ketamine_dti.simulate.anatomy import nilearn_data_dir
 TEST_VOXEL_MM = 3.0
 
 
-def _downsampled_icbm(path: Path, voxel_mm: float = TEST_VOXEL_MM) -> Path:
+def _downsampled_icbm(
+    path: Path, voxel_mm: float = TEST_VOXEL_MM, source: Path | None = None
+) -> Path:
+    """ICBM 2009a (or ``source``, an image on its grid) resampled to ``voxel_mm``."""
     import ants
 
     image = ants.image_read(
-        str(nilearn_data_dir() / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
+        str(source or nilearn_data_dir() / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
     )
     small = ants.resample_image(image, (voxel_mm,) * 3, use_voxels=False, interp_type=0)
     ants.image_write(small, str(path))
@@ -159,6 +162,46 @@ def test_composite_transform_file_resamples_like_its_list(tmp_path, icbm):
     assert np.abs(nib.load(back).get_fdata() - nib.load(back_list).get_fdata()).max() <= 1e-2
     with pytest.raises(ValueError, match=".h5"):
         backend.write_composite_transform(syn.from_moving_to_fixed, tmp_path / "x.nii.gz")
+
+
+def test_mni_syn_levels_follow_the_finest_dwi_voxel():
+    """The SyN stops at the coarsest level (8, 4, 2 mm) that still resolves the DWI voxel."""
+    levels = [reg.mni_syn_levels(mm) for mm in (None, 1.25, 2.0, 3.0, 3.9, 4.0, 5.0, 8.0)]
+    assert levels == [3, 3, 3, 3, 3, 2, 2, 1]
+
+
+@pytest.mark.slow  # ~8 s: one MNI registration (session 27)
+def test_mni_registration_for_4mm_dwi_skips_the_2mm_level_and_publishes_its_coarse_warp(
+    tmp_path, icbm
+):
+    """A 4 mm DWI: the warp comes out on the 4 mm level's grid, still lands the brain on the
+    template, and its composite .h5 (the published transform) resamples as its list does."""
+    full = nib.load(nilearn_data_dir() / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
+    tissue = sum(
+        nib.load(
+            nilearn_data_dir() / f"mni_icbm152_{name}_tal_nlin_sym_09a_converted.nii.gz"
+        ).get_fdata(dtype=np.float32)
+        for name in ("gm", "wm")
+    )
+    brain = full.get_fdata(dtype=np.float32) * (tissue > 0.5)
+    nib.save(nib.Nifti1Image(brain, full.affine), tmp_path / "brain.nii.gz")
+    brain_file = _downsampled_icbm(tmp_path / "brain_3mm.nii.gz", source=tmp_path / "brain.nii.gz")
+    small = nib.load(brain_file)
+    mask_file = tmp_path / "mask_3mm.nii.gz"
+    nib.save(nib.Nifti1Image((small.get_fdata() > 0).astype(np.uint8), small.affine), mask_file)
+
+    result = reg.register_to_mni(brain_file, mask_file, tmp_path / "mni", dwi_voxel_mm=4.0)
+    template = nib.load(reg.bundled_template(reg.MNI_RESOLUTION)[0])
+    warp = nib.load(next(f for f in result.from_moving_to_fixed if f.endswith("Warp.nii.gz")))
+    assert warp.shape[:3] == tuple(n // 2 for n in template.shape)  # ANTs shrinks by 2: 4 mm
+    assert np.allclose(warp.header.get_zooms()[:3], 4.0)
+    assert result.qc["dice_mask"] > 0.9
+    h5 = backend.write_composite_transform(result.from_moving_to_fixed, tmp_path / "x.h5")
+    by_list = nib.load(result.warped_file).get_fdata()
+    by_h5 = nib.load(
+        backend.apply_transforms(brain_file, template.get_filename(), [h5], tmp_path / "h5.nii.gz")
+    ).get_fdata()
+    assert np.abs(by_h5 - by_list).max() <= 1e-4 * np.abs(by_list).max()
 
 
 def test_rigid_registration_recovers_known_motion(tmp_path, icbm):

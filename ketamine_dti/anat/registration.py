@@ -89,6 +89,25 @@ def _schedule(values: Sequence[float], unit: str = "") -> str:
     return "x".join(f"{v:g}" for v in values) + unit
 
 
+def mni_syn_levels(dwi_voxel_mm: float | None, resolution: int = MNI_RESOLUTION) -> int:
+    """How many of the SyN levels (coarsest first, ``SYN_SHRINK`` of the ``resolution`` mm
+    template) the MNI registration runs for a DWI whose finest voxel edge is ``dwi_voxel_mm``
+    (None: all).
+
+    The ROIs are read on the DWI grid, so the SyN stops at the coarsest level that still
+    resolves its voxel: a 4 mm DWI (the tiny preset) keeps the 8 and 4 mm levels and skips the
+    2 mm one; 2 and 3 mm DWIs keep all three.
+    """
+    n_levels = len(SYN_SHRINK)
+    if dwi_voxel_mm is None:
+        return n_levels
+    spacing = [shrink * resolution for shrink in SYN_SHRINK]
+    # the finest level goes while the next coarser one still resolves the DWI voxel
+    while n_levels > 1 and spacing[n_levels - 2] <= dwi_voxel_mm + 1e-6:
+        n_levels -= 1
+    return n_levels
+
+
 def shrink_for_levels(levels_mm: Sequence[float], spacing: Sequence[float]) -> tuple[int, ...]:
     """Integer shrink factors that bring a grid of ``spacing`` (mm) to about ``levels_mm``."""
     voxel = float(min(spacing))
@@ -541,6 +560,7 @@ def register_to_mni(
     initial_transform: Sequence[str] | None = None,
     syn_metric: str = MNI_SYN_METRIC,
     syn_iterations: Sequence[int] = SYN_ITERATIONS,
+    dwi_voxel_mm: float | None = None,
     template_file: PathLike | None = None,
     template_mask_file: PathLike | None = None,
     seed: int = REGISTRATION_SEED,
@@ -551,11 +571,14 @@ def register_to_mni(
     ``from_moving_to_fixed`` is T1w -> MNI, ``from_fixed_to_moving`` MNI -> T1w. With an
     ``initial_transform`` (the affine from ``extract_brain``) the linear stages start from it.
     QC adds ``dice_mask``: template brain mask vs the T1w mask warped to MNI.
+    ``dwi_voxel_mm`` (the finest DWI voxel edge) drops SyN levels finer than the ROIs can use
+    (``mni_syn_levels``); the warp is then written on the finest level's grid.
     ``template_file``/``template_mask_file`` override the bundled template (tests).
     """
     if template_file is None or template_mask_file is None:
         template_file, template_mask_file = bundled_template(resolution)
     template, template_mask = str(template_file), str(template_mask_file)
+    n_levels = mni_syn_levels(dwi_voxel_mm, resolution)
     # extract_brain's affine maps to its whole-head template (Colin27, near but not equal to
     # MNI152 in size and position): it is a start, and the linear stages refine it
     reg = register_syn(
@@ -567,7 +590,9 @@ def register_to_mni(
         affine_iterations=MNI_LINEAR_ITERATIONS,
         affine_shrink_factors=MNI_LINEAR_SHRINK,
         syn_metric=syn_metric,
-        syn_iterations=syn_iterations,
+        syn_iterations=syn_iterations[:n_levels],
+        syn_shrink_factors=SYN_SHRINK[:n_levels],
+        syn_smoothing_sigmas=SYN_SMOOTHING[:n_levels],
         seed=seed,
         n_threads=n_threads,
     )

@@ -156,6 +156,9 @@ class _RegisterMNIInputSpec(BaseInterfaceInputSpec):
     brain_file = File(exists=True, mandatory=True)
     mask_file = File(exists=True, mandatory=True)
     initial_transform = _TransformList
+    dwi_files = traits.List(
+        File(exists=True), desc="DWI series the ROIs are read in (grids only; none: all levels)"
+    )
     n_threads = traits.Int(1, usedefault=True)
 
 
@@ -174,14 +177,18 @@ class RegisterToMNI(SimpleInterface):
 
     @limited_by_n_threads
     def _run_interface(self, runtime):
+        import nibabel as nib
+
         from ketamine_dti.anat.registration import register_to_mni
 
         initial = self.inputs.initial_transform or None
+        edges = [min(nib.load(path).header.get_zooms()[:3]) for path in self.inputs.dwi_files]
         result = register_to_mni(
             self.inputs.brain_file,
             self.inputs.mask_file,
             runtime.cwd,
             initial_transform=initial,
+            dwi_voxel_mm=float(min(edges)) if edges else None,
             n_threads=self.inputs.n_threads,
         )
         self._results["from_t1w_to_mni"] = list(result.from_moving_to_fixed)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
@@ -65,10 +67,14 @@ weight {PRIOR_WEIGHT}) [atropos] were computed once on that template, so every s
 same anatomy through the same template mapping. The brain was extracted as in antsBrainExtraction:
 the head was registered (from an alignment of the upper head, then affine and SyN) to the
 whole-head Colin27 template [colin27], whose brain mask, pulled back, was refined by the T1w's own
-tissue intensities after a second N4 inside the brain."""
+tissue intensities after a second N4 inside the brain. The SyN to {MNI_SPACE} (Mattes MI, 2 mm
+template) ran at 8, 4 and 2 mm, stopping at 4 mm when the DWI voxels were 4 mm or coarser (the
+regions are read on the DWI grid)."""
 
 
-def init_anat_wf(omp_nthreads: int = 1, name: str = "anat_wf") -> pe.Workflow:
+def init_anat_wf(
+    omp_nthreads: int = 1, dwi_files: Sequence[str] = (), name: str = "anat_wf"
+) -> pe.Workflow:
     """Longitudinal anatomy of one participant, shared by all sessions.
 
     Inputs (inputnode): ``t1w_files``, one raw T1w per session, baseline first.
@@ -78,6 +84,8 @@ def init_anat_wf(omp_nthreads: int = 1, name: str = "anat_wf") -> pe.Workflow:
     (tissue probabilities in the subject template), ``tissue_dseg_file`` (their hard labels),
     ``mni_warped_file`` (the template brain in MNI), ``from_mni_to_template``,
     ``from_template_to_mni`` (transform lists), ``template_qc``, ``mni_qc``.
+    ``dwi_files``: the DWI series the ROIs will be read in; the MNI SyN needs no level finer
+    than their voxels (``registration.mni_syn_levels``).
 
     The sessions are averaged in a rigid halfway space, so neither is privileged; brain
     extraction, tissue segmentation and the SyN registration to MNI152NLin6Asym run once on that
@@ -108,7 +116,10 @@ def init_anat_wf(omp_nthreads: int = 1, name: str = "anat_wf") -> pe.Workflow:
         SEGMENT_MEM_GB,
     )
     to_mni = threaded_node(
-        RegisterToMNI(n_threads=omp_nthreads), "register_to_mni", omp_nthreads, ANAT_STEP_MEM_GB
+        RegisterToMNI(dwi_files=list(dwi_files), n_threads=omp_nthreads),
+        "register_to_mni",
+        omp_nthreads,
+        ANAT_STEP_MEM_GB,
     )
     workflow.connect([
         (inputnode, n4, [("t1w_files", "in_file")]),

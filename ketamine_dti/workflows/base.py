@@ -95,12 +95,17 @@ def init_participant_wf(
         groups = []
         for session in participant.sessions:
             anat_wf = init_anat_wf(
-                omp_nthreads=config.omp_nthreads, name=f"anat_ses_{session.session}_wf"
+                omp_nthreads=config.omp_nthreads,
+                dwi_files=_dwi_files([session]),
+                name=f"anat_ses_{session.session}_wf",
             )
             _feed_t1w(workflow, anat_wf, [session.t1w], f"prepare_t1w_{session.session}")
             groups.append((anat_wf, [session], f"_{session.session}"))
     else:
-        anat_wf = init_anat_wf(omp_nthreads=config.omp_nthreads)
+        anat_wf = init_anat_wf(
+            omp_nthreads=config.omp_nthreads,
+            dwi_files=_dwi_files(participant.sessions),
+        )
         _feed_t1w(workflow, anat_wf, [session.t1w for session in participant.sessions])
         derivatives = init_anat_derivatives_wf(participant, config)
         workflow.connect([
@@ -112,7 +117,7 @@ def init_participant_wf(
         regions = threaded_node(
             TemplateRegions(
                 atlas_file=str(atlas_file),
-                dwi_files=[run[0] for session in sessions for run in session.dwi_runs],
+                dwi_files=_dwi_files(sessions),
                 n_threads=config.omp_nthreads,
             ),
             f"template_rois{suffix}",
@@ -359,6 +364,11 @@ def run_participant(
     failures = run_participants(config, {subject: participant}, independent_anatomy)
     if failures:
         raise RuntimeError(failures[0][1])
+
+
+def _dwi_files(sessions) -> list[str]:
+    """The DWI series of ``sessions``, every run (the grids the ROIs are read in)."""
+    return [run[0] for session in sessions for run in session.dwi_runs]
 
 
 def _log_dir(config: Config, subject: str) -> Path:
