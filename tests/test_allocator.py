@@ -23,6 +23,26 @@ if sys.argv[1] == "release":  # what a worker does between two steps
 print(taken, resident_mb() - before)
 """
 
+#: A step under glibc's policy inside a process that keeps freed memory, then one after it.
+RETURNED_PROBE = """
+import os
+import numpy as np
+from ketamine_dti.allocator import freed_memory_returned, keep_freed_memory
+keep_freed_memory()
+page = os.sysconf("SC_PAGE_SIZE")
+def resident_mb():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * page / 1e6
+before = resident_mb()
+with freed_memory_returned():
+    block = np.ones(50_000_000)
+    del block
+inside = resident_mb() - before
+block = np.ones(50_000_000)
+del block
+print(inside, resident_mb() - before)
+"""
+
 pytestmark = pytest.mark.skipif(
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only"
 )
@@ -52,3 +72,12 @@ def test_between_steps_a_worker_gives_back_what_it_keeps_beyond_the_limit(keep_m
     released, held = _held_mb("release", keep_mb)
     assert released == "True"
     assert keep_mb - 10 < held < keep_mb + 50  # of the 400 MB the step freed
+
+
+def test_a_step_under_glibcs_policy_returns_what_it_frees_and_the_process_keeps_its_own():
+    out = subprocess.run(
+        [sys.executable, "-c", RETURNED_PROBE], capture_output=True, text=True, check=True
+    ).stdout.split()
+    inside, after = float(out[0]), float(out[1])
+    assert inside < 50  # the 400 MB went back to the kernel when freed
+    assert after > 350  # the setting is restored: the next step's 400 MB stay for reuse

@@ -135,18 +135,21 @@ class SegmentTissues(SimpleInterface):
 
     @limited_by_n_threads
     def _run_interface(self, runtime):
+        from ketamine_dti.allocator import freed_memory_returned
         from ketamine_dti.anat.segmentation import segment_tissues
 
-        result = segment_tissues(
-            self.inputs.brain_file,
-            self.inputs.mask_file,
-            runtime.cwd,
-            priors=self.inputs.prior_files if isdefined(self.inputs.prior_files) else None,
-            prior_transforms=(
-                self.inputs.from_mni_to_t1w if isdefined(self.inputs.from_mni_to_t1w) else ()
-            ),
-            n_threads=self.inputs.n_threads,
-        )
+        # Atropos' peak, not its page faults, decides whether two participants' fit in memory
+        with freed_memory_returned():
+            result = segment_tissues(
+                self.inputs.brain_file,
+                self.inputs.mask_file,
+                runtime.cwd,
+                priors=self.inputs.prior_files if isdefined(self.inputs.prior_files) else None,
+                prior_transforms=(
+                    self.inputs.from_mni_to_t1w if isdefined(self.inputs.from_mni_to_t1w) else ()
+                ),
+                n_threads=self.inputs.n_threads,
+            )
         for name in ("csf", "gm", "wm", "dseg"):
             self._results[f"{name}_file"] = getattr(result, f"{name}_file")
         return runtime

@@ -22,11 +22,11 @@ from ketamine_dti.workflows.nodes import threaded_node
 
 #: GB held by a T1w registration step (1 mm T1w + 2 mm template + warps).
 ANAT_STEP_MEM_GB = 1.5
-#: GB held by the tissue segmentation: Atropos keeps ~170 bytes per voxel of the brain's box
-#: (5.4 M voxels; max RSS 1.55 GB on a 1 mm standard participant, 0.9 GB inside Atropos).
-#: Undeclared (Nipype's 0.2 GB), two segmentations ran together in a 4 GB budget and the run
-#: peaked at 3.25 GB PSS (session 25).
-SEGMENT_MEM_GB = 1.6
+#: GB held by the tissue segmentation, run under glibc's own allocation policy
+#: (``allocator.freed_memory_returned``): peak RSS 1.04 GB on a 1 mm standard participant
+#: (seed 11 sub-001; 1.55 GB with freed memory kept, when two segmentations together took a
+#: 4 GB run to 3.24 GB PSS in session 27, and 3.25 GB undeclared in session 25).
+SEGMENT_MEM_GB = 1.1
 
 OUTPUT_FIELDS = (
     "t1w_n4_files",
