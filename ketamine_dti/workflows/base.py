@@ -290,6 +290,8 @@ def run_participants(
     unless ``config.stop_on_first_crash``.
     """
     started = time.time()
+    # here, not in the CLI: every caller (the CLI, benchmarks, tests) runs the steps alike
+    keep_freed_memory()  # before MultiProc forks its workers, which inherit it
     run = LiterateWorkflow(RUN_WORKFLOW)
     run.base_dir = str(Path(config.work_dir).absolute())
     claim_cache(Path(run.base_dir) / RUN_WORKFLOW)  # no step reused from other code
@@ -436,7 +438,6 @@ def run_participant_level(config: Config) -> list[tuple[str, str]]:
     ``config.check_only`` nothing runs after the checks.
     """
     pin_itk_threads(config.omp_nthreads)
-    keep_freed_memory()  # before MultiProc forks its workers, which inherit it
     subjects = bids.select_participants(
         bids.participant_folders(config.bids_dir), config.participant_labels, config.bids_dir
     )
