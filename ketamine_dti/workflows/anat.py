@@ -22,11 +22,12 @@ from ketamine_dti.workflows.nodes import threaded_node
 
 #: GB held by a T1w registration step (1 mm T1w + 2 mm template + warps).
 ANAT_STEP_MEM_GB = 1.5
-#: GB held by the tissue segmentation, run under glibc's own allocation policy
-#: (``allocator.freed_memory_returned``): peak RSS 1.04 GB on a 1 mm standard participant
-#: (seed 11 sub-001; 1.55 GB with freed memory kept, when two segmentations together took a
-#: 4 GB run to 3.24 GB PSS in session 27, and 3.25 GB undeclared in session 25).
-SEGMENT_MEM_GB = 1.1
+#: GB held by the worker that runs the tissue segmentation. On a 1 mm standard participant
+#: (seed 11 sub-001) the step peaks at 1.04 GB in a fresh process under glibc's own allocation
+#: policy (``allocator.freed_memory_returned``; 1.55 GB with freed memory kept). A long-lived
+#: worker held ~1.45 GB (two of them together at a 3.15 GB peak, session 27), and 1.6 keeps
+#: two apart within a 3 GB budget (``--mem-gb 3``: 2.64 GB peak, session 26).
+SEGMENT_MEM_GB = 1.6
 
 OUTPUT_FIELDS = (
     "t1w_n4_files",
