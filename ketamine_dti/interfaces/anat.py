@@ -180,12 +180,11 @@ class RegisterToMNI(SimpleInterface):
 
     @limited_by_n_threads
     def _run_interface(self, runtime):
-        import nibabel as nib
-
         from ketamine_dti.anat.registration import register_to_mni
+        from ketamine_dti.interfaces.rois import voxel_sizes
 
         initial = self.inputs.initial_transform or None
-        edges = [min(nib.load(path).header.get_zooms()[:3]) for path in self.inputs.dwi_files]
+        edges = [min(zoom) for zoom in voxel_sizes(self.inputs.dwi_files)]
         result = register_to_mni(
             self.inputs.brain_file,
             self.inputs.mask_file,

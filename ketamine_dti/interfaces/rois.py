@@ -75,11 +75,15 @@ class TemplateRegions(SimpleInterface):
         return runtime
 
 
+def voxel_sizes(paths: list[str]) -> list[tuple[float, float, float]]:
+    """Each image's voxel (mm per axis), from its header only."""
+    return [tuple(float(z) for z in nib.load(path).header.get_zooms()[:3]) for path in paths]
+
+
 def largest_voxel(paths: list[str]) -> tuple[float, float, float]:
     """The voxel (mm per axis) with the largest volume among images: the ROI points' tissue
     rule must hold for the coarsest DWI grid they will be read in."""
-    zooms = [tuple(float(z) for z in nib.load(path).header.get_zooms()[:3]) for path in paths]
-    return max(zooms, key=lambda zoom: zoom[0] * zoom[1] * zoom[2])
+    return max(voxel_sizes(paths), key=lambda zoom: zoom[0] * zoom[1] * zoom[2])
 
 
 class _SampleRegionsInputSpec(BaseInterfaceInputSpec):
