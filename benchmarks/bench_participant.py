@@ -79,6 +79,8 @@ class TreeMemorySampler:
     shared page once per process and so overstates a forked tree (reported alongside).
     ``cpu`` holds (seconds since start, cores busy) per interval, from /proc/stat: the whole
     machine's, which is the run's on a quiet machine (issue 16: both cores busy throughout).
+    ``peak_processes`` gives each process's PSS (GB) at the peak, largest first, so a peak can
+    be attributed to the main process or to a worker.
     """
 
     def __init__(self, interval: float = SAMPLE_INTERVAL_S):
@@ -86,6 +88,8 @@ class TreeMemorySampler:
         self.peak_gb = 0.0
         self.peak_rss_gb = 0.0
         self.peak_at_s = 0.0
+        self.peak_processes: list[float] = []
+        self.peak_epoch = 0.0
         self.cpu: list[tuple[float, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -139,6 +143,10 @@ class TreeMemorySampler:
             pss = sum(p for p, _ in sizes) * 1024 / 1e9
             if pss > self.peak_gb:
                 self.peak_gb, self.peak_at_s = pss, time.time() - started
+                self.peak_epoch = time.time()
+                self.peak_processes = sorted(
+                    (round(p * 1024 / 1e9, 3) for p, _ in sizes if p), reverse=True
+                )
             self.peak_rss_gb = max(self.peak_rss_gb, sum(r for _, r in sizes) * 1024 / 1e9)
             self._stop.wait(self.interval)
             now = self._jiffies()
@@ -209,6 +217,28 @@ def node_times(work_dir: Path) -> dict[str, float]:
         name = name.rstrip("0123456789") if name.startswith("bias_correct") else name
         times[name] = times.get(name, 0.0) + duration
     return dict(sorted(times.items(), key=lambda item: -item[1]))
+
+
+def nodes_running_at(work_dir: Path, epoch: float) -> list[str]:
+    """The steps (node folder names) that ran at ``epoch`` (seconds since 1970), from the
+    start and end times in Nipype's result files: what a memory peak is made of."""
+    from datetime import datetime
+
+    from nipype.pipeline.engine.utils import load_resultfile
+
+    running = []
+    for result_file in work_dir.rglob("result_*.pklz"):
+        try:
+            runtime = load_resultfile(str(result_file)).runtime
+            start, end = (  # Nipype's stamps carry their time zone (UTC)
+                datetime.fromisoformat(stamp).timestamp()
+                for stamp in (runtime.startTime, runtime.endTime)
+            )
+        except Exception:  # a result without runtime (e.g. map-node parent): skip
+            continue
+        if start <= epoch <= end:
+            running.append(f"{result_file.parent.parent.name}/{result_file.parent.name}")
+    return sorted(running)
 
 
 def simulate(
@@ -316,6 +346,8 @@ def run_row(label: str, status: str, wall: float, sampler, work: Path, outputs: 
         "peak_gb": sampler.peak_gb,
         "peak_at_s": sampler.peak_at_s,
         "peak_rss_sum_gb": sampler.peak_rss_gb,
+        "peak_pss_per_process_gb": sampler.peak_processes,
+        "running_at_peak": nodes_running_at(steps_dir, sampler.peak_epoch),
         "status": status,
         "steps_s": node_times(steps_dir),
         "mean_cores_busy": float(busy.mean()) if busy.size else np.nan,
@@ -832,6 +864,16 @@ def markdown(results: dict) -> str:
                 f"{row.get('share_time_both_cores_busy', float('nan')):.0%} | {size:.1f} | "
                 f"{slowest} |"
             )
+    for label, entry in results.items():
+        if not isinstance(entry, dict) or "participants" not in entry:
+            continue
+        for row in entry["participants"]:
+            if row.get("peak_pss_per_process_gb"):
+                lines.append(
+                    f"\n{label}, {row['subject']}: at the peak, PSS per process (GB) "
+                    f"{row['peak_pss_per_process_gb']}; steps running: "
+                    f"{', '.join(row.get('running_at_peak', [])) or 'none recorded'}."
+                )
     lines += [
         "",
         f"Targets: <= {TARGET_MINUTES:.0f} min and <= {TARGET_PEAK_GB:.0f} GB per "

@@ -99,6 +99,7 @@ def freed_memory_returned():
         yield
         return
     _mallopt(libc, GLIBC_MMAP_THRESHOLD, GLIBC_TRIM_THRESHOLD)
+    release_freed_memory(0)  # and the freed memory the worker kept from its earlier steps
     try:
         yield
     finally:

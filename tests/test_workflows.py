@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -316,6 +317,60 @@ def _record(name, log, after=None):
     with open(log, "a") as handle:
         handle.write(name + "\n")
     return name
+
+
+def _free_a_block(megabytes):
+    """In a worker that keeps freed memory: allocate and free a block; (pid, resident MB)."""
+    import os
+
+    import numpy as np
+
+    from ketamine_dti.allocator import keep_freed_memory
+
+    keep_freed_memory()
+    block = np.ones(megabytes * 125_000)
+    del block
+    with open("/proc/self/statm") as statm:
+        return os.getpid(), int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def _resident_mb(after):
+    import os
+
+    with open("/proc/self/statm") as statm:
+        return os.getpid(), int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+@pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only"
+)
+def test_a_worker_gives_back_what_a_step_freed_before_its_next_step(tmp_path):
+    """A step without a thread limit frees 600 MB, which its worker keeps; the same worker's
+    next step starts without them (all but allocator.KEEP_BETWEEN_STEPS_BYTES went back)."""
+    from nipype.interfaces.utility import Function
+    from nipype.pipeline import engine as pe
+
+    from ketamine_dti.allocator import KEEP_BETWEEN_STEPS_BYTES
+    from ketamine_dti.workflows.scheduling import CriticalPathPlugin
+
+    free = pe.Node(
+        Function(input_names=["megabytes"], output_names=["out"], function=_free_a_block),
+        name="free",
+    )
+    free.inputs.megabytes = 600
+    after = pe.Node(
+        Function(input_names=["after"], output_names=["out"], function=_resident_mb),
+        name="after",
+    )
+    workflow = pe.Workflow(name="release", base_dir=str(tmp_path))
+    workflow.connect(free, "out", after, "after")
+    graph = workflow.run(plugin=CriticalPathPlugin(plugin_args={"n_procs": 1}))
+    (pid_free, held), (pid_after, start) = (
+        next(n for n in graph.nodes() if n.name == name).result.outputs.out
+        for name in ("free", "after")
+    )
+    assert pid_free == pid_after  # one worker ran both steps
+    assert held - start > 600 - KEEP_BETWEEN_STEPS_BYTES / 1e6 - 50
 
 
 def test_the_scheduler_starts_the_longest_chain_first(tmp_path):
