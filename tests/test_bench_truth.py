@@ -113,3 +113,41 @@ def test_two_truths_keeps_the_region_truth_when_no_truth_map_was_written(tmp_pat
     result = bench.two_truths(bids, tmp_path / "out", table, ["001"], "md_mean")
     assert set(result) == {"truth_over_true_region"}
     assert result["truth_over_true_region"]["median_abs_rel_error"] == pytest.approx(0.0125)
+
+
+def _sleep_and_note(seconds, note):
+    import time
+
+    time.sleep(seconds / 2)
+    with open(note, "a") as handle:
+        handle.write(f"{time.time()}\n")
+    time.sleep(seconds / 2)
+    return note
+
+
+def test_the_steps_running_at_a_memory_peak_are_read_from_nipypes_results(tmp_path, bench):
+    """Two steps one after the other: at a moment inside each, only that step is named; before
+    the run, none."""
+    import time
+
+    from nipype.interfaces.utility import Function
+    from nipype.pipeline import engine as pe
+
+    steps = []
+    for name in ("first", "second"):
+        step = pe.Node(
+            Function(input_names=["seconds", "note"], output_names=["note"],
+                     function=_sleep_and_note),
+            name=name,
+        )  # fmt: skip
+        step.inputs.seconds = 0.6
+        steps.append(step)
+    steps[0].inputs.note = str(tmp_path / "moments.txt")
+    workflow = pe.Workflow(name="peak", base_dir=str(tmp_path / "work"))
+    workflow.connect(steps[0], "note", steps[1], "note")
+    before = time.time()
+    workflow.run(plugin="Linear")
+    inside = [float(line) for line in (tmp_path / "moments.txt").read_text().split()]
+    assert bench.nodes_running_at(tmp_path / "work", before) == []
+    assert bench.nodes_running_at(tmp_path / "work", inside[0]) == ["peak/first"]
+    assert bench.nodes_running_at(tmp_path / "work", inside[1]) == ["peak/second"]
