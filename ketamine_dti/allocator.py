@@ -11,9 +11,10 @@ the same run took 21 s of system time and 107 s less CPU in all, with byte-ident
 
 Within a step, freed memory is kept (up to ``KEEP_FREE_BYTES``) for the step's next arrays.
 Between steps a worker gives back all but ``KEEP_BETWEEN_STEPS_BYTES``
-(``release_freed_memory``): otherwise a worker carries its largest step's memory into every
-later step, and the participant's peak memory counts it (one standard participant: peak PSS
-3.26 GB without the release, 2.67 GB with it, at the same CPU time). A step whose peak
+(``release_freed_memory``, after every step: ``workflows.scheduling.ReleasingPool``):
+otherwise a worker carries its largest step's memory into every later step, and the
+participant's peak memory counts it (one standard participant: peak PSS 3.26 GB without the
+release, 2.67 GB with it, at the same CPU time). A step whose peak
 matters more than its page faults runs under glibc's own policy (``freed_memory_returned``).
 Other C libraries (musl, macOS) are left as they are.
 """

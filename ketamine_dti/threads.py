@@ -120,7 +120,8 @@ def limit_threads(
 
 def limited_by_n_threads(run: Callable) -> Callable:
     """Decorate a Nipype ``_run_interface`` to run under ``limit_threads(inputs.n_threads)``;
-    afterwards the process gives back the memory the step freed (``allocator``)."""
+    afterwards the process gives back the memory the step freed (``allocator``), also where
+    the step runs outside MultiProc's workers (``ReleasingPool``), as with the Linear plugin."""
 
     @wraps(run)
     def wrapper(self, runtime):

@@ -25,9 +25,8 @@ ANAT_STEP_MEM_GB = 1.5
 #: GB held by the worker that runs the tissue segmentation. On a 1 mm standard participant
 #: (seed 11 sub-001) the step peaks at 1.04 GB in a fresh process under glibc's own allocation
 #: policy (``allocator.freed_memory_returned``; 1.55 GB with freed memory kept). A long-lived
-#: worker held ~1.45 GB (two of them together at a 3.15 GB peak, session 27). 1.6 keeps two
-#: apart within a 3 GB budget, though that run still peaked at 3.10 GB: one segmentation
-#: beside a registration (participant_paper_session27_mem3.md).
+#: worker of the CLI peaked at 1.16-1.39 GB while segmenting (participant_paper_session28_cli.md,
+#: two at once in 2.86 GB). 1.6 keeps two apart within a 3 GB budget.
 SEGMENT_MEM_GB = 1.6
 
 OUTPUT_FIELDS = (
