@@ -5,9 +5,11 @@ Usage (each scenario simulates its own trial with the real simulator CLI):
     python benchmarks/bench_participant.py OUT_DIR [--preset standard] [--n-participants 4]
         [--scenarios paper null] [--nprocs 2] [--omp-nthreads 1]
 
-For every participant it runs the participant level (MultiProc, ``--nprocs`` cores), records
-wall time, the peak memory of the whole process tree (PSS, sampled from /proc), and the
-time of every Nipype node (from the work directory). Then:
+For every participant it runs the participant level (MultiProc, ``--nprocs`` cores; with
+``--together``, all participants in one run of the App's CLI, as users start it), records
+wall time, the peak memory of the whole process tree (PSS, sampled from /proc; each process's
+share and the steps running at the peak), and the time of every Nipype node (from the work
+directory). Then:
 
 - ``paper``: per-session ROI MD (``MEASURED``: the column the group level analyses by default,
   with ``md_mean`` beside it when that differs) vs the ground-truth GM MD (median absolute relative
@@ -220,8 +222,9 @@ def node_times(work_dir: Path) -> dict[str, float]:
 
 
 def nodes_running_at(work_dir: Path, epoch: float) -> list[str]:
-    """The steps (node folder names) that ran at ``epoch`` (seconds since 1970), from the
-    start and end times in Nipype's result files: what a memory peak is made of."""
+    """The steps (their folders, relative to ``work_dir``) that ran at ``epoch`` (seconds
+    since 1970), from the start and end times in Nipype's result files: what a memory peak is
+    made of."""
     from datetime import datetime
 
     from nipype.pipeline.engine.utils import load_resultfile

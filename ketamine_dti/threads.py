@@ -120,8 +120,9 @@ def limit_threads(
 
 def limited_by_n_threads(run: Callable) -> Callable:
     """Decorate a Nipype ``_run_interface`` to run under ``limit_threads(inputs.n_threads)``;
-    afterwards the process gives back the memory the step freed (``allocator``), also where
-    the step runs outside MultiProc's workers (``ReleasingPool``), as with the Linear plugin."""
+    afterwards the process gives back the memory the step freed (``allocator``). MultiProc's
+    workers do so after every step anyway (``ReleasingPool``); this covers steps run
+    elsewhere, as under the Linear plugin."""
 
     @wraps(run)
     def wrapper(self, runtime):

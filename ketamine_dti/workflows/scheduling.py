@@ -92,8 +92,8 @@ def run_then_release(run: Callable, *args, **kwargs):
     """A worker's task: ``run`` (Nipype's job), after which the worker gives back the memory
     the step freed beyond ``allocator.KEEP_BETWEEN_STEPS_BYTES``, whatever the step.
 
-    Only the steps that limit their threads (``threads.limited_by_n_threads``) gave it back
-    themselves. A worker that had just resampled a standard DWI series (``ResampleDWI``, no
+    Until session 28 only the steps that limit their threads (``threads.limited_by_n_threads``)
+    gave it back. A worker that had just resampled a standard DWI series (``ResampleDWI``, no
     thread limit) held 832 MB, of which 91 MB in use, until its next threaded step (session 28).
     """
     try:
