@@ -144,8 +144,8 @@ class TreeMemorySampler:
             sizes = [self._kb(pid) for pid in self._tree(os.getpid())]
             pss = sum(p for p, _ in sizes) * 1024 / 1e9
             if pss > self.peak_gb:
-                self.peak_gb, self.peak_at_s = pss, time.time() - started
-                self.peak_epoch = time.time()
+                self.peak_gb, self.peak_epoch = pss, time.time()
+                self.peak_at_s = self.peak_epoch - started
                 self.peak_processes = sorted(
                     (round(p * 1024 / 1e9, 3) for p, _ in sizes if p), reverse=True
                 )
@@ -321,12 +321,11 @@ def run_together(config, layout, subjects: list[str], work: Path, out: Path, ind
     from ketamine_dti.workflows.base import run_participants
 
     started = time.time()
-    if independent:  # a benchmark-only design (no CLI option): run in this process
-        with TreeMemorySampler() as sampler:
+    with TreeMemorySampler() as sampler:
+        if independent:  # a benchmark-only design (no CLI option): run in this process
             participants = {s: check_participant(config, layout, s, []) for s in subjects}
             failures = dict(run_participants(config, participants, independent))
-    else:
-        with TreeMemorySampler() as sampler:
+        else:
             failures = run_cli(config, subjects)
     status = "ok" if not failures else f"failed: {failures}"
     row = run_row(f"{len(subjects)} together", status, time.time() - started, sampler, work, out)
@@ -343,10 +342,10 @@ def run_cli(config, subjects: list[str]) -> dict[str, str]:
     """The App's participant level as users start it (``python -m bids_app.run``, its own
     process, BIDS validation included); returns {label: reason} for failed participants.
 
-    Run inside this process instead, MultiProc's workers were forked from the benchmark and
-    peaked higher: two segmentations together at 1.58 + 1.38 GB PSS (3.11 GB with the main
-    process), against 1.32 + 1.11 GB (2.57 GB) for the same steps of the same trial run
-    through the CLI (session 28).
+    Session 28, the same steps of the same trial at the peak (two segmentations): run inside
+    this process, the workers peaked at 1.58 + 1.38 GB PSS (3.11 GB in all); through the CLI
+    at 1.32 + 1.11 GB (2.57 GB). Whether that is the harness or run-to-run spread is not
+    settled (the retest trial through the CLI: 1.57 + 1.40 GB).
     """
     command = [
         sys.executable, "-m", "bids_app.run", str(config.bids_dir), str(config.output_dir),
@@ -360,12 +359,8 @@ def run_cli(config, subjects: list[str]) -> dict[str, str]:
     logging.info("the App exited %d (log: %s)", code, log)
     if code == 0:
         return {}
-    failed = {s: f"exit {code}" for s in subjects if not _published(config, s)}
-    return failed or {"run": f"exit {code}, see {log}"}
-
-
-def _published(config, subject: str) -> bool:
-    return (Path(config.output_dir) / f"sub-{subject}").is_dir()
+    unpublished = [s for s in subjects if not (Path(config.output_dir) / f"sub-{s}").is_dir()]
+    return {s: f"exit {code}" for s in unpublished} or {"run": f"exit {code}, see {log}"}
 
 
 def run_row(label: str, status: str, wall: float, sampler, work: Path, outputs: Path) -> dict:
