@@ -10,11 +10,12 @@ the same run took 21 s of system time and 107 s less CPU in all, with byte-ident
 (benchmarks/results/speed_session20.md; the allocator changes no value).
 
 Within a step, freed memory is kept (up to ``KEEP_FREE_BYTES``) for the step's next arrays.
-Between steps a worker gives back all but ``KEEP_BETWEEN_STEPS_BYTES``
-(``release_freed_memory``, after every step: ``workflows.scheduling.ReleasingPool``):
-otherwise a worker carries its largest step's memory into every later step, and the
-participant's peak memory counts it (one standard participant: peak PSS 3.26 GB without the
-release, 2.67 GB with it, at the same CPU time). A step whose peak
+Under MultiProc each step has a process of its own (``workflows.scheduling.step_process_pool``),
+which takes this setting from the main process. A step run in a long-lived process (the Linear
+plugin) gives back all but ``KEEP_BETWEEN_STEPS_BYTES`` when it ends (``release_freed_memory``,
+``threads.limited_by_n_threads``): otherwise the process carries its largest step's memory into
+every later step (one standard participant: peak PSS 3.26 GB without the release, 2.67 GB with
+it, at the same CPU time). A step whose peak
 matters more than its page faults runs under glibc's own policy (``freed_memory_returned``).
 Other C libraries (musl, macOS) are left as they are.
 """
@@ -74,6 +75,11 @@ def keep_freed_memory(keep_bytes: int = KEEP_FREE_BYTES) -> bool:
     _kept_bytes = int(keep_bytes) if taken else None
     LOGGER.debug("malloc keeps freed memory (up to %d bytes): %s", keep_bytes, taken)
     return taken
+
+
+def kept_freed_bytes() -> int | None:
+    """What ``keep_freed_memory`` set in this process (None: glibc's own policy)."""
+    return _kept_bytes
 
 
 def _mallopt(libc, mmap_threshold: int, trim_threshold: int) -> bool:

@@ -120,9 +120,9 @@ def limit_threads(
 
 def limited_by_n_threads(run: Callable) -> Callable:
     """Decorate a Nipype ``_run_interface`` to run under ``limit_threads(inputs.n_threads)``;
-    afterwards the process gives back the memory the step freed (``allocator``). MultiProc's
-    workers do so after every step anyway (``ReleasingPool``); this covers steps run
-    elsewhere, as under the Linear plugin."""
+    afterwards the process gives back the memory the step freed (``allocator``), for steps run
+    in a long-lived process, as under the Linear plugin (MultiProc gives each step a process of
+    its own)."""
 
     @wraps(run)
     def wrapper(self, runtime):

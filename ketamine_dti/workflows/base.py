@@ -291,7 +291,7 @@ def run_participants(
     """
     started = time.time()
     # here, not in the CLI: every caller (the CLI, benchmarks, tests) runs the steps alike
-    keep_freed_memory()  # before MultiProc forks its workers, which inherit it
+    keep_freed_memory()  # MultiProc passes it on to each step's process
     run = LiterateWorkflow(RUN_WORKFLOW)
     run.base_dir = str(Path(config.work_dir).absolute())
     claim_cache(Path(run.base_dir) / RUN_WORKFLOW)  # no step reused from other code

@@ -12,14 +12,18 @@ ready jobs by the longest chain of expected seconds from them to the end of the 
 from __future__ import annotations
 
 import gc
+import importlib
+import multiprocessing
+import pkgutil
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import scipy.sparse as ssp
 from nipype.pipeline.engine import MapNode
-from nipype.pipeline.plugins.multiproc import MultiProcPlugin
+from nipype.pipeline.plugins.multiproc import MultiProcPlugin, process_initializer
 
-from ketamine_dti.allocator import release_freed_memory
+from ketamine_dti.allocator import keep_freed_memory, kept_freed_bytes
 
 #: Expected seconds of the long steps (node names) of a standard participant: the mean over the
 #: 4 participants of the session-12 benchmark (seed 11; session nodes per session, template_rois
@@ -88,31 +92,56 @@ class Dependencies(ssp.lil_matrix):
         self._column_sums = None
 
 
-def run_then_release(run: Callable, *args, **kwargs):
-    """A worker's task: ``run`` (Nipype's job), after which the worker gives back the memory
-    the step freed beyond ``allocator.KEEP_BETWEEN_STEPS_BYTES``, whatever the step.
+#: What the worker server imports once, before it forks a process for each step: the
+#: interfaces (whose classes the steps' pickles name), the numeric modules they call, and ANTs.
+WORKER_PACKAGES: tuple[str, ...] = (
+    "ketamine_dti.interfaces",
+    "ketamine_dti.anat",
+    "ketamine_dti.dwi",
+)
+WORKER_MODULES: tuple[str, ...] = ("ants", "nipype.pipeline.engine", "ketamine_dti.rois")
 
-    Until session 28 only the steps that limit their threads (``threads.limited_by_n_threads``)
-    gave it back. A worker that had just resampled a standard DWI series (``ResampleDWI``, no
-    thread limit) held 832 MB, of which 91 MB in use, until its next threaded step (session 28).
+
+def worker_modules() -> list[str]:
+    """Module names for the worker server to import: ``WORKER_MODULES`` and every module of
+    ``WORKER_PACKAGES``."""
+    names = list(WORKER_MODULES)
+    for package in WORKER_PACKAGES:
+        path = importlib.import_module(package).__path__
+        names += [package] + [f"{package}.{m.name}" for m in pkgutil.iter_modules(path)]
+    return names
+
+
+def start_step_process(cwd: str, kept_bytes: int | None) -> None:
+    """Set up the process of one step: Nipype's worker set-up and the main process's
+    allocator setting (``allocator.keep_freed_memory``), which a forked server does not pass
+    on by itself."""
+    process_initializer(cwd)
+    if kept_bytes is not None:
+        keep_freed_memory(kept_bytes)
+
+
+def step_process_pool(n_workers: int, cwd: str) -> ProcessPoolExecutor:
+    """A pool that runs each step in a new process, forked from a server that imported the
+    App's modules once (``worker_modules``).
+
+    Why: a long-lived worker carries into every step what its earlier steps left: modules
+    loaded one worker at a time and the heap they fragmented. Four standard participants
+    together peaked at 2.86-3.28 GB PSS, always at two tissue segmentations in workers of
+    1.39-1.57 GB each, against ~1.0 GB for the same step in a fresh process (session 28). In a
+    new process per step both segmentations held 1.09 GB (session 29). The server's modules are
+    shared by its children page for page, so PSS counts them once; a step's process costs a
+    fork, not an import.
     """
-    try:
-        return run(*args, **kwargs)
-    finally:
-        release_freed_memory()
-
-
-class ReleasingPool:
-    """A process pool whose every task is ``run_then_release``."""
-
-    def __init__(self, pool):
-        self._pool = pool
-
-    def submit(self, run: Callable, /, *args, **kwargs):
-        return self._pool.submit(run_then_release, run, *args, **kwargs)
-
-    def __getattr__(self, name: str):
-        return getattr(self._pool, name)
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(worker_modules())
+    return ProcessPoolExecutor(
+        max_workers=n_workers,
+        mp_context=context,
+        max_tasks_per_child=1,
+        initializer=start_step_process,
+        initargs=(cwd, kept_freed_bytes()),
+    )
 
 
 class CriticalPathPlugin(MultiProcPlugin):
@@ -124,12 +153,13 @@ class CriticalPathPlugin(MultiProcPlugin):
     step it runs itself (the sinks), and each full collection walked them (0.12 s each, 22 s
     of a tiny participant's main process).
 
-    Its workers give back the memory each step freed (``ReleasingPool``).
+    Each step runs in a process of its own (``step_process_pool``).
     """
 
     def __init__(self, plugin_args=None):
         super().__init__(plugin_args=plugin_args)
-        self.pool = ReleasingPool(self.pool)
+        self.pool.shutdown()  # MultiProc's forking pool, which has not started a process yet
+        self.pool = step_process_pool(self.processors, self._cwd)
 
     def run(self, graph, config, updatehash=False):
         gc.collect()
