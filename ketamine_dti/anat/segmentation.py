@@ -103,8 +103,7 @@ def segment_tissues(
     import ants
 
     image = load_image(t1w_brain_file)
-    mask_image = load_image(mask_file)
-    mask = mask_image.numpy() > 0
+    mask = load_image(mask_file).numpy() > 0
     if mask.sum() == 0:
         raise InputError(f"{mask_file}: brain mask is empty; check the brain extraction")
     if priors is not None and len(priors) != len(TISSUE_NAMES):
@@ -127,6 +126,9 @@ def segment_tissues(
         initialisation = [_crop(load_image(p), box) for p in moved]
     box_image = _crop(wide_image, box)
     box_mask = box_image.new_image_like(mask[wide][box].astype(np.float32))
+    # only the box goes into Atropos, whose peak is the step's: the whole-grid images wait on
+    # disk (two segmentations at once set the peak memory of a multi-participant run)
+    del image, wide_image
     # antspyx's atropos writes its probability files to tempfile's folder and leaves them
     # there: point it at a scratch folder of ours that is removed afterwards
     with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
@@ -152,6 +154,7 @@ def segment_tissues(
     full_box = tuple(
         slice(w.start + b.start, w.start + b.stop) for w, b in zip(wide, box, strict=True)
     )
+    image = load_image(t1w_brain_file)  # the grid to write on
     files = {}
     maps = []
     for name, prob in zip(TISSUE_NAMES, probabilities, strict=True):
