@@ -8,9 +8,11 @@ worker runs. Here each pool is limited through its runtime control and put back 
 - BLAS/LAPACK and OpenMP through threadpoolctl;
 - ITK (antspyx) through ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``, the only control antspyx
   offers. ITK reads it when it creates its global thread pool, at a process's first ANTs call,
-  so a worker keeps the count of its first ANTs node (the App gives every node the same count),
-  and a forked worker keeps its parent's pool if the parent made an ANTs call first: the
-  participant level pins the count in the main process (``pin_itk_threads``) before anything.
+  so a process keeps the count of its first ANTs node (the App gives every node the same
+  count), and a forked process keeps its parent's pool if the parent made an ANTs call first.
+  MultiProc's step processes fork from a server that makes none
+  (``workflows.scheduling.step_process_pool``); the Linear plugin runs the steps in the main
+  process, where the participant level pins the count (``pin_itk_threads``) before anything.
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ except ImportError:  # pragma: no cover - exercised only on installs without sci
 
 
 def pin_itk_threads(n_threads: int) -> None:
-    """Give ITK ``n_threads`` in this process before its first ANTs call, so that every process
-    it forks (Nipype's MultiProc workers) inherits that count.
+    """Give ITK ``n_threads`` in this process before its first ANTs call, so that the steps it
+    runs itself (the Linear plugin) and every process it forks get that count.
 
     A forked worker inherits its parent's ITK pool once the parent has made any ANTs call
     (reading an image is enough), and then ``limit_threads`` in the worker changes nothing:

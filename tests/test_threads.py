@@ -126,3 +126,49 @@ def test_pinned_parent_forks_workers_with_the_pinned_itk_pool(tmp_path):
     assert counts["pin"] == counts["clean"]
     if os.cpu_count() > 1:  # the default pool (one thread per core) is larger
         assert counts["late"] > counts["clean"]
+
+
+_STEP_ITK = """
+import sys
+import ants
+from nipype.interfaces.utility import Function
+from nipype.pipeline import engine as pe
+from ketamine_dti.anat.registration import bundled_template
+from ketamine_dti.workflows.scheduling import CriticalPathPlugin
+def step(image):
+    import ants
+    from ketamine_dti.threads import limit_threads
+    with limit_threads(1, blas=False, numba_pool=False):
+        ants.smooth_image(ants.image_read(image), 2.0)
+    return int(next(l for l in open("/proc/self/status") if l.startswith("Threads")).split()[1])
+if __name__ == "__main__":
+    image = str(bundled_template(2)[0])
+    ants.image_read(image)  # the main process has made an ANTs call, unpinned
+    node = pe.Node(Function(input_names=["image"], output_names=["n"], function=step), "step")
+    node.inputs.image = image
+    workflow = pe.Workflow("itk", base_dir=sys.argv[1])
+    workflow.add_nodes([node])
+    graph = workflow.run(plugin=CriticalPathPlugin(plugin_args={"n_procs": 1}))
+    print(next(iter(graph.nodes())).result.outputs.n)
+"""
+
+
+def test_a_multiproc_step_gets_the_itk_pool_it_asks_for_whatever_the_main_process_did(tmp_path):
+    """The main process touched ITK unpinned (its pool: one thread per core), then MultiProc ran
+    a step that asks for one ITK thread: the step's process has the threads of a worker whose
+    parent never touched ITK, since each step forks from a server that made no ANTs call."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != ITK_THREADS_VARIABLE}
+    script = tmp_path / "step_itk.py"
+    script.write_text(_STEP_ITK)
+    step = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)],
+        env=env, capture_output=True, text=True, check=True, timeout=300,
+    )  # fmt: skip
+    clean = subprocess.run(
+        [sys.executable, "-c", _FORKED_ITK, "clean"],
+        env=env, capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    assert int(step.stdout.split()[-1]) == int(clean.stdout.split()[-1])
