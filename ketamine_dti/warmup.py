@@ -13,6 +13,14 @@ import numpy as np
 
 
 def main() -> None:
+    compile_kernels()
+    _simulator()
+    print("ketamine-dti kernels compiled")
+
+
+def compile_kernels() -> None:
+    """Run each of the App's kernels once on tiny data, with the argument types a participant
+    gives them: compiled, or loaded from numba's cache, into this process."""
     from ketamine_dti.dwi import layout, mutual_information, series_registration, susceptibility
     from ketamine_dti.dwi.denoise import mppca
     from ketamine_dti.dwi.free_water import fit_free_water
@@ -51,8 +59,6 @@ def main() -> None:
     field = susceptibility.estimate_field(up, up.copy(), affine, "j", "j-", 0.05, 0.05).field_hz
     susceptibility.unwarp(up, field, affine, 0.05, "j")
     unwrap_phase(rng.uniform(-np.pi, np.pi, size=(8, 8, 8)), np.ones((8, 8, 8), bool))
-    _simulator()
-    print("ketamine-dti kernels compiled")
 
 
 def _simulator() -> None:

@@ -377,6 +377,41 @@ def test_each_step_runs_in_a_process_of_its_own_that_keeps_the_allocator_setting
     assert held > 600 and held - start > 500
 
 
+def _kernels_ready(x):
+    """(compiled signatures of two App kernels, numba's threading layer) in this process."""
+    import numba
+
+    from ketamine_dti.dwi import series_registration, tensor
+
+    compiled = (
+        len(tensor._fit_kernel.signatures),
+        len(series_registration._normal_terms.signatures),
+    )
+    return compiled, numba.config.THREADING_LAYER
+
+
+def test_a_step_process_starts_with_the_kernels_its_server_loaded(tmp_path):
+    """A MultiProc step's process finds the DWI kernels (a parallel and a serial one) already
+    compiled, before it calls any, under the fork-safe threading layer the server ran them with."""
+    from nipype.interfaces.utility import Function
+    from nipype.pipeline import engine as pe
+
+    from ketamine_dti.workflows.scheduling import CriticalPathPlugin
+
+    node = pe.Node(
+        Function(input_names=["x"], output_names=["out"], function=_kernels_ready), name="k"
+    )
+    node.inputs.x = 0
+    workflow = pe.Workflow(name="kernels", base_dir=str(tmp_path))
+    workflow.add_nodes([node])
+    graph = workflow.run(plugin=CriticalPathPlugin(plugin_args={"n_procs": 1}))
+    (tensor_signatures, registration_signatures), layer = next(
+        iter(graph.nodes())
+    ).result.outputs.out
+    assert tensor_signatures > 0 and registration_signatures > 0
+    assert layer == "workqueue"
+
+
 def test_the_scheduler_starts_the_longest_chain_first(tmp_path):
     """One process and, ready at the start, a short job first in the graph's order and the
     head of a long chain (declared seconds): the long chain runs first, and a MapNode's jobs

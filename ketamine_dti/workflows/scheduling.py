@@ -123,7 +123,7 @@ def start_step_process(cwd: str, kept_bytes: int | None) -> None:
 
 def step_process_pool(n_workers: int, cwd: str) -> ProcessPoolExecutor:
     """A pool that runs each step in a new process, forked from a server that imported the
-    App's modules once (``worker_modules``).
+    App's modules and kernels once (``ketamine_dti.step_server``).
 
     Why: a long-lived worker carries into every step what its earlier steps left: modules
     loaded one worker at a time and the heap they fragmented. Four standard participants
@@ -134,7 +134,7 @@ def step_process_pool(n_workers: int, cwd: str) -> ProcessPoolExecutor:
     fork, not an import.
     """
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(worker_modules())
+    context.set_forkserver_preload(["ketamine_dti.step_server"])
     return ProcessPoolExecutor(
         max_workers=n_workers,
         mp_context=context,
