@@ -14,6 +14,7 @@ in each child, with identical results.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 
@@ -32,3 +33,7 @@ try:
     compile_kernels()
 except Exception as error:  # each step's process then loads its kernels itself
     LOGGER.warning("step server: kernels not loaded in advance (%s)", error)
+# out of the collector's reach: a step's collections would otherwise walk (and so copy, page by
+# page) every object loaded here
+gc.collect()
+gc.freeze()
