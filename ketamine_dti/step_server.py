@@ -17,12 +17,31 @@ from __future__ import annotations
 import gc
 import importlib
 import logging
+import pkgutil
 
 import numba
 
-from ketamine_dti.workflows.scheduling import worker_modules
-
 LOGGER = logging.getLogger(__name__)
+
+#: What the worker server imports once, before it forks a process for each step: the
+#: interfaces (whose classes the steps' pickles name), the numeric modules they call, and ANTs.
+WORKER_PACKAGES: tuple[str, ...] = (
+    "ketamine_dti.interfaces",
+    "ketamine_dti.anat",
+    "ketamine_dti.dwi",
+)
+WORKER_MODULES: tuple[str, ...] = ("ants", "nipype.pipeline.engine", "ketamine_dti.rois")
+
+
+def worker_modules() -> list[str]:
+    """Module names for the worker server to import: ``WORKER_MODULES`` and every module of
+    ``WORKER_PACKAGES``."""
+    names = list(WORKER_MODULES)
+    for package in WORKER_PACKAGES:
+        path = importlib.import_module(package).__path__
+        names += [package] + [f"{package}.{m.name}" for m in pkgutil.iter_modules(path)]
+    return names
+
 
 numba.config.THREADING_LAYER = "workqueue"
 for _name in worker_modules():

@@ -12,9 +12,7 @@ ready jobs by the longest chain of expected seconds from them to the end of the 
 from __future__ import annotations
 
 import gc
-import importlib
 import multiprocessing
-import pkgutil
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 
@@ -92,26 +90,6 @@ class Dependencies(ssp.lil_matrix):
         self._column_sums = None
 
 
-#: What the worker server imports once, before it forks a process for each step: the
-#: interfaces (whose classes the steps' pickles name), the numeric modules they call, and ANTs.
-WORKER_PACKAGES: tuple[str, ...] = (
-    "ketamine_dti.interfaces",
-    "ketamine_dti.anat",
-    "ketamine_dti.dwi",
-)
-WORKER_MODULES: tuple[str, ...] = ("ants", "nipype.pipeline.engine", "ketamine_dti.rois")
-
-
-def worker_modules() -> list[str]:
-    """Module names for the worker server to import: ``WORKER_MODULES`` and every module of
-    ``WORKER_PACKAGES``."""
-    names = list(WORKER_MODULES)
-    for package in WORKER_PACKAGES:
-        path = importlib.import_module(package).__path__
-        names += [package] + [f"{package}.{m.name}" for m in pkgutil.iter_modules(path)]
-    return names
-
-
 def start_step_process(cwd: str, kept_bytes: int | None) -> None:
     """Set up the process of one step: Nipype's worker set-up and the main process's
     allocator setting (``allocator.keep_freed_memory``), which a forked server does not pass
@@ -138,7 +116,7 @@ def step_process_pool(n_workers: int, cwd: str) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(
         max_workers=n_workers,
         mp_context=context,
-        max_tasks_per_child=1,
+        max_tasks_per_child=1,  # 1, not more: Python 3.11-3.13 can hang above (gh-115634)
         initializer=start_step_process,
         initargs=(cwd, kept_freed_bytes()),
     )
