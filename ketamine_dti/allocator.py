@@ -46,7 +46,8 @@ KEEP_BETWEEN_STEPS_BYTES = 1 << 28
 GLIBC_MMAP_THRESHOLD = 128 * 1024
 GLIBC_TRIM_THRESHOLD = 128 * 1024
 
-#: What ``keep_freed_memory`` set in this process (inherited by the processes it forks).
+#: What ``keep_freed_memory`` set in this process (inherited by a plain fork; MultiProc's step
+#: processes get it through ``workflows.scheduling.start_step_process``).
 _kept_bytes: int | None = None
 
 
