@@ -115,6 +115,36 @@ def test_two_truths_keeps_the_region_truth_when_no_truth_map_was_written(tmp_pat
     assert result["truth_over_true_region"]["median_abs_rel_error"] == pytest.approx(0.0125)
 
 
+def test_each_slope_carries_the_ordinary_least_squares_standard_error(bench):
+    """The slopes' standard errors equal statsmodels' OLS ones, pooled and per ROI; an ROI
+    with a single pair has a slope but no error."""
+    import statsmodels.api as sm
+
+    rng = np.random.default_rng(3)
+    index = pd.MultiIndex.from_tuples(
+        [(f"sub-{i:03d}", roi) for roi in ("a", "b") for i in range(8)] + [("sub-001", "c")],
+        names=["participant_id", "roi"],
+    )
+    planted = pd.Series(rng.normal(0, 0.02, len(index)), index=index)
+    measured = 0.9 * planted + rng.normal(0, 0.005, len(index))
+    result = bench.slopes(measured, planted)
+
+    def ols(x, y):
+        fit = sm.OLS(y.to_numpy(), sm.add_constant(x.to_numpy())).fit()
+        return fit.params[1], fit.bse[1]
+
+    assert (result["slope_dmd"], result["slope_dmd_se"]) == pytest.approx(ols(planted, measured))
+    for roi in ("a", "b"):
+        inside = planted.index.get_level_values("roi") == roi
+        expected = ols(planted[inside], measured[inside])
+        got = (result["per_roi_slope_dmd"][roi], result["per_roi_slope_dmd_se"][roi])
+        assert got == pytest.approx(expected)
+    assert np.isnan(result["per_roi_slope_dmd"]["c"])  # one pair: no spread, no slope
+    value, se = result["per_roi_slope_dmd"]["a"], result["per_roi_slope_dmd_se"]["a"]
+    assert bench.with_se(result, "a", ".2f") == f"{value:.2f} +- {se:.2f}"
+    assert bench.with_se({"slope_dmd": 0.5}, None, ".3f") == "0.500"  # older results: no error
+
+
 def _sleep_and_note(seconds, note):
     import time
 
