@@ -179,7 +179,14 @@ def _free_water_model(context: SidecarContext) -> dict:
                 "between tissue MD and free water (Pasternak et al. 2009): voxelwise penalised "
                 "least squares with two Gaussian priors, weighted by the noise SD: on f, "
                 "centred on the fraction implied by the voxel's b0 between a tissue and a CSF "
-                "b0 reference estimated over the brain mask (SingleShellPrior), SD "
+                "b0 reference estimated over the brain mask (SingleShellPrior), after the "
+                "receive coil's smooth shading (an N4 field of the mean b0, B-spline meshes of "
+                + ", ".join(
+                    f"{fw.RECEIVE_FIELD_SPLINE_MM / 2**level:g}"
+                    for level in range(len(fw.RECEIVE_FIELD_ITERATIONS))
+                )
+                + " mm; "
+                "B0ReceiveFieldRange: its 2nd and 98th percentiles) is divided out, SD "
                 f"{fw.F_PRIOR_SD:g}; on tissue MD, mean {fw.TISSUE_MD_PRIOR_MEAN:g} and SD "
                 f"{fw.TISSUE_MD_PRIOR_SD:g} mm^2/s (the b0 and MD initialisations compared by "
                 "Golub et al. 2021); no spatial regularisation",

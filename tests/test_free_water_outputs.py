@@ -77,6 +77,8 @@ def test_interface_writes_both_maps_and_the_fit_record(tmp_path, shells):
         prior = record["SingleShellPrior"]
         assert prior["B0PriorUsed"] and prior["B0ReferenceTissue"] < prior["B0ReferenceWater"]
         assert prior["NoiseSD"] > 0
+        low, high = prior["B0ReceiveFieldRange"]  # the phantom has no shading to speak of
+        assert 0.9 < low <= 1.0 <= high < 1.1
     else:
         assert record["FitMethod"] == "multi-shell" and "SingleShellPrior" not in record
 

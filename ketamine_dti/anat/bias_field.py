@@ -211,6 +211,11 @@ def estimate_log_field(
     return evaluate(lattice, bases)
 
 
+def working_shrink(spacing: Sequence[float], grid_mm: float) -> int:
+    """The shrink factor that puts an image of voxel ``spacing`` (mm) on a ~``grid_mm`` grid."""
+    return max(1, int(round(grid_mm / min(spacing))))
+
+
 def correct(image: np.ndarray, mask: np.ndarray, spacing: Sequence[float], **n4) -> np.ndarray:
     """``image`` divided by its N4 bias field inside ``mask`` (float32); voxels outside the
     mask keep their value, as in ANTs' N4. ``n4``: ``estimate_log_field``'s keywords."""

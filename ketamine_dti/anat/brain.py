@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ketamine_dti.anat.bias_field import correct
+from ketamine_dti.anat.bias_field import correct, working_shrink
 from ketamine_dti.anat.longitudinal import head_mask
 from ketamine_dti.anat.morphology import dilate_mm, erode_mm, largest_component
 from ketamine_dti.anat.registration import normalized_cross_correlation, register_syn
@@ -110,11 +110,6 @@ class BrainExtraction:
     from_t1w_to_template: tuple[str, ...]
     affine_t1w_to_template: tuple[str, ...]
     qc: dict[str, float] = field(default_factory=dict)
-
-
-def working_shrink(spacing: Sequence[float], grid_mm: float) -> int:
-    """The shrink factor that puts an image of voxel ``spacing`` (mm) on a ~``grid_mm`` grid."""
-    return max(1, int(round(grid_mm / min(spacing))))
 
 
 def bias_correct(

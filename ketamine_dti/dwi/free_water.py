@@ -24,7 +24,10 @@ the same 8 parameters and the sum of squares of the multi-shell fit plus two Gau
 
 - on ``f``, centred on the value implied by the b0 intensity: free water has a much longer T2 than
   tissue, so a voxel's b0 lies between a tissue and a water reference (``s0_tissue``,
-  ``s0_water``). This is the b0-based initialisation of Pasternak et al. 2009 as compared by
+  ``s0_water``). The receive coil's smooth shading of the b0 is divided out first
+  (:func:`b0_receive_field`, when the voxel size is given): 1% of shading reads as ~2 points of
+  free water and ~5% of tissue MD, and it changes with the head's place in the coil between
+  sessions. This is the b0-based initialisation of Pasternak et al. 2009 as compared by
   Golub et al. 2021 (MRM 85:2173-84, "S0 initialisation"); here from linear mixing of the two
   compartments' b0 signals, which gives the signal fraction the model uses:
   ``f_b0 = s0_water (S0 - s0_tissue) / (S0 (s0_water - s0_tissue))``, SD :data:`F_PRIOR_SD`;
@@ -47,12 +50,15 @@ those as tissue). Voxels that cannot be fitted are NaN and ``failed``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from numba import njit, prange
 
+from ketamine_dti.anat.bias_field import estimate_log_field, working_shrink
 from ketamine_dti.dwi.gradients import B0_THRESHOLD, cluster_shells, tensor_determinable
 from ketamine_dti.dwi.layout import masked_rows
 from ketamine_dti.dwi.tensor import (
@@ -109,6 +115,14 @@ VOXELS_PER_CHUNK = 1024
 NOISE_SAMPLE_VOXELS = 5000
 
 N_PARAMS = 8  # 6 tensor elements, log S0, f
+#: The b0's receive field (single shell): N4 (``anat.bias_field``) of the mean b0 in the brain
+#: mask, on a ~4 mm working grid with B-spline meshes of 60 then 30 mm, as the T1w's brain-band
+#: N4 but without its finer levels: coil shading varies over several centimetres, while the
+#: CSF the prior must keep differs from region to region on the scale of the ROIs (1-4 cm).
+RECEIVE_FIELD_GRID_MM = 4.0
+RECEIVE_FIELD_SPLINE_MM = 60.0
+RECEIVE_FIELD_ITERATIONS = (50, 50)
+RECEIVE_FIELD_TOLERANCE = 1e-7
 _FIT_OK, _FIT_FAILED, _FIT_WATER = 0, 1, 2
 
 
@@ -139,12 +153,15 @@ class FreeWaterFit:
 class SingleShellPrior:
     """Priors of the single-shell fit, in the data's units (see the module docstring).
 
-    ``s0_tissue``/``s0_water``: b0 references (NaN: no b0 prior); ``noise_sd``: signal noise SD.
+    ``s0_tissue``/``s0_water``: b0 references (NaN: no b0 prior); ``noise_sd``: signal noise SD;
+    ``receive_field_range``: 2nd and 98th percentiles in the mask of the receive field divided
+    out of the data first (None: not corrected).
     """
 
     s0_tissue: float
     s0_water: float
     noise_sd: float
+    receive_field_range: tuple[float, float] | None = None
     md_mean: float = TISSUE_MD_PRIOR_MEAN
     md_sd: float = TISSUE_MD_PRIOR_SD
     f_sd: float = F_PRIOR_SD
@@ -190,6 +207,28 @@ def estimate_b0_references(
     if not s0_water > s0_tissue:
         return np.nan, np.nan
     return s0_tissue, s0_water
+
+
+def b0_receive_field(b0: np.ndarray, mask: np.ndarray, voxel_mm: Sequence[float]) -> np.ndarray:
+    """The smooth receive-coil shading of the mean ``b0`` inside ``mask`` (float32, median 1 in
+    the mask; 1 outside it): an N4 field (RECEIVE_FIELD_* settings).
+
+    Why: the single-shell prior reads free water from b0 intensity against whole-brain
+    references, so shading that moves with the head between sessions would read as a change in
+    free water. Dividing every volume by it leaves the diffusion attenuation as it was.
+    """
+    b0 = np.asarray(b0, dtype=float)
+    mask = np.asarray(mask, dtype=bool) & np.isfinite(b0) & (b0 > 0)
+    if not mask.any():
+        return np.ones(b0.shape, dtype=np.float32)
+    log_field = estimate_log_field(
+        np.where(mask, b0, 0.0), mask, voxel_mm,
+        shrink=working_shrink(voxel_mm, RECEIVE_FIELD_GRID_MM),
+        iterations=RECEIVE_FIELD_ITERATIONS, spline_distance_mm=RECEIVE_FIELD_SPLINE_MM,
+        tolerance=RECEIVE_FIELD_TOLERANCE,
+    )  # fmt: skip
+    log_field -= np.median(log_field[mask])
+    return np.where(mask, np.exp(log_field), 1.0).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- numba kernel
@@ -545,6 +584,7 @@ def fit_free_water(
     s0_water: float | None = None,
     dti_md: np.ndarray | None = None,
     dti_fa: np.ndarray | None = None,
+    voxel_mm: Sequence[float] | None = None,
     b0_threshold: float = B0_THRESHOLD,
 ) -> FreeWaterFit:
     """Fit the free-water + tissue-tensor model in every voxel of ``data`` (x, y, z, volumes).
@@ -553,7 +593,9 @@ def fit_free_water(
     2014 fit; one shell: the regularised fit of the module docstring, with b0 references
     ``s0_tissue``/``s0_water`` (data units) or, when None, :func:`estimate_b0_references` over the
     mask, from ``dti_md``/``dti_fa`` (maps of a tensor fit of the same data, mm^2/s) if given,
-    else from a WLS tensor fit made here. ``n_threads`` caps the cores. Raises ValueError for
+    else from a WLS tensor fit made here; with ``voxel_mm`` (the grid's voxel size) a single-shell
+    fit first divides the data by the b0's receive field (:func:`b0_receive_field`), so given
+    references must then be in those units. ``n_threads`` caps the cores. Raises ValueError for
     mismatched shapes, no b0 volume, or directions that cannot determine a tensor.
     """
     data, bvals, bvecs, mask = check_inputs(data, bvals, bvecs, mask)
@@ -586,6 +628,14 @@ def fit_free_water(
     n_fit = voxels.size
 
     prior = SingleShellPrior(np.nan, np.nan, 0.0)
+    receive_range = None
+    if single_shell and n_fit and voxel_mm is not None:
+        b0_mean = np.zeros(spatial_shape)
+        b0_mean.ravel()[voxels] = signal[:, b0_volumes].mean(axis=1)
+        field = b0_receive_field(b0_mean, mask, voxel_mm).ravel()[voxels]
+        signal = signal / field[:, None]
+        low, high = np.percentile(field, [2, 98])
+        receive_range = (float(low), float(high))
     if single_shell and n_fit:
         row_md = row_fa = None  # the tensor fit's maps at the fitted voxels
         if s0_tissue is None and dti_md is not None:
@@ -594,9 +644,11 @@ def fit_free_water(
         prior = single_shell_prior(
             signal, bvals, bvecs, b0_volumes, s0_tissue, s0_water, dti_md=row_md, dti_fa=row_fa
         )
+        prior = dataclasses.replace(prior, receive_field_range=receive_range)
         LOGGER.info(
-            "fit_free_water: single shell; b0 references tissue %.4g, water %.4g; noise SD %.4g",
-            prior.s0_tissue, prior.s0_water, prior.noise_sd,
+            "fit_free_water: single shell; b0 references tissue %.4g, water %.4g; noise SD "
+            "%.4g; receive field (p2, p98) %s",
+            prior.s0_tissue, prior.s0_water, prior.noise_sd, receive_range,
         )  # fmt: skip
     noise = prior.noise_sd
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -430,8 +430,8 @@ class FreeWaterElimination(SimpleInterface):
     """Free-water elimination (``dwi.free_water``): tissue MD and free-water fraction maps.
 
     The single-shell b0 references come from the session's tensor fit when its maps are given
-    (a second WLS fit of the same data cost ~3 s per standard session); the sidecar records
-    the prior the fit used.
+    (a second WLS fit of the same data cost ~3 s per standard session), after the b0's receive
+    field is divided out; the sidecar records the prior the fit used and the field's spread.
     """
 
     input_spec = _FreeWaterInputSpec
@@ -449,8 +449,9 @@ class FreeWaterElimination(SimpleInterface):
             if isdefined(getattr(self.inputs, f"{name}_file"))
         }
         fit = free_water.fit_free_water(
-            data, gtab.bvals, gtab.bvecs, mask=mask, n_threads=self.inputs.n_threads, **tensor
-        )
+            data, gtab.bvals, gtab.bvecs, mask=mask, n_threads=self.inputs.n_threads,
+            voxel_mm=image.header.get_zooms()[:3], **tensor,
+        )  # fmt: skip
         cwd = Path(runtime.cwd)
         self._results["md_file"] = _save(fit.md, image, str(cwd / "fw_md.nii.gz"))
         self._results["fwf_file"] = _save(fit.f_water, image, str(cwd / "fw_fraction.nii.gz"))
@@ -476,5 +477,10 @@ def _free_water_record(fit, shells: np.ndarray) -> dict:
             "B0ReferenceWater": round(prior.s0_water, 4) if finite else None,
             "NoiseSD": round(prior.noise_sd, 4),
             "B0PriorUsed": finite,
+            "B0ReceiveFieldRange": (
+                None
+                if prior.receive_field_range is None
+                else [round(v, 4) for v in prior.receive_field_range]
+            ),
         }
     return record
