@@ -501,16 +501,26 @@ def csf_shift_effect(bids_dir: Path, table: pd.DataFrame, column: str = MEASURED
     csf = delta(merged, "csf_fraction_change")["delta"]
     joined = pd.concat({"plain": plain, "corrected": corrected, "csf": csf}, axis=1).dropna()
 
-    def per_unit(column: str) -> float:  # slope on the planted CSF change
-        return float(np.polyfit(joined.csf, joined[column], 1)[0]) if len(joined) > 1 else np.nan
+    def per_unit(column: str) -> tuple[float, float]:  # slope on the planted CSF change, SE
+        response = slopes(joined[column], joined.csf)
+        return response["slope_dmd"], response["slope_dmd_se"]
 
+    def standard_error(values: pd.Series) -> dict:  # of each ROI's mean over participants
+        grouped = values.groupby(level="roi")
+        return (grouped.std(ddof=1) / np.sqrt(grouped.count())).to_dict()
+
+    (plain_unit, plain_se), (fwcorr_unit, fwcorr_se) = per_unit("plain"), per_unit("corrected")
     return {
         "per_roi_mean_relative_dmd": plain.groupby(level="roi").mean().to_dict(),
         "per_roi_mean_relative_dmd_fwcorr": corrected.groupby(level="roi").mean().to_dict(),
+        "per_roi_mean_relative_dmd_se": standard_error(plain),
+        "per_roi_mean_relative_dmd_fwcorr_se": standard_error(corrected),
         "mean_abs_relative_dmd": float(plain.abs().mean()),
         "mean_abs_relative_dmd_fwcorr": float(corrected.abs().mean()),
-        "plain_md_per_unit_csf_change": per_unit("plain"),
-        "fwcorr_md_per_unit_csf_change": per_unit("corrected"),
+        "plain_md_per_unit_csf_change": plain_unit,
+        "plain_md_per_unit_csf_change_se": plain_se,
+        "fwcorr_md_per_unit_csf_change": fwcorr_unit,
+        "fwcorr_md_per_unit_csf_change_se": fwcorr_se,
         "n_pairs": int(len(plain)),
     }
 
@@ -859,11 +869,12 @@ def markdown(results: dict) -> str:
                 )
         if "slope_dmd" in entry:
             per_roi = ", ".join(
-                f"{roi} {with_se(entry, roi, '.2f')}" for roi in entry["per_roi_slope_dmd"]
+                f"{roi} {plus_minus(entry, 'per_roi_slope_dmd', '.2f', roi)}"
+                for roi in entry["per_roi_slope_dmd"]
             )
             lines.append(
                 f"- {scenario} ({design}): slope of measured on planted dMD/MD = "
-                f"{with_se(entry, None, '.3f')} pooled (target 1.00 +- 0.05); per ROI "
+                f"{plus_minus(entry, 'slope_dmd', '.3f')} pooled (target 1.00 +- 0.05); per ROI "
                 f"(+- its standard error): {per_roi}"
             )
     shift = results.get("csf_shift_longitudinal", {})
@@ -871,18 +882,22 @@ def markdown(results: dict) -> str:
         lines += [
             "",
             "csf_shift (tissue MD unchanged; only the ROI's CSF fraction moves by 1-2%, either "
-            "sign): mean dMD/MD per ROI; per unit of planted CSF change, plain MD moves "
-            f"{shift['plain_md_per_unit_csf_change']:.2f}, free-water-corrected MD "
-            f"{shift['fwcorr_md_per_unit_csf_change']:.2f}; mean |dMD/MD| "
+            "sign): mean dMD/MD per ROI (+- its standard error over participants); per unit of "
+            "planted CSF change (slope +- SE), plain MD moves "
+            f"{plus_minus(shift, 'plain_md_per_unit_csf_change', '.2f')}, free-water-corrected "
+            f"MD {plus_minus(shift, 'fwcorr_md_per_unit_csf_change', '.2f')}; mean |dMD/MD| "
             f"{shift['mean_abs_relative_dmd']:.2%} plain, "
             f"{shift['mean_abs_relative_dmd_fwcorr']:.2%} corrected",
             "",
             "| ROI | plain MD | free-water-corrected MD (target abs <= 0.3%) |",
             "|---|---|---|",
         ]
-        for roi, value in shift["per_roi_mean_relative_dmd"].items():
-            corrected = shift["per_roi_mean_relative_dmd_fwcorr"].get(roi, float("nan"))
-            lines.append(f"| {roi} | {value:+.2%} | {corrected:+.2%} |")
+        for roi in shift["per_roi_mean_relative_dmd"]:
+            cells = [
+                plus_minus(shift, key, "+.2%", roi)
+                for key in ("per_roi_mean_relative_dmd", "per_roi_mean_relative_dmd_fwcorr")
+            ]
+            lines.append(f"| {roi} | {cells[0]} | {cells[1]} |")
     if results.get("together") and results.get("single_wall_s"):
         for label, entry in results.items():
             if isinstance(entry, dict) and entry.get("participants"):
@@ -939,15 +954,14 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def with_se(figures: dict, roi: str | None, spec: str) -> str:
-    """A slope (pooled, or the ROI's) as "value +- standard error"; the value alone where the
-    error is unknown (results written before it was computed, or too few pairs)."""
-    if roi is None:
-        value, se = figures["slope_dmd"], figures.get("slope_dmd_se", np.nan)
-    else:
-        value = figures["per_roi_slope_dmd"].get(roi, np.nan)
-        se = figures.get("per_roi_slope_dmd_se", {}).get(roi, np.nan)
-    return f"{value:{spec}}" if np.isnan(se) else f"{value:{spec}} +- {se:{spec}}"
+def plus_minus(figures: dict, key: str, spec: str, roi: str | None = None) -> str:
+    """``figures[key]`` (or its ``roi`` entry) as "value +- SE", its SE read from ``key + "_se"``;
+    the value alone where no SE was recorded (results written before it was)."""
+    value, se = figures.get(key, np.nan), figures.get(f"{key}_se", np.nan)
+    if roi is not None:
+        value = value.get(roi, np.nan) if isinstance(value, dict) else np.nan
+        se = se.get(roi, np.nan) if isinstance(se, dict) else np.nan
+    return f"{value:{spec}}" if np.isnan(se) else f"{value:{spec}} +- {se:{spec.lstrip('+')}}"
 
 
 def roi_dice_markdown(results: dict) -> list[str]:
@@ -994,7 +1008,8 @@ def two_truths_markdown(results: dict) -> list[str]:
         for key, figures in present.items():
             lines.append(
                 f"| {labels[key]} | {figures['median_abs_rel_error']:.2%} | "
-                f"{with_se(figures, None, '.3f')} | {figures['relative_dmd_correlation']:.3f} | "
+                f"{plus_minus(figures, 'slope_dmd', '.3f')} | "
+                f"{figures['relative_dmd_correlation']:.3f} | "
                 f"{figures['n_pairs']} |"
             )
         own = present.get("truth_over_app_voxels")
@@ -1027,7 +1042,9 @@ def two_truths_markdown(results: dict) -> list[str]:
             "|---|" + "---|" * (2 * len(present)),
         ]
         for roi in entry["truth_over_true_region"]["per_roi_slope_dmd"]:
-            slope_cells = [with_se(f, roi, ".2f") for f in present.values()]
+            slope_cells = [
+                plus_minus(truth, "per_roi_slope_dmd", ".2f", roi) for truth in present.values()
+            ]
             error_cells = [
                 f"{f['per_roi_median_abs_rel_error'].get(roi, np.nan):.2%}"
                 for f in present.values()

@@ -141,8 +141,8 @@ def test_each_slope_carries_the_ordinary_least_squares_standard_error(bench):
         assert got == pytest.approx(expected)
     assert np.isnan(result["per_roi_slope_dmd"]["c"])  # one pair: no spread, no slope
     value, se = result["per_roi_slope_dmd"]["a"], result["per_roi_slope_dmd_se"]["a"]
-    assert bench.with_se(result, "a", ".2f") == f"{value:.2f} +- {se:.2f}"
-    assert bench.with_se({"slope_dmd": 0.5}, None, ".3f") == "0.500"  # older results: no error
+    assert bench.plus_minus(result, "per_roi_slope_dmd", ".2f", "a") == f"{value:.2f} +- {se:.2f}"
+    assert bench.plus_minus({"slope_dmd": 0.5}, "slope_dmd", ".3f") == "0.500"  # no SE recorded
 
 
 def _sleep_and_note(seconds, note):
