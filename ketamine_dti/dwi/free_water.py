@@ -25,11 +25,12 @@ the same 8 parameters and the sum of squares of the multi-shell fit plus two Gau
 - on ``f``, centred on the value implied by the b0 intensity: free water has a much longer T2 than
   tissue, so a voxel's b0 lies between a tissue and a water reference (``s0_tissue``,
   ``s0_water``). The receive coil's smooth shading of the b0 is divided out first
-  (:func:`b0_receive_field`, when the voxel size is given): 1% of shading reads as ~2 points of
-  free water and ~5% of tissue MD, and it changes with the head's place in the coil between
-  sessions. This is the b0-based initialisation of Pasternak et al. 2009 as compared by
-  Golub et al. 2021 (MRM 85:2173-84, "S0 initialisation"); here from linear mixing of the two
-  compartments' b0 signals, which gives the signal fraction the model uses:
+  (:func:`b0_receive_field`, when the voxel size is given): on standard simulated sessions 1% of
+  shading reads as ~1.7 points of free water and ~2.5% of tissue MD, and the shading changes
+  with the head's place in the coil between sessions. This is the b0-based initialisation of
+  Pasternak et al. 2009 as compared by Golub et al. 2021 (MRM 85:2173-84, "S0
+  initialisation"); here from linear mixing of the two compartments' b0 signals, which gives
+  the signal fraction the model uses:
   ``f_b0 = s0_water (S0 - s0_tissue) / (S0 (s0_water - s0_tissue))``, SD :data:`F_PRIOR_SD`;
 - on tissue MD, a weak prior at :data:`TISSUE_MD_PRIOR_MEAN` (SD :data:`TISSUE_MD_PRIOR_SD`),
   Golub et al.'s "MD initialisation": it decides the split only where the b0 prior is missing
