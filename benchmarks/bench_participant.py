@@ -412,8 +412,8 @@ ALTERNATIVE = "md_median" if MEASURED == "md_mean" else "md_mean"
 #: The free-water-corrected MD of the same voxels and summary (--md-measure md_fwcorr): the
 #: truth (roi_md.tsv md_true) is the gray matter's tissue MD, free water excluded, so this is
 #: the App's other estimate of it (issue 13).
-FREE_WATER = MEASURED.replace("md_", "md_fwcorr_", 1)
-OTHER_COLUMNS = tuple(dict.fromkeys((ALTERNATIVE, FREE_WATER)))
+FREE_WATER = f"md_fwcorr_{Config.roi_statistic}"
+OTHER_COLUMNS = tuple(column for column in (ALTERNATIVE, FREE_WATER) if column != MEASURED)
 
 
 def delta(table: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -797,7 +797,7 @@ def main(argv: list[str] | None = None) -> int:
                 entry["roi_vs_true_region"] = roi_dice(bids_dir, out, subjects)
                 entry |= two_truths(bids_dir, out, table, subjects)
                 for other in OTHER_COLUMNS:  # the other summaries, measured the same way
-                    if other in table and other != MEASURED and scenario != "csf_shift":
+                    if other in table and scenario != "csf_shift":
                         entry[other] = analyse(bids_dir, table, other) | two_truths(
                             bids_dir, out, table, subjects, other
                         )

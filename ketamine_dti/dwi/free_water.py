@@ -223,7 +223,7 @@ def b0_receive_field(b0: np.ndarray, mask: np.ndarray, voxel_mm: Sequence[float]
     if not mask.any():
         return np.ones(b0.shape, dtype=np.float32)
     log_field = estimate_log_field(
-        np.where(mask, b0, 0.0), mask, voxel_mm,
+        b0, mask, voxel_mm,
         shrink=working_shrink(voxel_mm, RECEIVE_FIELD_GRID_MM),
         iterations=RECEIVE_FIELD_ITERATIONS, spline_distance_mm=RECEIVE_FIELD_SPLINE_MM,
         tolerance=RECEIVE_FIELD_TOLERANCE,
