@@ -413,6 +413,8 @@ ALTERNATIVE = "md_median" if MEASURED == "md_mean" else "md_mean"
 #: truth (roi_md.tsv md_true) is the gray matter's tissue MD, free water excluded, so this is
 #: the App's other estimate of it (issue 13).
 FREE_WATER = f"md_fwcorr_{Config.roi_statistic}"
+#: Plain MD of the same voxels and summary, whichever measure the group level defaults to.
+PLAIN = f"md_{Config.roi_statistic}"
 OTHER_COLUMNS = tuple(column for column in (ALTERNATIVE, FREE_WATER) if column != MEASURED)
 
 
@@ -490,14 +492,14 @@ def slopes(measured: pd.Series, planted: pd.Series) -> dict:
     }
 
 
-def csf_shift_effect(bids_dir: Path, table: pd.DataFrame, column: str = MEASURED) -> dict:
+def csf_shift_effect(bids_dir: Path, table: pd.DataFrame) -> dict:
     """``csf_shift`` (no tissue change, only the ROI's CSF fraction moves): per ROI, the mean
-    dMD/MD of plain and of free-water-corrected MD (should be ~0), and plain MD's slope on the
-    planted CSF change (its sensitivity)."""
+    dMD/MD of plain (PLAIN) and of free-water-corrected MD (FREE_WATER; should be ~0), and
+    each one's slope on the planted CSF change (plain MD's is its sensitivity)."""
     truth = pd.read_csv(bids_dir / "sourcedata/ground_truth/roi_md.tsv", sep="\t")
     merged = table.merge(truth, on=["participant_id", "session_id", "roi"])
-    plain = delta(merged, column)["relative_delta"]
-    corrected = delta(merged, column.replace("md_", "md_fwcorr_", 1))["relative_delta"]
+    plain = delta(merged, PLAIN)["relative_delta"]
+    corrected = delta(merged, FREE_WATER)["relative_delta"]
     csf = delta(merged, "csf_fraction_change")["delta"]
     joined = pd.concat({"plain": plain, "corrected": corrected, "csf": csf}, axis=1).dropna()
 

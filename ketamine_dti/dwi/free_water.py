@@ -61,7 +61,7 @@ from numba import njit, prange
 
 from ketamine_dti.anat.bias_field import estimate_log_field, working_shrink
 from ketamine_dti.dwi.gradients import B0_THRESHOLD, cluster_shells, tensor_determinable
-from ketamine_dti.dwi.layout import masked_rows
+from ketamine_dti.dwi.layout import masked_rows, rows_to_volume
 from ketamine_dti.dwi.tensor import (
     MIN_EIGENVALUE_B_PRODUCT,
     MIN_SIGNAL,
@@ -630,11 +630,12 @@ def fit_free_water(
 
     prior = SingleShellPrior(np.nan, np.nan, 0.0)
     receive_range = None
+    b0_rows = signal[:, b0_volumes].mean(axis=1) if single_shell else None
     if single_shell and n_fit and voxel_mm is not None:
-        b0_mean = np.zeros(spatial_shape)
-        b0_mean.ravel()[voxels] = signal[:, b0_volumes].mean(axis=1)
-        field = b0_receive_field(b0_mean, mask, voxel_mm).ravel()[voxels]
+        b0_map = rows_to_volume(b0_rows, voxels, spatial_shape, fill=0.0)
+        field = b0_receive_field(b0_map, mask, voxel_mm).ravel()[voxels]
         signal = signal / field[:, None]
+        b0_rows = b0_rows / field
         low, high = np.percentile(field, [2, 98])
         receive_range = (float(low), float(high))
     if single_shell and n_fit:
@@ -643,8 +644,9 @@ def fit_free_water(
             row_md = np.asarray(dti_md).ravel()[voxels]
             row_fa = None if dti_fa is None else np.asarray(dti_fa).ravel()[voxels]
         prior = single_shell_prior(
-            signal, bvals, bvecs, b0_volumes, s0_tissue, s0_water, dti_md=row_md, dti_fa=row_fa
-        )
+            signal, bvals, bvecs, b0_volumes, s0_tissue, s0_water, dti_md=row_md, dti_fa=row_fa,
+            b0_mean=b0_rows,
+        )  # fmt: skip
         prior = dataclasses.replace(prior, receive_field_range=receive_range)
         LOGGER.info(
             "fit_free_water: single shell; b0 references tissue %.4g, water %.4g; noise SD "
@@ -707,16 +709,18 @@ def single_shell_prior(
     *,
     dti_md: np.ndarray | None = None,
     dti_fa: np.ndarray | None = None,
+    b0_mean: np.ndarray | None = None,
 ) -> SingleShellPrior:
     """The single-shell priors for the brain's ``rows`` (voxels, volumes): b0 references
     (given, or estimated from the rows' tensor MD and FA: ``dti_md``/``dti_fa`` per row when
-    a fit of the same data exists, else a WLS fit here) and the noise SD that weighs the
-    priors against the data."""
+    a fit of the same data exists, else a WLS fit here; ``b0_mean``: the rows' mean b0 when
+    the caller has it) and the noise SD that weighs the priors against the data."""
     if s0_tissue is None:
         if dti_md is None:
             tensor = fit_tensor(rows[:, None, None, :], bvals, bvecs, method="wls")
             dti_md, dti_fa = tensor.md[:, 0, 0], tensor.fa[:, 0, 0]
-        b0_mean = rows[:, b0_volumes].mean(axis=1)
+        if b0_mean is None:
+            b0_mean = rows[:, b0_volumes].mean(axis=1)
         s0_tissue, s0_water = estimate_b0_references(b0_mean, dti_md, dti_fa)
         if np.isnan(s0_tissue):
             LOGGER.warning(
@@ -732,12 +736,9 @@ def _assemble(
     evals, evecs, s0, f, status, voxels, spatial_shape, single_shell, prior
 ) -> FreeWaterFit:
     """Scatter the fitted voxels into NaN-filled maps and derive MD and FA of the tissue."""
-    n_total = int(np.prod(spatial_shape))
 
     def scatter(values: np.ndarray, fill=np.nan, dtype=float) -> np.ndarray:
-        full = np.full((n_total,) + values.shape[1:], fill, dtype=dtype)
-        full[voxels] = values
-        return full.reshape(spatial_shape + values.shape[1:])
+        return rows_to_volume(values, voxels, spatial_shape, fill, dtype)
 
     md, fa = md_fa(evals)
     return FreeWaterFit(

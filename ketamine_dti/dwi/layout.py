@@ -55,3 +55,13 @@ def masked_rows(data: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndar
     series = c_ordered(data)
     rows = series.reshape(-1, series.shape[-1])
     return (rows if voxels.size == rows.shape[0] else rows[voxels]), voxels
+
+
+def rows_to_volume(
+    values: np.ndarray, voxels: np.ndarray, spatial_shape, fill=np.nan, dtype=float
+) -> np.ndarray:
+    """The inverse of :func:`masked_rows`: per-voxel ``values`` (voxels, ...) at their flat
+    C-order indices ``voxels`` of a ``spatial_shape`` grid, ``fill`` elsewhere."""
+    full = np.full((int(np.prod(spatial_shape)),) + values.shape[1:], fill, dtype=dtype)
+    full[voxels] = values
+    return full.reshape(tuple(spatial_shape) + values.shape[1:])

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
-from ketamine_dti.dwi.layout import masked_rows
+from ketamine_dti.dwi.layout import masked_rows, rows_to_volume
 from ketamine_dti.threads import limit_threads
 
 LOGGER = logging.getLogger(__name__)
@@ -698,12 +698,9 @@ def md_fa(evals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _assemble(evals, evecs, s0, rejected, voxels, spatial_shape, dtype) -> TensorFit:
     """Scatter the fitted voxels into NaN-filled maps on the input grid and derive MD/FA/AD/RD."""
-    n_total = int(np.prod(spatial_shape))
 
     def scatter(values: np.ndarray) -> np.ndarray:
-        full = np.full((n_total,) + values.shape[1:], np.nan, dtype=dtype)
-        full[voxels] = values
-        return full.reshape(spatial_shape + values.shape[1:])
+        return rows_to_volume(values, voxels, spatial_shape, dtype=dtype)
 
     md, fa = md_fa(evals)
     return TensorFit(
