@@ -180,7 +180,8 @@ def _free_water_model(context: SidecarContext) -> dict:
                 "least squares with two Gaussian priors, weighted by the noise SD: on f, "
                 "centred on the fraction implied by the voxel's b0 between a tissue and a CSF "
                 "b0 reference estimated over the brain mask (SingleShellPrior), after the "
-                "receive coil's smooth shading (an N4 field of the mean b0, B-spline meshes of "
+                "receive coil's smooth shading (an N4 field of the mean b0 fitted on the voxels "
+                f"with DTI MD < {fw.RECEIVE_FIELD_MAX_MD:g} mm^2/s, B-spline meshes of "
                 + ", ".join(
                     f"{fw.RECEIVE_FIELD_SPLINE_MM / 2**level:g}"
                     for level in range(len(fw.RECEIVE_FIELD_ITERATIONS))

@@ -24,8 +24,9 @@ the same 8 parameters and the sum of squares of the multi-shell fit plus two Gau
 
 - on ``f``, centred on the value implied by the b0 intensity: free water has a much longer T2 than
   tissue, so a voxel's b0 lies between a tissue and a water reference (``s0_tissue``,
-  ``s0_water``). The receive coil's smooth shading of the b0 is divided out first
-  (:func:`b0_receive_field`, when the voxel size is given): on standard simulated sessions 1% of
+  ``s0_water``). The receive coil's smooth shading of the b0, fitted on tissue without
+  visible free water, is divided out first (:func:`b0_receive_field`, when the voxel size is
+  given): on standard simulated sessions 1% of
   shading reads as ~1.7 points of free water and ~2.5% of tissue MD, and the shading changes
   with the head's place in the coil between sessions. This is the b0-based initialisation of
   Pasternak et al. 2009 as compared by Golub et al. 2021 (MRM 85:2173-84, "S0
@@ -116,14 +117,25 @@ VOXELS_PER_CHUNK = 1024
 NOISE_SAMPLE_VOXELS = 5000
 
 N_PARAMS = 8  # 6 tensor elements, log S0, f
-#: The b0's receive field (single shell): N4 (``anat.bias_field``) of the mean b0 in the brain
-#: mask, on a ~4 mm working grid with B-spline meshes of 60 then 30 mm, as the T1w's brain-band
-#: N4 but without its finer levels: coil shading varies over several centimetres, while the
-#: CSF the prior must keep differs from region to region on the scale of the ROIs (1-4 cm).
+#: The b0's receive field (single shell): N4 (``anat.bias_field``) of the mean b0, fitted on
+#: the brain mask's tissue (DTI MD below RECEIVE_FIELD_MAX_MD), on a ~4 mm working grid with
+#: B-spline meshes of 100 then 50 mm (100 mm: MRtrix3's ``dwibiascorrect ants`` default):
+#: coil shading varies over several centimetres, while the CSF the prior must keep differs
+#: from region to region on the scale of the ROIs (1-4 cm). On the training seed's csf_shift
+#: sessions (benchmarks/results/free_water_b0_change_session31.md) the field's error at the
+#: ROIs changed between sessions by 0.89% (SD) with 60/30 mm meshes on the whole mask, 0.43%
+#: with these settings.
 RECEIVE_FIELD_GRID_MM = 4.0
-RECEIVE_FIELD_SPLINE_MM = 60.0
+RECEIVE_FIELD_SPLINE_MM = 100.0
 RECEIVE_FIELD_ITERATIONS = (50, 50)
 RECEIVE_FIELD_TOLERANCE = 1e-7
+#: mm^2/s: the field is fitted on voxels whose DTI MD is below this (gray and white matter
+#: without visible free water, 0.6-0.9e-3): CSF and its partial volume are bright at b0 for a
+#: reason that is not the coil, and N4 bent the field towards them.
+RECEIVE_FIELD_MAX_MD = 1.0e-3
+#: Fewest of the mask's voxels (share) that must pass RECEIVE_FIELD_MAX_MD; else the field is
+#: fitted on the whole mask, with a warning.
+RECEIVE_FIELD_MIN_TISSUE_SHARE = 0.1
 _FIT_OK, _FIT_FAILED, _FIT_WATER = 0, 1, 2
 
 
@@ -210,9 +222,12 @@ def estimate_b0_references(
     return s0_tissue, s0_water
 
 
-def b0_receive_field(b0: np.ndarray, mask: np.ndarray, voxel_mm: Sequence[float]) -> np.ndarray:
+def b0_receive_field(
+    b0: np.ndarray, mask: np.ndarray, voxel_mm: Sequence[float], dti_md: np.ndarray | None = None
+) -> np.ndarray:
     """The smooth receive-coil shading of the mean ``b0`` inside ``mask`` (float32, median 1 in
-    the mask; 1 outside it): an N4 field (RECEIVE_FIELD_* settings).
+    the mask; 1 outside it): an N4 field (RECEIVE_FIELD_* settings), fitted on the voxels
+    whose ``dti_md`` (mm^2/s, same grid) is below RECEIVE_FIELD_MAX_MD when given.
 
     Why: the single-shell prior reads free water from b0 intensity against whole-brain
     references, so shading that moves with the head between sessions would read as a change in
@@ -222,8 +237,20 @@ def b0_receive_field(b0: np.ndarray, mask: np.ndarray, voxel_mm: Sequence[float]
     mask = np.asarray(mask, dtype=bool) & np.isfinite(b0) & (b0 > 0)
     if not mask.any():
         return np.ones(b0.shape, dtype=np.float32)
+    fitted = mask
+    if dti_md is not None:
+        with np.errstate(invalid="ignore"):
+            tissue = mask & (np.asarray(dti_md) < RECEIVE_FIELD_MAX_MD)
+        if tissue.sum() >= RECEIVE_FIELD_MIN_TISSUE_SHARE * mask.sum():
+            fitted = tissue
+        else:
+            LOGGER.warning(
+                "b0_receive_field: only %d of %d mask voxels have DTI MD < %g mm^2/s; the "
+                "field is fitted on the whole mask, CSF included",
+                tissue.sum(), mask.sum(), RECEIVE_FIELD_MAX_MD,
+            )  # fmt: skip
     log_field = estimate_log_field(
-        b0, mask, voxel_mm,
+        b0, fitted, voxel_mm,
         shrink=working_shrink(voxel_mm, RECEIVE_FIELD_GRID_MM),
         iterations=RECEIVE_FIELD_ITERATIONS, spline_distance_mm=RECEIVE_FIELD_SPLINE_MM,
         tolerance=RECEIVE_FIELD_TOLERANCE,
@@ -595,8 +622,9 @@ def fit_free_water(
     ``s0_tissue``/``s0_water`` (data units) or, when None, :func:`estimate_b0_references` over the
     mask, from ``dti_md``/``dti_fa`` (maps of a tensor fit of the same data, mm^2/s) if given,
     else from a WLS tensor fit made here; with ``voxel_mm`` (the grid's voxel size) a single-shell
-    fit first divides the data by the b0's receive field (:func:`b0_receive_field`), so given
-    references must then be in those units. ``n_threads`` caps the cores. Raises ValueError for
+    fit first divides the data by the b0's receive field (:func:`b0_receive_field`, fitted on
+    the tissue those MD maps, or that fit, show), so given references must then be in those
+    units. ``n_threads`` caps the cores. Raises ValueError for
     mismatched shapes, no b0 volume, or directions that cannot determine a tensor.
     """
     data, bvals, bvecs, mask = check_inputs(data, bvals, bvecs, mask)
@@ -629,23 +657,28 @@ def fit_free_water(
     n_fit = voxels.size
 
     prior = SingleShellPrior(np.nan, np.nan, 0.0)
-    receive_range = None
-    b0_rows = signal[:, b0_volumes].mean(axis=1) if single_shell else None
-    if single_shell and n_fit and voxel_mm is not None:
-        b0_map = rows_to_volume(b0_rows, voxels, spatial_shape, fill=0.0)
-        field = b0_receive_field(b0_map, mask, voxel_mm).ravel()[voxels]
-        signal = signal / field[:, None]
-        b0_rows = b0_rows / field
-        low, high = np.percentile(field, [2, 98])
-        receive_range = (float(low), float(high))
     if single_shell and n_fit:
+        b0_rows = signal[:, b0_volumes].mean(axis=1)
         row_md = row_fa = None  # the tensor fit's maps at the fitted voxels
-        if s0_tissue is None and dti_md is not None:
+        if dti_md is not None:
             row_md = np.asarray(dti_md).ravel()[voxels]
             row_fa = None if dti_fa is None else np.asarray(dti_fa).ravel()[voxels]
+        elif s0_tissue is None or voxel_mm is not None:  # the references or the field need it
+            tensor = fit_tensor(signal[:, None, None, :], bvals, bvecs, method="wls")
+            row_md, row_fa = tensor.md[:, 0, 0], tensor.fa[:, 0, 0]
+        receive_range = None
+        if voxel_mm is not None:  # MD is a ratio of volumes: the same before and after
+            field = b0_receive_field(
+                rows_to_volume(b0_rows, voxels, spatial_shape, fill=0.0), mask, voxel_mm,
+                rows_to_volume(row_md, voxels, spatial_shape),
+            ).ravel()[voxels]  # fmt: skip
+            signal = signal / field[:, None]
+            b0_rows = b0_rows / field
+            low, high = np.percentile(field, [2, 98])
+            receive_range = (float(low), float(high))
         prior = single_shell_prior(
-            signal, bvals, bvecs, b0_volumes, s0_tissue, s0_water, dti_md=row_md, dti_fa=row_fa,
-            b0_mean=b0_rows,
+            signal, bvals, bvecs, b0_volumes, b0_rows, s0_tissue, s0_water, dti_md=row_md,
+            dti_fa=row_fa,
         )  # fmt: skip
         prior = dataclasses.replace(prior, receive_field_range=receive_range)
         LOGGER.info(
@@ -704,23 +737,19 @@ def single_shell_prior(
     bvals: np.ndarray,
     bvecs: np.ndarray,
     b0_volumes: np.ndarray,
+    b0_mean: np.ndarray,
     s0_tissue: float | None = None,
     s0_water: float | None = None,
     *,
     dti_md: np.ndarray | None = None,
     dti_fa: np.ndarray | None = None,
-    b0_mean: np.ndarray | None = None,
 ) -> SingleShellPrior:
-    """The single-shell priors for the brain's ``rows`` (voxels, volumes): b0 references
-    (given, or estimated from the rows' tensor MD and FA: ``dti_md``/``dti_fa`` per row when
-    a fit of the same data exists, else a WLS fit here; ``b0_mean``: the rows' mean b0 when
-    the caller has it) and the noise SD that weighs the priors against the data."""
+    """The single-shell priors for the brain's ``rows`` (voxels, volumes) and their mean b0
+    ``b0_mean``: b0 references (given, or estimated from the rows' tensor MD and FA,
+    ``dti_md``/``dti_fa`` per row) and the noise SD that weighs the priors against the data."""
     if s0_tissue is None:
         if dti_md is None:
-            tensor = fit_tensor(rows[:, None, None, :], bvals, bvecs, method="wls")
-            dti_md, dti_fa = tensor.md[:, 0, 0], tensor.fa[:, 0, 0]
-        if b0_mean is None:
-            b0_mean = rows[:, b0_volumes].mean(axis=1)
+            raise ValueError("b0 references are estimated from the rows' tensor MD: give dti_md")
         s0_tissue, s0_water = estimate_b0_references(b0_mean, dti_md, dti_fa)
         if np.isnan(s0_tissue):
             LOGGER.warning(

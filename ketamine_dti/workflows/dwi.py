@@ -84,7 +84,8 @@ tensor plus an isotropic compartment of diffusivity {free_water.FREE_WATER_DIFFU
 [free_water_multishell]; with one shell, whose data cannot separate tissue MD from free water,
 by a voxelwise penalised least-squares fit with a prior on the free-water fraction implied by
 the b0 intensity between tissue and CSF references (SD {free_water.F_PRIOR_SD:g}; the b0 read
-after dividing out the receive coil's shading, an N4 field of the mean b0 [n4]) and a weak
+after dividing out the receive coil's shading, an N4 field of the mean b0 fitted on voxels
+with DTI MD < {free_water.RECEIVE_FIELD_MAX_MD:g} mm^2/s [n4]) and a weak
 prior on tissue MD ({free_water.TISSUE_MD_PRIOR_MEAN:g} +- {free_water.TISSUE_MD_PRIOR_SD:g}
 mm^2/s) [free_water_init]. This gave the free-water fraction and the free-water-corrected
 MD."""
