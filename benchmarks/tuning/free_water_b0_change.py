@@ -47,7 +47,7 @@ ROBUST_PASSES = 3
 ROBUST_MADS = 3.0
 
 
-def _one(folder: Path, pattern: str) -> Path:
+def one_file(folder: Path, pattern: str) -> Path:
     matches = sorted(folder.glob(pattern))
     if len(matches) != 1:
         raise FileNotFoundError(f"{folder}: expected one {pattern}, found {len(matches)}")
@@ -71,16 +71,15 @@ def robust_local_mean(values: np.ndarray, mask: np.ndarray, sigma_mm: float) -> 
     return local
 
 
-def session_b0(dwi_dir: Path):
-    """(mean b0, brain mask, receive field, DWI image) of one session's preprocessed series."""
-    from ketamine_dti.dwi.free_water import b0_receive_field
+def preprocessed_b0(dwi_dir: Path):
+    """(mean b0, brain mask, DWI image) of one session's preprocessed series."""
     from ketamine_dti.dwi.gradients import B0_THRESHOLD
 
-    image = nib.load(_one(dwi_dir, "*desc-preproc_dwi.nii.gz"))
-    bvals = np.loadtxt(_one(dwi_dir, "*desc-preproc_dwi.bval"))
-    mask = np.asarray(nib.load(_one(dwi_dir, "*desc-brain_mask.nii.gz")).dataobj) > 0
-    b0 = np.asarray(image.dataobj, dtype=np.float32)[..., bvals <= B0_THRESHOLD].mean(axis=-1)
-    return b0, mask, b0_receive_field(b0, mask, image.header.get_zooms()[:3]), image
+    image = nib.load(one_file(dwi_dir, "*desc-preproc_dwi.nii.gz"))
+    bvals = np.loadtxt(one_file(dwi_dir, "*desc-preproc_dwi.bval"))
+    mask = np.asarray(nib.load(one_file(dwi_dir, "*desc-brain_mask.nii.gz")).dataobj) > 0
+    b0 = np.asarray(image.dataobj, dtype=float)[..., bvals <= B0_THRESHOLD].mean(axis=-1)
+    return b0, mask, image
 
 
 def jacobian_log(displacement_voxels: np.ndarray, pe_axis: int) -> np.ndarray:
@@ -92,21 +91,23 @@ def participant_changes(out: Path, bids: Path, subject: str, sigmas: list[float]
     """Per ROI of one participant: each correction's b0 change (%) and the Jacobian error."""
     import ants
 
+    from ketamine_dti.dwi.free_water import b0_receive_field
     from ketamine_dti.rois import ROI_NAMES
 
-    template = ants.image_read(str(_one(out / subject / "anat", "*desc-preproc_T1w.nii.gz")))
+    template = ants.image_read(str(one_file(out / subject / "anat", "*desc-preproc_T1w.nii.gz")))
     grid = ants.resample_image(template, (GRID_MM,) * 3, use_voxels=False, interp_type=0)
     moved, jacobian = {}, {}
     for session in SESSIONS:
         dwi_dir = out / subject / f"ses-{session}" / "dwi"
-        b0, mask, field, image = session_b0(dwi_dir)
-        transform = str(_one(dwi_dir, "*from-dwi_to-T1w_mode-image_xfm.mat"))
+        b0, mask, image = preprocessed_b0(dwi_dir)
+        field = b0_receive_field(b0, mask, image.header.get_zooms()[:3])
+        transform = str(one_file(dwi_dir, "*from-dwi_to-T1w_mode-image_xfm.mat"))
 
         def to_grid(array, interpolator="linear", affine=image.affine, xfm=transform):
             moving = ants.from_nibabel_nifti(nib.Nifti1Image(array.astype(np.float32), affine))
             return ants.apply_transforms(grid, moving, [xfm], interpolator=interpolator).numpy()
 
-        labels = np.asarray(nib.load(_one(dwi_dir, "*desc-graymatter_dseg.nii.gz")).dataobj)
+        labels = np.asarray(nib.load(one_file(dwi_dir, "*desc-graymatter_dseg.nii.gz")).dataobj)
         moved[session] = {
             "b0": to_grid(b0),
             "field": to_grid(field),
@@ -115,10 +116,12 @@ def participant_changes(out: Path, bids: Path, subject: str, sigmas: list[float]
         if session == SESSIONS[0]:
             rois = np.rint(to_grid(labels.astype(np.float32), "nearestNeighbor")).astype(int)
         truth_dir = bids / "sourcedata/ground_truth" / subject / f"ses-{session}"
-        truth_path = _one(truth_dir, "*desc-truth_displacement.nii.gz")
+        truth_path = one_file(truth_dir, "*desc-truth_displacement.nii.gz")
         voxel_mm = json.loads(truth_path.with_name(truth_path.name.replace(".nii.gz", ".json"))
                               .read_text())["VoxelSizeAlongPhaseEncodingMm"]  # fmt: skip
-        app = nib.load(_one(dwi_dir, "*model-sdc_param-displacement_dwimap.nii.gz")).get_fdata()
+        app = nib.load(
+            one_file(dwi_dir, "*model-sdc_param-displacement_dwimap.nii.gz")
+        ).get_fdata()
         true = nib.load(truth_path).get_fdata()
         pe_axis = 1  # the simulator acquires along j (its sidecars' PhaseEncodingDirection)
         error = jacobian_log(app / voxel_mm, pe_axis) - jacobian_log(true, pe_axis)

@@ -29,8 +29,9 @@ import numpy as np
 import pandas as pd
 
 BENCHMARKS = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(BENCHMARKS))
+sys.path[:0] = [str(BENCHMARKS), str(BENCHMARKS / "tuning")]
 from bench_participant import SESSIONS  # noqa: E402
+from free_water_b0_change import one_file, preprocessed_b0  # noqa: E402
 
 SCENARIO = "csf_shift"
 #: name: (fitting mask, N4 iterations per level, first mesh mm); each level halves the mesh.
@@ -85,13 +86,12 @@ def simulated_fields(bids: Path, seed: int, n_participants: int, realism: str) -
 def field_errors(out: Path, fields: list) -> pd.DataFrame:
     """Per setting, participant, session and ROI: the mean log error (%) of the estimate."""
     from ketamine_dti.anat.bias_field import estimate_log_field, working_shrink
-    from ketamine_dti.dwi.free_water import RECEIVE_FIELD_GRID_MM, RECEIVE_FIELD_MAX_MD
-    from ketamine_dti.dwi.gradients import B0_THRESHOLD
+    from ketamine_dti.dwi.free_water import (
+        RECEIVE_FIELD_GRID_MM,
+        RECEIVE_FIELD_TOLERANCE,
+        receive_field_voxels,
+    )
     from ketamine_dti.rois import ROI_NAMES
-
-    def one(folder: Path, pattern: str) -> Path:
-        (path,) = folder.glob(pattern)
-        return path
 
     rows, sessions = [], []
     for subject in sorted(p.name for p in out.glob("sub-*") if p.is_dir()):
@@ -100,24 +100,18 @@ def field_errors(out: Path, fields: list) -> pd.DataFrame:
         raise RuntimeError(f"{len(fields)} simulated fields for {len(sessions)} sessions")
     for (subject, session), true_field in zip(sessions, fields, strict=True):
         folder = out / subject / f"ses-{session}" / "dwi"
-        image = nib.load(one(folder, "*desc-preproc_dwi.nii.gz"))
+        b0, brain, image = preprocessed_b0(folder)
         voxel_mm = image.header.get_zooms()[:3]
-        bvals = np.loadtxt(one(folder, "*desc-preproc_dwi.bval"))
-        b0 = np.asarray(image.dataobj, dtype=float)[..., bvals <= B0_THRESHOLD].mean(axis=-1)
-        brain = (np.asarray(nib.load(one(folder, "*desc-brain_mask.nii.gz")).dataobj) > 0) & (
-            b0 > 0
-        )
-        md = nib.load(one(folder, "*model-tensor_param-md_dwimap.nii.gz")).get_fdata()
-        masks = {
-            "brain": brain,
-            "tissue": brain & (np.nan_to_num(md, nan=1.0) < RECEIVE_FIELD_MAX_MD),
-        }
-        labels = np.asarray(nib.load(one(folder, "*desc-graymatter_dseg.nii.gz")).dataobj)
+        brain &= b0 > 0
+        md = nib.load(one_file(folder, "*model-tensor_param-md_dwimap.nii.gz")).get_fdata()
+        masks = {"brain": brain, "tissue": receive_field_voxels(brain, md)}
+        labels = np.asarray(nib.load(one_file(folder, "*desc-graymatter_dseg.nii.gz")).dataobj)
         true_log = np.log(true_field)
         for name, (mask, iterations, mesh_mm) in SETTINGS.items():
             log_field = estimate_log_field(
                 b0, masks[mask], voxel_mm, shrink=working_shrink(voxel_mm, RECEIVE_FIELD_GRID_MM),
-                iterations=iterations, spline_distance_mm=mesh_mm, tolerance=1e-7,
+                iterations=iterations, spline_distance_mm=mesh_mm,
+                tolerance=RECEIVE_FIELD_TOLERANCE,
             )  # fmt: skip
             error = log_field - true_log
             error -= np.median(error[brain])

@@ -26,9 +26,9 @@ the same 8 parameters and the sum of squares of the multi-shell fit plus two Gau
   tissue, so a voxel's b0 lies between a tissue and a water reference (``s0_tissue``,
   ``s0_water``). The receive coil's smooth shading of the b0, fitted on tissue without
   visible free water, is divided out first (:func:`b0_receive_field`, when the voxel size is
-  given): on standard simulated sessions 1% of
-  shading reads as ~1.7 points of free water and ~2.5% of tissue MD, and the shading changes
-  with the head's place in the coil between sessions. This is the b0-based initialisation of
+  given): on standard simulated sessions 1% of shading reads as ~1.7 points of free water and
+  ~2.5% of tissue MD, and the shading changes with the head's place in the coil between
+  sessions. This is the b0-based initialisation of
   Pasternak et al. 2009 as compared by Golub et al. 2021 (MRM 85:2173-84, "S0
   initialisation"); here from linear mixing of the two compartments' b0 signals, which gives
   the signal fraction the model uses:
@@ -122,7 +122,7 @@ N_PARAMS = 8  # 6 tensor elements, log S0, f
 #: B-spline meshes of 100 then 50 mm (100 mm: MRtrix3's ``dwibiascorrect ants`` default):
 #: coil shading varies over several centimetres, while the CSF the prior must keep differs
 #: from region to region on the scale of the ROIs (1-4 cm). On the training seed's csf_shift
-#: sessions (benchmarks/results/free_water_b0_change_session31.md) the field's error at the
+#: sessions (benchmarks/results/receive_field_error_session31.md) the field's error at the
 #: ROIs changed between sessions by 0.89% (SD) with 60/30 mm meshes on the whole mask, 0.43%
 #: with these settings.
 RECEIVE_FIELD_GRID_MM = 4.0
@@ -222,6 +222,22 @@ def estimate_b0_references(
     return s0_tissue, s0_water
 
 
+def receive_field_voxels(mask: np.ndarray, dti_md: np.ndarray) -> np.ndarray:
+    """The voxels of ``mask`` the receive field is fitted on: DTI MD (mm^2/s) below
+    RECEIVE_FIELD_MAX_MD, or the whole mask (with a warning) when under
+    RECEIVE_FIELD_MIN_TISSUE_SHARE of it pass."""
+    with np.errstate(invalid="ignore"):
+        tissue = mask & (np.asarray(dti_md) < RECEIVE_FIELD_MAX_MD)
+    if tissue.sum() >= RECEIVE_FIELD_MIN_TISSUE_SHARE * mask.sum():
+        return tissue
+    LOGGER.warning(
+        "b0_receive_field: only %d of %d mask voxels have DTI MD < %g mm^2/s; the field is "
+        "fitted on the whole mask, CSF included",
+        tissue.sum(), mask.sum(), RECEIVE_FIELD_MAX_MD,
+    )  # fmt: skip
+    return mask
+
+
 def b0_receive_field(
     b0: np.ndarray, mask: np.ndarray, voxel_mm: Sequence[float], dti_md: np.ndarray | None = None
 ) -> np.ndarray:
@@ -237,18 +253,7 @@ def b0_receive_field(
     mask = np.asarray(mask, dtype=bool) & np.isfinite(b0) & (b0 > 0)
     if not mask.any():
         return np.ones(b0.shape, dtype=np.float32)
-    fitted = mask
-    if dti_md is not None:
-        with np.errstate(invalid="ignore"):
-            tissue = mask & (np.asarray(dti_md) < RECEIVE_FIELD_MAX_MD)
-        if tissue.sum() >= RECEIVE_FIELD_MIN_TISSUE_SHARE * mask.sum():
-            fitted = tissue
-        else:
-            LOGGER.warning(
-                "b0_receive_field: only %d of %d mask voxels have DTI MD < %g mm^2/s; the "
-                "field is fitted on the whole mask, CSF included",
-                tissue.sum(), mask.sum(), RECEIVE_FIELD_MAX_MD,
-            )  # fmt: skip
+    fitted = mask if dti_md is None else receive_field_voxels(mask, dti_md)
     log_field = estimate_log_field(
         b0, fitted, voxel_mm,
         shrink=working_shrink(voxel_mm, RECEIVE_FIELD_GRID_MM),
