@@ -590,22 +590,35 @@ def voxel_means(
     return means
 
 
+OLD_SELECTION = (
+    "the selection before issue 13, on today's maps: the DWI voxels of atlas_gm, then in each "
+    "session only those whose own MD < rois.MD_CSF_MAX and FA < rois.FA_WM_MAX; plain voxel "
+    "means, compared with today's (atlas_gm, one set for both sessions) averaged the same way"
+)
+OWN_COLUMNS = ("md_true_own", "md_map_voxel_mean", "md_true_gated", "md_map_gated_mean")
+
+
 def own_voxel_truth(bids_dir: Path, out: Path, subjects: list[str]) -> pd.DataFrame:
     """Per participant, session and ROI: the simulator's true apparent MD (desc-truth_md)
     averaged over the App's kept voxels (``md_true_own``, mm^2/s), and the App's MD map
-    averaged over the same voxels the same way (``md_map_voxel_mean``). Sessions without the
-    truth map (a trial simulated before it existed) are left out."""
+    averaged over the same voxels the same way (``md_map_voxel_mean``). Also both over the
+    voxels the selection before issue 13 would have averaged (``md_true_gated``,
+    ``md_map_gated_mean``; NaN without an FA map): the same kept voxels, then only those whose
+    own session's MD and FA pass the old gates (``rois.MD_CSF_MAX``, ``rois.FA_WM_MAX``), so
+    the voxel set follows the values measured. Sessions without the truth map (a trial
+    simulated before it existed) are left out."""
     import nibabel as nib
     from nibabel.processing import resample_from_to
 
     from ketamine_dti.derivatives import spec_path
     from ketamine_dti.resources import ATLAS
-    from ketamine_dti.rois import ROI_NAMES
+    from ketamine_dti.rois import FA_WM_MAX, MD_CSF_MAX, ROI_NAMES
 
     rows = []
     for subject, session in itertools.product(subjects, SESSIONS):
         kept_path = spec_path(out, "atlas_gm", subject, session, atlas=ATLAS)
         md_path = spec_path(out, "md", subject, session)
+        fa_path = spec_path(out, "fa", subject, session)
         stem = f"sub-{subject}/ses-{session}/sub-{subject}_ses-{session}"
         truth_path = bids_dir / f"sourcedata/ground_truth/{stem}_space-dwi_desc-truth_md.nii.gz"
         if not (kept_path.exists() and md_path.exists() and truth_path.exists()):
@@ -614,8 +627,17 @@ def own_voxel_truth(bids_dir: Path, out: Path, subjects: list[str]) -> pd.DataFr
         labels = np.asarray(kept.dataobj)
         truth = resample_from_to(nib.load(truth_path), kept, order=0)  # same grid: a no-op
         measured = resample_from_to(nib.load(md_path), kept, order=0)  # idem
-        own = voxel_means(np.asarray(truth.dataobj, dtype=float), labels, ROI_NAMES)
-        app = voxel_means(np.asarray(measured.dataobj, dtype=float), labels, ROI_NAMES)
+        truth_values = np.asarray(truth.dataobj, dtype=float)
+        md = np.asarray(measured.dataobj, dtype=float)
+        own = voxel_means(truth_values, labels, ROI_NAMES)
+        app = voxel_means(md, labels, ROI_NAMES)
+        gated_truth = gated_app = dict.fromkeys(ROI_NAMES, np.nan)
+        if fa_path.exists():
+            fa = np.asarray(resample_from_to(nib.load(fa_path), kept, order=0).dataobj, float)
+            with np.errstate(invalid="ignore"):
+                gated = np.where((md < MD_CSF_MAX) & (fa < FA_WM_MAX), labels, 0)
+            gated_truth = voxel_means(truth_values, gated, ROI_NAMES)
+            gated_app = voxel_means(md, gated, ROI_NAMES)
         rows += [
             {
                 "participant_id": f"sub-{subject}",
@@ -623,12 +645,12 @@ def own_voxel_truth(bids_dir: Path, out: Path, subjects: list[str]) -> pd.DataFr
                 "roi": roi,
                 "md_true_own": own[roi],
                 "md_map_voxel_mean": app[roi],
+                "md_true_gated": gated_truth[roi],
+                "md_map_gated_mean": gated_app[roi],
             }
             for roi in ROI_NAMES
         ]
-    return pd.DataFrame(
-        rows, columns=["participant_id", "session_id", "roi", "md_true_own", "md_map_voxel_mean"]
-    )
+    return pd.DataFrame(rows, columns=["participant_id", "session_id", "roi", *OWN_COLUMNS])
 
 
 def truth_comparison(merged: pd.DataFrame, measured: str, truth: str) -> dict:
@@ -674,6 +696,15 @@ def two_truths(
             for key in ("median_abs_rel_error", "slope_dmd", "relative_dmd_correlation")
         },
     }
+    if merged.md_map_gated_mean.notna().any():  # the selection issue 13 replaced, same maps
+        result["old_selection"] = {
+            "rule": OLD_SELECTION,
+            "today_same_averaging": same_weighting,
+            "old_vs_app_voxels": truth_comparison(merged, "md_map_gated_mean", "md_true_own"),
+            "old_vs_own_voxels": truth_comparison(merged, "md_map_gated_mean", "md_true_gated"),
+            "old_vs_true_region": truth_comparison(merged, "md_map_gated_mean", "md_true"),
+            "today_vs_true_region": truth_comparison(merged, "md_map_voxel_mean", "md_true"),
+        }
     return result
 
 
@@ -1052,6 +1083,38 @@ def two_truths_markdown(results: dict) -> list[str]:
                 for f in present.values()
             ]
             lines.append(f"| {roi} | " + " | ".join(slope_cells + error_cells) + " |")
+        lines += old_selection_markdown(label, entry.get("old_selection"))
+    return lines
+
+
+def old_selection_markdown(label: str, old: dict | None) -> list[str]:
+    """Today's voxel set against the selection it replaced, both as plain voxel means."""
+    if not old:
+        return []
+    rows = (
+        ("today (one anatomical set)", "today's voxels", old["today_same_averaging"]),
+        ("old (per-session MD/FA gates)", "today's voxels", old["old_vs_app_voxels"]),
+        ("old (per-session MD/FA gates)", "the old voxels", old["old_vs_own_voxels"]),
+        ("today (one anatomical set)", "the true region", old["today_vs_true_region"]),
+        ("old (per-session MD/FA gates)", "the true region", old["old_vs_true_region"]),
+    )
+    rois = list(old["old_vs_own_voxels"]["per_roi_slope_dmd"])
+    lines = [
+        "",
+        f"{label}: the old selection ({old['rule']})",
+        "",
+        "| selection | truth over | median abs MD error | slope pooled | r | "
+        + " | ".join(rois)
+        + " |",
+        "|---|---|---|---|---|" + "---|" * len(rois),
+    ]
+    for selection, truth, figures in rows:
+        cells = [plus_minus(figures, "per_roi_slope_dmd", ".2f", roi) for roi in rois]
+        lines.append(
+            f"| {selection} | {truth} | {figures['median_abs_rel_error']:.2%} | "
+            f"{plus_minus(figures, 'slope_dmd', '.3f')} | "
+            f"{figures['relative_dmd_correlation']:.3f} | " + " | ".join(cells) + " |"
+        )
     return lines
 
 

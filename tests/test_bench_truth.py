@@ -181,3 +181,49 @@ def test_the_steps_running_at_a_memory_peak_are_read_from_nipypes_results(tmp_pa
     assert bench.nodes_running_at(tmp_path / "work", before) == []
     assert bench.nodes_running_at(tmp_path / "work", inside[0]) == ["peak/first"]
     assert bench.nodes_running_at(tmp_path / "work", inside[1]) == ["peak/second"]
+
+
+def test_the_old_selection_attenuates_a_change_that_todays_voxel_set_keeps(tmp_path, bench):
+    """The selection issue 13 replaced, emulated on the same maps: voxels whose own session's MD
+    reaches rois.MD_CSF_MAX leave that session's mean, so a rise loses exactly the voxels that
+    rose; against the truth over today's (fixed) voxels its slope falls well below today's 1."""
+    rng = np.random.default_rng(1)
+    bids, out = tmp_path / "bids", tmp_path / "out"
+    subjects, shape = [f"{k:03d}" for k in range(1, 7)], (8, 8, 8)
+    labels = np.zeros(shape, dtype=np.int16)
+    for index in range(1, len(ROI_NAMES) + 1):
+        labels[index - 1, :, :] = index  # 64 kept voxels per ROI
+    base = rng.uniform(0.9e-3, 1.7e-3, shape)  # some voxels straddle the old MD gate
+    truth_rows, table_rows = [], []
+    for subject in subjects:
+        change = np.ones(shape)
+        for index in range(1, len(ROI_NAMES) + 1):
+            change[labels == index] = 1 + rng.normal(0, 0.05)
+        for session, factor in zip(bench.SESSIONS, (np.ones(shape), change), strict=True):
+            stem = f"sub-{subject}/ses-{session}/sub-{subject}_ses-{session}"
+            truth = base * factor
+            _save(
+                truth.astype(np.float32),
+                bids / f"sourcedata/ground_truth/{stem}_space-dwi_desc-truth_md.nii.gz",
+            )
+            measured = truth * 1.01
+            _save(measured.astype(np.float32), spec_path(out, "md", subject, session))
+            _save(np.full(shape, 0.1, np.float32), spec_path(out, "fa", subject, session))
+            _save(labels, spec_path(out, "atlas_gm", subject, session, atlas=ATLAS))
+            for index, roi in enumerate(ROI_NAMES, start=1):
+                keys = {"participant_id": f"sub-{subject}", "session_id": f"ses-{session}",
+                        "roi": roi}  # fmt: skip
+                table_rows.append(keys | {"md_mean": float(measured[labels == index].mean())})
+                truth_rows.append(keys | {"md_true": float(truth[labels == index].mean())})
+    truth_dir = bids / "sourcedata/ground_truth"
+    pd.DataFrame(truth_rows).to_csv(truth_dir / "roi_md.tsv", sep="\t", index=False)
+
+    old = bench.two_truths(bids, out, pd.DataFrame(table_rows), subjects, "md_mean")[
+        "old_selection"
+    ]
+    assert old["today_same_averaging"]["slope_dmd"] == pytest.approx(1.0, abs=1e-4)
+    assert old["old_vs_app_voxels"]["slope_dmd"] < 0.8
+    assert old["old_vs_true_region"]["slope_dmd"] < 0.8  # here the true region is the set
+    text = "\n".join(bench.old_selection_markdown("null_longitudinal", old))
+    assert "per-session MD/FA gates" in text and text.count("| vacc |") == 1  # ROIs: columns
+    assert text.count("\n| ") == 6  # header and five rows
