@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from ketamine_dti.dwi import free_water
 from ketamine_dti.dwi.free_water import (
     RECEIVE_FIELD_MAX_MD,
     b0_free_water_fraction,
@@ -119,7 +120,7 @@ def test_single_shell_estimates_b0_references_from_the_mask():
 def test_b0_references_and_fraction():
     s0 = np.r_[np.full(100, 1000.0), np.full(50, 2500.0), np.full(100, 1500.0)]
     md = np.r_[np.full(100, 0.7e-3), np.full(50, 3.0e-3), np.full(100, 1.2e-3)]
-    assert estimate_b0_references(s0, md) == (1000.0, 2500.0)
+    assert estimate_b0_references(s0, md) == (1000.0, 2500.0, free_water.TISSUE_FROM_LOWEST_MD)
     np.testing.assert_allclose(b0_free_water_fraction([1000.0, 2500.0, 5000.0], 1000.0, 2500.0),
                                [0.0, 1.0, 1.0])  # fmt: skip
     # half the volume water: S0 = 1750, water signal 1250 of it
@@ -129,7 +130,30 @@ def test_b0_references_and_fraction():
     s0_gm = np.r_[s0, np.full(100, 1400.0)]
     md_gm = np.r_[md, np.full(100, 0.75e-3)]
     fa = np.r_[np.full(100, 0.6), np.full(50, 0.05), np.full(100, 0.1), np.full(100, 0.1)]
-    assert estimate_b0_references(s0_gm, md_gm, fa) == (1400.0, 2500.0)
+    assert estimate_b0_references(s0_gm, md_gm, fa)[:2] == (1400.0, 2500.0)
+
+
+def test_the_tissue_b0_reference_is_gray_matter_by_anatomy_when_given(caplog):
+    """Gray matter with a little CSF in every voxel (b0 1450) beside darker low-MD white matter
+    (b0 1000, FA 0.1: crossing fibres pass the FA rule): the DTI rule picks the white matter;
+    the anatomical gray matter gives its own b0. Too few gray-matter voxels: the DTI rule, and a
+    warning."""
+    s0 = np.r_[np.full(100, 1000.0), np.full(50, 2500.0), np.full(200, 1450.0)]
+    md = np.r_[np.full(100, 0.65e-3), np.full(50, 3.0e-3), np.full(200, 0.85e-3)]
+    fa = np.r_[np.full(100, 0.1), np.full(50, 0.05), np.full(200, 0.1)]
+    gray = np.r_[np.zeros(150, bool), np.ones(200, bool)]
+    gray[100:110] = True  # water voxels in the mask never count as tissue
+    assert estimate_b0_references(s0, md, fa)[0] == 1000.0
+    assert estimate_b0_references(s0, md, fa, gray) == (
+        1450.0, 2500.0, free_water.TISSUE_FROM_GRAY_MATTER,
+    )  # fmt: skip
+    few = np.zeros(350, bool)
+    few[150:155] = True
+    with caplog.at_level("WARNING"):
+        assert estimate_b0_references(s0, md, fa, few) == (
+            1000.0, 2500.0, free_water.TISSUE_FROM_LOWEST_MD,
+        )  # fmt: skip
+    assert "gray-matter voxels" in caplog.text
 
 
 def test_multi_shell_noiseless_signal_is_recovered():

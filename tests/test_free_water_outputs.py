@@ -170,3 +170,74 @@ def test_roi_table_averages_free_water_over_the_md_voxels(tmp_path):
     nib.save(nib.Nifti1Image(fw_md.astype(np.float32), moved), files["fw_md"])
     with pytest.raises(Exception, match="not on the MD map's grid"):
         measure_rois(tmp_path / "again", [files], [f"r{i}" for i in range(7)])
+
+
+def test_the_gray_matter_reference_follows_the_dwi_to_template_transform(tmp_path):
+    """GrayMatterReference marks the DWI voxels whose centre, mapped by the published
+    from-DWI_to-template .mat, reads >= REFERENCE_MIN_GM_SHARE gray matter and <=
+    REFERENCE_MAX_CSF_SHARE CSF in the template: a template 10 mm higher is found only
+    through the transform, and gray matter holding CSF is left out."""
+    from ketamine_dti.ants_backend import matrix_to_affine
+    from ketamine_dti.interfaces.anat import GrayMatterReference
+
+    gm, csf = np.zeros((40, 40, 40), np.float32), np.zeros((40, 40, 40), np.float32)
+    gm[10:30, 10:30, 20:36] = 1.0
+    csf[10:15, 10:30, 20:36] = 0.5  # gray matter beside CSF: not a reference
+    files = {}
+    for name, data, zoom in (("gm", gm, 1.0), ("csf", csf, 1.0),
+                             ("mask", np.ones((20, 20, 20), np.uint8), 2.0)):  # fmt: skip
+        files[name] = str(tmp_path / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(data, np.diag([zoom] * 3 + [1.0])), files[name])
+    down = np.eye(4)
+    down[2, 3] = -10.0  # template points -> DWI points: 10 mm down (S = +z in LPS)
+    found = {}
+    for label, matrix in (("right", down), ("identity", np.eye(4))):
+        node = GrayMatterReference(
+            gm_file=files["gm"], csf_file=files["csf"], mask_file=files["mask"],
+            from_dwi_to_template=matrix_to_affine(matrix, tmp_path / f"{label}.mat"),
+        )  # fmt: skip
+        (tmp_path / label).mkdir()
+        result = node.run(cwd=str(tmp_path / label)).outputs
+        found[label] = np.asarray(nib.load(result.out_file).dataobj)
+        assert result.n_voxels == int(found[label].sum())
+    right = found["right"]
+    assert right[10, 10, 8] == 1  # template (20, 20, 26): gray matter
+    assert right[10, 10, 2] == 0  # template z 14: below it
+    assert right[6, 10, 8] == 0  # template x 12: gray matter with half CSF
+    assert right[8:14, 6:14, 6:12].all()  # the interior, x >= 16 mm (past the CSF, its blur)
+    assert found["identity"][10, 10, 8] == 0  # without the transform: template z 16, no GM
+
+
+def test_interface_takes_the_tissue_reference_from_the_gray_matter_it_is_given(tmp_path):
+    """Given a gray-matter mask, the single-shell tissue b0 reference is read there, and the
+    sidecar says so: "gray matter" holding ~9% water by volume (f 0.2, b0 ~14% brighter than the
+    water-free rim the DTI rule picks) raises the reference by about that much. A mask on
+    another grid is refused."""
+    from ketamine_dti.dwi.free_water import TISSUE_FROM_GRAY_MATTER, TISSUE_FROM_LOWEST_MD
+    from ketamine_dti.interfaces.dwi import FreeWaterElimination
+
+    inputs = _phantom(tmp_path, (1000.0,))
+    grid = np.indices(SHAPE).astype(float)
+    centre = (np.array(SHAPE) - 1) / 2
+    radius = np.sqrt(sum(((grid[i] - centre[i]) / (0.45 * SHAPE[i])) ** 2 for i in range(3)))
+    band = (np.abs(0.45 - 0.5 * radius - 0.2) < 0.03) & (radius < 1)  # f ~ 0.2 there
+    nib.save(nib.Nifti1Image(band.astype(np.uint8), AFFINE), tmp_path / "gray.nii.gz")
+    priors = {}
+    for label, extra in (
+        ("dti", {}),
+        ("gray", {"gray_matter_file": str(tmp_path / "gray.nii.gz")}),
+    ):
+        (tmp_path / label).mkdir()
+        out = FreeWaterElimination(**inputs, **extra, n_threads=1).run(cwd=str(tmp_path / label))
+        priors[label] = json.loads(Path(out.outputs.metadata_file).read_text())["Model"][
+            "SingleShellPrior"
+        ]
+    assert priors["dti"]["B0ReferenceTissueVoxels"] == TISSUE_FROM_LOWEST_MD
+    assert priors["gray"]["B0ReferenceTissueVoxels"] == TISSUE_FROM_GRAY_MATTER
+    raised = priors["gray"]["B0ReferenceTissue"] / priors["dti"]["B0ReferenceTissue"]
+    assert 1.05 < raised < 1.2  # 1.136 in the phantom's units, 1.084 after its receive field
+    nib.save(nib.Nifti1Image(band[:, :, :4].astype(np.uint8), AFFINE), tmp_path / "other.nii.gz")
+    with pytest.raises(ValueError, match="not on the DWI's grid"):
+        FreeWaterElimination(
+            **inputs, gray_matter_file=str(tmp_path / "other.nii.gz"), n_threads=1
+        ).run(cwd=str(tmp_path / "gray"))

@@ -67,10 +67,9 @@ def test_the_fits_read_the_series_after_slice_outlier_replacement(mode):
     workflow = init_dwi_preproc_wf(slice_outliers=mode, slice_axis=1)
     repol = workflow.get_node("slice_outliers")
     assert repol.inputs.replace is (mode == "replace") and repol.inputs.slice_axis == 1
-    for name in ("tensor_fit", "free_water"):
-        assert ("slice_outliers", "out_file", "in_file") in _sources(
-            workflow, workflow.get_node(name)
-        )
+    assert ("slice_outliers", "out_file", "in_file") in _sources(
+        workflow, workflow.get_node("tensor_fit")
+    )
     into_repol = _sources(workflow, repol)
     assert ("resample_dwi", "out_file", "in_file") in into_repol
     assert ("denoise", "noise_file", "noise_file") in into_repol
@@ -118,6 +117,27 @@ def test_participant_shares_one_anatomy(tmp_path):
     sinks = [n for n in names if n.split(".")[-1].startswith("ds_")]
     assert any(n.endswith("ds_roi_table") for n in sinks)
     assert any(n.endswith("ds_qc_table") for n in sinks)
+
+
+def test_free_water_fits_the_preprocessed_series_with_a_gray_matter_reference(tmp_path):
+    """Free water reads the series the tensor fit reads (after slice-outlier replacement) and
+    its tissue b0 reference from the subject template's gray matter, mapped through the
+    session's coregistration: so it runs in the session, after it."""
+    config = Config(bids_dir=tmp_path, output_dir=tmp_path / "out", analysis_level="participant")
+    session = init_participant_wf(_participant(tmp_path), config).get_node("ses_baseline_wf")
+    into_fw = _sources(session, session.get_node("free_water"))
+    assert ("dwi_preproc_wf", "outputnode.dwi_file", "in_file") in into_fw
+    assert ("gray_matter_reference", "out_file", "gray_matter_file") in into_fw
+    into_reference = _sources(session, session.get_node("gray_matter_reference"))
+    assert ("inputnode", "roi_gm_file", "gm_file") in into_reference
+    assert ("dwi_to_template_xfm", "out_file", "from_dwi_to_template") in into_reference
+    preproc = session.get_node("dwi_preproc_wf")
+    assert ("slice_outliers", "out_file", "dwi_file") in _sources(
+        preproc, preproc.get_node("outputnode")
+    )
+    assert ("free_water", "md_file", "fw_md_file") in _sources(
+        session, session.get_node("sample_rois")
+    )
 
 
 def test_single_session_participant_builds(tmp_path):

@@ -35,7 +35,7 @@ import pandas as pd
 BENCHMARKS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(BENCHMARKS))
 sys.path.insert(0, str(BENCHMARKS / "tuning"))
-from bench_participant import SESSIONS  # noqa: E402
+from bench_participant import SESSIONS, slopes  # noqa: E402
 from free_water_b0_change import one_file  # noqa: E402
 
 
@@ -57,8 +57,13 @@ def anatomical_gray_matter(out: Path, subject: str, dwi_dir: Path, reference: ni
     return (maps["GM"] >= gm_min) & (maps["CSF"] <= csf_max)
 
 
-def session_fits(out: Path, subject: str, session: str, gm_min: float, csf_max: float) -> dict:
-    """The App's tissue-MD map and the refit with the anatomical tissue reference."""
+def session_fits(
+    out: Path, subject: str, session: str, gm_min: float, csf_max: float,
+    percentile: float = 50.0, work: Path | None = None,
+) -> dict:  # fmt: skip
+    """The App's tissue-MD map and the refit with the anatomical tissue reference (the
+    ``percentile`` of the gray matter's b0; its voxels from the posteriors, or with ``work``
+    the App's own GrayMatterReference masks of that run)."""
     from ketamine_dti.dwi.free_water import b0_receive_field, fit_free_water
     from ketamine_dti.dwi.gradients import B0_THRESHOLD
 
@@ -77,9 +82,14 @@ def session_fits(out: Path, subject: str, session: str, gm_min: float, csf_max: 
     b0 = data[..., bvals <= B0_THRESHOLD].mean(axis=-1).astype(float)
     field = b0_receive_field(b0, mask, voxel_mm, md)
     reference_grid = nib.Nifti1Image(b0.astype(np.float32), image.affine)
-    gray = anatomical_gray_matter(out, subject, dwi_dir, reference_grid, gm_min, csf_max)
+    if work is None:
+        gray = anatomical_gray_matter(out, subject, dwi_dir, reference_grid, gm_min, csf_max)
+    else:  # the App's own reference voxels (GrayMatterReference) of this run
+        node = work / "ketamine_dti_wf" / f"{subject.replace('-', '_')}_wf" / f"ses_{session}_wf"
+        gray = np.asarray(nib.load(node / "gray_matter_reference/gray_matter_reference.nii.gz")
+                          .dataobj) > 0  # fmt: skip
     gray &= mask & (md < 2.7e-3) & np.isfinite(md)
-    s0_tissue = float(np.median((b0 / field)[gray]))
+    s0_tissue = float(np.percentile((b0 / field)[gray], percentile))
     refit = fit_free_water(
         data, bvals, bvecs, mask=mask, s0_tissue=s0_tissue, s0_water=prior["B0ReferenceWater"],
         dti_md=md, dti_fa=fa, voxel_mm=voxel_mm,
@@ -108,17 +118,32 @@ def main(argv=None) -> int:
     parser.add_argument("--scenario", default="csf_shift")
     parser.add_argument("--gm-min", type=float, default=0.9)
     parser.add_argument("--csf-max", type=float, default=0.02)
+    parser.add_argument(
+        "--percentile",
+        type=float,
+        default=50.0,
+        help="percentile of the gray matter's b0 taken as the reference",
+    )
+    parser.add_argument(
+        "--app-voxels",
+        action="store_true",
+        help="the App's own gray-matter reference voxels (from the work folder)",
+    )
     args = parser.parse_args(argv)
+    work = args.root / f"{args.scenario}_longitudinal_work" if args.app_voxels else None
     bids = args.root / f"{args.scenario}_bids"
     out = args.root / f"{args.scenario}_longitudinal_out"
     truth = pd.read_csv(bids / "sourcedata/ground_truth/roi_md.tsv", sep="\t")
-    rows, references = [], []
+    rows, references, zero = [], [], {"app": [], "anatomical": []}
     for subject_dir in sorted(out.glob("sub-*/")):
         subject = subject_dir.name
         for session in SESSIONS:
-            fits = session_fits(out, subject, session, args.gm_min, args.csf_max)
+            fits = session_fits(out, subject, session, args.gm_min, args.csf_max,
+                                args.percentile, work)  # fmt: skip
             references.append({"participant_id": subject, "session_id": f"ses-{session}"}
                               | fits["references"])  # fmt: skip
+            for name in ("app", "anatomical"):
+                zero[name].append(np.mean(fits[f"{name}_f"][fits["labels"] > 0] < 1e-3))
             for index, roi in enumerate(ROI_NAMES, start=1):
                 inside = fits["labels"] == index
                 row = {"participant_id": subject, "session_id": f"ses-{session}", "roi": roi}
@@ -129,7 +154,8 @@ def main(argv=None) -> int:
             print(subject, session, fits["references"], flush=True)
     table = pd.DataFrame(rows).merge(truth, on=["participant_id", "session_id", "roi"])
     summary = {"seeds": "training run (see the run's own file)", "gm_min": args.gm_min,
-               "csf_max": args.csf_max, "references": references}  # fmt: skip
+               "csf_max": args.csf_max, "percentile": args.percentile,
+               "app_voxels": args.app_voxels, "references": references}  # fmt: skip
     for name in ("app", "anatomical"):
         error = table[name] / table.md_true - 1
         entry = {
@@ -151,6 +177,13 @@ def main(argv=None) -> int:
             "mean_abs_dmd_pct": round(float(change.abs().mean()), 3),
             "sd_dmd_pct": round(float(change.std(ddof=1)), 3),
         }
+        csf = table.pivot_table(index=["participant_id", "roi"], columns="session_id",
+                                values="csf_fraction_change")  # fmt: skip
+        planted = 100 * (csf[f"ses-{SESSIONS[1]}"] - csf[f"ses-{SESSIONS[0]}"])
+        response = slopes(change, planted)
+        entry["per_unit_csf_change"] = round(response["slope_dmd"], 3)
+        entry["per_unit_csf_change_se"] = round(response["slope_dmd_se"], 3)
+        entry["kept_voxels_at_f0"] = round(float(np.mean(zero[name])), 3)
         summary[name] = entry
     print(json.dumps(summary, indent=1))
     return 0

@@ -218,6 +218,25 @@ def linear_point_map(transforms: Sequence[str]) -> np.ndarray:
     return flip @ lps @ flip
 
 
+def values_at_voxels(
+    volume: np.ndarray,
+    volume_affine: np.ndarray,
+    voxels: np.ndarray,
+    grid_affine: np.ndarray,
+    grid_to_volume: np.ndarray,
+) -> np.ndarray:
+    """``volume`` read at the centres of a grid's ``voxels`` (N x 3 indices), trilinear, 0
+    outside it; ``grid_to_volume``: 4x4 RAS+ map of points grid -> volume."""
+    from scipy import ndimage
+
+    to_volume_voxel = np.linalg.inv(volume_affine) @ np.asarray(grid_to_volume) @ grid_affine
+    homogeneous = np.c_[np.asarray(voxels, dtype=float), np.ones(len(voxels))]
+    coordinates = (homogeneous @ to_volume_voxel.T)[:, :3]
+    return ndimage.map_coordinates(
+        np.asarray(volume, dtype=np.float32), coordinates.T, order=1, cval=0.0
+    )
+
+
 def template_to_dwi_points(
     indices: np.ndarray,
     template_affine: np.ndarray,

@@ -20,7 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from ketamine_dti.anat.morphology import depth_mm
-from ketamine_dti.anat.transfer import footprint_sigma_voxels
+from ketamine_dti.anat.transfer import footprint_sigma_voxels, values_at_voxels
 
 #: A DWI voxel is ventricle-like when its MD exceeds this multiple of the brain's median MD
 #: (free water 3.0e-3 mm^2/s at 37 C, brain median 0.7-0.9e-3; a GM/CSF partial-volume voxel
@@ -89,7 +89,5 @@ def ventricle_coverage(
     volume = len(points) * voxel_ml
     if volume < MIN_VENTRICLE_ML:
         return float("nan"), volume
-    to_t1w_voxel = np.linalg.inv(t1w_affine) @ np.asarray(dwi_to_t1w) @ dwi_affine
-    coordinates = (np.c_[points, np.ones(len(points))] @ to_t1w_voxel.T)[:, :3]
-    share = ndimage.map_coordinates(csf_fraction, coordinates.T, order=1, cval=0.0)
+    share = values_at_voxels(csf_fraction, t1w_affine, points, dwi_affine, dwi_to_t1w)
     return float(np.mean(share >= COVERED_FRACTION)), volume

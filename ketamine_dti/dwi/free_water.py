@@ -24,13 +24,15 @@ the same 8 parameters and the sum of squares of the multi-shell fit plus two Gau
 
 - on ``f``, centred on the value implied by the b0 intensity: free water has a much longer T2 than
   tissue, so a voxel's b0 lies between a tissue and a water reference (``s0_tissue``,
-  ``s0_water``). The receive coil's smooth shading of the b0, fitted on tissue without
-  visible free water, is divided out first (:func:`b0_receive_field`, when the voxel size is
-  given): on standard simulated sessions 1% of shading reads as ~1.7 points of free water and
-  ~2.5% of tissue MD, and the shading changes with the head's place in the coil between
-  sessions. This is the b0-based initialisation of
-  Pasternak et al. 2009 as compared by Golub et al. 2021 (MRM 85:2173-84, "S0
-  initialisation"); here from linear mixing of the two compartments' b0 signals, which gives
+  ``s0_water``). The tissue reference is the b0 of gray matter by anatomy when the caller
+  gives it (the App: the T1w segmentation's, :data:`REFERENCE_MIN_GM_SHARE`), since the ROIs
+  are gray matter and white matter is darker at b0. The receive coil's smooth shading of the
+  b0, fitted on tissue without visible free water, is divided out first
+  (:func:`b0_receive_field`, when the voxel size is given): on standard simulated sessions 1%
+  of shading reads as ~1.7 points of free water and ~2.5% of tissue MD, and the shading
+  changes with the head's place in the coil between sessions. This is the b0-based
+  initialisation of Pasternak et al. 2009 as compared by Golub et al. 2021 (MRM 85:2173-84,
+  "S0 initialisation"); here from linear mixing of the two compartments' b0 signals, which gives
   the signal fraction the model uses:
   ``f_b0 = s0_water (S0 - s0_tissue) / (S0 (s0_water - s0_tissue))``, SD :data:`F_PRIOR_SD`;
 - on tissue MD, a weak prior at :data:`TISSUE_MD_PRIOR_MEAN` (SD :data:`TISSUE_MD_PRIOR_SD`),
@@ -93,13 +95,32 @@ TISSUE_MD_PRIOR_SD = 0.3e-3
 F_PRIOR_SD = 0.03
 #: Fewest voxels a b0 reference (tissue or water) may be estimated from; below it no b0 prior.
 MIN_REFERENCE_VOXELS = 20
-#: The tissue b0 reference is the median b0 of the voxels whose DTI MD is in this lowest
-#: percentile of the non-water gray-matter-like voxels: the least free water of the mask.
+#: Gray matter by anatomy, the tissue b0 reference when given: DWI voxels whose footprint the
+#: T1w segmentation calls at least this share gray matter and at most REFERENCE_MAX_CSF_SHARE
+#: CSF (template shares, ``anat.transfer.containing_voxel_fraction``). The ROIs are gray
+#: matter, so its b0 is what "no free water" means there; the DTI rule below (lowest MD, low
+#: FA) lets white matter in, darker at b0.
+REFERENCE_MIN_GM_SHARE = 0.9
+REFERENCE_MAX_CSF_SHARE = 0.02
+#: The reference is this percentile of that gray matter's b0: its least watery part (b0 rises
+#: with CSF). Chosen on training seed 7 (``csf_shift``, the App's own reference voxels,
+#: ``free_water_tissue_reference_session32.md``): the median left md_fwcorr_mean 0.8% low but
+#: put 47% of the ROI voxels at the f = 0 bound, where a loss of CSF cannot show (response to
+#: the planted CSF change 0.55 per unit); the 25th percentile: 2.8% low, 36%, 0.45, and the
+#: lowest csf_shift noise among those within issue 13's 5% (mean |dMD/MD| 0.89%; 10th
+#: percentile 0.85% but 5.2% low; the DTI rule 14.5% low, 15%, 0.27, 1.00%).
+REFERENCE_GM_PERCENTILE = 25.0
+#: Without anatomy, the tissue b0 reference is the median b0 of the voxels whose DTI MD is in
+#: this lowest percentile of the non-water gray-matter-like voxels: the least free water.
 TISSUE_REFERENCE_PERCENTILE = 10.0
 #: Gray-matter-like: DTI FA below this. White matter (FA >= 0.2) has a shorter T2 than gray
 #: matter, so a white-matter b0 reference read pure simulated gray matter (1.4x brighter at
 #: b0) as 0.3-0.5 free water, and the ROIs this App measures are gray matter.
 TISSUE_REFERENCE_MAX_FA = 0.2
+#: How the tissue b0 reference was chosen (SingleShellPrior.tissue_reference).
+TISSUE_FROM_GRAY_MATTER = "gray matter (T1w segmentation)"
+TISSUE_FROM_LOWEST_MD = "lowest DTI MD, low FA"
+TISSUE_GIVEN = "given"
 #: The water b0 reference needs voxels with DTI MD at least this (mm^2/s): nearly pure CSF.
 WATER_REFERENCE_MD = PURE_WATER_MD
 #: Hoy et al.'s grid search: first pass f = 0, 0.1, ..., 0.9, then two refinements, each
@@ -166,7 +187,8 @@ class FreeWaterFit:
 class SingleShellPrior:
     """Priors of the single-shell fit, in the data's units (see the module docstring).
 
-    ``s0_tissue``/``s0_water``: b0 references (NaN: no b0 prior); ``noise_sd``: signal noise SD;
+    ``s0_tissue``/``s0_water``: b0 references (NaN: no b0 prior), ``tissue_reference`` how the
+    tissue one was chosen (``TISSUE_*``); ``noise_sd``: signal noise SD;
     ``receive_field_range``: 2nd and 98th percentiles in the mask of the receive field divided
     out of the data first (None: not corrected).
     """
@@ -175,6 +197,7 @@ class SingleShellPrior:
     s0_water: float
     noise_sd: float
     receive_field_range: tuple[float, float] | None = None
+    tissue_reference: str = TISSUE_GIVEN
     md_mean: float = TISSUE_MD_PRIOR_MEAN
     md_sd: float = TISSUE_MD_PRIOR_SD
     f_sd: float = F_PRIOR_SD
@@ -193,14 +216,21 @@ def b0_free_water_fraction(s0: np.ndarray, s0_tissue: float, s0_water: float) ->
 
 
 def estimate_b0_references(
-    s0: np.ndarray, dti_md: np.ndarray, dti_fa: np.ndarray | None = None
-) -> tuple[float, float]:
-    """(s0_tissue, s0_water): median b0 of the least-water gray-matter-like tissue and of
-    pure-CSF voxels.
+    s0: np.ndarray,
+    dti_md: np.ndarray,
+    dti_fa: np.ndarray | None = None,
+    gray_matter: np.ndarray | None = None,
+) -> tuple[float, float, str]:
+    """(s0_tissue, s0_water, how the tissue reference was chosen): b0 of gray matter without
+    free water and median b0 of pure-CSF voxels.
 
-    Tissue: voxels (with DTI FA below :data:`TISSUE_REFERENCE_MAX_FA` when ``dti_fa`` is given)
-    whose DTI MD is in the lowest :data:`TISSUE_REFERENCE_PERCENTILE` of the non-water voxels;
-    water: DTI MD >= :data:`WATER_REFERENCE_MD`. NaN for a reference with fewer than
+    Tissue: the :data:`REFERENCE_GM_PERCENTILE` of the b0 of the non-water voxels of
+    ``gray_matter`` (gray matter by anatomy, see :data:`REFERENCE_MIN_GM_SHARE`) when given
+    and at least :data:`MIN_REFERENCE_VOXELS`, else the median b0 of
+    (with a warning if it was given) the voxels, with DTI FA below
+    :data:`TISSUE_REFERENCE_MAX_FA` when ``dti_fa`` is given, whose DTI MD is in the lowest
+    :data:`TISSUE_REFERENCE_PERCENTILE` of the non-water voxels. Water: DTI MD >=
+    :data:`WATER_REFERENCE_MD`. NaN for a reference with fewer than
     :data:`MIN_REFERENCE_VOXELS` voxels, or when water is not brighter than tissue.
     """
     s0 = np.asarray(s0, dtype=float).ravel()
@@ -208,18 +238,29 @@ def estimate_b0_references(
     good = np.isfinite(s0) & np.isfinite(dti_md) & (s0 > 0)
     water = good & (dti_md >= WATER_REFERENCE_MD)
     tissue_candidates = good & ~water & (dti_md > 0)
-    if dti_fa is not None:
-        tissue_candidates &= np.asarray(dti_fa, dtype=float).ravel() < TISSUE_REFERENCE_MAX_FA
     s0_water = float(np.median(s0[water])) if water.sum() >= MIN_REFERENCE_VOXELS else np.nan
-    s0_tissue = np.nan
-    if tissue_candidates.sum() >= MIN_REFERENCE_VOXELS:
-        cut = np.percentile(dti_md[tissue_candidates], TISSUE_REFERENCE_PERCENTILE)
-        tissue = tissue_candidates & (dti_md <= cut)
-        if tissue.sum() >= MIN_REFERENCE_VOXELS:
-            s0_tissue = float(np.median(s0[tissue]))
+    s0_tissue, source = np.nan, TISSUE_FROM_LOWEST_MD
+    if gray_matter is not None:
+        gray = tissue_candidates & np.asarray(gray_matter, dtype=bool).ravel()
+        if gray.sum() >= MIN_REFERENCE_VOXELS:
+            s0_tissue = float(np.percentile(s0[gray], REFERENCE_GM_PERCENTILE))
+            source = TISSUE_FROM_GRAY_MATTER
+        else:
+            LOGGER.warning(
+                "fit_free_water: %d gray-matter voxels for the tissue b0 reference (fewer than "
+                "%d); using the lowest-MD low-FA voxels instead", gray.sum(), MIN_REFERENCE_VOXELS,
+            )  # fmt: skip
+    if np.isnan(s0_tissue):
+        if dti_fa is not None:
+            tissue_candidates &= np.asarray(dti_fa, dtype=float).ravel() < TISSUE_REFERENCE_MAX_FA
+        if tissue_candidates.sum() >= MIN_REFERENCE_VOXELS:
+            cut = np.percentile(dti_md[tissue_candidates], TISSUE_REFERENCE_PERCENTILE)
+            tissue = tissue_candidates & (dti_md <= cut)
+            if tissue.sum() >= MIN_REFERENCE_VOXELS:
+                s0_tissue = float(np.median(s0[tissue]))
     if not s0_water > s0_tissue:
-        return np.nan, np.nan
-    return s0_tissue, s0_water
+        return np.nan, np.nan, source
+    return s0_tissue, s0_water, source
 
 
 def receive_field_voxels(mask: np.ndarray, dti_md: np.ndarray) -> np.ndarray:
@@ -617,6 +658,7 @@ def fit_free_water(
     s0_water: float | None = None,
     dti_md: np.ndarray | None = None,
     dti_fa: np.ndarray | None = None,
+    gray_matter: np.ndarray | None = None,
     voxel_mm: Sequence[float] | None = None,
     b0_threshold: float = B0_THRESHOLD,
 ) -> FreeWaterFit:
@@ -625,8 +667,9 @@ def fit_free_water(
     ``bvals`` s/mm^2 (N,), ``bvecs`` (N, 3) or (3, N). Two or more non-zero shells: the Hoy et al.
     2014 fit; one shell: the regularised fit of the module docstring, with b0 references
     ``s0_tissue``/``s0_water`` (data units) or, when None, :func:`estimate_b0_references` over the
-    mask, from ``dti_md``/``dti_fa`` (maps of a tensor fit of the same data, mm^2/s) if given,
-    else from a WLS tensor fit made here; with ``voxel_mm`` (the grid's voxel size) a single-shell
+    mask, from ``gray_matter`` (a mask of gray matter by anatomy, same grid) and
+    ``dti_md``/``dti_fa`` (maps of a tensor fit of the same data, mm^2/s) if given, else from a
+    WLS tensor fit made here; with ``voxel_mm`` (the grid's voxel size) a single-shell
     fit first divides the data by the b0's receive field (:func:`b0_receive_field`, fitted on
     the tissue those MD maps, or that fit, show), so given references must then be in those
     units. ``n_threads`` caps the cores. Raises ValueError for
@@ -681,15 +724,17 @@ def fit_free_water(
             b0_rows = b0_rows / field
             low, high = np.percentile(field, [2, 98])
             receive_range = (float(low), float(high))
+        row_gray = None if gray_matter is None else np.asarray(gray_matter).ravel()[voxels]
         prior = single_shell_prior(
             signal, bvals, bvecs, b0_volumes, b0_rows, s0_tissue, s0_water, dti_md=row_md,
-            dti_fa=row_fa,
+            dti_fa=row_fa, gray_matter=row_gray,
         )  # fmt: skip
         prior = dataclasses.replace(prior, receive_field_range=receive_range)
         LOGGER.info(
-            "fit_free_water: single shell; b0 references tissue %.4g, water %.4g; noise SD "
-            "%.4g; receive field (p2, p98) %s",
-            prior.s0_tissue, prior.s0_water, prior.noise_sd, receive_range,
+            "fit_free_water: single shell; b0 references tissue %.4g (%s), water %.4g; noise "
+            "SD %.4g; receive field (p2, p98) %s",
+            prior.s0_tissue, prior.tissue_reference, prior.s0_water, prior.noise_sd,
+            receive_range,
         )  # fmt: skip
     noise = prior.noise_sd
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -748,22 +793,26 @@ def single_shell_prior(
     *,
     dti_md: np.ndarray | None = None,
     dti_fa: np.ndarray | None = None,
+    gray_matter: np.ndarray | None = None,
 ) -> SingleShellPrior:
     """The single-shell priors for the brain's ``rows`` (voxels, volumes) and their mean b0
-    ``b0_mean``: b0 references (given, or estimated from the rows' tensor MD and FA,
-    ``dti_md``/``dti_fa`` per row) and the noise SD that weighs the priors against the data."""
+    ``b0_mean``: b0 references (given, or estimated from the rows' anatomy and tensor MD and
+    FA, ``gray_matter``/``dti_md``/``dti_fa`` per row) and the noise SD that weighs the priors
+    against the data."""
+    source = TISSUE_GIVEN
     if s0_tissue is None:
         if dti_md is None:
             raise ValueError("b0 references are estimated from the rows' tensor MD: give dti_md")
-        s0_tissue, s0_water = estimate_b0_references(b0_mean, dti_md, dti_fa)
+        s0_tissue, s0_water, source = estimate_b0_references(b0_mean, dti_md, dti_fa, gray_matter)
         if np.isnan(s0_tissue):
             LOGGER.warning(
                 "fit_free_water: no tissue/CSF b0 references in the mask; single-shell free "
                 "water rests on the tissue-MD prior alone"
             )
     return SingleShellPrior(
-        float(s0_tissue), float(s0_water), noise_sd(rows, bvals, bvecs, b0_volumes)
-    )
+        float(s0_tissue), float(s0_water), noise_sd(rows, bvals, bvecs, b0_volumes),
+        tissue_reference=source,
+    )  # fmt: skip
 
 
 def _assemble(

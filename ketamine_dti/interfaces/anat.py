@@ -379,3 +379,54 @@ class VentricleCoverage(SimpleInterface):
         )
         self._results["qc"] = {"ventricle_coverage": coverage, "ventricle_volume_ml": volume}
         return runtime
+
+
+class _GrayMatterReferenceInputSpec(BaseInterfaceInputSpec):
+    gm_file = File(exists=True, mandatory=True, desc="GM share of the DWI voxel, subject template")
+    csf_file = File(exists=True, mandatory=True, desc="CSF share, the same grid")
+    mask_file = File(exists=True, mandatory=True, desc="DWI brain mask (the grid of the output)")
+    from_dwi_to_template = File(exists=True, mandatory=True, desc="one affine .mat")
+
+
+class _GrayMatterReferenceOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="uint8 mask on the DWI grid: gray matter without CSF")
+    n_voxels = traits.Int(desc="voxels in it")
+
+
+class GrayMatterReference(SimpleInterface):
+    """The DWI voxels that the T1w segmentation calls gray matter without CSF
+    (``free_water.REFERENCE_MIN_GM_SHARE``/``REFERENCE_MAX_CSF_SHARE``): the tissue whose b0
+    single-shell free water takes as "no free water"."""
+
+    input_spec = _GrayMatterReferenceInputSpec
+    output_spec = _GrayMatterReferenceOutputSpec
+
+    def _run_interface(self, runtime):
+        import nibabel as nib
+        import numpy as np
+
+        from ketamine_dti.anat.transfer import linear_point_map, values_at_voxels
+        from ketamine_dti.dwi.free_water import REFERENCE_MAX_CSF_SHARE, REFERENCE_MIN_GM_SHARE
+
+        mask = nib.load(self.inputs.mask_file)
+        inside = np.asanyarray(mask.dataobj) > 0
+        voxels = np.argwhere(inside)
+        # a from-DWI_to-template .mat maps template points to DWI points
+        to_template = np.linalg.inv(linear_point_map([self.inputs.from_dwi_to_template]))
+        shares = {}
+        for name in ("gm", "csf"):
+            image = nib.load(getattr(self.inputs, f"{name}_file"))
+            shares[name] = values_at_voxels(
+                np.asanyarray(image.dataobj), image.affine, voxels, mask.affine, to_template
+            )
+        gray = (shares["gm"] >= REFERENCE_MIN_GM_SHARE) & (
+            shares["csf"] <= REFERENCE_MAX_CSF_SHARE
+        )
+        out = np.zeros(inside.shape, np.uint8)
+        out[tuple(voxels[gray].T)] = 1
+        image = nib.Nifti1Image(out, mask.affine)
+        image.header.set_xyzt_units("mm")
+        self._results["out_file"] = str(Path(runtime.cwd) / "gray_matter_reference.nii.gz")
+        nib.save(image, self._results["out_file"])
+        self._results["n_voxels"] = int(gray.sum())
+        return runtime

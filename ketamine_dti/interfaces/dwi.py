@@ -416,6 +416,9 @@ class _FreeWaterInputSpec(BaseInterfaceInputSpec):
     mask_file = File(exists=True, mandatory=True, desc="the tensor fit's brain mask")
     md_file = File(exists=True, desc="the tensor fit's MD (single shell: b0 references)")
     fa_file = File(exists=True, desc="the tensor fit's FA (single shell: b0 references)")
+    gray_matter_file = File(
+        exists=True, desc="gray matter by anatomy, same grid (single shell: tissue b0 reference)"
+    )
     n_threads = traits.Int(1, usedefault=True)
 
 
@@ -430,8 +433,9 @@ class FreeWaterElimination(SimpleInterface):
     """Free-water elimination (``dwi.free_water``): tissue MD and free-water fraction maps.
 
     The single-shell b0 references come from the session's tensor fit when its maps are given
-    (a second WLS fit of the same data cost ~3 s per standard session), after the b0's receive
-    field is divided out; the sidecar records the prior the fit used and the field's spread.
+    (a second WLS fit of the same data cost ~3 s per standard session) and, for tissue, from
+    the gray matter of ``gray_matter_file`` when given, after the b0's receive field is
+    divided out; the sidecar records the prior the fit used and the field's spread.
     """
 
     input_spec = _FreeWaterInputSpec
@@ -448,9 +452,16 @@ class FreeWaterElimination(SimpleInterface):
             for name in ("md", "fa")
             if isdefined(getattr(self.inputs, f"{name}_file"))
         }
+        gray_matter = None
+        if isdefined(self.inputs.gray_matter_file):
+            gray = nib.load(self.inputs.gray_matter_file)
+            if gray.shape[:3] != image.shape[:3] or not np.allclose(gray.affine, image.affine,
+                                                                    atol=1e-4):  # fmt: skip
+                raise ValueError(f"{self.inputs.gray_matter_file}: not on the DWI's grid")
+            gray_matter = np.asanyarray(gray.dataobj) > 0
         fit = free_water.fit_free_water(
             data, gtab.bvals, gtab.bvecs, mask=mask, n_threads=self.inputs.n_threads,
-            voxel_mm=image.header.get_zooms()[:3], **tensor,
+            voxel_mm=image.header.get_zooms()[:3], gray_matter=gray_matter, **tensor,
         )  # fmt: skip
         cwd = Path(runtime.cwd)
         self._results["md_file"] = _save(fit.md, image, str(cwd / "fw_md.nii.gz"))
@@ -475,6 +486,7 @@ def _free_water_record(fit, shells: np.ndarray) -> dict:
         record["SingleShellPrior"] = {
             "B0ReferenceTissue": round(prior.s0_tissue, 4) if finite else None,
             "B0ReferenceWater": round(prior.s0_water, 4) if finite else None,
+            "B0ReferenceTissueVoxels": prior.tissue_reference,
             "NoiseSD": round(prior.noise_sd, 4),
             "B0PriorUsed": finite,
             "B0ReceiveFieldRange": (

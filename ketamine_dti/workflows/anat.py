@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from ketamine_dti.anat.registration import MNI_RESOLUTION, SYN_SHRINK
 from ketamine_dti.anat.segmentation import PRIOR_WEIGHT
 from ketamine_dti.interfaces.anat import (
     BiasCorrect,
@@ -59,6 +60,12 @@ PUBLISHED_OUTPUTS = {
     "xfm_mni_t1w": "from_mni_to_template",
 }
 
+#: The MNI SyN's levels (mm), as the methods state them.
+_SYN_LEVELS_MM = tuple(shrink * MNI_RESOLUTION for shrink in SYN_SHRINK)
+_SYN_LEVELS_TEXT = (
+    ", ".join(f"{mm:g}" for mm in _SYN_LEVELS_MM[:-1]) + f" and {_SYN_LEVELS_MM[-1]:g}"
+)
+
 DESCRIPTION = f"""**Anatomy.** Each session's T1w was bias corrected with N4 [n4] (ketamine-dti's
 implementation of ANTs' N4BiasFieldCorrection, same algorithm and settings; median field difference
 below 0.1%). The sessions of a participant were averaged in a rigid halfway space, an unbiased
@@ -68,9 +75,10 @@ weight {PRIOR_WEIGHT}) [atropos] were computed once on that template, so every s
 same anatomy through the same template mapping. The brain was extracted as in antsBrainExtraction:
 the head was registered (from an alignment of the upper head, then affine and SyN) to the
 whole-head Colin27 template [colin27], whose brain mask, pulled back, was refined by the T1w's own
-tissue intensities after a second N4 inside the brain. The SyN to {MNI_SPACE} (Mattes MI, 2 mm
-template) ran at 8, 4 and 2 mm, stopping at 4 mm when the DWI voxels were 4 mm or coarser (the
-regions are read on the DWI grid)."""
+tissue intensities after a second N4 inside the brain. The SyN to {MNI_SPACE} (Mattes MI,
+{MNI_RESOLUTION} mm template) ran at {_SYN_LEVELS_TEXT} mm, stopping at {_SYN_LEVELS_MM[-2]:g} mm
+when the DWI voxels were {_SYN_LEVELS_MM[-2]:g} mm or coarser (the regions are read on the DWI
+grid)."""
 
 
 def init_anat_wf(

@@ -1,5 +1,5 @@
 """DWI preprocessing: checks -> MP-PCA -> Gibbs unringing -> motion/eddy correction -> mask,
-then the tensor and free-water fits."""
+then the tensor fit."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ketamine_dti.config import Config
-from ketamine_dti.dwi import free_water
 from ketamine_dti.dwi.gre_fieldmap import SMOOTHING_FWHM_MM as GRE_SMOOTHING_MM
 from ketamine_dti.dwi.motion import (
     FD_HEAD_RADIUS_MM,
@@ -28,7 +27,6 @@ from ketamine_dti.interfaces.dwi import (
     BrainMask,
     CheckDWI,
     Denoise,
-    FreeWaterElimination,
     MotionCorrect,
     ResampleDWI,
     SliceOutliers,
@@ -63,9 +61,6 @@ OUTPUT_FIELDS = (
     "rd_file",
     "residual_file",
     "residual_median",
-    "fw_md_file",
-    "fw_fraction_file",
-    "fw_metadata_file",
     "b0_uncorrected",
     "field_file",
     "displacement_file",
@@ -76,19 +71,6 @@ OUTPUT_FIELDS = (
 #: Inputs of a workflow with a ``syn`` plan: the session's T1w brain and its mask, which the
 #: fieldmap-less estimate registers the b0 to.
 SYN_T1W_FIELDS = ("t1w_brain_file", "t1w_mask_file")
-
-
-_FREE_WATER_SENTENCE = f"""In the same mask, free water was eliminated by fitting a tissue
-tensor plus an isotropic compartment of diffusivity {free_water.FREE_WATER_DIFFUSIVITY:g} mm^2/s
-[free_water]: with two or more shells by the two-compartment fit of Hoy et al.
-[free_water_multishell]; with one shell, whose data cannot separate tissue MD from free water,
-by a voxelwise penalised least-squares fit with a prior on the free-water fraction implied by
-the b0 intensity between tissue and CSF references (SD {free_water.F_PRIOR_SD:g}; the b0 read
-after dividing out the receive coil's shading, an N4 field of the mean b0 fitted on voxels
-with DTI MD < {free_water.RECEIVE_FIELD_MAX_MD:g} mm^2/s [n4]) and a weak
-prior on tissue MD ({free_water.TISSUE_MD_PRIOR_MEAN:g} +- {free_water.TISSUE_MD_PRIOR_SD:g}
-mm^2/s) [free_water_init]. This gave the free-water fraction and the free-water-corrected
-MD."""
 
 
 def _sdc_sentence(fieldmap: FieldmapInputs | None) -> str:
@@ -185,7 +167,7 @@ displacement (FD, {FD_HEAD_RADIUS_MM:g} mm head radius) [fd] were saved; volumes
 {FD_OUTLIER_MM} mm were counted as outliers. {_sdc_sentence(fieldmap)}A brain mask was
 computed from the b0 reference (median filter and Otsu threshold). {dropouts}A diffusion tensor was
 fitted ({_tensor_sentence(tensor_fit, denoise)}), giving MD, FA, AD and RD (mm^2/s) and the RMS
-fit residual. {_FREE_WATER_SENTENCE}"""
+fit residual."""
 
 
 def _tensor_sentence(tensor_fit: str, denoise: str) -> str:
@@ -219,9 +201,8 @@ def init_dwi_preproc_wf(
     Outputs (outputnode, OUTPUT_FIELDS): ``dwi_file``/``bval_file``/``bvec_file``
     (preprocessed, rotated b-vectors), ``b0_reference``, ``mask_file``, ``noise_file`` (MP-PCA
     sigma; only with ``denoise="mppca"``), ``confounds_file``, ``n_outlier_volumes``,
-    ``md_file``, ``fa_file``, ``ad_file``, ``rd_file``, ``residual_file``, ``residual_median``,
-    ``fw_md_file``/``fw_fraction_file`` (free-water-corrected MD, free-water fraction) and
-    ``fw_metadata_file`` (the free-water fit as run, for the sidecars); with a ``fieldmap``
+    ``md_file``, ``fa_file``, ``ad_file``, ``rd_file``, ``residual_file``, ``residual_median``
+    (free water is fitted after coregistration, ``workflows.session``); with a ``fieldmap``
     that corrects (``fieldmaps.corrects``) also ``b0_uncorrected`` (the motion-aligned b0
     before SDC), ``field_file`` (Hz), ``displacement_file`` (mm along PE) and
     ``jacobian_file``; ``outside_file``: voxels the resampling read outside some volume's
@@ -235,7 +216,7 @@ def init_dwi_preproc_wf(
     (the phase-encode voxel axis, from the sidecar) keeps eddy-current shear and field offsets
     out of the head-motion estimates. Slice dropouts are found on the resampled series, still on
     the raw slice grid (``slice_axis``, from SliceEncodingDirection), and with
-    ``slice_outliers="replace"`` replaced before the tensor and free-water fits; their counts
+    ``slice_outliers="replace"`` replaced before the tensor fit; their counts
     join ``confounds_file``.
     """
     if denoise not in ("mppca", "none"):
@@ -274,10 +255,6 @@ def init_dwi_preproc_wf(
         TensorFit(method=tensor_fit, n_threads=omp_nthreads), "tensor_fit", omp_nthreads,
         DWI_STEP_MEM_GB,
     )  # fmt: skip
-    fw = threaded_node(
-        FreeWaterElimination(n_threads=omp_nthreads), "free_water", omp_nthreads,
-        DWI_STEP_MEM_GB,
-    )  # fmt: skip
     workflow.connect([
         (inputnode, check, [("dwi_file", "dwi_file"), ("bval_file", "bval_file"),
                             ("bvec_file", "bvec_file")]),
@@ -292,12 +269,6 @@ def init_dwi_preproc_wf(
         (repol, tensor, [("out_file", "in_file")]),
         (motion, tensor, [("out_bval", "bval_file"), ("out_bvec", "bvec_file")]),
         (mask, tensor, [("out_file", "mask_file")]),
-        (repol, fw, [("out_file", "in_file")]),
-        (motion, fw, [("out_bval", "bval_file"), ("out_bvec", "bvec_file")]),
-        (mask, fw, [("out_file", "mask_file")]),
-        (tensor, fw, [("md_file", "md_file"), ("fa_file", "fa_file")]),
-        (fw, outputnode, [("md_file", "fw_md_file"), ("fwf_file", "fw_fraction_file"),
-                          ("metadata_file", "fw_metadata_file")]),
         (resample, outputnode, [("b0_reference", "b0_reference"),
                                 ("outside_file", "outside_file")]),
         (repol, outputnode, [("out_file", "dwi_file"), ("confounds_file", "confounds_file")]),

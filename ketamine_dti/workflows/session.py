@@ -10,16 +10,19 @@ from nipype.pipeline import engine as pe
 from ketamine_dti.bids import SessionInputs
 from ketamine_dti.config import Config
 from ketamine_dti.derivatives import SidecarContext, input_fields, session_output_keys
+from ketamine_dti.dwi import free_water
 from ketamine_dti.dwi.motion import pe_axis_from_metadata
 from ketamine_dti.dwi.slice_outliers import slice_axis_from_metadata
 from ketamine_dti.fieldmaps import corrects, session_plan
 from ketamine_dti.interfaces.anat import (
     CollapseLinear,
     DWIToT1w,
+    GrayMatterReference,
     SessionBrain,
     VentricleCoverage,
 )
 from ketamine_dti.interfaces.bids import SessionQC
+from ketamine_dti.interfaces.dwi import FreeWaterElimination
 from ketamine_dti.interfaces.inputs import ExcludeVoxels, PrepareDWI
 from ketamine_dti.interfaces.rois import SampleRegions
 from ketamine_dti.resources import ATLAS as BUNDLED_ATLAS
@@ -78,9 +81,6 @@ PREPROC_OUTPUTS = {
     "ad": "ad_file",
     "rd": "rd_file",
     "residual": "residual_file",
-    "fw_md": "fw_md_file",
-    "fw_fraction": "fw_fraction_file",
-    "fw_metadata": "fw_metadata_file",
     "noise": "noise_file",
     "confounds": "confounds_file",
     "b0_uncorrected": "b0_uncorrected",
@@ -88,6 +88,29 @@ PREPROC_OUTPUTS = {
     "sdc_displacement": "displacement_file",
 }
 
+
+_FREE_WATER_SENTENCE = f"""In the DWI brain mask, free water was eliminated by fitting a
+tissue tensor plus an isotropic compartment of diffusivity {free_water.FREE_WATER_DIFFUSIVITY:g}
+mm^2/s [free_water]: with two or more shells by the two-compartment fit of Hoy et al.
+[free_water_multishell]; with one shell, whose data cannot separate tissue MD from free water,
+by a voxelwise penalised least-squares fit with a prior on the free-water fraction implied by
+the b0 intensity between a gray-matter and a CSF reference (SD {free_water.F_PRIOR_SD:g}; the
+{free_water.REFERENCE_GM_PERCENTILE:g}th percentile of the b0 of the DWI voxels that the T1w
+segmentation, mapped through the coregistration, puts at >=
+{free_water.REFERENCE_MIN_GM_SHARE:g} GM and <= {free_water.REFERENCE_MAX_CSF_SHARE:g} CSF, and
+the median b0 of the voxels with DTI MD >= {free_water.WATER_REFERENCE_MD:g} mm^2/s; the b0
+read after dividing out the receive coil's shading, an N4 field of the mean b0 fitted on
+voxels with DTI MD < {free_water.RECEIVE_FIELD_MAX_MD:g} mm^2/s [n4]) and a weak prior on
+tissue MD ({free_water.TISSUE_MD_PRIOR_MEAN:g} +- {free_water.TISSUE_MD_PRIOR_SD:g} mm^2/s)
+[free_water_init]. This gave the free-water fraction and the free-water-corrected MD."""
+
+
+#: Derivatives of the free-water fit: output key -> FreeWaterElimination output.
+FREE_WATER_OUTPUTS = {
+    "fw_md": "md_file",
+    "fw_fraction": "fwf_file",
+    "fw_metadata": "metadata_file",
+}
 
 #: Methods sentence for each --dwi-runs choice (none for "error": a session has one run).
 _RUNS_SENTENCES = {
@@ -112,7 +135,7 @@ def _regions_description(config: Config) -> str:
     return f"""The b0 reference was rigidly coregistered to its session's T1w (Mattes mutual
 information, both brain-masked) from two starts, the scanner's alignment of the two images
 and the best of a coarse rotation search about the brains' aligned centres of mass; the
-result with the higher final mutual information was kept.
+result with the higher final mutual information was kept. {_FREE_WATER_SENTENCE}
 
 **Regions.** Each ROI was defined once per participant as a set of points of the subject
 template: the ROI atlas ({atlas}) was brought into the subject template (one interpolation,
@@ -172,6 +195,7 @@ def init_session_wf(
             (session_brain, preproc, [("brain_file", "inputnode.t1w_brain_file"),
                                       ("mask_file", "inputnode.t1w_mask_file")]),
         ])  # fmt: skip
+    fw = _connect_free_water(workflow, inputnode, preproc, dwi_to_template, threads)
     sample = pe.Node(SampleRegions(), name="sample_rois")
     if sdc:
         workflow.connect([
@@ -187,9 +211,8 @@ def init_session_wf(
         (session_brain, sample, [("from_template_to_session", "from_template_to_session")]),
         (dwi_to_t1w, sample, [("from_t1w_to_dwi", "from_t1w_to_dwi")]),
         (preproc, sample, [("outputnode.md_file", "md_file"),
-                           ("outputnode.fa_file", "fa_file"),
-                           ("outputnode.fw_md_file", "fw_md_file"),
-                           ("outputnode.fw_fraction_file", "fw_fraction_file")]),
+                           ("outputnode.fa_file", "fa_file")]),
+        (fw, sample, [("md_file", "fw_md_file"), ("fwf_file", "fw_fraction_file")]),
         (valid, sample, [("out_file", "mask_file")]),
         (sample, outputnode, [("samples_file", "samples_file"), ("dseg_file", "dseg_file")]),
         (preproc, outputnode, [("outputnode.dwi_file", "dwi_file"),
@@ -222,6 +245,8 @@ def init_session_wf(
         (preproc, derivatives, [(f"outputnode.{field}", f"inputnode.{key}")
                                 for key, field in PREPROC_OUTPUTS.items()
                                 if key in fields]),
+        (fw, derivatives, [(field, f"inputnode.{key}") for key, field in FREE_WATER_OUTPUTS.items()
+                           if key in fields]),
         (sample, derivatives, [("dseg_file", "inputnode.atlas_dseg")]),
         (dwi_to_template, derivatives, [("out_file", "inputnode.xfm_dwi_t1w")]),
         (session_brain, derivatives, [(("from_session_to_template", _first),
@@ -322,6 +347,28 @@ def _connect_registration(workflow, inputnode, preproc, session_index, threads):
         (session_brain, dwi_to_template, [("from_session_to_template", "second")]),
     ])  # fmt: skip
     return session_brain, dwi_to_t1w, dwi_to_template
+
+
+def _connect_free_water(workflow, inputnode, preproc, dwi_to_template, threads):
+    """Free-water elimination on the preprocessed DWI, its single-shell tissue b0 reference
+    taken from the gray matter of the subject template's segmentation (hence after the
+    coregistration). Returns the fit's node."""
+    reference = pe.Node(GrayMatterReference(), name="gray_matter_reference")
+    fw = threaded_node(
+        FreeWaterElimination(n_threads=threads), "free_water", threads, DWI_STEP_MEM_GB
+    )
+    workflow.connect([
+        (inputnode, reference, [("roi_gm_file", "gm_file"), ("roi_csf_file", "csf_file")]),
+        (preproc, reference, [("outputnode.mask_file", "mask_file")]),
+        (dwi_to_template, reference, [("out_file", "from_dwi_to_template")]),
+        (reference, fw, [("out_file", "gray_matter_file")]),
+        (preproc, fw, [("outputnode.dwi_file", "in_file"),
+                       ("outputnode.bval_file", "bval_file"),
+                       ("outputnode.bvec_file", "bvec_file"),
+                       ("outputnode.mask_file", "mask_file"),
+                       ("outputnode.md_file", "md_file"), ("outputnode.fa_file", "fa_file")]),
+    ])  # fmt: skip
+    return fw
 
 
 def _first(files):
