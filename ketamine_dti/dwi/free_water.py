@@ -226,10 +226,10 @@ def estimate_b0_references(
 
     Tissue: the :data:`REFERENCE_GM_PERCENTILE` of the b0 of the non-water voxels of
     ``gray_matter`` (gray matter by anatomy, see :data:`REFERENCE_MIN_GM_SHARE`) when given
-    and at least :data:`MIN_REFERENCE_VOXELS`, else the median b0 of
-    (with a warning if it was given) the voxels, with DTI FA below
-    :data:`TISSUE_REFERENCE_MAX_FA` when ``dti_fa`` is given, whose DTI MD is in the lowest
-    :data:`TISSUE_REFERENCE_PERCENTILE` of the non-water voxels. Water: DTI MD >=
+    and at least :data:`MIN_REFERENCE_VOXELS`; otherwise (with a warning if it was given) the
+    median b0 of the voxels, with DTI FA below :data:`TISSUE_REFERENCE_MAX_FA` when ``dti_fa``
+    is given, whose DTI MD is in the lowest :data:`TISSUE_REFERENCE_PERCENTILE` of the
+    non-water voxels. Water: the median b0 of the voxels with DTI MD >=
     :data:`WATER_REFERENCE_MD`. NaN for a reference with fewer than
     :data:`MIN_REFERENCE_VOXELS` voxels, or when water is not brighter than tissue.
     """
