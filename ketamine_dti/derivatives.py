@@ -196,7 +196,13 @@ def _free_water_model(context: SidecarContext) -> dict:
                 "B0ReceiveFieldRange: its 2nd and 98th percentiles) is divided out, SD "
                 f"{fw.F_PRIOR_SD:g}; on tissue MD, mean {fw.TISSUE_MD_PRIOR_MEAN:g} and SD "
                 f"{fw.TISSUE_MD_PRIOR_SD:g} mm^2/s (the b0 and MD initialisations compared by "
-                "Golub et al. 2021); no spatial regularisation",
+                "Golub et al. 2021); no spatial regularisation; f (prior centre and fit) "
+                f"goes down to {fw.SINGLE_SHELL_MIN_F:g} below the tissue reference, a "
+                "linear extrapolation, so that a bound at 0 does not bias ROI means",
+            },
+            "FreeWaterFractionRange": {
+                "multi-shell": [0.0, 1.0],
+                "single-shell": [fw.SINGLE_SHELL_MIN_F, 1.0],
             },
             "FreeWaterRule": f"voxels whose DTI MD or fitted tissue MD is >= "
             f"{fw.PURE_WATER_MD:g} mm^2/s, or whose f > {fw.MAX_TISSUE_F:g}, are free water: "

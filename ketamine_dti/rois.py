@@ -234,7 +234,9 @@ ROI_COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "Units": "mm^2/s",
     },
     "fw_fraction_mean": {
-        "Description": "Mean free-water signal fraction (model-fwdti_param-fwf, 0..1) over the "
+        "Description": "Mean free-water signal fraction (model-fwdti_param-fwf; 0..1, single "
+        "shell negative below the gray-matter b0 reference: the map sidecar's "
+        "FreeWaterFractionRange) over the "
         "same kept voxels as md_mean (free-water voxels count as 1; failed fits are left out)"
     },
     "n_voxels_fit_failed": {

@@ -111,6 +111,7 @@ def session_fits(
 
 
 def main(argv=None) -> int:
+    from ketamine_dti.dwi.free_water import SINGLE_SHELL_MIN_F
     from ketamine_dti.rois import ROI_NAMES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -134,7 +135,10 @@ def main(argv=None) -> int:
     bids = args.root / f"{args.scenario}_bids"
     out = args.root / f"{args.scenario}_longitudinal_out"
     truth = pd.read_csv(bids / "sourcedata/ground_truth/roi_md.tsv", sep="\t")
-    rows, references, zero = [], [], {"app": [], "anatomical": []}
+    rows, references = [], []
+    shares = {
+        name: {"at_f0": [], "below_f0": [], "at_floor": []} for name in ("app", "anatomical")
+    }
     for subject_dir in sorted(out.glob("sub-*/")):
         subject = subject_dir.name
         for session in SESSIONS:
@@ -142,8 +146,11 @@ def main(argv=None) -> int:
                                 args.percentile, work)  # fmt: skip
             references.append({"participant_id": subject, "session_id": f"ses-{session}"}
                               | fits["references"])  # fmt: skip
-            for name in ("app", "anatomical"):
-                zero[name].append(np.mean(fits[f"{name}_f"][fits["labels"] > 0] < 1e-3))
+            for name in ("app", "anatomical"):  # kept voxels at f = 0, below it, at the floor
+                kept_f = fits[f"{name}_f"][fits["labels"] > 0]
+                shares[name]["at_f0"].append(np.mean(np.abs(kept_f) < 1e-3))
+                shares[name]["below_f0"].append(np.mean(kept_f <= -1e-3))
+                shares[name]["at_floor"].append(np.mean(kept_f <= SINGLE_SHELL_MIN_F + 1e-3))
             for index, roi in enumerate(ROI_NAMES, start=1):
                 inside = fits["labels"] == index
                 row = {"participant_id": subject, "session_id": f"ses-{session}", "roi": roi}
@@ -183,7 +190,8 @@ def main(argv=None) -> int:
         response = slopes(change, planted)
         entry["per_unit_csf_change"] = round(response["slope_dmd"], 3)
         entry["per_unit_csf_change_se"] = round(response["slope_dmd_se"], 3)
-        entry["kept_voxels_at_f0"] = round(float(np.mean(zero[name])), 3)
+        for share, values in shares[name].items():
+            entry[f"kept_voxels_{share}"] = round(float(np.mean(values)), 3)
         summary[name] = entry
     print(json.dumps(summary, indent=1))
     return 0

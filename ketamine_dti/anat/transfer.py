@@ -218,6 +218,12 @@ def linear_point_map(transforms: Sequence[str]) -> np.ndarray:
     return flip @ lps @ flip
 
 
+def dwi_to_template_map(from_dwi_to_template: str) -> np.ndarray:
+    """4x4 RAS+ map of points DWI -> template from one from-dwi_to-template affine ``.mat``
+    (which, as a resampling transform, maps template points to DWI points)."""
+    return np.linalg.inv(linear_point_map([from_dwi_to_template]))
+
+
 def values_at_voxels(
     volume: np.ndarray,
     volume_affine: np.ndarray,

@@ -359,7 +359,7 @@ class VentricleCoverage(SimpleInterface):
         import numpy as np
 
         from ketamine_dti.anat import ventricles
-        from ketamine_dti.anat.transfer import linear_point_map
+        from ketamine_dti.anat.transfer import dwi_to_template_map
 
         md, mask = nib.load(self.inputs.md_file), nib.load(self.inputs.mask_file)
         dseg, brain = nib.load(self.inputs.tissue_dseg_file), nib.load(self.inputs.template_mask)
@@ -372,8 +372,7 @@ class VentricleCoverage(SimpleInterface):
             np.asanyarray(dseg.dataobj), np.asanyarray(brain.dataobj),
             dseg.header.get_zooms()[:3], md.header.get_zooms()[:3],
         )  # fmt: skip
-        # a from-DWI_to-template .mat maps template points to DWI points
-        to_template = np.linalg.inv(linear_point_map([self.inputs.from_dwi_to_template]))
+        to_template = dwi_to_template_map(self.inputs.from_dwi_to_template)
         coverage, volume = ventricles.ventricle_coverage(
             found, md.affine, csf, dseg.affine, to_template
         )
@@ -390,7 +389,6 @@ class _GrayMatterReferenceInputSpec(BaseInterfaceInputSpec):
 
 class _GrayMatterReferenceOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc="uint8 mask on the DWI grid: gray matter without CSF")
-    n_voxels = traits.Int(desc="voxels in it")
 
 
 class GrayMatterReference(SimpleInterface):
@@ -405,14 +403,13 @@ class GrayMatterReference(SimpleInterface):
         import nibabel as nib
         import numpy as np
 
-        from ketamine_dti.anat.transfer import linear_point_map, values_at_voxels
+        from ketamine_dti.anat.transfer import dwi_to_template_map, values_at_voxels
         from ketamine_dti.dwi.free_water import REFERENCE_MAX_CSF_SHARE, REFERENCE_MIN_GM_SHARE
 
         mask = nib.load(self.inputs.mask_file)
         inside = np.asanyarray(mask.dataobj) > 0
         voxels = np.argwhere(inside)
-        # a from-DWI_to-template .mat maps template points to DWI points
-        to_template = np.linalg.inv(linear_point_map([self.inputs.from_dwi_to_template]))
+        to_template = dwi_to_template_map(self.inputs.from_dwi_to_template)
         shares = {}
         for name in ("gm", "csf"):
             image = nib.load(getattr(self.inputs, f"{name}_file"))
@@ -428,5 +425,4 @@ class GrayMatterReference(SimpleInterface):
         image.header.set_xyzt_units("mm")
         self._results["out_file"] = str(Path(runtime.cwd) / "gray_matter_reference.nii.gz")
         nib.save(image, self._results["out_file"])
-        self._results["n_voxels"] = int(gray.sum())
         return runtime

@@ -486,7 +486,7 @@ def _free_water_record(fit, shells: np.ndarray) -> dict:
         record["SingleShellPrior"] = {
             "B0ReferenceTissue": round(prior.s0_tissue, 4) if finite else None,
             "B0ReferenceWater": round(prior.s0_water, 4) if finite else None,
-            "B0ReferenceTissueVoxels": prior.tissue_reference,
+            "B0ReferenceTissueVoxels": prior.tissue_reference if finite else None,
             "NoiseSD": round(prior.noise_sd, 4),
             "B0PriorUsed": finite,
             "B0ReceiveFieldRange": (
