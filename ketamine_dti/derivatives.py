@@ -203,6 +203,7 @@ def _free_water_model(context: SidecarContext) -> dict:
             "FreeWaterFractionRange": {
                 "multi-shell": [0.0, 1.0],
                 "single-shell": [fw.SINGLE_SHELL_MIN_F, 1.0],
+                "single-shell without a b0 prior": [0.0, 1.0],
             },
             "FreeWaterRule": f"voxels whose DTI MD or fitted tissue MD is >= "
             f"{fw.PURE_WATER_MD:g} mm^2/s, or whose f > {fw.MAX_TISSUE_F:g}, are free water: "

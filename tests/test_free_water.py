@@ -145,6 +145,23 @@ def test_single_shell_regional_means_are_unbiased_when_gray_matter_b0_scatters()
     assert fitted[0.02][1] / fitted[0.04][1] - 1 == pytest.approx(0.0, abs=0.003)
 
 
+def test_single_shell_without_b0_references_keeps_f_at_or_above_0():
+    """No CSF in the mask, so no water reference and no b0 prior (the real PA series): nothing
+    to read a negative fraction from, so f stays >= 0 and tissue MD near its prior."""
+    bvals, bvecs = gradient_table()
+    rng = np.random.default_rng(8)
+    n = 600
+    f_true = rng.uniform(0.0, 0.2, n)
+    md_true = rng.uniform(0.6e-3, 0.9e-3, n)
+    data = as_volume(two_compartment_signal(f_true, md_true, bvals, bvecs, seed=9))
+
+    fit = fit_free_water(data, bvals, bvecs, n_threads=1)
+
+    assert np.isnan(fit.prior.s0_water)  # no water voxels: the b0 prior is off
+    assert fit.f_water.min() >= 0.0
+    assert np.mean(fit.f_water < 1e-6) < 0.9  # not simply pinned at the bound either
+
+
 def test_b0_references_and_fraction():
     s0 = np.r_[np.full(100, 1000.0), np.full(50, 2500.0), np.full(100, 1500.0)]
     md = np.r_[np.full(100, 0.7e-3), np.full(50, 3.0e-3), np.full(100, 1.2e-3)]
