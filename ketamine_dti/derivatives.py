@@ -198,7 +198,8 @@ def _free_water_model(context: SidecarContext) -> dict:
                 f"{fw.TISSUE_MD_PRIOR_SD:g} mm^2/s (the b0 and MD initialisations compared by "
                 "Golub et al. 2021); no spatial regularisation; f (prior centre and fit) "
                 f"goes down to {fw.SINGLE_SHELL_MIN_F:g} below the tissue reference, a "
-                "linear extrapolation, so that a bound at 0 does not bias ROI means",
+                "linear extrapolation, so that a bound at 0 does not bias ROI means (only "
+                "with a b0 prior: FreeWaterFractionRange)",
             },
             "FreeWaterFractionRange": {
                 "multi-shell": [0.0, 1.0],

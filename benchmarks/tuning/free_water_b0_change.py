@@ -82,6 +82,24 @@ def preprocessed_b0(dwi_dir: Path):
     return b0, mask, image
 
 
+def published_fit_inputs(dwi_dir: Path) -> dict:
+    """What a refit of one published session's free water reads: the preprocessed DWI
+    (``image`` and float32 ``data``), ``bvals``/``bvecs``, the brain ``mask``, the tensor's
+    ``md``/``fa`` maps and the App's single-shell ``prior`` record (sidecar)."""
+    image = nib.load(one_file(dwi_dir, "*desc-preproc_dwi.nii.gz"))
+    sidecar = json.loads(one_file(dwi_dir, "*model-fwdti_param-md_dwimap.json").read_text())
+    return {
+        "image": image,
+        "data": np.asarray(image.dataobj, dtype=np.float32),
+        "bvals": np.loadtxt(one_file(dwi_dir, "*desc-preproc_dwi.bval")),
+        "bvecs": np.loadtxt(one_file(dwi_dir, "*desc-preproc_dwi.bvec")),
+        "mask": np.asarray(nib.load(one_file(dwi_dir, "*desc-brain_mask.nii.gz")).dataobj) > 0,
+        "md": nib.load(one_file(dwi_dir, "*model-tensor_param-md_dwimap.nii.gz")).get_fdata(),
+        "fa": nib.load(one_file(dwi_dir, "*model-tensor_param-fa_dwimap.nii.gz")).get_fdata(),
+        "prior": sidecar["Model"]["SingleShellPrior"],
+    }
+
+
 def jacobian_log(displacement_voxels: np.ndarray, pe_axis: int) -> np.ndarray:
     """log J of a displacement along ``pe_axis`` (voxels), J = 1 + d(shift)/d(PE)."""
     return np.log(np.clip(1.0 + np.gradient(displacement_voxels, axis=pe_axis), 0.05, None))

@@ -30,7 +30,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(BENCHMARKS))
 sys.path.insert(0, str(BENCHMARKS / "tuning"))
 from bench_participant import SESSIONS  # noqa: E402
-from free_water_b0_change import one_file  # noqa: E402
+from free_water_b0_change import one_file, published_fit_inputs  # noqa: E402
 
 FLOORS = {"free": None, "bound_at_0": 0.0}
 
@@ -39,15 +39,8 @@ def session_means(dwi_dir: Path) -> dict:
     """Per ROI label, the plain voxel mean of tissue MD and f under each floor, and plain MD."""
     from ketamine_dti.dwi import free_water
 
-    image = nib.load(one_file(dwi_dir, "*desc-preproc_dwi.nii.gz"))
-    data = np.asarray(image.dataobj, dtype=np.float32)
-    bvals = np.loadtxt(one_file(dwi_dir, "*desc-preproc_dwi.bval"))
-    bvecs = np.loadtxt(one_file(dwi_dir, "*desc-preproc_dwi.bvec"))
-    mask = np.asarray(nib.load(one_file(dwi_dir, "*desc-brain_mask.nii.gz")).dataobj) > 0
-    md = nib.load(one_file(dwi_dir, "*model-tensor_param-md_dwimap.nii.gz")).get_fdata()
-    fa = nib.load(one_file(dwi_dir, "*model-tensor_param-fa_dwimap.nii.gz")).get_fdata()
-    sidecar = json.loads(one_file(dwi_dir, "*model-fwdti_param-md_dwimap.json").read_text())
-    prior = sidecar["Model"]["SingleShellPrior"]
+    inputs = published_fit_inputs(dwi_dir)
+    md, prior = inputs["md"], inputs["prior"]
     labels = np.asarray(nib.load(one_file(dwi_dir, "*desc-graymatter_dseg.nii.gz")).dataobj)
     fits = {}
     app_floor = free_water.SINGLE_SHELL_MIN_F
@@ -55,9 +48,9 @@ def session_means(dwi_dir: Path) -> dict:
         for name, floor in FLOORS.items():
             free_water.SINGLE_SHELL_MIN_F = app_floor if floor is None else floor
             fits[name] = free_water.fit_free_water(
-                data, bvals, bvecs, mask=mask, s0_tissue=prior["B0ReferenceTissue"],
-                s0_water=prior["B0ReferenceWater"], dti_md=md, dti_fa=fa,
-                voxel_mm=image.header.get_zooms()[:3],
+                inputs["data"], inputs["bvals"], inputs["bvecs"], mask=inputs["mask"],
+                s0_tissue=prior["B0ReferenceTissue"], s0_water=prior["B0ReferenceWater"],
+                dti_md=md, dti_fa=inputs["fa"], voxel_mm=inputs["image"].header.get_zooms()[:3],
             )  # fmt: skip
     finally:
         free_water.SINGLE_SHELL_MIN_F = app_floor

@@ -36,7 +36,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(BENCHMARKS))
 sys.path.insert(0, str(BENCHMARKS / "tuning"))
 from bench_participant import SESSIONS, slopes  # noqa: E402
-from free_water_b0_change import one_file  # noqa: E402
+from free_water_b0_change import one_file, published_fit_inputs  # noqa: E402
 
 
 def anatomical_gray_matter(out: Path, subject: str, dwi_dir: Path, reference: nib.Nifti1Image,
@@ -68,16 +68,10 @@ def session_fits(
     from ketamine_dti.dwi.gradients import B0_THRESHOLD
 
     dwi_dir = out / subject / f"ses-{session}" / "dwi"
-    image = nib.load(one_file(dwi_dir, "*desc-preproc_dwi.nii.gz"))
-    data = np.asarray(image.dataobj, dtype=np.float32)
-    bvals = np.loadtxt(one_file(dwi_dir, "*desc-preproc_dwi.bval"))
-    bvecs = np.loadtxt(one_file(dwi_dir, "*desc-preproc_dwi.bvec"))
-    mask = np.asarray(nib.load(one_file(dwi_dir, "*desc-brain_mask.nii.gz")).dataobj) > 0
-    md = nib.load(one_file(dwi_dir, "*model-tensor_param-md_dwimap.nii.gz")).get_fdata()
-    fa = nib.load(one_file(dwi_dir, "*model-tensor_param-fa_dwimap.nii.gz")).get_fdata()
+    inputs = published_fit_inputs(dwi_dir)
+    image, data, bvals, bvecs = (inputs[k] for k in ("image", "data", "bvals", "bvecs"))
+    mask, md, fa, prior = (inputs[k] for k in ("mask", "md", "fa", "prior"))
     app_md = nib.load(one_file(dwi_dir, "*model-fwdti_param-md_dwimap.nii.gz")).get_fdata()
-    sidecar = json.loads(one_file(dwi_dir, "*model-fwdti_param-md_dwimap.json").read_text())
-    prior = sidecar["Model"]["SingleShellPrior"]
     voxel_mm = image.header.get_zooms()[:3]
     b0 = data[..., bvals <= B0_THRESHOLD].mean(axis=-1).astype(float)
     field = b0_receive_field(b0, mask, voxel_mm, md)

@@ -35,7 +35,7 @@ import numpy as np
 
 BENCHMARKS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(BENCHMARKS / "tuning"))
-from free_water_b0_change import one_file  # noqa: E402
+from free_water_b0_change import one_file, published_fit_inputs  # noqa: E402
 
 PERCENTILES = (10, 50, 90, 99)
 
@@ -55,15 +55,9 @@ def one_session(dwi_dir: Path, work: Path, csf_min: float) -> dict:
     from ketamine_dti.dwi.free_water import WATER_REFERENCE_MD, b0_receive_field
     from ketamine_dti.dwi.gradients import B0_THRESHOLD
 
-    image = nib.load(one_file(dwi_dir, "*desc-preproc_dwi.nii.gz"))
-    data = np.asarray(image.dataobj, dtype=np.float32)
-    bvals = np.loadtxt(one_file(dwi_dir, "*desc-preproc_dwi.bval"))
-    mask_image = nib.load(one_file(dwi_dir, "*desc-brain_mask.nii.gz"))
-    mask = np.asarray(mask_image.dataobj) > 0
-    md = nib.load(one_file(dwi_dir, "*model-tensor_param-md_dwimap.nii.gz")).get_fdata()
-    sidecar = json.loads(one_file(dwi_dir, "*model-fwdti_param-md_dwimap.json").read_text())
-    prior = sidecar["Model"]["SingleShellPrior"]
-    b0 = data[..., bvals <= B0_THRESHOLD].mean(axis=-1).astype(float)
+    inputs = published_fit_inputs(dwi_dir)
+    image, mask, md, prior = (inputs[k] for k in ("image", "mask", "md", "prior"))
+    b0 = inputs["data"][..., inputs["bvals"] <= B0_THRESHOLD].mean(axis=-1).astype(float)
     b0 = b0 / b0_receive_field(b0, mask, image.header.get_zooms()[:3], md)
     session = dwi_dir.parent.name.replace("-", "_")
     subject = dwi_dir.parents[1].name.replace("-", "_")
@@ -78,7 +72,7 @@ def one_session(dwi_dir: Path, work: Path, csf_min: float) -> dict:
     )
     share = np.zeros(mask.shape, np.float32)
     share[tuple(voxels.T)] = values_at_voxels(
-        np.asanyarray(csf_image.dataobj), csf_image.affine, voxels, mask_image.affine, to_template
+        np.asanyarray(csf_image.dataobj), csf_image.affine, voxels, image.affine, to_template
     )
     with np.errstate(invalid="ignore"):
         water_md = mask & (md >= WATER_REFERENCE_MD)

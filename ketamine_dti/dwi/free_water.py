@@ -103,8 +103,9 @@ F_PRIOR_SD = 0.03
 #: (DIPY's bound, kept for multi-shell data, where the shells fix f), 36-47% of the training
 #: seed's ROI voxels sat at the bound and ``md_fwcorr_mean`` followed 0.45-0.55 of a planted CSF
 #: change (``free_water_tissue_reference_session32.md``); free, 0.27-0.28, with no kept voxel
-#: at this floor (``free_water_negative_f_session33.md``). -0.5 is, at the simulated 2.5:1 water
-#: to gray matter b0 contrast, a b0 23% below the reference: darker is not gray matter.
+#: at this floor (``free_water_negative_f_session33.md``). -0.5 is a b0 21-23% below the
+#: reference at a water to gray matter b0 contrast of 2.1-2.5 (simulated sessions: ~2.15; the
+#: tests' phantoms: 2.5): darker is not gray matter.
 #: Without a b0 prior (no references) f stays >= 0: with nothing to read a negative f from, the
 #: real PA series (session 33) put 20% of its voxels at this floor and its median f at -0.19.
 SINGLE_SHELL_MIN_F = -0.5
