@@ -477,7 +477,8 @@ def _free_water_kernel(
     """Fit every row (voxel) of the 2-D ``signal``.
 
     ``prior_settings`` = (md_mean, md_weight, s0_tissue, s0_water, f_weight, f_min) in scaled
-    units; f_weight 0 or NaN references switch the b0 prior off; f_min is f's lower bound.
+    units; f_weight 0 or NaN references switch the b0 prior off; f_min is f's lower bound
+    (below 0 only with the b0 prior).
     ``out_status``: 0 fitted, 1 failed, 2 pure water.
     """
     n_fit = signal.shape[0]
@@ -575,7 +576,6 @@ def _free_water_kernel(
                         prior[3] = f_weight
                         f_start = f_b0
                     else:  # tissue MD at the prior mean explains the mean attenuation
-                        prior[4] = 0.0  # no b0 reference: nothing to read f < 0 from
                         mean_water = 0.0
                         mean_tissue = 0.0
                         mean_measured = 0.0
@@ -765,9 +765,12 @@ def fit_free_water(
                 prior.s0_tissue,
                 prior.s0_water,
                 noise / prior.f_sd if single_shell else 0.0,
-                SINGLE_SHELL_MIN_F if single_shell else 0.0,
+                0.0,
             ]
         )
+    # f < 0 is read from the b0 prior: only where there is one (the kernel's own test)
+    if settings[4] > 0 and np.isfinite(settings[2]) and np.isfinite(settings[3]):
+        settings[5] = SINGLE_SHELL_MIN_F
     out_evals = np.empty((n_fit, 3))
     out_evecs = np.empty((n_fit, 3, 3))
     out_s0 = np.empty(n_fit)
