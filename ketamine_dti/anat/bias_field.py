@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ketamine_dti.bspline import cubic_weights
+
 #: N4's histogram sharpening: bins, Gaussian bias FWHM (log intensity), Wiener noise.
 HISTOGRAM_BINS: int = 200
 BIAS_FWHM: float = 0.15
@@ -23,28 +25,12 @@ WIENER_NOISE: float = 0.01
 SPLINE_ORDER: int = 3
 
 
-def _cubic_weights(t: np.ndarray) -> np.ndarray:
-    """The four uniform cubic B-spline weights at fractional positions ``t`` (n, 4)."""
-    t = t[:, None]
-    return (
-        np.hstack(
-            [
-                (1 - t) ** 3,
-                3 * t**3 - 6 * t**2 + 4,
-                -3 * t**3 + 3 * t**2 + 3 * t + 1,
-                t**3,
-            ]
-        )
-        / 6.0
-    )
-
-
 def basis_matrix(u: np.ndarray, spans: int) -> np.ndarray:
     """B-spline basis (n_points, spans + 3) at parametric positions ``u`` in [0, spans]
     (the last knot interval is closed, as ITK clamps the upper edge into it)."""
     u = np.clip(np.asarray(u, float), 0.0, spans)
     knot = np.minimum(np.floor(u).astype(int), spans - 1)
-    weights = _cubic_weights(u - knot)
+    weights = np.stack(cubic_weights.py_func(u - knot), axis=1)  # numpy: nothing to compile
     matrix = np.zeros((u.size, spans + SPLINE_ORDER))
     rows = np.arange(u.size)
     for j in range(SPLINE_ORDER + 1):

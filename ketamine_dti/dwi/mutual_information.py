@@ -26,6 +26,8 @@ from numba import njit
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
+from ketamine_dti.bspline import cubic_slopes, cubic_weights
+
 #: Mattes mutual-information histogram bins, here and in every ANTs registration of the App
 #: (ANTs' default; enough for T1w/b0 contrast).
 MI_BINS: int = 32
@@ -91,18 +93,6 @@ def _bin_scale(values: np.ndarray) -> tuple[float, float]:
     return low, max(high - low, 1e-12) / (MI_BINS - 2 * PADDING_BINS)
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _cubic(u):  # pragma: no cover - JIT
-    """Cubic B-spline and its derivative at ``u``."""
-    a = abs(u)
-    if a < 1.0:
-        return (4.0 - 6.0 * a * a + 3.0 * a * a * a) / 6.0, -2.0 * u + 1.5 * u * a
-    if a < 2.0:
-        b = 2.0 - a
-        return b * b * b / 6.0, -0.5 * b * b * np.sign(u)
-    return 0.0, 0.0
-
-
 @njit(cache=True, nogil=True)
 def _metric_and_gradient(
     moving, gradients, voxel_map, world_gradient, points, fixed_bins, centred, low, delta, n_bins
@@ -147,9 +137,9 @@ def _metric_and_gradient(
         position[k] = u
         n_valid += 1
         first = int(u) - 1
-        for b in range(first, first + 4):
-            weight, _ = _cubic(b - u)
-            joint[fixed_bins[k], b] += weight
+        taps = cubic_weights(u - int(u))  # the Parzen window of bins first .. first + 3
+        for n in range(4):
+            joint[fixed_bins[k], first + n] += taps[n]
     out = np.zeros(12)
     if n_valid == 0:
         return 0.0, out, 0
@@ -164,16 +154,16 @@ def _metric_and_gradient(
             if p > 1e-16 and moving_marginal[b] > 1e-16:
                 log_ratio[f, b] = np.log(p / moving_marginal[b])
                 value += p * np.log(p / (moving_marginal[b] * fixed_marginal[f]))
-    scale = -1.0 / (n_valid * delta)
+    scale = 1.0 / (n_valid * delta)
     for k in range(n_points):
         u = position[k]
         if np.isnan(u):
             continue
         first = int(u) - 1
+        slopes = cubic_slopes(u - int(u))  # d(window) / d(moving value in bins)
         weight = 0.0
-        for b in range(first, first + 4):
-            _, slope = _cubic(b - u)
-            weight += slope * log_ratio[fixed_bins[k], b]
+        for n in range(4):
+            weight += slopes[n] * log_ratio[fixed_bins[k], first + n]
         weight *= scale
         for a in range(3):
             d = weight * grad[k, a]

@@ -19,6 +19,8 @@ from numba import njit
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
+from ketamine_dti.bspline import cubic_weights, mirror
+
 #: Pyramid (coarse to fine): the metric is evaluated on every `stride`-th voxel of the mask,
 #: on images smoothed with a Gaussian of `stride` / 2 voxels (as ANTs' shrink and sigma pairs).
 #: Strides are chosen so the coarsest level sees about COARSEST_LEVEL_MM.
@@ -241,26 +243,6 @@ def register(target: Target, moving: np.ndarray, initial: np.ndarray | None = No
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _mirror(index, size):  # pragma: no cover - JIT
-    """Whole-sample mirror of an index just outside 0..size-1 (scipy's "mirror")."""
-    if index < 0:
-        return -index
-    if index > size - 1:
-        return 2 * (size - 1) - index
-    return index
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _cubic_weights(t, weights):  # pragma: no cover - JIT
-    """Cubic B-spline weights of samples floor(x) - 1 .. floor(x) + 2 at fraction t."""
-    u = 1.0 - t
-    weights[0] = u * u * u / 6.0
-    weights[1] = (3.0 * t * t * t - 6.0 * t * t + 4.0) / 6.0
-    weights[2] = (-3.0 * t * t * t + 3.0 * t * t + 3.0 * t + 1.0) / 6.0
-    weights[3] = t * t * t / 6.0
-
-
-@njit(cache=True, nogil=True, inline="always")
 def _cubic(coefficients, x, y, z, weights, indices):  # pragma: no cover - JIT
     """Cubic B-spline value at voxel point (x, y, z) of prefiltered ``coefficients`` (mirror
     boundary); NaN outside the volume. ``weights``/``indices``: (3, 4) scratch arrays."""
@@ -270,9 +252,10 @@ def _cubic(coefficients, x, y, z, weights, indices):  # pragma: no cover - JIT
     point = (x, y, z)
     for axis in range(3):
         start = int(np.floor(point[axis]))
-        _cubic_weights(point[axis] - start, weights[axis])
+        taps = cubic_weights(point[axis] - start)
         for n in range(4):
-            indices[axis, n] = _mirror(start - 1 + n, coefficients.shape[axis])
+            weights[axis, n] = taps[n]
+            indices[axis, n] = mirror(start - 1 + n, coefficients.shape[axis])
     total = 0.0
     for p in range(4):
         for q in range(4):

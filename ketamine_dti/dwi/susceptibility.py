@@ -32,6 +32,8 @@ import numpy as np
 from numba import njit
 from scipy import ndimage, optimize
 
+from ketamine_dti.bspline import cubic_slopes, cubic_weights, mirror
+
 LOGGER = logging.getLogger(__name__)
 
 #: BIDS PhaseEncodingDirection letters, in voxel-axis order.
@@ -219,22 +221,14 @@ def displacement_world_mm(
 def _cubic(line, position):  # pragma: no cover - JIT
     """Value and derivative at ``position`` of the cubic B-spline with coefficients ``line``
     (unit spacing; coefficients mirrored about the ends, as the prefilter assumes)."""
-    n = line.shape[0]
     base = np.floor(position)
-    u = position - base
     start = int(base) - 1
-    u2 = u * u
-    u3 = u2 * u
-    one = 1.0 - u
-    weights = (one * one * one / 6.0, (3 * u3 - 6 * u2 + 4) / 6.0,
-               (-3 * u3 + 3 * u2 + 3 * u + 1) / 6.0, u3 / 6.0)  # fmt: skip
-    slopes = (-one * one / 2.0, (3 * u2 - 4 * u) / 2.0, (-3 * u2 + 2 * u + 1) / 2.0, u2 / 2.0)
+    weights = cubic_weights(position - base)
+    slopes = cubic_slopes(position - base)
     value = 0.0
     derivative = 0.0
     for tap in range(4):
-        index = abs(start + tap)
-        if index > n - 1:
-            index = max(2 * (n - 1) - index, 0)
+        index = mirror(start + tap, line.shape[0])
         value += weights[tap] * line[index]
         derivative += slopes[tap] * line[index]
     return value, derivative
