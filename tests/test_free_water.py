@@ -121,14 +121,14 @@ def test_single_shell_regional_means_are_unbiased_when_gray_matter_b0_scatters()
     """Gray matter's own b0 spreads (T2, proton density) about the tissue reference (its
     median): with f free to go below 0, the darker half does not pile up at a bound, so a
     region's mean f and tissue MD stay unbiased, and a loss of 2 points of free water shows.
-    With f held at 0 (checked by hand): mean f 0.057 / 0.044, tissue MD 2.7% / 3.6% low, and
-    the loss read as 0.012."""
+    The same data refitted with f held at 0 (``min_f=0``, DIPY's bound) show what the floor
+    mends: mean f 0.057 / 0.044, tissue MD 2.7% / 3.6% low, the loss read as 0.012."""
     bvals, bvecs = gradient_table()
     n = 2000
     rng = np.random.default_rng(5)
     tissue_b0 = S0_TISSUE * rng.normal(1.0, 0.05, n)
     md_true = np.full(n, 0.75e-3)
-    fitted = {}
+    fitted, bounded = {}, {}
     for f_true in (0.04, 0.02):
         clean = two_compartment_signal(np.full(n, f_true), md_true, bvals, bvecs, snr=None,
                                        seed=6, s0_tissue=tissue_b0)  # fmt: skip
@@ -141,8 +141,15 @@ def test_single_shell_regional_means_are_unbiased_when_gray_matter_b0_scatters()
         fitted[f_true] = (np.mean(fit.f_water), np.mean(fit.md))
         assert fitted[f_true][0] == pytest.approx(f_true, abs=0.01)
         assert fitted[f_true][1] == pytest.approx(0.75e-3, rel=0.015)
+        at_0 = fit_free_water(as_volume(noisy), bvals, bvecs, n_threads=1,
+                              s0_tissue=S0_TISSUE, s0_water=S0_WATER, min_f=0.0)  # fmt: skip
+        assert at_0.f_water.min() >= 0.0
+        bounded[f_true] = np.mean(at_0.f_water)
+        assert bounded[f_true] > f_true + 0.01  # the bound pushes the region's f up
+        assert np.mean(at_0.md) < 0.98 * 0.75e-3  # and its tissue MD down
     assert fitted[0.02][0] - fitted[0.04][0] == pytest.approx(-0.02, abs=0.005)
     assert fitted[0.02][1] / fitted[0.04][1] - 1 == pytest.approx(0.0, abs=0.003)
+    assert bounded[0.02] - bounded[0.04] > -0.015  # the loss of water half hidden at the bound
 
 
 def test_single_shell_without_b0_references_keeps_f_at_or_above_0():
@@ -291,6 +298,9 @@ def test_bad_inputs_raise():
         fit_free_water(data, bvals, bvecs, s0_tissue=2000.0, s0_water=1000.0)
     with pytest.raises(ValueError, match="4-D"):
         fit_free_water(data[:, 0], bvals, bvecs)
+    for floor in (0.1, -0.6):
+        with pytest.raises(ValueError, match="min_f"):
+            fit_free_water(data, bvals, bvecs, min_f=floor)
 
 
 def test_single_shell_prior_divides_out_the_receive_coils_shading():

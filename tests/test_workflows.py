@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import scipy.sparse
@@ -331,6 +332,36 @@ def test_with_gibbs_the_reverse_pe_images_are_unrung_too(tmp_path, gibbs):
     if gibbs:
         unring = workflow.get_node("unring_reverse")
         assert unring.inputs.in_file == [str(tmp_path / "epi.nii.gz")]
+        assert unring.inputs.b0_only_bval == [""]  # an fmap EPI: every volume
+
+
+def test_a_reverse_dwi_series_has_only_its_b0s_unrung(tmp_path):
+    """A reverse-PE DWI series serves the field through its b0s alone, so only they are
+    unrung; the estimator then reads the unrung file's every volume."""
+    from ketamine_dti.fieldmaps import EpiImage, FieldmapInputs, PhaseEncoding
+    from ketamine_dti.interfaces.dwi import Unring
+
+    rng = np.random.default_rng(3)
+    series = rng.uniform(100, 200, (12, 12, 6, 5)).astype(np.float32)
+    nib.save(nib.Nifti1Image(series, np.eye(4)), tmp_path / "dwi_pa.nii.gz")
+    (tmp_path / "dwi_pa.bval").write_text("0 1000 5 1000 1000\n")
+    reverse = EpiImage(str(tmp_path / "dwi_pa.nii.gz"), PhaseEncoding("j", 0.05),
+                       bval=str(tmp_path / "dwi_pa.bval"))  # fmt: skip
+    pepolar = FieldmapInputs("dwi.nii.gz", "pepolar", PhaseEncoding("j-", 0.05), epi=(reverse,))
+    workflow = init_dwi_preproc_wf(gibbs=True, fieldmap=pepolar)
+    unring = workflow.get_node("unring_reverse")
+    assert unring.inputs.b0_only_bval == [str(tmp_path / "dwi_pa.bval")]
+    assert workflow.get_node("estimate_susceptibility").inputs.reverse_bvals == [""]
+
+    result = Unring(in_file=str(tmp_path / "dwi_pa.nii.gz"),
+                    b0_only_bval=str(tmp_path / "dwi_pa.bval")).run(cwd=tmp_path)  # fmt: skip
+    unrung = nib.load(result.outputs.out_file).get_fdata()
+    assert unrung.shape == (12, 12, 6, 2)  # volumes 0 and 2 (b 0 and 5)
+    (tmp_path / "all").mkdir()
+    whole = Unring(in_file=str(tmp_path / "dwi_pa.nii.gz")).run(cwd=tmp_path / "all")
+    np.testing.assert_allclose(
+        unrung, nib.load(whole.outputs.out_file).get_fdata()[..., [0, 2]], rtol=1e-6
+    )
 
 
 def _record(name, log, after=None):

@@ -42,18 +42,21 @@ def session_means(dwi_dir: Path) -> dict:
     inputs = published_fit_inputs(dwi_dir)
     md, prior = inputs["md"], inputs["prior"]
     labels = np.asarray(nib.load(one_file(dwi_dir, "*desc-graymatter_dseg.nii.gz")).dataobj)
-    fits = {}
-    app_floor = free_water.SINGLE_SHELL_MIN_F
-    try:
-        for name, floor in FLOORS.items():
-            free_water.SINGLE_SHELL_MIN_F = app_floor if floor is None else floor
-            fits[name] = free_water.fit_free_water(
-                inputs["data"], inputs["bvals"], inputs["bvecs"], mask=inputs["mask"],
-                s0_tissue=prior["B0ReferenceTissue"], s0_water=prior["B0ReferenceWater"],
-                dti_md=md, dti_fa=inputs["fa"], voxel_mm=inputs["image"].header.get_zooms()[:3],
-            )  # fmt: skip
-    finally:
-        free_water.SINGLE_SHELL_MIN_F = app_floor
+    fits = {
+        name: free_water.fit_free_water(
+            inputs["data"],
+            inputs["bvals"],
+            inputs["bvecs"],
+            mask=inputs["mask"],
+            s0_tissue=prior["B0ReferenceTissue"],
+            s0_water=prior["B0ReferenceWater"],
+            dti_md=md,
+            dti_fa=inputs["fa"],
+            voxel_mm=inputs["image"].header.get_zooms()[:3],
+            min_f=free_water.SINGLE_SHELL_MIN_F if floor is None else floor,
+        )
+        for name, floor in FLOORS.items()
+    }
     out = {}
     for label in np.unique(labels[labels > 0]):
         inside = labels == label

@@ -139,12 +139,11 @@ def build_subject_template(
     files = [Path(f).absolute() for f in t1w_files]
     if len(files) not in (1, 2):
         raise ValueError(f"expected 1 or 2 T1w files, got {len(files)}")
-    for path in files:
-        load_image(path)
     # a single session's template is a copy, so it keeps that file's format
     extension = nifti_extension(files[0]) if len(files) == 1 else WORK_EXTENSION
     template_file = out_dir / f"subject_template{extension}"
-    if len(files) == 1:
+    if len(files) == 1:  # two files are checked by register_linear
+        load_image(files[0])
         shutil.copyfile(files[0], template_file)
         identity = identity_file(out_dir)
         return SubjectTemplate(str(template_file), ((identity,),), ((identity,),), {})

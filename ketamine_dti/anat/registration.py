@@ -284,19 +284,26 @@ def _prepare(
     prefix: str,
     fixed_mask_file: PathLike | None,
     moving_mask_file: PathLike | None,
+    check: bool = True,
 ) -> _Job:
-    """Check inputs (a clear error on a bad file before ANTs sees it) and name the outputs."""
+    """Check inputs (a clear error on a bad file before ANTs sees it; ``check=False`` for files
+    this module wrote from checked ones, whose header alone is read) and name the outputs."""
+    import ants
+
     out_dir = Path(out_dir).absolute()
     out_dir.mkdir(parents=True, exist_ok=True)
-    fixed_image = load_image(fixed_file)
-    load_image(moving_file)
+    if check:
+        spacing = load_image(fixed_file).spacing
+        load_image(moving_file)
+    else:
+        spacing = ants.image_header_info(str(fixed_file))["spacing"]
     return _Job(
         fixed=check_ants_path(fixed_file),
         moving=check_ants_path(moving_file),
         out_prefix=check_ants_path(out_dir / prefix),
         warped=str(out_dir / f"{prefix}warped.nii.gz"),
         masks=_mask_option(fixed_mask_file, moving_mask_file),
-        fixed_spacing=tuple(fixed_image.spacing),
+        fixed_spacing=tuple(float(x) for x in spacing),
     )
 
 
@@ -380,7 +387,10 @@ def register_linear(
         fixed_file, moving_file, fixed_mask_file = _on_finest_level_grid(
             job.fixed, job.moving, fixed_mask_file, Path(job.out_prefix)
         )
-        job = _prepare(fixed_file, moving_file, out_dir, prefix, fixed_mask_file, moving_mask_file)
+        job = _prepare(
+            fixed_file, moving_file, out_dir, prefix, fixed_mask_file, moving_mask_file,
+            check=False,
+        )  # fmt: skip
         # the coarsest levels are dropped if fewer iterations are given
         n_levels = len(iterations)
         levels_mm = LINEAR_LEVELS_MM[-n_levels:]

@@ -681,6 +681,7 @@ def fit_free_water(
     gray_matter: np.ndarray | None = None,
     voxel_mm: Sequence[float] | None = None,
     b0_threshold: float = B0_THRESHOLD,
+    min_f: float = SINGLE_SHELL_MIN_F,
 ) -> FreeWaterFit:
     """Fit the free-water + tissue-tensor model in every voxel of ``data`` (x, y, z, volumes).
 
@@ -692,7 +693,9 @@ def fit_free_water(
     WLS tensor fit made here; with ``voxel_mm`` (the grid's voxel size) a single-shell
     fit first divides the data by the b0's receive field (:func:`b0_receive_field`, fitted on
     the tissue those MD maps, or that fit, show), so given references must then be in those
-    units. ``n_threads`` caps the cores. Raises ValueError for
+    units. ``min_f`` (<= 0) is the single-shell floor of f where there is a b0 prior (an
+    analysis may set 0 to refit with DIPY's bound). ``n_threads`` caps the cores. Raises
+    ValueError for
     mismatched shapes, no b0 volume, or directions that cannot determine a tensor.
     """
     data, bvals, bvecs, mask = check_inputs(data, bvals, bvecs, mask)
@@ -707,6 +710,8 @@ def fit_free_water(
             "the diffusion-weighted directions do not span 6 non-collinear directions; "
             "a tissue tensor cannot be fitted"
         )
+    if not SINGLE_SHELL_MIN_F <= min_f <= 0:
+        raise ValueError(f"min_f must be in [{SINGLE_SHELL_MIN_F:g}, 0], not {min_f:g}")
     if (s0_tissue is None) != (s0_water is None):
         raise ValueError("give both s0_tissue and s0_water, or neither")
     if s0_tissue is not None and not (0 < s0_tissue < s0_water):
@@ -770,7 +775,7 @@ def fit_free_water(
         )
     # f < 0 is read from the b0 prior: only where there is one (the kernel's own test)
     if settings[4] > 0 and np.isfinite(settings[2]) and np.isfinite(settings[3]):
-        settings[5] = SINGLE_SHELL_MIN_F
+        settings[5] = min_f
     out_evals = np.empty((n_fit, 3))
     out_evecs = np.empty((n_fit, 3, 3))
     out_s0 = np.empty(n_fit)

@@ -42,6 +42,15 @@ def _save(data: np.ndarray, reference: nib.Nifti1Image, path: str, dtype=np.floa
     return str(Path(path).resolve())
 
 
+def b0_volume_indices(image: nib.Nifti1Image, bval_file: str, b0_threshold: float) -> np.ndarray:
+    """Indices of an image's b0 volumes by ``bval_file``; without one every volume is a b0 (an
+    fmap EPI image, or a single b0)."""
+    n_volumes = image.shape[3] if len(image.shape) == 4 else 1
+    if not bval_file:
+        return np.arange(n_volumes)
+    return np.flatnonzero(gradients.read_bvals(bval_file) <= b0_threshold)
+
+
 def _load_dwi(in_file: str, bval_file: str, bvec_file: str):
     """The 4-D DWI image, its float32 data and its gradient table."""
     image = nib.load(in_file)
@@ -120,6 +129,12 @@ class Denoise(SimpleInterface):
 
 class _UnringInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True)
+    b0_only_bval = traits.Str(
+        desc="'' or a .bval: with one, only the b0 volumes (b <= b0_threshold) are unrung and "
+        "written (a reverse-PE DWI series, of which only the b0s are used); '' (an fmap EPI) "
+        "or undefined: every volume"
+    )
+    b0_threshold = traits.Float(gradients.B0_THRESHOLD, usedefault=True)
     n_threads = traits.Int(1, usedefault=True)
 
 
@@ -138,7 +153,11 @@ class Unring(SimpleInterface):
         from ketamine_dti.dwi.gibbs import remove_gibbs
 
         image = nib.load(self.inputs.in_file)
-        unrung = remove_gibbs(image.get_fdata(dtype=np.float32), self.inputs.n_threads)
+        data = image.get_fdata(dtype=np.float32)
+        if isdefined(self.inputs.b0_only_bval) and self.inputs.b0_only_bval and data.ndim == 4:
+            data = data[..., b0_volume_indices(image, self.inputs.b0_only_bval,
+                                               self.inputs.b0_threshold)]  # fmt: skip
+        unrung = remove_gibbs(data, self.inputs.n_threads)
         out = str(Path(runtime.cwd) / "dwi_unrung.nii")
         self._results["out_file"] = _save(unrung, image, out)
         return runtime

@@ -17,8 +17,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from ketamine_dti.dwi import gradients
-from ketamine_dti.interfaces.dwi import _save
+from ketamine_dti.interfaces.dwi import _save, b0_volume_indices
 from ketamine_dti.threads import limited_by_n_threads
 
 #: mm; affines of a fieldmap and its magnitude that differ by less than this are one grid
@@ -67,7 +66,7 @@ class EstimateSusceptibilityField(SimpleInterface):
 
         image = nib.load(self.inputs.b0_file)
         bval_file = self.inputs.bval_file if isdefined(self.inputs.bval_file) else ""
-        b0 = _volume(image, _b0_indices(image, bval_file, self.inputs.b0_threshold)[0])
+        b0 = _volume(image, b0_volume_indices(image, bval_file, self.inputs.b0_threshold)[0])
         reverse = []
         for path, bval in zip(self.inputs.reverse_files, self.inputs.reverse_bvals, strict=True):
             reverse.append(_mean_b0(path, bval, self.inputs.b0_threshold))
@@ -84,15 +83,6 @@ class EstimateSusceptibilityField(SimpleInterface):
         return runtime
 
 
-def _b0_indices(image: nib.Nifti1Image, bval_file: str, b0_threshold: float) -> np.ndarray:
-    """Indices of an image's b0 volumes by ``bval_file``; without one every volume is a b0 (an
-    fmap EPI image, or a single b0)."""
-    n_volumes = image.shape[3] if len(image.shape) == 4 else 1
-    if not bval_file:
-        return np.arange(n_volumes)
-    return np.flatnonzero(gradients.read_bvals(bval_file) <= b0_threshold)
-
-
 def _volume(image: nib.Nifti1Image, index: int) -> np.ndarray:
     """One volume (float32, non-finite -> 0), read alone from the file."""
     data = image.dataobj[..., int(index)] if len(image.shape) == 4 else image.dataobj[...]
@@ -100,9 +90,10 @@ def _volume(image: nib.Nifti1Image, index: int) -> np.ndarray:
 
 
 def _mean_b0(path: str, bval_file: str, b0_threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """(mean b0 volume, affine) of a reverse-PE image (``_b0_indices``)."""
+    """(mean b0 volume, affine) of a reverse-PE image (``b0_volume_indices``)."""
     image = nib.load(path)
-    volumes = [_volume(image, index) for index in _b0_indices(image, bval_file, b0_threshold)]
+    indices = b0_volume_indices(image, bval_file, b0_threshold)
+    volumes = [_volume(image, index) for index in indices]
     return np.mean(volumes, axis=0), image.affine
 
 

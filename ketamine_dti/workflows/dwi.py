@@ -296,10 +296,14 @@ def init_dwi_preproc_wf(
             workflow.connect(check, "out_bval", estimate, "bval_file")
             if gibbs:  # the pair must ring alike, or the field fits the DWI's ringing away
                 unring_reverse = pe.MapNode(
-                    Unring(n_threads=omp_nthreads), iterfield=["in_file"],
-                    name="unring_reverse", n_procs=omp_nthreads,
+                    Unring(n_threads=omp_nthreads, b0_threshold=b0_threshold),
+                    iterfield=["in_file", "b0_only_bval"], name="unring_reverse",
+                    n_procs=omp_nthreads,
                 )  # fmt: skip
+                # only the b0s of a reverse DWI series are used: only they are unrung
                 unring_reverse.inputs.in_file = list(estimate.inputs.reverse_files)
+                unring_reverse.inputs.b0_only_bval = list(estimate.inputs.reverse_bvals)
+                estimate.inputs.reverse_bvals = [""] * len(estimate.inputs.reverse_bvals)
                 workflow.connect(unring_reverse, "out_file", estimate, "reverse_files")
         else:
             estimate = _gre_node(fieldmap)

@@ -103,7 +103,8 @@ read after dividing out the receive coil's shading, an N4 field of the mean b0 f
 voxels with DTI MD < {free_water.RECEIVE_FIELD_MAX_MD:g} mm^2/s [n4]) and a weak prior on
 tissue MD ({free_water.TISSUE_MD_PRIOR_MEAN:g} +- {free_water.TISSUE_MD_PRIOR_SD:g} mm^2/s)
 [free_water_init], the fraction allowed down to {free_water.SINGLE_SHELL_MIN_F:g} below the
-gray-matter reference so that a bound at 0 does not bias regional means. This gave the
+gray-matter reference so that a bound at 0 does not bias regional means (with a b0 prior;
+without both references the fraction stays between 0 and 1). This gave the
 free-water fraction and the free-water-corrected MD."""
 
 
