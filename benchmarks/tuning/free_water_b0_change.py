@@ -208,6 +208,14 @@ def main(argv=None) -> int:
     print(fits(table, truth).round(3).to_markdown(index=False))
     jac = table["jacobian_error_change"]
     print(f"\nJacobian error change per ROI (%): SD {jac.std():.2f}, max {jac.abs().max():.2f}")
+    # does the susceptibility correction's intensity error follow the CSF change?
+    joined = pd.concat({"jacobian": jac, "truth": truth}, axis=1).dropna()
+    slope = np.polyfit(joined.truth, joined.jacobian, 1)[0]
+    per_roi = jac.groupby(level="roi").mean()
+    print(
+        f"its slope on the true change: {slope:.3f} (r {joined.corr().iloc[0, 1]:.2f}); per ROI, "
+        "mean: " + ", ".join(f"{roi} {value:+.2f}" for roi, value in per_roi.items())
+    )
     print(f"SD of the true change (%): {truth.std():.2f}")
     return 0
 
