@@ -695,8 +695,8 @@ def fit_free_water(
     the tissue those MD maps, or that fit, show), so given references must then be in those
     units. ``min_f`` (<= 0) is the single-shell floor of f where there is a b0 prior (an
     analysis may set 0 to refit with DIPY's bound). ``n_threads`` caps the cores. Raises
-    ValueError for
-    mismatched shapes, no b0 volume, or directions that cannot determine a tensor.
+    ValueError for mismatched shapes, no b0 volume, directions that cannot determine a tensor,
+    or ``min_f`` outside [SINGLE_SHELL_MIN_F, 0].
     """
     data, bvals, bvecs, mask = check_inputs(data, bvals, bvecs, mask)
     b0_mask = bvals <= b0_threshold
