@@ -173,7 +173,8 @@ def _add_method_options(met) -> None:
         action=argparse.BooleanOptionalAction,
         default=False,
         help="Gibbs-ringing removal (Kellner et al. 2016); off by default, as in QSIPrep, "
-        "because it adds minutes per session and 24-hour MD change is a within-scan contrast",
+        "because it adds ~40 s per standard session and 24-hour MD change is a within-scan "
+        "contrast",
     )
     met.add_argument(
         "--tensor-fit",

@@ -63,7 +63,7 @@ class Config:
     verbosity: int = 0
     # methods
     denoise: str = "mppca"  # "mppca" or "none"
-    gibbs: bool = False  # Gibbs unringing costs minutes per session; QSIPrep's default is off too
+    gibbs: bool = False  # unringing costs ~40 s per standard session; QSIPrep's default is off too
     tensor_fit: str = "wls"  # "wls", "ols", "nlls" or "restore" (robust to outlier samples)
     slice_outliers: str = "replace"  # slice dropouts: "replace" (eddy --repol) or "none" (count)
     interpolation: str = "trilinear"  # the one DWI interpolation: dwi.resampling's choices

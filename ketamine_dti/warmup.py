@@ -24,6 +24,7 @@ def compile_kernels() -> None:
     from ketamine_dti.dwi import layout, mutual_information, series_registration, susceptibility
     from ketamine_dti.dwi.denoise import mppca
     from ketamine_dti.dwi.free_water import fit_free_water
+    from ketamine_dti.dwi.gibbs import remove_gibbs
     from ketamine_dti.dwi.gre_fieldmap import unwrap_phase
     from ketamine_dti.dwi.slice_outliers import replace_slice_outliers
     from ketamine_dti.dwi.tensor import fit_tensor
@@ -59,6 +60,7 @@ def compile_kernels() -> None:
     field = susceptibility.estimate_field(up, up.copy(), affine, "j", "j-", 0.05, 0.05).field_hz
     susceptibility.unwarp(up, field, affine, 0.05, "j")
     unwrap_phase(rng.uniform(-np.pi, np.pi, size=(8, 8, 8)), np.ones((8, 8, 8), bool))
+    remove_gibbs(rng.normal(size=(8, 8, 3, 2)).astype(np.float32))  # lines along both axes
 
 
 def _simulator() -> None:
