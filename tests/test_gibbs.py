@@ -53,7 +53,7 @@ def test_oscillation_kernel_matches_its_definition():
     """The compiled oscillation (Kellner's total variation: the smaller of the summed absolute
     differences over N_POINTS neighbours to the right and to the left, circular) equals its
     definition written out in numpy, along either in-plane axis."""
-    from ketamine_dti.dwi.gibbs import N_POINTS, _total_variation
+    from ketamine_dti.dwi.gibbs import N_POINTS, _keep_smoother
 
     volume = np.random.default_rng(4).normal(size=(11, 9, 3)).astype(np.float32)
     for axis in (0, 1):
@@ -61,6 +61,10 @@ def test_oscillation_kernel_matches_its_definition():
         steps = np.abs(np.roll(lines, -1, axis=0) - lines)  # steps[i] = |x[i+1] - x[i]|
         right = sum(np.roll(steps, -k, axis=0) for k in range(N_POINTS))
         left = sum(np.roll(steps, k, axis=0) for k in range(1, N_POINTS + 1))
-        out = np.empty(volume.shape, np.float32)
-        _total_variation(np.moveaxis(volume, axis, 0), np.moveaxis(out, axis, 0))
+        out = np.full(volume.shape, np.inf, np.float32)  # +inf: every value is taken
+        chosen, shift = np.zeros_like(volume), np.zeros_like(volume)
+        _keep_smoother(np.moveaxis(volume, axis, 0), np.float32(0.5),
+                       *(np.moveaxis(a, axis, 0) for a in (chosen, shift, out)))  # fmt: skip
         np.testing.assert_allclose(np.moveaxis(out, axis, 0), np.minimum(right, left), rtol=1e-5)
+        np.testing.assert_array_equal(chosen, volume)
+        assert np.all(shift == 0.5)

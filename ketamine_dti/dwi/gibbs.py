@@ -52,22 +52,10 @@ def _line_variation(lines, b, c, step, out):  # pragma: no cover - JIT
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _total_variation(lines, out):  # pragma: no cover - JIT
-    """out = the oscillation (``_line_variation``) of every line along axis 0 of ``lines``."""
-    n, m1, m2 = lines.shape
-    for q in prange(m1 * m2):
-        b, c = q // m2, q % m2
-        step = np.empty(n + 2 * N_POINTS, np.float32)
-        values = np.empty(n, np.float32)
-        _line_variation(lines, b, c, step, values)
-        for i in range(n):
-            out[i, b, c] = values[i]
-
-
-@njit(cache=True, nogil=True, parallel=True)
 def _keep_smoother(shifted, shift_value, image, shift, tv):  # pragma: no cover - JIT
     """Where ``shifted`` (lines along axis 0) oscillates less than ``tv``: take its value, its
-    oscillation and ``shift_value``. One pass instead of numpy's ten."""
+    oscillation and ``shift_value``. One pass instead of numpy's ten. With ``tv`` at +inf it
+    leaves the oscillation of ``shifted`` in ``tv``."""
     n, m1, m2 = shifted.shape
     for q in prange(m1 * m2):
         b, c = q // m2, q % m2
@@ -93,8 +81,11 @@ def _unring_lines(volume: np.ndarray, axis: int, workers: int) -> np.ndarray:
         return np.moveaxis(array, axis, 0)
 
     best = {}
-    baseline_tv = np.empty(volume.shape, dtype=np.float32)
-    _total_variation(lines(volume), lines(baseline_tv))
+    baseline_tv = np.full(volume.shape, np.inf, dtype=np.float32)
+    scratch = np.empty(volume.shape, dtype=np.float32)
+    _keep_smoother(
+        lines(volume), np.float32(0), lines(scratch), lines(scratch), lines(baseline_tv)
+    )
     for sign in (1.0, -1.0):
         image = volume.copy()
         shift = np.zeros(volume.shape, dtype=np.float32)
