@@ -153,11 +153,13 @@ class Unring(SimpleInterface):
         from ketamine_dti.dwi.gibbs import remove_gibbs
 
         image = nib.load(self.inputs.in_file)
-        data = image.get_fdata(dtype=np.float32)
-        if isdefined(self.inputs.b0_only_bval) and self.inputs.b0_only_bval and data.ndim == 4:
-            data = data[..., b0_volume_indices(image, self.inputs.b0_only_bval,
-                                               self.inputs.b0_threshold)]  # fmt: skip
-        unrung = remove_gibbs(data, self.inputs.n_threads)
+        bval = self.inputs.b0_only_bval if isdefined(self.inputs.b0_only_bval) else ""
+        if bval and len(image.shape) == 4:  # read only the b0 volumes, not the whole series
+            indices = b0_volume_indices(image, bval, self.inputs.b0_threshold)
+            data = np.stack([image.dataobj[..., int(i)] for i in indices], axis=-1)
+        else:
+            data = image.dataobj[...]
+        unrung = remove_gibbs(np.asarray(data, dtype=np.float32), self.inputs.n_threads)
         out = str(Path(runtime.cwd) / "dwi_unrung.nii")
         self._results["out_file"] = _save(unrung, image, out)
         return runtime
