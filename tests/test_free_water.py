@@ -169,6 +169,27 @@ def test_single_shell_without_b0_references_keeps_f_at_or_above_0():
     assert np.mean(fit.f_water < 1e-6) < 0.9  # not simply pinned at the bound either
 
 
+def test_single_shell_noiseless_signal_with_a_given_noise_sd_is_recovered():
+    """An analysis of the model alone fits noiseless mixtures: its own noise estimate is ~0, so
+    the caller gives the SD that weighs the priors; with exact references f and tissue MD come
+    back, and a change of water shows in f, not in tissue MD."""
+    bvals, bvecs = gradient_table()
+    f_true = np.repeat([0.05, 0.06, 0.2], 50)
+    md_true = np.full(f_true.size, 0.8e-3)
+    data = as_volume(two_compartment_signal(f_true, md_true, bvals, bvecs, snr=None, seed=2))
+    references = {"s0_tissue": S0_TISSUE, "s0_water": S0_WATER}
+
+    fit = fit_free_water(data, bvals, bvecs, n_threads=1, noise_sd=S0_TISSUE / SNR, **references)
+
+    assert fit.prior.noise_sd == S0_TISSUE / SNR
+    np.testing.assert_allclose(fit.f_water[:, 0, 0], f_true, atol=2e-3)
+    np.testing.assert_allclose(fit.md[:, 0, 0], md_true, rtol=3e-3)
+    one_point = fit.md[50:100].mean() / fit.md[:50].mean() - 1  # f 0.05 -> 0.06
+    assert abs(one_point) < 1e-3  # plain DTI MD moves 1.1% for this change
+    with pytest.raises(ValueError, match="noise_sd must be positive"):
+        fit_free_water(data, bvals, bvecs, n_threads=1, noise_sd=0.0, **references)
+
+
 def test_b0_references_and_fraction():
     s0 = np.r_[np.full(100, 1000.0), np.full(50, 2500.0), np.full(100, 1500.0)]
     md = np.r_[np.full(100, 0.7e-3), np.full(50, 3.0e-3), np.full(100, 1.2e-3)]
@@ -376,3 +397,7 @@ def test_receive_field_is_fitted_on_tissue_not_on_free_water():
     assert abs(np.median(tissue[brain & (water == 0)]) - 1.0) < 0.02
     no_tissue = np.full(shape, 2.0 * RECEIVE_FIELD_MAX_MD)
     np.testing.assert_array_equal(b0_receive_field(b0, brain, (2.0,) * 3, no_tissue), whole)
+    # an analysis leaving the watery side out of the whole-mask fit: evaluated there, not bent
+    without = b0_receive_field(b0, brain, (2.0,) * 3, exclude=water > 0)
+    assert without.shape == shape and np.all(without[~brain] == 1.0)
+    assert np.median(without[rich]) < 1.05  # 1.01 (1.32 fitted on the whole mask)

@@ -298,11 +298,16 @@ def receive_field_voxels(mask: np.ndarray, dti_md: np.ndarray) -> np.ndarray:
 
 
 def b0_receive_field(
-    b0: np.ndarray, mask: np.ndarray, voxel_mm: Sequence[float], dti_md: np.ndarray | None = None
+    b0: np.ndarray,
+    mask: np.ndarray,
+    voxel_mm: Sequence[float],
+    dti_md: np.ndarray | None = None,
+    exclude: np.ndarray | None = None,
 ) -> np.ndarray:
     """The smooth receive-coil shading of the mean ``b0`` inside ``mask`` (float32, median 1 in
     the mask; 1 outside it): an N4 field (RECEIVE_FIELD_* settings), fitted on the voxels
-    whose ``dti_md`` (mm^2/s, same grid) is below RECEIVE_FIELD_MAX_MD when given.
+    whose ``dti_md`` (mm^2/s, same grid) is below RECEIVE_FIELD_MAX_MD when given, less the
+    ``exclude`` voxels (an analysis leaving regions out of the fit), evaluated over the mask.
 
     Why: the single-shell prior reads free water from b0 intensity against whole-brain
     references, so shading that moves with the head between sessions would read as a change in
@@ -313,6 +318,8 @@ def b0_receive_field(
     if not mask.any():
         return np.ones(b0.shape, dtype=np.float32)
     fitted = mask if dti_md is None else receive_field_voxels(mask, dti_md)
+    if exclude is not None:
+        fitted = fitted & ~np.asarray(exclude, dtype=bool)
     log_field = estimate_log_field(
         b0, fitted, voxel_mm,
         shrink=working_shrink(voxel_mm, RECEIVE_FIELD_GRID_MM),
@@ -682,6 +689,7 @@ def fit_free_water(
     voxel_mm: Sequence[float] | None = None,
     b0_threshold: float = B0_THRESHOLD,
     min_f: float = SINGLE_SHELL_MIN_F,
+    noise_sd: float | None = None,
 ) -> FreeWaterFit:
     """Fit the free-water + tissue-tensor model in every voxel of ``data`` (x, y, z, volumes).
 
@@ -694,7 +702,10 @@ def fit_free_water(
     fit first divides the data by the b0's receive field (:func:`b0_receive_field`, fitted on
     the tissue those MD maps, or that fit, show), so given references must then be in those
     units. ``min_f`` (<= 0) is the single-shell floor of f where there is a b0 prior (an
-    analysis may set 0 to refit with DIPY's bound). ``n_threads`` caps the cores. Raises
+    analysis may set 0 to refit with DIPY's bound). ``noise_sd`` (data units) weighs the
+    single-shell priors against the data; None estimates it from the data (noiseless data,
+    as an analysis of the model alone uses, must give it: their estimate is ~0, and priors
+    weighted by it would vanish). ``n_threads`` caps the cores. Raises
     ValueError for mismatched shapes, no b0 volume, directions that cannot determine a tensor,
     or ``min_f`` outside [SINGLE_SHELL_MIN_F, 0].
     """
@@ -752,7 +763,7 @@ def fit_free_water(
         row_gray = None if gray_matter is None else np.asarray(gray_matter).ravel()[voxels]
         prior = single_shell_prior(
             signal, bvals, bvecs, b0_volumes, b0_rows, s0_tissue, s0_water, dti_md=row_md,
-            dti_fa=row_fa, gray_matter=row_gray,
+            dti_fa=row_fa, gray_matter=row_gray, noise=noise_sd,
         )  # fmt: skip
         prior = dataclasses.replace(prior, receive_field_range=receive_range)
         LOGGER.info(
@@ -823,11 +834,12 @@ def single_shell_prior(
     dti_md: np.ndarray | None = None,
     dti_fa: np.ndarray | None = None,
     gray_matter: np.ndarray | None = None,
+    noise: float | None = None,
 ) -> SingleShellPrior:
     """The single-shell priors for the brain's ``rows`` (voxels, volumes) and their mean b0
     ``b0_mean``: b0 references (given, or estimated from the rows' anatomy and tensor MD and
     FA, ``gray_matter``/``dti_md``/``dti_fa`` per row) and the noise SD that weighs the priors
-    against the data."""
+    against the data (``noise``, or estimated from the rows when None)."""
     source = TISSUE_GIVEN
     if s0_tissue is None:
         if dti_md is None:
@@ -838,10 +850,13 @@ def single_shell_prior(
                 "fit_free_water: no tissue/CSF b0 references in the mask; single-shell free "
                 "water rests on the tissue-MD prior alone"
             )
+    if noise is None:
+        noise = noise_sd(rows, bvals, bvecs, b0_volumes)
+    elif not noise > 0:
+        raise ValueError(f"noise_sd must be positive, not {noise}")
     return SingleShellPrior(
-        float(s0_tissue), float(s0_water), noise_sd(rows, bvals, bvecs, b0_volumes),
-        tissue_reference=source,
-    )  # fmt: skip
+        float(s0_tissue), float(s0_water), float(noise), tissue_reference=source
+    )
 
 
 def _assemble(

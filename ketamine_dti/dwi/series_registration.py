@@ -243,26 +243,27 @@ def register(target: Target, moving: np.ndarray, initial: np.ndarray | None = No
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _cubic(coefficients, x, y, z, weights, indices):  # pragma: no cover - JIT
+def _cubic(coefficients, x, y, z, indices):  # pragma: no cover - JIT
     """Cubic B-spline value at voxel point (x, y, z) of prefiltered ``coefficients`` (mirror
-    boundary); NaN outside the volume. ``weights``/``indices``: (3, 4) scratch arrays."""
+    boundary); NaN outside the volume. ``indices``: a (3, 4) scratch array."""
     nx, ny, nz = coefficients.shape
     if x < 0.0 or y < 0.0 or z < 0.0 or x > nx - 1 or y > ny - 1 or z > nz - 1:
         return np.nan
     point = (x, y, z)
     for axis in range(3):
         start = int(np.floor(point[axis]))
-        taps = cubic_weights(point[axis] - start)
         for n in range(4):
-            weights[axis, n] = taps[n]
             indices[axis, n] = mirror(start - 1 + n, coefficients.shape[axis])
+    wx = cubic_weights(x - np.floor(x))
+    wy = cubic_weights(y - np.floor(y))
+    wz = cubic_weights(z - np.floor(z))
     total = 0.0
     for p in range(4):
         for q in range(4):
             row = 0.0
             for r in range(4):
-                row += weights[2, r] * coefficients[indices[0, p], indices[1, q], indices[2, r]]
-            total += weights[0, p] * weights[1, q] * row
+                row += wz[r] * coefficients[indices[0, p], indices[1, q], indices[2, r]]
+            total += wx[p] * wy[q] * row
     return total
 
 
@@ -273,7 +274,6 @@ def _sample_grid(volume, voxel_map, shift, axis, cubic, out):  # pragma: no cove
     (1, 1, 1) means none."""
     ox, oy, oz = out.shape
     shifted = shift.shape == out.shape
-    weights = np.empty((3, 4))
     indices = np.empty((3, 4), np.int64)
     for a in range(ox):
         for b in range(oy):
@@ -292,7 +292,7 @@ def _sample_grid(volume, voxel_map, shift, axis, cubic, out):  # pragma: no cove
                     else:
                         pz += shift[a, b, c]
                 if cubic:
-                    value = _cubic(volume, px, py, pz, weights, indices)
+                    value = _cubic(volume, px, py, pz, indices)
                 else:
                     value = _trilinear(volume, px, py, pz)
                 out[a, b, c] = 0.0 if np.isnan(value) else value

@@ -291,19 +291,19 @@ def init_dwi_preproc_wf(
         if syn:
             estimate = _syn_estimate(workflow, inputnode, motion, fieldmap, omp_nthreads)
         elif fieldmap.method == "pepolar":
-            estimate = _pepolar_node(fieldmap, b0_threshold)
+            estimate = _pepolar_node(fieldmap, b0_threshold, unrung=gibbs)
             workflow.connect(*restored, estimate, "b0_file")
             workflow.connect(check, "out_bval", estimate, "bval_file")
             if gibbs:  # the pair must ring alike, or the field fits the DWI's ringing away
+                used = _reverse_images(fieldmap)
                 unring_reverse = pe.MapNode(
                     Unring(n_threads=omp_nthreads, b0_threshold=b0_threshold),
                     iterfield=["in_file", "b0_only_bval"], name="unring_reverse",
                     n_procs=omp_nthreads,
                 )  # fmt: skip
                 # only the b0s of a reverse DWI series are used: only they are unrung
-                unring_reverse.inputs.in_file = list(estimate.inputs.reverse_files)
-                unring_reverse.inputs.b0_only_bval = list(estimate.inputs.reverse_bvals)
-                estimate.inputs.reverse_bvals = [""] * len(estimate.inputs.reverse_bvals)
+                unring_reverse.inputs.in_file = [image.path for image in used]
+                unring_reverse.inputs.b0_only_bval = [image.bval for image in used]
                 workflow.connect(unring_reverse, "out_file", estimate, "reverse_files")
         else:
             estimate = _gre_node(fieldmap)
@@ -362,24 +362,31 @@ def _gre_node(fieldmap: FieldmapInputs) -> pe.Node:
     return pe.Node(GreFieldToB0(**inputs), name="estimate_susceptibility", mem_gb=DWI_STEP_MEM_GB)
 
 
-def _pepolar_node(fieldmap: FieldmapInputs, b0_threshold: float) -> pe.Node:
-    """The field from the restored series' first b0 and the reverse-PE images.
+def _reverse_images(fieldmap: FieldmapInputs) -> list:
+    """The reverse-PE images one estimate takes: those read out like the first (one readout)."""
+    reverse = fieldmap.reverse_pe
+    return [image for image in reverse if image.phase_encoding == reverse[0].phase_encoding]
+
+
+def _pepolar_node(fieldmap: FieldmapInputs, b0_threshold: float, unrung: bool = False) -> pe.Node:
+    """The field from the restored series' first b0 and the reverse-PE images (``unrung``:
+    the caller connects the unrung images, holding only the volumes the field reads, so none
+    is selected by b-value here).
 
     The first b0 defines the reference frame, so it needs no resampling. The b0 reference, a
     mean of trilinearly resampled b0s, is smoother than the reverse image, and the pair's
     mismatch in sharpness reads as displacement at sharp edges (the frontal pole above the
     sinus). The raw first b0 did as well on the simulator but not on the real Prisma pair,
     whose AP field then strayed by up to 60 Hz at the brain's edge."""
-    reverse = fieldmap.reverse_pe
-    # one estimate takes one readout: images read out like the first reverse image
-    used = [image for image in reverse if image.phase_encoding == reverse[0].phase_encoding]
+    used = _reverse_images(fieldmap)
     dwi_pe = fieldmap.phase_encoding
+    files = {} if unrung else {"reverse_files": [image.path for image in used]}
     return pe.Node(
         EstimateSusceptibilityField(
             pe_direction=dwi_pe.direction,
             readout=dwi_pe.total_readout_time,
-            reverse_files=[image.path for image in used],
-            reverse_bvals=[image.bval for image in used],
+            reverse_bvals=["" if unrung else image.bval for image in used],
+            **files,
             reverse_pe_direction=used[0].phase_encoding.direction,
             reverse_readout=used[0].phase_encoding.total_readout_time,
             b0_threshold=b0_threshold,
