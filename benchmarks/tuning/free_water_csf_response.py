@@ -63,22 +63,14 @@ def gray_matter_reference(work: Path, subject: str, session: str) -> np.ndarray:
 
 
 def field_without(b0, mask, md, rois, voxel_mm) -> np.ndarray:
-    """The App's receive field (``free_water.b0_receive_field`` settings) fitted on its tissue
-    voxels outside ``rois``, evaluated over the whole mask (median 1 there)."""
+    """The App's receive field fitted on its tissue voxels outside ``rois`` grown by
+    ROI_MARGIN_VOXELS, evaluated over the whole mask (median 1 there)."""
     from scipy import ndimage
 
-    from ketamine_dti.anat.bias_field import estimate_log_field, working_shrink
-    from ketamine_dti.dwi import free_water as fw
+    from ketamine_dti.dwi.free_water import b0_receive_field
 
-    fitted = fw.receive_field_voxels(mask, md) & ~ndimage.binary_dilation(
-        rois, iterations=ROI_MARGIN_VOXELS
-    )
-    log_field = estimate_log_field(
-        b0, fitted, voxel_mm, shrink=working_shrink(voxel_mm, fw.RECEIVE_FIELD_GRID_MM),
-        iterations=fw.RECEIVE_FIELD_ITERATIONS, spline_distance_mm=fw.RECEIVE_FIELD_SPLINE_MM,
-        tolerance=fw.RECEIVE_FIELD_TOLERANCE,
-    )  # fmt: skip
-    return np.where(mask, np.exp(log_field - np.median(log_field[mask])), 1.0)
+    grown = ndimage.binary_dilation(rois, iterations=ROI_MARGIN_VOXELS)
+    return b0_receive_field(b0, mask, voxel_mm, md, exclude=grown)
 
 
 def session_fits(dwi_dir: Path, gray: np.ndarray, true_field: np.ndarray, rois) -> dict:

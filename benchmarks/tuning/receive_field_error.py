@@ -19,9 +19,7 @@ Usage (ROOT from ``bench_participant.py ROOT --scenarios csf_shift --seed 7 --tu
 from __future__ import annotations
 
 import argparse
-import filecmp
 import sys
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
@@ -32,8 +30,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(BENCHMARKS), str(BENCHMARKS / "tuning")]
 from bench_participant import SESSIONS  # noqa: E402
 from free_water_b0_change import one_file, preprocessed_b0  # noqa: E402
+from resimulation import SCENARIO, rerun_simulator  # noqa: E402
 
-SCENARIO = "csf_shift"
 #: name: (fitting mask, N4 iterations per level, first mesh mm); each level halves the mesh.
 SETTINGS = {
     "brain_60_30 (session 30)": ("brain", (50, 50), 60.0),
@@ -49,8 +47,6 @@ SETTINGS = {
 
 def simulated_fields(bids: Path, seed: int, n_participants: int, realism: str) -> list:
     """The DWI receive fields the simulator draws for this trial, in draw order."""
-    import runpy
-
     from ketamine_dti.simulate import signal
 
     fields, draw = [], signal.bias_field
@@ -60,26 +56,7 @@ def simulated_fields(bids: Path, seed: int, n_participants: int, realism: str) -
         fields.append(field)
         return field
 
-    with tempfile.TemporaryDirectory() as scratch:
-        argv = [
-            "ketamine-dti-simulate", str(Path(scratch) / "bids"), "--preset", "standard",
-            "--scenario", SCENARIO, "--n-participants", str(n_participants), "--seed",
-            str(seed), "--realism", realism, "--n-procs", "1",
-        ]  # fmt: skip
-        saved, sys.argv, signal.bias_field = sys.argv, argv, keep
-        try:
-            runpy.run_module("ketamine_dti.simulate.cli", run_name="__main__")
-        except SystemExit as stop:  # the CLI exits when done
-            if stop.code not in (0, None):
-                raise
-        finally:
-            sys.argv, signal.bias_field = saved, draw
-        again = sorted((Path(scratch) / "bids").glob("sub-*/ses-*/dwi/*_dwi.nii.gz"))
-        for path in again:
-            original = bids / path.relative_to(Path(scratch) / "bids")
-            if not filecmp.cmp(path, original, shallow=False):
-                raise RuntimeError(f"{original}: the re-simulation differs; wrong arguments?")
-        shape = nib.load(again[0]).shape[:3]
+    shape = rerun_simulator(seed, n_participants, realism, {(signal, "bias_field"): keep}, bids)
     return [field for field in fields if field.shape == shape]
 
 
