@@ -54,6 +54,7 @@ import numpy as np
 import pandas as pd
 
 from ketamine_dti.config import Config
+from ketamine_dti.dwi.resampling import INTERPOLATION_ORDERS
 from ketamine_dti.simulate.presets import PRESETS
 
 TARGET_MEDIAN_REL_ERROR = 0.05
@@ -286,6 +287,7 @@ def run_trial(bids_dir: Path, out: Path, work: Path, args, independent: bool) ->
         omp_nthreads=args.omp_nthreads,
         mem_gb=args.mem_gb,
         gibbs=args.gibbs,
+        interpolation=args.interpolation,
     )
     out.mkdir(parents=True, exist_ok=True)
     bids.init_derivatives(out, bids_dir)
@@ -352,6 +354,7 @@ def run_cli(config, subjects: list[str]) -> dict[str, str]:
         "participant", "--participant-label", *subjects, "-w", str(config.work_dir),
         "--nprocs", str(config.nprocs), "--omp-nthreads", str(config.omp_nthreads),
         "--mem-gb", str(config.mem_gb), *(["--gibbs"] if config.gibbs else []),
+        "--interpolation", config.interpolation,
     ]  # fmt: skip
     log = Path(config.output_dir).parent / f"{Path(config.output_dir).name}_app.log"
     with log.open("w") as handle:
@@ -756,6 +759,12 @@ def main(argv: list[str] | None = None) -> int:
         help="also run Gibbs unringing (DIPY's takes ~45 min per standard session: off here)",
     )
     parser.add_argument(
+        "--interpolation",
+        choices=list(INTERPOLATION_ORDERS),
+        default=Config.interpolation,
+        help="the App's one DWI interpolation (default: the App's)",
+    )
+    parser.add_argument(
         "--together",
         action="store_true",
         help="run all participants as one App run (one graph), as the CLI does: wall, memory "
@@ -789,6 +798,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {
         "realism": realism,
         "gibbs": args.gibbs,
+        "interpolation": args.interpolation,
         "preset": args.preset,
         "n_participants": args.n_participants,
         "nprocs": args.nprocs,
@@ -850,6 +860,9 @@ def markdown(results: dict) -> str:
         f"Simulator realism: {results.get('realism', 'ideal (before session 9)')}.",
         "",
     ]
+    if results.get("interpolation", "trilinear") != "trilinear":  # older results: trilinear
+        interpolation = results["interpolation"]
+        lines += [f"The App's DWI interpolation: {interpolation} (not the default).", ""]
     if results.get("machine"):
         lines += [
             f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores.",
