@@ -102,6 +102,7 @@ def model_sessions(
                 "wm": captured["wm"],
                 "csf": captured["csf"],
                 "added": np.asarray(kwargs.get("free_water"), dtype=float),
+                "motion": dwi.motion,
             }
         )
         return dwi
@@ -207,6 +208,7 @@ def app_table(kept: list[dict], out: Path, truth: Path, noise_sd: float) -> pd.D
     from ketamine_dti.dwi.gradients import B0_THRESHOLD
     from ketamine_dti.rois import ROI_NAMES
     from ketamine_dti.simulate import signal
+    from ketamine_dti.simulate.signal import resample_affine, volume_source_matrix
 
     subjects = sorted(path.name for path in out.glob("sub-*") if path.is_dir())
     if len(subjects) * len(SESSIONS) != len(kept):
@@ -223,6 +225,8 @@ def app_table(kept: list[dict], out: Path, truth: Path, noise_sd: float) -> pd.D
             return np.asarray(nib.load(matches[0]).dataobj, dtype=np.float32)
 
         data = load("*desc-preproc_dwi.nii.gz")
+        zooms = nib.load(next(folder.glob("*desc-preproc_dwi.nii.gz"))).header.get_zooms()[:3]
+        voxel_mm = float(zooms[0])  # the simulator's grids are isotropic
         bvals = np.loadtxt(next(folder.glob("*desc-preproc_dwi.bval")))
         if data.shape[:3] != item["mixture"].shape[:3]:
             raise RuntimeError(f"{folder}: grid {data.shape[:3]} is not the simulator's")
@@ -244,6 +248,15 @@ def app_table(kept: list[dict], out: Path, truth: Path, noise_sd: float) -> pd.D
         model = fit_session(item, "exact", noise_sd)
         mixture, model_bvals = item["mixture"], item["bvals"]
         model["dw"] = mixture[..., model_bvals > B0_THRESHOLD].mean(axis=-1)
+        # the model's b0 moved like each b0 volume by trilinear resampling (as the simulator
+        # moves a volume) and brought back the same way (as the App's default does): what
+        # interpolation alone does to a b0 the App did not take as its reference frame
+        for position_in_series, volume in enumerate(b0_volumes):
+            source = volume_source_matrix(
+                model["b0"].shape, voxel_mm, item["motion"], int(volume), 0.0, np.zeros(3)
+            )
+            moved = resample_affine(model["b0"].astype(np.float32), source)
+            model[f"b0_{position_in_series}"] = resample_affine(moved, np.linalg.inv(source))
         labels = load("*desc-graymatter_dseg.nii.gz").astype(int)
         distortion = sorted(
             (truth / subjects[participant] / f"ses-{SESSIONS[position]}").glob(
@@ -254,8 +267,7 @@ def app_table(kept: list[dict], out: Path, truth: Path, noise_sd: float) -> pd.D
         if distortion:  # truth in voxels along j; the App's map in mm along its PE axis
             true_shift = np.asarray(nib.load(distortion[0]).dataobj, dtype=float)
             log_jacobian = np.log(np.clip(1 + np.gradient(true_shift, axis=1), 0.05, None))
-            pe_mm = nib.load(next(folder.glob("*desc-preproc_dwi.nii.gz"))).header.get_zooms()[1]
-            app_shift = load("*model-sdc_param-displacement_dwimap.nii.gz") / pe_mm
+            app_shift = load("*model-sdc_param-displacement_dwimap.nii.gz") / zooms[1]
             displacement_error = app_shift - true_shift
         for k, roi in enumerate(ROI_NAMES, start=1):
             voxels = labels == k
@@ -269,6 +281,7 @@ def app_table(kept: list[dict], out: Path, truth: Path, noise_sd: float) -> pd.D
                 name = f"b0_{position_in_series}"
                 row[f"app_{name}"] = float(np.nanmean(app[name][voxels]))
                 row[f"{name}_error_pct"] = 100 * (row[f"app_{name}"] / row["model_b0"] - 1)
+                row[f"interpolated_{name}"] = float(np.nanmean(model[name][voxels]))
             if log_jacobian is not None:
                 row["true_log_jacobian_pct"] = 100 * float(log_jacobian[voxels].mean())
                 row["displacement_error_voxels"] = float(displacement_error[voxels].mean())
@@ -305,6 +318,16 @@ def app_summary(table: pd.DataFrame) -> dict:
         summary["b0_by_position"][position] = slope(model_b0.to_numpy(), change.to_numpy())
         summary["b0_by_position"][position]["per_roi_mean_error_pct"] = (
             table.groupby("roi")[f"{position}_error_pct"].mean().to_dict()
+        )
+        twice = (
+            wide[(f"interpolated_{position}", "24h")]
+            / wide[(f"interpolated_{position}", "baseline")]
+        )
+        summary["b0_by_position"][position]["model_interpolated_twice"] = slope(
+            model_b0.to_numpy(), (100 * (twice - 1)).to_numpy()
+        )
+        summary["b0_by_position"][position]["model_interpolated_twice"]["mean_level_pct"] = float(
+            100 * (table[f"interpolated_{position}"] / table["model_b0"] - 1).mean()
         )
     truth = 100 * (wide[("model_md_plain", "24h")] / wide[("model_md_plain", "baseline")] - 1)
     app_fw = 100 * (wide[("app_md_fw", "24h")] / wide[("app_md_fw", "baseline")] - 1)
