@@ -151,13 +151,13 @@ def fit_session(item: dict, variant: str, noise_sd: float) -> dict[str, np.ndarr
     }
 
 
-def roi_table(kept: list[dict], variant: str, noise_sd: float) -> pd.DataFrame:
+def roi_table(kept: list[dict], fits: list[dict]) -> pd.DataFrame:
+    """Per participant, session and true region: the means of one variant's ``fits``."""
     from ketamine_dti.rois import ROI_NAMES
 
     rows = []
-    for index, item in enumerate(kept):
+    for index, (item, maps) in enumerate(zip(kept, fits, strict=True)):
         participant, position = divmod(index, len(SESSIONS))
-        maps = fit_session(item, variant, noise_sd)
         for k, roi in enumerate(ROI_NAMES, start=1):
             voxels = item["region"] == k
             row = {"participant": participant, "session": SESSIONS[position], "roi": roi}
@@ -195,14 +195,14 @@ def slope(x: np.ndarray, y: np.ndarray) -> dict:
     }
 
 
-def app_table(kept: list[dict], out: Path, truth: Path, noise_sd: float) -> pd.DataFrame:
+def app_table(kept: list[dict], exact: list[dict], out: Path, truth: Path) -> pd.DataFrame:
     """Per participant, session and ROI (the App's voxels, ``desc-graymatter_dseg``): the App's
     published b0 and mean diffusion-weighted signal with the simulator's own receive field
-    divided out, its free-water fraction and tissue MD, against the noiseless model's (flat
-    field, exact references) at the same voxels; and, where the trial was distorted, the true
-    susceptibility displacement's log Jacobian (``truth``: the trial's ground truth) and the
-    App's displacement error there. Same grid: the App publishes on the acquisition's grid at
-    the first volume's position, the simulator's reference position."""
+    divided out, its free-water fraction and tissue MD, against the noiseless model's (its
+    ``exact`` fits: flat field, exact references) at the same voxels; and, where the trial
+    was distorted, the true susceptibility displacement's log Jacobian (``truth``: the trial's
+    ground truth) and the App's displacement error there. Same grid: the App publishes on the
+    acquisition's grid at the first volume's position, the simulator's reference position."""
     import nibabel as nib
 
     from ketamine_dti.dwi.gradients import B0_THRESHOLD
@@ -245,7 +245,7 @@ def app_table(kept: list[dict], out: Path, truth: Path, noise_sd: float) -> pd.D
         app["f"] = load("*model-fwdti_param-fwf_dwimap.nii.gz")
         app["md_fw"] = load("*model-fwdti_param-md_dwimap.nii.gz")
         app["md_plain"] = load("*model-tensor_param-md_dwimap.nii.gz")
-        model = fit_session(item, "exact", noise_sd)
+        model = dict(exact[index])  # extended below, per session
         mixture, model_bvals = item["mixture"], item["bvals"]
         model["dw"] = mixture[..., model_bvals > B0_THRESHOLD].mean(axis=-1)
         # the model's b0 moved like each b0 volume by trilinear resampling (as the simulator
@@ -389,9 +389,10 @@ def main(argv: list[str] | None = None) -> int:
         "realism": args.realism,
         "variants": {},
     }
-    tables = []
+    tables, fits = [], {}
     for variant in ("exact", "estimated"):
-        table = roi_table(kept, variant, args.noise_sd)
+        fits[variant] = [fit_session(item, variant, args.noise_sd) for item in kept]
+        table = roi_table(kept, fits[variant])
         delta = changes(table)
         delta.insert(0, "variant", variant)
         tables.append(delta)
@@ -412,8 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         print(variant, json.dumps(summary, indent=1, default=float))
     if args.app is not None:
         table = app_table(
-            kept, args.app / f"{SCENARIO}_longitudinal_out", bids / "sourcedata/ground_truth",
-            args.noise_sd,
+            kept, fits["exact"], args.app / f"{SCENARIO}_longitudinal_out",
+            bids / "sourcedata/ground_truth",
         )  # fmt: skip
         result["app"] = app_summary(table)
         print("app", json.dumps(result["app"], indent=1, default=float))

@@ -654,7 +654,7 @@ def count_shells(bvals: np.ndarray, b0_threshold: float = B0_THRESHOLD) -> int:
     return int(np.unique(centres[centres > 0]).size)
 
 
-def noise_sd(rows: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, b0_volumes) -> float:
+def estimate_noise_sd(rows: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, b0_volumes) -> float:
     """Signal noise SD of ``rows`` (voxels, volumes): pooled SD of the repeated b0s, or of the
     tensor residuals with one b0.
 
@@ -763,7 +763,7 @@ def fit_free_water(
         row_gray = None if gray_matter is None else np.asarray(gray_matter).ravel()[voxels]
         prior = single_shell_prior(
             signal, bvals, bvecs, b0_volumes, b0_rows, s0_tissue, s0_water, dti_md=row_md,
-            dti_fa=row_fa, gray_matter=row_gray, noise=noise_sd,
+            dti_fa=row_fa, gray_matter=row_gray, noise_sd=noise_sd,
         )  # fmt: skip
         prior = dataclasses.replace(prior, receive_field_range=receive_range)
         LOGGER.info(
@@ -834,12 +834,12 @@ def single_shell_prior(
     dti_md: np.ndarray | None = None,
     dti_fa: np.ndarray | None = None,
     gray_matter: np.ndarray | None = None,
-    noise: float | None = None,
+    noise_sd: float | None = None,
 ) -> SingleShellPrior:
     """The single-shell priors for the brain's ``rows`` (voxels, volumes) and their mean b0
     ``b0_mean``: b0 references (given, or estimated from the rows' anatomy and tensor MD and
     FA, ``gray_matter``/``dti_md``/``dti_fa`` per row) and the noise SD that weighs the priors
-    against the data (``noise``, or estimated from the rows when None)."""
+    against the data (``noise_sd``, or estimated from the rows when None)."""
     source = TISSUE_GIVEN
     if s0_tissue is None:
         if dti_md is None:
@@ -850,12 +850,12 @@ def single_shell_prior(
                 "fit_free_water: no tissue/CSF b0 references in the mask; single-shell free "
                 "water rests on the tissue-MD prior alone"
             )
-    if noise is None:
-        noise = noise_sd(rows, bvals, bvecs, b0_volumes)
-    elif not noise > 0:
-        raise ValueError(f"noise_sd must be positive, not {noise}")
+    if noise_sd is None:
+        noise_sd = estimate_noise_sd(rows, bvals, bvecs, b0_volumes)
+    elif not noise_sd > 0:
+        raise ValueError(f"noise_sd must be positive, not {noise_sd}")
     return SingleShellPrior(
-        float(s0_tissue), float(s0_water), float(noise), tissue_reference=source
+        float(s0_tissue), float(s0_water), float(noise_sd), tissue_reference=source
     )
 
 

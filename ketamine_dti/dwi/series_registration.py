@@ -249,14 +249,12 @@ def _cubic(coefficients, x, y, z, indices):  # pragma: no cover - JIT
     nx, ny, nz = coefficients.shape
     if x < 0.0 or y < 0.0 or z < 0.0 or x > nx - 1 or y > ny - 1 or z > nz - 1:
         return np.nan
-    point = (x, y, z)
-    for axis in range(3):
-        start = int(np.floor(point[axis]))
-        for n in range(4):
-            indices[axis, n] = mirror(start - 1 + n, coefficients.shape[axis])
-    wx = cubic_weights(x - np.floor(x))
-    wy = cubic_weights(y - np.floor(y))
-    wz = cubic_weights(z - np.floor(z))
+    sx, sy, sz = np.floor(x), np.floor(y), np.floor(z)
+    for n in range(4):
+        indices[0, n] = mirror(int(sx) - 1 + n, nx)
+        indices[1, n] = mirror(int(sy) - 1 + n, ny)
+        indices[2, n] = mirror(int(sz) - 1 + n, nz)
+    wx, wy, wz = cubic_weights(x - sx), cubic_weights(y - sy), cubic_weights(z - sz)
     total = 0.0
     for p in range(4):
         for q in range(4):
