@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ketamine_dti.simulate import anatomy, session, signal
+from ketamine_dti.simulate import anatomy, realism, session, signal
 from ketamine_dti.simulate.presets import get_preset
 
 
@@ -106,8 +106,9 @@ def test_motion_resampling_shifts_by_whole_voxels_exactly():
         rotations_deg=np.zeros((2, 3)),
         eddy=np.zeros((3, 4)),
     )
-    bvals = np.array([0.0, 0.0])
-    moved = signal.apply_motion(volumes, 2.0, motion, bvals, np.zeros((2, 3)))
+    bvals, bvecs = np.array([0.0, 0.0]), np.zeros((2, 3))
+    eddy = realism.full_eddy(motion, None)
+    moved = realism.move_series(volumes, 2.0, motion, bvals, bvecs, eddy, False, None)
     np.testing.assert_array_equal(moved[..., 0], volumes[..., 0])
     # A 4 mm shift along x on a 2 mm grid: output voxel i shows input voxel i - 2.
     np.testing.assert_allclose(moved[2:, :, :, 1], volumes[:-2, :, :, 1], atol=1e-6)
@@ -120,7 +121,9 @@ def test_eddy_distortion_moves_only_along_phase_encode():
     motion = signal.Motion(np.zeros((2, 3)), np.zeros((2, 3)), np.zeros((3, 4)))
     motion.eddy[0, 0] = 2.0  # a gradient along x shifts the image by 2 mm along j
     bvecs = np.array([[0.0, 0, 0], [1.0, 0, 0]])
-    moved = signal.apply_motion(volumes, 2.0, motion, np.array([0.0, 1000.0]), bvecs)
+    bvals = np.array([0.0, 1000.0])
+    eddy = realism.full_eddy(motion, None)
+    moved = realism.move_series(volumes, 2.0, motion, bvals, bvecs, eddy, False, None)
     np.testing.assert_array_equal(moved[..., 0], volumes[..., 0])
     peak = np.unravel_index(np.argmax(moved[..., 1]), moved.shape[:3])
     assert peak[:2] == (8, 9)

@@ -131,7 +131,8 @@ def test_dwi_inside_the_brain_is_unchanged_and_the_scalp_appears():
         )
     brain, full = sessions["brain"], sessions["full"]
     filled = (brain.fractions["gm"] + brain.fractions["wm"] + brain.fractions["csf"]) >= 1.0 - 1e-6
-    np.testing.assert_array_equal(full.clean[filled], brain.clean[filled])
+    # Filled to 1e-6: a sub-voxel may leave the head a few millionths (simulate_dwi).
+    np.testing.assert_allclose(full.clean[filled], brain.clean[filled], rtol=1e-5)
     b0 = full.bvals == 0
     extra = (full.clean - brain.clean)[..., b0].mean(axis=-1)
     assert (extra[~filled] > 0.1 * session.signal.S0_WM).sum() > 500  # scalp, muscle, eyes

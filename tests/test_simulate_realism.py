@@ -136,13 +136,13 @@ def test_local_anatomy_adds_csf_locally_and_keeps_the_brain():
 
 
 def test_ideal_equals_realism_with_every_item_off(grid, monkeypatch):
-    """ideal runs none of the realism code: the series and T1w are the pre-existing path's."""
+    """ideal runs none of the realism items' code (every series moves through move_series): the
+    series and T1w are the pre-existing path's."""
 
     def refuse(*args, **kwargs):
         raise AssertionError("realism code ran with every item off")
 
     for name in (
-        "move_series",
         "truncate_series",
         "random_dropouts",
         "random_slice_motion",
@@ -180,10 +180,63 @@ def test_new_resampling_equals_the_affine_one_without_new_terms():
     motion = signal.random_motion(rng, 3, level=3.0)
     bvals = np.array([0.0, 1000.0, 1000.0])
     bvecs = np.array([[0, 0, 0], [1.0, 0, 0], [0, 0.6, 0.8]])
-    old = signal.apply_motion(volumes, 2.0, motion, bvals, bvecs)
+    old = np.stack(
+        [
+            signal.resample_affine(
+                volumes[..., v],
+                signal.volume_source_matrix(volumes.shape[:3], 2.0, motion, v, bvals[v], bvecs[v]),
+            )
+            for v in range(3)
+        ],
+        axis=-1,
+    )
     eddy = realism.full_eddy(motion, None)
     new = realism.move_series(volumes, 2.0, motion, bvals, bvecs, eddy, False, None)
     np.testing.assert_allclose(new, old, atol=1e-5)
+
+
+def test_a_moved_head_is_imaged_from_its_sub_voxels_without_interpolation_blur():
+    """Half a voxel of motion: the image is the block mean of the head shifted on the sub-voxel
+    grid, not the voxel grid interpolated (which blurs a sharp edge)."""
+    rng = np.random.default_rng(5)
+    fine = np.zeros((24, 20, 16, 2), dtype=np.float32)
+    fine[13:, :, :, :] = 1.0  # a sharp edge between sub-voxels 12 and 13, inside voxel 6
+    fine += rng.random(fine.shape).astype(np.float32) * 0.1
+    motion = signal.Motion(
+        translations_mm=np.array([[0.0, 0, 0], [1.0, 0, 0]]),  # 1 mm on a 2 mm grid
+        rotations_deg=np.zeros((2, 3)),
+        eddy=np.zeros((3, 4)),
+    )
+    bvals, bvecs = np.zeros(2), np.zeros((2, 3))
+    eddy = realism.full_eddy(motion, None)
+    moved = realism.move_series(fine, 2.0, motion, bvals, bvecs, eddy, False, None, factor=2)
+    assert moved.shape == (12, 10, 8, 2)
+    np.testing.assert_allclose(moved[..., 0], anatomy.block_mean(fine[..., 0], 2), atol=1e-6)
+    # The head 1 mm further along x: sub-voxel f shows sub-voxel f - 1.
+    shifted = np.zeros_like(fine[..., 1])
+    shifted[1:] = fine[:-1, :, :, 1]
+    np.testing.assert_allclose(moved[..., 1], anatomy.block_mean(shifted, 2), atol=1e-6)
+    # The old way, interpolating the voxel grid, spreads the edge over two voxels.
+    coarse = np.stack([anatomy.block_mean(fine[..., v], 2) for v in range(2)], axis=-1)
+    blurred = realism.move_series(coarse, 2.0, motion, bvals, bvecs, eddy, False, None)
+    edge = slice(5, 8)
+    assert np.abs(blurred[edge, 1:-1, 1:-1, 1] - moved[edge, 1:-1, 1:-1, 1]).max() > 0.2
+
+
+def test_sub_voxel_grid_centres_are_where_the_voxel_is_sampled():
+    affine = np.array([[-2.0, 0, 0, 90], [0, 2.0, 0, -120], [0, 0, 2.0, -60], [0, 0, 0, 1]])
+    fine_affine, fine_shape = anatomy.subvoxel_grid(affine, (10, 8, 6), 2)
+    assert fine_shape == (20, 16, 12)
+    index = np.array([[0, 0, 0], [3, 5, 11], [19, 15, 11]], dtype=float)
+    fine_mm = nib.affines.apply_affine(fine_affine, index)
+    np.testing.assert_allclose(fine_mm, nib.affines.apply_affine(affine, (index + 0.5) / 2 - 0.5))
+    # Block means of any memory order and leading axes.
+    volume = np.random.default_rng(6).random((3, 4, 6, 2)).astype(np.float32)
+    expected = volume.reshape(3, 2, 2, 3, 2, 1, 2).mean(axis=(2, 4, 6))
+    np.testing.assert_allclose(anatomy.block_mean(volume, 2), expected, rtol=1e-6)
+    np.testing.assert_allclose(
+        anatomy.block_mean(np.asfortranarray(volume), 2), expected, rtol=1e-6
+    )
 
 
 def test_eddy_jacobian_preserves_total_signal():

@@ -62,33 +62,46 @@ def model_sessions(
     """Re-run the simulator and keep, per DWI session, the noiseless mixture and its truth
     (and the receive field it drew); with ``bids`` (the App run's trial) check that the
     re-simulated DWI files are byte-identical to it."""
-    from ketamine_dti.simulate import session, signal
+    from ketamine_dti.simulate import anatomy, session, signal
 
     kept: list[dict] = []
     simulate_dwi, tissue_signal = session.simulate_dwi, signal.tissue_signal
+    factor = session.SUBVOXELS
 
     def wrapped(*args, **kwargs):
         captured = {}
 
-        def capture(gm_by_label, wm, csf, fibre_tensor, wm_depth, gm_md, bvals, gradients, field):
+        def capture(
+            gm_by_label, wm, csf, fibre_tensor, wm_depth, gm_md, bvals, gradients, field, outside
+        ):
             captured.update(
                 gm_by_label=gm_by_label, wm=wm, csf=csf, fibre_tensor=fibre_tensor,
                 wm_depth=wm_depth, gm_md=gm_md, field=field,
             )  # fmt: skip
             return tissue_signal(
-                gm_by_label, wm, csf, fibre_tensor, wm_depth, gm_md, bvals, gradients, field
-            )
+                gm_by_label, wm, csf, fibre_tensor, wm_depth, gm_md, bvals, gradients, field,
+                outside,
+            )  # fmt: skip
 
         signal.tissue_signal = capture
         try:
             dwi = simulate_dwi(*args, **kwargs)
         finally:
             signal.tissue_signal = tissue_signal
-        flat = np.full(dwi.brain_mask.shape, signal.S0_WM, dtype=np.float32)
-        mixture = tissue_signal(
+        # The mixture on the sub-voxel grid under a flat field, then as the DWI voxels see it.
+        flat = np.full(captured["wm"].shape, signal.S0_WM, dtype=np.float32)
+        fine = tissue_signal(
             captured["gm_by_label"], captured["wm"], captured["csf"], captured["fibre_tensor"],
             captured["wm_depth"], captured["gm_md"], dwi.bvals, dwi.bvecs, flat,
         )  # fmt: skip
+        mixture = np.stack(
+            [anatomy.block_mean(fine[..., v], factor) for v in range(fine.shape[3])], axis=-1
+        )
+        del fine
+        captured = {
+            name: anatomy.block_mean(np.asarray(captured[name]), factor)
+            for name in ("gm_by_label", "wm", "csf", "field")
+        }
         gm = captured["gm_by_label"].sum(axis=0)
         kept.append(
             {

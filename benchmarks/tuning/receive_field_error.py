@@ -46,8 +46,10 @@ SETTINGS = {
 
 
 def simulated_fields(bids: Path, seed: int, n_participants: int, realism: str) -> list:
-    """The DWI receive fields the simulator draws for this trial, in draw order."""
-    from ketamine_dti.simulate import signal
+    """The DWI receive fields the simulator draws for this trial, in draw order, on the DWI
+    grid (the block mean of the field it draws on the sub-voxel grid)."""
+    from ketamine_dti.simulate import anatomy, signal
+    from ketamine_dti.simulate.session import SUBVOXELS
 
     fields, draw = [], signal.bias_field
 
@@ -57,7 +59,8 @@ def simulated_fields(bids: Path, seed: int, n_participants: int, realism: str) -
         return field
 
     shape = rerun_simulator(seed, n_participants, realism, {(signal, "bias_field"): keep}, bids)
-    return [field for field in fields if field.shape == shape]
+    fine = tuple(s * SUBVOXELS for s in shape)
+    return [anatomy.block_mean(field, SUBVOXELS) for field in fields if field.shape == fine]
 
 
 def field_errors(out: Path, fields: list) -> pd.DataFrame:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
+import itertools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,7 +162,7 @@ class RoiAtlas:
             distance = ndimage.distance_transform_edt(~inside[box], sampling=voxel_mm)
             full = np.zeros(padded_shape, dtype=np.float32)
             full[box] = np.exp(-0.5 * (distance / REGIONAL_MD_SPREAD_MM) ** 2)
-            reach[k - 1] = _block_mean(full, factor)
+            reach[k - 1] = block_mean(full, factor)
         reach_affine = affine @ np.diag([factor, factor, factor, 1.0])
         reach_affine[:3, 3] = nib.affines.apply_affine(affine, [(factor - 1) / 2.0] * 3)
         return cls(labels=labels, affine=affine, reach=reach, reach_affine=reach_affine)
@@ -249,13 +250,23 @@ def sharpen_fractions(probabilities: np.ndarray, exponent: float = SHARPEN_EXPON
     return out
 
 
-def _block_mean(volume: np.ndarray, factor: int) -> np.ndarray:
-    """Mean over factor^3 blocks (the volume is cropped to a multiple of factor)."""
-    shape = [s // factor for s in volume.shape]
-    cropped = volume[: shape[0] * factor, : shape[1] * factor, : shape[2] * factor]
-    return cropped.reshape(shape[0], factor, shape[1], factor, shape[2], factor).mean(
-        axis=(1, 3, 5)
-    )
+def block_mean(volume: np.ndarray, factor: int) -> np.ndarray:
+    """Mean over factor^3 blocks of the last three axes (cropped to a multiple of factor).
+
+    Sums strided views into an array of the volume's memory order (no copy of the volume).
+    """
+    shape = tuple(s // factor for s in volume.shape[-3:])
+    fortran = volume.flags.f_contiguous and not volume.flags.c_contiguous
+    total = np.zeros(volume.shape[:-3] + shape, dtype=np.float64, order="F" if fortran else "C")
+    for a, b, c in itertools.product(range(factor), repeat=3):
+        total += volume[
+            ...,
+            a : shape[0] * factor : factor,
+            b : shape[1] * factor : factor,
+            c : shape[2] * factor : factor,
+        ]
+    total /= factor**3
+    return total.astype(volume.dtype if volume.dtype.kind == "f" else np.float64, order="K")
 
 
 def fibre_orientation_tensor(
@@ -329,8 +340,8 @@ def load_template_anatomy() -> TemplateAnatomy:
     centre_mm = nib.affines.apply_affine(affine, centre_index)
 
     factor = int(round(COARSE_VOXEL_MM / abs(affine[0, 0])))
-    wm_coarse = _block_mean(wm, factor)
-    brain_coarse = _block_mean(brain.astype(np.float32), factor)
+    wm_coarse = block_mean(wm, factor)
+    brain_coarse = block_mean(brain.astype(np.float32), factor)
     coarse_affine = affine @ np.diag([factor, factor, factor, 1.0])
     coarse_affine[:3, 3] = nib.affines.apply_affine(affine, [(factor - 1) / 2.0] * 3)
     index = np.indices(wm_coarse.shape, dtype=np.float32)
@@ -442,13 +453,20 @@ def add_region_free_water(tissue: VoxelTissue, fraction: np.ndarray) -> VoxelTis
 
 
 def rotate_tensor_components(tensor6: np.ndarray, rotation: np.ndarray) -> np.ndarray:
-    """R T R^T for tensors stored as 6 components (xx, yy, zz, xy, xz, yz) along axis 0."""
-    xx, yy, zz, xy, xz, yz = tensor6
-    full = np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])  # (3, 3, ...)
-    rotated = np.einsum("ia,ab...,jb->ij...", rotation, full, rotation)
-    return np.stack(
-        [rotated[0, 0], rotated[1, 1], rotated[2, 2], rotated[0, 1], rotated[0, 2], rotated[1, 2]]
-    ).astype(np.float32)
+    """R T R^T for tensors stored as 6 components (xx, yy, zz, xy, xz, yz) along axis 0.
+
+    The map is linear in the components: one 6 x 6 matrix, built from the six unit tensors,
+    applied to every voxel at once.
+    """
+    pairs = [(0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)]
+    linear = np.empty((6, 6))
+    for column, (a, b) in enumerate(pairs):
+        unit = np.zeros((3, 3))
+        unit[a, b] = unit[b, a] = 1.0
+        rotated = rotation @ unit @ rotation.T
+        linear[:, column] = [rotated[i, j] for i, j in pairs]
+    flat = np.asarray(tensor6, dtype=np.float32).reshape(6, -1)
+    return (linear.astype(np.float32) @ flat).reshape(tensor6.shape)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -709,6 +727,41 @@ def voxel_tissue(
         fibre_tensor=fibre,
         wm_depth=wm_depth,
         shell_distance_mm=shell,
+    )
+
+
+def subvoxel_grid(
+    affine: np.ndarray, shape: tuple[int, int, int], factor: int
+) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """The grid that splits each voxel of (affine, shape) into factor^3 sub-voxels.
+
+    Sub-voxel index f lies at voxel index ``(f + 0.5) / factor - 0.5``, so the sub-voxel
+    centres are where voxel_tissue(oversample=factor) samples.
+    """
+    scale = np.diag([1.0 / factor] * 3 + [1.0])
+    scale[:3, 3] = 0.5 / factor - 0.5
+    return affine @ scale, tuple(int(s) * factor for s in shape)
+
+
+def coarsen_tissue(tissue: VoxelTissue, factor: int) -> VoxelTissue:
+    """The block-mean fractions of a sub-voxel grid's tissue (subvoxel_grid) on the voxel grid.
+
+    The fibre field and the WM depth are left to the sub-voxel grid's signal (None here); the
+    hull distance is the mean of the sub-voxels' (the distance is smooth).
+    """
+
+    def mean(array: np.ndarray) -> np.ndarray:
+        return block_mean(array, factor).astype(np.float32)
+
+    return VoxelTissue(
+        gm_by_label=mean(tissue.gm_by_label),
+        reach_gm=mean(tissue.reach_gm),
+        region=mean(tissue.region),
+        wm=mean(tissue.wm),
+        csf=mean(tissue.csf),
+        fibre_tensor=None,
+        wm_depth=None,
+        shell_distance_mm=mean(tissue.shell_distance_mm),
     )
 
 

@@ -222,35 +222,65 @@ def eddy_displacement_mm(
 
 
 @numba.njit(cache=True, nogil=True)
-def _resample_volume(
-    volume, slice_matrices, eddy, centre, voxel_mm, jacobian, out
+def _resample_slice(
+    volume, slice_matrices, eddy, centre, voxel_mm, jacobian, factor, out, k
 ):  # pragma: no cover
-    """out[i, j, k] = volume at slice_matrices[k] @ (i, j - d(p) / voxel_mm, k, 1), trilinear.
+    """out[i, j, k]: the mean over the voxel's factor^3 sub-voxel points q of the head at
+    ``slice_matrices[k] @ (q0, q1 - d(q) / voxel_mm, q2, 1)``, trilinear on the sub-voxel grid.
 
-    d(p): eddy (10,) polynomial of p = ((i, j, k) - centre) x voxel_mm (mm along j); with
-    ``jacobian`` the value is multiplied by 1 - dd/dy. volume is (1, X, Y, Z).
+    d(q): eddy (10,) polynomial of the point's position ((q - centre) x voxel_mm, mm along j);
+    with ``jacobian`` each point's value is multiplied by 1 - dd/dy. volume (1, FX, FY, FZ) is
+    the head on anatomy.subvoxel_grid(factor): voxel index p is sub-voxel index
+    ``factor (p + 0.5) - 0.5``. This is slice k of out.
     """
-    nx, ny, nz = out.shape
+    nx, ny = out.shape[0], out.shape[1]
     c = eddy
-    for k in range(nz):
-        matrix = slice_matrices[k]
-        z = (k - centre[2]) * voxel_mm
-        for j in range(ny):
-            y = (j - centre[1]) * voxel_mm
-            # Along the row (y, z fixed): d = constant + slope x + c[4] x^2, and the Jacobian
-            # 1 - dd/dy = jacobian_constant - c[7] x.
-            constant = c[0] + c[2] * y + c[3] * z + c[5] * y * y + c[6] * z * z + c[9] * y * z
-            slope = c[1] + c[7] * y + c[8] * z
-            jacobian_constant = 1.0 - (c[2] + 2.0 * c[5] * y + c[9] * z)
-            for i in range(nx):
-                x = (i - centre[0]) * voxel_mm
-                d = constant + (slope + c[4] * x) * x
-                p0, p1, p2 = apply_affine(matrix, i, j - d / voxel_mm, k)
-                touches, cell = floor_cell(volume, p0, p1, p2)
-                value = trilinear(volume, 0, cell) if touches else 0.0
-                if jacobian:
-                    value *= jacobian_constant - c[7] * x
-                out[i, j, k] = value
+    n = factor
+    weight = 1.0 / (n * n * n)
+    matrix = slice_matrices[k]
+    for j in range(ny):
+        for i in range(nx):
+            total = 0.0
+            for sc in range(n):
+                q2 = k + (sc + 0.5) / n - 0.5
+                z = (q2 - centre[2]) * voxel_mm
+                for sb in range(n):
+                    q1 = j + (sb + 0.5) / n - 0.5
+                    y = (q1 - centre[1]) * voxel_mm
+                    # Along x (y, z fixed): d = constant + (slope + c[4] x) x, and the
+                    # Jacobian 1 - dd/dy = jacobian_constant - c[7] x.
+                    constant = (
+                        c[0] + c[2] * y + c[3] * z + c[5] * y * y + c[6] * z * z + c[9] * y * z
+                    )
+                    slope = c[1] + c[7] * y + c[8] * z
+                    jacobian_constant = 1.0 - (c[2] + 2.0 * c[5] * y + c[9] * z)
+                    for sa in range(n):
+                        q0 = i + (sa + 0.5) / n - 0.5
+                        x = (q0 - centre[0]) * voxel_mm
+                        d = constant + (slope + c[4] * x) * x
+                        p0, p1, p2 = apply_affine(matrix, q0, q1 - d / voxel_mm, q2)
+                        touches, cell = floor_cell(
+                            volume,
+                            n * (p0 + 0.5) - 0.5,
+                            n * (p1 + 0.5) - 0.5,
+                            n * (p2 + 0.5) - 0.5,
+                        )
+                        if not touches:
+                            continue
+                        value = trilinear(volume, 0, cell)
+                        if jacobian:
+                            value *= jacobian_constant - c[7] * x
+                        total += value
+            out[i, j, k] = total * weight
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _resample_volume(
+    volume, slice_matrices, eddy, centre, voxel_mm, jacobian, factor, out
+):  # pragma: no cover - compiled
+    """_resample_slice for every slice of out, slices in parallel."""
+    for k in numba.prange(out.shape[2]):
+        _resample_slice(volume, slice_matrices, eddy, centre, voxel_mm, jacobian, factor, out, k)
 
 
 def resample_volume(
@@ -259,11 +289,19 @@ def resample_volume(
     eddy_coefficients: np.ndarray,
     voxel_mm: float,
     jacobian: bool,
+    factor: int = 1,
 ) -> np.ndarray:
-    """One volume (X, Y, Z) as the scanner shows it: eddy displacement along j, then each
-    slice's rigid map (slice_matrices (Z, 4, 4), output index -> reference index)."""
-    out = np.empty(volume.shape, dtype=np.float32, order="F")
-    centre = (np.array(volume.shape, dtype=np.float64) - 1) / 2.0
+    """One volume as the scanner shows it: eddy displacement along j, then each slice's rigid
+    map (slice_matrices (Z, 4, 4), output voxel index -> reference voxel index).
+
+    volume: the head at the reference position on anatomy.subvoxel_grid(factor) of the output
+    grid (factor 1: the output grid itself); each output voxel is the mean of its sub-voxels'
+    points, each interpolated on that finer grid, so a moved head is imaged without the blur
+    of interpolating the voxel grid itself. voxel_mm: the output grid's voxel size.
+    """
+    shape = tuple(s // factor for s in volume.shape)
+    out = np.empty(shape, dtype=np.float32, order="F")
+    centre = (np.array(shape, dtype=np.float64) - 1) / 2.0
     _resample_volume(
         np.asfortranarray(volume, dtype=np.float32)[None],
         np.ascontiguousarray(slice_matrices, dtype=np.float64),
@@ -271,6 +309,7 @@ def resample_volume(
         centre,
         float(voxel_mm),
         bool(jacobian),
+        int(factor),
         out,
     )
     return out
@@ -667,11 +706,16 @@ def move_series(
     eddy: np.ndarray,
     jacobian: bool,
     slice_motion: SliceMotion | None,
+    factor: int = 1,
 ) -> np.ndarray:
-    """Each volume (X, Y, Z, n) as the moved head appears: eddy displacement (eddy (3, 10),
-    with its Jacobian if asked) and the volume's rigid motion, per slice in jerked volumes."""
-    shape = volumes.shape[:3]
-    out = np.empty_like(volumes)
+    """Each volume as the moved head appears: eddy displacement (eddy (3, 10), with its
+    Jacobian if asked) and the volume's rigid motion, per slice in jerked volumes.
+
+    volumes (FX, FY, FZ, n): the head at the reference position on the sub-voxel grid of the
+    output (anatomy.subvoxel_grid(factor)); returns (FX, FY, FZ, n) / factor (resample_volume).
+    """
+    shape = tuple(s // factor for s in volumes.shape[:3])
+    out = np.empty(shape + volumes.shape[3:], dtype=np.float32, order="F")
     coefficients = volume_eddy(eddy, bvals, bvecs)
     jerks = {} if slice_motion is None else slice_motion.offsets
     for v in range(volumes.shape[3]):
@@ -687,6 +731,6 @@ def move_series(
             matrix = rigid_index_matrix(shape, voxel_mm, translation, angles)
             matrices = np.repeat(matrix[None], shape[2], axis=0)
         out[..., v] = resample_volume(
-            volumes[..., v], matrices, coefficients[v], voxel_mm, jacobian
+            volumes[..., v], matrices, coefficients[v], voxel_mm, jacobian, factor
         )
     return out

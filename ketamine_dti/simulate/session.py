@@ -57,6 +57,10 @@ TRUTH_MIN_ROI_GM = 0.95
 TRUTH_MAX_CSF = 0.002
 #: |Relative MD bias| per unit volume fraction of each contaminant of a GM voxel (docstring).
 BIAS_PER_FRACTION = {"csf": 2.4, "wm": 0.1, "other_gm": 0.1}
+#: Each DWI voxel is imaged as the mean of SUBVOXELS^3 sub-voxels of the head (when the
+#: template resolves them), each moved and interpolated on the sub-voxel grid: a moved head is
+#: imaged without the blur of interpolating the DWI grid itself (simulate_dwi).
+SUBVOXELS = 2
 #: Fallback: the ROI must hold at least this fraction of the voxel, and its bias bound must be
 #: within this margin (relative MD) of the ROI's best voxel.
 TRUTH_FALLBACK_MIN_ROI_GM = 0.5
@@ -291,12 +295,17 @@ def simulate_dwi(
         offset_mm=rng.normal(0.0, FOV_CENTRING_SD_MM, 3),
     )
     oversample = int(round(preset.dwi_voxel_mm / abs(template.affine[0, 0])))
-    anatomy_tissue = anatomy.voxel_tissue(
-        template, participant, pose, affine, preset.dwi_shape, oversample, atlas, n_labels
+    factor = SUBVOXELS if oversample % SUBVOXELS == 0 else 1
+    fine_affine, fine_shape = anatomy.subvoxel_grid(affine, preset.dwi_shape, factor)
+    fine_anatomy = anatomy.voxel_tissue(
+        template, participant, pose, fine_affine, fine_shape, oversample // factor, atlas, n_labels
     )
-    tissue = anatomy_tissue
+    fine = fine_anatomy
     if free_water is not None and np.any(free_water):
-        tissue = anatomy.add_region_free_water(anatomy_tissue, free_water)
+        fine = anatomy.add_region_free_water(fine_anatomy, free_water)
+    anatomy_tissue = anatomy.coarsen_tissue(fine_anatomy, factor)
+    tissue = anatomy.coarsen_tissue(fine, factor)
+    del fine_anatomy
     bvals, bvecs = signal.gradient_scheme(preset.n_directions, preset.n_b0, preset.bval)
     noiseless = snr is None
     motion = (
@@ -304,38 +313,44 @@ def simulate_dwi(
         if noiseless
         else signal.random_motion(rng, len(bvals), level=motion_level)
     )
-    s0_field = signal.S0_WM * signal.bias_field(rng, preset.dwi_shape, preset.dwi_voxel_mm)
-    gm_md = gm_md_map(tissue.gm_by_label, tissue.reach_gm, label_md)
-    reference = signal.tissue_signal(
-        tissue.gm_by_label,
-        tissue.wm,
-        tissue.csf,
-        tissue.fibre_tensor,
-        tissue.wm_depth,
-        gm_md,
+    s0_field = signal.S0_WM * signal.bias_field(rng, fine_shape, preset.dwi_voxel_mm / factor)
+    outside = None
+    if head_shape is not None:
+        grid = (template, participant, pose, affine)
+        outside = extracerebral_signal(tissue.brain, bvals, head_shape, grid) + (factor,)
+    head_signal = signal.tissue_signal(
+        fine.gm_by_label,
+        fine.wm,
+        fine.csf,
+        fine.fibre_tensor,
+        fine.wm_depth,
+        gm_md_map(fine.gm_by_label, fine.reach_gm, label_md),
         bvals,
         signal.head_frame_gradients(bvecs, motion),
         s0_field,
+        outside,
     )
-    if head_shape is not None:
-        grid = (template, participant, pose, affine)
-        add_extracerebral_signal(reference, tissue.brain, s0_field, bvals, head_shape, grid)
+    del fine, s0_field, outside
+    reference = np.empty(preset.dwi_shape + (len(bvals),), dtype=np.float32, order="F")
+    for volume in range(len(bvals)):
+        reference[..., volume] = anatomy.block_mean(head_signal[..., volume], factor)
     truth_md = signal.apparent_md(reference, bvals)
     artefacts = None
     if realism.any_dwi:
         artefacts = draw_artefacts(realism, motion, bvals, tissue.brain, preset)
-        clean = realism_models.move_series(
-            reference,
-            preset.dwi_voxel_mm,
-            motion,
-            bvals,
-            bvecs,
-            artefacts.eddy,
-            artefacts.eddy_jacobian,
-            artefacts.slice_motion,
-        )
-    else:
-        clean = signal.apply_motion(reference, preset.dwi_voxel_mm, motion, bvals, bvecs)
+    clean = realism_models.move_series(
+        head_signal,
+        preset.dwi_voxel_mm,
+        motion,
+        bvals,
+        bvecs,
+        realism_models.full_eddy(motion, None) if artefacts is None else artefacts.eddy,
+        artefacts is not None and artefacts.eddy_jacobian,
+        None if artefacts is None else artefacts.slice_motion,
+        factor,
+    )
+    del head_signal
+    gm_md = gm_md_map(tissue.gm_by_label, tissue.reach_gm, label_md)
     field = reverse_pe = None
     if level is not None:
         grid = (template, participant, pose, affine)
@@ -472,26 +487,22 @@ def plant_distortion(
     return field, np.asfortranarray(volumes)
 
 
-def add_extracerebral_signal(
-    reference: np.ndarray,
-    brain: np.ndarray,
-    s0_field: np.ndarray,
-    bvals: np.ndarray,
-    head_shape: head.HeadShape,
-    grid: tuple,
-) -> None:
-    """Add (in place) the head's signal outside the brain to a DWI (X, Y, Z, n_vol).
+def extracerebral_signal(
+    brain: np.ndarray, bvals: np.ndarray, head_shape: head.HeadShape, grid: tuple
+) -> tuple[np.ndarray, np.ndarray]:
+    """The head's DWI signal outside the brain relative to WM S0: (values (U, X, Y, Z), the
+    column of each volume), for signal.tissue_signal's ``outside``.
 
-    grid: (template, participant, pose, affine) of the DWI.
+    grid: (template, participant, pose, affine) of the DWI; brain (X, Y, Z): its brain
+    fraction. The head's tissues are painted per DWI voxel (their boundaries are far from the
+    brain's ROIs) and fill what the brain leaves of each sub-voxel.
     """
     template, participant, pose, affine = grid
     table, column = head.dwi_table(bvals)
     values, _, _ = head.head_properties(
-        template, participant, pose, head_shape, affine, reference.shape[:3], table, brain
+        template, participant, pose, head_shape, affine, brain.shape, table, brain
     )
-    weight = np.clip(1.0 - brain, 0.0, 1.0) * s0_field
-    for volume, index in enumerate(column):
-        reference[..., volume] += weight * values[index]
+    return values, column
 
 
 def t1w_grid(

@@ -1,7 +1,7 @@
 """Diffusion signal of a tissue mixture, head motion, eddy-like distortion and Rician noise.
 
-Arrays in, arrays out (numpy, and numba for the resampling loop). Diffusivities in mm^2/s,
-b-values in s/mm^2.
+Arrays in, arrays out (numpy, and numba for the signal and resampling loops). Diffusivities in
+mm^2/s, b-values in s/mm^2.
 
 Tissue model (per voxel, partial volume from :mod:`anatomy`):
 
@@ -20,7 +20,9 @@ channels (so the magnitude is Rician).
 Geometry. Gradients are handled in the image (voxel-axis) frame, as FSL bvecs are: the first
 volume is the reference head position; volume v sees the head rotated by ``R_v``, so the
 tissue's diffusion is probed along ``R_v^T g``; the image is then resampled with the rigid
-motion and an eddy-current-like affine displacement along the phase-encode axis.
+motion and an eddy-current-like displacement along the phase-encode axis
+(realism.move_series), from the head's signal on a grid of sub-voxels, so that a moved head
+is imaged without the blur of interpolating the voxel grid itself.
 """
 
 from __future__ import annotations
@@ -122,11 +124,75 @@ def bias_field(
     return np.exp(log_field).astype(np.float32)
 
 
-def _quadratic_form(tensor6: np.ndarray, gradients: np.ndarray) -> np.ndarray:
-    """g^T T g for tensors (6, n_vox) and gradients (n_vol, 3): (n_vox, n_vol) float32."""
-    gx, gy, gz = gradients.T
-    design = np.stack([gx * gx, gy * gy, gz * gz, 2 * gx * gy, 2 * gx * gz, 2 * gy * gz])
-    return tensor6.T.astype(np.float32) @ design.astype(np.float32)
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _tissue_signal(
+    gm,
+    gm_md,
+    wm,
+    csf,
+    fibre,
+    depth,
+    bvals,
+    design,
+    relative,
+    s0,
+    head,
+    head_column,
+    factor,
+    paint,
+    out,
+):  # pragma: no cover - compiled
+    """out[i, j, k, v]: the voxel's compartments' signal (+ the head's, with ``paint``) x s0.
+
+    design (n_vol, 6): each gradient's (gx^2, gy^2, gz^2, 2 gx gy, 2 gx gz, 2 gy gz), so that
+    g^T T g = design[v] . fibre[:, voxel]; relative: S0 of GM, WM, CSF; head (U, CX, CY, CZ) on
+    the grid ``factor`` times coarser, head_column[v] its column for volume v. Slabs of k run
+    in parallel.
+    """
+    n_labels = gm.shape[0]
+    nx, ny, nz, n_vol = out.shape
+    s0_gm, s0_wm, s0_csf = relative[0], relative[1], relative[2]
+    csf_signal = s0_csf * np.exp(-bvals * CSF_DIFFUSIVITY)
+    for k in numba.prange(nz):
+        for j in range(ny):
+            for v in range(n_vol):
+                b = bvals[v]
+                d = design[v]
+                for i in range(nx):
+                    w = wm[i, j, k]
+                    f = csf[i, j, k]
+                    brain = w + f
+                    for label in range(n_labels):
+                        brain += gm[label, i, j, k]
+                    value = 0.0
+                    if brain > 0.0:
+                        along = (
+                            d[0] * fibre[0, i, j, k]
+                            + d[1] * fibre[1, i, j, k]
+                            + d[2] * fibre[2, i, j, k]
+                            + d[3] * fibre[3, i, j, k]
+                            + d[4] * fibre[4, i, j, k]
+                            + d[5] * fibre[5, i, j, k]
+                        )
+                        if w > 0.0:
+                            deep = min(max(depth[i, j, k], 0.0), 1.0)
+                            anisotropy = (
+                                WM_ANISOTROPY_SUPERFICIAL
+                                + (WM_ANISOTROPY_DEEP - WM_ANISOTROPY_SUPERFICIAL) * deep
+                            )
+                            adc = WM_MD * (1.0 + (3.0 * along - 1.0) * anisotropy)
+                            value += s0_wm * w * np.exp(-b * adc)
+                        value += f * csf_signal[v]
+                        gm_shape = 1.0 - GM_ANISOTROPY + 3.0 * GM_ANISOTROPY * along
+                        for label in range(n_labels):
+                            fraction = gm[label, i, j, k]
+                            if fraction > 0.0:
+                                md = gm_md[label, i, j, k]
+                                value += s0_gm * fraction * np.exp(-b * md * gm_shape)
+                    if paint and brain < 1.0:
+                        painted = head[head_column[v], i // factor, j // factor, k // factor]
+                        value += (1.0 - max(brain, 0.0)) * painted
+                    out[i, j, k, v] = value * s0[i, j, k]
 
 
 def tissue_signal(
@@ -139,6 +205,7 @@ def tissue_signal(
     bvals: np.ndarray,
     head_gradients: np.ndarray,
     s0_field: np.ndarray,
+    outside: tuple[np.ndarray, np.ndarray, int] | None = None,
 ) -> np.ndarray:
     """Noise-free DWI (X, Y, Z, n_vol) float32 of a tissue mixture, at the reference position.
 
@@ -146,40 +213,40 @@ def tissue_signal(
     the MD (mm^2/s) of each label's GM in each voxel; wm_depth (X, Y, Z): 0 superficial .. 1
     deep white matter; fibre_tensor (6, X, Y, Z): v v^T in the image frame; head_gradients
     (n_vol, 3): unit gradient of each volume in the head's reference frame; s0_field (X, Y, Z):
-    WM b0 signal including the coil bias.
+    WM b0 signal including the coil bias. ``outside`` (values (U, CX, CY, CZ), column (n_vol,),
+    factor): the head's signal relative to WM S0 on a grid ``factor`` times coarser, column[v]
+    volume v's, filling what the brain leaves of each voxel (head.dwi_table).
     """
-    shape = wm.shape
     n_vol = len(bvals)
-    gm_total = gm_by_label.sum(axis=0)
-    inside = (gm_total + wm + csf) > 0
-    fibre = fibre_tensor[:, inside]
-    along_fibre = _quadratic_form(fibre, head_gradients)  # (n_vox, n_vol), 0..1
-    b = bvals[None, :].astype(np.float32)
-    # White matter: ADC along g = MD (1 + a (3 (g . v)^2 - 1)), trace-preserving.
-    anisotropy = WM_ANISOTROPY_SUPERFICIAL + (
-        WM_ANISOTROPY_DEEP - WM_ANISOTROPY_SUPERFICIAL
-    ) * np.clip(wm_depth[inside], 0.0, 1.0).astype(np.float32)
-    wm_adc = (3.0 * along_fibre - 1.0) * anisotropy[:, None]
-    wm_adc += np.float32(1.0)
-    wm_adc *= np.float32(WM_MD)
-    signal = np.exp(-b * wm_adc)
-    signal *= (S0_RELATIVE["wm"] * wm[inside])[:, None]
-    signal += (S0_RELATIVE["csf"] * csf[inside])[:, None] * np.exp(-b * CSF_DIFFUSIVITY)
-    # Gray matter: ADC / MD along each gradient (trace-preserving weak anisotropy).
-    gm_shape = np.float32(3.0 * GM_ANISOTROPY) * along_fibre
-    gm_shape += np.float32(1.0 - GM_ANISOTROPY)
-    for label in range(gm_by_label.shape[0]):
-        fraction = gm_by_label[label][inside]
-        present = fraction > 0
-        if not present.any():
-            continue
-        md = gm_md[label][inside][present].astype(np.float32)[:, None]
-        signal[present] += (S0_RELATIVE["gm"] * fraction[present])[:, None] * np.exp(
-            (-b * md) * gm_shape[present]
-        )
+    gx, gy, gz = np.asarray(head_gradients, dtype=np.float64).T
+    design = np.stack([gx * gx, gy * gy, gz * gz, 2 * gx * gy, 2 * gx * gz, 2 * gy * gz], axis=1)
+    if outside is None:
+        head, column, factor = np.zeros((1, 1, 1, 1), np.float32), np.zeros(n_vol, int), 1
+    else:
+        head, column, factor = outside
     # Volume-major (Fortran) memory: each volume is contiguous, as NIfTI stores it.
-    out = np.zeros(shape + (n_vol,), dtype=np.float32, order="F")
-    out[inside] = signal * s0_field[inside][:, None]
+    out = np.empty(wm.shape + (n_vol,), dtype=np.float32, order="F")
+
+    def c32(array: np.ndarray) -> np.ndarray:  # voxel rows (i) contiguous, as the loop runs
+        return np.asfortranarray(array, dtype=np.float32)
+
+    _tissue_signal(
+        c32(gm_by_label),
+        c32(gm_md),
+        c32(wm),
+        c32(csf),
+        c32(fibre_tensor),
+        c32(wm_depth),
+        np.asarray(bvals, dtype=np.float64),
+        np.ascontiguousarray(design),
+        np.array([S0_RELATIVE[t] for t in ("gm", "wm", "csf")]),
+        c32(s0_field),
+        c32(head),
+        np.ascontiguousarray(column, dtype=np.int64),
+        int(factor),
+        outside is not None,
+        out,
+    )
     return out
 
 
@@ -322,32 +389,6 @@ def volume_source_matrix(
     unmove[:3, :3] = rotation.T
     unmove[:3, 3] = -rotation.T @ motion.translations_mm[volume]
     return np.linalg.inv(index_to_mm) @ unmove @ undistort @ index_to_mm
-
-
-def apply_motion(
-    volumes: np.ndarray,
-    voxel_mm: float,
-    motion: Motion,
-    bvals: np.ndarray,
-    bvecs: np.ndarray,
-    phase_encode_axis: int = 1,
-) -> np.ndarray:
-    """Resample each volume (X, Y, Z, n_vol) as the moved, eddy-distorted head appears.
-
-    Trilinear interpolation (:func:`volume_source_matrix` gives the geometry); volumes without
-    motion or distortion (e.g. the first b0) are copied unchanged.
-    """
-    shape = volumes.shape[:3]
-    out = np.empty_like(volumes)
-    for v in range(volumes.shape[3]):
-        matrix = volume_source_matrix(
-            shape, voxel_mm, motion, v, bvals[v], bvecs[v], phase_encode_axis
-        )
-        if np.allclose(matrix, np.eye(4)):
-            out[..., v] = volumes[..., v]
-            continue
-        _resample_affine(volumes[None, ..., v], matrix, out[..., v])
-    return out
 
 
 def snr_sigma(clean_b0: np.ndarray, wm_fraction: np.ndarray, snr: float) -> float:
