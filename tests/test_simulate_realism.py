@@ -223,6 +223,37 @@ def test_a_moved_head_is_imaged_from_its_sub_voxels_without_interpolation_blur()
     assert np.abs(blurred[edge, 1:-1, 1:-1, 1] - moved[edge, 1:-1, 1:-1, 1]).max() > 0.2
 
 
+def test_skipping_the_air_changes_no_voxel():
+    """move_series samples only voxels that can show the head (head_support): the series is
+    the one sampled everywhere, under rotation, eddy stretch and a head at the grid's edge."""
+    rng = np.random.default_rng(8)
+    fine = np.zeros((40, 36, 28, 3), dtype=np.float32)
+    index = np.indices(fine.shape[:3]).astype(float)
+    head = ((index - np.array([20.0, 18.0, 4.0])[:, None, None, None]) ** 2).sum(axis=0) < 150
+    fine[head] = rng.random((head.sum(), 3)).astype(np.float32) + 0.5
+    motion = signal.random_motion(rng, 3, level=20.0)
+    bvals = np.array([0.0, 1000.0, 1000.0])
+    bvecs = np.array([[0, 0, 0], [1.0, 0, 0], [0, 0.6, 0.8]])
+    eddy = realism.full_eddy(motion, realism.random_eddy_quadratic(rng))
+    moved = realism.move_series(fine, 2.0, motion, bvals, bvecs, eddy, True, None, factor=2)
+    coefficients = realism.volume_eddy(eddy, bvals, bvecs)
+    for v in range(3):
+        matrix = realism.rigid_index_matrix(
+            (20, 18, 14), 2.0, motion.translations_mm[v], motion.rotations_deg[v]
+        )
+        matrices = np.repeat(matrix[None], 14, axis=0)
+        everywhere = realism.resample_volume(fine[..., v], matrices, coefficients[v], 2.0, True, 2)
+        np.testing.assert_array_equal(moved[..., v], everywhere)
+        # Without the margin, voxels at the moved head's edge would be lost.
+        blocks = anatomy.block_mean(head.astype(np.float32), 2) > 0
+        tight = realism.resample_volume(
+            fine[..., v], matrices, coefficients[v], 2.0, True, 2, support=blocks
+        )
+        assert v == 0 or not np.array_equal(tight, everywhere)
+    support = realism.head_support(fine[..., 0], 2)
+    assert 0 < support.mean() < 0.9  # there is air to skip
+
+
 def test_sub_voxel_grid_centres_are_where_the_voxel_is_sampled():
     affine = np.array([[-2.0, 0, 0, 90], [0, 2.0, 0, -120], [0, 0, 2.0, -60], [0, 0, 0, 1]])
     fine_affine, fine_shape = anatomy.subvoxel_grid(affine, (10, 8, 6), 2)

@@ -253,11 +253,13 @@ def sharpen_fractions(probabilities: np.ndarray, exponent: float = SHARPEN_EXPON
 def block_mean(volume: np.ndarray, factor: int) -> np.ndarray:
     """Mean over factor^3 blocks of the last three axes (cropped to a multiple of factor).
 
-    Sums strided views into an array of the volume's memory order (no copy of the volume).
+    Sums strided views into an array of the volume's memory order and float type (no copy of
+    the volume).
     """
     shape = tuple(s // factor for s in volume.shape[-3:])
     fortran = volume.flags.f_contiguous and not volume.flags.c_contiguous
-    total = np.zeros(volume.shape[:-3] + shape, dtype=np.float64, order="F" if fortran else "C")
+    dtype = volume.dtype if volume.dtype.kind == "f" else np.float64
+    total = np.zeros(volume.shape[:-3] + shape, dtype=dtype, order="F" if fortran else "C")
     for a, b, c in itertools.product(range(factor), repeat=3):
         total += volume[
             ...,
@@ -266,7 +268,7 @@ def block_mean(volume: np.ndarray, factor: int) -> np.ndarray:
             c : shape[2] * factor : factor,
         ]
     total /= factor**3
-    return total.astype(volume.dtype if volume.dtype.kind == "f" else np.float64, order="K")
+    return total
 
 
 def fibre_orientation_tensor(
@@ -687,11 +689,12 @@ def voxel_tissue(
     )[0]
     half_diagonal = 0.5 * np.linalg.norm(affine[:3, :3], axis=0).max() * np.sqrt(3.0)
     needed = shell <= half_diagonal / SCALE_LIMITS[0] + COARSE_VOXEL_MM
-    gm_by_label = np.zeros((n_labels + 1, *shape), dtype=np.float64)
-    wm = np.zeros(shape, dtype=np.float64)
-    csf = np.zeros(shape, dtype=np.float64)
-    reach_gm = np.zeros((max(n_labels, 1), *shape), dtype=np.float64)
-    region = np.zeros((max(n_labels, 1), *shape), dtype=np.float64)
+    # Single precision, as stored: a voxel sums at most oversample^3 samples.
+    gm_by_label = np.zeros((n_labels + 1, *shape), dtype=np.float32)
+    wm = np.zeros(shape, dtype=np.float32)
+    csf = np.zeros(shape, dtype=np.float32)
+    reach_gm = np.zeros((max(n_labels, 1), *shape), dtype=np.float32)
+    region = np.zeros((max(n_labels, 1), *shape), dtype=np.float32)
     _tissue_kernel(
         np.ascontiguousarray(centre_index, dtype=np.float64),
         np.ascontiguousarray(needed),
@@ -719,11 +722,11 @@ def voxel_tissue(
         image_axes = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
         fibre = rotate_tensor_components(fibre, image_axes.T @ pose.rotation)
     return VoxelTissue(
-        gm_by_label=gm_by_label.astype(np.float32),
-        reach_gm=reach_gm[:n_labels].astype(np.float32),
-        region=region[:n_labels].astype(np.float32),
-        wm=wm.astype(np.float32),
-        csf=csf.astype(np.float32),
+        gm_by_label=gm_by_label,
+        reach_gm=reach_gm[:n_labels],
+        region=region[:n_labels],
+        wm=wm,
+        csf=csf,
         fibre_tensor=fibre,
         wm_depth=wm_depth,
         shell_distance_mm=shell,

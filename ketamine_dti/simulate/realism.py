@@ -42,8 +42,8 @@ import numpy as np
 from scipy import fft as sp_fft
 from scipy import ndimage
 
-from ketamine_dti.simulate.anatomy import TemplateAnatomy, rotation_matrix
-from ketamine_dti.simulate.interpolation import apply_affine, floor_cell, trilinear
+from ketamine_dti.simulate.anatomy import TemplateAnatomy, block_mean, rotation_matrix
+from ketamine_dti.simulate.interpolation import apply_affine, floor_cell, nearest_index, trilinear
 from ketamine_dti.simulate.signal import EDDY_REFERENCE_BVAL, Motion
 
 #: The items, in the order of their random streams (the fifth seed word).
@@ -223,7 +223,7 @@ def eddy_displacement_mm(
 
 @numba.njit(cache=True, nogil=True)
 def _resample_slice(
-    volume, slice_matrices, eddy, centre, voxel_mm, jacobian, factor, out, k
+    volume, slice_matrices, eddy, centre, voxel_mm, jacobian, factor, support, out, k
 ):  # pragma: no cover
     """out[i, j, k]: the mean over the voxel's factor^3 sub-voxel points q of the head at
     ``slice_matrices[k] @ (q0, q1 - d(q) / voxel_mm, q2, 1)``, trilinear on the sub-voxel grid.
@@ -231,15 +231,30 @@ def _resample_slice(
     d(q): eddy (10,) polynomial of the point's position ((q - centre) x voxel_mm, mm along j);
     with ``jacobian`` each point's value is multiplied by 1 - dd/dy. volume (1, FX, FY, FZ) is
     the head on anatomy.subvoxel_grid(factor): voxel index p is sub-voxel index
-    ``factor (p + 0.5) - 0.5``. This is slice k of out.
+    ``factor (p + 0.5) - 0.5``. A voxel whose centre shows a voxel (clamped to the grid) outside
+    ``support`` (X, Y, Z) is 0 without sampling (head_support). This is slice k of out.
     """
-    nx, ny = out.shape[0], out.shape[1]
+    nx, ny, nz = out.shape
     c = eddy
     n = factor
     weight = 1.0 / (n * n * n)
     matrix = slice_matrices[k]
+    zk = (k - centre[2]) * voxel_mm
     for j in range(ny):
+        yj = (j - centre[1]) * voxel_mm
         for i in range(nx):
+            xi = (i - centre[0]) * voxel_mm
+            dc = (
+                c[0] + c[1] * xi + c[2] * yj + c[3] * zk + c[4] * xi * xi + c[5] * yj * yj
+                + c[6] * zk * zk + c[7] * xi * yj + c[8] * xi * zk + c[9] * yj * zk
+            )  # fmt: skip
+            r0, r1, r2 = nearest_index(matrix, i, j - dc / voxel_mm, k)
+            r0 = min(max(r0, 0), nx - 1)
+            r1 = min(max(r1, 0), ny - 1)
+            r2 = min(max(r2, 0), nz - 1)
+            if not support[r0, r1, r2]:
+                out[i, j, k] = 0.0
+                continue
             total = 0.0
             for sc in range(n):
                 q2 = k + (sc + 0.5) / n - 0.5
@@ -276,11 +291,28 @@ def _resample_slice(
 
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _resample_volume(
-    volume, slice_matrices, eddy, centre, voxel_mm, jacobian, factor, out
+    volume, slice_matrices, eddy, centre, voxel_mm, jacobian, factor, support, out
 ):  # pragma: no cover - compiled
     """_resample_slice for every slice of out, slices in parallel."""
     for k in numba.prange(out.shape[2]):
-        _resample_slice(volume, slice_matrices, eddy, centre, voxel_mm, jacobian, factor, out, k)
+        _resample_slice(
+            volume, slice_matrices, eddy, centre, voxel_mm, jacobian, factor, support, out, k
+        )
+
+
+#: Voxels of margin around the head in head_support: a voxel's sub-voxel points and their
+#: interpolation reach less than 2 voxels from where its centre maps for any rotation below
+#: ~30 degrees and eddy stretch below ~50%.
+SUPPORT_MARGIN_VOXELS = 2
+
+
+def head_support(volume: np.ndarray, factor: int) -> np.ndarray:
+    """Voxels (X, Y, Z) within SUPPORT_MARGIN_VOXELS of a non-zero sub-voxel of ``volume``
+    (FX, FY, FZ): elsewhere a moved image is 0 (air). One volume of a series tells: a
+    diffusion signal is 0 only where S0 is."""
+    blocks = block_mean((volume != 0).astype(np.float32), factor) > 0
+    cube = np.ones((3, 3, 3), dtype=bool)
+    return ndimage.binary_dilation(blocks, cube, iterations=SUPPORT_MARGIN_VOXELS)
 
 
 def resample_volume(
@@ -290,6 +322,7 @@ def resample_volume(
     voxel_mm: float,
     jacobian: bool,
     factor: int = 1,
+    support: np.ndarray | None = None,
 ) -> np.ndarray:
     """One volume as the scanner shows it: eddy displacement along j, then each slice's rigid
     map (slice_matrices (Z, 4, 4), output voxel index -> reference voxel index).
@@ -297,11 +330,14 @@ def resample_volume(
     volume: the head at the reference position on anatomy.subvoxel_grid(factor) of the output
     grid (factor 1: the output grid itself); each output voxel is the mean of its sub-voxels'
     points, each interpolated on that finer grid, so a moved head is imaged without the blur
-    of interpolating the voxel grid itself. voxel_mm: the output grid's voxel size.
+    of interpolating the voxel grid itself. voxel_mm: the output grid's voxel size. support
+    (head_support, of the series): only voxels that can show the head are sampled.
     """
     shape = tuple(s // factor for s in volume.shape)
     out = np.empty(shape, dtype=np.float32, order="F")
     centre = (np.array(shape, dtype=np.float64) - 1) / 2.0
+    if support is None:
+        support = np.ones(shape, dtype=bool)
     _resample_volume(
         np.asfortranarray(volume, dtype=np.float32)[None],
         np.ascontiguousarray(slice_matrices, dtype=np.float64),
@@ -310,6 +346,7 @@ def resample_volume(
         float(voxel_mm),
         bool(jacobian),
         int(factor),
+        np.ascontiguousarray(support, dtype=bool),
         out,
     )
     return out
@@ -717,6 +754,7 @@ def move_series(
     shape = tuple(s // factor for s in volumes.shape[:3])
     out = np.empty(shape + volumes.shape[3:], dtype=np.float32, order="F")
     coefficients = volume_eddy(eddy, bvals, bvecs)
+    support = head_support(volumes[..., 0], factor)
     jerks = {} if slice_motion is None else slice_motion.offsets
     for v in range(volumes.shape[3]):
         translation, angles = motion.translations_mm[v], motion.rotations_deg[v]
@@ -731,6 +769,6 @@ def move_series(
             matrix = rigid_index_matrix(shape, voxel_mm, translation, angles)
             matrices = np.repeat(matrix[None], shape[2], axis=0)
         out[..., v] = resample_volume(
-            volumes[..., v], matrices, coefficients[v], voxel_mm, jacobian, factor
+            volumes[..., v], matrices, coefficients[v], voxel_mm, jacobian, factor, support
         )
     return out

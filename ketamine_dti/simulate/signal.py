@@ -71,6 +71,8 @@ MOTION_JITTER_DEG = 0.03
 EDDY_SHIFT_SD_MM = 0.5
 EDDY_LINEAR_SD = 0.008
 EDDY_REFERENCE_BVAL = 1000.0
+#: Rows along k that tissue_signal's kernel takes in turn (16 float32: one cache line).
+ROW_BLOCK = 16
 #: Iterations of the electrostatic repulsion that spreads the gradient directions (converged).
 REPULSION_ITERATIONS = 2000
 
@@ -146,53 +148,79 @@ def _tissue_signal(
 
     design (n_vol, 6): each gradient's (gx^2, gy^2, gz^2, 2 gx gy, 2 gx gz, 2 gy gz), so that
     g^T T g = design[v] . fibre[:, voxel]; relative: S0 of GM, WM, CSF; head (U, CX, CY, CZ) on
-    the grid ``factor`` times coarser, head_column[v] its column for volume v. Slabs of k run
-    in parallel.
+    the grid ``factor`` times coarser, head_column[v] its column for volume v. Blocks of
+    ROW_BLOCK slabs along k run in parallel.
     """
     n_labels = gm.shape[0]
     nx, ny, nz, n_vol = out.shape
     s0_gm, s0_wm, s0_csf = relative[0], relative[1], relative[2]
     csf_signal = s0_csf * np.exp(-bvals * CSF_DIFFUSIVITY)
-    for k in numba.prange(nz):
+    n_blocks = (nz + ROW_BLOCK - 1) // ROW_BLOCK
+    for block in numba.prange(n_blocks):
+        # One row of voxels (i) at a time, gathered once from inputs of any memory order;
+        # ROW_BLOCK neighbouring rows along k in turn, which share the cache lines of
+        # C-ordered inputs.
+        row_gm = np.empty((n_labels, nx), dtype=np.float32)
+        row_md = np.empty((n_labels, nx), dtype=np.float32)
+        row_fibre = np.empty((6, nx), dtype=np.float32)
+        row_wm = np.empty(nx)
+        row_csf = np.empty(nx)
+        row_s0 = np.empty(nx)
+        brain = np.empty(nx)
+        anisotropy = np.empty(nx)
+        coarse_i = np.arange(nx) // factor
         for j in range(ny):
-            for v in range(n_vol):
-                b = bvals[v]
-                d = design[v]
+            cj = j // factor
+            for k in range(block * ROW_BLOCK, min((block + 1) * ROW_BLOCK, nz)):
+                ck = k // factor
                 for i in range(nx):
                     w = wm[i, j, k]
                     f = csf[i, j, k]
-                    brain = w + f
+                    total = w + f
                     for label in range(n_labels):
-                        brain += gm[label, i, j, k]
-                    value = 0.0
-                    if brain > 0.0:
-                        along = (
-                            d[0] * fibre[0, i, j, k]
-                            + d[1] * fibre[1, i, j, k]
-                            + d[2] * fibre[2, i, j, k]
-                            + d[3] * fibre[3, i, j, k]
-                            + d[4] * fibre[4, i, j, k]
-                            + d[5] * fibre[5, i, j, k]
-                        )
-                        if w > 0.0:
-                            deep = min(max(depth[i, j, k], 0.0), 1.0)
-                            anisotropy = (
-                                WM_ANISOTROPY_SUPERFICIAL
-                                + (WM_ANISOTROPY_DEEP - WM_ANISOTROPY_SUPERFICIAL) * deep
+                        row_gm[label, i] = gm[label, i, j, k]
+                        row_md[label, i] = gm_md[label, i, j, k]
+                        total += row_gm[label, i]
+                    for c in range(6):
+                        row_fibre[c, i] = fibre[c, i, j, k]
+                    row_wm[i] = w
+                    row_csf[i] = f
+                    row_s0[i] = s0[i, j, k]
+                    brain[i] = total
+                    deep = min(max(depth[i, j, k], 0.0), 1.0)
+                    anisotropy[i] = (
+                        WM_ANISOTROPY_SUPERFICIAL
+                        + (WM_ANISOTROPY_DEEP - WM_ANISOTROPY_SUPERFICIAL) * deep
+                    )
+                for v in range(n_vol):
+                    b = bvals[v]
+                    d = design[v]
+                    for i in range(nx):
+                        value = 0.0
+                        if brain[i] > 0.0:
+                            along = (
+                                d[0] * row_fibre[0, i]
+                                + d[1] * row_fibre[1, i]
+                                + d[2] * row_fibre[2, i]
+                                + d[3] * row_fibre[3, i]
+                                + d[4] * row_fibre[4, i]
+                                + d[5] * row_fibre[5, i]
                             )
-                            adc = WM_MD * (1.0 + (3.0 * along - 1.0) * anisotropy)
-                            value += s0_wm * w * np.exp(-b * adc)
-                        value += f * csf_signal[v]
-                        gm_shape = 1.0 - GM_ANISOTROPY + 3.0 * GM_ANISOTROPY * along
-                        for label in range(n_labels):
-                            fraction = gm[label, i, j, k]
-                            if fraction > 0.0:
-                                md = gm_md[label, i, j, k]
-                                value += s0_gm * fraction * np.exp(-b * md * gm_shape)
-                    if paint and brain < 1.0:
-                        painted = head[head_column[v], i // factor, j // factor, k // factor]
-                        value += (1.0 - max(brain, 0.0)) * painted
-                    out[i, j, k, v] = value * s0[i, j, k]
+                            if row_wm[i] > 0.0:
+                                adc = WM_MD * (1.0 + (3.0 * along - 1.0) * anisotropy[i])
+                                # Single precision, as the stored signal.
+                                value += s0_wm * row_wm[i] * np.exp(np.float32(-b * adc))
+                            value += row_csf[i] * csf_signal[v]
+                            gm_shape = 1.0 - GM_ANISOTROPY + 3.0 * GM_ANISOTROPY * along
+                            for label in range(n_labels):
+                                fraction = row_gm[label, i]
+                                if fraction > 0.0:
+                                    exponent = np.float32(-b * row_md[label, i] * gm_shape)
+                                    value += s0_gm * fraction * np.exp(exponent)
+                        if paint and brain[i] < 1.0:
+                            painted = head[head_column[v], coarse_i[i], cj, ck]
+                            value += (1.0 - max(brain[i], 0.0)) * painted
+                        out[i, j, k, v] = value * row_s0[i]
 
 
 def tissue_signal(
@@ -227,8 +255,8 @@ def tissue_signal(
     # Volume-major (Fortran) memory: each volume is contiguous, as NIfTI stores it.
     out = np.empty(wm.shape + (n_vol,), dtype=np.float32, order="F")
 
-    def c32(array: np.ndarray) -> np.ndarray:  # voxel rows (i) contiguous, as the loop runs
-        return np.asfortranarray(array, dtype=np.float32)
+    def c32(array: np.ndarray) -> np.ndarray:  # any memory order: the kernel gathers rows
+        return np.asarray(array, dtype=np.float32)
 
     _tissue_signal(
         c32(gm_by_label),
