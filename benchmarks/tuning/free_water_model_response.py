@@ -94,9 +94,7 @@ def model_sessions(
             captured["gm_by_label"], captured["wm"], captured["csf"], captured["fibre_tensor"],
             captured["wm_depth"], captured["gm_md"], dwi.bvals, dwi.bvecs, flat,
         )  # fmt: skip
-        mixture = np.stack(
-            [anatomy.block_mean(fine[..., v], factor) for v in range(fine.shape[3])], axis=-1
-        )
+        mixture = anatomy.block_mean_series(fine, factor)
         del fine
         captured = {
             name: anatomy.block_mean(np.asarray(captured[name]), factor)
@@ -261,9 +259,9 @@ def app_table(kept: list[dict], exact: list[dict], out: Path, truth: Path) -> pd
         model = dict(exact[index])  # extended below, per session
         mixture, model_bvals = item["mixture"], item["bvals"]
         model["dw"] = mixture[..., model_bvals > B0_THRESHOLD].mean(axis=-1)
-        # the model's b0 moved like each b0 volume by trilinear resampling (as the simulator
-        # moves a volume) and brought back the same way (as the App's default does): what
-        # interpolation alone does to a b0 the App did not take as its reference frame
+        # the model's b0 moved like each b0 volume by trilinear resampling of the DWI grid (as
+        # the simulator moved a volume before session 36) and brought back the same way (as
+        # the App's default does): what two interpolations alone do to such a b0
         for position_in_series, volume in enumerate(b0_volumes):
             source = volume_source_matrix(
                 model["b0"].shape, voxel_mm, item["motion"], int(volume), 0.0, np.zeros(3)

@@ -271,6 +271,19 @@ def block_mean(volume: np.ndarray, factor: int) -> np.ndarray:
     return total
 
 
+def block_mean_series(series: np.ndarray, factor: int) -> np.ndarray:
+    """block_mean of each volume of a series (X, Y, Z, n): (X, Y, Z, n) / factor, volume-major
+    (Fortran) memory as NIfTI stores it."""
+    out = np.empty(
+        tuple(s // factor for s in series.shape[:3]) + series.shape[3:],
+        dtype=series.dtype if series.dtype.kind == "f" else np.float64,
+        order="F",
+    )
+    for volume in range(series.shape[3]):
+        out[..., volume] = block_mean(series[..., volume], factor)
+    return out
+
+
 def fibre_orientation_tensor(
     wm_probability: np.ndarray, voxel_mm: float, coordinates_mm: np.ndarray
 ) -> np.ndarray:

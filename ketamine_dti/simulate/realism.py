@@ -221,6 +221,16 @@ def eddy_displacement_mm(
     )
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _eddy_row(c, y, z):  # pragma: no cover - compiled
+    """Along x at (y, z): d = constant + (slope + c[4] x) x, Jacobian 1 - dd/dy =
+    jacobian_constant - c[7] x (c: eddy_displacement_mm's 10 coefficients)."""
+    constant = c[0] + c[2] * y + c[3] * z + c[5] * y * y + c[6] * z * z + c[9] * y * z
+    slope = c[1] + c[7] * y + c[8] * z
+    jacobian_constant = 1.0 - (c[2] + 2.0 * c[5] * y + c[9] * z)
+    return constant, slope, jacobian_constant
+
+
 @numba.njit(cache=True, nogil=True)
 def _resample_slice(
     volume, slice_matrices, eddy, centre, voxel_mm, jacobian, factor, support, out, k
@@ -244,10 +254,8 @@ def _resample_slice(
         yj = (j - centre[1]) * voxel_mm
         for i in range(nx):
             xi = (i - centre[0]) * voxel_mm
-            dc = (
-                c[0] + c[1] * xi + c[2] * yj + c[3] * zk + c[4] * xi * xi + c[5] * yj * yj
-                + c[6] * zk * zk + c[7] * xi * yj + c[8] * xi * zk + c[9] * yj * zk
-            )  # fmt: skip
+            row_constant, row_slope, _ = _eddy_row(c, yj, zk)
+            dc = row_constant + (row_slope + c[4] * xi) * xi
             r0, r1, r2 = nearest_index(matrix, i, j - dc / voxel_mm, k)
             r0 = min(max(r0, 0), nx - 1)
             r1 = min(max(r1, 0), ny - 1)
@@ -262,13 +270,7 @@ def _resample_slice(
                 for sb in range(n):
                     q1 = j + (sb + 0.5) / n - 0.5
                     y = (q1 - centre[1]) * voxel_mm
-                    # Along x (y, z fixed): d = constant + (slope + c[4] x) x, and the
-                    # Jacobian 1 - dd/dy = jacobian_constant - c[7] x.
-                    constant = (
-                        c[0] + c[2] * y + c[3] * z + c[5] * y * y + c[6] * z * z + c[9] * y * z
-                    )
-                    slope = c[1] + c[7] * y + c[8] * z
-                    jacobian_constant = 1.0 - (c[2] + 2.0 * c[5] * y + c[9] * z)
+                    constant, slope, jacobian_constant = _eddy_row(c, y, z)
                     for sa in range(n):
                         q0 = i + (sa + 0.5) / n - 0.5
                         x = (q0 - centre[0]) * voxel_mm

@@ -304,7 +304,7 @@ def simulate_dwi(
     if free_water is not None and np.any(free_water):
         fine = anatomy.add_region_free_water(fine_anatomy, free_water)
     anatomy_tissue = anatomy.coarsen_tissue(fine_anatomy, factor)
-    tissue = anatomy.coarsen_tissue(fine, factor)
+    tissue = anatomy_tissue if fine is fine_anatomy else anatomy.coarsen_tissue(fine, factor)
     del fine_anatomy
     bvals, bvecs = signal.gradient_scheme(preset.n_directions, preset.n_b0, preset.bval)
     noiseless = snr is None
@@ -331,9 +331,7 @@ def simulate_dwi(
         outside,
     )
     del fine, s0_field, outside
-    reference = np.empty(preset.dwi_shape + (len(bvals),), dtype=np.float32, order="F")
-    for volume in range(len(bvals)):
-        reference[..., volume] = anatomy.block_mean(head_signal[..., volume], factor)
+    reference = anatomy.block_mean_series(head_signal, factor)
     truth_md = signal.apparent_md(reference, bvals)
     artefacts = None
     if realism.any_dwi:

@@ -206,6 +206,7 @@ def _tissue_signal(
                                 + d[4] * row_fibre[4, i]
                                 + d[5] * row_fibre[5, i]
                             )
+                            # WM: ADC along g = MD (1 + a (3 (g . v)^2 - 1)), trace-preserving.
                             if row_wm[i] > 0.0:
                                 adc = WM_MD * (1.0 + (3.0 * along - 1.0) * anisotropy[i])
                                 # Single precision, as the stored signal.
