@@ -126,7 +126,7 @@ def eddy_displacement(
 def slice_matrices(session, volume: int, slice_motion: bool = True) -> np.ndarray:
     """(Z, 4, 4) raw index -> reference index: each raw slice's rigid head position, the
     volume's plus its within-volume offset (as realism.move_series builds them)."""
-    from ketamine_dti.simulate import realism
+    from ketamine_dti.simulate import signal
 
     shape = raw_shape(session)
     offsets = np.zeros((shape[SIMULATED_SLICE_AXIS], 6))
@@ -135,7 +135,7 @@ def slice_matrices(session, volume: int, slice_motion: bool = True) -> np.ndarra
     translation = session.motion.translations_mm[volume]
     angles = session.motion.rotations_deg[volume]
     return np.stack([
-        realism.rigid_index_matrix(
+        signal.rigid_index_matrix(
             shape, voxel_size_mm(session), translation + o[:3], angles + o[3:])
         for o in offsets
     ])  # fmt: skip

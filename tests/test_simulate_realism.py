@@ -238,7 +238,7 @@ def test_skipping_the_air_changes_no_voxel():
     moved = realism.move_series(fine, 2.0, motion, bvals, bvecs, eddy, True, None, factor=2)
     coefficients = realism.volume_eddy(eddy, bvals, bvecs)
     for v in range(3):
-        matrix = realism.rigid_index_matrix(
+        matrix = signal.rigid_index_matrix(
             (20, 18, 14), 2.0, motion.translations_mm[v], motion.rotations_deg[v]
         )
         matrices = np.repeat(matrix[None], 14, axis=0)

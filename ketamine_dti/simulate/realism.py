@@ -42,9 +42,9 @@ import numpy as np
 from scipy import fft as sp_fft
 from scipy import ndimage
 
-from ketamine_dti.simulate.anatomy import TemplateAnatomy, block_mean, rotation_matrix
+from ketamine_dti.simulate.anatomy import TemplateAnatomy, block_mean
 from ketamine_dti.simulate.interpolation import apply_affine, floor_cell, nearest_index, trilinear
-from ketamine_dti.simulate.signal import EDDY_REFERENCE_BVAL, Motion
+from ketamine_dti.simulate.signal import EDDY_REFERENCE_BVAL, Motion, rigid_index_matrix
 
 #: The items, in the order of their random streams (the fifth seed word).
 REALISM_ITEMS: tuple[str, ...] = (
@@ -411,23 +411,6 @@ def random_slice_motion(
         ramp = ramp * ramp * (3.0 - 2.0 * ramp)
         offsets[int(volume)] = ramp[:, None] * amplitude[None, :]
     return SliceMotion(offsets)
-
-
-def rigid_index_matrix(
-    shape: tuple[int, int, int],
-    voxel_mm: float,
-    translation_mm: np.ndarray,
-    angles_deg: np.ndarray,
-) -> np.ndarray:
-    """Output voxel index -> reference voxel index of a head moved by (translation, angles)."""
-    centre = (np.array(shape) - 1) / 2.0
-    index_to_mm = np.diag([voxel_mm, voxel_mm, voxel_mm, 1.0])
-    index_to_mm[:3, 3] = -centre * voxel_mm
-    rotation = rotation_matrix(angles_deg)
-    unmove = np.eye(4)
-    unmove[:3, :3] = rotation.T
-    unmove[:3, 3] = -rotation.T @ np.asarray(translation_mm, dtype=float)
-    return np.linalg.inv(index_to_mm) @ unmove @ index_to_mm
 
 
 # ---- Slice dropouts.

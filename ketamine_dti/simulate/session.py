@@ -472,7 +472,9 @@ def plant_distortion(
     shape = clean.shape[:3]
     field = susceptibility.session_field(grid, head_shape, shape, preset, level)
     rigid = [
-        signal.volume_source_matrix(shape, preset.dwi_voxel_mm, motion, v, 0.0, np.zeros(3))
+        signal.rigid_index_matrix(
+            shape, preset.dwi_voxel_mm, motion.translations_mm[v], motion.rotations_deg[v]
+        )
         for v in range(clean.shape[3])
     ]
     susceptibility.distort_series(clean, field, rigid, PHASE_ENCODING_DIRECTION)

@@ -391,6 +391,31 @@ def resample_affine(volume: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     return out
 
 
+def rigid_index_matrix(
+    shape: tuple[int, int, int],
+    voxel_mm: float,
+    translation_mm: np.ndarray,
+    angles_deg: np.ndarray,
+    undistort: np.ndarray | None = None,
+) -> np.ndarray:
+    """Output voxel index -> reference voxel index of a head moved by (translation, angles).
+
+    ``undistort`` (4x4, mm from the grid centre) is applied to the output position first: the
+    eddy displacement of :func:`volume_source_matrix`. One place builds the grid's rigid
+    geometry for every caller (motion, susceptibility, within-volume motion, the benchmarks).
+    """
+    centre = (np.array(shape) - 1) / 2.0
+    index_to_mm = np.diag([voxel_mm, voxel_mm, voxel_mm, 1.0])
+    index_to_mm[:3, 3] = -centre * voxel_mm
+    rotation = rotation_matrix(angles_deg)
+    unmove = np.eye(4)
+    unmove[:3, :3] = rotation.T
+    unmove[:3, 3] = -rotation.T @ np.asarray(translation_mm, dtype=float)
+    if undistort is None:
+        return np.linalg.inv(index_to_mm) @ unmove @ index_to_mm
+    return np.linalg.inv(index_to_mm) @ unmove @ undistort @ index_to_mm
+
+
 def volume_source_matrix(
     shape: tuple[int, int, int],
     voxel_mm: float,
@@ -405,19 +430,13 @@ def volume_source_matrix(
     Output position p (mm from the grid centre) shows the head point
     ``R_v^T (p - d_v(p) e_pe - t_v)``, with the eddy displacement d_v affine in p.
     """
-    centre = (np.array(shape) - 1) / 2.0
-    index_to_mm = np.diag([voxel_mm, voxel_mm, voxel_mm, 1.0])
-    index_to_mm[:3, 3] = -centre * voxel_mm
     undistort = np.eye(4)
     if bval > 0:
         coefficients = (bvec @ motion.eddy) * (bval / EDDY_REFERENCE_BVAL)
         undistort[phase_encode_axis, 3] -= coefficients[0]
         undistort[phase_encode_axis, :3] -= coefficients[1:]
-    unmove = np.eye(4)
-    rotation = rotation_matrix(motion.rotations_deg[volume])
-    unmove[:3, :3] = rotation.T
-    unmove[:3, 3] = -rotation.T @ motion.translations_mm[volume]
-    return np.linalg.inv(index_to_mm) @ unmove @ undistort @ index_to_mm
+    translation, angles = motion.translations_mm[volume], motion.rotations_deg[volume]
+    return rigid_index_matrix(shape, voxel_mm, translation, angles, undistort)
 
 
 def snr_sigma(clean_b0: np.ndarray, wm_fraction: np.ndarray, snr: float) -> float:
