@@ -317,7 +317,7 @@ def simulate_dwi(
     outside = None
     if head_shape is not None:
         grid = (template, participant, pose, affine)
-        outside = extracerebral_signal(tissue.brain, bvals, head_shape, grid) + (factor,)
+        outside = extracerebral_signal(tissue.brain, bvals, head_shape, grid, factor)
     head_signal = signal.tissue_signal(
         fine.gm_by_label,
         fine.wm,
@@ -488,10 +488,10 @@ def plant_distortion(
 
 
 def extracerebral_signal(
-    brain: np.ndarray, bvals: np.ndarray, head_shape: head.HeadShape, grid: tuple
-) -> tuple[np.ndarray, np.ndarray]:
-    """The head's DWI signal outside the brain relative to WM S0: (values (U, X, Y, Z), the
-    column of each volume), for signal.tissue_signal's ``outside``.
+    brain: np.ndarray, bvals: np.ndarray, head_shape: head.HeadShape, grid: tuple, factor: int
+) -> signal.OutsideSignal:
+    """The head's DWI signal outside the brain, for signal.tissue_signal on a grid ``factor``
+    times finer than the DWI's.
 
     grid: (template, participant, pose, affine) of the DWI; brain (X, Y, Z): its brain
     fraction. The head's tissues are painted per DWI voxel (their boundaries are far from the
@@ -502,7 +502,7 @@ def extracerebral_signal(
     values, _, _ = head.head_properties(
         template, participant, pose, head_shape, affine, brain.shape, table, brain
     )
-    return values, column
+    return signal.OutsideSignal(values, column, factor)
 
 
 def t1w_grid(

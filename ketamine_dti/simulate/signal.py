@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -224,6 +225,16 @@ def _tissue_signal(
                         out[i, j, k, v] = value * row_s0[i]
 
 
+class OutsideSignal(NamedTuple):
+    """The head's signal outside the brain, for :func:`tissue_signal`: ``values`` (U, CX, CY, CZ)
+    relative to WM S0 on a grid ``factor`` times coarser than the signal's, ``column`` (n_vol,)
+    the row of ``values`` that volume v shows (head.dwi_table)."""
+
+    values: np.ndarray
+    column: np.ndarray
+    factor: int
+
+
 def tissue_signal(
     gm_by_label: np.ndarray,
     wm: np.ndarray,
@@ -234,7 +245,7 @@ def tissue_signal(
     bvals: np.ndarray,
     head_gradients: np.ndarray,
     s0_field: np.ndarray,
-    outside: tuple[np.ndarray, np.ndarray, int] | None = None,
+    outside: OutsideSignal | None = None,
 ) -> np.ndarray:
     """Noise-free DWI (X, Y, Z, n_vol) float32 of a tissue mixture, at the reference position.
 
@@ -242,9 +253,8 @@ def tissue_signal(
     the MD (mm^2/s) of each label's GM in each voxel; wm_depth (X, Y, Z): 0 superficial .. 1
     deep white matter; fibre_tensor (6, X, Y, Z): v v^T in the image frame; head_gradients
     (n_vol, 3): unit gradient of each volume in the head's reference frame; s0_field (X, Y, Z):
-    WM b0 signal including the coil bias. ``outside`` (values (U, CX, CY, CZ), column (n_vol,),
-    factor): the head's signal relative to WM S0 on a grid ``factor`` times coarser, column[v]
-    volume v's, filling what the brain leaves of each voxel (head.dwi_table).
+    WM b0 signal including the coil bias. ``outside``: the head's signal, filling what the
+    brain leaves of each voxel.
     """
     n_vol = len(bvals)
     gx, gy, gz = np.asarray(head_gradients, dtype=np.float64).T
