@@ -37,6 +37,7 @@ the true regions are the check (they must give r ~ 1). Writes OUT_STEM.md and OU
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -84,7 +85,7 @@ def agreement() -> dict[str, dict[str, float]]:
 SESSIONS = ("baseline", "24h")
 
 
-def _rule_masks(tissue, n_labels: int) -> dict[str, np.ndarray]:
+def _rule_masks(tissue) -> dict[str, np.ndarray]:
     """ROI index per voxel (int16) under each voxel rule, from a VoxelTissue's true fractions."""
     from ketamine_dti.simulate import session
 
@@ -109,20 +110,20 @@ def perfect_pipeline(seed: int, n_participants: int, realism: str) -> pd.DataFra
     )
     rows: list[dict] = []
     simulate_dwi = session.simulate_dwi
+    calls = itertools.count()  # the CLI simulates participant by participant, session by session
 
     def capture(template, participant, pose, preset, rng, label_md, true_atlas, *args, **kwargs):
         dwi = simulate_dwi(
             template, participant, pose, preset, rng, label_md, true_atlas, *args, **kwargs
         )
-        index = len({(row["participant"], row["session"]) for row in rows})
-        who, position = divmod(index, len(SESSIONS))
+        who, position = divmod(next(calls), len(SESSIONS))
         oversample = int(round(preset.dwi_voxel_mm / abs(template.affine[0, 0])))
         for name, regions in (("ketamine7", ketamine7), ("true_region", true_atlas)):
             tissue = anatomy.voxel_tissue(
                 template, participant, pose, dwi.affine, preset.dwi_shape, oversample,
                 regions, len(ROI_NAMES), with_fibre=False,
             )  # fmt: skip
-            for rule, dseg in _rule_masks(tissue, len(ROI_NAMES)).items():
+            for rule, dseg in _rule_masks(tissue).items():
                 for k, roi in enumerate(ROI_NAMES, start=1):
                     voxels = dseg == k
                     rows.append(

@@ -421,8 +421,7 @@ def rigid_index_matrix(
     unmove = np.eye(4)
     unmove[:3, :3] = rotation.T
     unmove[:3, 3] = -rotation.T @ np.asarray(translation_mm, dtype=float)
-    if undistort is None:
-        return np.linalg.inv(index_to_mm) @ unmove @ index_to_mm
+    undistort = np.eye(4) if undistort is None else undistort  # x identity: exact
     return np.linalg.inv(index_to_mm) @ unmove @ undistort @ index_to_mm
 
 
