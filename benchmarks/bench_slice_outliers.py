@@ -16,8 +16,9 @@ eddy correction, the brain mask of the mean b0, slice-outlier detection
   (target: replacement within 0.5 percentage points of the dropout-free error);
 - CPU seconds of the detector (one thread).
 
-Seeds: ``--training-seeds`` (default 7; the detector's constants were set on the tests' phantom
-and checked on training seed 7) and held-out ``--seeds``; both are written into the results.
+Seeds: ``--training-seeds`` (default 3 and 7: the detector's angular model was chosen on them,
+``benchmarks/tuning/slice_predictor.py``) and held-out ``--seeds``; both are written into the
+results.
 
 Usage::
 
@@ -77,12 +78,11 @@ def run_seed(seed: int, also_off: tuple[str, ...] = ()) -> dict:
             session = simulate_benchmark_session(
                 "standard", seed=seed, realism="typical", realism_off=(*off, *also_off)
             )
-            data, gtab, mask, sigma = preprocess(session)
+            data, gtab, mask, _ = preprocess(session)
             start = time.process_time()
             found = replace_slice_outliers(
-                data, gtab.bvals, gtab.bvecs, mask, SIMULATED_SLICE_AXIS, noise=sigma,
-                n_threads=1,
-            )  # fmt: skip
+                data, gtab.bvals, gtab.bvecs, mask, SIMULATED_SLICE_AXIS
+            )
             cpu_s = time.process_time() - start
             n_tested = int(found.tested.sum())
             n_found = int(found.outliers.sum())
@@ -184,7 +184,7 @@ def _outside_slice_motion(entry: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="*", default=[11, 12])
-    parser.add_argument("--training-seeds", type=int, nargs="*", default=[7])
+    parser.add_argument("--training-seeds", type=int, nargs="*", default=[3, 7])
     parser.add_argument("--label", default="latest")
     parser.add_argument(
         "--realism-off", nargs="*", default=[], help="further realism items off in both variants"

@@ -53,7 +53,8 @@ CONFOUNDS_COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
     "motion_outlier": {"Description": f"1 if framewise displacement > {FD_OUTLIER_MM} mm"},
     "outlier_slices": {
         "Description": f"Slices of this diffusion-weighted volume whose mean brain signal lay "
-        f"more than {SLICE_OUTLIER_SD:g} robust SDs below the tensor prediction (dropouts)"
+        f"more than {SLICE_OUTLIER_SD:g} robust SDs below its prediction from the shell's other "
+        "volumes (dropouts)"
     },
     "replaced_slices": {
         "Description": "Outlier slices replaced by the prediction (0 with --slice-outliers none)"

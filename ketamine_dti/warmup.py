@@ -26,7 +26,6 @@ def compile_kernels() -> None:
     from ketamine_dti.dwi.free_water import fit_free_water
     from ketamine_dti.dwi.gibbs import remove_gibbs
     from ketamine_dti.dwi.gre_fieldmap import unwrap_phase
-    from ketamine_dti.dwi.slice_outliers import replace_slice_outliers
     from ketamine_dti.dwi.tensor import fit_tensor
 
     rng = np.random.default_rng(0)
@@ -38,7 +37,6 @@ def compile_kernels() -> None:
         data = (100 + rng.normal(size=(6, 6, 6, 13))).astype(dtype)
         for method in ("ols", "wls", "nlls", "restore"):
             fit_tensor(data, bvals, bvecs, method=method, n_threads=1, noise=1.0)
-        replace_slice_outliers(data, bvals, bvecs, np.ones(data.shape[:3], bool), noise=1.0)
         layout.f_ordered(layout.c_ordered(np.asfortranarray(data)))  # a file's order and back
         mppca(data, patch_radius=1, n_threads=1)
         # one shell: the b0-prior fit (references given: the noise data has no CSF)

@@ -160,8 +160,8 @@ def test_replacement_removes_the_md_bias_of_dropouts():
 
 
 def test_shells_that_cannot_be_predicted_are_left_untested():
-    """Six directions (too few for a median and MAD, and for a fit without one of them), or
-    twelve volumes along three axes (no tensor): nothing tested, data unchanged, no error."""
+    """Six directions (too few for a median and MAD), or twelve volumes along three axes (no
+    angular model of degree 2 without one of them): nothing tested, data unchanged, no error."""
     data, _, mask, bvals, bvecs = phantom(0)
     few = np.r_[np.arange(N_B0), N_B0 + np.arange(6)]
     result = replace_slice_outliers(data[..., few], bvals[few], bvecs[few], mask)

@@ -73,7 +73,7 @@ def test_the_fits_read_the_series_after_slice_outlier_replacement(mode):
     )
     into_repol = _sources(workflow, repol)
     assert ("resample_dwi", "out_file", "in_file") in into_repol
-    assert ("denoise", "noise_file", "noise_file") in into_repol
+    assert ("brain_mask", "out_file", "mask_file") in into_repol
     outputs = _sources(workflow, workflow.get_node("outputnode"))
     assert ("slice_outliers", "confounds_file", "confounds_file") in outputs
     assert ("slice_outliers", "out_file", "dwi_file") in outputs

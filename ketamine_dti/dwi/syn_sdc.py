@@ -33,6 +33,7 @@ from scipy import ndimage
 
 from ketamine_dti.ants_backend import REGISTRATION_SEED, register_along_axis
 from ketamine_dti.dwi.gre_fieldmap import extrapolate
+from ketamine_dti.dwi.harmonics import solid_harmonics
 from ketamine_dti.dwi.susceptibility import FWHM_TO_SIGMA, check_readout, phase_encoding
 
 LOGGER = logging.getLogger(__name__)
@@ -89,24 +90,6 @@ def b0_like(t1w_brain: np.ndarray, brain_mask: np.ndarray) -> np.ndarray:
         raise ValueError("the T1w brain is constant inside its mask")
     inverted = (high - np.clip(t1w, low, high)) / (high - low)
     return np.where(mask, inverted, 0.0).astype(np.float32)
-
-
-def solid_harmonics(points_mm: np.ndarray, degree: int) -> np.ndarray:
-    """(N, (degree + 1)^2) real solid harmonics r^l Y_lm of ``points_mm`` (N x 3, centred on
-    the brain and scaled to about unit radius): the harmonic functions of degree <= ``degree``,
-    the basis of a field with no sources in the region."""
-    from scipy.special import sph_harm_y
-
-    radius = np.linalg.norm(points_mm, axis=1)
-    polar = np.arccos(np.clip(points_mm[:, 2] / np.maximum(radius, 1e-12), -1.0, 1.0))
-    azimuth = np.arctan2(points_mm[:, 1], points_mm[:, 0])
-    columns = []
-    for order in range(degree + 1):
-        for m in range(-order, order + 1):
-            value = sph_harm_y(order, abs(m), polar, azimuth)
-            real = value.real if m >= 0 else value.imag
-            columns.append(radius**order * real * (np.sqrt(2.0) if m else 1.0))
-    return np.stack(columns, axis=1)
 
 
 def regularise(field_hz: np.ndarray, brain_mask: np.ndarray, affine: np.ndarray) -> np.ndarray:

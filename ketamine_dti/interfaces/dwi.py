@@ -382,7 +382,6 @@ class _SliceOutliersInputSpec(BaseInterfaceInputSpec):
     bvec_file = File(exists=True, mandatory=True)
     mask_file = File(exists=True, mandatory=True)
     confounds_file = File(exists=True, mandatory=True, desc="MotionCorrect's confounds TSV")
-    noise_file = File(exists=True, desc="noise SD map (MP-PCA) for the RESTORE predictions")
     slice_axis = traits.Enum(2, 0, 1, usedefault=True, desc="voxel axis of the slices")
     replace = traits.Bool(True, usedefault=True, desc="False: detect and count only")
     n_threads = traits.Int(1, usedefault=True)
@@ -408,12 +407,9 @@ class SliceOutliers(SimpleInterface):
         from ketamine_dti.dwi.slice_outliers import replace_slice_outliers
 
         image, data, gtab, mask = _load_masked_dwi(self.inputs)
-        noise = None
-        if isdefined(self.inputs.noise_file):
-            noise = nib.load(self.inputs.noise_file).get_fdata(dtype=np.float32)
         result = replace_slice_outliers(
             data, gtab.bvals, gtab.bvecs, mask, slice_axis=self.inputs.slice_axis,
-            replace=self.inputs.replace, noise=noise, n_threads=self.inputs.n_threads,
+            replace=self.inputs.replace,
         )  # fmt: skip
         cwd = Path(runtime.cwd)
         confounds = pd.read_csv(self.inputs.confounds_file, sep="\t")

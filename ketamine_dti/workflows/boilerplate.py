@@ -45,6 +45,8 @@ REFERENCES = {
     "images. NeuroImage 141:556-72.",
     "restore": "Chang L.-C., Jones D.K., Pierpaoli C. (2005) RESTORE: robust estimation of "
     "tensors by outlier rejection. Magn Reson Med 53:1088-95.",
+    "sh_laplace_beltrami": "Descoteaux M. et al. (2007) Regularized, fast, and robust "
+    "analytical Q-ball imaging. Magn Reson Med 58:497-510.",
     "free_water": "Pasternak O. et al. (2009) Free water elimination and mapping from "
     "diffusion MRI. Magn Reson Med 62:717-30.",
     "free_water_multishell": "Hoy A.R. et al. (2014) Optimization of a free water elimination "

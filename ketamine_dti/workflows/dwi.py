@@ -17,6 +17,7 @@ from ketamine_dti.dwi.motion import (
 from ketamine_dti.dwi.resampling import INTERPOLATION_ORDERS
 from ketamine_dti.dwi.slice_outliers import DEFAULT_SLICE_AXIS
 from ketamine_dti.dwi.slice_outliers import OUTLIER_SD as SLICE_OUTLIER_SD
+from ketamine_dti.dwi.slice_outliers import SH_DEGREE as SLICE_SH_DEGREE
 from ketamine_dti.dwi.susceptibility import knot_spacings
 from ketamine_dti.dwi.syn_sdc import FINAL_FWHM_MM as SYN_FINAL_FWHM_MM
 from ketamine_dti.dwi.syn_sdc import HARMONIC_DEGREE as SYN_HARMONIC_DEGREE
@@ -113,13 +114,15 @@ _GRE_CONVERSION = {
 
 def _slice_outlier_sentence(slice_outliers: str) -> str:
     """What the methods say of slice dropouts (replaced, or only counted)."""
-    found = f"""Slice dropouts were detected as FSL eddy does [repol]: per shell, a RESTORE tensor
-[restore] predicted every diffusion-weighted volume, and a slice whose mean signal in the brain
-lay more than {SLICE_OUTLIER_SD:g} robust SDs below the prediction was an outlier"""
+    found = f"""Slice dropouts were detected as FSL eddy does [repol]: per shell, every
+diffusion-weighted volume was predicted from the shell's other volumes by spherical harmonics
+of even degree up to {SLICE_SH_DEGREE} with a Laplace-Beltrami penalty [sh_laplace_beltrami],
+and a slice whose mean signal in the brain lay more than {SLICE_OUTLIER_SD:g} robust SDs below
+the prediction was an outlier; detection was repeated with the outliers left out of the
+predictions until they no longer changed"""
     if slice_outliers == "replace":
-        return f"""{found}; its brain voxels were replaced by the prediction of a fit to the
-other volumes, and detection and replacement were repeated until the outliers no longer
-changed. """
+        return f"""{found}. The outliers' brain voxels were replaced by the prediction of
+the same model fitted to the log signal of the slice's other volumes. """
     return f"{found}; outliers were counted, not replaced. "
 
 
@@ -284,7 +287,6 @@ def init_dwi_preproc_wf(
         workflow, check, (motion, resample), outputnode, denoise, gibbs, omp_nthreads
     )
     if denoise == "mppca":
-        workflow.connect(workflow.get_node("denoise"), "noise_file", repol, "noise_file")
         if tensor_fit == "restore":
             workflow.connect(workflow.get_node("denoise"), "noise_file", tensor, "noise_file")
     if corrects(fieldmap):
