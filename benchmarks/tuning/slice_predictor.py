@@ -53,8 +53,11 @@ def sessions(seed: int):
                 "standard", seed=seed, realism="typical", realism_off=(*off, "slice_motion")
             )
             data, gtab, mask, _ = bench.preprocess(session)
-            planted = {(int(v), int(k)) for v, k, _ in session.artefacts.dropouts.slices}
-            out[variant] = (data, gtab, mask, planted if variant == "dropouts" else set())
+            dropouts = session.artefacts.dropouts
+            planted = (
+                set() if dropouts is None else {(int(v), int(k)) for v, k, _ in dropouts.slices}
+            )
+            out[variant] = (data, gtab, mask, planted)
     return out
 
 
