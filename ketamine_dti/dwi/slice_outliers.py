@@ -137,8 +137,9 @@ class AngularModel:
         return hat
 
     def predict(self, values: np.ndarray, left_out: np.ndarray) -> np.ndarray:
-        """(volumes, columns) prediction of ``values`` (volumes, columns), each column from its
-        volumes not ``left_out`` (volumes, columns), leave-one-out for those."""
+        """(volumes, columns) prediction of ``values`` (volumes, columns): in each column, every
+        volume from that column's volumes not ``left_out`` (volumes, columns), each of those
+        from the others (leave-one-out)."""
         predicted = np.empty(values.shape, dtype=float)
         patterns, which = np.unique(left_out.T, axis=0, return_inverse=True)
         for index, pattern in enumerate(patterns):
@@ -260,9 +261,12 @@ def _replace(slices, brain, volumes, blocks, model: AngularModel, flags: np.ndar
     the log signal from the slice's unflagged volumes of the shell (``blocks``: the shell's
     brain voxels per slice, as detected), the log floored at LOG_FLOOR x the shell's median
     brain signal (denoised voxels can be <= 0)."""
+    flagged_slices = np.flatnonzero(flags.any(axis=0))
+    if not flagged_slices.size:
+        return
     median = float(np.median(np.concatenate([block.ravel() for block in blocks])))
     floor = LOG_FLOOR * max(median, float(np.finfo(np.float32).tiny))
-    for index in np.flatnonzero(flags.any(axis=0)):
+    for index in flagged_slices:
         flagged = flags[:, index]
         block = blocks[index].copy()
         logs = np.log(np.maximum(block[:, ~flagged], floor), dtype=np.float64)
