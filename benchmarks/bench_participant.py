@@ -56,6 +56,7 @@ import pandas as pd
 from ketamine_dti.config import Config
 from ketamine_dti.dwi.resampling import INTERPOLATION_ORDERS
 from ketamine_dti.simulate.presets import PRESETS
+from ketamine_dti.simulate.susceptibility import DISTORTION_CHOICES
 
 TARGET_MEDIAN_REL_ERROR = 0.05
 TARGET_DMD_CORRELATION = 0.8
@@ -246,7 +247,13 @@ def nodes_running_at(work_dir: Path, epoch: float) -> list[str]:
 
 
 def simulate(
-    out: Path, preset: str, scenario: str, n_participants: int, seed: int, realism: str
+    out: Path,
+    preset: str,
+    scenario: str,
+    n_participants: int,
+    seed: int,
+    realism: str,
+    distortion: str | None = None,
 ) -> Path:
     if (out / "dataset_description.json").exists():
         return out
@@ -266,6 +273,7 @@ def simulate(
             str(seed),
             "--realism",
             realism,
+            *(["--distortion", distortion] if distortion else []),
         ],
         check=True,
     )
@@ -736,6 +744,13 @@ def main(argv: list[str] | None = None) -> int:
         help="the simulator's realism (issue 12); default: the preset's (standard: typical); "
         "results before session 9 were simulated without it (ideal)",
     )
+    parser.add_argument(
+        "--distortion",
+        choices=DISTORTION_CHOICES,
+        default=None,
+        help="the simulator's susceptibility distortion (default: the preset's; standard: "
+        "typical): none isolates what distortion correction leaves in the ROIs",
+    )
     parser.add_argument("--nprocs", type=int, default=2)
     parser.add_argument("--omp-nthreads", type=int, default=1)
     parser.add_argument("--mem-gb", type=float, default=4.0)
@@ -797,6 +812,7 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run([sys.executable, "-m", "ketamine_dti.warmup"], check=True)
     results: dict = {
         "realism": realism,
+        "distortion": args.distortion,
         "gibbs": args.gibbs,
         "interpolation": args.interpolation,
         "preset": args.preset,
@@ -817,7 +833,7 @@ def main(argv: list[str] | None = None) -> int:
     for scenario in args.scenarios:
         bids_dir = simulate(
             out_dir / f"{scenario}_bids", args.preset, scenario, args.n_participants, args.seed,
-            realism,
+            realism, args.distortion,
         )  # fmt: skip
         for independent in designs[scenario]:
             label = f"{scenario}_{'independent' if independent else 'longitudinal'}"
@@ -860,6 +876,8 @@ def markdown(results: dict) -> str:
         f"Simulator realism: {results.get('realism', 'ideal (before session 9)')}.",
         "",
     ]
+    if results.get("distortion"):  # older results: the preset's
+        lines += [f"Simulator distortion: {results['distortion']} (given on the command line).", ""]
     if results.get("interpolation", "trilinear") != "trilinear":  # older results: trilinear
         interpolation = results["interpolation"]
         lines += [f"The App's DWI interpolation: {interpolation} (not the default).", ""]
