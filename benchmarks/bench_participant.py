@@ -877,7 +877,10 @@ def markdown(results: dict) -> str:
         "",
     ]
     if results.get("distortion"):  # older results: the preset's
-        lines += [f"Simulator distortion: {results['distortion']} (given on the command line).", ""]
+        lines += [
+            f"Simulator distortion: {results['distortion']} (given on the command line).",
+            "",
+        ]
     if results.get("interpolation", "trilinear") != "trilinear":  # older results: trilinear
         interpolation = results["interpolation"]
         lines += [f"The App's DWI interpolation: {interpolation} (not the default).", ""]
