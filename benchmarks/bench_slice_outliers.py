@@ -42,18 +42,18 @@ SIMULATED_SLICE_AXIS = 2
 
 
 def preprocess(session):
-    """The App's steps before the tensor fit: (aligned data, rotated gtab, mask, noise map)."""
+    """The App's steps before the tensor fit: (aligned data, rotated gtab, mask)."""
     from ketamine_dti.dwi import gradients, motion
     from ketamine_dti.dwi.denoise import mppca
     from ketamine_dti.dwi.mask import brain_mask
 
     zooms = tuple(np.linalg.norm(session.affine[:3, :3], axis=0))
     gtab = gradients.GradientTable(bvals=session.bvals, bvecs=session.bvecs)
-    denoised, sigma = mppca(session.data, n_threads=1)
+    denoised, _ = mppca(session.data, n_threads=1)
     result = motion.correct_series(denoised, gtab, session.affine, zooms, SIMULATED_PE_AXIS)
     rotated = gradients.GradientTable(bvals=gtab.bvals, bvecs=result.bvecs)
     mask = brain_mask(result.corrected[..., gtab.b0_mask].mean(axis=-1), zooms)
-    return result.corrected, rotated, mask, sigma
+    return result.corrected, rotated, mask
 
 
 def roi_md_error(md: np.ndarray, session, mask: np.ndarray) -> float:
@@ -78,7 +78,7 @@ def run_seed(seed: int, also_off: tuple[str, ...] = ()) -> dict:
             session = simulate_benchmark_session(
                 "standard", seed=seed, realism="typical", realism_off=(*off, *also_off)
             )
-            data, gtab, mask, _ = preprocess(session)
+            data, gtab, mask = preprocess(session)
             start = time.process_time()
             found = replace_slice_outliers(
                 data, gtab.bvals, gtab.bvecs, mask, SIMULATED_SLICE_AXIS

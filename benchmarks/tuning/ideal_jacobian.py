@@ -52,7 +52,7 @@ def run(seed: int, realism: str) -> dict:
             if variant == "no_affine_jacobian":
                 resampling.affine_jacobian = lambda world_map: 1.0
             try:
-                data, gtab, mask, _ = bench.preprocess(session)
+                data, gtab, mask = bench.preprocess(session)
             finally:
                 resampling.affine_jacobian = original
             data = replace_slice_outliers(

@@ -53,7 +53,7 @@ def flags(seed: int, off: tuple[str, ...], zero_second_order: bool):
                 "standard", seed=seed, realism="typical",
                 realism_off=("dropouts", "slice_motion", *off),
             )  # fmt: skip
-            data, gtab, mask, _ = bench.preprocess(session)
+            data, gtab, mask = bench.preprocess(session)
             found = replace_slice_outliers(
                 data, gtab.bvals, gtab.bvecs, mask, bench.SIMULATED_SLICE_AXIS
             )

@@ -52,7 +52,7 @@ def sessions(seed: int):
             session = simulate_benchmark_session(
                 "standard", seed=seed, realism="typical", realism_off=(*off, "slice_motion")
             )
-            data, gtab, mask, _ = bench.preprocess(session)
+            data, gtab, mask = bench.preprocess(session)
             dropouts = session.artefacts.dropouts
             planted = (
                 set() if dropouts is None else {(int(v), int(k)) for v, k, _ in dropouts.slices}

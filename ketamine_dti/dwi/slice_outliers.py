@@ -268,12 +268,11 @@ def _replace(slices, brain, volumes, blocks, model: AngularModel, flags: np.ndar
     floor = LOG_FLOOR * max(median, float(np.finfo(np.float32).tiny))
     for index in flagged_slices:
         flagged = flags[:, index]
-        block = blocks[index].copy()
-        logs = np.log(np.maximum(block[:, ~flagged], floor), dtype=np.float64)
-        block[:, flagged] = np.exp(logs @ model.weights(~flagged)[flagged].T)
-        voxels = slices[index][brain[index]]
-        voxels[:, volumes] = block
-        slices[index][brain[index]] = voxels
+        logs = np.log(np.maximum(blocks[index][:, ~flagged], floor), dtype=np.float64)
+        rows, columns = np.nonzero(brain[index])
+        slices[index][rows[:, None], columns[:, None], volumes[flagged]] = np.exp(
+            logs @ model.weights(~flagged)[flagged].T
+        )
 
 
 def _full_rank_without_any(basis: np.ndarray) -> bool:
