@@ -24,15 +24,18 @@ directory). Then:
   simulator's true region there (``desc-region_dseg``, drawn from other parcellations than the
   App's atlas), and the share of the App's kept voxels (``atlas_gm``) that lie in the true
   region; medians over sessions;
-- every scenario, against two truths side by side (``truth_over_true_region``,
-  ``truth_over_app_voxels``): the median |measured / truth - 1|, the slope of measured on planted
-  dMD/MD (pooled and per ROI) and r(dMD/MD). "Truth over the true region" is ``md_true`` of
-  roi_md.tsv, the tissue MD of the true region's GM: the App's error against it includes how
-  far the App's ROI is from the true region (Dice 0.3-0.5) and the CSF/WM its voxels hold.
+- every scenario, against the truths side by side (``truth_over_true_region``,
+  ``truth_over_app_voxels``, ``truth_over_app_points``): the median |measured / truth - 1|,
+  the slope of measured on planted dMD/MD (pooled and per ROI) and r(dMD/MD). "Truth over the
+  true region" is ``md_true`` of roi_md.tsv, the tissue MD of the true region's GM: the App's
+  error against it includes how far the App's ROI is from the true region (Dice 0.3-0.5) and
+  the CSF/WM its voxels hold.
   "Truth over the App's voxels" is the simulator's per-voxel true apparent MD
   (``desc-truth_md``, the noiseless signal's MD before motion and distortion) averaged over the
   voxels the App kept (``atlas_gm``): its error is what the App's measurement adds (noise,
   motion and distortion correction, interpolation) to the tissue it actually averaged.
+  "Truth over the App's points" is the same truth weighted as md_mean weights the voxels (by
+  their subject-template points, read from the run's work folder): the like-for-like one.
 
 Results go to OUT_DIR/bench_participant.json and .md. Timings are noisy on a shared machine.
 """
@@ -583,8 +586,49 @@ OWN_VOXEL_WEIGHTING = (
     "The App's md_mean weights each voxel by the number of its kept subject-template points, "
     "which no output publishes (atlas_gm holds one majority label per voxel), so the truth "
     "uses the plain mean; the App's MD map averaged the same way (md_map_voxel_mean) measures "
-    "what that difference costs"
+    "what that difference costs. truth_over_app_points averages the truth as md_mean does"
 )
+#: How ``truth_over_app_points`` averages: md_mean's own weighting.
+APP_POINT_WEIGHTING = (
+    "the truth read at the DWI voxel of every subject-template point md_mean averaged (the "
+    "run's sample_rois step, rois.longitudinal_statistics) and averaged over the points: each "
+    "voxel weighted by its points, as md_mean weights it; patchy truth changes (the planted "
+    "region covers part of an ROI) make the plain voxel mean a different quantity"
+)
+
+
+def app_points(work: Path, subject: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per session label: the flat DWI voxel index and ROI label of each subject-template
+    point the App averaged, from the run's ``sample_rois`` step (empty without it)."""
+    from ketamine_dti.rois import longitudinal_statistics
+
+    paths = [
+        next(work.glob(f"*/sub_{subject}_wf/ses_{session}_wf/sample_rois/roi_samples.npz"), None)
+        for session in SESSIONS
+    ]
+    if None in paths:
+        return {}
+    samples = []
+    for path in paths:
+        with np.load(path) as data:
+            samples.append({key: data[key] for key in data.files})
+    _, used = longitudinal_statistics(samples)
+    return {
+        session: (data["voxel"][kept], data["label"][kept])
+        for session, data, kept in zip(SESSIONS, samples, used, strict=True)
+    }
+
+
+def point_means(
+    values: np.ndarray, points: tuple[np.ndarray, np.ndarray], roi_names
+) -> dict[str, float]:
+    """Mean of ``values`` at the points of each ROI (k = 1.. in roi_names order), NaN without."""
+    voxel, label = points
+    flat = np.asarray(values).ravel()
+    return {
+        roi: float(flat[voxel[label == index]].mean()) if (label == index).any() else np.nan
+        for index, roi in enumerate(roi_names, start=1)
+    }
 
 
 def voxel_means(
@@ -606,18 +650,28 @@ OLD_SELECTION = (
     "session only those whose own MD < rois.MD_CSF_MAX and FA < rois.FA_WM_MAX; plain voxel "
     "means, compared with today's (atlas_gm, one set for both sessions) averaged the same way"
 )
-OWN_COLUMNS = ("md_true_own", "md_map_voxel_mean", "md_true_gated", "md_map_gated_mean")
+OWN_COLUMNS = (
+    "md_true_own",
+    "md_map_voxel_mean",
+    "md_true_gated",
+    "md_map_gated_mean",
+    "md_true_points",
+)
 
 
-def own_voxel_truth(bids_dir: Path, out: Path, subjects: list[str]) -> pd.DataFrame:
+def own_voxel_truth(
+    bids_dir: Path, out: Path, subjects: list[str], work: Path | None = None
+) -> pd.DataFrame:
     """Per participant, session and ROI: the simulator's true apparent MD (desc-truth_md)
     averaged over the App's kept voxels (``md_true_own``, mm^2/s), and the App's MD map
     averaged over the same voxels the same way (``md_map_voxel_mean``). Also both over the
     voxels the selection before issue 13 would have averaged (``md_true_gated``,
     ``md_map_gated_mean``; NaN without an FA map): the same kept voxels, then only those whose
     own session's MD and FA pass the old gates (``rois.MD_CSF_MAX``, ``rois.FA_WM_MAX``), so
-    the voxel set follows the values measured. Sessions without the truth map (a trial
-    simulated before it existed) are left out."""
+    the voxel set follows the values measured. With the run's ``work`` folder, also the truth
+    averaged over md_mean's own points (``md_true_points``, ``APP_POINT_WEIGHTING``; NaN
+    without). Sessions without the truth map (a trial simulated before it existed) are left
+    out."""
     import nibabel as nib
     from nibabel.processing import resample_from_to
 
@@ -626,6 +680,7 @@ def own_voxel_truth(bids_dir: Path, out: Path, subjects: list[str]) -> pd.DataFr
     from ketamine_dti.rois import FA_WM_MAX, MD_CSF_MAX, ROI_NAMES
 
     rows = []
+    points = {subject: app_points(work, subject) if work else {} for subject in subjects}
     for subject, session in itertools.product(subjects, SESSIONS):
         kept_path = spec_path(out, "atlas_gm", subject, session, atlas=ATLAS)
         md_path = spec_path(out, "md", subject, session)
@@ -649,6 +704,9 @@ def own_voxel_truth(bids_dir: Path, out: Path, subjects: list[str]) -> pd.DataFr
                 gated = np.where((md < MD_CSF_MAX) & (fa < FA_WM_MAX), labels, 0)
             gated_truth = voxel_means(truth_values, gated, ROI_NAMES)
             gated_app = voxel_means(md, gated, ROI_NAMES)
+        on_points = dict.fromkeys(ROI_NAMES, np.nan)
+        if session in points[subject]:
+            on_points = point_means(truth_values, points[subject][session], ROI_NAMES)
         rows += [
             {
                 "participant_id": f"sub-{subject}",
@@ -658,6 +716,7 @@ def own_voxel_truth(bids_dir: Path, out: Path, subjects: list[str]) -> pd.DataFr
                 "md_map_voxel_mean": app[roi],
                 "md_true_gated": gated_truth[roi],
                 "md_map_gated_mean": gated_app[roi],
+                "md_true_points": on_points[roi],
             }
             for roi in ROI_NAMES
         ]
@@ -683,17 +742,28 @@ def truth_comparison(merged: pd.DataFrame, measured: str, truth: str) -> dict:
 
 
 def two_truths(
-    bids_dir: Path, out: Path, table: pd.DataFrame, subjects: list[str], column: str = MEASURED
+    bids_dir: Path,
+    out: Path,
+    table: pd.DataFrame,
+    subjects: list[str],
+    column: str = MEASURED,
+    work: Path | None = None,
 ) -> dict:
     """The App's ``column`` against the truth over the true region (roi_md.tsv) and against the
-    truth over its own kept voxels (``own_voxel_truth``), with the same figures for both."""
+    truth over its own kept voxels (``own_voxel_truth``), with the same figures for both; with
+    the run's ``work`` folder, also against the truth over its own points, weighted as
+    md_mean weights them (``truth_over_app_points``)."""
     truth = pd.read_csv(bids_dir / "sourcedata/ground_truth/roi_md.tsv", sep="\t")
     merged = table.merge(truth, on=["participant_id", "session_id", "roi"])
     result = {"truth_over_true_region": truth_comparison(merged, column, "md_true")}
-    own = own_voxel_truth(bids_dir, out, subjects)
+    own = own_voxel_truth(bids_dir, out, subjects, work)
     if own.empty:
         return result
     merged = merged.merge(own, on=["participant_id", "session_id", "roi"])
+    if merged.md_true_points.notna().any():
+        result["truth_over_app_points"] = truth_comparison(merged, column, "md_true_points") | {
+            "weighting": APP_POINT_WEIGHTING
+        }
     weighting_gap = (merged.md_mean / merged.md_map_voxel_mean - 1).abs()
     same_weighting = truth_comparison(merged, "md_map_voxel_mean", "md_true_own")
     result["truth_over_app_voxels"] = truth_comparison(merged, column, "md_true_own") | {
@@ -854,11 +924,11 @@ def main(argv: list[str] | None = None) -> int:
                 analyse = analysis.get(scenario, null_consistency)
                 entry |= {"column": MEASURED} | analyse(bids_dir, table)
                 entry["roi_vs_true_region"] = roi_dice(bids_dir, out, subjects)
-                entry |= two_truths(bids_dir, out, table, subjects)
+                entry |= two_truths(bids_dir, out, table, subjects, work=work)
                 for other in OTHER_COLUMNS:  # the other summaries, measured the same way
                     if other in table and scenario != "csf_shift":
                         entry[other] = analyse(bids_dir, table, other) | two_truths(
-                            bids_dir, out, table, subjects, other
+                            bids_dir, out, table, subjects, other, work
                         )
             results[label] = entry
             (out_dir / "bench_participant.json").write_text(json.dumps(results, indent=2))
@@ -1058,6 +1128,7 @@ def two_truths_markdown(results: dict) -> list[str]:
     labels = {
         "truth_over_true_region": "truth over the true region (roi_md.tsv md_true)",
         "truth_over_app_voxels": "truth over the App's voxels (desc-truth_md, mean over atlas_gm)",
+        "truth_over_app_points": "truth over the App's points (desc-truth_md, md_mean's weights)",
     }
     for label, entry in results.items():
         if not isinstance(entry, dict) or "truth_over_true_region" not in entry:
@@ -1065,7 +1136,7 @@ def two_truths_markdown(results: dict) -> list[str]:
         present = {key: entry[key] for key in labels if key in entry}
         lines += [
             "",
-            f"{label}: the App's {entry.get('column', 'md_mean')} against two truths (slope and r "
+            f"{label}: the App's {entry.get('column', 'md_mean')} against the truths (slope and r "
             "of dMD/MD; slope "
             "target 1.00 +- 0.05)",
             "",
