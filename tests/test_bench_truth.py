@@ -99,6 +99,69 @@ def test_own_voxel_truth_separates_the_measurement_from_the_atlas(tmp_path, benc
         assert f"| {roi} |" in text
 
 
+def test_the_truth_over_the_apps_points_weights_voxels_as_md_mean_does(tmp_path, bench):
+    """md_mean averages subject-template points, 1 to 8 per voxel, and one point per ROI
+    failed its gray-matter rule: against the truth read at the same points (from the run's
+    sample_rois step) a measurement 1% high that tracks the truth exactly scores 1% and slope
+    1, while the plain voxel mean of the truth is another quantity (more than 1% off)."""
+    rng = np.random.default_rng(2)
+    bids, out, work = tmp_path / "bids", tmp_path / "out", tmp_path / "work"
+    subjects, shape = ["001", "002", "003"], (8, 8, 8)
+    labels = np.zeros(shape, dtype=np.int16)
+    for index in range(1, len(ROI_NAMES) + 1):
+        labels[index - 1, :4, :4] = index
+    voxels = np.flatnonzero(labels)
+    per_voxel = rng.integers(1, 9, voxels.size)
+    point_voxel = np.repeat(voxels, per_voxel)
+    point_label = labels.ravel()[point_voxel]
+    gm = np.ones(point_voxel.size, np.float32)
+    gm[np.unique(point_label, return_index=True)[1]] = 0.2  # fails the rule: not averaged
+    kept = gm >= 0.5
+    truth_rows, table_rows = [], []
+    for subject, session in itertools.product(subjects, bench.SESSIONS):
+        stem = f"sub-{subject}/ses-{session}/sub-{subject}_ses-{session}"
+        truth = rng.uniform(0.7e-3, 1.0e-3, shape)
+        truth_file = bids / f"sourcedata/ground_truth/{stem}_space-dwi_desc-truth_md.nii.gz"
+        _save(truth.astype(np.float32), truth_file)
+        measured = (truth * 1.01).astype(np.float32)
+        _save(measured, spec_path(out, "md", subject, session))
+        _save(labels, spec_path(out, "atlas_gm", subject, session, atlas=ATLAS))
+        step = work / f"ketamine_dti_wf/sub_{subject}_wf/ses_{session}_wf/sample_rois"
+        step.mkdir(parents=True)
+        np.savez(
+            step / "roi_samples.npz",
+            label=point_label.astype(np.int16),
+            voxel=point_voxel,
+            gm=gm,
+            csf=np.zeros_like(gm),
+            in_brain=np.ones(gm.size, bool),
+            md=measured.ravel()[point_voxel],
+            dwi_shape=np.array(shape),
+            dwi_affine=np.diag([2.0, 2.0, 2.0, 1.0]),
+        )
+        for index, roi in enumerate(ROI_NAMES, start=1):
+            keys = {"participant_id": f"sub-{subject}", "session_id": f"ses-{session}", "roi": roi}
+            chosen = point_voxel[kept & (point_label == index)]
+            table_rows.append(keys | {"md_mean": float(measured.ravel()[chosen].mean())})
+            truth_rows.append(keys | {"md_true": 0.85e-3})
+    pd.DataFrame(truth_rows).to_csv(
+        bids / "sourcedata/ground_truth/roi_md.tsv", sep="\t", index=False
+    )
+
+    result = bench.two_truths(bids, out, pd.DataFrame(table_rows), subjects, "md_mean", work)
+    points, voxel_mean = result["truth_over_app_points"], result["truth_over_app_voxels"]
+    assert points["median_abs_rel_error"] == pytest.approx(0.01, abs=1e-5)
+    assert points["slope_dmd"] == pytest.approx(1.0, abs=1e-4)
+    assert all(v == pytest.approx(1.0, abs=1e-3) for v in points["per_roi_slope_dmd"].values())
+    assert abs(voxel_mean["median_abs_rel_error"] - 0.01) > 1e-3
+    text = "\n".join(bench.two_truths_markdown({"null_longitudinal": result}))
+    assert "truth over the App's points" in text
+    # without the work folder (an older run): the voxel truths alone
+    assert "truth_over_app_points" not in bench.two_truths(
+        bids, out, pd.DataFrame(table_rows), subjects, "md_mean"
+    )
+
+
 def test_two_truths_keeps_the_region_truth_when_no_truth_map_was_written(tmp_path, bench):
     """A trial simulated before desc-truth_md existed: only the true-region figures."""
     bids = tmp_path / "bids"
