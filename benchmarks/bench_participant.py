@@ -597,6 +597,22 @@ APP_POINT_WEIGHTING = (
 )
 
 
+def trial_parser(description: str) -> argparse.ArgumentParser:
+    """Arguments of an analysis of one finished run of this script: its OUT_DIR and a run."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("out_dir", type=Path, help="this script's OUT_DIR")
+    parser.add_argument("--label", default="paper_longitudinal", help="the run: SCENARIO_DESIGN")
+    return parser
+
+
+def finished_trial(out_dir: Path, label: str) -> tuple[Path, Path, list[str]]:
+    """(simulated BIDS folder, App outputs, participant labels) of run ``label`` in
+    ``out_dir``; its work folder is ``out_dir / f"{label}_work"``."""
+    out = out_dir / f"{label}_out"
+    subjects = sorted(p.name[4:] for p in out.glob("sub-*") if p.is_dir())
+    return out_dir / f"{label.split('_')[0]}_bids", out, subjects
+
+
 def app_points(work: Path, subject: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per session label: the flat DWI voxel index and ROI label of each subject-template
     point the App averaged, from the run's ``sample_rois`` step (empty without it)."""

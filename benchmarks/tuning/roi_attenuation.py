@@ -29,7 +29,6 @@ nothing in the App and tunes nothing; run it on training seeds.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -44,8 +43,10 @@ from bench_participant import (  # noqa: E402
     SESSIONS,
     app_points,
     delta,
+    finished_trial,
     point_means,
     slopes,
+    trial_parser,
     voxel_means,
 )
 
@@ -154,13 +155,8 @@ def session_rows(bids_dir: Path, out: Path, subject: str, session: str, points=N
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--label", default="paper_longitudinal")
-    args = parser.parse_args(argv)
-    scenario = args.label.split("_")[0]
-    bids_dir, out = args.out_dir / f"{scenario}_bids", args.out_dir / f"{args.label}_out"
-    subjects = sorted(p.name[4:] for p in out.glob("sub-*") if p.is_dir())
+    args = trial_parser(__doc__.splitlines()[0]).parse_args(argv)
+    bids_dir, out, subjects = finished_trial(args.out_dir, args.label)
     rows = []
     work = args.out_dir / f"{args.label}_work"
     for subject in subjects:
