@@ -4,19 +4,25 @@
 Why: the vACC's slope of measured on true dMD/MD (the truth averaged over the App's own ROI
 voxels) is 0.60-0.75 on `paper` and `null` trials while the other ROIs sit near 1 (sessions
 37-38). Its level is right (error ~0.5%), so something spreads its change rather than biasing
-it. Candidates, each measured here on a finished ``bench_participant.py`` trial (noiseless
-quantities, so 4 participants give tight slopes):
+it. Candidates, each measured here on a finished ``bench_participant.py`` trial (operations
+on the noiseless truth, so the slopes carry no measurement noise):
 
 - **Blur:** the truth map (``desc-truth_md``) smoothed with a Gaussian of SD sigma voxels, then
   averaged over the App's voxels. If a blur of the size the App's one interpolation and the
   imaging of a moved head make reproduces the vACC's slope, its voxel set is too thin for its
   change to survive any blur, and no pipeline change short of sharper resampling fixes it.
-- **Geometry:** per ROI, the App's voxel count, the share of them inside the true region, and
-  the share of those whose 6 face neighbours are all App voxels (how thin the set is).
+- **Geometry:** per ROI, the App's voxel count, the share of them inside the true region
+  (``desc-region_dseg``), and the share with a face neighbour outside the set (how thin it is).
 - **Distortion correction:** the App's displacement (``model-sdc_param-displacement``, mm)
   against the simulator's (``desc-truth_displacement``, voxels): their difference over each
   ROI's voxels, mean and SD (voxels), and the truth map moved by that residual along the phase
-  encoding axis, averaged over the App's voxels (what the residual alone would do).
+  encoding axis, averaged over the App's voxels (what the residual alone would do); and the
+  truth imaged through the true displacement and corrected with it exactly
+  (``distorted_and_corrected``: the resolution a compressed region loses; a proxy, since it
+  moves MD as if it were signal).
+- **Weighting:** md_mean weights each voxel by its subject-template points; with the run's
+  work folder, md_mean's own points also average the truth (``measured_points vs
+  truth_points``).
 
 Usage::
 
@@ -191,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| ROI | " + " | ".join(geometry) + " |")
     print("|---" * (len(geometry) + 1) + "|")
     for roi in rois:
-        print(f"| {roi} | " + " | ".join(f"{result['geometry'][roi][g]:.2f}" for g in geometry))
+        cells = " | ".join(f"{result['geometry'][roi][g]:.2f}" for g in geometry)
+        print(f"| {roi} | {cells} |")
     return 0
 
 
