@@ -605,12 +605,19 @@ def trial_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def finished_trial(out_dir: Path, label: str) -> tuple[Path, Path, list[str]]:
-    """(simulated BIDS folder, App outputs, participant labels) of run ``label`` in
-    ``out_dir``; its work folder is ``out_dir / f"{label}_work"``."""
+def finished_trial(out_dir: Path, label: str) -> tuple[Path, Path, Path, list[str]]:
+    """(simulated BIDS folder, App outputs, work folder, participant labels) of run ``label``
+    in ``out_dir``, named as ``main`` names them."""
     out = out_dir / f"{label}_out"
     subjects = sorted(p.name[4:] for p in out.glob("sub-*") if p.is_dir())
-    return out_dir / f"{label.split('_')[0]}_bids", out, subjects
+    return out_dir / f"{label.split('_')[0]}_bids", out, out_dir / f"{label}_work", subjects
+
+
+def load_array(path: Path) -> np.ndarray:
+    """A NIfTI image's data as float64 (no scaling cache kept)."""
+    import nibabel as nib
+
+    return np.asarray(nib.load(path).dataobj, dtype=float)
 
 
 def app_points(work: Path, subject: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:

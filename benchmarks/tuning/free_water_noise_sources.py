@@ -36,15 +36,10 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_participant import SESSIONS, finished_trial, trial_parser  # noqa: E402
+from bench_participant import SESSIONS, finished_trial, load_array, trial_parser  # noqa: E402
+from bench_slice_outliers import SIMULATED_PE_AXIS  # noqa: E402
 
-#: PE axis of the simulator's DWI (j): the displacement's Jacobian is taken along it.
-PHASE_AXIS = 1
 QUANTITIES = ("b0", "fw_fraction", "md_fwcorr", "md", "sdc_log_jacobian")
-
-
-def _load(path: Path) -> np.ndarray:
-    return np.asarray(nib.load(path).dataobj, dtype=float)
 
 
 def session_rows(out: Path, subject: str, session: str) -> list[dict]:
@@ -53,7 +48,7 @@ def session_rows(out: Path, subject: str, session: str) -> list[dict]:
     from ketamine_dti.rois import ROI_NAMES
 
     def read(key: str, **entities) -> np.ndarray:
-        return _load(spec_path(out, key, subject, session, **entities))
+        return load_array(spec_path(out, key, subject, session, **entities))
 
     labels = read("atlas_gm", atlas=ATLAS).astype(int)
     b0, fw_fraction = read("b0_reference"), read("fw_fraction")
@@ -62,8 +57,10 @@ def session_rows(out: Path, subject: str, session: str) -> list[dict]:
     log_jacobian = np.zeros(labels.shape)
     if displacement_path.exists():
         image = nib.load(displacement_path)
-        voxel_mm = float(image.header.get_zooms()[PHASE_AXIS])
-        jacobian = 1 + np.gradient(_load(displacement_path) / voxel_mm, axis=PHASE_AXIS)
+        voxel_mm = float(image.header.get_zooms()[SIMULATED_PE_AXIS])
+        jacobian = 1 + np.gradient(
+            load_array(displacement_path) / voxel_mm, axis=SIMULATED_PE_AXIS
+        )
         log_jacobian = np.log(np.clip(jacobian, 0.05, None))
     reference = np.median(b0[labels > 0])
     rows = []
@@ -84,7 +81,7 @@ def session_rows(out: Path, subject: str, session: str) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     args = trial_parser(__doc__.splitlines()[0]).parse_args(argv)
-    _, out, subjects = finished_trial(args.out_dir, args.label)
+    _, out, _, subjects = finished_trial(args.out_dir, args.label)
     rows = [row for s in subjects for session in SESSIONS for row in session_rows(out, s, session)]
     wide = pd.DataFrame(rows).pivot_table(
         index=["participant_id", "roi"], columns="session_id", values=list(QUANTITIES)

@@ -50,17 +50,15 @@ from bench_participant import (  # noqa: E402
     app_points,
     delta,
     finished_trial,
+    load_array,
     point_means,
     slopes,
     trial_parser,
     voxel_means,
 )
+from bench_slice_outliers import SIMULATED_PE_AXIS  # noqa: E402
 
 SIGMAS = (0.4, 0.6, 0.8, 1.0)
-
-
-def _load(path: Path) -> np.ndarray:
-    return np.asarray(nib.load(path).dataobj, dtype=float)
 
 
 def _thin_share(inside: np.ndarray) -> float:
@@ -113,10 +111,10 @@ def session_rows(bids_dir: Path, out: Path, subject: str, session: str, points=N
 
     stem = f"sub-{subject}/ses-{session}/sub-{subject}_ses-{session}"
     truth_dir = bids_dir / "sourcedata/ground_truth"
-    labels = _load(spec_path(out, "atlas_gm", subject, session, atlas=ATLAS)).astype(int)
-    truth = _load(truth_dir / f"{stem}_space-dwi_desc-truth_md.nii.gz")
-    region = _load(truth_dir / f"{stem}_space-dwi_desc-region_dseg.nii.gz").astype(int)
-    md = _load(spec_path(out, "md", subject, session))
+    labels = load_array(spec_path(out, "atlas_gm", subject, session, atlas=ATLAS)).astype(int)
+    truth = load_array(truth_dir / f"{stem}_space-dwi_desc-truth_md.nii.gz")
+    region = load_array(truth_dir / f"{stem}_space-dwi_desc-region_dseg.nii.gz").astype(int)
+    md = load_array(spec_path(out, "md", subject, session))
     columns = {"truth": voxel_means(truth, labels, ROI_NAMES)}
     columns["measured"] = voxel_means(md, labels, ROI_NAMES)
     if points is not None:
@@ -131,11 +129,11 @@ def session_rows(bids_dir: Path, out: Path, subject: str, session: str, points=N
     residual = None
     if true_shift.exists() and app_shift.exists():
         image = nib.load(app_shift)
-        axis = 1  # the simulator's phase encoding (j)
+        axis = SIMULATED_PE_AXIS
         voxel_mm = float(image.header.get_zooms()[axis])
-        residual = _load(app_shift) / voxel_mm - _load(true_shift)
+        residual = load_array(app_shift) / voxel_mm - load_array(true_shift)
         columns["pileup_true_field"] = voxel_means(
-            distorted_and_corrected(truth, _load(true_shift), axis), labels, ROI_NAMES
+            distorted_and_corrected(truth, load_array(true_shift), axis), labels, ROI_NAMES
         )
         for sign in (1, -1):
             columns[f"sdc_residual_{'+' if sign > 0 else '-'}"] = voxel_means(
@@ -162,9 +160,8 @@ def session_rows(bids_dir: Path, out: Path, subject: str, session: str, points=N
 
 def main(argv: list[str] | None = None) -> int:
     args = trial_parser(__doc__.splitlines()[0]).parse_args(argv)
-    bids_dir, out, subjects = finished_trial(args.out_dir, args.label)
+    bids_dir, out, work, subjects = finished_trial(args.out_dir, args.label)
     rows = []
-    work = args.out_dir / f"{args.label}_work"
     for subject in subjects:
         points = app_points(work, subject) if work.exists() else {}
         for session in SESSIONS:
