@@ -8,6 +8,8 @@ ARG BASE_IMAGE=debian:bookworm-slim
 
 # ---- build stage: the virtual environment, from PyPI only ----------------------------------
 FROM ${BASE_IMAGE} AS build
+# names this stage's untagged image, which scripts/container_ci.sh removes after a later build
+LABEL org.ketamine-dti.stage="build"
 ARG PIP_CERT=""
 ARG DEBIAN_FRONTEND=noninteractive
 ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
