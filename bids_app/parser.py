@@ -287,7 +287,8 @@ def _add_group_options(grp) -> None:
         "--md-measure",
         choices=MD_MEASURES,
         default="md",
-        help="the ROI-table MD analysed: md (tensor MD) or md_fwcorr (free-water-corrected MD)",
+        help="the ROI-table MD analysed: md (tensor MD) or md_fwcorr (free-water-corrected "
+        "MD; summary.md then compares its dMD spread per ROI with plain MD's)",
     )
     grp.add_argument(
         "--roi-statistic",

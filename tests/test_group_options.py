@@ -224,6 +224,28 @@ def test_md_measure_selects_the_free_water_corrected_column(trial: Config, capsy
     assert "md_fwcorr_mean" in (group_dir / "summary.md").read_text()
     assert "md_fwcorr_mean" in json.loads((group_dir / "analysis_table.json").read_text())[
         f"md_{ROI_NAMES[0]}_{session}"]["Description"]  # fmt: skip
+    # the free-water check: each ROI's spread of dMD/MD under both columns, from the tables
+    long = pd.concat(
+        _read(path).assign(who=path.parts[-4], when=path.parts[-3]) for path in tables
+    )
+    changes = {}
+    for column in ("md_mean", "md_fwcorr_mean"):
+        wide = long.pivot_table(index="who", columns=["roi", "when"], values=column)
+        changes[column] = {
+            roi: 100 * (wide[(roi, "ses-24h")] / wide[(roi, "ses-baseline")] - 1)
+            for roi in ROI_NAMES
+        }
+    summary = (group_dir / "summary.md").read_text()
+    assert "## Free-water correction: spread of dMD/MD, md_fwcorr_mean vs md_mean" in summary
+    for roi in ROI_NAMES:
+        corrected, plain = changes["md_fwcorr_mean"][roi], changes["md_mean"][roi]
+        expected = (
+            f"| {roi} | {corrected.std():.2f} | {plain.std():.2f} | "
+            f"{corrected.std() / plain.std():.2f} | {corrected.corr(plain):.2f} | {len(plain)} |"
+        )
+        assert expected in summary
+        assert corrected.std() > plain.std()  # independent 0.85-0.95 factors add spread
+    assert "Free-water correction" in (group_dir / "group_report.html").read_text()
 
     # --roi-statistic median analyses md_median
     assert _cli(trial, "--roi-statistic", "median") == ec.EX_OK
@@ -233,8 +255,10 @@ def test_md_measure_selects_the_free_water_corrected_column(trial: Config, capsy
     median = json.loads((group_dir / "stats.json").read_text())
     assert median["model"]["MDMeasure"].startswith("md_median: tensor MD, median over")
 
-    # default: md_mean; a table without the column is an input error naming the file
+    # default: md_mean, and no free-water check; a table without the column is an input
+    # error naming the file
     assert _cli(trial) == ec.EX_OK
+    assert "Free-water correction" not in (group_dir / "summary.md").read_text()
     default = json.loads((group_dir / "stats.json").read_text())
     assert default["model"]["MDMeasure"].startswith(f"md_{Config.roi_statistic}: tensor MD")
     table = _read(tables[3]).drop(columns="md_fwcorr_mean")

@@ -17,6 +17,7 @@ from pathlib import Path
 from ketamine_dti.config import Config
 from ketamine_dti.group.changes import build_analysis_table
 from ketamine_dti.group.figures import write_figures
+from ketamine_dti.group.free_water_check import compare_spreads, load_plain_md
 from ketamine_dti.group.inputs import load_inputs
 from ketamine_dti.group.measurement_error import add_corrected_slopes
 from ketamine_dti.group.models import fit_group_models
@@ -27,6 +28,7 @@ from ketamine_dti.group.tables import (
     EXCLUSIONS_SIDECAR,
     analysis_table_sidecar,
     exclusions_frame,
+    free_water_table,
     models_line,
     stats_columns,
     stats_sidecar,
@@ -66,6 +68,9 @@ def run_group_level(config: Config, *, make_figures: bool = True) -> Path:
         )
         write_tsv(exclusions, staging / "exclusions.tsv", EXCLUSIONS_SIDECAR)
         tables = summary_tables(stats, config, inputs.rois)
+        if config.md_measure != "md":  # what the correction did, against plain MD
+            plain = load_plain_md(config, inputs.md)
+            tables.append(free_water_table(compare_spreads(inputs.md, plain, inputs.rois), config))
         n_participants = len(table)
         (staging / "summary.md").write_text(
             summary_markdown(tables, config, n_participants, len(exclusions))
