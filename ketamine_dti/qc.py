@@ -24,11 +24,12 @@ REASON_SEPARATOR = "; "
 
 @dataclass(frozen=True)
 class Threshold:
-    """One rule: a metric is bad when it lies ``below`` (or ``above``) ``warn``/``fail``."""
+    """One rule: a metric is bad when it lies ``below`` (or ``above``) ``warn``/``fail``;
+    ``fail`` None: the rule only warns (what it checks does not make the session unusable)."""
 
     metric: str
     warn: float
-    fail: float
+    fail: float | None
     bad_when: str  # "below" or "above"
     what: str  # what a breach means, for the reason text
     why: str  # where the numbers come from (docs/qc.md)
@@ -38,7 +39,7 @@ class Threshold:
 
     def verdict(self, value: float) -> str:
         """PASS, WARN or FAIL for one value (NaN is handled by the caller)."""
-        if self._beyond(value, self.fail):
+        if self.fail is not None and self._beyond(value, self.fail):
             return FAIL
         return WARN if self._beyond(value, self.warn) else PASS
 
@@ -53,7 +54,8 @@ class Threshold:
 
     def describe(self) -> str:
         """The rule in one line (sidecars, docs)."""
-        return f"{self.metric} {self.sign} {self.warn:g} warns, {self.sign} {self.fail:g} fails"
+        fails = "never fails" if self.fail is None else f"{self.sign} {self.fail:g} fails"
+        return f"{self.metric} {self.sign} {self.warn:g} warns, {fails}"
 
 
 THRESHOLDS: tuple[Threshold, ...] = (
@@ -161,6 +163,27 @@ THRESHOLDS: tuple[Threshold, ...] = (
         "and 6x the largest seen",
     ),
     Threshold(
+        "fw_fraction_roi_max",
+        0.3,
+        None,
+        "above",
+        "an ROI's free-water fraction contradicts its anatomy: md_fwcorr is not usable",
+        "the ROI points hold <= 5% CSF by the T1w (rois.CSF_PROB_MAX), ~0.1 of signal; "
+        "simulated sessions 0.02-0.07 (session 40, 24 sessions); real PA (b = 2500, no b0 "
+        "prior) 0.21; real AP (b0 prior from implausible references) 0.75, with BA10's "
+        "tissue MD 0.14e-3 mm^2/s. Plain MD is unaffected, so it never fails",
+    ),
+    Threshold(
+        "fw_fraction_roi_min",
+        -0.15,
+        None,
+        "below",
+        "an ROI's b0 lies far below the gray-matter reference: md_fwcorr is not usable",
+        "single-shell f is free down to -0.5 (a linear extrapolation of the b0); simulated "
+        "sessions -0.03 to -0.01 (session 40); real AP -0.23 (hippocampus, tissue MD above "
+        "plain MD). Plain MD is unaffected, so it never fails",
+    ),
+    Threshold(
         "roi_missing_fraction",
         0.0,
         0.5,
@@ -170,6 +193,21 @@ THRESHOLDS: tuple[Threshold, ...] = (
         "brain (real before the fix: 7 of 7)",
     ),
 )
+
+
+#: The free-water rules, which also judge one ROI's fraction (free_water_implausible).
+FREE_WATER_RULES: tuple[Threshold, ...] = tuple(
+    rule for rule in THRESHOLDS if rule.metric.startswith("fw_fraction_roi_")
+)
+
+
+def free_water_implausible(fraction: float) -> str | None:
+    """Why an ROI's mean free-water fraction makes its free-water-corrected MD unusable (the
+    FREE_WATER_RULES' warning limits), or None; NaN is not judged here."""
+    for rule in FREE_WATER_RULES:
+        if not math.isnan(fraction) and rule.verdict(fraction) != PASS:
+            return f"fw_fraction_mean {fraction:.3g} {rule.sign} {rule.warn:g} ({rule.what})"
+    return None
 
 
 def outlier_fraction(n_outlier_volumes: float, n_volumes: float) -> float:

@@ -246,6 +246,22 @@ def test_md_measure_selects_the_free_water_corrected_column(trial: Config, capsy
         assert expected in summary
         assert corrected.std() > plain.std()  # independent 0.85-0.95 factors add spread
     assert "Free-water correction" in (group_dir / "group_report.html").read_text()
+    # an ROI whose free-water fraction its anatomy cannot hold (the real AP series' BA10:
+    # 0.754) leaves the md_fwcorr models with its reason; its plain MD is not judged
+    table = _read(tables[0])
+    table["fw_fraction_mean"] = 0.05
+    table.loc[table.roi == ROI_NAMES[2], "fw_fraction_mean"] = 0.754
+    _write(table, tables[0])
+    assert _cli(trial, "--md-measure", "md_fwcorr") == ec.EX_OK
+    analysed = _read(group_dir / "analysis_table.tsv").set_index("participant_id")
+    assert np.isnan(analysed.loc[pid, f"md_{ROI_NAMES[2]}_{session}"])
+    assert (
+        analysed.loc[pid, f"md_{ROI_NAMES[1]}_{session}"]
+        == first.loc[ROI_NAMES[1], "md_fwcorr_mean"]
+    )
+    excluded = _read(group_dir / "exclusions.tsv")
+    row = excluded[(excluded.participant_id == pid) & (excluded.roi == ROI_NAMES[2])]
+    assert len(row) == 1 and "fw_fraction_mean 0.754 > 0.3" in row.reason.iloc[0]
 
     # --roi-statistic median analyses md_median
     assert _cli(trial, "--roi-statistic", "median") == ec.EX_OK

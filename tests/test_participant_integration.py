@@ -232,6 +232,10 @@ def test_output_tree(run):
             assert len(qc) == 1
             assert {"mean_fd", "max_fd", "n_outlier_volumes", "tsnr"} <= set(qc.columns)
             assert 0 <= qc["mean_fd"].iloc[0] < 5 and qc["tsnr"].iloc[0] > 1
+            # free water in the ROIs' gray matter as its anatomy allows: no warning
+            low, high = qc["fw_fraction_roi_min"].iloc[0], qc["fw_fraction_roi_max"].iloc[0]
+            assert -0.15 <= low <= high <= 0.3, (low, high)
+            assert "fw_fraction" not in str(qc["qc_reasons"].iloc[0])
     for subject in run.good:
         anat = out / f"sub-{subject}" / "anat"
         for name in [

@@ -32,6 +32,10 @@ SIMULATED_TINY = {
     "reg_t1w_mni_ncc": 0.932011,
     "reg_t1w_mni_dice": 0.990117,
     "roi_missing_fraction": 0.0,
+    # the standard preset's (session 40, paper trial, seed 13: max 0.023-0.045, min -0.033
+    # to -0.006 over 16 sessions)
+    "fw_fraction_roi_max": 0.045,
+    "fw_fraction_roi_min": -0.033,
 }
 #: QC of the real Siemens Prisma scan (ses-baseline, PA) before the issue-10 fixes: brain
 #: extraction, b0->T1w registration and motion correction all failed on it.
@@ -104,7 +108,10 @@ def test_threshold_edges_above(value, expected):
 def test_thresholds_are_ordered_and_documented():
     for rule in THRESHOLDS:
         assert rule.bad_when in ("below", "above")
-        assert (rule.fail <= rule.warn) if rule.bad_when == "below" else (rule.fail >= rule.warn)
+        if rule.fail is not None:  # None: the rule only warns
+            assert (
+                (rule.fail <= rule.warn) if rule.bad_when == "below" else (rule.fail >= rule.warn)
+            )
         assert rule.what and rule.why
 
 
@@ -117,7 +124,38 @@ def test_docs_tabulate_every_threshold():
         assert rule.metric in rows, rule.metric
         cells = [cell.strip() for cell in rows[rule.metric].split("|")[2:4]]
         for cell, limit in zip(cells, (rule.warn, rule.fail), strict=True):
-            assert f"{rule.sign} {limit:g}" in cell.replace(",", ""), (rule.metric, cell)
+            expected = "never" if limit is None else f"{rule.sign} {limit:g}"
+            assert expected in cell.replace(",", ""), (rule.metric, cell)
+
+
+def test_free_water_rules_only_warn():
+    """An ROI whose free-water fraction contradicts its anatomy (the real AP series: 0.75 in
+    BA10, -0.23 in a hippocampus) warns with the reason; plain MD is unaffected, so however
+    far off, it never fails the session."""
+    good = {rule.metric: (rule.warn - 1 if rule.bad_when == "above" else rule.warn + 1)
+            for rule in THRESHOLDS}  # fmt: skip
+    good |= {"fw_fraction_roi_max": 0.05, "fw_fraction_roi_min": -0.02}
+    assert session_verdict(good) == (PASS, [])
+    verdict, reasons = session_verdict(good | {"fw_fraction_roi_max": 0.754})
+    assert verdict == WARN and reasons == [
+        "fw_fraction_roi_max 0.754 > 0.3 (warn: an ROI's free-water fraction contradicts its "
+        "anatomy: md_fwcorr is not usable)"
+    ]
+    verdict, reasons = session_verdict(
+        good | {"fw_fraction_roi_max": 1.0, "fw_fraction_roi_min": -0.5}
+    )
+    assert (
+        verdict == WARN
+        and len(reasons) == 2
+        and reasons[1].startswith("fw_fraction_roi_min -0.5 < -0.15")
+    )
+    rule = next(rule for rule in THRESHOLDS if rule.metric == "fw_fraction_roi_max")
+    assert rule.describe() == "fw_fraction_roi_max > 0.3 warns, never fails"
+    # one ROI's fraction, judged by the same limits (the group level's md_fwcorr rule)
+    assert qc.free_water_implausible(0.05) is None and qc.free_water_implausible(math.nan) is None
+    assert qc.free_water_implausible(0.3) is None and qc.free_water_implausible(-0.15) is None
+    assert qc.free_water_implausible(0.754).startswith("fw_fraction_mean 0.754 > 0.3 (")
+    assert qc.free_water_implausible(-0.229).startswith("fw_fraction_mean -0.229 < -0.15 (")
 
 
 def test_derived_metrics():

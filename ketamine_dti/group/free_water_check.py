@@ -9,7 +9,9 @@ corrected MD's between-session SD per ROI was 0.52-1.15% against plain MD's 0.15
 (``benchmarks/results/free_water_noise_sources_session39_tuning_seed7.md``), and in BA10 of
 another trial 1.6-1.8% against 0.6%. Which of the two dominates depends on the data, so the
 group level shows it for the trial analysed: per ROI, the spread of dMD/MD under each measure
-over the same participants, their ratio, and their correlation. Descriptive only; nothing is excluded or corrected by it.
+over the same participants, their ratio, and their correlation. Descriptive only: nothing is
+excluded or corrected by it (ROIs whose free-water fraction contradicts their anatomy are left
+out before, by ``inputs.read_roi_table``).
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from ketamine_dti.bids import select_participants, strip_prefix
 from ketamine_dti.config import DEFAULT_QC_COVARIATES, Config
 from ketamine_dti.derivatives import find_outputs, spec_path
 from ketamine_dti.errors import ArmTooSmallError, InputError
-from ketamine_dti.qc import FAIL, VERDICTS
+from ketamine_dti.qc import FAIL, VERDICTS, free_water_implausible
 from ketamine_dti.rois import ROI_MISSING, ROI_NAMES
 
 LOGGER = logging.getLogger(__name__)
@@ -443,7 +443,9 @@ def find_roi_tables(output_dir: Path) -> dict[tuple[str, str], Path]:
 
 def read_roi_table(path: Path, column: str = "md_mean") -> tuple[dict[str, float], dict[str, str]]:
     """roi -> MD (``column``, mm^2/s, NaN if n/a) of one session, and roi -> why, for the ROIs
-    the participant level reported missing (``status`` column; tables without it have none)."""
+    the participant level reported missing (``status`` column; tables without it have none)
+    and, for a free-water-corrected ``column``, those whose ``fw_fraction_mean`` the QC's
+    free-water rules call implausible (``qc.free_water_implausible``)."""
     table = read_tsv(path)
     hint = "rerun the participant level"
     if column not in ("md_mean", "md_median"):
@@ -459,6 +461,14 @@ def read_roi_table(path: Path, column: str = "md_mean") -> tuple[dict[str, float
             for roi, status, reason in zip(rois, table.column("status"), reasons, strict=True)
             if status == ROI_MISSING
         }
+    if column.startswith("md_fwcorr") and "fw_fraction_mean" in table.header:
+        # a free-water fraction the ROI's anatomy cannot hold: its corrected MD is not usable
+        for index, (roi, raw) in enumerate(
+            zip(rois, table.column("fw_fraction_mean"), strict=True)
+        ):
+            why = free_water_implausible(parse_number(table, index, "fw_fraction_mean", raw))
+            if why is not None and roi not in missing:
+                missing[roi] = why
     values = {}
     for index, (roi, raw) in enumerate(zip(rois, table.column(column), strict=True)):
         md = parse_number(table, index, column, raw)

@@ -227,6 +227,11 @@ QC_COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
     "roi_min_fraction": {"Description": "Smallest fraction_kept of any ROI (see the ROI table)"},
     "n_rois_missing": {"Description": "ROIs reported missing (status 'missing' in the ROI table)"},
     "roi_missing_fraction": {"Description": "n_rois_missing / number of ROIs"},
+    "fw_fraction_roi_max": {
+        "Description": "Largest fw_fraction_mean of any ROI (see the ROI table): how much "
+        "free water the free-water fit finds in gray matter the T1w calls CSF-free"
+    },
+    "fw_fraction_roi_min": {"Description": "Smallest fw_fraction_mean of any ROI"},
     "n_nonfinite_voxels": {"Description": "Raw voxels holding NaN/Inf, zeroed before processing"},
     "n_zero_volumes": {"Description": "All-zero raw volumes, left out of every step"},
     "sdc_method": {
@@ -271,10 +276,12 @@ def _volume_ml(mask_file: str) -> float:
     return float(voxels * np.prod(image.header.get_zooms()[:3]) / 1000.0)
 
 
-def _column_max(table: pd.DataFrame, column: str) -> float:
-    """Largest value of a column (NaN when absent or all n/a)."""
+def _column_max(table: pd.DataFrame, column: str, largest: bool = True) -> float:
+    """Largest (``largest`` False: smallest) value of a column (NaN when absent or all n/a)."""
     values = pd.to_numeric(table.get(column, pd.Series(dtype=float)), errors="coerce")
-    return float(values.max()) if values.notna().any() else float("nan")
+    if not values.notna().any():
+        return float("nan")
+    return float(values.max() if largest else values.min())
 
 
 def _column_sum(table: pd.DataFrame, column: str) -> float:
@@ -367,4 +374,6 @@ class SessionQC(SimpleInterface):
             "sdc_method": self.inputs.sdc_method,
             "sdc_max_roi_displacement_mm": _column_max(rois, "sdc_displacement_mm"),
             "sdc_max_roi_severe_fraction": _column_max(rois, "sdc_severe_fraction"),
+            "fw_fraction_roi_max": _column_max(rois, "fw_fraction_mean"),
+            "fw_fraction_roi_min": _column_max(rois, "fw_fraction_mean", largest=False),
         } | qc.roi_retention(list(rois["status"]), list(rois["fraction_kept"]))
