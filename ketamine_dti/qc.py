@@ -180,8 +180,8 @@ THRESHOLDS: tuple[Threshold, ...] = (
         "below",
         "an ROI's b0 lies far below the gray-matter reference: md_fwcorr is not usable",
         "single-shell f is free down to -0.5 (a linear extrapolation of the b0); simulated "
-        "sessions -0.03 to -0.01 (session 40); real AP -0.23 (hippocampus, tissue MD above "
-        "plain MD). Plain MD is unaffected, so it never fails",
+        "sessions -0.033 to -0.002 (session 40, 24 sessions); real AP -0.23 (hippocampus, "
+        "tissue MD above plain MD). Plain MD is unaffected, so it never fails",
     ),
     Threshold(
         "roi_missing_fraction",

@@ -205,7 +205,7 @@ our_untagged_images() {
 remove_earlier_builds() {  # uses earlier_images and previous_image, recorded before the build
     local new id removed=0 kept=0
     new=$("$DOCKER" image inspect -f '{{.Id}}' "$TAG")
-    for id in $earlier_images $previous_image; do
+    for id in $(printf '%s\n' $earlier_images $previous_image | sort -u); do
         [ "$id" = "$new" ] && continue
         # no -f: an image a container still uses, or another tag still names, stays
         if "$DOCKER" rmi "$id" > /dev/null 2>&1; then removed=$((removed + 1)); else kept=$((kept + 1)); fi

@@ -276,7 +276,7 @@ def _volume_ml(mask_file: str) -> float:
     return float(voxels * np.prod(image.header.get_zooms()[:3]) / 1000.0)
 
 
-def _column_max(table: pd.DataFrame, column: str, largest: bool = True) -> float:
+def _column_extreme(table: pd.DataFrame, column: str, largest: bool = True) -> float:
     """Largest (``largest`` False: smallest) value of a column (NaN when absent or all n/a)."""
     values = pd.to_numeric(table.get(column, pd.Series(dtype=float)), errors="coerce")
     if not values.notna().any():
@@ -372,8 +372,8 @@ class SessionQC(SimpleInterface):
             "n_nonfinite_voxels": self.inputs.n_nonfinite_voxels,
             "n_zero_volumes": self.inputs.n_zero_volumes,
             "sdc_method": self.inputs.sdc_method,
-            "sdc_max_roi_displacement_mm": _column_max(rois, "sdc_displacement_mm"),
-            "sdc_max_roi_severe_fraction": _column_max(rois, "sdc_severe_fraction"),
-            "fw_fraction_roi_max": _column_max(rois, "fw_fraction_mean"),
-            "fw_fraction_roi_min": _column_max(rois, "fw_fraction_mean", largest=False),
+            "sdc_max_roi_displacement_mm": _column_extreme(rois, "sdc_displacement_mm"),
+            "sdc_max_roi_severe_fraction": _column_extreme(rois, "sdc_severe_fraction"),
+            "fw_fraction_roi_max": _column_extreme(rois, "fw_fraction_mean"),
+            "fw_fraction_roi_min": _column_extreme(rois, "fw_fraction_mean", largest=False),
         } | qc.roi_retention(list(rois["status"]), list(rois["fraction_kept"]))
