@@ -43,6 +43,7 @@ sys.path[:0] = [str(BENCHMARKS), str(BENCHMARKS / "tuning")]
 from bench_participant import SESSIONS  # noqa: E402
 from free_water_b0_change import one_file, published_fit_inputs  # noqa: E402
 from receive_field_error import SCENARIO, simulated_fields  # noqa: E402
+from resimulation import add_trial_arguments  # noqa: E402
 
 VARIANTS = ("app", "true_field", "no_field", "field_without_rois")
 #: Voxels (2 mm) the ROIs are grown by before they leave the receive-field fit.
@@ -115,10 +116,7 @@ def main(argv=None) -> int:
     from ketamine_dti.rois import ROI_NAMES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("root", type=Path)
-    parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--n-participants", type=int, required=True)
-    parser.add_argument("--realism", default="typical")
+    add_trial_arguments(parser)
     args = parser.parse_args(argv)
     bids = args.root / f"{SCENARIO}_bids"
     out = args.root / f"{SCENARIO}_longitudinal_out"

@@ -39,6 +39,7 @@ from bench_participant import SESSIONS  # noqa: E402
 from free_water_b0_change import one_file, preprocessed_b0, published_fit_inputs  # noqa: E402
 from free_water_csf_response import gray_matter_reference, roi_means  # noqa: E402
 from receive_field_error import SCENARIO, simulated_fields  # noqa: E402
+from resimulation import add_trial_arguments  # noqa: E402
 
 #: name: (N4 first?, local sigma mm or None, ROI margin in voxels)
 SETTINGS = {
@@ -227,10 +228,7 @@ def main(argv=None) -> int:
     from ketamine_dti.rois import ROI_NAMES
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("root", type=Path, help="bench_participant's output folder")
-    parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--n-participants", type=int, required=True)
-    parser.add_argument("--realism", default="typical")
+    add_trial_arguments(parser)
     parser.add_argument("--refit", action="store_true", help="refit free water instead")
     args = parser.parse_args(argv)
     bids = args.root / f"{SCENARIO}_bids"

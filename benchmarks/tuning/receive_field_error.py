@@ -30,7 +30,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(BENCHMARKS), str(BENCHMARKS / "tuning")]
 from bench_participant import SESSIONS  # noqa: E402
 from free_water_b0_change import one_file, preprocessed_b0  # noqa: E402
-from resimulation import SCENARIO, rerun_simulator  # noqa: E402
+from resimulation import SCENARIO, add_trial_arguments, rerun_simulator  # noqa: E402
 
 #: name: (fitting mask, N4 iterations per level, first mesh mm); each level halves the mesh.
 SETTINGS = {
@@ -118,10 +118,7 @@ def summary(errors: pd.DataFrame) -> pd.DataFrame:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("root", type=Path, help="bench_participant's output folder")
-    parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--n-participants", type=int, required=True)
-    parser.add_argument("--realism", default="typical")
+    add_trial_arguments(parser)
     args = parser.parse_args(argv)
     bids = args.root / f"{SCENARIO}_bids"
     fields = simulated_fields(bids, args.seed, args.n_participants, args.realism)

@@ -9,6 +9,7 @@ the trial's, so the capture belongs to the data the App saw.
 
 from __future__ import annotations
 
+import argparse
 import filecmp
 import runpy
 import sys
@@ -16,6 +17,15 @@ import tempfile
 from pathlib import Path
 
 SCENARIO = "csf_shift"
+
+
+def add_trial_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of an analysis that re-simulates a finished trial: its output folder and
+    the simulator's seed, participant count and realism (as the benchmark ran it)."""
+    parser.add_argument("root", type=Path, help="bench_participant's output folder")
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--n-participants", type=int, required=True)
+    parser.add_argument("--realism", default="typical")
 
 
 def rerun_simulator(
