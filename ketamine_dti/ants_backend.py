@@ -220,6 +220,11 @@ def matrix_to_affine(matrix: np.ndarray, out_file: PathLike) -> str:
     return str(Path(out_file).absolute())
 
 
+def ras_to_affine_file(matrix: np.ndarray, out_file: PathLike) -> str:
+    """Write a 4x4 RAS+ point map (fixed -> moving points) as an ANTs ``.mat``."""
+    return matrix_to_affine(_LPS @ np.asarray(matrix, dtype=float) @ _LPS, out_file)
+
+
 def invert_affine_file(xfm_file: PathLike, out_file: PathLike) -> str:
     """Write the inverse of an ANTs affine ``.mat`` as its own file."""
     return matrix_to_affine(np.linalg.inv(affine_to_matrix(xfm_file)), out_file)
@@ -373,7 +378,7 @@ def search_rigid_start(
         fixed.numpy(), image_affine(fixed), moving.numpy(), image_affine(moving),
         step_deg=step_deg, arc_fraction=arc_fraction,
     )  # fmt: skip
-    return matrix_to_affine(_LPS @ ras_map @ _LPS, out_file)  # the flip is its own inverse
+    return ras_to_affine_file(ras_map, out_file)
 
 
 def coarse_copy(image, spacing_mm: float):

@@ -69,6 +69,17 @@ THRESHOLDS: tuple[Threshold, ...] = (
         "0.76-0.79 (0.64 in the issue); issue 10 asks >= 0.85",
     ),
     Threshold(
+        "reg_dwi_t1w_bbr_cost",
+        0.5,
+        0.8,
+        "above",
+        "the b0 shows no gray/white contrast across the T1w's white surface: a misregistration, "
+        "another person's T1w, or a b0 without tissue contrast",
+        "simulated tiny sessions 0.28; the real Prisma pair 0.33; that pair's b0 moved 3 mm "
+        "off the optimum 0.52-0.58, and its mutual-information result (7 mm off) 0.91; "
+        "a T1w of another person 0.64",
+    ),
+    Threshold(
         "reg_ventricle_coverage",
         0.65,
         0.55,

@@ -27,6 +27,7 @@ SIMULATED_TINY = {
     "brain_volume_ml": 1885.12,
     "t1w_brain_volume_ml": 1920.59,
     "reg_dwi_t1w_dice": 0.960189,
+    "reg_dwi_t1w_bbr_cost": 0.28311,  # session 41, sub-001 ses-baseline
     "reg_ventricle_coverage": 0.775,  # session 9, whole-head simulator
     "reg_session_halfway_ncc": 0.984721,
     "reg_t1w_mni_ncc": 0.932011,

@@ -274,7 +274,7 @@ def test_bad_inputs_raise_input_error(tmp_path, icbm):
         reg.register_linear(icbm, icbm, tmp_path / "a,b")
 
 
-def _register_moved_b0(tmp_path, t1w_file, b0, mask, truth: np.ndarray):
+def _register_moved_b0(tmp_path, t1w_file, b0, mask, truth: np.ndarray, white_surface=None):
     """Move a b0 and its mask by the point map ``truth`` and register them to the T1w
     (``mask.nii.gz`` in ``tmp_path`` is the T1w's brain mask)."""
     import ants
@@ -289,6 +289,7 @@ def _register_moved_b0(tmp_path, t1w_file, b0, mask, truth: np.ndarray):
         t1w_file,
         tmp_path / "mask.nii.gz",
         tmp_path / "reg",
+        white_surface=white_surface,
         n_threads=1,
     )
 
@@ -358,6 +359,37 @@ def test_dwi_to_t1w_recovers_a_large_offset_with_b0_contrast(tmp_path, icbm):
     for offset in ([0, 0, 0], [60, 0, 0], [0, 60, 0], [0, 0, 60]):
         point = np.append(center + offset, 1.0)
         assert np.linalg.norm((residual @ point - point)[:3]) < 1.0
+    assert result.qc["dice_mask"] > 0.9
+
+
+@pytest.mark.slow  # 8 s: two rigid registrations and two boundary refinements (session 41)
+def test_dwi_to_t1w_refines_on_the_white_surface(tmp_path, icbm):
+    """The b0-like brain 6 degrees and 5 mm off, with the T1w's gray/white boundary (from
+    intensity bands of the T1w, labelled as the segmentation labels them): the final map is
+    BBR's, within 0.5 mm at 60 mm from the centre, and QC reports its cost and shift."""
+    import ants
+
+    from ketamine_dti.anat.boundary_registration import GM_LABEL, WM_LABEL, white_surface
+
+    image = ants.image_read(str(icbm))
+    data = image.numpy()
+    brain = data > 0.2 * data.max()
+    ants.image_write(image.new_image_like(brain.astype(np.float32)), str(tmp_path / "mask.nii.gz"))
+    b0 = image.new_image_like((np.where(brain, 1.4 * data.max() - data, 0.0)).astype(np.float32))
+    wm_floor, gm_floor = np.percentile(data[brain], [60, 25])
+    labels = np.where(data >= wm_floor, WM_LABEL, np.where(data >= gm_floor, GM_LABEL, 1)) * brain
+    surface = white_surface(labels, backend.image_affine(image))
+    center = _center_of_mass(icbm)
+    truth = _rigid_about(center, [6, -3, 2], [5, -2, 3])
+    result = _register_moved_b0(tmp_path, icbm, b0, image.new_image_like(brain * 1.0), truth,
+                                white_surface=surface)  # fmt: skip
+    assert Path(result.from_moving_to_fixed[0]).name == "dwi2t1w_bbr_0GenericAffine.mat"
+    residual = truth @ backend.affine_to_matrix(result.from_moving_to_fixed[0])
+    for offset in ([0, 0, 0], [60, 0, 0], [0, 60, 0], [0, 0, 60]):
+        point = np.append(center + offset, 1.0)
+        assert np.linalg.norm((residual @ point - point)[:3]) < 0.5
+    assert 0.0 <= result.qc["bbr_cost"] < 0.5
+    assert result.qc["bbr_shift_mm"] >= 0.0
     assert result.qc["dice_mask"] > 0.9
 
 

@@ -252,6 +252,10 @@ class _DWIToT1wInputSpec(BaseInterfaceInputSpec):
     t1w_mask_file = File(exists=True, mandatory=True)
     b0_file = File(exists=True, mandatory=True, desc="b0 reference of the DWI")
     dwi_mask_file = File(exists=True, mandatory=True)
+    tissue_dseg_file = File(
+        exists=True, desc="hard tissue labels of the subject template: BBR's white surface"
+    )
+    from_session_to_template = _TransformList(desc="affine .mat list; needed with the labels")
     n_threads = traits.Int(1, usedefault=True)
 
 
@@ -263,7 +267,8 @@ class _DWIToT1wOutputSpec(TraitedSpec):
 
 
 class DWIToT1w(SimpleInterface):
-    """Rigid b0 -> T1w coregistration (mutual information) with a Dice QC of the masks."""
+    """Rigid b0 -> T1w coregistration (mutual information, then boundary-based when the tissue
+    labels are given) with a Dice QC of the masks."""
 
     input_spec = _DWIToT1wInputSpec
     output_spec = _DWIToT1wOutputSpec
@@ -278,6 +283,7 @@ class DWIToT1w(SimpleInterface):
             self.inputs.t1w_brain_file,
             self.inputs.t1w_mask_file,
             Path(runtime.cwd),
+            white_surface=self._white_surface(),
             n_threads=self.inputs.n_threads,
         )
         self._results["from_dwi_to_t1w"] = list(result.from_moving_to_fixed)
@@ -285,6 +291,19 @@ class DWIToT1w(SimpleInterface):
         self._results["warped_file"] = result.warped_file
         self._results["qc"] = dict(result.qc)
         return runtime
+
+    def _white_surface(self):
+        """The template's gray/white boundary carried into the session T1w, or None."""
+        if not isdefined(self.inputs.tissue_dseg_file):
+            return None
+        from ketamine_dti.anat.boundary_registration import moved_surface, white_surface
+        from ketamine_dti.anat.transfer import linear_point_map
+        from ketamine_dti.ants_backend import image_affine, load_image
+
+        labels = load_image(self.inputs.tissue_dseg_file)
+        points, normals = white_surface(labels.numpy(), image_affine(labels))
+        template_to_session = linear_point_map(self.inputs.from_session_to_template)
+        return moved_surface(points, normals, template_to_session)
 
 
 class _CompositeInputSpec(BaseInterfaceInputSpec):

@@ -202,6 +202,17 @@ QC_COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "Units": "ml",
     },
     "reg_dwi_t1w_mi": {"Description": "Mattes mutual information b0 vs T1w (lower = better)"},
+    "reg_dwi_t1w_bbr_cost": {
+        "Description": "Boundary-based registration cost of the b0 on the T1w's white surface "
+        "(Greve & Fischl 2009; 0 = every surface point has its usual gray-over-white b0 "
+        "contrast, 1 = no contrast, 2 = inverted; n/a when the coregistration ran without "
+        "BBR)"
+    },
+    "reg_dwi_t1w_bbr_shift_mm": {
+        "Description": "RMS distance over the white surface by which BBR moved the mutual-"
+        "information coregistration it started from",
+        "Units": "mm",
+    },
     "reg_dwi_t1w_dice": {
         "Description": "Dice of the DWI and T1w brain masks after coregistration, inside the "
         "DWI's field of view"
@@ -361,6 +372,8 @@ class SessionQC(SimpleInterface):
             "brain_volume_ml": _volume_ml(self.inputs.mask_file),
             "t1w_brain_volume_ml": _volume_ml(t1w_mask) if isdefined(t1w_mask) else np.nan,
             "reg_dwi_t1w_mi": get(self.inputs.dwi_t1w_qc, "mutual_information"),
+            "reg_dwi_t1w_bbr_cost": get(self.inputs.dwi_t1w_qc, "bbr_cost"),
+            "reg_dwi_t1w_bbr_shift_mm": get(self.inputs.dwi_t1w_qc, "bbr_shift_mm"),
             "reg_dwi_t1w_dice": get(self.inputs.dwi_t1w_qc, "dice_mask"),
             "dwi_fov_fraction": get(self.inputs.dwi_t1w_qc, "dwi_fov_fraction"),
             "reg_ventricle_coverage": get(self.inputs.ventricle_qc, "ventricle_coverage"),

@@ -32,6 +32,8 @@ REFERENCES = {
     "shifts. Magn Reson Med 76:1574-81.",
     "ic_gn": "Baker S., Matthews I. (2004) Lucas-Kanade 20 years on: a unifying framework. "
     "Int J Comput Vis 56:221-55.",
+    "bbr": "Greve D.N., Fischl B. (2009) Accurate and robust brain image alignment using "
+    "boundary-based registration. NeuroImage 48(1):63-72.",
     "mattes": "Mattes D. et al. (2003) PET-CT image registration in the chest using free-form "
     "deformations. IEEE Trans Med Imaging 22:120-8.",
     "bvec_rotation": "Leemans A., Jones D.K. (2009) The B-matrix must be rotated when "

@@ -7,6 +7,7 @@ import logging
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from ketamine_dti.anat.boundary_registration import GM_DISTANCE_MM, WM_DISTANCE_MM
 from ketamine_dti.bids import SessionInputs
 from ketamine_dti.config import Config
 from ketamine_dti.derivatives import SidecarContext, input_fields, session_output_keys
@@ -137,8 +138,12 @@ def _regions_description(config: Config) -> str:
     )
     return f"""The b0 reference was rigidly coregistered to its session's T1w (Mattes mutual
 information, both brain-masked) from two starts, the scanner's alignment of the two images
-and the best of a coarse rotation search about the brains' aligned centres of mass; the
-result with the higher final mutual information was kept. {_FREE_WATER_SENTENCE}
+and the best of a coarse rotation search about the brains' aligned centres of mass. Each result
+was refined by boundary-based registration [bbr] on the gray/white boundary of the subject
+template's tissue labels, carried into the session T1w (the b0 sampled {WM_DISTANCE_MM:g} mm
+inside and {GM_DISTANCE_MM:g} mm outside the surface; the cost's slope scaled to the b0's own
+contrast; Powell's method on a smoothed, then the unsmoothed b0), and the lower cost was
+kept. {_FREE_WATER_SENTENCE}
 
 **Regions.** Each ROI was defined once per participant as a set of points of the subject
 template: the ROI atlas ({atlas}) was brought into the subject template (one interpolation,
@@ -330,7 +335,8 @@ def _init_preproc(workflow, session: SessionInputs, config: Config):
 
 
 def _connect_registration(workflow, inputnode, preproc, session_index, threads):
-    """Session T1w brain and b0 -> T1w coregistration.
+    """Session T1w brain and b0 -> T1w coregistration (refined on the template's white
+    surface).
 
     Returns the (session_brain, dwi_to_t1w, dwi_to_template) nodes."""
     session_brain = pe.Node(SessionBrain(session_index=session_index), name="session_t1w_brain")
@@ -343,7 +349,10 @@ def _connect_registration(workflow, inputnode, preproc, session_index, threads):
                                     ("from_template_to_session", "all_template_to_session"),
                                     ("from_session_to_template", "all_session_to_template")]),
         (session_brain, dwi_to_t1w, [("brain_file", "t1w_brain_file"),
-                                     ("mask_file", "t1w_mask_file")]),
+                                     ("mask_file", "t1w_mask_file"),
+                                     ("from_session_to_template",
+                                      "from_session_to_template")]),
+        (inputnode, dwi_to_t1w, [("tissue_dseg_file", "tissue_dseg_file")]),
         (preproc, dwi_to_t1w, [("outputnode.b0_reference", "b0_file"),
                                ("outputnode.mask_file", "dwi_mask_file")]),
         (dwi_to_t1w, dwi_to_template, [("from_dwi_to_t1w", "first")]),
