@@ -505,7 +505,8 @@ def register_dwi_to_t1w(
     (``boundary_registration``) and the lower BBR cost wins; without it, the higher MI. MI's
     optimum is flat at DWI resolution: on the real pair the two starts ended 6 mm apart at equal
     MI, and a perturbation far below the noise moved the result by up to 2 mm; BBR brought
-    both starts to within 0.02 mm of each other and moved 0.07-0.22 mm under that perturbation.
+    both starts to within 0.01-0.08 mm of each other and moved 0.05-0.10 mm under that
+    perturbation (``benchmarks/results/numerical_stability_session41_*``).
     QC then adds ``bbr_cost`` (Greve & Fischl's cost, 0 best, 2 worst) and ``bbr_shift_mm``
     (how far BBR moved the surface from the MI result it started from).
 
@@ -591,14 +592,14 @@ def _refine_by_boundary(
     with itk_threads(n_threads):
         b0 = ants.image_read(str(b0_file))
     image, affine = b0.numpy(), image_affine(b0)
-    fits = [
-        refine(
-            image,
-            affine,
-            *white_surface,
-            transform_to_ras(ants.read_transform(candidate.from_moving_to_fixed[0])),
-        )
+    starts = [
+        transform_to_ras(ants.read_transform(candidate.from_moving_to_fixed[0]))
         for candidate in candidates
+    ]
+    first = refine(image, affine, *white_surface, starts[0])
+    # one slope for all, so that their costs compare
+    fits = [first] + [
+        refine(image, affine, *white_surface, start, slope=first.slope) for start in starts[1:]
     ]
     best = min(fits, key=lambda fit: fit.cost)
     forward = ras_to_affine_file(best.matrix, out_dir / "dwi2t1w_bbr_0GenericAffine.mat")
