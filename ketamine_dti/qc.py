@@ -75,7 +75,8 @@ THRESHOLDS: tuple[Threshold, ...] = (
         "above",
         "the b0 shows no gray/white contrast across the T1w's white surface: a misregistration, "
         "another person's T1w, or a b0 without tissue contrast",
-        "simulated tiny sessions 0.28; the real Prisma pair 0.33; that pair's b0 moved 3 mm "
+        "simulated tiny sessions 0.28, standard 0.27-0.28 (0.46-0.47 for a participant "
+        "moving 0.8 mm per volume); the real Prisma pair 0.33; that pair's b0 moved 3 mm "
         "off the optimum 0.52-0.58, and its mutual-information result (7 mm off) 0.91; "
         "a T1w of another person 0.64",
     ),
