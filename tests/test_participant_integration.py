@@ -236,6 +236,10 @@ def test_output_tree(run):
             low, high = qc["fw_fraction_roi_min"].iloc[0], qc["fw_fraction_roi_max"].iloc[0]
             assert -0.15 <= low <= high <= 0.3, (low, high)
             assert "fw_fraction" not in str(qc["qc_reasons"].iloc[0])
+            # the b0 -> T1w map is BBR's: the b0's gray/white contrast across the white
+            # surface (tiny sessions 0.28), and MI had already been close on the simulator
+            assert 0.0 <= qc["reg_dwi_t1w_bbr_cost"].iloc[0] < 0.5
+            assert 0.0 <= qc["reg_dwi_t1w_bbr_shift_mm"].iloc[0] < 1.0
     for subject in run.good:
         anat = out / f"sub-{subject}" / "anat"
         for name in [
@@ -531,6 +535,7 @@ def test_every_report_opens_in_a_browser(run, group_run, tmp_path):
     assert participant.n_images == 2 + 2 * 2 + 2 * 2
     assert participant.evaluated["toggle"] == ["none", "block"]
     assert "Veraart" in participant.text  # the methods boilerplate with its references
+    assert "Greve" in participant.text and "BBR cost" in participant.text
     assert "Failed" in failed.text and "crash-" in failed.text
     assert any(
         link.startswith(f"sub-{run.crashed}/log/crash-") for link in _links(reports["failed"])

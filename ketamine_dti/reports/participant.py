@@ -232,6 +232,7 @@ def _session_context(config: Config, participant, session, registration) -> dict
         "mean_fd": _figure(row.get("mean_fd")),
         "n_outliers": _figure(row.get("n_outlier_volumes")),
         "dice": _figure(row.get("reg_dwi_t1w_dice")),
+        "bbr_cost": _figure(row.get("reg_dwi_t1w_bbr_cost")),
         "sdc_method": row["sdc_method"] if "sdc_method" in qc else "none",
         "rois_ok": len(rois) - len(missing),
         "rois_missing": len(missing),
