@@ -620,6 +620,12 @@ def load_array(path: Path) -> np.ndarray:
     return np.asarray(nib.load(path).dataobj, dtype=float)
 
 
+def load_samples(path: Path) -> dict[str, np.ndarray]:
+    """One ``sample_rois`` step's ROI samples (its ``roi_samples.npz``) as a dict of arrays."""
+    with np.load(path) as data:
+        return {key: data[key] for key in data.files}
+
+
 def app_points(work: Path, subject: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per session label: the flat DWI voxel index and ROI label of each subject-template
     point the App averaged, from the run's ``sample_rois`` step (empty without it)."""
@@ -631,10 +637,7 @@ def app_points(work: Path, subject: str) -> dict[str, tuple[np.ndarray, np.ndarr
     ]
     if None in paths:
         return {}
-    samples = []
-    for path in paths:
-        with np.load(path) as data:
-            samples.append({key: data[key] for key in data.files})
+    samples = [load_samples(path) for path in paths]
     _, used = longitudinal_statistics(samples)
     return {
         session: (data["voxel"][kept], data["label"][kept])

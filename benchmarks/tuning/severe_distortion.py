@@ -32,6 +32,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench_participant import load_samples  # noqa: E402
+
 
 def session_samples(work: Path) -> dict[str, list[dict]]:
     """Per participant (workflow name), its sessions' ROI samples in session order (the npz of
@@ -39,8 +42,7 @@ def session_samples(work: Path) -> dict[str, list[dict]]:
     found: dict[str, dict[str, dict]] = {}
     for path in sorted(work.rglob("sample_rois/roi_samples.npz")):
         session, participant = path.parts[-3], path.parts[-4]
-        with np.load(path) as data:
-            found.setdefault(participant, {})[session] = {key: data[key] for key in data.files}
+        found.setdefault(participant, {})[session] = load_samples(path)
     return {who: [sessions[s] for s in sorted(sessions)] for who, sessions in found.items()}
 
 

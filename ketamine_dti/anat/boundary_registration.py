@@ -127,14 +127,15 @@ class _Cost:
         g = ndimage.map_coordinates(self.image, to_index @ self.outer.T, order=1, cval=0.0)
         return w, g
 
-    def contrast(self, matrix: np.ndarray) -> np.ndarray:
-        """Each point's percent contrast, gray over white."""
-        w, g = self.samples(matrix)
-        total = g + w
-        return 200.0 * (g - w) / np.where(total > 0, total, 1.0)
-
     def __call__(self, matrix: np.ndarray) -> float:
-        return float(np.mean(1.0 + np.tanh(-self.slope * self.contrast(matrix))))
+        contrast = _percent_contrast(*self.samples(matrix))
+        return float(np.mean(1.0 + np.tanh(-self.slope * contrast)))
+
+
+def _percent_contrast(w: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Each point's percent contrast, gray over white."""
+    total = g + w
+    return 200.0 * (g - w) / np.where(total > 0, total, 1.0)
 
 
 def refine(
@@ -151,15 +152,14 @@ def refine(
     of contrast; default: SLOPE_PER_MEDIAN_CONTRAST over the median |contrast| at ``start``)
     must be shared by fits whose costs are compared."""
     image = np.asarray(image, np.float32)
-    unscaled = _Cost(image, image_affine, points, normals, 0.0)
-    w, g = unscaled.samples(start)
+    w, g = _Cost(image, image_affine, points, normals, 0.0).samples(start)
     valid = (w > 0) & (g > 0)
     if valid.sum() < 100:
         raise ValueError(f"only {int(valid.sum())} white-surface points fall inside the b0")
     points, normals = points[valid], normals[valid]
     centre = points.mean(axis=0)
     if slope is None:
-        typical = float(np.median(np.abs(unscaled.contrast(start)[valid])))
+        typical = float(np.median(np.abs(_percent_contrast(w[valid], g[valid]))))
         slope = SLOPE_PER_MEDIAN_CONTRAST / max(typical, 1e-3)
     voxel_mm = float(np.mean(np.linalg.svd(image_affine[:3, :3], compute_uv=False)))
     smoothed = ndimage.gaussian_filter(image, COARSE_SMOOTHING_MM / voxel_mm)
