@@ -129,3 +129,31 @@ def test_moved_surface_keeps_normals_normal_under_an_affine(head):
     # a tangent of the surface (orthogonal to the normal) stays orthogonal to the new normal
     tangent = np.cross(normals[:50], [0.0, 0.0, 1.0])
     assert np.allclose(np.sum((tangent @ matrix[:3, :3].T) * turned, axis=1), 0.0, atol=1e-9)
+
+
+def test_dwi_to_t1w_names_the_missing_template_transform(head, tmp_path):
+    """The labels live in the subject template: without the session -> template map the
+    interface must say so before it registers anything, not fail on an undefined input."""
+    import nibabel as nib
+
+    from ketamine_dti.interfaces.anat import DWIToT1w
+
+    labels, affine, _, _ = head
+    files = {}
+    for name, data in {
+        "t1w": (labels > 0) * 100.0,
+        "mask": labels > 0,
+        "dseg": labels,
+        "b0": labels * 10.0,
+    }.items():
+        files[name] = tmp_path / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(np.asarray(data, np.float32), affine), files[name])
+    node = DWIToT1w(
+        t1w_brain_file=str(files["t1w"]),
+        t1w_mask_file=str(files["mask"]),
+        b0_file=str(files["b0"]),
+        dwi_mask_file=str(files["mask"]),
+        tissue_dseg_file=str(files["dseg"]),
+    )
+    with pytest.raises(ValueError, match="needs from_session_to_template"):
+        node.run(cwd=str(tmp_path))

@@ -296,6 +296,12 @@ class DWIToT1w(SimpleInterface):
         """The template's gray/white boundary carried into the session T1w, or None."""
         if not isdefined(self.inputs.tissue_dseg_file):
             return None
+        if not isdefined(self.inputs.from_session_to_template):
+            raise ValueError(
+                "DWIToT1w: tissue_dseg_file is in the subject template, so the boundary-based "
+                "refinement needs from_session_to_template (an empty list when the session T1w "
+                "is the template) to carry its white surface into the session T1w"
+            )
         from ketamine_dti.anat.boundary_registration import moved_surface, white_surface
         from ketamine_dti.anat.transfer import linear_point_map
         from ketamine_dti.ants_backend import image_affine, load_image
