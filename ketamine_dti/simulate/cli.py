@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--n-participants",
         type=int,
         default=None,
-        help="participants (default: 12 for tiny, 98 for standard; at least 3)",
+        help="participants (default: 12 for tiny and slab, 98 for standard; at least 3)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(
@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(PRESETS),
         default="tiny",
         help="tiny: 4 mm DWI, 12 dirs + 2 b0, T1w 2 mm; standard: 2 mm, 64 dirs + 6 b0, "
-        "T1w 1 mm (default tiny)",
+        "T1w 1 mm; slab: the real Prisma pair's protocol, a 3 mm slab above the lower brain, "
+        "20 dirs at b=2500 + 1 b0, T1w 1 mm (default tiny)",
     )
     parser.add_argument("--scenario", choices=SCENARIOS, default="paper", help="planted effects")
     parser.add_argument(
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--snr",
         type=float,
         default=None,
-        help="mean white-matter b0 signal / noise SD (default: 25 standard, 40 tiny)",
+        help="mean white-matter b0 signal / noise SD (default: 25 standard, 40 tiny and slab)",
     )
     parser.add_argument(
         "--noiseless",
@@ -99,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(needs --head full). typical: second-order shim, GRAPPA 2: 99th percentile ~3-4 mm "
         "over the brain, up to ~10-14 mm at its edge above the frontal sinus and beside the "
         "temporal bone; strong: linear shim, no GRAPPA, over twice that; none: no distortion, "
-        "no fieldmaps (default: typical for standard, none for tiny; --head brain: none)",
+        "no fieldmaps (default: typical for standard and slab, none for tiny; --head brain: none)",
     )
     parser.add_argument(
         "--realism",
@@ -113,8 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
         "partial Fourier (gibbs), per-participant T1w GM/WM contrast with a non-linear "
         "partial-volume mix (t1w_contrast), a stronger T1w bias field (t1w_bias), "
         "correlated T1w noise (t1w_noise), locally enlarged ventricles and sulci "
-        "(local_anatomy); ideal: none of them (default: typical for standard, ideal for tiny "
-        "and with --noiseless)",
+        "(local_anatomy); ideal: none of them (default: typical for standard and slab, ideal for "
+        "tiny and with --noiseless)",
     )
     parser.add_argument(
         "--realism-off",

@@ -292,7 +292,7 @@ def simulate_dwi(
         preset.dwi_voxel_mm,
         preset.dwi_shape,
         slab_pitch_deg=slab_pitch,
-        offset_mm=rng.normal(0.0, FOV_CENTRING_SD_MM, 3),
+        offset_mm=np.add(preset.dwi_fov_offset_mm, rng.normal(0.0, FOV_CENTRING_SD_MM, 3)),
     )
     oversample = int(round(preset.dwi_voxel_mm / abs(template.affine[0, 0])))
     factor = SUBVOXELS if oversample % SUBVOXELS == 0 else 1
