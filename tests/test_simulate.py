@@ -266,3 +266,15 @@ def test_slab_preset_leaves_the_lower_brain_out_as_the_real_prisma_slab_does():
     assert 0.88 < inside < 0.96  # measured 0.918
     per_slice = brain.sum(axis=(0, 1))  # slices run inferior -> superior
     assert per_slice[0] > 10 * per_slice[-1]  # cut below, the vertex inside
+    # its TR of 3.5 s leaves CSF unrecovered: the real pair's b0 has CSF ~1.8 x white matter
+    b0 = dwi.clean[..., 0]
+    csf, wm = dwi.fractions["csf"] > 0.95, dwi.fractions["wm"] > 0.95
+    assert 1.5 < np.median(b0[csf]) / np.median(b0[wm]) < 2.0  # measured 1.71
+
+
+def test_b0_contrast_saturates_csf_at_a_short_repetition_time():
+    assert signal.b0_contrast() == signal.S0_RELATIVE
+    long_tr = signal.b0_contrast(60.0)
+    assert long_tr == pytest.approx(signal.S0_RELATIVE, rel=1e-5)
+    short = signal.b0_contrast(3.5)
+    assert short["wm"] == 1.0 and 1.6 < short["csf"] < 1.8 and 1.25 < short["gm"] < 1.4

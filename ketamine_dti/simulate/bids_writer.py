@@ -832,7 +832,7 @@ def write_ground_truth(
                 "csf": signal.CSF_DIFFUSIVITY,
                 "gm_anisotropy": signal.GM_ANISOTROPY,
             },
-            "s0_relative_to_wm": signal.S0_RELATIVE,
+            "s0_relative_to_wm": signal.b0_contrast(options.preset.b0_repetition_time_s),
             "regional_md_spread_mm": anatomy.REGIONAL_MD_SPREAD_MM,
             "anatomy": "nilearn ICBM152 2009a sym GM/WM (CSF = rest of brain), sharpened with "
             f"exponent {anatomy.SHARPEN_EXPONENT}; per-participant scale (SD "

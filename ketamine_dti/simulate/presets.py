@@ -64,6 +64,15 @@ class Preset:
     #: x y z), before the radiographer's centring error.
     dwi_fov_mm: tuple[float, float, float] = DWI_FOV_MM
     dwi_fov_offset_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    #: Whether the b0's tissue contrast is T1-saturated at ``dwi_repetition_time_s``
+    #: (``signal.b0_contrast``). Off for standard and tiny, whose benchmarks were all made on
+    #: the fully relaxed contrast; on for slab, whose short TR is the real pair's.
+    b0_t1_saturation: bool = False
+
+    @property
+    def b0_repetition_time_s(self) -> float | None:
+        """The TR that saturates the b0's contrast, or None (fully relaxed)."""
+        return self.dwi_repetition_time_s if self.b0_t1_saturation else None
 
     @property
     def dwi_shape(self) -> tuple[int, int, int]:
@@ -127,11 +136,12 @@ PRESETS: dict[str, Preset] = {
         # 3.4x the spins of a 2 mm voxel, one average; b0 SNR in white matter ~40 at 3 T
         default_snr=40.0,
         dwi_echo_time_s=0.095,
-        dwi_repetition_time_s=4.6,
+        dwi_repetition_time_s=3.5,
         default_distortion="typical",
         default_realism="typical",
         dwi_fov_mm=PRISMA_SLAB_FOV_MM,
         dwi_fov_offset_mm=(0.0, 0.0, PRISMA_SLAB_SUPERIOR_MM),
+        b0_t1_saturation=True,
     ),
 }
 

@@ -329,6 +329,7 @@ def simulate_dwi(
         signal.head_frame_gradients(bvecs, motion),
         s0_field,
         outside,
+        signal.b0_contrast(preset.b0_repetition_time_s),
     )
     del fine, s0_field, outside
     reference = anatomy.block_mean_series(head_signal, factor)

@@ -50,8 +50,12 @@ WM_ANISOTROPY_DEEP = 0.47
 WM_ANISOTROPY_SUPERFICIAL = 0.20
 #: Gray-matter anisotropy a: eigenvalues MD*(1+2a), MD*(1-a), MD*(1-a), i.e. FA ~0.12.
 GM_ANISOTROPY = 0.07
-#: T2-weighted S0 relative to WM at TE ~ 80-90 ms (proton density x T2 decay), 3 T.
+#: T2-weighted S0 relative to WM at TE ~ 80-90 ms (proton density x T2 decay), 3 T, fully
+#: relaxed (a long TR).
 S0_RELATIVE = {"gm": 1.4, "wm": 1.0, "csf": 3.0}
+#: Longitudinal relaxation times (s) at 3 T: WM ~0.85, cortical GM ~1.35 (Wansapura et al.
+#: 1999, JMRI 9:531-8; Stanisz et al. 2005, MRM 54:507-12), CSF ~4.2 (Lu et al. 2005).
+T1_S = {"gm": 1.35, "wm": 0.85, "csf": 4.2}
 #: b0 signal of pure WM under a flat coil (scanner units; int16 storage keeps headroom).
 S0_WM = 1000.0
 #: WM fraction that counts as white matter in the SNR definition.
@@ -235,6 +239,20 @@ class OutsideSignal(NamedTuple):
     factor: int
 
 
+def b0_contrast(repetition_time_s: float | None = None) -> dict[str, float]:
+    """S0 of each tissue relative to WM: :data:`S0_RELATIVE`, times the T1 saturation
+    ``1 - exp(-TR / T1)`` of a repetition time (relative to WM's), or fully relaxed (None).
+
+    Why: at a short TR, CSF has not recovered (T1 ~4 s), and the b0 loses most of the CSF
+    contrast that mutual information registers on. At the real Prisma pair's TR of 3.5 s this
+    gives CSF / GM / WM = 1.72 / 1.32 / 1 (its b0, voxels picked by ADC: ~1.8 / 1.37 / 1).
+    """
+    if repetition_time_s is None:
+        return dict(S0_RELATIVE)
+    recovered = {t: 1.0 - np.exp(-repetition_time_s / t1) for t, t1 in T1_S.items()}
+    return {t: float(S0_RELATIVE[t] * recovered[t] / recovered["wm"]) for t in S0_RELATIVE}
+
+
 def tissue_signal(
     gm_by_label: np.ndarray,
     wm: np.ndarray,
@@ -246,6 +264,7 @@ def tissue_signal(
     head_gradients: np.ndarray,
     s0_field: np.ndarray,
     outside: OutsideSignal | None = None,
+    s0_relative: dict[str, float] | None = None,
 ) -> np.ndarray:
     """Noise-free DWI (X, Y, Z, n_vol) float32 of a tissue mixture, at the reference position.
 
@@ -254,8 +273,10 @@ def tissue_signal(
     deep white matter; fibre_tensor (6, X, Y, Z): v v^T in the image frame; head_gradients
     (n_vol, 3): unit gradient of each volume in the head's reference frame; s0_field (X, Y, Z):
     WM b0 signal including the coil bias. ``outside``: the head's signal, filling what the
-    brain leaves of each voxel.
+    brain leaves of each voxel. ``s0_relative``: the tissues' b0 contrast (default
+    :data:`S0_RELATIVE`; see :func:`b0_contrast`).
     """
+    contrast = S0_RELATIVE if s0_relative is None else s0_relative
     n_vol = len(bvals)
     gx, gy, gz = np.asarray(head_gradients, dtype=np.float64).T
     design = np.stack([gx * gx, gy * gy, gz * gz, 2 * gx * gy, 2 * gx * gz, 2 * gy * gz], axis=1)
@@ -278,7 +299,7 @@ def tissue_signal(
         c32(wm_depth),
         np.asarray(bvals, dtype=np.float64),
         np.ascontiguousarray(design),
-        np.array([S0_RELATIVE[t] for t in ("gm", "wm", "csf")]),
+        np.array([contrast[t] for t in ("gm", "wm", "csf")]),
         c32(s0_field),
         c32(head),
         np.ascontiguousarray(column, dtype=np.int64),
