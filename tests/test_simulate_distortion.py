@@ -261,7 +261,7 @@ def test_zero_field_distortion_path_changes_nothing_else(monkeypatch):
 
 def test_distortion_option_defaults_per_preset_and_needs_the_whole_head(tmp_path):
     defaults = {name: make_options(tmp_path, preset=name).distortion for name in PRESETS}
-    assert defaults == {"standard": "typical", "tiny": "none"}
+    assert defaults == {"standard": "typical", "tiny": "none", "slab": "unaccelerated"}
     assert make_options(tmp_path, preset="standard", head="brain").distortion == "none"
     assert make_options(tmp_path, distortion="strong").distortion == "strong"
     with pytest.raises(ValueError, match="--head full"):
@@ -284,6 +284,18 @@ def test_sidecars_name_the_readout_and_opposite_phase_encoding():
     # BIDS: TotalReadoutTime = EffectiveEchoSpacing x (phase-encode lines - 1).
     lines = preset.dwi_shape[1]
     assert dwi["TotalReadoutTime"] == pytest.approx(dwi["EffectiveEchoSpacing"] * (lines - 1))
+
+
+def test_slab_protocol_reads_out_as_the_real_prisma_pair():
+    """The slab preset's default level gives the real pair's sidecar timing (no in-plane
+    acceleration, 0.67 ms echo spacing, 0.0476 s over 72 lines) with a second-order shim."""
+    preset = get_preset("slab")
+    level = susceptibility.get_level(preset.default_distortion)
+    assert level.shim_order == 2 and level.acceleration == 1
+    dwi = dwi_sidecar(preset, level)
+    assert dwi["ParallelReductionFactorInPlane"] == 1
+    assert dwi["EffectiveEchoSpacing"] == pytest.approx(0.00067, rel=0.02)
+    assert dwi["TotalReadoutTime"] == pytest.approx(0.0476, rel=0.02)
 
 
 @pytest.fixture(scope="module")

@@ -99,8 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
         "phase-encoded b0 fieldmaps in fmap/ and the true field in sourcedata/ground_truth "
         "(needs --head full). typical: second-order shim, GRAPPA 2: 99th percentile ~3-4 mm "
         "over the brain, up to ~10-14 mm at its edge above the frontal sinus and beside the "
-        "temporal bone; strong: linear shim, no GRAPPA, over twice that; none: no distortion, "
-        "no fieldmaps (default: typical for standard and slab, none for tiny; --head brain: none)",
+        "temporal bone; unaccelerated: second-order shim, no GRAPPA (the real Prisma pair), twice "
+        "that; strong: linear shim, no GRAPPA, over twice that; none: no distortion, no "
+        "fieldmaps (default: typical for standard, unaccelerated for slab, none for tiny; "
+        "--head brain: none)",
     )
     parser.add_argument(
         "--realism",

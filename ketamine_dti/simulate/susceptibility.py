@@ -86,7 +86,7 @@ MODEL_SUMMARY = (
     "brain; x 127.7 Hz/ppm (3 T); trilinear onto the DWI grid"
 )
 #: ``--distortion`` choices; ``none`` is the default of every preset for now.
-DISTORTION_CHOICES = ("none", "typical", "strong")
+DISTORTION_CHOICES = ("none", "typical", "unaccelerated", "strong")
 #: Reverse phase-encoding b=0 volumes in each session's fieldmap (fmap/*_dir-PA_epi).
 FIELDMAP_VOLUMES = 3
 
@@ -123,6 +123,14 @@ DISTORTION_LEVELS: dict[str, DistortionLevel] = {
         "spacing): |displacement| median ~0.4 mm and 99th percentile ~3-4 mm over the brain, "
         "up to ~10-14 mm at its edge above the frontal sinus and beside the temporal bone, "
         "< 0.5 mm in its centre",
+    ),
+    "unaccelerated": DistortionLevel(
+        name="unaccelerated",
+        shim_order=2,
+        acceleration=1,
+        description="3 T, second-order shim, no in-plane acceleration (echo spacing and readout "
+        "time doubled): the real Prisma pair's protocol (multiband 3, R = 1, 0.67 ms echo "
+        "spacing, 0.048 s readout over 72 lines), twice the typical displacements",
     ),
     "strong": DistortionLevel(
         name="strong",
