@@ -172,13 +172,30 @@ class TreeMemorySampler:
 
 
 def machine() -> dict:
-    """The CPU the timings were taken on (hosts differ between sessions)."""
+    """The CPU and the software the figures were taken with: hosts differ between sessions,
+    the package versions are not pinned, and the last bits of a result moved with both
+    (session 41)."""
+    from ketamine_dti.reports.render import software_versions
+
     models = [
         line.split(":", 1)[1].strip()
         for line in Path("/proc/cpuinfo").read_text().splitlines()
         if line.startswith("model name")
     ]
-    return {"cpu": models[0] if models else "unknown", "cores": os.cpu_count()}
+    return {
+        "cpu": models[0] if models else "unknown",
+        "cores": os.cpu_count(),
+        "software": dict(software_versions()),
+    }
+
+
+def machine_lines(found: dict) -> list[str]:
+    """``machine()``'s record as Markdown paragraphs (older results lack the software)."""
+    lines = [f"Machine: {found['cpu']}, {found['cores']} cores.", ""]
+    if found.get("software"):
+        software = ", ".join(f"{name} {version}" for name, version in found["software"].items())
+        lines += [f"Software: {software}.", ""]
+    return lines
 
 
 def derivative_megabytes(folder: Path) -> dict:
@@ -402,14 +419,16 @@ def run_row(label: str, status: str, wall: float, sampler, work: Path, outputs: 
     }
 
 
+def dwi_derivative(out: Path, subject: str, session: str, suffix: str) -> Path:
+    """A session's published DWI derivative (OUTPUT_DIR/sub-*/ses-*/dwi/..._<suffix>)."""
+    return out / f"sub-{subject}/ses-{session}/dwi/sub-{subject}_ses-{session}_{suffix}"
+
+
 def roi_tables(out: Path, subjects: list[str]) -> pd.DataFrame:
     frames = []
     for subject in subjects:
         for session in SESSIONS:
-            path = (
-                out
-                / f"sub-{subject}/ses-{session}/dwi/sub-{subject}_ses-{session}_desc-roi_md.tsv"
-            )
+            path = dwi_derivative(out, subject, session, "desc-roi_md.tsv")
             if path.exists():
                 frame = pd.read_csv(path, sep="\t")
                 frame["participant_id"] = f"sub-{subject}"
@@ -539,6 +558,36 @@ def csf_shift_effect(bids_dir: Path, table: pd.DataFrame) -> dict:
         "fwcorr_md_per_unit_csf_change_se": fwcorr_se,
         "n_pairs": int(len(plain)),
     }
+
+
+#: Session QC metrics (desc-qc_metrics.tsv) whose range over the trial's sessions is published:
+#: the coregistration's, which the simulator's slab protocol exists to exercise, and the field
+#: of view and motion they depend on.
+SESSION_QC: tuple[str, ...] = (
+    "reg_dwi_t1w_dice",
+    "reg_dwi_t1w_bbr_cost",
+    "reg_dwi_t1w_bbr_shift_mm",
+    "dwi_fov_fraction",
+    "mean_fd",
+)
+
+
+def session_qc(out: Path, subjects: list[str]) -> dict:
+    """Min / median / max of each SESSION_QC metric over the sessions, and the verdicts."""
+    rows = [
+        pd.read_csv(path, sep="\t").iloc[0]
+        for subject in subjects
+        for session in SESSIONS
+        if (path := dwi_derivative(out, subject, session, "desc-qc_metrics.tsv")).exists()
+    ]
+    frame = pd.DataFrame(rows)
+    ranges = {
+        key: [float(frame[key].min()), float(frame[key].median()), float(frame[key].max())]
+        for key in SESSION_QC
+        if key in frame and frame[key].notna().any()
+    }
+    verdicts = frame["qc_verdict"].value_counts().to_dict() if "qc_verdict" in frame else {}
+    return {"n_sessions": len(frame), "ranges": ranges, "verdicts": verdicts}
 
 
 def roi_dice(bids_dir: Path, out: Path, subjects: list[str]) -> dict:
@@ -950,6 +999,7 @@ def main(argv: list[str] | None = None) -> int:
                 analyse = analysis.get(scenario, null_consistency)
                 entry |= {"column": MEASURED} | analyse(bids_dir, table)
                 entry["roi_vs_true_region"] = roi_dice(bids_dir, out, subjects)
+                entry["session_qc"] = session_qc(out, subjects)
                 entry |= two_truths(bids_dir, out, table, subjects, work=work)
                 for other in OTHER_COLUMNS:  # the other summaries, measured the same way
                     if other in table and scenario != "csf_shift":
@@ -981,10 +1031,7 @@ def markdown(results: dict) -> str:
         interpolation = results["interpolation"]
         lines += [f"The App's DWI interpolation: {interpolation} (not the default).", ""]
     if results.get("machine"):
-        lines += [
-            f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores.",
-            "",
-        ]
+        lines += machine_lines(results["machine"])
     seeds = results.get("seeds")
     if seeds and "tuning_run_on_training" in seeds:
         lines += [
@@ -1072,6 +1119,7 @@ def markdown(results: dict) -> str:
                     "16: <= 8.5x for 8)"
                 )
     lines += roi_dice_markdown(results)
+    lines += session_qc_markdown(results)
     lines += two_truths_markdown(results)
     lines += [
         "",
@@ -1145,6 +1193,28 @@ def roi_dice_markdown(results: dict) -> list[str]:
         for roi, value in overlap["per_roi_median_dice"].items():
             share = overlap["per_roi_median_kept_in_region"][roi]
             lines.append(f"| {roi} | {value:.2f} | {share:.0%} |")
+    return lines
+
+
+def session_qc_markdown(results: dict) -> list[str]:
+    """A table per run: the range of the sessions' coregistration QC, and their verdicts."""
+    lines = []
+    for label, entry in results.items():
+        qc = entry.get("session_qc") if isinstance(entry, dict) else None
+        if not qc:  # older results: not recorded
+            continue
+        verdicts = ", ".join(f"{count} {verdict}" for verdict, count in qc["verdicts"].items())
+        lines += [
+            "",
+            f"{label}: session QC over {qc['n_sessions']} sessions (verdicts: {verdicts})",
+            "",
+            "| metric | min | median | max |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {key} | {low:.3f} | {middle:.3f} | {high:.3f} |"
+            for key, (low, middle, high) in qc["ranges"].items()
+        ]
     return lines
 
 

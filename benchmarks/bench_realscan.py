@@ -36,7 +36,13 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_participant import ALTERNATIVE, MEASURED  # noqa: E402
+from bench_participant import (  # noqa: E402
+    ALTERNATIVE,
+    MEASURED,
+    dwi_derivative,
+    machine,
+    machine_lines,
+)
 
 from ketamine_dti.config import Config  # noqa: E402
 from ketamine_dti.dwi.resampling import INTERPOLATION_ORDERS  # noqa: E402
@@ -54,8 +60,23 @@ TARGETS = {
 }
 
 
-def _derivative(out: Path, session: str, suffix: str) -> Path:
-    return out / f"sub-{SUBJECT}/ses-{session}/dwi/sub-{SUBJECT}_ses-{session}_{suffix}"
+#: The session QC metrics tabulated for PA / AP (desc-qc_metrics.tsv columns), in this order.
+QC_FIGURES: tuple[str, ...] = (
+    "t1w_brain_volume_ml",
+    "brain_volume_ml",
+    "reg_dwi_t1w_dice",
+    "reg_dwi_t1w_bbr_cost",
+    "reg_dwi_t1w_bbr_shift_mm",
+    "dwi_fov_fraction",
+    "reg_t1w_mni_ncc",
+    "mean_fd",
+    "n_outlier_volumes",
+    "n_rois_missing",
+    "qc_verdict",
+    "sdc_method",
+    "sdc_max_roi_displacement_mm",
+    "sdc_max_roi_severe_fraction",
+)
 
 
 def _disagreement(pa: pd.DataFrame, ap: pd.DataFrame, column: str) -> pd.Series:
@@ -68,26 +89,14 @@ def figures(out: Path) -> dict:
     result: dict = {"sessions": {}}
     rois = {}
     for session in SESSIONS:
-        qc = pd.read_csv(_derivative(out, session, "desc-qc_metrics.tsv"), sep="\t").iloc[0]
-        table = pd.read_csv(_derivative(out, session, "desc-roi_md.tsv"), sep="\t")
+        qc = pd.read_csv(
+            dwi_derivative(out, SUBJECT, session, "desc-qc_metrics.tsv"), sep="\t"
+        ).iloc[0]
+        table = pd.read_csv(dwi_derivative(out, SUBJECT, session, "desc-roi_md.tsv"), sep="\t")
         rois[session] = table.set_index("roi")
         result["sessions"][session] = {
             key: (None if pd.isna(qc.get(key)) else _plain(qc.get(key)))
-            for key in (
-                "t1w_brain_volume_ml",
-                "brain_volume_ml",
-                "reg_dwi_t1w_dice",
-                "dwi_fov_fraction",
-                "reg_t1w_mni_ncc",
-                "mean_fd",
-                "n_outlier_volumes",
-                "n_rois_missing",
-                "qc_verdict",
-                "qc_reasons",
-                "sdc_method",
-                "sdc_max_roi_displacement_mm",
-                "sdc_max_roi_severe_fraction",
-            )
+            for key in (*QC_FIGURES, "qc_reasons")
         }
     pa, ap = rois["baseline"], rois["24h"]
     result["column"] = MEASURED
@@ -131,8 +140,8 @@ def _mask_dice_in_t1w(out: Path) -> float | None:
     masks = []
     with tempfile.TemporaryDirectory() as tmp:
         for session in SESSIONS:
-            mask = _derivative(out, session, "space-dwi_desc-brain_mask.nii.gz")
-            xfm = _derivative(out, session, "from-dwi_to-T1w_mode-image_xfm.mat")
+            mask = dwi_derivative(out, SUBJECT, session, "space-dwi_desc-brain_mask.nii.gz")
+            xfm = dwi_derivative(out, SUBJECT, session, "from-dwi_to-T1w_mode-image_xfm.mat")
             if not (mask.exists() and xfm.exists() and anat.exists()):
                 return None
             moved = apply_transforms(mask, anat, [str(xfm)], Path(tmp) / f"{session}.nii.gz")
@@ -184,13 +193,11 @@ def markdown(after: dict, before: dict | None, before_label: str) -> str:
         f"(exit code {after['exit_code']}, {after['wall_s'] / 60:.1f} min wall). "
         "ses-baseline = PA, ses-24h = AP.",
         "",
+        *(machine_lines(after["machine"]) if after.get("machine") else []),
         "| figure | target | " + " | ".join(f"{label} PA / AP" for label, _ in both) + " |",
         "|---|---|" + "---|" * len(both),
     ]
-    keys = ("t1w_brain_volume_ml", "brain_volume_ml", "reg_dwi_t1w_dice", "dwi_fov_fraction")
-    keys += ("reg_t1w_mni_ncc", "mean_fd", "n_outlier_volumes", "n_rois_missing", "qc_verdict")
-    keys += ("sdc_method", "sdc_max_roi_displacement_mm", "sdc_max_roi_severe_fraction")
-    for key in keys:
+    for key in QC_FIGURES:
         cells = [
             " / ".join(_cell(result["sessions"][s].get(key)) for s in SESSIONS)
             for _, result in both
@@ -260,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             out_dir, args.source, args.nprocs, args.sdc, args.work_dir, args.interpolation
         )
         status["sdc"], status["interpolation"] = args.sdc, args.interpolation
+        status["machine"] = machine()
         status_file.write_text(json.dumps(status))
     after = status | figures(out_dir / "out")
     before = figures(args.compare_to) if args.compare_to else None

@@ -36,16 +36,16 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_realscan import SESSIONS, _derivative, figures, run  # noqa: E402
+from bench_participant import dwi_derivative  # noqa: E402
+from bench_realscan import SESSIONS, SUBJECT, figures, run  # noqa: E402
 
 QC_KEYS = ("mean_fd", "reg_dwi_t1w_dice", "brain_volume_ml", "sdc_max_roi_displacement_mm")
 
 
-def perturbed_source(source: Path, target: Path, seed: int, fraction: float) -> Path:
-    """``source`` with +-1 added to ``fraction`` of each DWI series' nonzero stored values;
-    every other file a symbolic link to the original."""
+def perturbed_source(source: Path, target: Path, perturb) -> Path:
+    """``source`` with each DWI series' stored integers replaced by ``perturb(raw, name)`` (an
+    array of the same shape and dtype); every other file a symbolic link to the original."""
     target.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
     for path in sorted(source.iterdir()):
         link = target / path.name
         if link.exists() or link.is_symlink():
@@ -57,19 +57,29 @@ def perturbed_source(source: Path, target: Path, seed: int, fraction: float) -> 
         raw = np.asanyarray(image.dataobj)
         if not np.issubdtype(raw.dtype, np.integer):
             raise ValueError(f"{path}: stored as {raw.dtype}; this analysis perturbs integers")
+        nib.Nifti1Image(perturb(raw, path.name), image.affine, image.header).to_filename(link)
+    return target
+
+
+def plus_minus_one(seed: int, fraction: float):
+    """The perturbation of this analysis: +-1 added to ``fraction`` of the nonzero samples."""
+    rng = np.random.default_rng(seed)
+
+    def perturb(raw: np.ndarray, name: str) -> np.ndarray:
         chosen = (rng.random(raw.shape) < fraction) & (raw > 0)
         steps = rng.choice(np.array([-1, 1], dtype=raw.dtype), size=int(chosen.sum()))
         changed = raw.copy()
         changed[chosen] += steps
-        nib.Nifti1Image(changed, image.affine, image.header).to_filename(link)
-    return target
+        return changed
+
+    return perturb
 
 
 def session_tables(out: Path) -> dict[str, pd.DataFrame]:
     return {
-        session: pd.read_csv(_derivative(out, session, "desc-roi_md.tsv"), sep="\t").set_index(
-            "roi"
-        )
+        session: pd.read_csv(
+            dwi_derivative(out, SUBJECT, session, "desc-roi_md.tsv"), sep="\t"
+        ).set_index("roi")
         for session in SESSIONS
     }
 
@@ -197,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = out_dir / f"seed{seed}"
         if not (run_dir / "out").exists():
             source = perturbed_source(
-                args.source.absolute(), out_dir / f"source_seed{seed}", seed, args.fraction
+                args.source.absolute(),
+                out_dir / f"source_seed{seed}",
+                plus_minus_one(seed, args.fraction),
             )
             status = run(run_dir, source, args.nprocs, args.sdc, None)
             if status["exit_code"] != 0:
