@@ -867,7 +867,7 @@ def two_truths(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--preset", default="standard", choices=["standard", "tiny"])
+    parser.add_argument("--preset", default="standard", choices=sorted(PRESETS))
     parser.add_argument("--n-participants", type=int, default=4)
     parser.add_argument(
         "--scenarios",
