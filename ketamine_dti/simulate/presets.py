@@ -6,7 +6,8 @@ plus 6 b0, T1w at 1 mm). ``tiny`` keeps the same field of view at 4 mm with 12 d
 ``slab`` is the protocol of the real Prisma pair (``../shared/realdata``): a 3 mm slab of 39
 slices that stops above the lower brain, one b0 and 20 directions at b=2500, TR 3.5 s (a b0
 with little CSF contrast), no in-plane acceleration (the ``unaccelerated`` distortion level:
-twice the standard protocol's displacements). Its b0 is what
+twice the standard protocol's displacements) and a 64-channel coil's strong shading (dark in the
+middle of the head). Its b0 is what
 the b0 -> T1w coregistration has to work with on real scans (session 41: mutual information
 was 7 mm off there, while the full-brain 2 mm b=1000 b0s of ``standard`` never showed it).
 """
@@ -23,6 +24,14 @@ PRISMA_SLAB_FOV_MM: tuple[float, float, float] = (216.0, 216.0, 117.0)
 #: T1w brain (``dwi_fov_fraction`` 0.93): it covers the vertex and stops in the temporal poles
 #: and cerebellum, as slabs placed on the cortex do.
 PRISMA_SLAB_SUPERIOR_MM = 12.0
+#: The real pair's b0 shading by its 64-channel head coil: the App's N4 receive field of each
+#: series (``dwi.free_water.b0_receive_field``) spans 0.66-0.68 to 1.22-1.29 (2nd-98th
+#: percentiles in the brain) against 0.94-1.09 on the standard simulator's; a least-squares fit
+#: of its log to linear + quadratic terms (R^2 0.84-0.89) gave linear (-0.03, -0.11..-0.16,
+#: +0.42..+0.45) and quadratic (0.72..0.83, 0.36..0.53, 0.42..0.46): dark in the middle of the
+#: head, bright towards the coil and the vertex. Rounded means:
+PRISMA_RECEIVE_LINEAR: tuple[float, float, float] = (0.0, -0.1, 0.45)
+PRISMA_RECEIVE_QUADRATIC: tuple[float, float, float] = (0.75, 0.45, 0.45)
 #: Field of view of the brain-only T1w (mm, ``--head brain``): the brain and its thin shell.
 T1W_FOV_MM: tuple[float, float, float] = (176.0, 216.0, 176.0)
 #: Field of view of the whole-head T1w (mm, ``--head full``), as a sagittal MPRAGE: 256 mm
@@ -70,6 +79,11 @@ class Preset:
     #: (``signal.b0_contrast``). Off for standard and tiny, whose benchmarks were all made on
     #: the fully relaxed contrast; on for slab, whose short TR is the real pair's.
     b0_t1_saturation: bool = False
+    #: The receive coil's own shading of the DWI (``signal.bias_field``'s coefficient means;
+    #: grid-centred position in units of 100 mm): none for standard and tiny, whose mild random
+    #: field (SD 0.06 linear, 0.04 quadratic) all their benchmarks were made on.
+    receive_linear_mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    receive_quadratic_mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     @property
     def b0_repetition_time_s(self) -> float | None:
@@ -144,6 +158,8 @@ PRESETS: dict[str, Preset] = {
         dwi_fov_mm=PRISMA_SLAB_FOV_MM,
         dwi_fov_offset_mm=(0.0, 0.0, PRISMA_SLAB_SUPERIOR_MM),
         b0_t1_saturation=True,
+        receive_linear_mean=PRISMA_RECEIVE_LINEAR,
+        receive_quadratic_mean=PRISMA_RECEIVE_QUADRATIC,
     ),
 }
 

@@ -313,7 +313,13 @@ def simulate_dwi(
         if noiseless
         else signal.random_motion(rng, len(bvals), level=motion_level)
     )
-    s0_field = signal.S0_WM * signal.bias_field(rng, fine_shape, preset.dwi_voxel_mm / factor)
+    s0_field = signal.S0_WM * signal.bias_field(
+        rng,
+        fine_shape,
+        preset.dwi_voxel_mm / factor,
+        preset.receive_linear_mean,
+        preset.receive_quadratic_mean,
+    )
     outside = None
     if head_shape is not None:
         grid = (template, participant, pose, affine)

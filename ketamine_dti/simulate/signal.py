@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -113,13 +114,19 @@ def _repulsion_directions(n_directions: int) -> tuple[tuple[float, float, float]
 
 
 def bias_field(
-    rng: np.random.Generator, shape: tuple[int, int, int], voxel_mm: float
+    rng: np.random.Generator,
+    shape: tuple[int, int, int],
+    voxel_mm: float,
+    linear_mean: Sequence[float] = (0.0, 0.0, 0.0),
+    quadratic_mean: Sequence[float] = (0.0, 0.0, 0.0),
 ) -> np.ndarray:
-    """A smooth multiplicative receive field (mean ~1): linear + quadratic in position."""
+    """A smooth multiplicative receive field (mean ~1): exp of linear + quadratic terms in the
+    grid-centred position (units of BIAS_LENGTH_MM), each coefficient drawn about its mean
+    (``linear_mean``, ``quadratic_mean``: a coil's own profile; zero by default)."""
     axes = [(np.arange(s) - (s - 1) / 2.0) * voxel_mm / BIAS_LENGTH_MM for s in shape]
     x, y, z = np.meshgrid(*axes, indexing="ij", sparse=True)
-    linear = rng.normal(0.0, BIAS_LINEAR_SD, 3)
-    quadratic = rng.normal(0.0, BIAS_QUADRATIC_SD, 3)
+    linear = np.add(linear_mean, rng.normal(0.0, BIAS_LINEAR_SD, 3))
+    quadratic = np.add(quadratic_mean, rng.normal(0.0, BIAS_QUADRATIC_SD, 3))
     log_field = (
         linear[0] * x
         + linear[1] * y
