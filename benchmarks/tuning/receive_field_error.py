@@ -53,8 +53,8 @@ def simulated_fields(bids: Path, seed: int, n_participants: int, realism: str) -
 
     fields, draw = [], signal.bias_field
 
-    def keep(rng, shape, voxel_mm):
-        field = draw(rng, shape, voxel_mm)
+    def keep(rng, shape, voxel_mm, *coil_means):
+        field = draw(rng, shape, voxel_mm, *coil_means)
         fields.append(field)
         return field
 

@@ -35,8 +35,9 @@ def rerun_simulator(
     wrappers: dict[tuple[object, str], object],
     bids: Path | None = None,
     scenario: str = SCENARIO,
+    preset: str = "standard",
 ) -> tuple[int, ...]:
-    """Simulate the standard ``scenario`` trial again with ``module.name`` replaced by each
+    """Simulate the ``preset`` ``scenario`` trial again with ``module.name`` replaced by each
     wrapper (``{(module, name): replacement}``, restored afterwards); with ``bids`` (the
     trial's folder) raise if a DWI file differs from it. Returns the DWI grid's shape."""
     import nibabel as nib
@@ -44,7 +45,7 @@ def rerun_simulator(
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "bids"
         argv = [
-            "ketamine-dti-simulate", str(out), "--preset", "standard", "--scenario", scenario,
+            "ketamine-dti-simulate", str(out), "--preset", preset, "--scenario", scenario,
             "--n-participants", str(n_participants), "--seed", str(seed), "--realism", realism,
             "--n-procs", "1",
         ]  # fmt: skip
