@@ -84,7 +84,8 @@ def test_levels_defaults_and_switches(tmp_path):
     assert realism.REALISM_LEVELS["ideal"] == frozenset()
     assert realism.REALISM_LEVELS["typical"] == frozenset(realism.REALISM_ITEMS)
     defaults = {name: make_options(tmp_path, preset=name).realism for name in PRESETS}
-    assert defaults == {"standard": frozenset(realism.REALISM_ITEMS), "tiny": frozenset()}
+    every = frozenset(realism.REALISM_ITEMS)
+    assert defaults == {"standard": every, "tiny": frozenset(), "slab": every}
     assert make_options(tmp_path, preset="standard", noiseless=True).realism == frozenset()
     off = make_options(tmp_path, preset="standard", realism_off=("gibbs", "dropouts"))
     assert off.realism == frozenset(realism.REALISM_ITEMS) - {"gibbs", "dropouts"}
