@@ -1,9 +1,10 @@
 """Motion correction against the simulator's known motion, and on the real Prisma scan.
 
-Simulated: ``standard`` sessions from ``simulate_benchmark_session`` (training seeds by default,
-noisy data as written, no denoising). The simulator knows, for every volume, which reference-
-position voxel each raw voxel shows (``signal.volume_source_matrix``: rigid motion and the
-eddy-current affine along phase encoding). For every brain voxel of the reference (the first b0's
+Simulated: ``standard`` (or ``--preset``) sessions from ``simulate_benchmark_session``
+(training seeds by default, noisy data as written, no denoising). The simulator knows, for
+every volume, which reference-position voxel each raw voxel shows
+(``signal.volume_source_matrix``: rigid motion and the eddy-current affine along phase
+encoding). For every brain voxel of the reference (the first b0's
 position) we compare the raw-volume point the estimated affine maps it to with the true one:
 the voxel displacement error (mm). Reported: its median and 95th percentile over all brain
 voxels and volumes, the same split into b0 and diffusion-weighted volumes, the mean error of the
@@ -48,6 +49,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from ketamine_dti.simulate.presets import PRESETS
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 #: The simulator encodes phase along voxel axis j (bids_writer: PhaseEncodingDirection j).
@@ -381,12 +384,12 @@ def check_truth(session, points: np.ndarray) -> dict:
     return {"linear_vs_volume_source_matrix_mm": float(linear_gap), "max_error_voxels": max_error}
 
 
-def simulated_case(seed: int, realism: str = "ideal") -> dict:
+def simulated_case(seed: int, realism: str = "ideal", preset: str = "standard") -> dict:
     from ketamine_dti.dwi import gradients, motion
     from ketamine_dti.simulate.session import simulate_benchmark_session
     from ketamine_dti.threads import limit_threads
 
-    session = simulate_benchmark_session("standard", seed=seed, realism=realism)
+    session = simulate_benchmark_session(preset, seed=seed, realism=realism)
     gtab = gradients.GradientTable(bvals=session.bvals, bvecs=session.bvecs)
     zooms = tuple(np.linalg.norm(session.affine[:3, :3], axis=0))
     start = time.process_time()
@@ -476,6 +479,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the simulator's realism level (realism.REALISM_LEVELS); ideal as before",
     )
     parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="standard",
+        help="the simulator's acquisition preset (slab: the real Prisma pair's protocol)",
+    )
+    parser.add_argument(
         "--final-mi-sampling",
         type=float,
         default=None,
@@ -490,13 +499,14 @@ def main(argv: list[str] | None = None) -> int:
         "label": args.label,
         "final_mi_sampling": motion.FINAL_MI_SAMPLING,
         "realism": args.realism,
+        "preset": args.preset,
         "training_seeds": sorted(set(args.seeds) & set(args.training_seeds)),
         "held_out_seeds": sorted(set(args.seeds) - set(args.training_seeds)),
         "simulated": [],
         "real": [],
     }
     for seed in args.seeds:
-        results["simulated"].append(simulated_case(seed, args.realism))
+        results["simulated"].append(simulated_case(seed, args.realism, args.preset))
         print(json.dumps(results["simulated"][-1]), flush=True)
     if args.real is not None:
         results["real"] = real_case(args.real)
