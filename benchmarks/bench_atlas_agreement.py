@@ -37,7 +37,6 @@ the true regions are the check (they must give r ~ 1). Writes OUT_STEM.md and OU
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 from pathlib import Path
@@ -100,29 +99,15 @@ def perfect_pipeline(seed: int, n_participants: int, realism: str) -> pd.DataFra
     """Per participant, session, ROI, atlas and rule: the noiseless truth MD over the voxels and
     the planted GM MD (``md_true``), from the ``paper`` trial re-simulated with a capture."""
     sys.path.insert(0, str(Path(__file__).resolve().parent / "tuning"))
-    from resimulation import rerun_simulator
+    from resimulation import app_atlas, each_dwi_session, tissue_on_grid
 
-    from ketamine_dti.simulate import anatomy, session
-
-    atlas = nib.load(get_atlas(resolution=1)[0])
-    ketamine7 = anatomy.RoiAtlas.from_labels(
-        np.asarray(atlas.dataobj), atlas.affine, len(ROI_NAMES)
-    )
+    ketamine7 = app_atlas()
     rows: list[dict] = []
-    simulate_dwi = session.simulate_dwi
-    calls = itertools.count()  # the CLI simulates participant by participant, session by session
 
-    def capture(template, participant, pose, preset, rng, label_md, true_atlas, *args, **kwargs):
-        dwi = simulate_dwi(
-            template, participant, pose, preset, rng, label_md, true_atlas, *args, **kwargs
-        )
-        who, position = divmod(next(calls), len(SESSIONS))
-        oversample = int(round(preset.dwi_voxel_mm / abs(template.affine[0, 0])))
-        for name, regions in (("ketamine7", ketamine7), ("true_region", true_atlas)):
-            tissue = anatomy.voxel_tissue(
-                template, participant, pose, dwi.affine, preset.dwi_shape, oversample,
-                regions, len(ROI_NAMES), with_fibre=False,
-            )  # fmt: skip
+    def visit(key, dwi, maps):
+        who, position = key
+        for name, regions in (("ketamine7", ketamine7), ("true_region", maps.true_atlas)):
+            tissue = tissue_on_grid(maps, dwi.affine, regions)
             for rule, dseg in _rule_masks(tissue).items():
                 for k, roi in enumerate(ROI_NAMES, start=1):
                     voxels = dseg == k
@@ -131,14 +116,11 @@ def perfect_pipeline(seed: int, n_participants: int, realism: str) -> pd.DataFra
                             "participant": who, "session": SESSIONS[position], "roi": roi,
                             "atlas": name, "rule": rule, "n_voxels": int(voxels.sum()),
                             "md": float(dwi.truth_md[voxels].mean()) if voxels.any() else np.nan,
-                            "md_true": float(label_md[k]),
+                            "md_true": float(maps.label_md[k]),
                         }
                     )  # fmt: skip
-        return dwi
 
-    rerun_simulator(
-        seed, n_participants, realism, {(session, "simulate_dwi"): capture}, scenario="paper"
-    )
+    each_dwi_session(seed, n_participants, realism, visit, scenario="paper")
     return pd.DataFrame(rows)
 
 

@@ -35,6 +35,7 @@ import json
 import sys
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
@@ -53,8 +54,6 @@ MEDIAN_ABS_NORMAL = 0.6745
 
 def noise_maps(source: Path) -> dict[str, np.ndarray]:
     """Per DWI series (file name): the voxelwise noise SD of its stored values."""
-    import nibabel as nib
-
     maps = {}
     for path in sorted(source.glob("*_dwi.nii.gz")):
         raw = np.asanyarray(nib.load(path).dataobj).astype(np.float32)

@@ -27,7 +27,6 @@ may be a link to the first's).
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 from pathlib import Path
@@ -39,41 +38,24 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_participant import SESSIONS, dwi_derivative  # noqa: E402
-from resimulation import rerun_simulator  # noqa: E402
+from resimulation import app_atlas, each_dwi_session, tissue_on_grid  # noqa: E402
 
-from ketamine_dti.resources import get_atlas  # noqa: E402
 from ketamine_dti.rois import ROI_NAMES  # noqa: E402
 
 
 def perfect_labels(seed: int, n_participants: int, realism: str, preset: str, bids: Path):
     """{(participant index, session): ketamine7 on the session's DWI grid, perfectly placed}
     and the grids' affines."""
-    from ketamine_dti.simulate import anatomy, session
+    from ketamine_dti.simulate import session
 
-    atlas = nib.load(get_atlas(resolution=1)[0])
-    ketamine7 = anatomy.RoiAtlas.from_labels(
-        np.asarray(atlas.dataobj), atlas.affine, len(ROI_NAMES)
-    )
+    ketamine7 = app_atlas()
     labels, affines = {}, {}
-    simulate_dwi = session.simulate_dwi
-    calls = itertools.count()  # the CLI simulates participant by participant, session by session
 
-    def capture(template, participant, pose, chosen, rng, label_md, true_atlas, *args, **kwargs):
-        dwi = simulate_dwi(
-            template, participant, pose, chosen, rng, label_md, true_atlas, *args, **kwargs
-        )
-        key = divmod(next(calls), len(SESSIONS))
-        oversample = int(round(chosen.dwi_voxel_mm / abs(template.affine[0, 0])))
-        tissue = anatomy.voxel_tissue(
-            template, participant, pose, dwi.affine, chosen.dwi_shape, oversample, ketamine7,
-            len(ROI_NAMES), with_fibre=False,
-        )  # fmt: skip
+    def visit(key, dwi, maps):
+        tissue = tissue_on_grid(maps, dwi.affine, ketamine7)
         labels[key], affines[key] = session.region_masks(tissue.region), dwi.affine
-        return dwi
 
-    rerun_simulator(
-        seed, n_participants, realism, {(session, "simulate_dwi"): capture}, bids, "paper", preset
-    )
+    each_dwi_session(seed, n_participants, realism, visit, bids, "paper", preset)
     return labels, affines
 
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import itertools
 import runpy
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 SCENARIO = "csf_shift"
@@ -69,3 +71,77 @@ def rerun_simulator(
                 if not filecmp.cmp(path, original, shallow=False):
                     raise RuntimeError(f"{original}: the re-simulation differs; wrong arguments?")
         return tuple(nib.load(again[0]).shape[:3])
+
+
+#: DWI sessions the simulator CLI writes per participant (baseline, 24h), in this order.
+SESSIONS_PER_PARTICIPANT = 2
+
+
+@dataclass(frozen=True)
+class SessionMaps:
+    """What placed one simulated DWI session: the template, the participant's warp and scale,
+    the session's head pose, the preset, the planted GM MD per label and the true regions."""
+
+    template: object
+    participant: object
+    pose: object
+    preset: object
+    label_md: object
+    true_atlas: object
+
+
+def each_dwi_session(
+    seed: int,
+    n_participants: int,
+    realism: str,
+    visit,
+    bids: Path | None = None,
+    scenario: str = SCENARIO,
+    preset: str = "standard",
+) -> tuple[int, ...]:
+    """Re-simulate the trial (``rerun_simulator``) and call ``visit(key, dwi, maps)`` after each
+    DWI session: ``key`` = (participant index, session index) in the CLI's order, ``dwi`` the
+    session, ``maps`` its :class:`SessionMaps`."""
+    from ketamine_dti.simulate import session
+
+    simulate_dwi = session.simulate_dwi
+    calls = itertools.count()  # the CLI simulates participant by participant, session by session
+
+    def capture(template, participant, pose, chosen, rng, label_md, true_atlas, *args, **kwargs):
+        dwi = simulate_dwi(
+            template, participant, pose, chosen, rng, label_md, true_atlas, *args, **kwargs
+        )
+        maps = SessionMaps(template, participant, pose, chosen, label_md, true_atlas)
+        visit(divmod(next(calls), SESSIONS_PER_PARTICIPANT), dwi, maps)
+        return dwi
+
+    return rerun_simulator(
+        seed, n_participants, realism, {(session, "simulate_dwi"): capture}, bids, scenario, preset
+    )
+
+
+def app_atlas():
+    """The App's ``ketamine7`` atlas (1 mm) as the simulator's RoiAtlas, to carry it into a
+    DWI grid by the simulator's own maps (:func:`tissue_on_grid`)."""
+    import nibabel as nib
+    import numpy as np
+
+    from ketamine_dti.resources import get_atlas
+    from ketamine_dti.rois import ROI_NAMES
+    from ketamine_dti.simulate import anatomy
+
+    atlas = nib.load(get_atlas(resolution=1)[0])
+    return anatomy.RoiAtlas.from_labels(np.asarray(atlas.dataobj), atlas.affine, len(ROI_NAMES))
+
+
+def tissue_on_grid(maps: SessionMaps, affine, atlas):
+    """The session's true tissue fractions on its DWI grid (``affine``), with ``atlas``'s
+    regions placed by the simulator's own warp and pose (no fibre field)."""
+    from ketamine_dti.rois import ROI_NAMES
+    from ketamine_dti.simulate import anatomy
+
+    oversample = int(round(maps.preset.dwi_voxel_mm / abs(maps.template.affine[0, 0])))
+    return anatomy.voxel_tissue(
+        maps.template, maps.participant, maps.pose, affine, maps.preset.dwi_shape, oversample,
+        atlas, len(ROI_NAMES), with_fibre=False,
+    )  # fmt: skip
