@@ -401,3 +401,25 @@ def test_dropouts_are_recorded_and_visible(typical_trial):
 def _head_mask(b0: np.ndarray) -> np.ndarray:
     """Voxels of the head with signal (b0 above a fifth of its 99th percentile)."""
     return b0 > 0.2 * np.percentile(b0, 99)
+
+
+def test_true_fd_counts_the_heads_mean_position_within_each_volume(typical_dwi):
+    """A jerk during a volume moves the head's mean position in that volume: the true FD
+    differs from the between-volume one exactly at each jerked volume and the one after."""
+    jerked = sorted(typical_dwi.artefacts.slice_motion.offsets)
+    with_jerks = typical_dwi.framewise_displacement_mm()
+    without = typical_dwi.motion.framewise_displacement_mm()
+    changed = np.flatnonzero(~np.isclose(with_jerks, without, atol=1e-9))
+    expected = sorted({v for j in jerked for v in (j, j + 1) if v < len(without)})
+    assert changed.tolist() == expected
+
+
+def test_volume_offsets_are_the_weighted_mean_slice_offset():
+    constant = np.tile([0.5, -1.0, 0.2, 1.0, 0.0, -0.5], (6, 1))
+    ramp = np.outer(np.array([0.0, 0.0, 0.0, 1.0, 1.0, 1.0]), [1.0, 0, 0, 0, 0, 2.0])
+    jerks = realism.SliceMotion({1: constant, 3: ramp})
+    weights = np.array([1.0, 1.0, 1.0, 3.0, 3.0, 3.0])  # the brain mostly in the upper slices
+    offsets = jerks.volume_offsets(4, weights)
+    np.testing.assert_allclose(offsets[1], constant[0])  # any weights: the constant offset
+    np.testing.assert_allclose(offsets[3], [0.75, 0, 0, 0, 0, 1.5])  # 9 of 12 weight moved
+    np.testing.assert_array_equal(offsets[[0, 2]], 0.0)

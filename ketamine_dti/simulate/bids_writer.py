@@ -497,7 +497,7 @@ def simulate_participant(
         write_t1w(t1w, root / participant_id / session_id / "anat", truth_root, stem)
         del t1w
         sigma[session_id] = dwi.sigma
-        mean_fd[session_id] = float(dwi.motion.framewise_displacement_mm()[1:].mean())
+        mean_fd[session_id] = float(dwi.framewise_displacement_mm()[1:].mean())
         rules[session_id] = {ROI_NAMES[k - 1]: r for k, r in dwi.truth_rule.items()}
         voxels[session_id] = {
             roi: int((dwi.truth_dseg == k).sum()) for k, roi in enumerate(ROI_NAMES, 1)
@@ -846,6 +846,8 @@ def write_ground_truth(
             else "random-walk rigid motion "
             "relative to the first volume, eddy-like affine displacement along phase encode (j)",
             "mean_fd_mm": {r.participant_id: r.mean_fd_mm for r in results},
+            "mean_fd_note": "Power et al. FD (rotations on a 50 mm sphere) between each volume's "
+            "mean head position, jerks within a volume (realism slice_motion) included",
             "truth_mask_rule": (
                 f"GM fraction of the ROI >= {session.TRUTH_MIN_ROI_GM} and CSF fraction <= "
                 f"{session.TRUTH_MAX_CSF} on the DWI grid at the first volume's head position; "

@@ -381,6 +381,21 @@ class SliceMotion:
                 )
         return rows
 
+    def volume_offsets(self, n_volumes: int, slice_weights: np.ndarray) -> np.ndarray:
+        """(n_volumes, 6): each volume's mean slice offset, weighted by ``slice_weights`` (Z,),
+        e.g. the brain's voxels per slice; zero in volumes without a jerk.
+
+        The head's average position while the volume was acquired: what one rigid registration
+        of the whole volume finds, and what its framewise displacement (FD) measures. The
+        offsets are small rotations, so their weighted mean is their mean pose.
+        """
+        weights = np.asarray(slice_weights, dtype=float)
+        weights = weights / weights.sum()
+        offsets = np.zeros((n_volumes, 6))
+        for volume, per_slice in self.offsets.items():
+            offsets[volume] = weights @ np.asarray(per_slice, dtype=float)
+        return offsets
+
 
 SLICE_MOTION_COLUMNS = (
     "trans_x_mm",

@@ -174,6 +174,21 @@ class DwiSession:
     truth_md: np.ndarray | None = None
     artefacts: realism_models.SessionArtefacts | None = None
 
+    def framewise_displacement_mm(self) -> np.ndarray:
+        """The true FD per volume (mm): from each volume's mean head position, within-volume
+        motion (realism ``slice_motion``) included, the slices weighted by the brain's voxels.
+
+        A jerk during a volume is head motion that the volume's image shows and any volume
+        registration measures; leaving it out put a slab session's truth at 0.38 mm where the
+        head's mean positions moved 0.73 mm (session 43).
+        """
+        slice_motion = None if self.artefacts is None else self.artefacts.slice_motion
+        if slice_motion is None:
+            return self.motion.framewise_displacement_mm()
+        weights = self.brain_mask.sum(axis=(0, 1))
+        offsets = slice_motion.volume_offsets(len(self.bvals), weights)
+        return self.motion.framewise_displacement_mm(offsets=offsets)
+
 
 def truth_masks(
     gm_by_label: np.ndarray, wm: np.ndarray, csf: np.ndarray, gm_md: np.ndarray | None = None

@@ -374,9 +374,19 @@ class Motion:
     def rotations(self) -> np.ndarray:
         return np.stack([rotation_matrix(a) for a in self.rotations_deg])
 
-    def framewise_displacement_mm(self, radius_mm: float = 50.0) -> np.ndarray:
-        """Power et al. FD between consecutive volumes (rotations as arc on a 50 mm sphere)."""
-        params = np.hstack([self.translations_mm, np.deg2rad(self.rotations_deg) * radius_mm])
+    def framewise_displacement_mm(
+        self, radius_mm: float = 50.0, offsets: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Power et al. FD between consecutive volumes (rotations as arc on a 50 mm sphere).
+
+        ``offsets`` (n_vol, 6; mm, degrees): each volume's mean departure from its position
+        during the volume (within-volume motion, ``realism.SliceMotion.volume_offsets``).
+        """
+        translations, rotations = self.translations_mm, self.rotations_deg
+        if offsets is not None:
+            translations = translations + offsets[:, :3]
+            rotations = rotations + offsets[:, 3:]
+        params = np.hstack([translations, np.deg2rad(rotations) * radius_mm])
         return np.concatenate([[0.0], np.abs(np.diff(params, axis=0)).sum(axis=1)])
 
 
