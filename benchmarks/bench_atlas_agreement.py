@@ -48,6 +48,7 @@ from nibabel.processing import resample_from_to
 
 from ketamine_dti.resources import get_atlas, get_tissue_priors
 from ketamine_dti.rois import CSF_PROB_MAX, GM_PROB_MIN, ROI_NAMES
+from ketamine_dti.simulate.clinical import SESSIONS
 from ketamine_dti.simulate.regions import load_regions
 
 
@@ -79,9 +80,6 @@ def agreement() -> dict[str, dict[str, float]]:
             ),
         }
     return rows
-
-
-SESSIONS = ("baseline", "24h")
 
 
 def _rule_masks(tissue) -> dict[str, np.ndarray]:

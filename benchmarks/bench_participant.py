@@ -58,6 +58,7 @@ import pandas as pd
 
 from ketamine_dti.config import Config
 from ketamine_dti.dwi.resampling import INTERPOLATION_ORDERS
+from ketamine_dti.simulate.clinical import SESSIONS
 from ketamine_dti.simulate.presets import PRESETS
 from ketamine_dti.simulate.susceptibility import DISTORTION_CHOICES
 
@@ -74,7 +75,6 @@ TARGET_DERIVATIVES_MB = 60.0
 #: reading Pss and Rss separately every 0.5 s (until session 10) cost the benchmark's own
 #: process ~30% of a core, taken from the 2 cores being timed.
 SAMPLE_INTERVAL_S = 2.0
-SESSIONS = ("baseline", "24h")
 
 
 class TreeMemorySampler:

@@ -48,10 +48,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ketamine_dti.simulate.clinical import SESSIONS
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from resimulation import SCENARIO, rerun_simulator  # noqa: E402
 
-SESSIONS = ("baseline", "24h")
 #: The App's noise SD on standard simulated sessions (mean white-matter b0 1000 / SNR 25).
 DEFAULT_NOISE_SD = 40.0
 

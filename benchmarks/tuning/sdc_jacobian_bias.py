@@ -26,7 +26,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-SESSIONS = ("baseline", "24h")
+from ketamine_dti.simulate.clinical import SESSIONS
+
 BINS = ((0.0, 0.85), (0.85, 0.95), (0.95, 1.05), (1.05, 1.15), (1.15, np.inf))
 
 

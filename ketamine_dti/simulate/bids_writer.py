@@ -44,6 +44,7 @@ from ketamine_dti.simulate.clinical import (
     SCALES,
     SCENARIOS,
     SCORE_RANGES,
+    SESSIONS,
     ClinicalTrial,
     simulate_clinical,
 )
@@ -155,7 +156,7 @@ def make_options(
     seed: int = 0,
     preset: str = "tiny",
     scenario: str = "paper",
-    sessions: tuple[str, ...] = ("baseline", "24h"),
+    sessions: tuple[str, ...] = SESSIONS,
     snr: float | None = None,
     noiseless: bool = False,
     n_procs: int = 1,

@@ -18,7 +18,7 @@ from pathlib import Path
 from ketamine_dti import __version__
 from ketamine_dti.allocator import keep_freed_memory
 from ketamine_dti.simulate.bids_writer import HEAD_MODES, make_options, simulate_trial
-from ketamine_dti.simulate.clinical import SCENARIOS
+from ketamine_dti.simulate.clinical import SCENARIOS, SESSIONS
 from ketamine_dti.simulate.presets import PRESETS
 from ketamine_dti.simulate.realism import REALISM_ITEMS, REALISM_LEVELS
 from ketamine_dti.simulate.susceptibility import DISTORTION_CHOICES
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--sessions",
         nargs=2,
         metavar=("BASELINE", "FOLLOWUP"),
-        default=("baseline", "24h"),
+        default=SESSIONS,
         help="session labels (default: baseline 24h)",
     )
     parser.add_argument(

@@ -47,6 +47,8 @@ from ketamine_dti.rois import ROI_NAMES
 
 LOGGER = logging.getLogger(__name__)
 
+#: The model study's two sessions: before the infusion and 24 h after (Kopelman et al. 2023).
+SESSIONS: tuple[str, str] = ("baseline", "24h")
 #: ``paper``: the planted effects; ``null``: no coupling, no treatment effect on MD (24 h MD
 #: still fluctuates by MD_CHANGE_SD); ``retest``: as null, but the true MD does not change
 #: at all between sessions (a test-retest scan: any measured dMD is the pipeline's error);
@@ -449,7 +451,7 @@ def simulate_clinical(
     n_participants: int,
     scenario: str = "paper",
     seed: int | np.random.Generator = 0,
-    sessions: tuple[str, str] = ("baseline", "24h"),
+    sessions: tuple[str, str] = SESSIONS,
     coupling_strength: float = COUPLING_STRENGTH,
     symptom_change: str = SYMPTOM_CHANGES[0],
 ) -> ClinicalTrial:

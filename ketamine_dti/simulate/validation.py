@@ -39,6 +39,7 @@ from ketamine_dti.simulate.clinical import (
     COUPLING_STRENGTH,
     MD_CHANGE_SD,
     SCALES,
+    SESSIONS,
     SYMPTOM_CHANGES,
     TREATMENT_ARM,
     ClinicalTrial,
@@ -364,7 +365,7 @@ def reference_frame(
     scale: str,
     roi: str,
     percent: bool = False,
-    sessions: tuple[str, str] = ("baseline", "24h"),
+    sessions: tuple[str, str] = SESSIONS,
 ) -> pd.DataFrame:
     """Per participant: arm (1 = treatment), dMD, baseline score, dScore and age.
 
@@ -409,7 +410,7 @@ def interaction_design(frame) -> np.ndarray:
 
 
 def crosscheck_interaction(
-    trial: ClinicalTrial, roi_md: pd.DataFrame, stats: pd.DataFrame, sessions=("baseline", "24h")
+    trial: ClinicalTrial, roi_md: pd.DataFrame, stats: pd.DataFrame, sessions=SESSIONS
 ) -> dict[str, float]:
     """Largest relative difference between stats.tsv and :func:`lstsq_ols` for every
     interaction model (scale x ROI), computed from the simulated frames, not the App's tables.
