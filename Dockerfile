@@ -24,8 +24,9 @@ COPY . /src/ketamine-dti
 # Every runtime dependency at the version the test suite passed with
 # (scripts/image_constraints.txt, written by scripts/pin_image.py): a rebuild next year installs
 # the same packages. The test suites of large dependencies (about 160 MB) are never imported
-# at run time; pip and setuptools are not needed in the image. Bytecode is compiled once, unchecked against source
-# times: the image never changes, and Python cannot write .pyc files into it at run time.
+# at run time; pip and setuptools are not needed in the image. Bytecode is compiled once,
+# unchecked against source times: the image never changes, and Python cannot write .pyc files
+# into it at run time.
 RUN python3 -m venv /opt/ketamine-dti \
  && /opt/ketamine-dti/bin/pip install --no-compile ${PIP_CERT:+--cert "$PIP_CERT"} \
         -c /src/ketamine-dti/scripts/image_constraints.txt /src/ketamine-dti \

@@ -379,8 +379,9 @@ class Motion:
     ) -> np.ndarray:
         """Power et al. FD between consecutive volumes (rotations as arc on a 50 mm sphere).
 
-        ``offsets`` (n_vol, 6; mm, degrees): each volume's mean departure from its position
-        during the volume (within-volume motion, ``realism.SliceMotion.volume_offsets``).
+        ``offsets`` (n_vol, 6; mm, degrees): how far each volume's mean head position during
+        its acquisition lies from its base position (within-volume motion,
+        ``realism.SliceMotion.volume_offsets``).
         """
         translations, rotations = self.translations_mm, self.rotations_deg
         if offsets is not None:
