@@ -12,17 +12,13 @@ Run it with the environment's Python after a green suite, and commit the file::
 from __future__ import annotations
 
 import importlib.metadata as metadata
-import re
 import sys
 from pathlib import Path
 
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 OUT = Path(__file__).resolve().parent / "image_constraints.txt"
-
-
-def canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def runtime_closure(root: str = "ketamine-dti") -> dict[str, str]:
@@ -31,7 +27,7 @@ def runtime_closure(root: str = "ketamine-dti") -> dict[str, str]:
     pending = [root]
     while pending:
         name = pending.pop()
-        key = canonical(name)
+        key = canonicalize_name(name)
         if key in versions:
             continue
         try:
@@ -43,7 +39,7 @@ def runtime_closure(root: str = "ketamine-dti") -> dict[str, str]:
             requirement = Requirement(text)
             if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
                 pending.append(requirement.name)
-    versions.pop(canonical(root), None)
+    versions.pop(canonicalize_name(root), None)
     return versions
 
 
