@@ -25,9 +25,11 @@ SESSIONS = ("baseline", "24h")
 #: ROIs measured per session: 6 (PA) and 7 (AP) with SDC, 4 and 6 without
 #: (benchmarks/results/realscan_session7.md).
 MIN_ROIS_MEASURED = 6
-#: Median PA vs AP disagreement over the ROIs measured in both: 5.3% with SDC. Issue 11 asks for
-#: <= 2%, which is not met (see the results file); this bound only guards against worse.
-MAX_MEDIAN_DISAGREEMENT = 0.07
+#: Median PA vs AP disagreement over the ROIs measured in both. Issue 11 asks for <= 2%, which is
+#: not met: 5.3% when this test was written (session 7), 2.3% since BBR (sessions 41-43:
+#: benchmarks/results/realscan_session42.md); mutual information alone gave 2.5-3.1%. The bound
+#: (7% until session 43) allows for another CPU; it catches a fall back towards session 7's.
+MAX_MEDIAN_DISAGREEMENT = 0.035
 
 
 @pytest.mark.slow
