@@ -174,6 +174,19 @@ def test_benchmark_session_takes_the_dwi_items():
     assert simulate_benchmark_session("tiny", seed=1).artefacts is None
 
 
+def test_a_still_benchmark_session_is_the_same_head_without_motion_or_noise():
+    from ketamine_dti.simulate import simulate_benchmark_session
+
+    still = simulate_benchmark_session("tiny", seed=1, still=True)
+    moving = simulate_benchmark_session("tiny", seed=1)
+    np.testing.assert_array_equal(still.data, still.clean)
+    assert still.sigma == 0.0 and not np.any(still.framewise_displacement_mm())
+    assert moving.framewise_displacement_mm()[1:].mean() > 0.1
+    np.testing.assert_array_equal(still.truth_dseg, moving.truth_dseg)  # same head and pose
+    with pytest.raises(ValueError, match="no realism items"):
+        simulate_benchmark_session("tiny", seed=1, realism="typical", still=True)
+
+
 def test_new_resampling_equals_the_affine_one_without_new_terms():
     """No quadratic eddy, no Jacobian, no slice motion: the realism resampling is the old one."""
     rng = np.random.default_rng(4)

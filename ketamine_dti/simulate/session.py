@@ -632,11 +632,14 @@ def simulate_benchmark_session(
     snr: float | None = None,
     realism: str = "ideal",
     realism_off: tuple[str, ...] = (),
+    still: bool = False,
 ) -> DwiSession:
     """A realistic single DWI session for kernel benchmarks (no clinical model, no files).
 
     ``data`` has Rician noise at ``snr`` (default: the preset's, see :mod:`signal` for the
     definition); ``clean`` is the same series (same motion and eddy distortion) without noise.
+    ``still``: the same head and pose imaged still and noiseless (``simulate_dwi`` with
+    ``snr=None``: no motion, no eddy currents; ``realism`` must then be ``ideal``).
     ROIs (the participant's true regions) get the clinical model's population baseline MDs,
     other GM :data:`BENCHMARK_GM_MD`. ``realism`` (realism.REALISM_LEVELS) adds its DWI items
     (eddy, slice_motion, dropouts, gibbs; the anatomy and T1w items do not apply here), whose
@@ -658,7 +661,10 @@ def simulate_benchmark_session(
     pose = anatomy.random_head_pose(rng, template.centre_mm)
     label_md = np.array([BENCHMARK_GM_MD] + [ROI_BASELINE_MD[r] for r in ROI_NAMES])
     items = realism_models.resolve_realism(realism, realism_off)
+    if still and items:
+        raise ValueError("a still, noiseless session takes no realism items; use realism='ideal'")
     session_realism = realism_models.Realism(items, (seed, 0)).for_session(0)
     return simulate_dwi(
-        template, participant, pose, chosen, rng, label_md, atlas, snr, realism=session_realism
-    )
+        template, participant, pose, chosen, rng, label_md, atlas, None if still else snr,
+        realism=session_realism,
+    )  # fmt: skip
