@@ -241,8 +241,10 @@ def estimated_raw_points(session, estimate: np.ndarray, points: np.ndarray) -> n
     return matrix[:3, :3] @ points + matrix[:3, 3:]
 
 
-def displacement_errors(session, affines: np.ndarray) -> np.ndarray:
-    """(N, n_brain) mm between estimated and true raw points of every reference brain voxel.
+def displacement_vectors(session, affines: np.ndarray, volumes=None):
+    """Per volume (all, or the indices ``volumes``), (3, n_brain): estimated minus true raw
+    point of every reference brain voxel, mm in world axes (one volume at a time, so that a
+    long series is never held as vectors).
 
     In a volume with motion within it the truth is taken in the raw slice the estimate reads
     the voxel from (nearest to the estimated point): the error is then the misplacement of
@@ -250,18 +252,25 @@ def displacement_errors(session, affines: np.ndarray) -> np.ndarray:
     """
     points = brain_points(session)
     last_slice = raw_shape(session)[SIMULATED_SLICE_AXIS] - 1
-    errors = []
-    for v, estimate in enumerate(affines):
+    for v in range(len(affines)) if volumes is None else volumes:
+        estimate = affines[v]
         if session.artefacts is None:  # affine truth: as the earlier results, bit for bit
             difference = voxel_map(session, estimate) - true_map(session, v)
             delta = difference[:3, :3] @ points + difference[:3, 3:]
-            errors.append(np.linalg.norm(session.affine[:3, :3] @ delta, axis=0))
-            continue
-        estimated = estimated_raw_points(session, estimate, points)
-        slices = np.clip(np.rint(estimated[SIMULATED_SLICE_AXIS]), 0, last_slice).astype(int)
-        truth = true_raw_points(session, v, points, slices)
-        errors.append(point_distances_mm(session, estimated, truth))
-    return np.asarray(errors)
+        else:
+            estimated = estimated_raw_points(session, estimate, points)
+            slices = np.rint(estimated[SIMULATED_SLICE_AXIS])
+            slices = np.clip(slices, 0, last_slice).astype(int)
+            delta = estimated - true_raw_points(session, v, points, slices)
+        yield session.affine[:3, :3] @ delta
+
+
+def displacement_errors(session, affines: np.ndarray) -> np.ndarray:
+    """(N, n_brain) mm between estimated and true raw points of every reference brain voxel
+    (the lengths of :func:`displacement_vectors`)."""
+    return np.asarray(
+        [np.linalg.norm(vector, axis=0) for vector in displacement_vectors(session, affines)]
+    )
 
 
 def best_affine(points: np.ndarray, raw: np.ndarray) -> np.ndarray:

@@ -86,16 +86,10 @@ def typical_figures(preset: str, seed: int) -> dict:
             session.data, gtab, session.affine, zooms,
             pe_axis=bench_motion.SIMULATED_PE_AXIS, resample_volumes=False,
         )  # fmt: skip
-    points = bench_motion.brain_points(session)
-    last_slice = session.data.shape[bench_motion.SIMULATED_SLICE_AXIS] - 1
-    vectors = []  # (DW volume, 3, brain points), mm in world axes
-    for volume in np.flatnonzero(~gtab.b0_mask):
-        estimated = bench_motion.estimated_raw_points(session, result.affines[volume], points)
-        slices = np.rint(estimated[bench_motion.SIMULATED_SLICE_AXIS])
-        slices = np.clip(slices, 0, last_slice).astype(int)
-        truth = bench_motion.true_raw_points(session, volume, points, slices)
-        vectors.append(session.affine[:3, :3] @ (estimated - truth))
-    vectors = np.asarray(vectors)
+    weighted = np.flatnonzero(~gtab.b0_mask)
+    vectors = np.asarray(  # (DW volume, 3, brain points), mm in world axes
+        list(bench_motion.displacement_vectors(session, result.affines, weighted))
+    )
     common = vectors.mean(axis=(0, 2))
     voxel_mm = bench_motion.voxel_size_mm(session)
 
