@@ -35,7 +35,9 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).parent))
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(Path(__file__).parent), str(REPO / "scripts")]
+from arrange_realdata import SESSIONS, SUBJECT  # noqa: E402  (session -> the series it holds)
 from bench_participant import (  # noqa: E402
     ALTERNATIVE,
     MEASURED,
@@ -47,9 +49,6 @@ from bench_participant import (  # noqa: E402
 from ketamine_dti.config import Config  # noqa: E402
 from ketamine_dti.dwi.resampling import INTERPOLATION_ORDERS  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-SUBJECT = "M31"
-SESSIONS = {"baseline": "PA", "24h": "AP"}
 #: ROIs over the frontal sinus and beside the temporal bone: where distortion is worst.
 VENTRAL = ("ba10", "vacc", "amygdala")
 TARGETS = {

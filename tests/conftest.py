@@ -95,15 +95,24 @@ REALDATA = Path(
 )
 
 
-def arrange_real_scan(out: Path) -> Path:
-    """The real scan arranged as BIDS by the committed ``scripts/arrange_realdata.py``."""
+def _load_arrangement():
+    """``scripts/arrange_realdata.py`` as a module: the one definition of the real scan's
+    BIDS layout (subject label, which series each session holds)."""
     import importlib.util
 
     script = Path(__file__).parents[1] / "scripts" / "arrange_realdata.py"
     spec = importlib.util.spec_from_file_location("arrange_realdata", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.arrange(out, REALDATA)
+    return module
+
+
+REAL_SCAN_ARRANGEMENT = _load_arrangement()
+
+
+def arrange_real_scan(out: Path) -> Path:
+    """The real scan arranged as BIDS by the committed ``scripts/arrange_realdata.py``."""
+    return REAL_SCAN_ARRANGEMENT.arrange(out, REALDATA)
 
 
 def measure_rois(work: Path, sessions: list[dict[str, str]], roi_names: list[str]):

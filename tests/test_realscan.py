@@ -16,12 +16,12 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REALDATA, arrange_real_scan
+from conftest import REAL_SCAN_ARRANGEMENT, REALDATA, arrange_real_scan
 
 from ketamine_dti.derivatives import spec_path
 
-SUBJECT = "M31"
-SESSIONS = ("baseline", "24h")
+SUBJECT = REAL_SCAN_ARRANGEMENT.SUBJECT
+SESSIONS = tuple(REAL_SCAN_ARRANGEMENT.SESSIONS)  # baseline (PA), then 24h (AP)
 #: ROIs measured per session: 6 (PA) and 7 (AP) with SDC, 4 and 6 without
 #: (benchmarks/results/realscan_session7.md).
 MIN_ROIS_MEASURED = 6
