@@ -121,7 +121,8 @@ THRESHOLDS: tuple[Threshold, ...] = (
         800.0,
         "below",
         "T1w brain mask too small",
-        "adult brains (with sulcal CSF) are 1,100-1,800 ml; simulated 1,921, real 1,690",
+        "adult brains (with sulcal CSF) are 1,100-1,800 ml; simulated ~1,500 +- 11% (1,921 at the "
+        "ICBM template's size, the simulator's mean until session 44), real 1,690",
     ),
     Threshold(
         "t1w_brain_volume_ml",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from ketamine_dti.simulate import anatomy, realism, session, signal
 from ketamine_dti.simulate.presets import get_preset
@@ -215,8 +216,8 @@ def test_bvecs_are_in_the_voxel_frame():
 
     rng = np.random.default_rng(5)
     template = anatomy.load_template_anatomy()
-    participant = dataclasses.replace(
-        anatomy.random_participant(rng, template, rms_mm=0.0), scale=np.ones(3)
+    participant = dataclasses.replace(  # a brain of the typical adult size
+        anatomy.random_participant(rng, template, rms_mm=0.0), scale=np.full(3, anatomy.SCALE_MEAN)
     )
     pose = anatomy.HeadPose(np.eye(3), np.zeros(3), template.centre_mm)
     label_md = np.array([0.8e-3])
@@ -250,8 +251,8 @@ def test_slab_preset_leaves_the_lower_brain_out_as_the_real_prisma_slab_does():
 
     rng = np.random.default_rng(5)
     template = anatomy.load_template_anatomy()
-    participant = dataclasses.replace(
-        anatomy.random_participant(rng, template, rms_mm=0.0), scale=np.ones(3)
+    participant = dataclasses.replace(  # a brain of the typical adult size
+        anatomy.random_participant(rng, template, rms_mm=0.0), scale=np.full(3, anatomy.SCALE_MEAN)
     )
     pose = anatomy.HeadPose(np.eye(3), np.zeros(3), template.centre_mm)
     preset = get_preset("slab")
@@ -261,15 +262,18 @@ def test_slab_preset_leaves_the_lower_brain_out_as_the_real_prisma_slab_does():
     assert dwi.data.shape == (72, 72, 39, 21)
     assert (dwi.bvals == 0).sum() == 1 and set(dwi.bvals[dwi.bvals > 0]) == {2500.0}
     brain = dwi.fractions["gm"] + dwi.fractions["wm"] + dwi.fractions["csf"]
-    template_ml = template.fractions.sum() * abs(np.linalg.det(template.affine[:3, :3])) / 1e3
-    inside = brain.sum() * preset.dwi_voxel_mm**3 / 1e3 / template_ml
-    assert 0.88 < inside < 0.96  # measured 0.918
+    brain_ml = template.fractions.sum() * abs(np.linalg.det(template.affine[:3, :3])) / 1e3
+    inside = brain.sum() * preset.dwi_voxel_mm**3 / 1e3 / (brain_ml * anatomy.SCALE_MEAN**3)
+    assert 0.88 < inside < 0.96  # measured 0.945 (0.918 at the template's size)
     per_slice = brain.sum(axis=(0, 1))  # slices run inferior -> superior
     assert per_slice[0] > 10 * per_slice[-1]  # cut below, the vertex inside
-    # its TR of 3.5 s leaves CSF unrecovered: the real pair's b0 has CSF ~1.8 x white matter
+    # its TR of 3.5 s leaves CSF unrecovered: the real pair's b0 has CSF ~1.8 x white matter.
+    # Against the white matter within 9 mm of the CSF, where the coil's smooth shading is
+    # nearly the same (against all white matter the ratio moved 1.47-1.71 with the coil's draw)
     b0 = dwi.clean[..., 0]
     csf, wm = dwi.fractions["csf"] > 0.95, dwi.fractions["wm"] > 0.95
-    assert 1.5 < np.median(b0[csf]) / np.median(b0[wm]) < 2.0  # measured 1.71
+    near = wm & ndimage.binary_dilation(csf, iterations=3)
+    assert 1.5 < np.median(b0[csf]) / np.median(b0[near]) < 2.0  # measured 1.66
     # a 64-channel coil's shading: white matter's b0 spans 0.84-1.21 of its median (2nd-98th
     # percentiles; the standard preset's mild field 0.95-1.04)
     assert np.percentile(b0[wm], 98) / np.percentile(b0[wm], 2) > 1.3

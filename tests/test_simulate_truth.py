@@ -48,8 +48,12 @@ TRUTH_MD_VOXEL_TOLERANCE = (
     + (1.0 - session.TRUTH_MIN_ROI_GM) * 0.2
     + 0.001
 )
-#: Most pure voxels are far purer than the rule's limit: the ROI's median voxel within 0.5%.
+#: Most pure voxels are far purer than the rule's limit: the ROI's median voxel within 0.5%,
+#: where the ROI has at least TRUTH_MD_MEDIAN_MIN_VOXELS pure voxels (a median of one or two
+#: voxels is those voxels, held to the per-voxel bound: adult-sized brains (session 44) leave
+#: some of the tiny preset's 4 mm ROIs a single pure voxel).
 TRUTH_MD_MEDIAN_TOLERANCE = 0.005
+TRUTH_MD_MEDIAN_MIN_VOXELS = 5
 
 
 def _truth(root: Path, participant: str, ses: str, desc: str) -> np.ndarray:
@@ -189,7 +193,7 @@ def test_truth_md_map_is_the_roi_md_in_pure_gray_matter(tiny_trial):
     md_true = pd.read_csv(truth / "roi_md.tsv", sep="\t").set_index(
         ["participant_id", "session_id", "roi"]
     )["md_true"]
-    checked = 0
+    checked = medians = 0
     for participant in sorted(p.name for p in truth.glob("sub-*")):
         for ses in SESSIONS:
             folder = truth / participant / ses
@@ -216,9 +220,12 @@ def test_truth_md_map_is_the_roi_md_in_pure_gray_matter(tiny_trial):
                 relative = md[pure == index] / md_true[(participant, ses, name)] - 1.0
                 where = (participant, ses, name)
                 assert np.abs(relative).max() <= TRUTH_MD_VOXEL_TOLERANCE, where
-                assert abs(np.median(relative)) <= TRUTH_MD_MEDIAN_TOLERANCE, where
+                if relative.size >= TRUTH_MD_MEDIAN_MIN_VOXELS:
+                    assert abs(np.median(relative)) <= TRUTH_MD_MEDIAN_TOLERANCE, where
+                    medians += 1
                 checked += 1
     assert checked >= len(ROI_NAMES) * len(SESSIONS)
+    assert medians >= checked / 3, (medians, checked)  # 87 of 159 here
 
 
 def test_csf_shift_changes_only_the_csf_and_shares_retests_draws():

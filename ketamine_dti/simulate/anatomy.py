@@ -102,10 +102,17 @@ WARP_SMOOTHING_MM = 18.0
 WARP_RMS_MM = 2.0
 #: Margin of the warp grid around the template box (fraction of its extent).
 WARP_GRID_MARGIN = 0.2
-#: Head size: SD of the isotropic scale, and of the extra per-axis scale (fractions).
-SCALE_SD = 0.05
+#: Head size: mean and SD of the isotropic scale, the SD of the extra per-axis scale
+#: (fractions), and the limits of each axis's scale (~3 SD). The ICBM 2009a brain is larger
+#: than an adult's: its brain mask with sulcal CSF holds ~1,920 ml (a simulated participant at
+#: scale 1, measured by the App), adults' 1,100-1,800 ml (the real Prisma volunteer: 1,690), and
+#: intracranial volume spreads ~10% between adults. A mean of 0.92 gives ~1,500 ml; 0.033 and
+#: 0.02 give a volume SD of ~10.5%; the limits keep every brain within ~1,060-2,040 ml. (Until
+#: session 44: mean 1, SD 0.05, limits 0.85-1.15, i.e. ~1,920 +- 15% ml up to 2,540.)
+SCALE_MEAN = 0.92
+SCALE_SD = 0.033
 SCALE_AXIS_SD = 0.02
-SCALE_LIMITS = (0.85, 1.15)
+SCALE_LIMITS = (0.82, 1.02)
 #: Session head position: SD of rotations (degrees, about x=pitch, y=roll, z=yaw) and of
 #: translations (mm); nodding (pitch) varies most between sessions.
 POSE_ROTATION_SD_DEG = (5.0, 2.0, 2.0)
@@ -385,7 +392,7 @@ def random_participant(
     rng: np.random.Generator, template: TemplateAnatomy, rms_mm: float = WARP_RMS_MM
 ) -> ParticipantAnatomy:
     """A participant: random head size (per-axis scale) and a smooth random displacement."""
-    scale = rng.normal(1.0, SCALE_SD) * (1.0 + rng.normal(0.0, SCALE_AXIS_SD, 3))
+    scale = rng.normal(SCALE_MEAN, SCALE_SD) * (1.0 + rng.normal(0.0, SCALE_AXIS_SD, 3))
     scale = np.clip(scale, *SCALE_LIMITS)
     extent = np.array(template.fractions.shape[1:]) * np.abs(np.diag(template.affine)[:3])
     extent = extent * SCALE_LIMITS[1] * (1.0 + WARP_GRID_MARGIN)

@@ -836,9 +836,10 @@ def write_ground_truth(
             "s0_relative_to_wm": signal.b0_contrast(options.preset.b0_repetition_time_s),
             "regional_md_spread_mm": anatomy.REGIONAL_MD_SPREAD_MM,
             "anatomy": "nilearn ICBM152 2009a sym GM/WM (CSF = rest of brain), sharpened with "
-            f"exponent {anatomy.SHARPEN_EXPONENT}; per-participant scale (SD "
-            f"{anatomy.SCALE_SD}) and smooth warp (RMS {anatomy.WARP_RMS_MM} mm); per-session "
-            "rigid head pose",
+            f"exponent {anatomy.SHARPEN_EXPONENT}; per-participant scale (mean "
+            f"{anatomy.SCALE_MEAN}, SD {anatomy.SCALE_SD}, per axis {anatomy.SCALE_AXIS_SD}, "
+            f"limits {anatomy.SCALE_LIMITS}) and smooth warp (RMS {anatomy.WARP_RMS_MM} mm); "
+            "per-session rigid head pose",
             "atlas_space_note": "Colin27 (the true regions), MNI152NLin6Asym (the pipeline's "
             "atlas) and ICBM152 2009a (the anatomy) world coordinates are treated as the same "
             "mm space",
