@@ -1,0 +1,206 @@
+#!/usr/bin/env python
+"""Analysis: how strict the anatomical gray-matter rule should be, from a finished trial.
+
+Why: on held-out ``paper`` seed 12 (session 44) a perfect pipeline measuring ``ketamine7`` with
+the App's voxel rule on the *true* tissue fractions reaches r(dMD/MD) 0.960 against the true
+region (``bench_atlas_agreement.py --perfect-pipeline``), while the noiseless truth over the
+voxels the App keeps reaches 0.911 and the App 0.867. The App's rule reads the CSF share of each
+DWI voxel from the T1w segmentation's hard labels (``anat.transfer.containing_voxel_fraction``),
+which miss the CSF that partial-volume voxels labelled GM hold; CSF-contaminated voxels dilute
+and scatter dMD/MD. This re-applies ``rois.longitudinal_statistics`` to the App's own ROI
+samples (the ``sample_rois`` outputs in the work folder: each subject-template point's GM / CSF
+share, DWI voxel, MD) under stricter rules, and scores each against the truth:
+
+- the App's md_mean (plain MD, the rule's points) against the true region (roi_md.tsv);
+- the noiseless truth over the same points (``desc-truth_md``): the ceiling of that rule;
+- points kept per ROI and session, and ROIs the retention rule would report missing.
+
+Nothing is re-run: the maps are the App's. Training seeds only choose a rule.
+
+Usage::
+
+    python benchmarks/tuning/gray_matter_rule.py ROOT [--label paper_longitudinal] [--out FILE]
+
+ROOT is a ``bench_participant.py`` output folder (``<scenario>_bids``, ``<label>_work``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from ketamine_dti.anat.transfer import containing_voxel_fraction
+from ketamine_dti.rois import (
+    CSF_PROB_MAX,
+    GM_PROB_MIN,
+    ROI_NAMES,
+    GrayMatterRule,
+    RetentionRule,
+    longitudinal_statistics,
+)
+from ketamine_dti.simulate.clinical import SESSIONS
+
+#: (shares, gm_prob_min, csf_prob_max): the App's rule first, then stricter CSF, then stricter
+#: GM. ``hard``: the App's shares (the segmentation's hard labels averaged over the DWI
+#: voxel's footprint); ``soft``: the same average of Atropos' posterior probabilities, which
+#: keep some of the CSF that a voxel labelled GM holds.
+VARIANTS: tuple[tuple[str, float, float], ...] = (
+    ("hard", GM_PROB_MIN, CSF_PROB_MAX),
+    ("hard", GM_PROB_MIN, 0.02),
+    ("hard", GM_PROB_MIN, 0.01),
+    ("hard", GM_PROB_MIN, 0.0),
+    ("hard", 0.6, CSF_PROB_MAX),
+    ("hard", 0.7, CSF_PROB_MAX),
+    ("hard", 0.7, 0.01),
+    ("soft", GM_PROB_MIN, CSF_PROB_MAX),
+    ("soft", GM_PROB_MIN, 0.1),
+    ("soft", 0.6, 0.05),
+)
+
+
+def load_samples(work: Path, subject: str, shares: str) -> list[dict[str, np.ndarray]]:
+    """Both sessions' ``sample_rois`` outputs of one participant (work folder); with ``soft``
+    shares, the GM and CSF shares recomputed from the segmentation's posteriors."""
+    folder = work / "ketamine_dti_wf" / f"sub_{subject}_wf"
+    sessions = []
+    for session in SESSIONS:
+        with np.load(folder / f"ses_{session}_wf" / "sample_rois" / "roi_samples.npz") as data:
+            sessions.append({key: data[key] for key in data.files})
+    if shares == "soft":
+        atlas = nib.load(folder / "template_rois" / "atlas_template.nii.gz")
+        at = tuple(np.argwhere(np.rint(np.asanyarray(atlas.dataobj)) > 0).T)
+        dwi_voxel = np.linalg.norm(sessions[0]["dwi_affine"][:3, :3], axis=0)
+        for name in ("gm", "csf"):
+            posterior = nib.load(
+                folder / "anat_wf" / "segment_tissues" / f"tissue_{name}_probseg.nii"
+            )
+            if not np.allclose(posterior.affine, atlas.affine, atol=1e-3):
+                raise ValueError("the posteriors are not on the subject template's grid")
+            share = containing_voxel_fraction(
+                np.asanyarray(posterior.dataobj, np.float32),
+                posterior.header.get_zooms()[:3],
+                dwi_voxel,
+            )
+            for session in sessions:
+                session[name] = share[at].astype(np.float32)
+    return sessions
+
+
+def truth_at_points(bids: Path, subject: str, session: str, voxel: np.ndarray) -> np.ndarray:
+    """desc-truth_md at each sample's DWI voxel (NaN outside the grid)."""
+    folder = bids / "sourcedata/ground_truth" / f"sub-{subject}" / f"ses-{session}"
+    flat = np.asarray(
+        nib.load(next(folder.glob("*_space-dwi_desc-truth_md.nii.gz"))).dataobj, np.float32
+    ).ravel()
+    return np.where(voxel >= 0, flat[np.where(voxel >= 0, voxel, 0)], np.nan)
+
+
+def measure(bids: Path, work: Path, shares: str, rule: GrayMatterRule) -> pd.DataFrame:
+    """One row per participant, session and ROI: the App's md_mean under ``rule``, the truth
+    over the same points, the points kept and the ROI's status."""
+    rows = []
+    subjects = sorted(p.name[4:-3] for p in (work / "ketamine_dti_wf").glob("sub_*_wf"))
+    for subject in subjects:
+        samples = load_samples(work, subject, shares)
+        tables, kept = longitudinal_statistics(samples, RetentionRule(), ROI_NAMES, rule=rule)
+        for session, table, sample, used in zip(SESSIONS, tables, samples, kept, strict=True):
+            truth = truth_at_points(bids, subject, session, sample["voxel"])
+            nan = float("nan")
+            for _, row in table.iterrows():
+                points = used & (sample["label"] == ROI_NAMES.index(row["roi"]) + 1)
+                rows.append(
+                    {
+                        "participant_id": f"sub-{subject}",
+                        "session_id": f"ses-{session}",
+                        "roi": row["roi"],
+                        "status": row["status"],
+                        "md_mean": row["md_mean"],
+                        "truth_points": float(np.nanmean(truth[points])) if points.any() else nan,
+                        "n_points": int(points.sum()),
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def relative_change(frame: pd.DataFrame, column: str) -> pd.Series:
+    wide = frame.pivot_table(index=["participant_id", "roi"], columns="session_id", values=column)
+    return (wide[f"ses-{SESSIONS[1]}"] / wide[f"ses-{SESSIONS[0]}"] - 1.0).dropna()
+
+
+def score(frame: pd.DataFrame, truth: pd.DataFrame) -> dict:
+    merged = frame.merge(truth, on=["participant_id", "session_id", "roi"])
+    measured = merged[merged.status == "ok"]
+    error = (measured.md_mean / measured.md_true - 1).abs()
+    changes = pd.concat(
+        {
+            "app": relative_change(measured, "md_mean"),
+            "points": relative_change(measured, "truth_points"),
+            "region": relative_change(measured, "md_true"),
+        },
+        axis=1,
+    ).dropna()
+
+    def r(a: str, b: str) -> float:
+        return float(np.corrcoef(changes[a], changes[b])[0, 1])
+
+    def slope(a: str, b: str) -> float:
+        centred = changes - changes.mean()
+        return float((centred[a] * centred[b]).sum() / (centred[b] ** 2).sum())
+
+    return {
+        "pairs": int(len(changes)),
+        "missing_roi_sessions": int((merged.status != "ok").sum()),
+        "median_points": float(measured.n_points.median()),
+        "median_abs_error_vs_region": float(error.median()),
+        "r_app_vs_region": r("app", "region"),
+        "slope_app_vs_region": slope("app", "region"),
+        "r_points_truth_vs_region": r("points", "region"),
+        "r_app_vs_points_truth": r("app", "points"),
+        "per_roi_median_points": measured.groupby("roi").n_points.median().to_dict(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", type=Path)
+    parser.add_argument("--label", default="paper_longitudinal")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    scenario = args.label.split("_")[0]
+    bids, work = args.root / f"{scenario}_bids", args.root / f"{args.label}_work"
+    truth = pd.read_csv(bids / "sourcedata/ground_truth/roi_md.tsv", sep="\t")
+    results = {}
+    published = pd.concat(
+        [
+            pd.read_csv(path, sep="\t").assign(
+                participant_id=path.name.split("_")[0], session_id=path.name.split("_")[1]
+            )
+            for path in sorted(
+                (args.root / f"{args.label}_out").glob("sub-*/ses-*/dwi/*_desc-roi_md.tsv")
+            )
+        ]
+    )
+    for shares, gm_min, csf_max in VARIANTS:
+        name = f"{shares}: gm>={gm_min:g}, csf<={csf_max:g}"
+        rule = GrayMatterRule(gm_prob_min=gm_min, csf_prob_max=csf_max)
+        frame = measure(bids, work, shares, rule)
+        results[name] = score(frame, truth)
+        if (shares, gm_min, csf_max) == VARIANTS[0]:  # the App's rule: its published means
+            both = frame.merge(published, on=["participant_id", "session_id", "roi"])
+            both = both[both.status_x == "ok"]
+            gap = float((both.md_mean_x / both.md_mean_y - 1).abs().max())
+            results[name]["max_rel_diff_from_published_md_mean"] = gap
+        print(json.dumps({name: results[name]}), flush=True)
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
