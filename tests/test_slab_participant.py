@@ -35,7 +35,7 @@ MAX_MEDIAN_ROI_ERROR = 0.04
 #: the App's mean FD against the simulator's true one (jerks within volumes included). On this
 #: calm participant (true 0.39 / 0.42 mm) the App reads 0.72 / 0.64, while on bench_motion's
 #: slab seeds, which move 0.63-0.83 mm, it agrees within 0.09 (motion_session44.md). A still
-#: slab head reads 0.26-0.36 mm (still_head_fd_session44.md): the estimate's own floor at
+#: slab head reads 0.25-0.34 mm (still_head_fd_session44.md): the estimate's own floor at
 #: b = 2500 and 3 mm. The bound catches worse.
 MAX_FD_ERROR_MM = 0.4
 #: the App's susceptibility field against the true one over the DWI brain mask: median |error|

@@ -35,8 +35,11 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from ketamine_dti.anat.transfer import containing_voxel_fraction
-from ketamine_dti.rois import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench_participant import delta, roi_tables  # noqa: E402
+
+from ketamine_dti.anat.transfer import containing_voxel_fraction  # noqa: E402
+from ketamine_dti.rois import (  # noqa: E402
     CSF_PROB_MAX,
     GM_PROB_MIN,
     ROI_NAMES,
@@ -44,7 +47,7 @@ from ketamine_dti.rois import (
     RetentionRule,
     longitudinal_statistics,
 )
-from ketamine_dti.simulate.clinical import SESSIONS
+from ketamine_dti.simulate.clinical import SESSIONS  # noqa: E402
 
 #: (shares, gm_prob_min, csf_prob_max): the App's rule first, then stricter CSF, then stricter
 #: GM. ``hard``: the App's shares (the segmentation's hard labels averaged over the DWI
@@ -64,32 +67,37 @@ VARIANTS: tuple[tuple[str, float, float], ...] = (
 )
 
 
-def load_samples(work: Path, subject: str, shares: str) -> list[dict[str, np.ndarray]]:
-    """Both sessions' ``sample_rois`` outputs of one participant (work folder); with ``soft``
-    shares, the GM and CSF shares recomputed from the segmentation's posteriors."""
+def load_samples(work: Path, subject: str) -> list[dict[str, np.ndarray]]:
+    """Both sessions' ``sample_rois`` outputs of one participant (work folder)."""
     folder = work / "ketamine_dti_wf" / f"sub_{subject}_wf"
     sessions = []
     for session in SESSIONS:
         with np.load(folder / f"ses_{session}_wf" / "sample_rois" / "roi_samples.npz") as data:
             sessions.append({key: data[key] for key in data.files})
-    if shares == "soft":
-        atlas = nib.load(folder / "template_rois" / "atlas_template.nii.gz")
-        at = tuple(np.argwhere(np.rint(np.asanyarray(atlas.dataobj)) > 0).T)
-        dwi_voxel = np.linalg.norm(sessions[0]["dwi_affine"][:3, :3], axis=0)
-        for name in ("gm", "csf"):
-            posterior = nib.load(
-                folder / "anat_wf" / "segment_tissues" / f"tissue_{name}_probseg.nii"
-            )
-            if not np.allclose(posterior.affine, atlas.affine, atol=1e-3):
-                raise ValueError("the posteriors are not on the subject template's grid")
-            share = containing_voxel_fraction(
-                np.asanyarray(posterior.dataobj, np.float32),
-                posterior.header.get_zooms()[:3],
-                dwi_voxel,
-            )
-            for session in sessions:
-                session[name] = share[at].astype(np.float32)
     return sessions
+
+
+def with_soft_shares(
+    work: Path, subject: str, sessions: list[dict[str, np.ndarray]]
+) -> list[dict[str, np.ndarray]]:
+    """The same samples with their GM and CSF shares recomputed from the segmentation's
+    posteriors (the App's footprint average, ``containing_voxel_fraction``)."""
+    folder = work / "ketamine_dti_wf" / f"sub_{subject}_wf"
+    atlas = nib.load(folder / "template_rois" / "atlas_template.nii.gz")
+    at = tuple(np.argwhere(np.rint(np.asanyarray(atlas.dataobj)) > 0).T)
+    dwi_voxel = np.linalg.norm(sessions[0]["dwi_affine"][:3, :3], axis=0)
+    shares = {}
+    for name in ("gm", "csf"):
+        posterior = nib.load(folder / "anat_wf" / "segment_tissues" / f"tissue_{name}_probseg.nii")
+        if not np.allclose(posterior.affine, atlas.affine, atol=1e-3):
+            raise ValueError("the posteriors are not on the subject template's grid")
+        share = containing_voxel_fraction(
+            np.asanyarray(posterior.dataobj, np.float32),
+            posterior.header.get_zooms()[:3],
+            dwi_voxel,
+        )
+        shares[name] = share[at].astype(np.float32)
+    return [{**session, **shares} for session in sessions]
 
 
 def truth_at_points(bids: Path, subject: str, session: str, voxel: np.ndarray) -> np.ndarray:
@@ -101,36 +109,42 @@ def truth_at_points(bids: Path, subject: str, session: str, voxel: np.ndarray) -
     return np.where(voxel >= 0, flat[np.where(voxel >= 0, voxel, 0)], np.nan)
 
 
-def measure(bids: Path, work: Path, shares: str, rule: GrayMatterRule) -> pd.DataFrame:
-    """One row per participant, session and ROI: the App's md_mean under ``rule``, the truth
-    over the same points, the points kept and the ROI's status."""
-    rows = []
+def measure(bids: Path, work: Path) -> dict[tuple[str, float, float], pd.DataFrame]:
+    """Per variant, one row per participant, session and ROI: the App's md_mean under that
+    rule, the truth over the same points, the points kept and the ROI's status. Each
+    participant's samples and truth are read once for all variants."""
+    rows: dict[tuple[str, float, float], list[dict]] = {variant: [] for variant in VARIANTS}
     subjects = sorted(p.name[4:-3] for p in (work / "ketamine_dti_wf").glob("sub_*_wf"))
     for subject in subjects:
-        samples = load_samples(work, subject, shares)
-        tables, kept = longitudinal_statistics(samples, RetentionRule(), ROI_NAMES, rule=rule)
-        for session, table, sample, used in zip(SESSIONS, tables, samples, kept, strict=True):
-            truth = truth_at_points(bids, subject, session, sample["voxel"])
-            nan = float("nan")
-            for _, row in table.iterrows():
-                points = used & (sample["label"] == ROI_NAMES.index(row["roi"]) + 1)
-                rows.append(
-                    {
-                        "participant_id": f"sub-{subject}",
-                        "session_id": f"ses-{session}",
-                        "roi": row["roi"],
-                        "status": row["status"],
-                        "md_mean": row["md_mean"],
-                        "truth_points": float(np.nanmean(truth[points])) if points.any() else nan,
-                        "n_points": int(points.sum()),
-                    }
-                )
-    return pd.DataFrame(rows)
-
-
-def relative_change(frame: pd.DataFrame, column: str) -> pd.Series:
-    wide = frame.pivot_table(index=["participant_id", "roi"], columns="session_id", values=column)
-    return (wide[f"ses-{SESSIONS[1]}"] / wide[f"ses-{SESSIONS[0]}"] - 1.0).dropna()
+        hard = load_samples(work, subject)
+        samples = {"hard": hard, "soft": with_soft_shares(work, subject, hard)}
+        truths = [
+            truth_at_points(bids, subject, session, sample["voxel"])
+            for session, sample in zip(SESSIONS, samples["hard"], strict=True)
+        ]
+        for variant in VARIANTS:
+            shares, gm_min, csf_max = variant
+            rule = GrayMatterRule(gm_prob_min=gm_min, csf_prob_max=csf_max)
+            tables, kept = longitudinal_statistics(
+                samples[shares], RetentionRule(), ROI_NAMES, rule=rule
+            )
+            labels = samples[shares][0]["label"]
+            for session, table, truth, used in zip(SESSIONS, tables, truths, kept, strict=True):
+                for _, row in table.iterrows():
+                    points = used & (labels == ROI_NAMES.index(row["roi"]) + 1)
+                    mean = float(np.nanmean(truth[points])) if points.any() else float("nan")
+                    rows[variant].append(
+                        {
+                            "participant_id": f"sub-{subject}",
+                            "session_id": f"ses-{session}",
+                            "roi": row["roi"],
+                            "status": row["status"],
+                            "md_mean": row["md_mean"],
+                            "truth_points": mean,
+                            "n_points": int(points.sum()),
+                        }
+                    )
+    return {variant: pd.DataFrame(frame) for variant, frame in rows.items()}
 
 
 def score(frame: pd.DataFrame, truth: pd.DataFrame) -> dict:
@@ -139,9 +153,12 @@ def score(frame: pd.DataFrame, truth: pd.DataFrame) -> dict:
     error = (measured.md_mean / measured.md_true - 1).abs()
     changes = pd.concat(
         {
-            "app": relative_change(measured, "md_mean"),
-            "points": relative_change(measured, "truth_points"),
-            "region": relative_change(measured, "md_true"),
+            name: delta(measured, column)["relative_delta"]
+            for name, column in (
+                ("app", "md_mean"),
+                ("points", "truth_points"),
+                ("region", "md_true"),
+            )
         },
         axis=1,
     ).dropna()
@@ -176,22 +193,14 @@ def main(argv: list[str] | None = None) -> int:
     bids, work = args.root / f"{scenario}_bids", args.root / f"{args.label}_work"
     truth = pd.read_csv(bids / "sourcedata/ground_truth/roi_md.tsv", sep="\t")
     results = {}
-    published = pd.concat(
-        [
-            pd.read_csv(path, sep="\t").assign(
-                participant_id=path.name.split("_")[0], session_id=path.name.split("_")[1]
-            )
-            for path in sorted(
-                (args.root / f"{args.label}_out").glob("sub-*/ses-*/dwi/*_desc-roi_md.tsv")
-            )
-        ]
-    )
-    for shares, gm_min, csf_max in VARIANTS:
+    frames = measure(bids, work)
+    subjects = sorted({row.removeprefix("sub-") for row in frames[VARIANTS[0]].participant_id})
+    published = roi_tables(args.root / f"{args.label}_out", subjects)
+    for variant, frame in frames.items():
+        shares, gm_min, csf_max = variant
         name = f"{shares}: gm>={gm_min:g}, csf<={csf_max:g}"
-        rule = GrayMatterRule(gm_prob_min=gm_min, csf_prob_max=csf_max)
-        frame = measure(bids, work, shares, rule)
         results[name] = score(frame, truth)
-        if (shares, gm_min, csf_max) == VARIANTS[0]:  # the App's rule: its published means
+        if variant == VARIANTS[0]:  # the App's rule: its published means
             both = frame.merge(published, on=["participant_id", "session_id", "roi"])
             both = both[both.status_x == "ok"]
             gap = float((both.md_mean_x / both.md_mean_y - 1).abs().max())

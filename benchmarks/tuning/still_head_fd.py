@@ -5,9 +5,9 @@ Why: the slow slab test (session 44) found the App reading a mean FD of 0.72 / 0
 participant whose true FD is 0.39 / 0.42 mm, while on ``bench_motion``'s slab seeds, which move
 0.63-0.83 mm, it agrees within 0.09 mm. This measures the floor: each seed's head and pose
 imaged still (``simulate_benchmark_session(still=True)``: no motion, no eddy currents, no
-realism items), first noiseless, then with Rician noise at the level of that seed's ordinary
-session (its ``sigma``), through the App's motion correction (one thread). Whatever FD it reports
-is the estimate's own.
+realism items), first noiseless, then with Rician noise at the preset's SNR (defined as for
+every simulated session: mean white-matter b0 / sigma), through the App's motion correction
+(one thread). Whatever FD it reports is the estimate's own.
 
 Usage::
 
@@ -29,25 +29,23 @@ from bench_motion import SIMULATED_PE_AXIS  # noqa: E402
 
 from ketamine_dti.dwi import gradients, motion  # noqa: E402
 from ketamine_dti.dwi.motion import FD_OUTLIER_MM  # noqa: E402
+from ketamine_dti.simulate import signal  # noqa: E402
+from ketamine_dti.simulate.presets import PRESETS  # noqa: E402
 from ketamine_dti.simulate.session import simulate_benchmark_session  # noqa: E402
 from ketamine_dti.threads import limit_threads  # noqa: E402
 
 
-def rician(clean: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """Magnitude of the clean signal plus complex Gaussian noise of SD ``sigma`` per channel."""
-    real = clean + rng.normal(0.0, sigma, clean.shape)
-    return np.hypot(real, rng.normal(0.0, sigma, clean.shape)).astype(np.float32)
-
-
 def still_fd(preset: str, seed: int) -> dict:
-    """The App's FD on one still head, noiseless and at its session's noise level."""
-    sigma = simulate_benchmark_session(preset, seed=seed).sigma
+    """The App's FD on one still head, noiseless and at the preset's SNR."""
     still = simulate_benchmark_session(preset, seed=seed, still=True)
+    # the preset's SNR, defined as a session's is (mean white-matter b0 / sigma)
+    sigma = signal.snr_sigma(
+        still.clean[..., 0], still.fractions["wm"], PRESETS[preset].default_snr
+    )
     gtab = gradients.GradientTable(bvals=still.bvals, bvecs=still.bvecs)
     zooms = tuple(np.linalg.norm(still.affine[:3, :3], axis=0))
-    clean = still.data.astype(np.float64)
-    series = {"noiseless": clean.astype(np.float32)}
-    series["noisy"] = rician(clean, sigma, np.random.default_rng([seed, 44]))
+    noisy = signal.add_rician_noise(still.data, sigma, np.random.default_rng([seed, 44]))
+    series = {"noiseless": still.data, "noisy": noisy}
     row = {"preset": preset, "seed": seed, "sigma": float(sigma)}
     for name, data in series.items():
         with limit_threads(1):
