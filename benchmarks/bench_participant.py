@@ -452,7 +452,10 @@ OTHER_COLUMNS = tuple(column for column in (ALTERNATIVE, FREE_WATER) if column !
 
 
 def delta(table: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Per participant and ROI: both sessions' ``column``, their change and relative change
+    (rows missing a session dropped; a session absent from the whole table leaves none)."""
     wide = table.pivot_table(index=["participant_id", "roi"], columns="session_id", values=column)
+    wide = wide.reindex(columns=[f"ses-{session}" for session in SESSIONS])
     wide["delta"] = wide[f"ses-{SESSIONS[1]}"] - wide[f"ses-{SESSIONS[0]}"]
     wide["relative_delta"] = wide["delta"] / wide[f"ses-{SESSIONS[0]}"]
     return wide.dropna()
@@ -816,6 +819,17 @@ def truth_comparison(merged: pd.DataFrame, measured: str, truth: str) -> dict:
     }
 
 
+def merged_truths(
+    bids_dir: Path, out: Path, table: pd.DataFrame, subjects: list[str], work: Path | None
+) -> pd.DataFrame:
+    """The ROI table with the truth over the true region (roi_md.tsv) and, where the truth maps
+    exist, the truths over the App's own voxels and points (``own_voxel_truth``) beside it."""
+    truth = pd.read_csv(bids_dir / "sourcedata/ground_truth/roi_md.tsv", sep="\t")
+    merged = table.merge(truth, on=["participant_id", "session_id", "roi"])
+    own = own_voxel_truth(bids_dir, out, subjects, work)
+    return merged.merge(own, on=["participant_id", "session_id", "roi"], how="left")
+
+
 def two_truths(
     bids_dir: Path,
     out: Path,
@@ -828,13 +842,10 @@ def two_truths(
     truth over its own kept voxels (``own_voxel_truth``), with the same figures for both; with
     the run's ``work`` folder, also against the truth over its own points, weighted as
     md_mean weights them (``truth_over_app_points``)."""
-    truth = pd.read_csv(bids_dir / "sourcedata/ground_truth/roi_md.tsv", sep="\t")
-    merged = table.merge(truth, on=["participant_id", "session_id", "roi"])
+    merged = merged_truths(bids_dir, out, table, subjects, work)
     result = {"truth_over_true_region": truth_comparison(merged, column, "md_true")}
-    own = own_voxel_truth(bids_dir, out, subjects, work)
-    if own.empty:
+    if merged.md_true_own.isna().all():
         return result
-    merged = merged.merge(own, on=["participant_id", "session_id", "roi"])
     if merged.md_true_points.notna().any():
         result["truth_over_app_points"] = truth_comparison(merged, column, "md_true_points") | {
             "weighting": APP_POINT_WEIGHTING
@@ -862,6 +873,88 @@ def two_truths(
             "today_vs_true_region": truth_comparison(merged, "md_map_voxel_mean", "md_true"),
         }
     return result
+
+
+def group_level_participants(out: Path, subjects: list[str]) -> dict[str, str]:
+    """Per participant, the first failed session's QC reasons when the group level leaves the
+    participant out by default (``group.inputs.qc_exclusions``' rule: any session's verdict is
+    fail), else ""; read with the group level's own reader."""
+    from ketamine_dti.derivatives import spec_path
+    from ketamine_dti.group.inputs import read_qc_verdict
+    from ketamine_dti.qc import FAIL
+
+    reasons = {}
+    for subject in subjects:
+        verdicts = [read_qc_verdict(spec_path(out, "qc_table", subject, s)) for s in SESSIONS]
+        failed = [found[1] for found in verdicts if found and found[0] == FAIL]
+        reasons[f"sub-{subject}"] = failed[0] if failed else ""
+    return reasons
+
+
+#: Per-session QC metrics set beside each participant's measurement miss: the motion ones.
+MISS_QC: tuple[str, ...] = ("mean_fd", "outlier_fraction")
+
+
+def participant_misses(out: Path, merged: pd.DataFrame, column: str = MEASURED) -> dict:
+    """Per participant, the RMS over ROIs of the App's dMD/MD minus the truth's over its own
+    points (``measurement``: what noise, motion and correction add) and of the truth over its
+    points minus the true region's (``voxel_choice``: what averaging the atlas's voxels instead
+    of the true region costs), with the sessions' motion QC (mean and max over sessions), and
+    the Spearman correlation of the measurement miss with each QC metric over participants.
+    Empty without the truth over the App's points (no work folder)."""
+    if "md_true_points" not in merged or merged.md_true_points.isna().all():
+        return {}
+    change = pd.concat(
+        {name: delta(merged, name)["relative_delta"] for name in (column, "md_true_points",
+                                                                   "md_true")},
+        axis=1,
+    ).dropna()  # fmt: skip
+    squares = pd.DataFrame(
+        {
+            "measurement": (change[column] - change.md_true_points) ** 2,
+            "voxel_choice": (change.md_true_points - change.md_true) ** 2,
+        }
+    )
+    rms = np.sqrt(squares.groupby(level="participant_id").mean())
+    rows = {}
+    for pid, figures in rms.iterrows():
+        subject = str(pid).removeprefix("sub-")
+        qc = [
+            pd.read_csv(path, sep="\t").iloc[0]
+            for session in SESSIONS
+            if (path := dwi_derivative(out, subject, session, "desc-qc_metrics.tsv")).exists()
+        ]
+        rows[pid] = figures.to_dict() | {
+            f"{stat}_{metric}": float(reduce([row[metric] for row in qc]))
+            for metric in MISS_QC
+            for stat, reduce in (("mean", np.mean), ("max", np.max))
+            if qc and all(metric in row for row in qc)
+        }
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    rank_r = {
+        key: float(frame.measurement.corr(frame[key], method="spearman"))
+        for key in frame.columns
+        if key not in squares.columns and frame[key].nunique() > 1
+    }
+    return {"per_participant": rows, "spearman_measurement_miss_vs": rank_r}
+
+
+def qc_kept_and_misses(
+    bids_dir: Path, out: Path, table: pd.DataFrame, subjects: list[str], work: Path | None
+) -> dict:
+    """``qc_exclusions`` (``group_level_participants``), ``group_level_kept``: ``two_truths``
+    over the participants the group level keeps (when it leaves some out), and
+    ``participant_misses``."""
+    reasons = group_level_participants(out, subjects)
+    result: dict = {"qc_exclusions": reasons}
+    kept = [pid for pid, why in reasons.items() if not why]
+    if kept and len(kept) < len(reasons):
+        result["group_level_kept"] = two_truths(
+            bids_dir, out, table[table.participant_id.isin(kept)],
+            [pid.removeprefix("sub-") for pid in kept], work=work,
+        )  # fmt: skip
+    merged = merged_truths(bids_dir, out, table, subjects, work)
+    return result | {"participant_misses": participant_misses(out, merged)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1001,6 +1094,7 @@ def main(argv: list[str] | None = None) -> int:
                 entry["roi_vs_true_region"] = roi_dice(bids_dir, out, subjects)
                 entry["session_qc"] = session_qc(out, subjects)
                 entry |= two_truths(bids_dir, out, table, subjects, work=work)
+                entry |= qc_kept_and_misses(bids_dir, out, table, subjects, work)
                 for other in OTHER_COLUMNS:  # the other summaries, measured the same way
                     if other in table and scenario != "csf_shift":
                         entry[other] = analyse(bids_dir, table, other) | two_truths(
@@ -1285,6 +1379,63 @@ def two_truths_markdown(results: dict) -> list[str]:
             ]
             lines.append(f"| {roi} | " + " | ".join(slope_cells + error_cells) + " |")
         lines += old_selection_markdown(label, entry.get("old_selection"))
+        lines += qc_kept_markdown(label, entry, labels)
+        lines += misses_markdown(label, entry.get("participant_misses"))
+    return lines
+
+
+def qc_kept_markdown(label: str, entry: dict, labels: dict[str, str]) -> list[str]:
+    """The App against the truths over the participants the group level keeps by default."""
+    kept = entry.get("group_level_kept")
+    if not kept:
+        return []
+    left_out = {pid: why for pid, why in entry["qc_exclusions"].items() if why}
+    lines = [
+        "",
+        f"{label}: over the {len(entry['qc_exclusions']) - len(left_out)} participants the "
+        "group level keeps by default (it leaves out "
+        + "; ".join(f"{pid}: {why}" for pid, why in left_out.items())
+        + ")",
+        "",
+        "| truth | median abs MD error | slope pooled | r | pairs |",
+        "|---|---|---|---|---|",
+    ]
+    for key, text in labels.items():
+        if key in kept:
+            figures = kept[key]
+            lines.append(
+                f"| {text} | {figures['median_abs_rel_error']:.2%} | "
+                f"{plus_minus(figures, 'slope_dmd', '.3f')} | "
+                f"{figures['relative_dmd_correlation']:.3f} | {figures['n_pairs']} |"
+            )
+    return lines
+
+
+def misses_markdown(label: str, misses: dict | None) -> list[str]:
+    """Per participant: the RMS misses of dMD/MD and the motion QC beside them."""
+    if not misses:
+        return []
+    rows = misses["per_participant"]
+    qc_keys = [
+        key for key in next(iter(rows.values())) if key not in ("measurement", "voxel_choice")
+    ]
+    rank = misses["spearman_measurement_miss_vs"]
+    lines = [
+        "",
+        f"{label}: per participant, RMS over ROIs of the App's dMD/MD minus the truth over its "
+        "points (measurement) and of that truth minus the true region's (voxel choice); the "
+        "sessions' motion QC beside them. Spearman r of the measurement miss with "
+        + ", ".join(f"{key} {value:.2f}" for key, value in rank.items()),
+        "",
+        "| participant | measurement | voxel choice | " + " | ".join(qc_keys) + " |",
+        "|---|---|---|" + "---|" * len(qc_keys),
+    ]
+    for pid, figures in rows.items():
+        lines.append(
+            f"| {pid} | {figures['measurement']:.2%} | {figures['voxel_choice']:.2%} | "
+            + " | ".join(f"{figures[key]:.3g}" for key in qc_keys)
+            + " |"
+        )
     return lines
 
 

@@ -99,14 +99,13 @@ def test_own_voxel_truth_separates_the_measurement_from_the_atlas(tmp_path, benc
         assert f"| {roi} |" in text
 
 
-def test_the_truth_over_the_apps_points_weights_voxels_as_md_mean_does(tmp_path, bench):
-    """md_mean averages subject-template points, 1 to 8 per voxel, and one point per ROI
-    failed its gray-matter rule: against the truth read at the same points (from the run's
-    sample_rois step) a measurement 1% high that tracks the truth exactly scores 1% and slope
-    1, while the plain voxel mean of the truth is another quantity (more than 1% off)."""
-    rng = np.random.default_rng(2)
+def _points_trial(tmp_path, bench, subjects, rng, error=None):
+    """A synthetic finished run with the work folder's ROI samples: md_mean averages
+    subject-template points, 1 to 8 per voxel, and one point per ROI fails its gray-matter
+    rule. Each session's MD map is the truth 1% high, times ``1 + error[(subject, session)]``
+    when given. Returns (bids, out, work, ROI table)."""
     bids, out, work = tmp_path / "bids", tmp_path / "out", tmp_path / "work"
-    subjects, shape = ["001", "002", "003"], (8, 8, 8)
+    shape = (8, 8, 8)
     labels = np.zeros(shape, dtype=np.int16)
     for index in range(1, len(ROI_NAMES) + 1):
         labels[index - 1, :4, :4] = index
@@ -123,7 +122,8 @@ def test_the_truth_over_the_apps_points_weights_voxels_as_md_mean_does(tmp_path,
         truth = rng.uniform(0.7e-3, 1.0e-3, shape)
         truth_file = bids / f"sourcedata/ground_truth/{stem}_space-dwi_desc-truth_md.nii.gz"
         _save(truth.astype(np.float32), truth_file)
-        measured = (truth * 1.01).astype(np.float32)
+        scale = 1.01 * (1 + (error or {}).get((subject, session), 0.0))
+        measured = (truth * scale).astype(np.float32)
         _save(measured, spec_path(out, "md", subject, session))
         _save(labels, spec_path(out, "atlas_gm", subject, session, atlas=ATLAS))
         step = work / f"ketamine_dti_wf/sub_{subject}_wf/ses_{session}_wf/sample_rois"
@@ -143,12 +143,20 @@ def test_the_truth_over_the_apps_points_weights_voxels_as_md_mean_does(tmp_path,
             keys = {"participant_id": f"sub-{subject}", "session_id": f"ses-{session}", "roi": roi}
             chosen = point_voxel[kept & (point_label == index)]
             table_rows.append(keys | {"md_mean": float(measured.ravel()[chosen].mean())})
-            truth_rows.append(keys | {"md_true": 0.85e-3})
+            truth_rows.append(keys | {"md_true": rng.uniform(0.8e-3, 0.9e-3)})
     pd.DataFrame(truth_rows).to_csv(
         bids / "sourcedata/ground_truth/roi_md.tsv", sep="\t", index=False
     )
+    return bids, out, work, pd.DataFrame(table_rows)
 
-    result = bench.two_truths(bids, out, pd.DataFrame(table_rows), subjects, "md_mean", work)
+
+def test_the_truth_over_the_apps_points_weights_voxels_as_md_mean_does(tmp_path, bench):
+    """Against the truth read at md_mean's own points (from the run's sample_rois step) a
+    measurement 1% high that tracks the truth exactly scores 1% and slope 1, while the plain
+    voxel mean of the truth is another quantity (more than 1% off)."""
+    subjects = ["001", "002", "003"]
+    bids, out, work, table = _points_trial(tmp_path, bench, subjects, np.random.default_rng(2))
+    result = bench.two_truths(bids, out, table, subjects, "md_mean", work)
     points, voxel_mean = result["truth_over_app_points"], result["truth_over_app_voxels"]
     assert points["median_abs_rel_error"] == pytest.approx(0.01, abs=1e-5)
     assert points["slope_dmd"] == pytest.approx(1.0, abs=1e-4)
@@ -157,9 +165,56 @@ def test_the_truth_over_the_apps_points_weights_voxels_as_md_mean_does(tmp_path,
     text = "\n".join(bench.two_truths_markdown({"null_longitudinal": result}))
     assert "truth over the App's points" in text
     # without the work folder (an older run): the voxel truths alone
-    assert "truth_over_app_points" not in bench.two_truths(
-        bids, out, pd.DataFrame(table_rows), subjects, "md_mean"
+    assert "truth_over_app_points" not in bench.two_truths(bids, out, table, subjects, "md_mean")
+
+
+def _qc_table(out: Path, subject: str, session: str, verdict: str, mean_fd: float) -> None:
+    path = spec_path(out, "qc_table", subject, session)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    reasons = "n/a" if verdict == "pass" else "mean_fd 1.2 above 1 (head motion)"
+    pd.DataFrame(
+        [{"mean_fd": mean_fd, "outlier_fraction": mean_fd / 2, "qc_verdict": verdict,
+          "qc_reasons": reasons}]
+    ).to_csv(path, sep="\t", index=False)  # fmt: skip
+
+
+def test_the_group_levels_participants_and_the_misses_follow_the_qc_tables(tmp_path, bench):
+    """sub-003's follow-up failed QC and its measurement is 3% off there; sub-002's is 1% off:
+    the group level's participants (its own rule) leave sub-003 out, over the others r is that
+    of a smaller error, and per participant the measurement miss ranks with the motion QC
+    while the voxel choice does not enter it."""
+    subjects = ["001", "002", "003", "004"]
+    error = {("002", bench.SESSIONS[1]): 0.01, ("003", bench.SESSIONS[1]): 0.03}
+    bids, out, work, table = _points_trial(
+        tmp_path, bench, subjects, np.random.default_rng(5), error
     )
+    fd = {"001": 0.2, "002": 0.4, "003": 1.2, "004": 0.3}
+    for subject, session in itertools.product(subjects, bench.SESSIONS):
+        failed = subject == "003" and session == bench.SESSIONS[1]
+        _qc_table(out, subject, session, "fail" if failed else "pass", fd[subject])
+
+    found = bench.qc_kept_and_misses(bids, out, table, subjects, work)
+    assert found["qc_exclusions"]["sub-003"].startswith("mean_fd 1.2")
+    assert {pid for pid, why in found["qc_exclusions"].items() if not why} == {
+        "sub-001", "sub-002", "sub-004"
+    }  # fmt: skip
+    kept = found["group_level_kept"]["truth_over_app_points"]
+    everyone = bench.two_truths(bids, out, table, subjects, "md_mean", work)
+    assert kept["n_pairs"] == 3 * len(ROI_NAMES)
+    assert (
+        kept["relative_dmd_correlation"]
+        > everyone["truth_over_app_points"]["relative_dmd_correlation"]
+    )
+    misses = found["participant_misses"]["per_participant"]
+    assert misses["sub-001"]["measurement"] < 1e-5  # 1% high in both sessions: no dMD miss
+    assert misses["sub-002"]["measurement"] == pytest.approx(0.01, rel=0.1)  # x T24/T0
+    assert misses["sub-003"]["measurement"] == pytest.approx(0.03, rel=0.1)
+    assert misses["sub-003"]["max_mean_fd"] == pytest.approx(1.2)
+    rank = found["participant_misses"]["spearman_measurement_miss_vs"]
+    assert rank["mean_mean_fd"] == pytest.approx(1.0)
+    text = "\n".join(bench.two_truths_markdown({"paper_longitudinal": everyone | found}))
+    assert "group level keeps by default (it leaves out sub-003: mean_fd 1.2" in text
+    assert "| sub-003 | 3.0" in text
 
 
 def test_two_truths_keeps_the_region_truth_when_no_truth_map_was_written(tmp_path, bench):
