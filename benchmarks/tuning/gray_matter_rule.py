@@ -15,6 +15,12 @@ share, DWI voxel, MD) under stricter rules, and scores each against the truth:
 - the noiseless truth over the same points (``desc-truth_md``): the ceiling of that rule;
 - points kept per ROI and session, and ROIs the retention rule would report missing.
 
+A rule may also leave out the points whose DWI voxel the susceptibility correction stretched
+or compressed by more than a factor exp(t) in either session (|ln J| > t, the sampled Jacobian
+intensity factor; session 45): a compressed voxel holds signal from a larger, mixed piece of
+tissue, and the head's position, hence the compression, changes between sessions. The point
+set stays one for both sessions and never depends on MD.
+
 Nothing is re-run: the maps are the App's. Training seeds only choose a rule.
 
 Usage::
@@ -49,22 +55,48 @@ from ketamine_dti.rois import (  # noqa: E402
 )
 from ketamine_dti.simulate.clinical import SESSIONS  # noqa: E402
 
-#: (shares, gm_prob_min, csf_prob_max): the App's rule first, then stricter CSF, then stricter
-#: GM. ``hard``: the App's shares (the segmentation's hard labels averaged over the DWI
-#: voxel's footprint); ``soft``: the same average of Atropos' posterior probabilities, which
-#: keep some of the CSF that a voxel labelled GM holds.
-VARIANTS: tuple[tuple[str, float, float], ...] = (
-    ("hard", GM_PROB_MIN, CSF_PROB_MAX),
-    ("hard", GM_PROB_MIN, 0.02),
-    ("hard", GM_PROB_MIN, 0.01),
-    ("hard", GM_PROB_MIN, 0.0),
-    ("hard", 0.6, CSF_PROB_MAX),
-    ("hard", 0.7, CSF_PROB_MAX),
-    ("hard", 0.7, 0.01),
-    ("soft", GM_PROB_MIN, CSF_PROB_MAX),
-    ("soft", GM_PROB_MIN, 0.1),
-    ("soft", 0.6, 0.05),
+#: (shares, gm_prob_min, csf_prob_max, max |ln J| or None): the App's rule first, then
+#: stricter CSF, then stricter GM, then the App's rule without the most distorted points.
+#: ``hard``: the App's shares (the segmentation's hard labels averaged over the DWI voxel's
+#: footprint); ``soft``: the same average of Atropos' posterior probabilities, which keep some
+#: of the CSF that a voxel labelled GM holds.
+VARIANTS: tuple[tuple[str, float, float, float | None], ...] = (
+    ("hard", GM_PROB_MIN, CSF_PROB_MAX, None),
+    ("hard", GM_PROB_MIN, 0.02, None),
+    ("hard", GM_PROB_MIN, 0.01, None),
+    ("hard", GM_PROB_MIN, 0.0, None),
+    ("hard", 0.6, CSF_PROB_MAX, None),
+    ("hard", 0.7, CSF_PROB_MAX, None),
+    ("hard", 0.7, 0.01, None),
+    ("soft", GM_PROB_MIN, CSF_PROB_MAX, None),
+    ("soft", GM_PROB_MIN, 0.1, None),
+    ("soft", 0.6, 0.05, None),
+    ("hard", GM_PROB_MIN, CSF_PROB_MAX, 0.2),
+    ("hard", GM_PROB_MIN, CSF_PROB_MAX, 0.1),
+    ("hard", GM_PROB_MIN, CSF_PROB_MAX, 0.05),
 )
+
+
+def variant_name(variant: tuple[str, float, float, float | None]) -> str:
+    """How results files name a rule (session 44's names for the rules without ``max |ln J|``)."""
+    shares, gm_min, csf_max, max_log_jacobian = variant
+    name = f"{shares}: gm>={gm_min:g}, csf<={csf_max:g}"
+    return name if max_log_jacobian is None else f"{name}, |ln J|<={max_log_jacobian:g}"
+
+
+def without_distorted(
+    sessions: list[dict[str, np.ndarray]], max_log_jacobian: float | None
+) -> list[dict[str, np.ndarray]]:
+    """The samples with the points whose voxel's |ln J| exceeds ``max_log_jacobian`` (or has no
+    Jacobian) taken out of ``in_brain`` in every session; unchanged for None."""
+    if max_log_jacobian is None:
+        return sessions
+    distorted = np.zeros(sessions[0]["label"].shape, bool)
+    for session in sessions:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_jacobian = np.abs(np.log(session["jacobian"]))
+        distorted |= ~(log_jacobian <= max_log_jacobian)  # NaN counts as distorted
+    return [{**session, "in_brain": session["in_brain"] & ~distorted} for session in sessions]
 
 
 def load_samples(work: Path, subject: str) -> list[dict[str, np.ndarray]]:
@@ -109,11 +141,11 @@ def truth_at_points(bids: Path, subject: str, session: str, voxel: np.ndarray) -
     return np.where(voxel >= 0, flat[np.where(voxel >= 0, voxel, 0)], np.nan)
 
 
-def measure(bids: Path, work: Path) -> dict[tuple[str, float, float], pd.DataFrame]:
+def measure(bids: Path, work: Path) -> dict[tuple, pd.DataFrame]:
     """Per variant, one row per participant, session and ROI: the App's md_mean under that
     rule, the truth over the same points, the points kept and the ROI's status. Each
     participant's samples and truth are read once for all variants."""
-    rows: dict[tuple[str, float, float], list[dict]] = {variant: [] for variant in VARIANTS}
+    rows: dict[tuple, list[dict]] = {variant: [] for variant in VARIANTS}
     subjects = sorted(p.name[4:-3] for p in (work / "ketamine_dti_wf").glob("sub_*_wf"))
     for subject in subjects:
         hard = load_samples(work, subject)
@@ -123,12 +155,11 @@ def measure(bids: Path, work: Path) -> dict[tuple[str, float, float], pd.DataFra
             for session, sample in zip(SESSIONS, samples["hard"], strict=True)
         ]
         for variant in VARIANTS:
-            shares, gm_min, csf_max = variant
+            shares, gm_min, csf_max, max_log_jacobian = variant
             rule = GrayMatterRule(gm_prob_min=gm_min, csf_prob_max=csf_max)
-            tables, kept = longitudinal_statistics(
-                samples[shares], RetentionRule(), ROI_NAMES, rule=rule
-            )
-            labels = samples[shares][0]["label"]
+            chosen = without_distorted(samples[shares], max_log_jacobian)
+            tables, kept = longitudinal_statistics(chosen, RetentionRule(), ROI_NAMES, rule=rule)
+            labels = chosen[0]["label"]
             for session, table, truth, used in zip(SESSIONS, tables, truths, kept, strict=True):
                 for _, row in table.iterrows():
                     points = used & (labels == ROI_NAMES.index(row["roi"]) + 1)
@@ -197,8 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     subjects = sorted({row.removeprefix("sub-") for row in frames[VARIANTS[0]].participant_id})
     published = roi_tables(args.root / f"{args.label}_out", subjects)
     for variant, frame in frames.items():
-        shares, gm_min, csf_max = variant
-        name = f"{shares}: gm>={gm_min:g}, csf<={csf_max:g}"
+        name = variant_name(variant)
         results[name] = score(frame, truth)
         if variant == VARIANTS[0]:  # the App's rule: its published means
             both = frame.merge(published, on=["participant_id", "session_id", "roi"])
