@@ -35,7 +35,11 @@ directory). Then:
   voxels the App kept (``atlas_gm``): its error is what the App's measurement adds (noise,
   motion and distortion correction, interpolation) to the tissue it actually averaged.
   "Truth over the App's points" is the same truth weighted as md_mean weights the voxels (by
-  their subject-template points, read from the run's work folder): the like-for-like one.
+  their subject-template points, read from the run's work folder): the like-for-like one;
+- every scenario, the same figures over the participants the group level keeps by default
+  (none of whose sessions failed QC), and per participant the RMS miss of dMD/MD split into
+  measurement (the App against the truth over its points) and voxel choice (that truth against
+  the true region's), beside the sessions' motion QC (``participant_misses``).
 
 Results go to OUT_DIR/bench_participant.json and .md. Timings are noisy on a shared machine.
 """
