@@ -88,8 +88,9 @@ def without_distorted(
     sessions: list[dict[str, np.ndarray]], max_log_jacobian: float | None
 ) -> list[dict[str, np.ndarray]]:
     """The samples with the points whose voxel's |ln J| exceeds ``max_log_jacobian`` (or has no
-    Jacobian) taken out of ``in_brain`` in every session; unchanged for None."""
-    if max_log_jacobian is None:
+    Jacobian) taken out of ``in_brain`` in every session; unchanged for None, and for a run
+    without susceptibility correction (no ``jacobian`` sampled: nothing was stretched)."""
+    if max_log_jacobian is None or any("jacobian" not in session for session in sessions):
         return sessions
     distorted = np.zeros(sessions[0]["label"].shape, bool)
     for session in sessions:
