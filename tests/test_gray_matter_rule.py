@@ -1,0 +1,39 @@
+"""The gray-matter rule analysis (benchmarks/tuning/gray_matter_rule.py): its distortion rule
+leaves a point out of both sessions when either session stretched or compressed its voxel."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "tuning" / "gray_matter_rule.py"
+
+
+@pytest.fixture(scope="module")
+def rule():
+    spec = importlib.util.spec_from_file_location("gray_matter_rule", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_distorted_points_leave_both_sessions_and_nothing_else_changes(rule):
+    label = np.array([1, 1, 2, 2, 3], np.int16)
+    baseline = {"label": label, "in_brain": np.array([1, 1, 1, 1, 0], bool),
+                "jacobian": np.array([1.0, 1.3, 1.0, 1.0, 1.0])}  # fmt: skip
+    followup = {"label": label, "in_brain": np.ones(5, bool),
+                "jacobian": np.array([1.0, 1.0, 0.8, np.nan, 1.05])}  # fmt: skip
+    kept = rule.without_distorted([baseline, followup], 0.1)
+    # point 1 stretched at baseline, 2 compressed at follow-up, 3 without a Jacobian there;
+    # point 4 stays out of the brain at baseline only, as the App had it
+    assert kept[0]["in_brain"].tolist() == [True, False, False, False, False]
+    assert kept[1]["in_brain"].tolist() == [True, False, False, False, True]
+    assert kept[0]["jacobian"] is baseline["jacobian"]  # only in_brain is replaced
+    assert rule.without_distorted([baseline, followup], None)[1] is followup
+    without_sdc = [{k: v for k, v in s.items() if k != "jacobian"} for s in (baseline, followup)]
+    assert rule.without_distorted(without_sdc, 0.1) == without_sdc
+    assert rule.variant_name(("hard", 0.5, 0.05, 0.1)) == "hard: gm>=0.5, csf<=0.05, |ln J|<=0.1"
+    assert rule.variant_name(rule.VARIANTS[0]) == "hard: gm>=0.5, csf<=0.05"
