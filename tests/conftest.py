@@ -95,19 +95,21 @@ REALDATA = Path(
 )
 
 
-def _load_arrangement():
-    """``scripts/arrange_realdata.py`` as a module: the one definition of the real scan's
-    BIDS layout (subject label, which series each session holds)."""
+def load_script(relative: str):
+    """A repository script (``scripts/``, ``benchmarks/``: not a package) as a module, named
+    after its file, so tests call its functions."""
     import importlib.util
 
-    script = Path(__file__).parents[1] / "scripts" / "arrange_realdata.py"
-    spec = importlib.util.spec_from_file_location("arrange_realdata", script)
+    path = Path(__file__).parents[1] / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-REAL_SCAN_ARRANGEMENT = _load_arrangement()
+#: ``scripts/arrange_realdata.py``: the one definition of the real scan's BIDS layout (subject
+#: label, which series each session holds).
+REAL_SCAN_ARRANGEMENT = load_script("scripts/arrange_realdata.py")
 
 
 def arrange_real_scan(out: Path) -> Path:

@@ -8,7 +8,6 @@ synthetic output tree: nothing is simulated or run here.
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 from pathlib import Path
 
@@ -16,20 +15,16 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import load_script
 
 from ketamine_dti.derivatives import spec_path
 from ketamine_dti.resources import ATLAS
 from ketamine_dti.rois import ROI_NAMES
 
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_participant.py"
-
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_participant", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/bench_participant.py")
 
 
 def test_voxel_means_average_each_label_plainly_and_leave_absent_rois_nan(bench):

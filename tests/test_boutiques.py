@@ -1,6 +1,5 @@
 """The Boutiques descriptor shipped in bids_app/ matches the CLI it describes."""
 
-import importlib.util
 import json
 import os
 import shlex
@@ -8,17 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _generator():
-    spec = importlib.util.spec_from_file_location(
-        "make_boutiques", ROOT / "scripts/make_boutiques.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/make_boutiques.py")
 
 
 def test_descriptor_is_up_to_date():

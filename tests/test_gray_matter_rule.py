@@ -3,21 +3,14 @@ leaves a point out of both sessions when either session stretched or compressed 
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "tuning" / "gray_matter_rule.py"
+from conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def rule():
-    spec = importlib.util.spec_from_file_location("gray_matter_rule", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/tuning/gray_matter_rule.py")
 
 
 def test_distorted_points_leave_both_sessions_and_nothing_else_changes(rule):
