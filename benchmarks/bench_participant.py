@@ -846,7 +846,12 @@ def two_truths(
     truth over its own kept voxels (``own_voxel_truth``), with the same figures for both; with
     the run's ``work`` folder, also against the truth over its own points, weighted as
     md_mean weights them (``truth_over_app_points``)."""
-    merged = merged_truths(bids_dir, out, table, subjects, work)
+    return truth_figures(merged_truths(bids_dir, out, table, subjects, work), column)
+
+
+def truth_figures(merged: pd.DataFrame, column: str = MEASURED) -> dict:
+    """``two_truths``' figures from the ROI table already merged with the truths
+    (``merged_truths``), so one reading of the truth maps serves every column and subset."""
     result = {"truth_over_true_region": truth_comparison(merged, column, "md_true")}
     if merged.md_true_own.isna().all():
         return result
@@ -943,21 +948,15 @@ def participant_misses(out: Path, merged: pd.DataFrame, column: str = MEASURED) 
     return {"per_participant": rows, "spearman_measurement_miss_vs": rank_r}
 
 
-def qc_kept_and_misses(
-    bids_dir: Path, out: Path, table: pd.DataFrame, subjects: list[str], work: Path | None
-) -> dict:
-    """``qc_exclusions`` (``group_level_participants``), ``group_level_kept``: ``two_truths``
-    over the participants the group level keeps (when it leaves some out), and
-    ``participant_misses``."""
+def qc_kept_and_misses(out: Path, merged: pd.DataFrame, subjects: list[str]) -> dict:
+    """``qc_exclusions`` (``group_level_participants``), ``group_level_kept``: the truths'
+    figures over the participants the group level keeps (when it leaves some out), and
+    ``participant_misses``; ``merged`` is ``merged_truths``' table for ``subjects``."""
     reasons = group_level_participants(out, subjects)
     result: dict = {"qc_exclusions": reasons}
     kept = [pid for pid, why in reasons.items() if not why]
     if kept and len(kept) < len(reasons):
-        result["group_level_kept"] = two_truths(
-            bids_dir, out, table[table.participant_id.isin(kept)],
-            [pid.removeprefix("sub-") for pid in kept], work=work,
-        )  # fmt: skip
-    merged = merged_truths(bids_dir, out, table, subjects, work)
+        result["group_level_kept"] = truth_figures(merged[merged.participant_id.isin(kept)])
     return result | {"participant_misses": participant_misses(out, merged)}
 
 
@@ -1097,12 +1096,12 @@ def main(argv: list[str] | None = None) -> int:
                 entry |= {"column": MEASURED} | analyse(bids_dir, table)
                 entry["roi_vs_true_region"] = roi_dice(bids_dir, out, subjects)
                 entry["session_qc"] = session_qc(out, subjects)
-                entry |= two_truths(bids_dir, out, table, subjects, work=work)
-                entry |= qc_kept_and_misses(bids_dir, out, table, subjects, work)
+                merged = merged_truths(bids_dir, out, table, subjects, work)  # maps read once
+                entry |= truth_figures(merged) | qc_kept_and_misses(out, merged, subjects)
                 for other in OTHER_COLUMNS:  # the other summaries, measured the same way
                     if other in table and scenario != "csf_shift":
-                        entry[other] = analyse(bids_dir, table, other) | two_truths(
-                            bids_dir, out, table, subjects, other, work
+                        entry[other] = analyse(bids_dir, table, other) | truth_figures(
+                            merged, other
                         )
             results[label] = entry
             (out_dir / "bench_participant.json").write_text(json.dumps(results, indent=2))

@@ -188,7 +188,9 @@ def test_the_group_levels_participants_and_the_misses_follow_the_qc_tables(tmp_p
         failed = subject == "003" and session == bench.SESSIONS[1]
         _qc_table(out, subject, session, "fail" if failed else "pass", fd[subject])
 
-    found = bench.qc_kept_and_misses(bids, out, table, subjects, work)
+    found = bench.qc_kept_and_misses(
+        out, bench.merged_truths(bids, out, table, subjects, work), subjects
+    )
     assert found["qc_exclusions"]["sub-003"].startswith("mean_fd 1.2")
     assert {pid for pid, why in found["qc_exclusions"].items() if not why} == {
         "sub-001", "sub-002", "sub-004"
