@@ -30,3 +30,21 @@ def test_distorted_points_leave_both_sessions_and_nothing_else_changes(rule):
     assert rule.without_distorted(without_sdc, 0.1) == without_sdc
     assert rule.variant_name(("hard", 0.5, 0.05, 0.1)) == "hard: gm>=0.5, csf<=0.05, |ln J|<=0.1"
     assert rule.variant_name(rule.VARIANTS[0]) == "hard: gm>=0.5, csf<=0.05"
+
+
+def test_retest_scores_the_sessions_disagreement_and_the_rois_lost(rule):
+    import pandas as pd
+
+    rows = []
+    for session, md in (("ses-baseline", 1.00e-3), ("ses-24h", 1.02e-3)):
+        for roi in rule.ROI_NAMES:
+            lost = roi == "vacc" and session == "ses-24h"
+            rows.append({"session_id": session, "roi": roi, "md_mean": md, "n_points": 40,
+                         "status": "missing" if lost else "ok"})  # fmt: skip
+    scored = rule.score_retest(pd.DataFrame(rows))
+    assert scored["missing_roi_sessions"] == 1
+    assert scored["per_roi_disagreement"]["vacc"] is None
+    assert scored["per_roi_disagreement"]["ba10_left"] == pytest.approx(0.02 / 1.01)
+    assert scored["median_disagreement"] == pytest.approx(0.02 / 1.01)
+    nothing = rule.score_retest(pd.DataFrame(rows).assign(status="missing"))
+    assert nothing["median_disagreement"] is None and nothing["median_points"] == 0.0

@@ -23,11 +23,19 @@ set stays one for both sessions and never depends on MD.
 
 Nothing is re-run: the maps are the App's. Training seeds only choose a rule.
 
+A rule must also hold on real scans, where there is no truth. With ``--retest`` the work folder
+is that of the App run on a same-brain pair (``scripts/arrange_realdata.py``: the PA series as
+one session, the AP series as the other; its true MD change is zero), and each rule is scored by
+the two sessions' disagreement per ROI, |MD(AP) - MD(PA)| / their mean, and by the ROIs it
+loses.
+
 Usage::
 
     python benchmarks/tuning/gray_matter_rule.py ROOT [--label paper_longitudinal] [--out FILE]
+    python benchmarks/tuning/gray_matter_rule.py --retest WORK [--out FILE]
 
-ROOT is a ``bench_participant.py`` output folder (``<scenario>_bids``, ``<label>_work``).
+ROOT is a ``bench_participant.py`` output folder (``<scenario>_bids``, ``<label>_work``); WORK
+is a participant-level run's ``-w`` folder.
 """
 
 from __future__ import annotations
@@ -142,10 +150,10 @@ def truth_at_points(bids: Path, subject: str, session: str, voxel: np.ndarray) -
     return np.where(voxel >= 0, flat[np.where(voxel >= 0, voxel, 0)], np.nan)
 
 
-def measure(bids: Path, work: Path) -> dict[tuple, pd.DataFrame]:
+def measure(bids: Path | None, work: Path) -> dict[tuple, pd.DataFrame]:
     """Per variant, one row per participant, session and ROI: the App's md_mean under that
-    rule, the truth over the same points, the points kept and the ROI's status. Each
-    participant's samples and truth are read once for all variants."""
+    rule, the truth over the same points (NaN without a simulated ``bids``), the points kept and
+    the ROI's status. Each participant's samples and truth are read once for all variants."""
     rows: dict[tuple, list[dict]] = {variant: [] for variant in VARIANTS}
     subjects = sorted(p.name[4:-3] for p in (work / "ketamine_dti_wf").glob("sub_*_wf"))
     for subject in subjects:
@@ -153,6 +161,8 @@ def measure(bids: Path, work: Path) -> dict[tuple, pd.DataFrame]:
         samples = {"hard": hard, "soft": with_soft_shares(work, subject, hard)}
         truths = [
             truth_at_points(bids, subject, session, sample["voxel"])
+            if bids is not None
+            else np.full(sample["voxel"].shape, np.nan)
             for session, sample in zip(SESSIONS, samples["hard"], strict=True)
         ]
         for variant in VARIANTS:
@@ -164,7 +174,8 @@ def measure(bids: Path, work: Path) -> dict[tuple, pd.DataFrame]:
             for session, table, truth, used in zip(SESSIONS, tables, truths, kept, strict=True):
                 for _, row in table.iterrows():
                     points = used & (labels == ROI_NAMES.index(row["roi"]) + 1)
-                    mean = float(np.nanmean(truth[points])) if points.any() else float("nan")
+                    known = points & ~np.isnan(truth)
+                    mean = float(truth[known].mean()) if known.any() else float("nan")
                     rows[variant].append(
                         {
                             "participant_id": f"sub-{subject}",
@@ -215,12 +226,47 @@ def score(frame: pd.DataFrame, truth: pd.DataFrame) -> dict:
     }
 
 
+def score_retest(frame: pd.DataFrame) -> dict:
+    """A same-brain pair's figures for one rule: per ROI the sessions' disagreement
+    |MD(2) - MD(1)| / their mean (None where either session lost the ROI), its median and
+    maximum over the ROIs measured in both, the ROI-sessions lost and the median points."""
+    measured = frame[frame.status == "ok"]
+    means = measured.pivot_table(index="roi", columns="session_id", values="md_mean").reindex(
+        index=list(ROI_NAMES), columns=[f"ses-{session}" for session in SESSIONS]
+    )
+    first, second = (means[column] for column in means.columns)
+    disagreement = (second - first).abs() / ((second + first) / 2)
+    both = disagreement.dropna()
+    return {
+        "missing_roi_sessions": int((frame.status != "ok").sum()),
+        "median_points": float(measured.n_points.median()) if len(measured) else 0.0,
+        "median_disagreement": float(both.median()) if len(both) else None,
+        "max_disagreement": float(both.max()) if len(both) else None,
+        "per_roi_disagreement": {
+            roi: None if pd.isna(value) else float(value) for roi, value in disagreement.items()
+        },
+        "per_roi_points": measured.groupby(["roi", "session_id"]).n_points.first().unstack()
+        .to_dict(orient="index"),
+    }  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("root", type=Path)
+    parser.add_argument("root", type=Path, nargs="?")
     parser.add_argument("--label", default="paper_longitudinal")
+    parser.add_argument("--retest", type=Path, default=None, metavar="WORK")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    if (args.root is None) == (args.retest is None):
+        parser.error("give either ROOT (a simulated trial) or --retest WORK (a same-brain pair)")
+    if args.retest is not None:
+        results = {}
+        for variant, frame in measure(None, args.retest).items():
+            results[variant_name(variant)] = score_retest(frame)
+            print(json.dumps({variant_name(variant): results[variant_name(variant)]}), flush=True)
+        if args.out:
+            args.out.write_text(json.dumps(results, indent=2) + "\n")
+        return 0
     scenario = args.label.split("_")[0]
     bids, work = args.root / f"{scenario}_bids", args.root / f"{args.label}_work"
     truth = pd.read_csv(bids / "sourcedata/ground_truth/roi_md.tsv", sep="\t")
