@@ -48,3 +48,25 @@ def test_retest_scores_the_sessions_disagreement_and_the_rois_lost(rule):
     assert scored["median_disagreement"] == pytest.approx(0.02 / 1.01)
     nothing = rule.score_retest(pd.DataFrame(rows).assign(status="missing"))
     assert nothing["median_disagreement"] is None and nothing["median_points"] == 0.0
+
+
+def test_score_gives_the_slope_against_the_truth_over_the_points(rule):
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    rows, truth = [], []
+    for participant in range(4):
+        for roi in rule.ROI_NAMES:
+            change = rng.normal(0, 0.02)
+            for session, factor in (("ses-baseline", 1.0), ("ses-24h", 1.0 + change)):
+                key = {"participant_id": f"sub-{participant}", "session_id": session, "roi": roi}
+                # the App halves the change at its points; the region moved the other way
+                rows.append(key | {"status": "ok", "n_points": 50, "truth_points": 1e-3 * factor,
+                                   "md_mean": 1e-3 * (1 + (factor - 1) / 2)})  # fmt: skip
+                truth.append(key | {"md_true": 1e-3 * (2 - factor)})
+    scored = rule.score(pd.DataFrame(rows), pd.DataFrame(truth))
+    assert scored["slope_app_vs_points_truth"] == pytest.approx(0.5, rel=1e-6)
+    per_roi = scored["per_roi_slope_app_vs_points_truth"]
+    assert per_roi == pytest.approx(dict.fromkeys(rule.ROI_NAMES, 0.5))
+    assert scored["r_app_vs_points_truth"] == pytest.approx(1.0)
+    assert scored["r_app_vs_region"] == pytest.approx(-1.0)

@@ -50,7 +50,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_participant import delta, roi_tables  # noqa: E402
+from bench_participant import delta, roi_tables, slopes  # noqa: E402
 
 from ketamine_dti.anat.transfer import containing_voxel_fraction  # noqa: E402
 from ketamine_dti.rois import (  # noqa: E402
@@ -209,19 +209,21 @@ def score(frame: pd.DataFrame, truth: pd.DataFrame) -> dict:
     def r(a: str, b: str) -> float:
         return float(np.corrcoef(changes[a], changes[b])[0, 1])
 
-    def slope(a: str, b: str) -> float:
-        centred = changes - changes.mean()
-        return float((centred[a] * centred[b]).sum() / (centred[b] ** 2).sum())
-
+    on_points = slopes(changes.app, changes.points)
     return {
         "pairs": int(len(changes)),
         "missing_roi_sessions": int((merged.status != "ok").sum()),
         "median_points": float(measured.n_points.median()),
         "median_abs_error_vs_region": float(error.median()),
         "r_app_vs_region": r("app", "region"),
-        "slope_app_vs_region": slope("app", "region"),
+        "slope_app_vs_region": slopes(changes.app, changes.region)["slope_dmd"],
         "r_points_truth_vs_region": r("points", "region"),
         "r_app_vs_points_truth": r("app", "points"),
+        # issue 13's null slopes: the App against the truth over its own points
+        "slope_app_vs_points_truth": on_points["slope_dmd"],
+        "slope_app_vs_points_truth_se": on_points["slope_dmd_se"],
+        "per_roi_slope_app_vs_points_truth": on_points["per_roi_slope_dmd"],
+        "per_roi_slope_app_vs_points_truth_se": on_points["per_roi_slope_dmd_se"],
         "per_roi_median_points": measured.groupby("roi").n_points.median().to_dict(),
     }
 
