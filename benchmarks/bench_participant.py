@@ -885,18 +885,16 @@ def truth_figures(merged: pd.DataFrame, column: str = MEASURED) -> dict:
 
 
 def group_level_participants(out: Path, subjects: list[str]) -> dict[str, str]:
-    """Per participant, the first failed session's QC reasons when the group level leaves the
-    participant out by default (``group.inputs.qc_exclusions``' rule: any session's verdict is
-    fail), else ""; read with the group level's own reader."""
-    from ketamine_dti.derivatives import spec_path
-    from ketamine_dti.group.inputs import read_qc_verdict
-    from ketamine_dti.qc import FAIL
+    """Per participant, why the group level leaves it out by default (its first failed
+    session's exclusion reason, by ``group.inputs.qc_exclusions`` itself), else ""."""
+    from ketamine_dti.config import Config
+    from ketamine_dti.group.inputs import qc_exclusions
 
+    config = Config(bids_dir=out, output_dir=out, analysis_level="group")
     reasons = {}
     for subject in subjects:
-        verdicts = [read_qc_verdict(spec_path(out, "qc_table", subject, s)) for s in SESSIONS]
-        failed = [found[1] for found in verdicts if found and found[0] == FAIL]
-        reasons[f"sub-{subject}"] = failed[0] if failed else ""
+        found = qc_exclusions(config, f"sub-{subject}", SESSIONS, [])
+        reasons[f"sub-{subject}"] = found[0]["reason"] if found else ""
     return reasons
 
 

@@ -191,7 +191,9 @@ def test_the_group_levels_participants_and_the_misses_follow_the_qc_tables(tmp_p
     found = bench.qc_kept_and_misses(
         out, bench.merged_truths(bids, out, table, subjects, work), subjects
     )
-    assert found["qc_exclusions"]["sub-003"].startswith("mean_fd 1.2")
+    assert found["qc_exclusions"]["sub-003"] == (
+        f"QC failed at ses-{bench.SESSIONS[1]}: mean_fd 1.2 above 1 (head motion)"
+    )
     assert {pid for pid, why in found["qc_exclusions"].items() if not why} == {
         "sub-001", "sub-002", "sub-004"
     }  # fmt: skip
@@ -210,7 +212,7 @@ def test_the_group_levels_participants_and_the_misses_follow_the_qc_tables(tmp_p
     rank = found["participant_misses"]["spearman_measurement_miss_vs"]
     assert rank["mean_mean_fd"] == pytest.approx(1.0)
     text = "\n".join(bench.two_truths_markdown({"paper_longitudinal": everyone | found}))
-    assert "group level keeps by default (it leaves out sub-003: mean_fd 1.2" in text
+    assert "group level keeps by default (it leaves out sub-003: QC failed at ses-" in text
     assert "| sub-003 | 3.0" in text
 
 
