@@ -21,7 +21,10 @@ intensity factor; session 45): a compressed voxel holds signal from a larger, mi
 tissue, and the head's position, hence the compression, changes between sessions. The point
 set stays one for both sessions and never depends on MD.
 
-Nothing is re-run: the maps are the App's. Training seeds only choose a rule.
+Nothing is re-run: the maps are the App's. Training seeds only choose a rule. On a ``null``
+trial the rule's slope against the truth over its points is issue 13's null slope; on a
+``csf_shift`` trial each rule also gets ``bench_participant.csf_shift_effect``'s figures (plain
+and free-water-corrected MD's mean dMD/MD per ROI, when only the CSF moved).
 
 A rule must also hold on real scans, where there is no truth. With ``--retest`` the work folder
 is that of the App run on a same-brain pair (``scripts/arrange_realdata.py``: the PA series as
@@ -50,7 +53,13 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_participant import delta, roi_tables, slopes  # noqa: E402
+from bench_participant import (  # noqa: E402
+    FREE_WATER,
+    csf_shift_effect,
+    delta,
+    roi_tables,
+    slopes,
+)
 
 from ketamine_dti.anat.transfer import containing_voxel_fraction  # noqa: E402
 from ketamine_dti.rois import (  # noqa: E402
@@ -183,6 +192,7 @@ def measure(bids: Path | None, work: Path) -> dict[tuple, pd.DataFrame]:
                             "roi": row["roi"],
                             "status": row["status"],
                             "md_mean": row["md_mean"],
+                            FREE_WATER: row.get(FREE_WATER, np.nan),
                             "truth_points": mean,
                             "n_points": int(points.sum()),
                         }
@@ -284,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
             both = both[both.status_x == "ok"]
             gap = float((both.md_mean_x / both.md_mean_y - 1).abs().max())
             results[name]["max_rel_diff_from_published_md_mean"] = gap
+        if scenario == "csf_shift":  # only the CSF moved: what each rule's MD makes of it
+            results[name]["csf_shift"] = csf_shift_effect(bids, frame[frame.status == "ok"])
         print(json.dumps({name: results[name]}), flush=True)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
