@@ -65,6 +65,7 @@ from ketamine_dti.anat.transfer import containing_voxel_fraction  # noqa: E402
 from ketamine_dti.rois import (  # noqa: E402
     CSF_PROB_MAX,
     GM_PROB_MIN,
+    ROI_MISSING,
     ROI_NAMES,
     GrayMatterRule,
     RetentionRule,
@@ -73,11 +74,13 @@ from ketamine_dti.rois import (  # noqa: E402
 from ketamine_dti.simulate.clinical import SESSIONS  # noqa: E402
 
 #: (shares, gm_prob_min, csf_prob_max, max |ln J| or None): the App's rule first, then
-#: stricter CSF, then stricter GM, then the App's rule without the most distorted points.
+#: stricter CSF, then stricter GM, then the App's rule without the most distorted points, then
+#: CSF ladders (session 46): a tuple of caps, strictest first; each ROI takes the strictest one
+#: under which the retention rule keeps it in every session (``ladder_statistics``).
 #: ``hard``: the App's shares (the segmentation's hard labels averaged over the DWI voxel's
 #: footprint); ``soft``: the same average of Atropos' posterior probabilities, which keep some
 #: of the CSF that a voxel labelled GM holds.
-VARIANTS: tuple[tuple[str, float, float, float | None], ...] = (
+VARIANTS: tuple[tuple[str, float, float | tuple[float, ...], float | None], ...] = (
     ("hard", GM_PROB_MIN, CSF_PROB_MAX, None),
     ("hard", GM_PROB_MIN, 0.02, None),
     ("hard", GM_PROB_MIN, 0.01, None),
@@ -91,13 +94,17 @@ VARIANTS: tuple[tuple[str, float, float, float | None], ...] = (
     ("hard", GM_PROB_MIN, CSF_PROB_MAX, 0.2),
     ("hard", GM_PROB_MIN, CSF_PROB_MAX, 0.1),
     ("hard", GM_PROB_MIN, CSF_PROB_MAX, 0.05),
+    ("hard", GM_PROB_MIN, (0.0, 0.01, CSF_PROB_MAX), None),
+    ("hard", GM_PROB_MIN, (0.0, CSF_PROB_MAX), None),
 )
 
 
-def variant_name(variant: tuple[str, float, float, float | None]) -> str:
-    """How results files name a rule (session 44's names for the rules without ``max |ln J|``)."""
+def variant_name(variant: tuple[str, float, float | tuple[float, ...], float | None]) -> str:
+    """How results files name a rule (session 44's names for the rules without ``max |ln J|``;
+    a ladder's caps joined by ``|``)."""
     shares, gm_min, csf_max, max_log_jacobian = variant
-    name = f"{shares}: gm>={gm_min:g}, csf<={csf_max:g}"
+    caps = "|".join(f"{cap:g}" for cap in np.atleast_1d(csf_max))
+    name = f"{shares}: gm>={gm_min:g}, csf<={caps}"
     return name if max_log_jacobian is None else f"{name}, |ln J|<={max_log_jacobian:g}"
 
 
@@ -115,6 +122,48 @@ def without_distorted(
             log_jacobian = np.abs(np.log(session["jacobian"]))
         distorted |= ~(log_jacobian <= max_log_jacobian)  # NaN counts as distorted
     return [{**session, "in_brain": session["in_brain"] & ~distorted} for session in sessions]
+
+
+def ladder_statistics(
+    samples: list[dict[str, np.ndarray]], gm_min: float, caps: float | tuple[float, ...]
+) -> tuple[list[pd.DataFrame], list[np.ndarray]]:
+    """``rois.longitudinal_statistics`` with, per ROI, the strictest CSF cap of ``caps``
+    (strictest first) under which the retention rule keeps that ROI in every session, else
+    the last; each table gains the cap it used (``csf_cap``). One cap: that rule. The choice
+    reads the tissue shares and the masks, never MD, and is one for all sessions."""
+    runs = [
+        longitudinal_statistics(
+            samples, RetentionRule(), ROI_NAMES, rule=GrayMatterRule(gm_min, float(cap))
+        )
+        for cap in np.atleast_1d(caps)
+    ]
+    caps = np.atleast_1d(caps)
+    chosen = {
+        roi: next(
+            (
+                step
+                for step, (run_tables, _) in enumerate(runs)
+                if not any((t.status[t.roi == roi] == ROI_MISSING).any() for t in run_tables)
+            ),
+            len(runs) - 1,
+        )
+        for roi in ROI_NAMES
+    }
+    labels = samples[0]["label"]
+    tables, kept = [], []
+    for session in range(len(samples)):
+        rows = [
+            runs[step][0][session]
+            .loc[lambda t, roi=roi: t.roi == roi]
+            .assign(csf_cap=float(caps[step]))
+            for roi, step in chosen.items()
+        ]
+        tables.append(pd.concat(rows, ignore_index=True))
+        points = np.zeros_like(runs[0][1][session])
+        for index, step in enumerate(chosen.values(), start=1):
+            points[labels == index] = runs[step][1][session][labels == index]
+        kept.append(points)
+    return tables, kept
 
 
 def load_samples(work: Path, subject: str) -> list[dict[str, np.ndarray]]:
@@ -176,9 +225,8 @@ def measure(bids: Path | None, work: Path) -> dict[tuple, pd.DataFrame]:
         ]
         for variant in VARIANTS:
             shares, gm_min, csf_max, max_log_jacobian = variant
-            rule = GrayMatterRule(gm_prob_min=gm_min, csf_prob_max=csf_max)
             chosen = without_distorted(samples[shares], max_log_jacobian)
-            tables, kept = longitudinal_statistics(chosen, RetentionRule(), ROI_NAMES, rule=rule)
+            tables, kept = ladder_statistics(chosen, gm_min, csf_max)
             labels = chosen[0]["label"]
             for session, table, truth, used in zip(SESSIONS, tables, truths, kept, strict=True):
                 for _, row in table.iterrows():
@@ -195,6 +243,7 @@ def measure(bids: Path | None, work: Path) -> dict[tuple, pd.DataFrame]:
                             FREE_WATER: row.get(FREE_WATER, np.nan),
                             "truth_points": mean,
                             "n_points": int(points.sum()),
+                            "csf_cap": row["csf_cap"],
                         }
                     )
     return {variant: pd.DataFrame(frame) for variant, frame in rows.items()}
