@@ -226,9 +226,12 @@ def _gray_matter_rule(context: SidecarContext) -> dict:
             "one set of subject-template points per ROI, read in every session at the DWI "
             "voxel each point falls in: atlas points whose DWI voxel (wherever the grid "
             f"falls) is expected to hold a GM fraction >= {rule.gm_prob_min} and a CSF "
-            f"fraction <= {rule.csf_prob_max} (the template's tissue labels: anatomy alone, "
-            "never MD or FA), inside every session's DWI brain mask with a successful tensor "
-            "fit in every session, so all sessions average the same tissue"
+            "fraction at most a cap, per ROI the strictest of "
+            f"{', '.join(f'{cap:g}' for cap in rule.csf_caps())} under which the ROI keeps "
+            "enough of its volume in every session (csf_fraction_max; the template's tissue "
+            "labels: anatomy alone, never MD or FA), inside every session's DWI brain mask "
+            "with a successful tensor fit in every session, so all sessions average the same "
+            "tissue"
         ),
         "MissingROIRule": (
             f"an ROI that keeps less than {100 * config.roi_min_fraction:g}% of its atlas "

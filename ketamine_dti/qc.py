@@ -183,7 +183,8 @@ THRESHOLDS: tuple[Threshold, ...] = (
         None,
         "above",
         "an ROI's free-water fraction contradicts its anatomy: md_fwcorr is not usable",
-        "the ROI points hold <= 5% CSF by the T1w (rois.CSF_PROB_MAX), ~0.1 of signal; "
+        "the ROI points hold <= 5% CSF by the T1w (rois.CSF_PROB_MAX, most ROIs 0-1%), "
+        "~0.1 of signal at most; "
         "simulated sessions 0.02-0.07 (session 40, 24 sessions); real PA (b = 2500, no b0 "
         "prior) 0.21; real AP (b0 prior from implausible references) 0.75, with BA10's "
         "tissue MD 0.14e-3 mm^2/s. Plain MD is unaffected, so it never fails",

@@ -29,7 +29,7 @@ def test_distorted_points_leave_both_sessions_and_nothing_else_changes(rule):
     without_sdc = [{k: v for k, v in s.items() if k != "jacobian"} for s in (baseline, followup)]
     assert rule.without_distorted(without_sdc, 0.1) == without_sdc
     assert rule.variant_name(("hard", 0.5, 0.05, 0.1)) == "hard: gm>=0.5, csf<=0.05, |ln J|<=0.1"
-    assert rule.variant_name(rule.VARIANTS[0]) == "hard: gm>=0.5, csf<=0.05"
+    assert rule.variant_name(rule.VARIANTS[1]) == "hard: gm>=0.5, csf<=0.05"
 
 
 def test_retest_scores_the_sessions_disagreement_and_the_rois_lost(rule):
@@ -72,26 +72,9 @@ def test_score_gives_the_slope_against_the_truth_over_the_points(rule):
     assert scored["r_app_vs_region"] == pytest.approx(-1.0)
 
 
-def test_a_csf_ladder_gives_each_roi_the_strictest_cap_that_keeps_it(rule):
-    """ROI 1 is CSF-free, ROI 2 keeps 10% (< 15%) of its points CSF-free and the rest under
-    1% CSF, ROI 3 lies 3% from CSF: they take the caps 0, 0.01 and 0.05, in both sessions,
-    whatever their MD."""
-    rng = np.random.default_rng(3)
-    label = np.repeat(np.arange(1, 8), 100)
-    csf = np.zeros(label.size)
-    csf[100:190] = 0.005
-    csf[200:300] = 0.03
-    csf[300:] = 0.5  # ROIs 4-7: missing under every cap
-    session = {"label": label, "gm": np.full(label.size, 0.9), "csf": csf,
-               "voxel": np.arange(label.size), "in_brain": np.ones(label.size, bool),
-               "md": rng.uniform(0.7e-3, 0.9e-3, label.size)}  # fmt: skip
-    later = session | {"md": 3 * session["md"]}
-    tables, kept = rule.ladder_statistics([session, later], 0.5, (0.0, 0.01, 0.05))
-    for table in tables:
-        assert table.csf_cap.tolist() == [0.0, 0.01, 0.05, 0.05, 0.05, 0.05, 0.05]
-        assert table.n_voxels.tolist()[:3] == [100, 100, 100]
-        assert (table.status.iloc[3:] == rule.ROI_MISSING).all()
-    assert np.array_equal(kept[0], kept[1]) and kept[0].sum() == 300
-    assert tables[1].md_mean.iloc[1] == pytest.approx(3 * session["md"][100:200].mean())
-    single, _ = rule.ladder_statistics([session, later], 0.5, 0.05)
-    assert single[0].drop(columns="csf_cap").equals(tables[0].drop(columns="csf_cap"))
+def test_the_rules_are_the_apps_own_with_their_csf_caps(rule):
+    app = rule.rule_of(*rule.VARIANTS[0][1:3])
+    assert app == rule.GrayMatterRule()  # the first variant is the App's rule
+    assert app.csf_caps() == (0.0, 0.01, 0.05)
+    assert rule.rule_of(0.5, 0.02).csf_caps() == (0.02,)
+    assert rule.variant_name(rule.VARIANTS[0]) == "hard: gm>=0.5, csf<=0|0.01|0.05"

@@ -328,3 +328,32 @@ def test_volume_fraction_decides_retention_with_weighted_samples():
         np.full(40, 0.8e-3), labels, brain_mask=brain, voxel=voxel, retention=enough_volume
     ).iloc[0]
     assert row.reason == "kept 1 of 10 atlas voxels (1 < 2 voxels)"
+
+
+def test_each_roi_takes_the_strictest_csf_cap_that_keeps_it_in_every_session():
+    """Session 46's ladder: ROI 1 is CSF-free, ROI 2 keeps 10% (< 15%) of its points CSF-free
+    and the rest under 1% CSF, ROI 3 lies 3% from CSF: they take the caps 0, 0.01 and 0.05 in
+    both sessions, whatever their MD; the 24 h mask lost most of ROI 4's CSF-free points, so it
+    takes 0.01 in both sessions."""
+    from ketamine_dti.rois import longitudinal_statistics
+
+    rng = np.random.default_rng(3)
+    baseline = _session_samples(rng, 700)
+    baseline["voxel"] = np.arange(700)
+    baseline["csf"][100:190] = 0.005
+    baseline["csf"][200:300] = 0.03
+    baseline["csf"][330:400] = 0.008
+    baseline["csf"][400:] = 0.5  # ROIs 5-7: missing under every cap
+    later = baseline | {"md": 3 * baseline["md"], "in_brain": np.ones(700, bool)}
+    later["in_brain"][300:320] = False
+    tables, kept = longitudinal_statistics([baseline, later], RetentionRule(), ROI_NAMES)
+    for table in tables:
+        assert table.csf_fraction_max.tolist() == [0.0, 0.01, 0.05, 0.01, 0.05, 0.05, 0.05]
+        assert table.n_voxels.tolist()[:4] == [100, 100, 100, 80]
+        assert (table.status.iloc[4:] == ROI_MISSING).all()
+    assert np.array_equal(kept[0], kept[1]) and kept[0].sum() == 380
+    assert tables[1].md_mean.iloc[1] == pytest.approx(later["md"][100:200].mean())
+    one_cap = GrayMatterRule(csf_prob_stricter=())
+    single, _ = longitudinal_statistics([baseline, later], RetentionRule(), ROI_NAMES, one_cap)
+    assert single[0].csf_fraction_max.tolist() == [0.05] * 7
+    assert single[0].n_voxels.tolist()[:4] == [100, 100, 100, 80]
