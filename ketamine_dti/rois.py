@@ -100,10 +100,11 @@ GM_PROB_MIN: float = 0.5
 CSF_PROB_MAX: float = 0.05
 #: Stricter CSF caps each ROI tries first, strictest first (``GrayMatterRule.csf_caps``): the
 #: CSF a voxel holds changes with the brain's position in the DWI grid, so a point near CSF
-#: scatters dMD. Session 46 (``benchmarks/tuning/gray_matter_rule.py``; training seeds 1, 3 and
-#: 6): per ROI the strictest of 0, 0.01 and 0.05 that the retention rule keeps raised r(dMD/MD)
-#: against the true region; on the real Prisma PA/AP pair it loses no ROI and halves BA10's
-#: disagreement. 0 means no CSF label anywhere in the voxel's footprint.
+#: scatters dMD. Session 46 (``benchmarks/results/gray_matter_rule_session46.md``; training
+#: seeds 1, 3, 6): per ROI the strictest of 0, 0.01 and 0.05 that the retention rule keeps moved
+#: r(dMD/MD) against the true region by +0.110, -0.019, +0.031 over a single 0.05 (a single
+#: 0.01: +0.051, +0.010, +0.016); on the real Prisma PA/AP pair it loses no ROI and the median
+#: ROI disagreement falls from 2.32% to 1.48%. 0: no CSF label in the voxel's footprint.
 CSF_PROB_STRICTER: tuple[float, ...] = (0.0, 0.01)
 #: Smallest number of voxels with which a standard deviation is reported (ddof=1).
 MIN_VOXELS_FOR_STD: int = 2
