@@ -27,8 +27,10 @@ process). Per DWI session the simulator's own warp carries the ``ketamine7`` lab
 grid (perfect registration, true tissue fractions), and the noiseless truth MD (``truth_md``: a
 DTI fit of the still, artefact-free, noiseless series) is averaged over three voxel rules:
 the label (half a voxel's brain in it); its gray matter (true GM >= the App's
-``rois.GM_PROB_MIN``); the App's whole partial-volume rule on the true fractions (also CSF <=
-``rois.CSF_PROB_MAX``); and the simulator's own pure-GM rule (``session.truth_masks``). Its dMD/MD
+``rois.GM_PROB_MIN``); the App's whole partial-volume rule of sessions 8-45 on the true fractions
+(also CSF <= ``rois.CSF_PROB_MAX``; since session 46 the App tries the stricter caps
+``rois.CSF_PROB_STRICTER`` per ROI first, which this does not); and the simulator's own pure-GM
+rule (``session.truth_masks``). Its dMD/MD
 is scored against the planted one, as ``bench_participant.py`` scores the App: this is the
 ceiling of r(dMD) and of the slope for any pipeline that measures this atlas. The same rules on
 the true regions are the check (they must give r ~ 1). Writes OUT_STEM.md and OUT_STEM.json.
