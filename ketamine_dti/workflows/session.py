@@ -132,7 +132,8 @@ and excluded from the ROIs; all-zero volumes were left out."""
 
 
 def _csf_caps(rule: GrayMatterRule) -> str:
-    return " or ".join(f"{cap:g}" for cap in rule.csf_caps())
+    caps = [f"{cap:g}" for cap in rule.csf_caps()]
+    return caps[0] if len(caps) == 1 else f"{', '.join(caps[:-1])} and {caps[-1]}"
 
 
 def _regions_description(config: Config) -> str:
