@@ -227,7 +227,7 @@ def _gray_matter_rule(context: SidecarContext) -> dict:
             "voxel each point falls in: atlas points whose DWI voxel (wherever the grid "
             f"falls) is expected to hold a GM fraction >= {rule.gm_prob_min} and a CSF "
             "fraction at most a cap, per ROI the strictest of "
-            f"{', '.join(f'{cap:g}' for cap in rule.csf_caps())} under which the ROI keeps "
+            f"{rule.csf_caps_text()} under which the ROI keeps "
             "enough of its volume in every session (csf_fraction_max; the template's tissue "
             "labels: anatomy alone, never MD or FA), inside every session's DWI brain mask "
             "with a successful tensor fit in every session, so all sessions average the same "

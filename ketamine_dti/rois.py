@@ -146,6 +146,11 @@ class GrayMatterRule:
         stricter = sorted({cap for cap in self.csf_prob_stricter if cap < self.csf_prob_max})
         return (*stricter, self.csf_prob_max)
 
+    def csf_caps_text(self) -> str:
+        """The caps as the methods text and sidecars name them ("0, 0.01 and 0.05")."""
+        caps = [f"{cap:g}" for cap in self.csf_caps()]
+        return caps[0] if len(caps) == 1 else f"{', '.join(caps[:-1])} and {caps[-1]}"
+
     def at_csf_cap(self, cap: float | None) -> GrayMatterRule:
         """The same rule with one CSF cap."""
         return GrayMatterRule(self.gm_prob_min, cap, ())

@@ -131,11 +131,6 @@ norm (as MRtrix3 does). {_RUNS_SENTENCES[config.dwi_runs]}Voxels holding NaN/Inf
 and excluded from the ROIs; all-zero volumes were left out."""
 
 
-def _csf_caps(rule: GrayMatterRule) -> str:
-    caps = [f"{cap:g}" for cap in rule.csf_caps()]
-    return caps[0] if len(caps) == 1 else f"{', '.join(caps[:-1])} and {caps[-1]}"
-
-
 def _regions_description(config: Config) -> str:
     rule = GrayMatterRule()
     atlas = config.roi_atlas or (
@@ -155,7 +150,7 @@ template: the ROI atlas ({atlas}) was brought into the subject template (one int
 label fractions >= 0.5), and a point was kept if the DWI voxel that holds it, wherever the DWI
 grid falls, was expected to contain a GM fraction >= {rule.gm_prob_min} and a CSF fraction at
 most a cap (the template's hard tissue labels averaged over that footprint): per ROI the
-strictest of {_csf_caps(rule)} under which the ROI kept enough of its volume in every session,
+strictest of {rule.csf_caps_text()} under which the ROI kept enough of its volume in every session,
 the same for all sessions (reported as csf_fraction_max). The same
 points were mapped into each session's native DWI grid (subject template -> session T1w ->
 DWI) and read the MD of the voxel they fall in; MD maps were never resampled. A point was
