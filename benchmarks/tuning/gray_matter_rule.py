@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             args.out.write_text(json.dumps(results, indent=2) + "\n")
         return 0
-    scenario = args.label.split("_")[0]
+    scenario = args.label.rsplit("_", 1)[0]  # <scenario>_<design>; csf_shift has a "_"
     bids, work = args.root / f"{scenario}_bids", args.root / f"{args.label}_work"
     truth = pd.read_csv(bids / "sourcedata/ground_truth/roi_md.tsv", sep="\t")
     results = {}
