@@ -70,6 +70,12 @@ def test_score_gives_the_slope_against_the_truth_over_the_points(rule):
     assert per_roi == pytest.approx(dict.fromkeys(rule.ROI_NAMES, 0.5))
     assert scored["r_app_vs_points_truth"] == pytest.approx(1.0)
     assert scored["r_app_vs_region"] == pytest.approx(-1.0)
+    # per ROI: the measurement misses half the change, the voxel choice twice of it
+    region = scored["per_roi_sd_region_change"]
+    assert set(region) == set(rule.ROI_NAMES) and min(region.values()) > 0
+    for roi in rule.ROI_NAMES:
+        assert scored["per_roi_sd_measurement_miss"][roi] == pytest.approx(region[roi] / 2)
+        assert scored["per_roi_sd_voxel_choice_miss"][roi] == pytest.approx(2 * region[roi])
 
 
 def test_the_rules_are_the_apps_own_with_their_csf_caps(rule):

@@ -13,7 +13,9 @@ share, DWI voxel, MD) under stricter rules, and scores each against the truth:
 
 - the App's md_mean (plain MD, the rule's points) against the true region (roi_md.tsv);
 - the noiseless truth over the same points (``desc-truth_md``): the ceiling of that rule;
-- points kept per ROI and session, and ROIs the retention rule would report missing.
+- points kept per ROI and session, and ROIs the retention rule would report missing;
+- per ROI, where r is lost: the SD over participants of the measurement's miss (the App
+  against the truth over its points) beside the voxel choice's (that truth against the region).
 
 A rule may also leave out the points whose DWI voxel the susceptibility correction stretched
 or compressed by more than a factor exp(t) in either session (|ln J| > t, the sampled Jacobian
@@ -237,6 +239,7 @@ def score(frame: pd.DataFrame, truth: pd.DataFrame) -> dict:
         return float(np.corrcoef(changes[a], changes[b])[0, 1])
 
     on_points = slopes(changes.app, changes.points)
+    by_roi = changes.groupby(level="roi")
     return {
         "pairs": int(len(changes)),
         "missing_roi_sessions": int((merged.status != "ok").sum()),
@@ -252,7 +255,14 @@ def score(frame: pd.DataFrame, truth: pd.DataFrame) -> dict:
         "per_roi_slope_app_vs_points_truth": on_points["per_roi_slope_dmd"],
         "per_roi_slope_app_vs_points_truth_se": on_points["per_roi_slope_dmd_se"],
         "per_roi_median_points": measured.groupby("roi").n_points.median().to_dict(),
-    }
+        # where r is lost, per ROI: SD over participants of the measurement's miss (the App
+        # against the truth over its points) and of the voxel choice's (that truth against the
+        # true region), and of the true region's change itself
+        "per_roi_sd_measurement_miss": by_roi.apply(lambda c: (c.app - c.points).std()).to_dict(),
+        "per_roi_sd_voxel_choice_miss": by_roi.apply(lambda c: (c.points - c.region).std())
+        .to_dict(),
+        "per_roi_sd_region_change": by_roi.region.std().to_dict(),
+    }  # fmt: skip
 
 
 def score_retest(frame: pd.DataFrame) -> dict:
