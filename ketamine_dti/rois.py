@@ -105,6 +105,9 @@ CSF_PROB_MAX: float = 0.05
 #: r(dMD/MD) against the true region by +0.110, -0.019, +0.031 over a single 0.05 (a single
 #: 0.01: +0.051, +0.010, +0.016); on the real Prisma PA/AP pair it loses no ROI and the median
 #: ROI disagreement falls from 2.32% to 1.48%. 0: no CSF label in the voxel's footprint.
+#: Session 47 scored all six training seeds (``gray_matter_rule_session47.md``): the ladder
+#: gains +0.017 but measures its own points worse (-0.002), failing the decision rule, which a
+#: single cap of 0.01 passes (+0.016, 5 of 6 trials); the App is to switch to it (issue 13).
 CSF_PROB_STRICTER: tuple[float, ...] = (0.0, 0.01)
 #: Smallest number of voxels with which a standard deviation is reported (ddof=1).
 MIN_VOXELS_FOR_STD: int = 2
