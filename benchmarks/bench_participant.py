@@ -902,6 +902,13 @@ def group_level_participants(out: Path, subjects: list[str]) -> dict[str, str]:
 MISS_QC: tuple[str, ...] = ("mean_fd", "outlier_fraction")
 
 
+def miss_parts(measured: pd.Series, points: pd.Series, region: pd.Series) -> pd.DataFrame:
+    """The two parts of the App's miss of the true region's dMD/MD, per row: ``measurement``
+    (the App against the truth over its own points) and ``voxel_choice`` (that truth against the
+    true region's)."""
+    return pd.DataFrame({"measurement": measured - points, "voxel_choice": points - region})
+
+
 def participant_misses(out: Path, merged: pd.DataFrame, column: str = MEASURED) -> dict:
     """Per participant, the RMS over ROIs of the App's dMD/MD minus the truth's over its own
     points (``measurement``: what noise, motion and correction add) and of the truth over its
@@ -916,12 +923,7 @@ def participant_misses(out: Path, merged: pd.DataFrame, column: str = MEASURED) 
                                                                    "md_true")},
         axis=1,
     ).dropna()  # fmt: skip
-    squares = pd.DataFrame(
-        {
-            "measurement": (change[column] - change.md_true_points) ** 2,
-            "voxel_choice": (change.md_true_points - change.md_true) ** 2,
-        }
-    )
+    squares = miss_parts(change[column], change.md_true_points, change.md_true) ** 2
     rms = np.sqrt(squares.groupby(level="participant_id").mean())
     rows = {}
     for pid, figures in rms.iterrows():

@@ -59,6 +59,7 @@ from bench_participant import (  # noqa: E402
     FREE_WATER,
     csf_shift_effect,
     delta,
+    miss_parts,
     roi_tables,
     slopes,
 )
@@ -239,7 +240,14 @@ def score(frame: pd.DataFrame, truth: pd.DataFrame) -> dict:
         return float(np.corrcoef(changes[a], changes[b])[0, 1])
 
     on_points = slopes(changes.app, changes.points)
-    by_roi = changes.groupby(level="roi")
+    # where r is lost, per ROI: SD over participants of each part of the miss and of the true
+    # region's change itself
+    spread = (
+        miss_parts(changes.app, changes.points, changes.region)
+        .assign(region=changes.region)
+        .groupby(level="roi")
+        .std()
+    )
     return {
         "pairs": int(len(changes)),
         "missing_roi_sessions": int((merged.status != "ok").sum()),
@@ -255,14 +263,10 @@ def score(frame: pd.DataFrame, truth: pd.DataFrame) -> dict:
         "per_roi_slope_app_vs_points_truth": on_points["per_roi_slope_dmd"],
         "per_roi_slope_app_vs_points_truth_se": on_points["per_roi_slope_dmd_se"],
         "per_roi_median_points": measured.groupby("roi").n_points.median().to_dict(),
-        # where r is lost, per ROI: SD over participants of the measurement's miss (the App
-        # against the truth over its points) and of the voxel choice's (that truth against the
-        # true region), and of the true region's change itself
-        "per_roi_sd_measurement_miss": by_roi.apply(lambda c: (c.app - c.points).std()).to_dict(),
-        "per_roi_sd_voxel_choice_miss": by_roi.apply(lambda c: (c.points - c.region).std())
-        .to_dict(),
-        "per_roi_sd_region_change": by_roi.region.std().to_dict(),
-    }  # fmt: skip
+        "per_roi_sd_measurement_miss": spread.measurement.to_dict(),
+        "per_roi_sd_voxel_choice_miss": spread.voxel_choice.to_dict(),
+        "per_roi_sd_region_change": spread.region.to_dict(),
+    }
 
 
 def score_retest(frame: pd.DataFrame) -> dict:
